@@ -1,0 +1,96 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let strict: [SwiftSetting] = [.enableUpcomingFeature("ExistentialAny")]
+
+/// The seven platform services: (executable, library) pairs.
+let services = [
+    ("slipway-gateway", "SlipwayGateway"),
+    ("slipway-pipeline", "SlipwayPipeline"),
+    ("slipway-builder", "SlipwayBuilder"),
+    ("slipway-network", "SlipwayNetwork"),
+    ("slipway-cluster", "SlipwayCluster"),
+    ("slipway-certs", "SlipwayCerts"),
+    ("slipway-logs", "SlipwayLogs"),
+]
+
+let nio: [Target.Dependency] = [
+    .product(name: "NIOCore", package: "swift-nio"),
+    .product(name: "NIOPosix", package: "swift-nio"),
+]
+
+var targets: [Target] = [
+    // C libraries, one shim header each.
+    .systemLibrary(name: "CNGHTTP2", pkgConfig: "libnghttp2", providers: [.apt(["libnghttp2-dev"])]),
+    .systemLibrary(name: "CProtobufC", pkgConfig: "libprotobuf-c", providers: [.apt(["libprotobuf-c-dev"])]),
+
+    // Code generation: protoc-c output for descriptor.proto/plugin.proto, and our protoc plugin.
+    .target(name: "CProtocPlugin", dependencies: ["CProtobufC"]),
+    .executableTarget(
+        name: "protoc-gen-slipway-swift",
+        dependencies: ["CProtocPlugin", "CProtobufC"],
+        swiftSettings: strict
+    ),
+
+    // Protobuf runtime for generated Swift types, and the generated code itself (see scripts/generate-protos.sh).
+    .target(name: "SlipwayProtobuf", dependencies: ["CProtobufC"], swiftSettings: strict),
+    .target(name: "CSlipwayProtos", dependencies: ["CProtobufC"]),
+    .target(name: "SlipwayProtos", dependencies: ["CSlipwayProtos", "SlipwayProtobuf", "CProtobufC"], swiftSettings: strict),
+
+    // The RPC layer: gRPC wire protocol on nghttp2.
+    .target(
+        name: "SlipwayRPC",
+        dependencies: [
+            "CNGHTTP2", "SlipwayProtobuf", "SlipwayProtos",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ] + nio,
+        swiftSettings: strict
+    ),
+
+    // What every service executable shares: configuration, logging, lifecycle.
+    .target(
+        name: "SlipwayServiceKit",
+        dependencies: [
+            "SlipwayRPC",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ] + nio,
+        swiftSettings: strict
+    ),
+
+    // Benchmark peer for ../shared/bench (raw-bytes echo).
+    .executableTarget(name: "slipway-echo", dependencies: ["SlipwayServiceKit", "SlipwayRPC"] + nio, swiftSettings: strict),
+
+    .testTarget(name: "SlipwayProtobufTests", dependencies: ["SlipwayProtos", "SlipwayProtobuf"], swiftSettings: strict),
+    .testTarget(
+        name: "SlipwayRPCTests",
+        dependencies: ["SlipwayRPC", "SlipwayProtos", "SlipwayServiceKit"] + nio,
+        swiftSettings: strict
+    ),
+]
+
+for (executable, library) in services {
+    targets.append(.target(name: library, dependencies: ["SlipwayServiceKit", "SlipwayRPC"], swiftSettings: strict))
+    targets.append(.executableTarget(name: executable, dependencies: [.target(name: library), "SlipwayServiceKit"], swiftSettings: strict))
+}
+
+let package = Package(
+    name: "Slipway",
+    platforms: [.macOS(.v15)],
+    products: services.map { .executable(name: $0.0, targets: [$0.0]) } + [
+        .executable(name: "slipway-echo", targets: ["slipway-echo"]),
+        .executable(name: "protoc-gen-slipway-swift", targets: ["protoc-gen-slipway-swift"]),
+        .library(name: "SlipwayRPC", targets: ["SlipwayRPC"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+    ],
+    targets: targets
+)

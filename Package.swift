@@ -41,7 +41,7 @@ var targets: [Target] = [
     .target(
         name: "SlipwayRPC",
         dependencies: [
-            "CNGHTTP2", "SlipwayProtobuf", "SlipwayProtos",
+            "CNGHTTP2", "SlipwayProtobuf",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -49,11 +49,14 @@ var targets: [Target] = [
         swiftSettings: strict
     ),
 
+    // Services every server carries: grpc.health.v1 and server reflection (v1 and v1alpha).
+    .target(name: "SlipwayRPCServices", dependencies: ["SlipwayRPC", "SlipwayProtos", "SlipwayProtobuf"] + nio, swiftSettings: strict),
+
     // What every service executable shares: configuration, logging, lifecycle.
     .target(
         name: "SlipwayServiceKit",
         dependencies: [
-            "SlipwayRPC",
+            "SlipwayRPC", "SlipwayRPCServices",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -62,19 +65,33 @@ var targets: [Target] = [
     ),
 
     // Benchmark peer for ../shared/bench (raw-bytes echo).
-    .executableTarget(name: "slipway-echo", dependencies: ["SlipwayServiceKit", "SlipwayRPC"] + nio, swiftSettings: strict),
+    .executableTarget(
+        name: "slipway-echo",
+        dependencies: ["SlipwayServiceKit", "SlipwayRPC", .product(name: "ArgumentParser", package: "swift-argument-parser")] + nio,
+        swiftSettings: strict
+    ),
 
     .testTarget(name: "SlipwayProtobufTests", dependencies: ["SlipwayProtos", "SlipwayProtobuf"], swiftSettings: strict),
     .testTarget(
         name: "SlipwayRPCTests",
-        dependencies: ["SlipwayRPC", "SlipwayProtos", "SlipwayServiceKit"] + nio,
+        dependencies: ["SlipwayRPC", "SlipwayRPCServices", "SlipwayProtos", "SlipwayServiceKit"] + nio,
         swiftSettings: strict
     ),
 ]
 
 for (executable, library) in services {
-    targets.append(.target(name: library, dependencies: ["SlipwayServiceKit", "SlipwayRPC"], swiftSettings: strict))
-    targets.append(.executableTarget(name: executable, dependencies: [.target(name: library), "SlipwayServiceKit"], swiftSettings: strict))
+    targets.append(.target(
+        name: library,
+        dependencies: [
+            "SlipwayServiceKit", "SlipwayRPC",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ],
+        swiftSettings: strict))
+    targets.append(.executableTarget(name: executable, dependencies: [
+            .target(name: library), "SlipwayServiceKit", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ],
+        swiftSettings: strict))
 }
 
 let package = Package(

@@ -16,14 +16,12 @@ public protocol ProtoMessage: Sendable, Equatable {
 extension ProtoMessage {
     /// Decodes a message from its wire form; throws ``ProtoDecodingError`` on malformed input.
     public init(serializedBytes bytes: some Collection<UInt8>) throws(ProtoDecodingError) {
-        if let value = try bytes.withContiguousStorageIfAvailable({ buffer throws(ProtoDecodingError) in
-            try Self(serializedBuffer: UnsafeRawBufferPointer(buffer))
-        }) {
-            self = value
-        } else {
-            let array = Array(bytes)
-            self = try array.withUnsafeBytes { buffer throws(ProtoDecodingError) in try Self(serializedBuffer: buffer) }
+        let array = Array(bytes)
+        var result: Result<Self, ProtoDecodingError> = .failure(ProtoDecodingError(messageName: Self.protoMessageName, reason: "no bytes"))
+        array.withUnsafeBytes { buffer in
+            result = Result { () throws(ProtoDecodingError) in try Self(serializedBuffer: buffer) }
         }
+        self = try result.get()
     }
 }
 

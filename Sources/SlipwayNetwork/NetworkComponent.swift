@@ -1,0 +1,16 @@
+import Logging
+import ServiceLifecycle
+import SlipwayRPC
+import SlipwayServiceKit
+
+/// `slipway-network`: load balancer, routes, domains, DNS checks.
+///
+/// The service's own API is registered here as its issue lands; until then it serves the
+/// shared health and reflection services on its port.
+public struct NetworkComponent: PlatformComponent {
+    public init() {}
+
+    public func setUp(configuration: ServiceConfiguration, logger: Logger, router: inout RPCRouter) async throws -> [any Service] {
+        []
+    }
+}

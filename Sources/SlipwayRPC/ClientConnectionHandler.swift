@@ -1,0 +1,361 @@
+import Logging
+import NIOCore
+
+/// Carries client calls over one HTTP/2 connection (multiplexed streams), on the channel's event loop.
+final class ClientConnectionHandler: ChannelInboundHandler, HTTP2SessionDelegate {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private let limits: RPCLimits
+    private let timings: ConnectionTimings
+    private let authority: String
+    private let scheme: String
+    private let session: HTTP2Session
+    private var context: ChannelHandlerContext?
+    private var streams: [Int32: ClientStream] = [:]
+    private var inRead = false
+    private var flushScheduled = false
+    private var output = ByteBufferAllocator().buffer(capacity: 0)
+    private var maintenance: Scheduled<Void>?
+    private var lastActivity = NIODeadline.now()
+    private var pingSentAt: NIODeadline?
+    /// GOAWAY received or the connection closed: new calls need another connection.
+    private(set) var isAcceptingCalls = true
+    /// Told when the connection stops accepting calls.
+    var onStopAccepting: (() -> Void)?
+
+    init(authority: String, scheme: String, limits: RPCLimits, timings: ConnectionTimings) {
+        self.authority = authority
+        self.scheme = scheme
+        self.limits = limits
+        self.timings = timings
+        self.session = HTTP2Session(role: .client, limits: limits)
+        session.delegate = self
+    }
+
+    // MARK: NIO events
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        if context.channel.isActive { start(context: context) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        start(context: context)
+        context.fireChannelActive()
+    }
+
+    private func start(context: ChannelHandlerContext) {
+        guard maintenance == nil else { return }
+        flush()
+        scheduleTick()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        teardown(RPCError(.unavailable, "the connection to \(authority) closed"))
+        context.fireChannelInactive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        teardown(RPCError(.unavailable, "the connection to \(authority) closed"))
+        self.context = nil
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        teardown(RPCError(.unavailable, "connection to \(authority) failed: \(error)"))
+        context.close(promise: nil)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let buffer = unwrapInboundIn(data)
+        lastActivity = .now()
+        inRead = true
+        let failure = buffer.withUnsafeReadableBytes { session.receive($0) }
+        inRead = false
+        if let failure {
+            teardown(RPCError(.internal, "HTTP/2 protocol error from \(authority): \(failure)"))
+            flush()
+            context.close(promise: nil)
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        flush()
+        context.fireChannelReadComplete()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { flush() }
+        context.fireChannelWritabilityChanged()
+    }
+
+    private func teardown(_ error: RPCError) {
+        stopAccepting()
+        maintenance?.cancel()
+        maintenance = nil
+        let open = streams
+        streams.removeAll()
+        for stream in open.values { stream.finish(error, trailers: [:]) }
+    }
+
+    private func stopAccepting() {
+        guard isAcceptingCalls else { return }
+        isAcceptingCalls = false
+        onStopAccepting?()
+        onStopAccepting = nil
+    }
+
+    // MARK: Calls
+
+    /// Opens a stream for a call. Fails the call when the connection cannot take it.
+    func startCall(path: String, options: CallOptions, stream: ClientStream, idBox: StreamIDBox) {
+        guard isAcceptingCalls, context != nil else {
+            stream.finish(RPCError(.unavailable, "the connection to \(authority) is closing; retry the call"), trailers: [:])
+            return
+        }
+        var headers = [
+            (":method", "POST"), (":scheme", scheme), (":path", path), (":authority", authority),
+            ("content-type", "application/grpc"), ("te", "trailers"), ("user-agent", "slipway-rpc/1.0"),
+        ]
+        if let timeout = options.timeout {
+            headers.append(("grpc-timeout", GRPCTimeout.format(nanoseconds: timeout.nanoseconds)))
+        }
+        headers += options.metadata.wireHeaders()
+        guard let id = session.submitRequest(headers: headers) else {
+            stream.finish(RPCError(.unavailable, "cannot open a stream to \(authority) (too many streams or connection closing)"), trailers: [:])
+            return
+        }
+        stream.id = id
+        idBox.set(id)
+        streams[id] = stream
+        lastActivity = .now()
+        if let timeout = options.timeout, let context {
+            stream.deadlineTimer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout.timeAmount) { [weak self, weak stream] in
+                guard let self, let stream, !stream.finished else { return }
+                self.session.resetStream(stream.id, errorCode: HTTP2ErrorCode.cancel)
+                stream.finish(RPCError(.deadlineExceeded, "deadline of \(timeout) exceeded calling \(path)"), trailers: [:])
+                self.scheduleFlush()
+            }
+        }
+        outboundReady(id)
+    }
+
+    /// Cancels a call: RST_STREAM(CANCEL) to the server.
+    func cancel(_ streamID: Int32, _ error: RPCError) {
+        guard let stream = streams[streamID], !stream.finished else { return }
+        session.resetStream(streamID, errorCode: HTTP2ErrorCode.cancel)
+        stream.finish(error, trailers: [:])
+        scheduleFlush()
+    }
+
+    func outboundReady(_ streamID: Int32) {
+        guard let stream = streams[streamID] else { return }
+        _ = stream.outbound.clearNotified()
+        if stream.dataDeferred {
+            stream.dataDeferred = false
+            session.resumeData(streamID: streamID)
+        }
+        scheduleFlush()
+    }
+
+    func releaseWindow(_ streamID: Int32) {
+        guard let stream = streams[streamID] else { return }
+        stream.inbound.windowReleased()
+        stream.holdingWindow = false
+        session.consume(streamID: streamID, bytes: stream.windowOwed)
+        stream.windowOwed = 0
+        scheduleFlush()
+    }
+
+    // MARK: Sending
+
+    private func flush() {
+        flushScheduled = false
+        guard let context, !inRead else { return }
+        while context.channel.isWritable {
+            guard session.send(into: &output, limit: 256 * 1024) else {
+                context.close(promise: nil)
+                return
+            }
+            if output.readableBytes == 0 { break }
+            context.write(wrapOutboundOut(output), promise: nil)
+            output = context.channel.allocator.buffer(capacity: 16 * 1024)
+        }
+        context.flush()
+        if !session.wantsRead && !session.wantsWrite { context.close(promise: nil) }
+    }
+
+    func scheduleFlush() {
+        guard !inRead, !flushScheduled, let context else { return }
+        flushScheduled = true
+        context.eventLoop.assumeIsolated().execute { self.flush() }
+    }
+
+    // MARK: HTTP2SessionDelegate
+
+    func session(_ session: HTTP2Session, header name: String, value: String, streamID: Int32) {
+        guard let stream = streams[streamID] else { return }
+        switch name {
+        case ":status": stream.httpStatus = value
+        case "content-type": stream.contentType = value
+        case "grpc-status": stream.grpcStatus = value
+        case "grpc-message": stream.grpcMessage = StatusMessageCoding.decode(value)
+        default:
+            if !Metadata.isReserved(name) { try? stream.metadata.addWire(name: name, value: value) }
+        }
+    }
+
+    func session(_ session: HTTP2Session, didReceiveHeadersOn streamID: Int32, endStream: Bool) {
+        guard let stream = streams[streamID], !stream.finished else { return }
+        stream.headerBlocks += 1
+        if stream.headerBlocks == 1 {
+            if let error = responseHeadersError(stream) {
+                session.resetStream(streamID, errorCode: HTTP2ErrorCode.cancel)
+                stream.finish(error, trailers: [:])
+                return
+            }
+            if !endStream {
+                stream.response.setInitial(stream.metadata)
+                stream.metadata = Metadata()
+                return
+            }
+        }
+        if endStream { complete(stream) }
+    }
+
+    /// The gRPC status for response headers that are not a gRPC response.
+    private func responseHeadersError(_ stream: ClientStream) -> RPCError? {
+        if stream.grpcStatus != nil && stream.httpStatus == "200" { return nil }  // trailers-only
+        guard let status = stream.httpStatus, status == "200" else {
+            let http = stream.httpStatus ?? "none"
+            let code: RPCStatusCode = switch http {
+            case "400": .internal
+            case "401": .unauthenticated
+            case "403": .permissionDenied
+            case "404": .unimplemented
+            case "429", "502", "503", "504": .unavailable
+            default: .unknown
+            }
+            return RPCError(code, "the server answered HTTP status \(http) for a gRPC call")
+        }
+        guard let type = stream.contentType, type.hasPrefix("application/grpc") else {
+            return RPCError(.unknown, "the server answered content-type \"\(stream.contentType ?? "none")\", not application/grpc")
+        }
+        return nil
+    }
+
+    /// Trailers arrived: end the call with their status.
+    private func complete(_ stream: ClientStream) {
+        if stream.reader.pendingBytes > 0 {
+            stream.finish(RPCError(.internal, "the response ended inside a message"), trailers: stream.metadata)
+            return
+        }
+        guard let statusText = stream.grpcStatus, let raw = Int(statusText) else {
+            stream.finish(RPCError(.internal, "the server ended the call without a grpc-status"), trailers: stream.metadata)
+            return
+        }
+        let code = RPCStatusCode(rawValue: raw) ?? .unknown
+        if code == .ok {
+            stream.finish(nil, trailers: stream.metadata)
+        } else {
+            stream.finish(RPCError(code, stream.grpcMessage ?? "", metadata: stream.metadata), trailers: stream.metadata)
+        }
+    }
+
+    func session(_ session: HTTP2Session, didReceiveData bytes: UnsafeRawBufferPointer, streamID: Int32) {
+        guard let stream = streams[streamID], !stream.finished else {
+            session.consume(streamID: streamID, bytes: bytes.count)
+            return
+        }
+        stream.reader.append(bytes)
+        if stream.holdingWindow {
+            stream.windowOwed += bytes.count
+        } else {
+            session.consume(streamID: streamID, bytes: bytes.count)
+        }
+        do {
+            while let message = try stream.reader.next() {
+                if !stream.inbound.push(message) { stream.holdingWindow = true }
+            }
+        } catch {
+            session.resetStream(streamID, errorCode: HTTP2ErrorCode.cancel)
+            stream.finish(error, trailers: [:])
+        }
+    }
+
+    func session(_ session: HTTP2Session, didReceiveEndOfDataOn streamID: Int32) {
+        guard let stream = streams[streamID], !stream.finished else { return }
+        stream.finish(RPCError(.internal, "the server ended the stream without trailers"), trailers: [:])
+    }
+
+    func session(_ session: HTTP2Session, didCloseStream streamID: Int32, errorCode: UInt32) {
+        guard let stream = streams.removeValue(forKey: streamID) else { return }
+        if !stream.finished {
+            let error: RPCError = switch errorCode {
+            case HTTP2ErrorCode.refusedStream: RPCError(.unavailable, "the server refused the stream; retry the call")
+            case HTTP2ErrorCode.cancel: RPCError(.cancelled, "the server cancelled the call")
+            case HTTP2ErrorCode.enhanceYourCalm: RPCError(.resourceExhausted, "the server asked to slow down (ENHANCE_YOUR_CALM)")
+            case HTTP2ErrorCode.noError: RPCError(.internal, "the server closed the stream without a status")
+            default: RPCError(.internal, "the server reset the stream with HTTP/2 error \(errorCode)")
+            }
+            stream.finish(error, trailers: [:])
+        }
+    }
+
+    func session(_ session: HTTP2Session, readDataFor streamID: Int32, into buffer: UnsafeMutableRawBufferPointer, flags: inout UInt32) -> Int {
+        guard let stream = streams[streamID] else {
+            flags |= HTTP2Data.eof
+            return 0
+        }
+        let (count, end) = stream.outbound.read(into: buffer)
+        if end != nil {
+            flags |= HTTP2Data.eof
+            return count
+        }
+        if count == 0 {
+            stream.dataDeferred = true
+            return HTTP2Data.deferred
+        }
+        return count
+    }
+
+    func session(_ session: HTTP2Session, didReceiveGoAway lastStreamID: Int32, errorCode: UInt32) {
+        stopAccepting()
+    }
+
+    func sessionDidReceivePingAck(_ session: HTTP2Session) {
+        pingSentAt = nil
+    }
+
+    /// Runs `tick` once a second while the connection lives.
+    private func scheduleTick() {
+        guard let context else { return }
+        maintenance = context.eventLoop.assumeIsolated().scheduleTask(in: .seconds(1)) { [weak self] in
+            guard let self else { return }
+            self.tick()
+            if self.maintenance != nil { self.scheduleTick() }
+        }
+    }
+
+    private func tick() {
+        guard let context else { return }
+        let now = NIODeadline.now()
+        if let sent = pingSentAt, now - sent > timings.keepaliveTimeout.timeAmount {
+            teardown(RPCError(.unavailable, "the connection to \(authority) stopped answering keepalive PINGs"))
+            context.close(promise: nil)
+            return
+        }
+        if let idle = timings.idleTimeout, streams.isEmpty, now - lastActivity > idle.timeAmount {
+            stopAccepting()
+            session.submitGoAway(errorCode: HTTP2ErrorCode.noError)
+            flush()
+            context.close(promise: nil)
+            return
+        }
+        if let interval = timings.keepaliveInterval, pingSentAt == nil, now - lastActivity > interval.timeAmount {
+            pingSentAt = now
+            session.submitPing()
+            flush()
+        }
+    }
+}

@@ -1,0 +1,162 @@
+import NIOCore
+import Synchronization
+
+/// How a stream's sending side ends.
+enum OutboundEnd: Sendable {
+    /// Client: END_STREAM after the last message.
+    case endStream
+    /// Server: trailers with this status and metadata.
+    case status(code: RPCStatusCode, message: String, metadata: Metadata)
+}
+
+/// Encoded messages queued by a writer (any thread) for the event loop to frame into DATA.
+///
+/// Writers append under a lock and wake the event loop at most once per batch; a writer that gets
+/// `highWatermark` bytes ahead of the network waits until nghttp2 has taken half of them.
+final class OutboundMessages: Sendable {
+    struct State {
+        var pending: ByteBuffer
+        var end: OutboundEnd?
+        var initialMetadata = Metadata()
+        /// Set when the stream can no longer send: writes fail with it.
+        var failure: RPCError?
+        var waiter: CheckedContinuation<Void, any Error>?
+        var waiterID = 0
+        /// An event-loop wake-up is already scheduled.
+        var notified = false
+    }
+
+    private let state: Mutex<State>
+    private let highWatermark: Int
+    private let maxMessageSize: Int
+    /// Wakes the event loop to pull from this queue.
+    private let notify: @Sendable () -> Void
+
+    init(allocator: ByteBufferAllocator, highWatermark: Int, maxMessageSize: Int, notify: @escaping @Sendable () -> Void) {
+        self.state = Mutex(State(pending: allocator.buffer(capacity: 0)))
+        self.highWatermark = highWatermark
+        self.maxMessageSize = maxMessageSize
+        self.notify = notify
+    }
+
+    /// Queues one encoded message; waits while too much is queued.
+    func write(_ bytes: [UInt8]) async throws {
+        guard bytes.count <= maxMessageSize else {
+            throw RPCError(.resourceExhausted, "message of \(bytes.count) bytes exceeds the limit of \(maxMessageSize) bytes")
+        }
+        let (mustNotify, mustWait) = try state.withLock { state throws(RPCError) -> (Bool, Bool) in
+            if let failure = state.failure { throw failure }
+            if state.end != nil { throw RPCError(.internal, "write after the stream was finished") }
+            state.pending.writeGRPCMessage(bytes)
+            let mustNotify = !state.notified
+            state.notified = true
+            return (mustNotify, state.pending.readableBytes > highWatermark)
+        }
+        if mustNotify { notify() }
+        if mustWait { try await waitForRoom() }
+    }
+
+    /// Queues a message without waiting (event-loop handlers); the caller bounds what it writes.
+    func writeNow(_ bytes: [UInt8]) throws(RPCError) {
+        guard bytes.count <= maxMessageSize else {
+            throw RPCError(.resourceExhausted, "message of \(bytes.count) bytes exceeds the limit of \(maxMessageSize) bytes")
+        }
+        let mustNotify = try state.withLock { state throws(RPCError) -> Bool in
+            if let failure = state.failure { throw failure }
+            state.pending.writeGRPCMessage(bytes)
+            let mustNotify = !state.notified
+            state.notified = true
+            return mustNotify
+        }
+        if mustNotify { notify() }
+    }
+
+    /// Ends the sending side after what is queued. Idempotent: the first end wins.
+    func finish(_ end: OutboundEnd) {
+        let mustNotify = state.withLock { state -> Bool in
+            guard state.end == nil, state.failure == nil else { return false }
+            state.end = end
+            let mustNotify = !state.notified
+            state.notified = true
+            return mustNotify
+        }
+        if mustNotify { notify() }
+    }
+
+    /// Sets metadata for the response headers (server) before the first message.
+    func setInitialMetadata(_ metadata: Metadata) {
+        state.withLock { $0.initialMetadata = metadata }
+    }
+
+    /// The stream is gone: fail the waiting writer and every later write.
+    func fail(_ error: RPCError) {
+        let waiter = state.withLock { state -> CheckedContinuation<Void, any Error>? in
+            if state.failure == nil { state.failure = error }
+            let waiter = state.waiter
+            state.waiter = nil
+            return waiter
+        }
+        waiter?.resume(throwing: error)
+    }
+
+    private func waitForRoom() async throws {
+        let id = state.withLock { state -> Int in
+            state.waiterID += 1
+            return state.waiterID
+        }
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                let result = state.withLock { state -> Result<Void, any Error>? in
+                    if let failure = state.failure { return .failure(failure) }
+                    if Task.isCancelled { return .failure(CancellationError()) }
+                    if state.pending.readableBytes <= highWatermark / 2 { return .success(()) }
+                    state.waiter = continuation
+                    return nil
+                }
+                if let result { continuation.resume(with: result) }
+            }
+        } onCancel: {
+            let waiter = state.withLock { state -> CheckedContinuation<Void, any Error>? in
+                guard state.waiterID == id else { return nil }
+                let waiter = state.waiter
+                state.waiter = nil
+                return waiter
+            }
+            waiter?.resume(throwing: CancellationError())
+        }
+    }
+
+    // MARK: Event-loop side
+
+    /// Called by the event loop when it handles a wake-up: later writes wake it again.
+    func clearNotified() -> (hasData: Bool, end: OutboundEnd?, initialMetadata: Metadata) {
+        state.withLock { state in
+            state.notified = false
+            return (state.pending.readableBytes > 0, state.end, state.initialMetadata)
+        }
+    }
+
+    /// Copies queued bytes into nghttp2's frame buffer. Returns the count and whether the queue is
+    /// now drained with the stream ended (`end`).
+    func read(into buffer: UnsafeMutableRawBufferPointer) -> (count: Int, end: OutboundEnd?) {
+        let (count, end, waiter) = state.withLock { state -> (Int, OutboundEnd?, CheckedContinuation<Void, any Error>?) in
+            let count = min(buffer.count, state.pending.readableBytes)
+            if count > 0 {
+                state.pending.readWithUnsafeReadableBytes { source in
+                    buffer.baseAddress!.copyMemory(from: source.baseAddress!, byteCount: count)
+                    return count
+                }
+                if state.pending.readableBytes == 0 { state.pending.clear() }
+            }
+            var waiter: CheckedContinuation<Void, any Error>?
+            if state.pending.readableBytes <= highWatermark / 2 {
+                waiter = state.waiter
+                state.waiter = nil
+            }
+            let end = state.pending.readableBytes == 0 ? state.end : nil
+            return (count, end, waiter)
+        }
+        waiter?.resume()
+        return (count, end)
+    }
+}

@@ -1,0 +1,173 @@
+import Logging
+import NIOCore
+import NIOPosix
+import NIOSSL
+import ServiceLifecycle
+import Synchronization
+
+/// A gRPC server on nghttp2: h2c with prior knowledge, or TLS with ALPN `h2`.
+///
+/// ```swift
+/// var router = RPCRouter()
+/// router.register(HealthService(...))
+/// let server = RPCServer(host: "127.0.0.1", port: 7000, router: router, logger: logger)
+/// try await ServiceGroup(services: [server], logger: logger).run()
+/// ```
+public final class RPCServer: Service, Sendable {
+    /// Server TLS: a certificate chain and key; with `trustRoots` set, clients must present a certificate (mTLS).
+    public struct TLS: Sendable {
+        public var certificateChain: [NIOSSLCertificate]
+        public var privateKey: NIOSSLPrivateKey
+        public var trustRoots: NIOSSLTrustRoots?
+
+        public init(certificateChain: [NIOSSLCertificate], privateKey: NIOSSLPrivateKey, trustRoots: NIOSSLTrustRoots? = nil) {
+            self.certificateChain = certificateChain
+            self.privateKey = privateKey
+            self.trustRoots = trustRoots
+        }
+
+        /// Loads PEM files.
+        public init(certificatePath: String, keyPath: String, clientCAPath: String? = nil) throws {
+            self.certificateChain = try NIOSSLCertificate.fromPEMFile(certificatePath)
+            self.privateKey = try NIOSSLPrivateKey(file: keyPath, format: .pem)
+            self.trustRoots = clientCAPath.map { .file($0) }
+        }
+    }
+
+    private let host: String
+    private let port: Int
+    private let handlers: [String: MethodHandler]
+    private let tls: TLS?
+    private let limits: RPCLimits
+    private let timings: ConnectionTimings
+    private let logger: Logger
+    private let group: any EventLoopGroup
+    private let state = Mutex(State())
+    private let bound: EventLoopPromise<SocketAddress>
+
+    private struct State {
+        var serverChannel: (any Channel)?
+        var connections: [ObjectIdentifier: any Channel] = [:]
+        var shuttingDown = false
+    }
+
+    public init(
+        host: String, port: Int, router: RPCRouter, tls: TLS? = nil,
+        limits: RPCLimits = RPCLimits(), timings: ConnectionTimings = ConnectionTimings(),
+        logger: Logger, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+    ) {
+        self.host = host
+        self.port = port
+        self.handlers = router.handlers
+        self.tls = tls
+        self.limits = limits
+        self.timings = timings
+        self.logger = logger
+        self.group = group
+        self.bound = group.next().makePromise()
+    }
+
+    /// The address the server listens on, once it does (useful with port 0).
+    public var listeningAddress: SocketAddress {
+        get async throws { try await bound.futureResult.get() }
+    }
+
+    /// Serves until graceful shutdown (SIGTERM through a `ServiceGroup`) or cancellation.
+    public func run() async throws {
+        let sslContext = try tls.map { tls -> NIOSSLContext in
+            var configuration = TLSConfiguration.makeServerConfiguration(
+                certificateChain: tls.certificateChain.map { .certificate($0) }, privateKey: .privateKey(tls.privateKey))
+            configuration.applicationProtocols = ["h2"]
+            if let roots = tls.trustRoots {
+                configuration.trustRoots = roots
+                configuration.certificateVerification = .noHostnameVerification
+            }
+            return try NIOSSLContext(configuration: configuration)
+        }
+        let handlers = self.handlers
+        let limits = self.limits
+        let timings = self.timings
+        let logger = self.logger
+        let channel: any Channel
+        do {
+            channel = try await ServerBootstrap(group: group)
+                .serverChannelOption(.backlog, value: 1024)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelOption(.writeBufferWaterMark, value: .init(low: 256 * 1024, high: 1024 * 1024))
+                .childChannelInitializer { [self] channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        if let sslContext {
+                            try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: sslContext))
+                        }
+                        try channel.pipeline.syncOperations.addHandler(
+                            ServerConnectionHandler(handlers: handlers, limits: limits, timings: timings, logger: logger))
+                        self.track(channel)
+                    }
+                }
+                .bind(host: host, port: port)
+                .get()
+        } catch {
+            bound.fail(error)
+            throw RPCServerError(message: "cannot listen on \(host):\(port): \(error)")
+        }
+        state.withLock { $0.serverChannel = channel }
+        if let address = channel.localAddress { bound.succeed(address) }
+        logger.info("serving gRPC", metadata: ["address": "\(channel.localAddress?.description ?? "?")", "tls": "\(tls != nil)"])
+
+        try await withTaskCancellationHandler {
+            try await withGracefulShutdownHandler {
+                try await channel.closeFuture.get()
+            } onGracefulShutdown: {
+                self.shutdown()
+            }
+        } onCancel: {
+            self.shutdown()
+        }
+        // The listener is closed; wait for connections to drain (each bounded by its grace period).
+        let open = state.withLock { Array($0.connections.values) }
+        for connection in open { try? await connection.closeFuture.get() }
+        logger.info("stopped serving gRPC")
+    }
+
+    /// Stops accepting connections and drains the open ones (GOAWAY, grace period, then cancel).
+    public func shutdown() {
+        let (listener, open) = state.withLock { state -> ((any Channel)?, [any Channel]) in
+            state.shuttingDown = true
+            return (state.serverChannel, Array(state.connections.values))
+        }
+        listener?.close(promise: nil)
+        for connection in open {
+            connection.pipeline.fireUserInboundEventTriggered(GracefulShutdownEvent())
+        }
+    }
+
+    private func track(_ channel: any Channel) {
+        let id = ObjectIdentifier(channel)
+        let refuse = state.withLock { state -> Bool in
+            state.connections[id] = channel
+            return state.shuttingDown
+        }
+        if refuse { channel.pipeline.fireUserInboundEventTriggered(GracefulShutdownEvent()) }
+        channel.closeFuture.whenComplete { _ in
+            self.state.withLock { _ = $0.connections.removeValue(forKey: id) }
+        }
+    }
+}
+
+/// The server could not start.
+public struct RPCServerError: Error, CustomStringConvertible {
+    public var message: String
+    public var description: String { message }
+}
+
+extension Duration {
+    /// Whole nanoseconds, saturating.
+    var nanoseconds: Int64 {
+        let (seconds, attoseconds) = components
+        let (product, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
+        return overflow ? .max : product + attoseconds / 1_000_000_000
+    }
+
+    var timeAmount: TimeAmount { .nanoseconds(nanoseconds) }
+}

@@ -1,0 +1,521 @@
+import CNGHTTP2
+import Logging
+import NIOCore
+
+/// Serves gRPC calls on one HTTP/2 connection: the bridge between NIO's bytes and nghttp2's session.
+///
+/// Everything here runs on the channel's event loop. Handlers' tasks reach it only through
+/// ``OutboundMessages`` / ``InboundMessages`` wake-ups.
+final class ServerConnectionHandler: ChannelInboundHandler, HTTP2SessionDelegate {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private let handlers: [String: MethodHandler]
+    private let limits: RPCLimits
+    private let timings: ConnectionTimings
+    private let logger: Logger
+    private let session: HTTP2Session
+    private var context: ChannelHandlerContext?
+    private var streams: [Int32: ServerStream] = [:]
+    private var inRead = false
+    private var flushScheduled = false
+    private var output: ByteBuffer
+    private var peer = "unknown"
+
+    // Connection management.
+    private var draining = false
+    private var graceTimer: Scheduled<Void>?
+    private var maintenance: Scheduled<Void>?
+    private var lastActivity = NIODeadline.now()
+    private var pingSentAt: NIODeadline?
+
+    init(handlers: [String: MethodHandler], limits: RPCLimits, timings: ConnectionTimings, logger: Logger) {
+        self.handlers = handlers
+        self.limits = limits
+        self.timings = timings
+        self.logger = logger
+        self.session = HTTP2Session(role: .server, limits: limits)
+        self.output = ByteBufferAllocator().buffer(capacity: 16 * 1024)
+        session.delegate = self
+    }
+
+    // MARK: NIO events
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        self.output = context.channel.allocator.buffer(capacity: 16 * 1024)
+        peer = context.channel.remoteAddress?.description ?? "unknown"
+        if context.channel.isActive { start(context: context) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        start(context: context)
+        context.fireChannelActive()
+    }
+
+    private func start(context: ChannelHandlerContext) {
+        guard maintenance == nil else { return }
+        flush()
+        scheduleTick()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        teardown()
+        self.context = nil
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        teardown()
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let buffer = unwrapInboundIn(data)
+        lastActivity = .now()
+        inRead = true
+        let failure = buffer.withUnsafeReadableBytes { session.receive($0) }
+        inRead = false
+        if let failure {
+            logger.debug("closing connection after HTTP/2 error", metadata: ["peer": "\(peer)", "error": "\(failure)"])
+            flush()
+            context.close(promise: nil)
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        flush()
+        context.fireChannelReadComplete()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { flush() }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        logger.debug("connection error", metadata: ["peer": "\(peer)", "error": "\(error)"])
+        context.close(promise: nil)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is GracefulShutdownEvent {
+            beginGracefulShutdown()
+        } else {
+            context.fireUserInboundEventTriggered(event)
+        }
+    }
+
+    private func teardown() {
+        maintenance?.cancel()
+        maintenance = nil
+        graceTimer?.cancel()
+        let open = streams
+        streams.removeAll()
+        for stream in open.values { stream.cancel(RPCError(.unavailable, "the connection closed")) }
+    }
+
+    // MARK: Sending
+
+    /// Serializes everything nghttp2 has ready and writes it, while the channel accepts more.
+    private func flush() {
+        flushScheduled = false
+        guard let context, !inRead else { return }
+        while context.channel.isWritable {
+            guard session.send(into: &output, limit: 256 * 1024) else {
+                context.close(promise: nil)
+                return
+            }
+            if output.readableBytes == 0 { break }
+            context.write(wrapOutboundOut(output), promise: nil)
+            output = context.channel.allocator.buffer(capacity: 16 * 1024)
+        }
+        context.flush()
+        if !session.wantsRead && !session.wantsWrite {
+            context.close(promise: nil)
+        } else if draining && streams.isEmpty && !session.wantsWrite {
+            context.close(promise: nil)
+        }
+    }
+
+    private func scheduleFlush() {
+        guard !inRead, !flushScheduled, let context else { return }
+        flushScheduled = true
+        context.eventLoop.assumeIsolated().execute { self.flush() }
+    }
+
+    /// A writer queued data or finished: start or resume the response.
+    func outboundReady(_ streamID: Int32) {
+        guard let stream = streams[streamID], let outbound = stream.outbound else { return }
+        let (hasData, end, initialMetadata) = outbound.clearNotified()
+        if !stream.headersSent {
+            if !hasData, case .status(let code, let message, let metadata)? = end {
+                // Trailers-only response.
+                var headers = [(":status", "200"), ("content-type", "application/grpc")]
+                headers += statusHeaders(code: code, message: message, metadata: metadata)
+                session.submitResponse(streamID: streamID, headers: headers, hasBody: false)
+                stream.headersSent = true
+                stream.phase = .done
+            } else if hasData || end != nil {
+                var headers = [(":status", "200"), ("content-type", "application/grpc")]
+                headers += initialMetadata.wireHeaders()
+                session.submitResponse(streamID: streamID, headers: headers, hasBody: true)
+                stream.headersSent = true
+            }
+        } else if stream.dataDeferred {
+            stream.dataDeferred = false
+            session.resumeData(streamID: streamID)
+        }
+        scheduleFlush()
+    }
+
+    private func statusHeaders(code: RPCStatusCode, message: String, metadata: Metadata) -> [(String, String)] {
+        var headers = [("grpc-status", String(code.rawValue))]
+        if !message.isEmpty { headers.append(("grpc-message", StatusMessageCoding.encode(message))) }
+        headers += metadata.wireHeaders()
+        return headers
+    }
+
+    /// Refuses a call before any handler ran, with a trailers-only response.
+    private func refuse(_ stream: ServerStream, code: RPCStatusCode, message: String, httpStatus: String = "200") {
+        var headers = [(":status", httpStatus), ("content-type", "application/grpc")]
+        headers += statusHeaders(code: code, message: message, metadata: [:])
+        session.submitResponse(streamID: stream.id, headers: headers, hasBody: false)
+        stream.headersSent = true
+        stream.phase = .done
+        stream.cancel(RPCError(code, message))
+    }
+
+    /// Ends a running call with `error` (deadline, protocol violation): its handler is cancelled.
+    private func fail(_ stream: ServerStream, _ error: RPCError) {
+        guard stream.phase != .done else { return }
+        if let outbound = stream.outbound, stream.headersSent || stream.phase == .running {
+            outbound.finish(.status(code: error.code, message: error.message, metadata: error.metadata))
+            stream.task?.cancel()
+            stream.inbound?.finish(error)
+            stream.phase = .done
+        } else {
+            refuse(stream, code: error.code, message: error.message)
+        }
+    }
+
+    // MARK: HTTP2SessionDelegate
+
+    func session(_ session: HTTP2Session, header name: String, value: String, streamID: Int32) {
+        let stream: ServerStream
+        if let existing = streams[streamID] {
+            stream = existing
+        } else {
+            stream = ServerStream(id: streamID, maxMessageSize: limits.maxMessageSize, allocator: context!.channel.allocator)
+            streams[streamID] = stream
+        }
+        guard stream.phase == .headers else { return }  // trailers from a client carry nothing we use
+        stream.headerBytes += name.utf8.count + value.utf8.count + 32
+        if stream.headerBytes > limits.maxHeaderListSize {
+            if stream.headerError == nil {
+                stream.headerError = (.resourceExhausted, "request headers exceed the limit of \(limits.maxHeaderListSize) bytes", "200")
+            }
+            return
+        }
+        switch name {
+        case ":path": stream.path = value
+        case ":method": stream.method = value
+        case "content-type": stream.contentType = value
+        case "grpc-timeout":
+            if let nanos = GRPCTimeout.parse(value) {
+                stream.timeoutNanos = nanos
+            } else if stream.headerError == nil {
+                stream.headerError = (.invalidArgument, "malformed grpc-timeout header \"\(value)\"", "200")
+            }
+        case "grpc-encoding":
+            if value != "identity", stream.headerError == nil {
+                stream.headerError = (.unimplemented, "grpc-encoding \"\(value)\" is not supported; send uncompressed messages", "200")
+            }
+        default:
+            if !Metadata.isReserved(name) {
+                do {
+                    try stream.metadata.addWire(name: name, value: value)
+                } catch {
+                    if stream.headerError == nil { stream.headerError = (error.code, error.message, "200") }
+                }
+            }
+        }
+    }
+
+    func session(_ session: HTTP2Session, didReceiveHeadersOn streamID: Int32, endStream: Bool) {
+        guard let stream = streams[streamID] else { return }
+        if stream.phase == .headers {
+            accept(stream)
+        }
+        if endStream { endOfInput(stream) }
+    }
+
+    /// Request headers are complete: route the call and prepare its state.
+    private func accept(_ stream: ServerStream) {
+        lastActivity = .now()
+        if draining {
+            stream.phase = .done
+            session.resetStream(stream.id, errorCode: HTTP2ErrorCode.refusedStream)
+            return
+        }
+        guard stream.method == "POST" else {
+            return refuse(stream, code: .unimplemented, message: "gRPC requires POST, got \(stream.method)", httpStatus: "405")
+        }
+        guard stream.contentType.hasPrefix("application/grpc") else {
+            return refuse(stream, code: .unknown, message: "content-type must be application/grpc, got \"\(stream.contentType)\"", httpStatus: "415")
+        }
+        if let error = stream.headerError {
+            return refuse(stream, code: error.code, message: error.message, httpStatus: error.httpStatus)
+        }
+        guard let handler = handlers[stream.path] else {
+            return refuse(stream, code: .unimplemented, message: "unknown method \(stream.path)")
+        }
+        let context = self.context!
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let id = stream.id
+        let eventLoop = context.eventLoop
+        let outbound = OutboundMessages(
+            allocator: context.channel.allocator, highWatermark: limits.outboundHighWatermark,
+            maxMessageSize: limits.maxMessageSize
+        ) {
+            if eventLoop.inEventLoop {
+                loopBound.value.outboundReady(id)
+            } else {
+                eventLoop.execute { loopBound.value.outboundReady(id) }
+            }
+        }
+        var deadline: ContinuousClock.Instant?
+        if let nanos = stream.timeoutNanos {
+            deadline = ContinuousClock.now.advanced(by: .nanoseconds(nanos))
+            stream.deadlineTimer = eventLoop.assumeIsolated().scheduleTask(in: .nanoseconds(nanos)) { [weak self, weak stream] in
+                guard let self, let stream else { return }
+                self.fail(stream, RPCError(.deadlineExceeded, "deadline of \(Double(nanos) / 1e9)s exceeded"))
+            }
+        }
+        stream.handler = handler
+        stream.outbound = outbound
+        stream.context = ServerContext(path: stream.path, metadata: stream.metadata, deadline: deadline, peer: peer, outbound: outbound)
+        if handler.takesSingleRequest {
+            stream.phase = .awaitingRequest
+        } else {
+            stream.inbound = InboundMessages(windowHoldback: limits.initialStreamWindow) {
+                eventLoop.execute { loopBound.value.releaseWindow(id) }
+            }
+            startHandler(stream)
+        }
+    }
+
+    func session(_ session: HTTP2Session, didReceiveData bytes: UnsafeRawBufferPointer, streamID: Int32) {
+        guard let stream = streams[streamID], stream.phase == .awaitingRequest || stream.phase == .running else {
+            session.consume(streamID: streamID, bytes: bytes.count)
+            return
+        }
+        stream.reader.append(bytes)
+        if stream.holdingWindow {
+            stream.windowOwed += bytes.count
+        } else {
+            session.consume(streamID: streamID, bytes: bytes.count)
+        }
+        do {
+            while let message = try stream.reader.next() {
+                if let inbound = stream.inbound {
+                    if !inbound.push(message) { stream.holdingWindow = true }
+                } else {
+                    stream.requestCount += 1
+                    if stream.requestCount == 1 { stream.request = message }
+                }
+            }
+        } catch {
+            fail(stream, error)
+        }
+    }
+
+    func session(_ session: HTTP2Session, didReceiveEndOfDataOn streamID: Int32) {
+        guard let stream = streams[streamID] else { return }
+        endOfInput(stream)
+    }
+
+    /// The client half-closed: start a single-request handler, or end the request stream.
+    private func endOfInput(_ stream: ServerStream) {
+        if stream.reader.pendingBytes > 0 {
+            return fail(stream, RPCError(.internal, "the request ended inside a message (\(stream.reader.pendingBytes) stray bytes)"))
+        }
+        switch stream.phase {
+        case .awaitingRequest:
+            guard stream.requestCount == 1 else {
+                return fail(stream, RPCError(.unimplemented, "\(stream.path) takes exactly one request message, got \(stream.requestCount)"))
+            }
+            startHandler(stream)
+        case .running:
+            stream.inbound?.finish(nil)
+        case .headers, .done:
+            break
+        }
+    }
+
+    private func startHandler(_ stream: ServerStream) {
+        stream.phase = .running
+        guard let handler = stream.handler, let outbound = stream.outbound, let context = stream.context else { return }
+        let request = stream.request
+        stream.request = nil
+        if case .unaryOnEventLoop(let body) = handler {
+            do {
+                let response = try body(request!, context)
+                try outbound.writeNow(response)
+                outbound.finish(.status(code: .ok, message: "", metadata: context.trailingMetadata))
+            } catch {
+                Self.finish(outbound, context, error)
+            }
+            return
+        }
+        stream.task = Self.spawn(handler, request: request, inbound: stream.inbound, outbound: outbound, context: context)
+    }
+
+    /// Runs an async handler in its own task (one per call, never one per message).
+    private static func spawn(
+        _ handler: MethodHandler, request: ByteBuffer?, inbound: InboundMessages?, outbound: OutboundMessages, context: ServerContext
+    ) -> Task<Void, Never> {
+        Task {
+            await run(outbound, context) {
+                switch handler {
+                case .unary(let body):
+                    try outbound.writeNow(try await body(request!, context))
+                case .unaryOnEventLoop(let body):
+                    try outbound.writeNow(try body(request!, context))
+                case .serverStreaming(let body):
+                    try await body(request!, outbound, context)
+                case .clientStreaming(let body):
+                    try outbound.writeNow(try await body(inbound!, context))
+                case .bidirectional(let body):
+                    try await body(inbound!, outbound, context)
+                }
+            }
+        }
+    }
+
+    private static func run(_ outbound: OutboundMessages, _ context: ServerContext, _ body: () async throws -> Void) async {
+        do {
+            try await body()
+            outbound.finish(.status(code: .ok, message: "", metadata: context.trailingMetadata))
+        } catch {
+            finish(outbound, context, error)
+        }
+    }
+
+    private static func finish(_ outbound: OutboundMessages, _ context: ServerContext, _ error: any Error) {
+        let status = RPCError.from(error)
+        var metadata = context.trailingMetadata
+        for entry in status.metadata.entries {
+            switch entry.value {
+            case .text(let text): metadata.add(entry.key, text)
+            case .binary(let bytes): metadata.add(entry.key, binary: bytes)
+            }
+        }
+        outbound.finish(.status(code: status.code, message: status.message, metadata: metadata))
+    }
+
+    func session(_ session: HTTP2Session, didCloseStream streamID: Int32, errorCode: UInt32) {
+        guard let stream = streams.removeValue(forKey: streamID) else { return }
+        lastActivity = .now()
+        if stream.phase != .done || errorCode != HTTP2ErrorCode.noError {
+            stream.cancel(RPCError(.cancelled, "the client cancelled the call"))
+        } else {
+            stream.deadlineTimer?.cancel()
+        }
+        if draining && streams.isEmpty { scheduleFlush() }
+    }
+
+    func session(_ session: HTTP2Session, readDataFor streamID: Int32, into buffer: UnsafeMutableRawBufferPointer, flags: inout UInt32) -> Int {
+        guard let stream = streams[streamID], let outbound = stream.outbound else {
+            flags |= HTTP2Data.eof
+            return 0
+        }
+        let (count, end) = outbound.read(into: buffer)
+        if let end {
+            flags |= HTTP2Data.eof | HTTP2Data.noEndStream
+            var trailers: [(String, String)] = []
+            if case .status(let code, let message, let metadata) = end {
+                trailers = statusHeaders(code: code, message: message, metadata: metadata)
+            }
+            session.submitTrailers(streamID: streamID, headers: trailers)
+            stream.phase = .done
+            stream.deadlineTimer?.cancel()
+            return count
+        }
+        if count == 0 {
+            stream.dataDeferred = true
+            return HTTP2Data.deferred
+        }
+        return count
+    }
+
+    func session(_ session: HTTP2Session, didReceiveGoAway lastStreamID: Int32, errorCode: UInt32) {
+        draining = true
+    }
+
+    func sessionDidReceivePingAck(_ session: HTTP2Session) {
+        pingSentAt = nil
+    }
+
+    /// The reader of a request stream caught up: return the held-back window to the client.
+    func releaseWindow(_ streamID: Int32) {
+        guard let stream = streams[streamID] else { return }
+        stream.inbound?.windowReleased()
+        stream.holdingWindow = false
+        session.consume(streamID: streamID, bytes: stream.windowOwed)
+        stream.windowOwed = 0
+        scheduleFlush()
+    }
+
+    // MARK: Connection management
+
+    /// GOAWAY: refuse new calls, let in-flight ones finish within the grace period, then cancel them.
+    func beginGracefulShutdown() {
+        guard !draining, let context else { return }
+        draining = true
+        session.submitGoAway(errorCode: HTTP2ErrorCode.noError)
+        graceTimer = context.eventLoop.assumeIsolated().scheduleTask(in: timings.shutdownGracePeriod.timeAmount) { [weak self] in
+            guard let self, let context = self.context else { return }
+            for stream in self.streams.values {
+                self.fail(stream, RPCError(.unavailable, "the server is shutting down"))
+            }
+            self.flush()
+            context.close(promise: nil)
+        }
+        flush()
+    }
+
+    /// Once a second: idle timeout and keepalive.
+    /// Runs `tick` once a second while the connection lives.
+    private func scheduleTick() {
+        guard let context else { return }
+        maintenance = context.eventLoop.assumeIsolated().scheduleTask(in: .seconds(1)) { [weak self] in
+            guard let self else { return }
+            self.tick()
+            if self.maintenance != nil { self.scheduleTick() }
+        }
+    }
+
+    private func tick() {
+        guard let context else { return }
+        let now = NIODeadline.now()
+        if let sent = pingSentAt, now - sent > timings.keepaliveTimeout.timeAmount {
+            logger.debug("closing connection: keepalive PING not acknowledged", metadata: ["peer": "\(peer)"])
+            context.close(promise: nil)
+            return
+        }
+        if let idle = timings.idleTimeout, streams.isEmpty,
+           now - lastActivity > idle.timeAmount {
+            beginGracefulShutdown()
+            return
+        }
+        if let interval = timings.keepaliveInterval, pingSentAt == nil,
+           now - lastActivity > interval.timeAmount {
+            pingSentAt = now
+            session.submitPing()
+            flush()
+        }
+    }
+}
+
+/// Sent through a server connection's pipeline to start its graceful shutdown.
+struct GracefulShutdownEvent {}

@@ -1,0 +1,76 @@
+import ArgumentParser
+import Foundation
+
+/// Command-line options every service takes. Flags beat environment variables, which beat defaults.
+public struct ServiceOptions: ParsableArguments, Sendable {
+    @Option(help: "Address to listen on, HOST:PORT (env SLIPWAY_<NAME>_LISTEN).")
+    public var listen: String?
+
+    @Option(help: "Data directory (env SLIPWAY_DATA_DIR, default ./.slipway).")
+    public var dataDir: String?
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (env SLIPWAY_LOG_LEVEL).")
+    public var logLevel: String?
+
+    @Option(help: "Where the gateway listens, HOST:PORT.") public var gatewayAddress: String?
+    @Option(help: "Where the pipeline service listens, HOST:PORT.") public var pipelineAddress: String?
+    @Option(help: "Where the builder service listens, HOST:PORT.") public var builderAddress: String?
+    @Option(help: "Where the network service listens, HOST:PORT.") public var networkAddress: String?
+    @Option(help: "Where the cluster service listens, HOST:PORT.") public var clusterAddress: String?
+    @Option(help: "Where the certs service listens, HOST:PORT.") public var certsAddress: String?
+    @Option(help: "Where the logs service listens, HOST:PORT.") public var logsAddress: String?
+
+    public init() {}
+
+    /// Resolves flags, environment and defaults for `service`.
+    public func resolve(for service: ServiceName, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> ServiceConfiguration {
+        var directory = try ServiceDirectory(environment: environment)
+        let flags: [(ServiceName, String?)] = [
+            (.gateway, gatewayAddress), (.pipeline, pipelineAddress), (.builder, builderAddress), (.network, networkAddress),
+            (.cluster, clusterAddress), (.certs, certsAddress), (.logs, logsAddress),
+        ]
+        for (name, value) in flags {
+            guard let value else { continue }
+            guard let address = ServiceAddress(parsing: value) else {
+                throw ConfigurationError("--\(name.rawValue)-address \(value) is not HOST:PORT")
+            }
+            directory[name] = address
+        }
+        if let listen {
+            guard let address = ServiceAddress(parsing: listen) else {
+                throw ConfigurationError("--listen \(listen) is not HOST:PORT (for example 127.0.0.1:\(service.defaultPort))")
+            }
+            directory[service] = address
+        }
+        let dataDirectory = dataDir ?? environment["SLIPWAY_DATA_DIR"] ?? "./.slipway"
+        let levelText = logLevel ?? environment["SLIPWAY_LOG_LEVEL"] ?? "info"
+        guard let level = Logger.Level(rawValue: levelText) else {
+            throw ConfigurationError("log level \"\(levelText)\" is not one of trace, debug, info, notice, warning, error, critical")
+        }
+        return ServiceConfiguration(service: service, listen: directory[service], directory: directory, dataDirectory: dataDirectory, logLevel: level)
+    }
+}
+
+import Logging
+
+/// A service's resolved configuration.
+public struct ServiceConfiguration: Sendable {
+    public var service: ServiceName
+    public var listen: ServiceAddress
+    /// Where every service listens, for calls to the others.
+    public var directory: ServiceDirectory
+    /// The platform's data directory; each service keeps its state under `<dataDirectory>/<service>`.
+    public var dataDirectory: String
+    public var logLevel: Logger.Level
+
+    /// This service's own state directory, created if missing.
+    public func stateDirectory() throws -> String {
+        let path = (dataDirectory as NSString).appendingPathComponent(service.rawValue)
+        do {
+            try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        } catch {
+            throw ConfigurationError("cannot create the data directory \(path): \(error.localizedDescription); choose another with --data-dir")
+        }
+        return path
+    }
+}

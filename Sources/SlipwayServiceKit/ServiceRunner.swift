@@ -1,0 +1,55 @@
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+import SlipwayRPC
+import SlipwayRPCServices
+
+/// What one platform service adds to the shared runtime: its RPC methods and background services.
+public protocol PlatformComponent: Sendable {
+    /// Registers the service's API and returns long-running work to run beside the server.
+    func setUp(configuration: ServiceConfiguration, logger: Logger, router: inout RPCRouter) async throws -> [any Service]
+}
+
+/// Runs one platform service: an RPC server with health and reflection, its component, and
+/// graceful shutdown on SIGTERM/SIGINT.
+public enum ServiceRunner {
+    /// Bootstraps logging, builds the server and runs until a signal arrives.
+    public static func run(_ name: ServiceName, options: ServiceOptions, component: some PlatformComponent) async throws {
+        let configuration = try options.resolve(for: name)
+        let level = configuration.logLevel
+        LoggingSystem.bootstrap { label in LogfmtLogHandler(label: label, level: level) }
+        let logger = Logger(label: name.executable)
+        try await run(configuration: configuration, component: component, logger: logger)
+    }
+
+    /// Runs a service with an already resolved configuration (tests start services this way).
+    public static func run(configuration: ServiceConfiguration, component: some PlatformComponent, logger: Logger) async throws {
+        _ = try configuration.stateDirectory()
+        var router = RPCRouter()
+        let background = try await component.setUp(configuration: configuration, logger: logger, router: &router)
+        let health = HealthService()
+        router.register(health)
+        router.register(ReflectionService(router: router))
+        for service in router.serviceNames { health.setStatus(.serving, for: service) }
+
+        let server = RPCServer(host: configuration.listen.host, port: configuration.listen.port, router: router, logger: logger)
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: server)] + background.map { .init(service: $0) } + [.init(service: HealthShutdownMarker(health: health))],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
+        logger.info("starting", metadata: ["listen": "\(configuration.listen)", "data-dir": "\(configuration.dataDirectory)"])
+        try await group.run()
+    }
+}
+
+/// Marks every service NOT_SERVING as soon as shutdown begins, so probes stop routing to us.
+private struct HealthShutdownMarker: Service {
+    let health: HealthService
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        health.enterShutdown()
+    }
+}

@@ -1,0 +1,15 @@
+import ArgumentParser
+import SlipwayServiceKit
+import SlipwayBuilder
+
+/// `slipway-builder`: git fetch, image build, push, mirroring, build cache.
+@main
+struct Main: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "slipway-builder", abstract: "Slipway builder service: git fetch, image build, push, mirroring, build cache.")
+
+    @OptionGroup var options: ServiceOptions
+
+    func run() async throws {
+        try await ServiceRunner.run(.builder, options: options, component: BuilderComponent())
+    }
+}

@@ -1,0 +1,15 @@
+import ArgumentParser
+import SlipwayServiceKit
+import SlipwayCerts
+
+/// `slipway-certs`: ACME accounts, orders, challenges, certificates, renewal, local CA.
+@main
+struct Main: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "slipway-certs", abstract: "Slipway certs service: ACME accounts, orders, challenges, certificates, renewal, local CA.")
+
+    @OptionGroup var options: ServiceOptions
+
+    func run() async throws {
+        try await ServiceRunner.run(.certs, options: options, component: CertsComponent())
+    }
+}

@@ -71,10 +71,24 @@ var targets: [Target] = [
         swiftSettings: strict
     ),
 
+    // Test fixtures shared by the Swift tests and the interop peer the Python suites drive.
+    .target(
+        name: "SlipwayRPCTestSupport",
+        dependencies: ["SlipwayRPC", "SlipwayProtos"],
+        path: "Tests/SlipwayRPCTestSupport",
+        swiftSettings: strict
+    ),
+    .executableTarget(
+        name: "slipway-interop-peer",
+        dependencies: ["SlipwayRPC", "SlipwayRPCServices", "SlipwayProtos", "SlipwayRPCTestSupport", .product(name: "Logging", package: "swift-log")] + nio,
+        path: "Tests/InteropPeer",
+        swiftSettings: strict
+    ),
+
     .testTarget(name: "SlipwayProtobufTests", dependencies: ["SlipwayProtos", "SlipwayProtobuf"], swiftSettings: strict),
     .testTarget(
         name: "SlipwayRPCTests",
-        dependencies: ["SlipwayRPC", "SlipwayRPCServices", "SlipwayProtos", "SlipwayServiceKit"] + nio,
+        dependencies: ["SlipwayRPC", "SlipwayRPCServices", "SlipwayProtos", "SlipwayServiceKit", "SlipwayRPCTestSupport"] + nio,
         swiftSettings: strict
     ),
 ]

@@ -213,6 +213,7 @@ public final class RPCClient: Sendable {
     /// A server-streaming call: `body` reads the responses.
     public func serverStreaming<I: ProtoMessage, O: ProtoMessage, R: Sendable>(
         _ path: String, request: I, responseType: O.Type = O.self, options: CallOptions = CallOptions(),
+        isolation: isolated (any Actor)? = #isolation,
         _ body: (ResponseStream<O>) async throws -> R
     ) async throws -> R {
         let call = try await makeCall(path: path, options: options)
@@ -226,6 +227,7 @@ public final class RPCClient: Sendable {
     /// A client-streaming call: `requests` writes the requests; returns the single response.
     public func clientStreaming<I: ProtoMessage, O: ProtoMessage>(
         _ path: String, requestType: I.Type = I.self, responseType: O.Type = O.self, options: CallOptions = CallOptions(),
+        isolation: isolated (any Actor)? = #isolation,
         _ requests: (RequestWriter<I>) async throws -> Void
     ) async throws -> O {
         let call = try await makeCall(path: path, options: options)
@@ -239,12 +241,13 @@ public final class RPCClient: Sendable {
     /// A bidirectional call: `requests` writes while `responses` reads, concurrently.
     public func bidirectional<I: ProtoMessage, O: ProtoMessage, R: Sendable>(
         _ path: String, requestType: I.Type = I.self, responseType: O.Type = O.self, options: CallOptions = CallOptions(),
+        isolation: isolated (any Actor)? = #isolation,
         requests: @escaping @Sendable (RequestWriter<I>) async throws -> Void,
         responses: (ResponseStream<O>) async throws -> R
     ) async throws -> R {
         let call = try await makeCall(path: path, options: options)
         return try await call.withCancellation {
-            try await withThrowingTaskGroup(of: Void.self, returning: R.self) { group in
+            try await withThrowingTaskGroup(of: Void.self, returning: R.self, isolation: isolation) { group in
                 group.addTask {
                     try await requests(call.requests(I.self))
                     call.finishSending()
@@ -263,23 +266,28 @@ public final class RPCClient: Sendable {
     }
 
     public func serverStreaming<M: ProtoMethod, R: Sendable>(
-        _ method: M.Type, _ request: M.Input, options: CallOptions = CallOptions(), _ body: (ResponseStream<M.Output>) async throws -> R
+        _ method: M.Type, _ request: M.Input, options: CallOptions = CallOptions(),
+        isolation: isolated (any Actor)? = #isolation, _ body: (ResponseStream<M.Output>) async throws -> R
     ) async throws -> R {
-        try await serverStreaming(M.path, request: request, responseType: M.Output.self, options: options, body)
+        try await serverStreaming(M.path, request: request, responseType: M.Output.self, options: options, isolation: isolation, body)
     }
 
     public func clientStreaming<M: ProtoMethod>(
-        _ method: M.Type, options: CallOptions = CallOptions(), _ requests: (RequestWriter<M.Input>) async throws -> Void
+        _ method: M.Type, options: CallOptions = CallOptions(),
+        isolation: isolated (any Actor)? = #isolation, _ requests: (RequestWriter<M.Input>) async throws -> Void
     ) async throws -> M.Output {
-        try await clientStreaming(M.path, requestType: M.Input.self, responseType: M.Output.self, options: options, requests)
+        try await clientStreaming(M.path, requestType: M.Input.self, responseType: M.Output.self, options: options, isolation: isolation, requests)
     }
 
     public func bidirectional<M: ProtoMethod, R: Sendable>(
         _ method: M.Type, options: CallOptions = CallOptions(),
+        isolation: isolated (any Actor)? = #isolation,
         requests: @escaping @Sendable (RequestWriter<M.Input>) async throws -> Void,
         responses: (ResponseStream<M.Output>) async throws -> R
     ) async throws -> R {
-        try await bidirectional(M.path, requestType: M.Input.self, responseType: M.Output.self, options: options, requests: requests, responses: responses)
+        try await bidirectional(
+            M.path, requestType: M.Input.self, responseType: M.Output.self, options: options, isolation: isolation,
+            requests: requests, responses: responses)
     }
 }
 
@@ -336,13 +344,13 @@ public struct ClientCall: Sendable {
     }
 
     /// Runs `body`; cancelling the task cancels the call.
-    func withCancellation<R>(_ body: () async throws -> R) async throws -> R {
+    func withCancellation<R>(isolation: isolated (any Actor)? = #isolation, _ body: () async throws -> R) async throws -> R {
         do {
-            return try await withTaskCancellationHandler {
+            return try await withTaskCancellationHandler(operation: {
                 try await body()
-            } onCancel: {
+            }, onCancel: {
                 self.cancel()
-            }
+            }, isolation: isolation)
         } catch let error as RPCError {
             throw error
         } catch is CancellationError {

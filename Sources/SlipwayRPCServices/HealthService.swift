@@ -79,3 +79,15 @@ public final class HealthService: RPCService {
         state.withLock { $0.statuses.keys.filter { !$0.isEmpty }.sorted().joined(separator: ", ") }
     }
 }
+
+extension RPCRouter {
+    /// Adds what every Slipway server carries, after its own services: health (every registered
+    /// service SERVING) and reflection (v1 and v1alpha). Returns the health service to update.
+    public mutating func registerStandardServices() -> HealthService {
+        let health = HealthService()
+        register(health)
+        register(ReflectionService(router: self))
+        for service in serviceNames { health.setStatus(.serving, for: service) }
+        return health
+    }
+}

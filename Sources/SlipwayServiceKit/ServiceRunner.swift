@@ -28,10 +28,7 @@ public enum ServiceRunner {
         _ = try configuration.stateDirectory()
         var router = RPCRouter()
         let background = try await component.setUp(configuration: configuration, logger: logger, router: &router)
-        let health = HealthService()
-        router.register(health)
-        router.register(ReflectionService(router: router))
-        for service in router.serviceNames { health.setStatus(.serving, for: service) }
+        let health = router.registerStandardServices()
 
         let server = RPCServer(host: configuration.listen.host, port: configuration.listen.port, router: router, logger: logger)
         let group = ServiceGroup(

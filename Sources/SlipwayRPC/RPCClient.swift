@@ -138,8 +138,11 @@ public final class RPCClient: Sendable {
                         configuration.certificateChain = tls.certificateChain.map { .certificate($0) }
                         configuration.privateKey = tls.privateKey.map { .privateKey($0) }
                         let context = try NIOSSLContext(configuration: configuration)
+                        // SNI carries names only: for an IP literal the certificate is checked against the address.
+                        let name = tls.serverHostname ?? host
+                        let isAddress = (try? SocketAddress(ipAddress: name, port: 0)) != nil
                         try channel.pipeline.syncOperations.addHandler(
-                            try NIOSSLClientHandler(context: context, serverHostname: tls.serverHostname ?? host))
+                            try NIOSSLClientHandler(context: context, serverHostname: isAddress ? nil : name))
                     }
                     let handler = ClientConnectionHandler(authority: authority, scheme: tls == nil ? "http" : "https", limits: limits, timings: timings)
                     try channel.pipeline.syncOperations.addHandler(handler)

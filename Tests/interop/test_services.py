@@ -1,0 +1,112 @@
+"""The seven platform executables: each starts, answers grpcio health and reflection, and stops
+gracefully on SIGTERM."""
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from conftest import binary
+
+SERVICES = ["gateway", "pipeline", "builder", "network", "cluster", "certs", "logs"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_serving(address, timeout=20):
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                return stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+            except grpc.RpcError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def platform():
+    data_dir = tempfile.mkdtemp(prefix="slipway-data-")
+    env = dict(os.environ)
+    addresses = {}
+    for name in SERVICES:
+        addresses[name] = f"127.0.0.1:{free_port()}"
+        env[f"SLIPWAY_{name.upper()}_LISTEN"] = addresses[name]
+    env["SLIPWAY_DATA_DIR"] = data_dir
+    procs = {name: subprocess.Popen([binary(f"slipway-{name}")], env=env, stderr=subprocess.PIPE, text=True) for name in SERVICES}
+    yield addresses, procs, data_dir
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_service_serves_health(platform, name):
+    addresses, procs, data_dir = platform
+    assert wait_serving(addresses[name]) == health_pb2.HealthCheckResponse.SERVING
+    assert os.path.isdir(os.path.join(data_dir, name)), "each service keeps its state under <data-dir>/<service>"
+
+
+def test_reflection_on_every_service(platform):
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    addresses, _, _ = platform
+    for name in SERVICES:
+        with grpc.insecure_channel(addresses[name]) as channel:
+            services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+            assert "grpc.health.v1.Health" in services, name
+
+
+def test_sigterm_is_graceful(platform):
+    addresses, procs, _ = platform
+    for name in SERVICES:
+        wait_serving(addresses[name])
+        procs[name].send_signal(signal.SIGTERM)
+    for name in SERVICES:
+        assert procs[name].wait(timeout=20) == 0, f"{name} exited with {procs[name].returncode}: {procs[name].stderr.read()}"
+        log = procs[name].stderr.read()
+        assert "stopped serving gRPC" in log, log
+
+
+def test_listen_flag_beats_environment(tmp_path):
+    port = free_port()
+    env = dict(os.environ, SLIPWAY_LOGS_LISTEN="127.0.0.1:1")
+    proc = subprocess.Popen([binary("slipway-logs"), "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path)], env=env,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_serving(f"127.0.0.1:{port}") == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--listen", "nonsense"], "is not HOST:PORT"),
+    (["--log-level", "loud"], "log level"),
+])
+def test_bad_configuration_is_a_clear_error(args, message, tmp_path):
+    result = subprocess.run([binary("slipway-pipeline"), "--data-dir", str(tmp_path)] + args, capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+
+
+def test_port_in_use_is_a_clear_error(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([binary("slipway-builder"), "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path)],
+                                capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr, result.stderr

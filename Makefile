@@ -1,0 +1,48 @@
+# Slipway: `make demo` runs the platform, `make test` runs every test. Both install what they need.
+SHELL := /bin/bash
+export PATH := /opt/swift/usr/bin:$(PATH)
+DATA_DIR ?= ./.slipway
+CONFIG ?= debug
+
+.PHONY: all build demo down test test-swift test-interop check-generated generate bench clean
+
+all: build
+
+build:
+	scripts/install-deps.sh build
+	swift build -c $(CONFIG)
+
+## Starts the seven services on 127.0.0.1:7000-7006 (data in $(DATA_DIR)) and checks each answers health.
+demo: build
+	scripts/platform.sh up $(DATA_DIR) .build/$(CONFIG)
+
+## Stops what `make demo` started.
+down:
+	scripts/platform.sh down $(DATA_DIR)
+
+## Every test: generated code in sync, Swift unit/integration tests, grpcio interop and robustness suites.
+test:
+	scripts/install-deps.sh test
+	$(MAKE) check-generated
+	swift build --build-tests
+	$(MAKE) test-swift test-interop
+
+test-swift:
+	swift test --skip-build
+
+test-interop:
+	SLIPWAY_BIN_DIR=.build/debug python3 -m pytest -q Tests/interop
+
+check-generated:
+	SCRATCH=.build scripts/generate-protos.sh --check
+
+## Regenerates the protobuf-c and Swift code from protos/.
+generate:
+	scripts/generate-protos.sh
+
+## RPC benchmark against the grpc-swift-2 anchor (see BENCHMARKS.md).
+bench:
+	scripts/bench-rpc.sh
+
+clean:
+	rm -rf .build .build-gen

@@ -2,23 +2,10 @@ import Logging
 import NIOCore
 
 /// Carries client calls over one HTTP/2 connection (multiplexed streams), on the channel's event loop.
-final class ClientConnectionHandler: ChannelInboundHandler, HTTP2SessionDelegate {
-    typealias InboundIn = ByteBuffer
-    typealias OutboundOut = ByteBuffer
-
-    private let limits: RPCLimits
-    private let timings: ConnectionTimings
+final class ClientConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegate {
     private let authority: String
     private let scheme: String
-    private let session: HTTP2Session
-    private var context: ChannelHandlerContext?
     private var streams: [Int32: ClientStream] = [:]
-    private var inRead = false
-    private var flushScheduled = false
-    private var output = ByteBufferAllocator().buffer(capacity: 0)
-    private var maintenance: Scheduled<Void>?
-    private var lastActivity = NIODeadline.now()
-    private var pingSentAt: NIODeadline?
     /// GOAWAY received or the connection closed: new calls need another connection.
     private(set) var isAcceptingCalls = true
     /// Told when the connection stops accepting calls.
@@ -27,75 +14,25 @@ final class ClientConnectionHandler: ChannelInboundHandler, HTTP2SessionDelegate
     init(authority: String, scheme: String, limits: RPCLimits, timings: ConnectionTimings) {
         self.authority = authority
         self.scheme = scheme
-        self.limits = limits
-        self.timings = timings
-        self.session = HTTP2Session(role: .client, limits: limits)
+        super.init(role: .client, limits: limits, timings: timings)
         session.delegate = self
     }
 
-    // MARK: NIO events
+    // MARK: Connection events
 
-    func handlerAdded(context: ChannelHandlerContext) {
-        self.context = context
-        if context.channel.isActive { start(context: context) }
-    }
+    override var hasOpenStreams: Bool { !streams.isEmpty }
 
-    func channelActive(context: ChannelHandlerContext) {
-        start(context: context)
-        context.fireChannelActive()
-    }
-
-    private func start(context: ChannelHandlerContext) {
-        guard maintenance == nil else { return }
-        flush()
-        scheduleTick()
-    }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        teardown(RPCError(.unavailable, "the connection to \(authority) closed"))
-        context.fireChannelInactive()
-    }
-
-    func handlerRemoved(context: ChannelHandlerContext) {
-        teardown(RPCError(.unavailable, "the connection to \(authority) closed"))
-        self.context = nil
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        teardown(RPCError(.unavailable, "connection to \(authority) failed: \(error)"))
-        context.close(promise: nil)
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let buffer = unwrapInboundIn(data)
-        lastActivity = .now()
-        inRead = true
-        let failure = buffer.withUnsafeReadableBytes { session.receive($0) }
-        inRead = false
-        if let failure {
-            teardown(RPCError(.internal, "HTTP/2 protocol error from \(authority): \(failure)"))
-            flush()
-            context.close(promise: nil)
-        }
-    }
-
-    func channelReadComplete(context: ChannelHandlerContext) {
-        flush()
-        context.fireChannelReadComplete()
-    }
-
-    func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable { flush() }
-        context.fireChannelWritabilityChanged()
-    }
-
-    private func teardown(_ error: RPCError) {
+    override func connectionDidEnd(_ error: RPCError) {
         stopAccepting()
-        maintenance?.cancel()
-        maintenance = nil
         let open = streams
         streams.removeAll()
-        for stream in open.values { stream.finish(error, trailers: [:]) }
+        let reason = RPCError(error.code == .internal ? .internal : .unavailable, "connection to \(authority): \(error.message)")
+        for stream in open.values { stream.finish(reason, trailers: [:]) }
+    }
+
+    override func idleTimeoutExpired() {
+        stopAccepting()
+        super.idleTimeoutExpired()
     }
 
     private func stopAccepting() {
@@ -165,30 +102,6 @@ final class ClientConnectionHandler: ChannelInboundHandler, HTTP2SessionDelegate
         session.consume(streamID: streamID, bytes: stream.windowOwed)
         stream.windowOwed = 0
         scheduleFlush()
-    }
-
-    // MARK: Sending
-
-    private func flush() {
-        flushScheduled = false
-        guard let context, !inRead else { return }
-        while context.channel.isWritable {
-            guard session.send(into: &output, limit: 256 * 1024) else {
-                context.close(promise: nil)
-                return
-            }
-            if output.readableBytes == 0 { break }
-            context.write(wrapOutboundOut(output), promise: nil)
-            output = context.channel.allocator.buffer(capacity: 16 * 1024)
-        }
-        context.flush()
-        if !session.wantsRead && !session.wantsWrite { context.close(promise: nil) }
-    }
-
-    func scheduleFlush() {
-        guard !inRead, !flushScheduled, let context else { return }
-        flushScheduled = true
-        context.eventLoop.assumeIsolated().execute { self.flush() }
     }
 
     // MARK: HTTP2SessionDelegate
@@ -324,38 +237,6 @@ final class ClientConnectionHandler: ChannelInboundHandler, HTTP2SessionDelegate
     }
 
     func sessionDidReceivePingAck(_ session: HTTP2Session) {
-        pingSentAt = nil
-    }
-
-    /// Runs `tick` once a second while the connection lives.
-    private func scheduleTick() {
-        guard let context else { return }
-        maintenance = context.eventLoop.assumeIsolated().scheduleTask(in: .seconds(1)) { [weak self] in
-            guard let self else { return }
-            self.tick()
-            if self.maintenance != nil { self.scheduleTick() }
-        }
-    }
-
-    private func tick() {
-        guard let context else { return }
-        let now = NIODeadline.now()
-        if let sent = pingSentAt, now - sent > timings.keepaliveTimeout.timeAmount {
-            teardown(RPCError(.unavailable, "the connection to \(authority) stopped answering keepalive PINGs"))
-            context.close(promise: nil)
-            return
-        }
-        if let idle = timings.idleTimeout, streams.isEmpty, now - lastActivity > idle.timeAmount {
-            stopAccepting()
-            session.submitGoAway(errorCode: HTTP2ErrorCode.noError)
-            flush()
-            context.close(promise: nil)
-            return
-        }
-        if let interval = timings.keepaliveInterval, pingSentAt == nil, now - lastActivity > interval.timeAmount {
-            pingSentAt = now
-            session.submitPing()
-            flush()
-        }
+        pingAcknowledged()
     }
 }

@@ -6,141 +6,50 @@ import NIOCore
 ///
 /// Everything here runs on the channel's event loop. Handlers' tasks reach it only through
 /// ``OutboundMessages`` / ``InboundMessages`` wake-ups.
-final class ServerConnectionHandler: ChannelInboundHandler, HTTP2SessionDelegate {
-    typealias InboundIn = ByteBuffer
-    typealias OutboundOut = ByteBuffer
-
+final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegate {
     private let handlers: [String: MethodHandler]
     private let limits: RPCLimits
-    private let timings: ConnectionTimings
     private let logger: Logger
-    private let session: HTTP2Session
-    private var context: ChannelHandlerContext?
     private var streams: [Int32: ServerStream] = [:]
-    private var inRead = false
-    private var flushScheduled = false
-    private var output: ByteBuffer
     private var peer = "unknown"
-
-    // Connection management.
     private var draining = false
     private var graceTimer: Scheduled<Void>?
-    private var maintenance: Scheduled<Void>?
-    private var lastActivity = NIODeadline.now()
-    private var pingSentAt: NIODeadline?
 
     init(handlers: [String: MethodHandler], limits: RPCLimits, timings: ConnectionTimings, logger: Logger) {
         self.handlers = handlers
         self.limits = limits
-        self.timings = timings
         self.logger = logger
-        self.session = HTTP2Session(role: .server, limits: limits)
-        self.output = ByteBufferAllocator().buffer(capacity: 16 * 1024)
+        super.init(role: .server, limits: limits, timings: timings)
         session.delegate = self
     }
 
-    // MARK: NIO events
+    // MARK: Connection events
 
-    func handlerAdded(context: ChannelHandlerContext) {
-        self.context = context
-        self.output = context.channel.allocator.buffer(capacity: 16 * 1024)
+    override var hasOpenStreams: Bool { !streams.isEmpty }
+    override var closesWhenStreamsEnd: Bool { draining }
+
+    override func connectionDidStart(context: ChannelHandlerContext) {
         peer = context.channel.remoteAddress?.description ?? "unknown"
-        if context.channel.isActive { start(context: context) }
     }
 
-    func channelActive(context: ChannelHandlerContext) {
-        start(context: context)
-        context.fireChannelActive()
-    }
-
-    private func start(context: ChannelHandlerContext) {
-        guard maintenance == nil else { return }
-        flush()
-        scheduleTick()
-    }
-
-    func handlerRemoved(context: ChannelHandlerContext) {
-        teardown()
-        self.context = nil
-    }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        teardown()
-        context.fireChannelInactive()
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let buffer = unwrapInboundIn(data)
-        lastActivity = .now()
-        inRead = true
-        let failure = buffer.withUnsafeReadableBytes { session.receive($0) }
-        inRead = false
-        if let failure {
-            logger.debug("closing connection after HTTP/2 error", metadata: ["peer": "\(peer)", "error": "\(failure)"])
-            flush()
-            context.close(promise: nil)
-        }
-    }
-
-    func channelReadComplete(context: ChannelHandlerContext) {
-        flush()
-        context.fireChannelReadComplete()
-    }
-
-    func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable { flush() }
-        context.fireChannelWritabilityChanged()
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        logger.debug("connection error", metadata: ["peer": "\(peer)", "error": "\(error)"])
-        context.close(promise: nil)
-    }
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is GracefulShutdownEvent {
-            beginGracefulShutdown()
-        } else {
-            context.fireUserInboundEventTriggered(event)
-        }
-    }
-
-    private func teardown() {
-        maintenance?.cancel()
-        maintenance = nil
+    override func connectionDidEnd(_ error: RPCError) {
+        if error.code == .internal { logger.debug("closing connection", metadata: ["peer": "\(peer)", "error": "\(error.message)"]) }
         graceTimer?.cancel()
         let open = streams
         streams.removeAll()
         for stream in open.values { stream.cancel(RPCError(.unavailable, "the connection closed")) }
     }
 
-    // MARK: Sending
-
-    /// Serializes everything nghttp2 has ready and writes it, while the channel accepts more.
-    private func flush() {
-        flushScheduled = false
-        guard let context, !inRead else { return }
-        while context.channel.isWritable {
-            guard session.send(into: &output, limit: 256 * 1024) else {
-                context.close(promise: nil)
-                return
-            }
-            if output.readableBytes == 0 { break }
-            context.write(wrapOutboundOut(output), promise: nil)
-            output = context.channel.allocator.buffer(capacity: 16 * 1024)
-        }
-        context.flush()
-        if !session.wantsRead && !session.wantsWrite {
-            context.close(promise: nil)
-        } else if draining && streams.isEmpty && !session.wantsWrite {
-            context.close(promise: nil)
-        }
+    override func idleTimeoutExpired() {
+        beginGracefulShutdown()
     }
 
-    private func scheduleFlush() {
-        guard !inRead, !flushScheduled, let context else { return }
-        flushScheduled = true
-        context.eventLoop.assumeIsolated().execute { self.flush() }
+    override func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is GracefulShutdownEvent {
+            beginGracefulShutdown()
+        } else {
+            context.fireUserInboundEventTriggered(event)
+        }
     }
 
     /// A writer queued data or finished: start or resume the response.
@@ -453,7 +362,7 @@ final class ServerConnectionHandler: ChannelInboundHandler, HTTP2SessionDelegate
     }
 
     func sessionDidReceivePingAck(_ session: HTTP2Session) {
-        pingSentAt = nil
+        pingAcknowledged()
     }
 
     /// The reader of a request stream caught up: return the held-back window to the client.
@@ -485,36 +394,6 @@ final class ServerConnectionHandler: ChannelInboundHandler, HTTP2SessionDelegate
     }
 
     /// Once a second: idle timeout and keepalive.
-    /// Runs `tick` once a second while the connection lives.
-    private func scheduleTick() {
-        guard let context else { return }
-        maintenance = context.eventLoop.assumeIsolated().scheduleTask(in: .seconds(1)) { [weak self] in
-            guard let self else { return }
-            self.tick()
-            if self.maintenance != nil { self.scheduleTick() }
-        }
-    }
-
-    private func tick() {
-        guard let context else { return }
-        let now = NIODeadline.now()
-        if let sent = pingSentAt, now - sent > timings.keepaliveTimeout.timeAmount {
-            logger.debug("closing connection: keepalive PING not acknowledged", metadata: ["peer": "\(peer)"])
-            context.close(promise: nil)
-            return
-        }
-        if let idle = timings.idleTimeout, streams.isEmpty,
-           now - lastActivity > idle.timeAmount {
-            beginGracefulShutdown()
-            return
-        }
-        if let interval = timings.keepaliveInterval, pingSentAt == nil,
-           now - lastActivity > interval.timeAmount {
-            pingSentAt = now
-            session.submitPing()
-            flush()
-        }
-    }
 }
 
 /// Sent through a server connection's pipeline to start its graceful shutdown.

@@ -31,7 +31,17 @@ if arguments[1] == "serve" {
     _ = router.registerStandardServices()
     var logger = Logger(label: "interop-peer")
     logger.logLevel = .warning
-    let server = RPCServer(host: host, port: port, router: router, logger: logger)
+    // Connection management and TLS are configurable for the suites that exercise them.
+    let environment = ProcessInfo.processInfo.environment
+    var timings = ConnectionTimings()
+    if let value = environment["SLIPWAY_PEER_KEEPALIVE_SECONDS"].flatMap(Int64.init) { timings.keepaliveInterval = .seconds(value) }
+    if let value = environment["SLIPWAY_PEER_KEEPALIVE_TIMEOUT_SECONDS"].flatMap(Int64.init) { timings.keepaliveTimeout = .seconds(value) }
+    if let value = environment["SLIPWAY_PEER_IDLE_SECONDS"].flatMap(Int64.init) { timings.idleTimeout = .seconds(value) }
+    var tls: RPCServer.TLS?
+    if let certificate = environment["SLIPWAY_PEER_TLS_CERT"], let key = environment["SLIPWAY_PEER_TLS_KEY"] {
+        tls = try RPCServer.TLS(certificatePath: certificate, keyPath: key, clientCAPath: environment["SLIPWAY_PEER_TLS_CLIENT_CA"])
+    }
+    let server = RPCServer(host: host, port: port, router: router, tls: tls, timings: timings, logger: logger)
     try await withThrowingDiscardingTaskGroup { group in
         group.addTask { try await server.run() }
         let address = try await server.listeningAddress

@@ -70,9 +70,15 @@ def test_reflection_on_every_service(platform):
 
 def test_sigterm_is_graceful(platform):
     addresses, procs, _ = platform
+    # A health watcher sees NOT_SERVING as soon as shutdown begins, then its stream ends cleanly.
+    channel = grpc.insecure_channel(addresses["logs"])
+    watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=20)
+    assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
     for name in SERVICES:
         wait_serving(addresses[name])
         procs[name].send_signal(signal.SIGTERM)
+    assert [r.status for r in watch] == [health_pb2.HealthCheckResponse.NOT_SERVING]
+    channel.close()
     for name in SERVICES:
         assert procs[name].wait(timeout=20) == 0, f"{name} exited with {procs[name].returncode}: {procs[name].stderr.read()}"
         log = procs[name].stderr.read()

@@ -98,7 +98,10 @@ for (executable, library) in services {
     targets.append(.target(
         name: library,
         dependencies: [
-            "SlipwayServiceKit", "SlipwayRPC",
+            "SlipwayServiceKit", "SlipwayRPC", "SlipwayProtos", "SlipwayProtobuf",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ],

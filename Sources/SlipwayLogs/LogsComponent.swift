@@ -1,16 +1,55 @@
+import ArgumentParser
 import Logging
 import ServiceLifecycle
 import SlipwayRPC
 import SlipwayServiceKit
 
-/// `slipway-logs`: log ingest, durable storage, retention, real-time fan-out to subscribers.
-///
-/// The service's own API is registered here as its issue lands; until then it serves the
-/// shared health and reflection services on its port.
-public struct LogsComponent: PlatformComponent {
+/// The logs service's own flags (limits and retention); defaults in ``LogsConfiguration``.
+public struct LogsOptions: ParsableArguments, Sendable {
+    @Option(help: "Longest line text in bytes; longer lines are split into parts.") var logsMaxLineBytes: Int?
+    @Option(help: "Segment file size in bytes before a new one starts.") var logsSegmentBytes: Int?
+    @Option(help: "Recent lines kept in memory per stream for live readers.") var logsWindowLines: Int?
+    @Option(help: "Most concurrent Tail subscribers.") var logsMaxSubscribers: Int?
+    @Option(help: "Remove lines older than this many seconds.") var logsRetentionMaxAge: Int?
+    @Option(help: "Remove the oldest segments beyond this many bytes in total.") var logsRetentionMaxBytes: Int64?
+    @Option(help: "Deployment streams kept per environment (newest).") var logsRetentionDeploymentsPerEnvironment: Int?
+    @Option(help: "Seconds between retention passes.") var logsRetentionInterval: Int?
+
     public init() {}
 
-    public func setUp(configuration: ServiceConfiguration, logger: Logger, router: inout RPCRouter) async throws -> [any Service] {
-        []
+    /// The configuration these flags describe; refuses values that make no sense.
+    public func configuration() throws -> LogsConfiguration {
+        var configuration = LogsConfiguration()
+        func positive<T: BinaryInteger>(_ value: T?, _ flag: String) throws -> T? {
+            guard let value else { return nil }
+            guard value > 0 else { throw ValidationError("--\(flag) must be greater than 0, got \(value)") }
+            return value
+        }
+        if let value = try positive(logsMaxLineBytes, "logs-max-line-bytes") { configuration.maxLineBytes = value }
+        if let value = try positive(logsSegmentBytes, "logs-segment-bytes") { configuration.segmentBytes = value }
+        if let value = try positive(logsWindowLines, "logs-window-lines") { configuration.windowLines = value }
+        if let value = try positive(logsMaxSubscribers, "logs-max-subscribers") { configuration.maxSubscribers = value }
+        if let value = try positive(logsRetentionMaxAge, "logs-retention-max-age") { configuration.retentionMaxAge = .seconds(value) }
+        if let value = try positive(logsRetentionMaxBytes, "logs-retention-max-bytes") { configuration.retentionMaxBytes = value }
+        if let value = try positive(logsRetentionDeploymentsPerEnvironment, "logs-retention-deployments-per-environment") {
+            configuration.retentionDeploymentsPerEnvironment = value
+        }
+        if let value = try positive(logsRetentionInterval, "logs-retention-interval") { configuration.retentionInterval = .seconds(value) }
+        return configuration
+    }
+}
+
+/// `slipway-logs`: log ingest, durable storage, retention, real-time fan-out to subscribers.
+public struct LogsComponent: PlatformComponent {
+    let configuration: LogsConfiguration
+
+    public init(configuration: LogsConfiguration = LogsConfiguration()) {
+        self.configuration = configuration
+    }
+
+    public func setUp(configuration service: ServiceConfiguration, logger: Logger, router: inout RPCRouter) async throws -> [any Service] {
+        let store = try LogStore(directory: try service.stateDirectory(), configuration: configuration, logger: logger)
+        router.register(LogsService(store: store, logger: logger))
+        return [RetentionService(store: store, logger: logger)]
     }
 }

@@ -5,6 +5,7 @@
 #include "grpc/health/v1/health.pb-c.h"
 #include "grpc/reflection/v1/reflection.pb-c.h"
 #include "grpc/reflection/v1alpha/reflection.pb-c.h"
+#include "slipway/logs/v1/logs.pb-c.h"
 #include "slipway/testing/v1/testing.pb-c.h"
 
 /* Addresses of the message descriptors, for Swift. */
@@ -26,6 +27,20 @@ static inline const ProtobufCMessageDescriptor *grpc__reflection__v1alpha__exten
 static inline const ProtobufCMessageDescriptor *grpc__reflection__v1alpha__list_service_response__descriptor_ptr(void) { return &grpc__reflection__v1alpha__list_service_response__descriptor; }
 static inline const ProtobufCMessageDescriptor *grpc__reflection__v1alpha__service_response__descriptor_ptr(void) { return &grpc__reflection__v1alpha__service_response__descriptor; }
 static inline const ProtobufCMessageDescriptor *grpc__reflection__v1alpha__error_response__descriptor_ptr(void) { return &grpc__reflection__v1alpha__error_response__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__logs__v1__stream_key__descriptor_ptr(void) { return &slipway__logs__v1__stream_key__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__logs__v1__log_line__descriptor_ptr(void) { return &slipway__logs__v1__log_line__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__logs__v1__append_request__descriptor_ptr(void) { return &slipway__logs__v1__append_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__logs__v1__append_response__descriptor_ptr(void) { return &slipway__logs__v1__append_response__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__logs__v1__appended_range__descriptor_ptr(void) { return &slipway__logs__v1__appended_range__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__logs__v1__filter__descriptor_ptr(void) { return &slipway__logs__v1__filter__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__logs__v1__tail_request__descriptor_ptr(void) { return &slipway__logs__v1__tail_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__logs__v1__dropped__descriptor_ptr(void) { return &slipway__logs__v1__dropped__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__logs__v1__tail_response__descriptor_ptr(void) { return &slipway__logs__v1__tail_response__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__logs__v1__query_request__descriptor_ptr(void) { return &slipway__logs__v1__query_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__logs__v1__query_response__descriptor_ptr(void) { return &slipway__logs__v1__query_response__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__logs__v1__list_streams_request__descriptor_ptr(void) { return &slipway__logs__v1__list_streams_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__logs__v1__stream_info__descriptor_ptr(void) { return &slipway__logs__v1__stream_info__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__logs__v1__list_streams_response__descriptor_ptr(void) { return &slipway__logs__v1__list_streams_response__descriptor; }
 static inline const ProtobufCMessageDescriptor *slipway__testing__v1__point__descriptor_ptr(void) { return &slipway__testing__v1__point__descriptor; }
 static inline const ProtobufCMessageDescriptor *slipway__testing__v1__all_types__descriptor_ptr(void) { return &slipway__testing__v1__all_types__descriptor; }
 static inline const ProtobufCMessageDescriptor *slipway__testing__v1__all_types__inner__descriptor_ptr(void) { return &slipway__testing__v1__all_types__inner__descriptor; }

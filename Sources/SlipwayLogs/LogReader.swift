@@ -1,0 +1,52 @@
+import SlipwayProtos
+
+/// Reads a stream forward from a cursor, from memory when the window covers it, else from disk.
+struct LogReader: Sendable {
+    enum Step {
+        case entries([LogEntry])
+        case dropped(first: UInt64, last: UInt64)
+        case caughtUp
+    }
+
+    let store: LogStore
+    let stream: LogStream
+
+    /// The next lines after `cursor` (at most `limit`), a retention gap, or nothing new yet.
+    func next(after cursor: UInt64, limit: Int) async throws -> Step {
+        while true {
+            switch stream.read(after: cursor, limit: limit) {
+            case .lines(let entries): return .entries(entries)
+            case .dropped(let first, let last): return .dropped(first: first, last: last)
+            case .caughtUp: return .caughtUp
+            case .disk(let segment, let through):
+                // nil or empty: retention removed the file under us; reading again reports the gap.
+                if let entries = try await store.readDisk(segment: segment, after: cursor, through: through, limit: limit), !entries.isEmpty {
+                    return .entries(entries)
+                }
+                if stream.firstRetained <= cursor + 1 { try await Task.sleep(for: .milliseconds(1)) }
+            }
+        }
+    }
+}
+
+/// What a reader asked to see.
+struct LineFilter: Sendable {
+    let minLevel: Int32
+    let contains: String
+    let instance: String
+
+    init(_ filter: Slipway_Logs_V1_Filter?) {
+        minLevel = filter?.minLevel.rawValue ?? 0
+        contains = filter?.contains ?? ""
+        instance = filter?.instanceId ?? ""
+    }
+
+    var isEmpty: Bool { minLevel == 0 && contains.isEmpty && instance.isEmpty }
+
+    func matches(_ line: Slipway_Logs_V1_LogLine) -> Bool {
+        if minLevel > 0 && line.level.rawValue < minLevel { return false }
+        if !instance.isEmpty && line.instanceId != instance { return false }
+        if !contains.isEmpty && !line.text.contains(contains) { return false }
+        return true
+    }
+}

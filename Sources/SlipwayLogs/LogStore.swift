@@ -1,0 +1,318 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import SlipwayProtos
+import SlipwayRPC
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The logs service's storage: one directory per stream of append-only segments, an in-memory window
+/// per stream for live readers, and one writer that makes every batch durable before it is visible.
+///
+/// Durability: a batch is written to its streams' active segments, each touched file gets one
+/// `fdatasync` (and the directory one `fsync` when a segment file is created), and only then are its
+/// lines published to readers and acknowledged. A crash loses nothing acknowledged; a torn record at
+/// the end of a segment is cut off on restart.
+final class LogStore: Sendable {
+    let root: String
+    let configuration: LogsConfiguration
+    private let logger: Logger
+    private let streams = Mutex<[StreamID: LogStream]>([:])
+    /// Serializes writers (appends, retention's removals); held on a thread-pool thread during I/O.
+    private let writer = Mutex(WriterState())
+    private let pool = NIOThreadPool.singleton
+
+    private struct WriterState {
+        /// Open descriptors of active segments, by stream.
+        var files: [StreamID: (fd: Int32, path: String)] = [:]
+        var lastTimestamp: Int64 = 0
+    }
+
+    init(directory: String, configuration: LogsConfiguration, logger: Logger) throws {
+        self.root = (directory as NSString).appendingPathComponent("streams")
+        self.configuration = configuration
+        self.logger = logger
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        try recover()
+    }
+
+    // MARK: Streams
+
+    /// The stream for `id`, created in memory when unknown (readers may wait for a stream to appear).
+    func stream(_ id: StreamID) -> LogStream {
+        streams.withLock { streams in
+            if let stream = streams[id] { return stream }
+            let stream = LogStream(id: id, directory: (root as NSString).appendingPathComponent(id.directoryName), windowLines: configuration.windowLines)
+            streams[id] = stream
+            return stream
+        }
+    }
+
+    /// Every stream that has lines on disk.
+    var allStreams: [LogStream] {
+        streams.withLock { Array($0.values) }.filter { !$0.segments.isEmpty && !$0.isDeleted }
+    }
+
+    // MARK: Append
+
+    /// Makes `lines` durable, then visible; returns the sequence numbers each stream assigned.
+    func append(_ lines: [(StreamID, Slipway_Logs_V1_LogLine)]) async throws -> [Slipway_Logs_V1_AppendedRange] {
+        let targets = lines.map { (stream($0.0), $0.1) }
+        return try await pool.runIfActive { try self.appendNow(targets) }
+    }
+
+    private func appendNow(_ lines: [(LogStream, Slipway_Logs_V1_LogLine)]) throws -> [Slipway_Logs_V1_AppendedRange] {
+        try writer.withLock { writer in
+            // Per stream, in first-appearance order: the segments being extended and the records to write.
+            var order: [StreamID] = []
+            var work: [StreamID: StreamWrite] = [:]
+            for (stream, var line) in lines {
+                if work[stream.id] == nil {
+                    order.append(stream.id)
+                    work[stream.id] = StreamWrite(stream: stream, segments: stream.segments, nextSeq: stream.lastSeq + 1)
+                }
+                let now = Int64(Date().timeIntervalSince1970 * 1e9)
+                writer.lastTimestamp = max(now, writer.lastTimestamp + 1)
+                line.seq = work[stream.id]!.nextSeq
+                line.timestampNanos = writer.lastTimestamp
+                line.stream = stream.id.key
+                try work[stream.id]!.add(line, segmentBytes: configuration.segmentBytes, writer: &writer)
+            }
+            var ranges: [Slipway_Logs_V1_AppendedRange] = []
+            for id in order {
+                try work[id]!.commit(writer: &writer)
+            }
+            for id in order {
+                let item = work[id]!
+                item.stream.publish(item.entries, segments: item.segments)
+                var range = Slipway_Logs_V1_AppendedRange()
+                range.stream = id.key
+                range.firstSeq = item.entries.first!.seq
+                range.lastSeq = item.entries.last!.seq
+                ranges.append(range)
+            }
+            return ranges
+        }
+    }
+
+    /// One stream's share of a batch being written.
+    private struct StreamWrite {
+        let stream: LogStream
+        var segments: [Segment]
+        var nextSeq: UInt64
+        var entries: [LogEntry] = []
+        var pending: [UInt8] = []
+        var createdFile = false
+
+        init(stream: LogStream, segments: [Segment], nextSeq: UInt64) {
+            self.stream = stream
+            self.segments = segments
+            self.nextSeq = nextSeq
+        }
+
+        mutating func add(_ line: Slipway_Logs_V1_LogLine, segmentBytes: Int, writer: inout WriterState) throws {
+            let bytes = line.serializedBytes()
+            let recordBytes = bytes.count + Segment.headerBytes
+            if segments.isEmpty || (!segments[segments.count - 1].isEmpty && segments[segments.count - 1].bytes + recordBytes > segmentBytes) {
+                try flush(writer: &writer)
+                if let open = writer.files.removeValue(forKey: stream.id) {
+                    try FileIO.sync(open.fd, path: open.path)
+                    Glibc.close(open.fd)
+                }
+                try FileManager.default.createDirectory(atPath: stream.directory, withIntermediateDirectories: true)
+                let path = (stream.directory as NSString).appendingPathComponent(Segment.fileName(firstSeq: line.seq))
+                segments.append(Segment(path: path, firstSeq: line.seq))
+                createdFile = true
+            }
+            let offset = segments[segments.count - 1].bytes
+            SegmentRecord.encode(bytes, into: &pending)
+            segments[segments.count - 1].noteAppended(seq: line.seq, timestamp: line.timestampNanos, offset: offset, recordBytes: recordBytes)
+            bytes.withUnsafeBytes { entries.append(LogEntry(line: line, lineBytes: $0)) }
+            nextSeq += 1
+        }
+
+        /// Writes what is pending to the active segment.
+        mutating func flush(writer: inout WriterState) throws {
+            guard !pending.isEmpty, let segment = segments.last else { return }
+            let file = try writer.files[stream.id] ?? {
+                let fd = try FileIO.openForAppend(segment.path)
+                return (fd, segment.path)
+            }()
+            writer.files[stream.id] = file
+            try FileIO.writeAll(file.fd, pending, path: file.path)
+            pending.removeAll(keepingCapacity: true)
+        }
+
+        /// Writes and syncs: after this the batch's lines of this stream survive a crash.
+        mutating func commit(writer: inout WriterState) throws {
+            try flush(writer: &writer)
+            if let file = writer.files[stream.id] { try FileIO.sync(file.fd, path: file.path) }
+            if createdFile { FileIO.syncDirectory(stream.directory) }
+            if writer.files.count > 512 {  // bound open descriptors: close the others' (reopened on demand)
+                for (id, file) in writer.files where id != stream.id {
+                    Glibc.close(file.fd)
+                    writer.files.removeValue(forKey: id)
+                }
+            }
+        }
+    }
+
+    // MARK: Reading from disk
+
+    /// Lines of `segment` after `cursor` and at most `through`, up to `limit`; nil when retention
+    /// removed the file meanwhile (the caller reads again and gets a `dropped` marker).
+    func readDisk(segment: Segment, after cursor: UInt64, through: UInt64, limit: Int) async throws -> [LogEntry]? {
+        try await pool.runIfActive { Self.readSegment(segment, after: cursor, through: through, limit: limit) }
+    }
+
+    static func readSegment(_ segment: Segment, after cursor: UInt64, through: UInt64, limit: Int) -> [LogEntry]? {
+        var entries: [LogEntry] = []
+        var offset = segment.offset(toFind: cursor + 1)
+        let end = segment.bytes
+        while offset < end && entries.count < limit {
+            guard let chunk = FileIO.read(segment.path, offset: offset, length: min(1 << 20, end - offset)) else { return nil }
+            var done = false
+            let consumed = chunk.withUnsafeBytes { data in
+                SegmentRecord.walk(data, from: 0) { _, payload in
+                    guard let line = try? Slipway_Logs_V1_LogLine(serializedBuffer: payload) else { return true }
+                    if line.seq > through || entries.count >= limit {
+                        done = true
+                        return false
+                    }
+                    if line.seq > cursor { entries.append(LogEntry(line: line, lineBytes: payload)) }
+                    return true
+                }
+            }
+            if done || consumed == 0 { break }
+            offset += consumed
+        }
+        return entries
+    }
+
+    /// The cursor (sequence number before) of the first line of `stream` ingested at or after `time`.
+    func cursor(of stream: LogStream, since time: Int64) async throws -> UInt64 {
+        if let cursor = stream.cursorInWindow(since: time) { return cursor }
+        for segment in stream.segments where segment.lastTimestamp >= time {
+            let found = try await pool.runIfActive { () -> UInt64? in
+                var cursor: UInt64?
+                guard let data = FileIO.read(segment.path, offset: 0, length: segment.bytes) else { return nil }
+                _ = data.withUnsafeBytes { data in
+                    SegmentRecord.walk(data, from: 0) { _, payload in
+                        guard let line = try? Slipway_Logs_V1_LogLine(serializedBuffer: payload) else { return true }
+                        if line.timestampNanos >= time {
+                            cursor = line.seq - 1
+                            return false
+                        }
+                        return true
+                    }
+                }
+                return cursor
+            }
+            if let found { return found }
+        }
+        return stream.lastSeq
+    }
+
+    // MARK: Retention
+
+    /// Removes the oldest sealed segments of `stream` while `shouldRemove` says so (never the active
+    /// one, and only a prefix: retained lines stay contiguous). Returns what went.
+    func removeSegments(_ stream: LogStream, while shouldRemove: @escaping @Sendable (Segment) -> Bool) async throws -> (segments: Int, bytes: Int) {
+        try await pool.runIfActive {
+            let removed: [Segment] = self.writer.withLock { _ in
+                let segments = stream.segments
+                guard segments.count > 1 else { return [] }
+                let prefix = Array(segments.dropLast().prefix(while: shouldRemove))
+                guard !prefix.isEmpty else { return [] }
+                stream.retain(segments: Array(segments.dropFirst(prefix.count)))
+                return prefix
+            }
+            for segment in removed { unlink(segment.path) }
+            if !removed.isEmpty { FileIO.syncDirectory(stream.directory) }
+            return (removed.count, removed.reduce(0) { $0 + $1.bytes })
+        }
+    }
+
+    /// Removes a whole stream (its directory) and forgets it.
+    func deleteStream(_ stream: LogStream) async throws {
+        try await pool.runIfActive {
+            self.writer.withLock { writer in
+                if let file = writer.files.removeValue(forKey: stream.id) { Glibc.close(file.fd) }
+                self.streams.withLock { streams in
+                    if streams[stream.id] === stream { streams.removeValue(forKey: stream.id) }
+                }
+                stream.retain(segments: [], deleted: true)
+            }
+            try? FileManager.default.removeItem(atPath: stream.directory)
+            FileIO.syncDirectory(self.root)
+        }
+    }
+
+    // MARK: Recovery
+
+    /// Opens every stream directory: scans its segments, cuts a torn tail, rebuilds indexes and windows.
+    private func recover() throws {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []
+        var recovered = 0
+        for name in names.sorted() {
+            guard let id = StreamID(directoryName: name) else {
+                logger.warning("ignoring unexpected entry in the logs directory", metadata: ["path": "\(root)/\(name)"])
+                continue
+            }
+            let directory = (root as NSString).appendingPathComponent(name)
+            let files = ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter { $0.hasSuffix(".log") }.sorted()
+            var state = LogStream.State()
+            var window = CircularBuffer<LogEntry>()
+            for file in files {
+                guard let firstSeq = UInt64(file.dropLast(4)) else { continue }
+                let path = (directory as NSString).appendingPathComponent(file)
+                let size = FileIO.fileSize(path)
+                guard let data = FileIO.read(path, offset: 0, length: size) else { continue }
+                var segment = Segment(path: path, firstSeq: firstSeq)
+                var expected = firstSeq
+                let valid = data.withUnsafeBytes { data in
+                    SegmentRecord.walk(data, from: 0) { offset, payload in
+                        guard let line = try? Slipway_Logs_V1_LogLine(serializedBuffer: payload), line.seq == expected else { return false }
+                        segment.noteAppended(seq: line.seq, timestamp: line.timestampNanos, offset: offset, recordBytes: payload.count + Segment.headerBytes)
+                        window.append(LogEntry(line: line, lineBytes: payload))
+                        if window.count > configuration.windowLines { window.removeFirst() }
+                        expected += 1
+                        return true
+                    }
+                }
+                if valid < size {
+                    logger.warning("cutting a torn or corrupt tail off a log segment", metadata: ["path": "\(path)", "valid-bytes": "\(valid)", "size": "\(size)"])
+                    truncate(path, off_t(valid))
+                }
+                if segment.isEmpty {
+                    unlink(path)
+                    continue
+                }
+                if let last = state.segments.last, last.lastSeq + 1 != segment.firstSeq { state.segments.removeAll() }  // keep a contiguous run
+                state.segments.append(segment)
+                state.lastSeq = segment.lastSeq
+            }
+            state.firstRetained = state.segments.first?.firstSeq ?? 1
+            state.window = window
+            if let last = state.segments.last {
+                let stamp = last.lastTimestamp
+                writer.withLock { $0.lastTimestamp = max($0.lastTimestamp, stamp) }
+            }
+            streams.withLock { $0[id] = LogStream(id: id, directory: directory, windowLines: configuration.windowLines, recovered: state) }
+            recovered += 1
+        }
+        if recovered > 0 { logger.info("recovered log streams", metadata: ["streams": "\(recovered)"]) }
+    }
+
+    /// Closes open segment files.
+    func closeFiles() {
+        writer.withLock { writer in
+            for file in writer.files.values { Glibc.close(file.fd) }
+            writer.files.removeAll()
+        }
+    }
+}

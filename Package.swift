@@ -85,6 +85,7 @@ var targets: [Target] = [
         swiftSettings: strict
     ),
 
+    .testTarget(name: "SlipwayLogsTests", dependencies: ["SlipwayLogs", "SlipwayProtos", "SlipwayRPC"], swiftSettings: strict),
     .testTarget(name: "SlipwayServiceKitTests", dependencies: ["SlipwayServiceKit"], swiftSettings: strict),
     .testTarget(name: "SlipwayProtobufTests", dependencies: ["SlipwayProtos", "SlipwayProtobuf"], swiftSettings: strict),
     .testTarget(

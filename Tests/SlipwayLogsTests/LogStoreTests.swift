@@ -1,0 +1,162 @@
+import Foundation
+import Logging
+import SlipwayProtos
+import SlipwayRPC
+import Testing
+
+@testable import SlipwayLogs
+
+func temporaryDirectory() -> String {
+    let path = FileManager.default.temporaryDirectory.appendingPathComponent("slipway-logs-\(UUID().uuidString)").path
+    try! FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    return path
+}
+
+func line(_ text: String, _ id: StreamID, level: Slipway_Logs_V1_Level = .info) -> (StreamID, Slipway_Logs_V1_LogLine) {
+    var line = Slipway_Logs_V1_LogLine()
+    line.text = text
+    line.level = level
+    return (id, line)
+}
+
+let web = StreamID(kind: .application, environment: "prod", name: "web")
+let deploy = StreamID(kind: .deployment, environment: "prod", name: "dep-1")
+
+func store(_ directory: String, segmentBytes: Int = 1 << 20, window: Int = 64) throws -> LogStore {
+    var configuration = LogsConfiguration()
+    configuration.segmentBytes = segmentBytes
+    configuration.windowLines = window
+    var logger = Logger(label: "test")
+    logger.logLevel = .critical
+    return try LogStore(directory: directory, configuration: configuration, logger: logger)
+}
+
+/// Everything a reader gets from the start of a stream, through the public reading path.
+func readAll(_ store: LogStore, _ id: StreamID) async throws -> [Slipway_Logs_V1_LogLine] {
+    let reader = LogReader(store: store, stream: store.stream(id))
+    var cursor: UInt64 = 0
+    var lines: [Slipway_Logs_V1_LogLine] = []
+    while true {
+        switch try await reader.next(after: cursor, limit: 100) {
+        case .entries(let entries):
+            lines += entries.map(\.line)
+            cursor = entries.last!.seq
+        case .dropped(_, let last): cursor = last
+        case .caughtUp: return lines
+        }
+    }
+}
+
+@Suite struct LogStoreTests {
+    @Test func sequenceNumbersArePerStreamAndStrictlyIncreasing() async throws {
+        let store = try store(temporaryDirectory())
+        let ranges = try await store.append([line("a", web), line("b", deploy), line("c", web)])
+        #expect(ranges.map { [$0.firstSeq, $0.lastSeq] } == [[1, 2], [1, 1]])
+        let again = try await store.append([line("d", web)])
+        #expect(again[0].firstSeq == 3)
+        let lines = try await readAll(store, web)
+        #expect(lines.map(\.text) == ["a", "c", "d"])
+        #expect(lines.map(\.seq) == [1, 2, 3])
+        #expect(zip(lines, lines.dropFirst()).allSatisfy { $0.timestampNanos < $1.timestampNanos })
+    }
+
+    @Test func readsFromDiskWhenTheWindowNoLongerCoversTheCursor() async throws {
+        let store = try store(temporaryDirectory(), segmentBytes: 2048, window: 10)
+        for batch in 0..<20 {
+            _ = try await store.append((0..<25).map { line("line \(batch * 25 + $0)", web) })
+        }
+        #expect(store.stream(web).segments.count > 5)  // rolled into many segments
+        let lines = try await readAll(store, web)
+        #expect(lines.map(\.text) == (0..<500).map { "line \($0)" })
+    }
+
+    @Test func recoversAfterRestartAndCutsATornTail() async throws {
+        let directory = temporaryDirectory()
+        do {
+            let first = try store(directory, segmentBytes: 4096)
+            for i in 0..<10 { _ = try await first.append([line("before \(i)", web), line("deploy \(i)", deploy)]) }
+            first.closeFiles()
+        }
+        // A crash in the middle of a write leaves half a record at the end of the active segment.
+        let active = try store(directory, segmentBytes: 4096).stream(web).segments.last!.path
+        let handle = FileHandle(forWritingAtPath: active)!
+        handle.seekToEndOfFile()
+        handle.write(Data([0, 0, 0, 200, 1, 2, 3, 4, 5]))
+        handle.closeFile()
+
+        let reopened = try store(directory, segmentBytes: 4096)
+        #expect(reopened.stream(web).lastSeq == 10)
+        let next = try await reopened.append([line("after", web)])
+        #expect(next[0].firstSeq == 11)
+        let lines = try await readAll(reopened, web)
+        #expect(lines.map(\.text) == (0..<10).map { "before \($0)" } + ["after"])
+        #expect(try await readAll(reopened, deploy).count == 10)
+    }
+
+    @Test func retentionRemovesOldSegmentsAndReadersSeeTheGap() async throws {
+        let store = try store(temporaryDirectory(), segmentBytes: 1024, window: 5)
+        for i in 0..<100 { _ = try await store.append([line("line \(i)", web)]) }
+        let stream = store.stream(web)
+        let before = stream.segments.count
+        let removed = try await store.removeSegments(stream) { $0.lastSeq < 50 }
+        #expect(removed.segments > 0)
+        #expect(stream.segments.count == before - removed.segments)
+        let reader = LogReader(store: store, stream: stream)
+        guard case .dropped(let first, let last) = try await reader.next(after: 0, limit: 10) else {
+            Issue.record("a reader behind retention gets a dropped marker")
+            return
+        }
+        #expect(first == 1)
+        #expect(last == stream.firstRetained - 1)
+        let rest = try await readAll(store, web)
+        #expect(rest.first?.seq == stream.firstRetained)
+        #expect(rest.last?.seq == 100)
+    }
+
+    @Test func retentionKeepsTheNewestDeploymentsPerEnvironment() async throws {
+        var configuration = LogsConfiguration()
+        configuration.retentionDeploymentsPerEnvironment = 2
+        let directory = temporaryDirectory()
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let store = try LogStore(directory: directory, configuration: configuration, logger: logger)
+        for i in 0..<5 {
+            _ = try await store.append([line("x", StreamID(kind: .deployment, environment: "prod", name: "dep-\(i)"))])
+        }
+        _ = try await store.append([line("x", StreamID(kind: .deployment, environment: "staging", name: "dep-0"))])
+        try await RetentionService(store: store, logger: logger).enforce(now: Int64(Date().timeIntervalSince1970 * 1e9))
+        let names = Set(store.allStreams.map { "\($0.id.environment)/\($0.id.name)" })
+        #expect(names == ["prod/dep-3", "prod/dep-4", "staging/dep-0"])
+        #expect(!FileManager.default.fileExists(atPath: "\(directory)/streams/d_prod_dep-0"))
+    }
+}
+
+@Suite struct LineSplitterTests {
+    @Test func splitsOnCharacterBoundariesAndLosesNothing() {
+        let text = String(repeating: "aé€😀", count: 1000)
+        let parts = LineSplitter.split(text, maxBytes: 100)
+        #expect(parts.joined() == text)
+        #expect(parts.allSatisfy { $0.utf8.count <= 100 })
+        #expect(LineSplitter.split("short", maxBytes: 100) == ["short"])
+    }
+}
+
+@Suite struct StreamIDTests {
+    @Test func validatesKeysWithMessagesNamingTheField() {
+        var key = Slipway_Logs_V1_StreamKey()
+        #expect(throws: RPCError(.invalidArgument, "stream.environment_id is empty")) { try StreamID(key) }
+        key.environmentId = "prod"
+        key.serviceId = "web"
+        key.deploymentId = "d1"
+        #expect { try StreamID(key) } throws: { ($0 as? RPCError)?.message.contains("both") == true }
+        key.deploymentId = ""
+        key.serviceId = "../etc"
+        #expect { try StreamID(key) } throws: { ($0 as? RPCError)?.message.contains("stream.service_id") == true }
+    }
+
+    @Test func directoryNamesRoundTrip() {
+        for id in [web, deploy, StreamID(kind: .application, environment: "my_env", name: "svc_1")] {
+            #expect(StreamID(directoryName: id.directoryName) == id)
+        }
+    }
+}

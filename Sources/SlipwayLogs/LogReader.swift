@@ -34,18 +34,21 @@ struct LineFilter: Sendable {
     let minLevel: Int32
     let contains: String
     let instance: String
+    let service: String
 
     init(_ filter: Slipway_Logs_V1_Filter?) {
         minLevel = filter?.minLevel.rawValue ?? 0
         contains = filter?.contains ?? ""
         instance = filter?.instanceId ?? ""
+        service = filter?.serviceId ?? ""
     }
 
-    var isEmpty: Bool { minLevel == 0 && contains.isEmpty && instance.isEmpty }
+    var isEmpty: Bool { minLevel == 0 && contains.isEmpty && instance.isEmpty && service.isEmpty }
 
     func matches(_ line: Slipway_Logs_V1_LogLine) -> Bool {
         if minLevel > 0 && line.level.rawValue < minLevel { return false }
         if !instance.isEmpty && line.instanceId != instance { return false }
+        if !service.isEmpty && line.serviceId != service && line.stream?.serviceId != service { return false }
         if !contains.isEmpty && !line.text.contains(contains) { return false }
         return true
     }

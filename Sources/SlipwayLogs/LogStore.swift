@@ -25,6 +25,9 @@ final class LogStore: Sendable {
     /// Serializes writers (appends, retention's removals); held on a thread-pool thread during I/O.
     private let writer = Mutex(WriterState())
     private let pool = NIOThreadPool.singleton
+    /// Every line with a timestamp at or below this is visible in its stream: merged readers emit
+    /// only up to it, so lines of one batch in several streams come out in timestamp order.
+    private let visible = Mutex<(timestamp: Int64, waiters: [Int: CheckedContinuation<Void, Never>], next: Int)>((0, [:], 0))
 
     private struct WriterState {
         /// Open descriptors of active segments, by stream.
@@ -89,6 +92,17 @@ final class LogStore: Sendable {
             for id in order {
                 let item = work[id]!
                 item.stream.publish(item.entries, segments: item.segments)
+            }
+            let stamp = writer.lastTimestamp
+            let waiters = visible.withLock { visible -> [CheckedContinuation<Void, Never>] in
+                visible.timestamp = stamp
+                let waiters = Array(visible.waiters.values)
+                visible.waiters.removeAll()
+                return waiters
+            }
+            for waiter in waiters { waiter.resume() }
+            for id in order {
+                let item = work[id]!
                 var range = Slipway_Logs_V1_AppendedRange()
                 range.stream = id.key
                 range.firstSeq = item.entries.first!.seq
@@ -158,6 +172,37 @@ final class LogStore: Sendable {
                     writer.files.removeValue(forKey: id)
                 }
             }
+        }
+    }
+
+    /// The newest timestamp whose lines are all visible.
+    var visibleTimestamp: Int64 { visible.withLock { $0.timestamp } }
+
+    /// Waits until lines newer than `timestamp` are visible anywhere (or the task is cancelled).
+    func waitForVisible(after timestamp: Int64) async {
+        let id = visible.withLock { visible -> Int in
+            visible.next += 1
+            return visible.next
+        }
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let ready = visible.withLock { visible -> Bool in
+                    if visible.timestamp > timestamp || Task.isCancelled { return true }
+                    visible.waiters[id] = continuation
+                    return false
+                }
+                if ready { continuation.resume() }
+            }
+        } onCancel: {
+            let waiter = visible.withLock { $0.waiters.removeValue(forKey: id) }
+            waiter?.resume()
+        }
+    }
+
+    /// The application streams of `environment`.
+    func applicationStreams(of environment: String) -> [LogStream] {
+        streams.withLock { streams in
+            streams.values.filter { $0.id.kind == .application && $0.id.environment == environment && !$0.isDeleted }
         }
     }
 
@@ -301,6 +346,7 @@ final class LogStore: Sendable {
             if let last = state.segments.last {
                 let stamp = last.lastTimestamp
                 writer.withLock { $0.lastTimestamp = max($0.lastTimestamp, stamp) }
+                visible.withLock { $0.timestamp = max($0.timestamp, stamp) }
             }
             streams.withLock { $0[id] = LogStream(id: id, directory: directory, windowLines: configuration.windowLines, recovered: state) }
             recovered += 1

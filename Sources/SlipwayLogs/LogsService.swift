@@ -84,11 +84,23 @@ struct LogsService: RPCService {
     // MARK: Tail
 
     func tail(_ request: Slipway_Logs_V1_TailRequest, _ writer: ResponseWriter<RawBytes>) async throws {
-        let id = try StreamID(request.stream)
         guard subscribers.enter(limit: store.configuration.maxSubscribers) else {
             throw RPCError(.resourceExhausted, "the logs service already serves \(store.configuration.maxSubscribers) tails; close some or retry later")
         }
         defer { subscribers.leave() }
+        if let key = request.stream, !key.environmentId.isEmpty, key.deploymentId.isEmpty, key.serviceId.isEmpty {
+            _ = try StreamID(kind: .application, environment: key.environmentId, name: "merged")  // validates the environment id
+            let merged = MergedTail(store: store, environment: key.environmentId, filter: LineFilter(request.filter))
+            switch request.start {
+            case .afterSeq?:
+                throw RPCError(.invalidArgument, "after_seq needs a single stream; resume an environment tail with since_nanos = last timestamp + 1")
+            case .sinceNanos(let time)?: try await merged.run(since: max(time, 1), writer)
+            case .liveOnly?: try await merged.run(since: nil, writer)
+            case nil: try await merged.run(since: 0, writer)
+            }
+            return
+        }
+        let id = try StreamID(request.stream)
         let stream = store.stream(id)
         var cursor: UInt64
         switch request.start {

@@ -17,10 +17,10 @@ struct StreamID: Hashable, Sendable, CustomStringConvertible {
         switch (key.deploymentId.isEmpty, key.serviceId.isEmpty) {
         case (false, true):
             try Self.check(key.deploymentId, field: "stream.deployment_id")
-            self.init(kind: .deployment, environment: key.environmentId, name: key.deploymentId)
+            self.init(uncheckedKind: .deployment, environment: key.environmentId, name: key.deploymentId)
         case (true, false):
             try Self.check(key.serviceId, field: "stream.service_id")
-            self.init(kind: .application, environment: key.environmentId, name: key.serviceId)
+            self.init(uncheckedKind: .application, environment: key.environmentId, name: key.serviceId)
         case (false, false):
             throw RPCError(.invalidArgument, "stream sets both deployment_id and service_id: a stream is a deployment's logs or a service's, not both")
         case (true, true):
@@ -28,7 +28,14 @@ struct StreamID: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
-    init(kind: Kind, environment: String, name: String) {
+    /// A key validated field by field (for selectors that are not a single stream).
+    init(kind: Kind, environment: String, name: String) throws(RPCError) {
+        try Self.check(environment, field: "stream.environment_id")
+        try Self.check(name, field: kind == .deployment ? "stream.deployment_id" : "stream.service_id")
+        self.init(uncheckedKind: kind, environment: environment, name: name)
+    }
+
+    init(uncheckedKind kind: Kind, environment: String, name: String) {
         self.kind = kind
         self.environment = environment
         self.name = name
@@ -38,7 +45,7 @@ struct StreamID: Hashable, Sendable, CustomStringConvertible {
     init?(directoryName: String) {
         let parts = directoryName.split(separator: "_", maxSplits: 2, omittingEmptySubsequences: false)
         guard parts.count == 3, let kind = Kind(rawValue: String(parts[0])) else { return nil }
-        self.init(kind: kind, environment: String(parts[1]).replacingOccurrences(of: "%5F", with: "_"), name: String(parts[2]))
+        self.init(uncheckedKind: kind, environment: String(parts[1]).replacingOccurrences(of: "%5F", with: "_"), name: String(parts[2]))
     }
 
     /// `d_<environment>_<deployment>` or `a_<environment>_<service>`. Ids may contain `_` (never `%`),

@@ -19,8 +19,8 @@ func line(_ text: String, _ id: StreamID, level: Slipway_Logs_V1_Level = .info) 
     return (id, line)
 }
 
-let web = StreamID(kind: .application, environment: "prod", name: "web")
-let deploy = StreamID(kind: .deployment, environment: "prod", name: "dep-1")
+let web = StreamID(uncheckedKind: .application, environment: "prod", name: "web")
+let deploy = StreamID(uncheckedKind: .deployment, environment: "prod", name: "dep-1")
 
 func store(_ directory: String, segmentBytes: Int = 1 << 20, window: Int = 64) throws -> LogStore {
     var configuration = LogsConfiguration()
@@ -121,9 +121,9 @@ func readAll(_ store: LogStore, _ id: StreamID) async throws -> [Slipway_Logs_V1
         logger.logLevel = .critical
         let store = try LogStore(directory: directory, configuration: configuration, logger: logger)
         for i in 0..<5 {
-            _ = try await store.append([line("x", StreamID(kind: .deployment, environment: "prod", name: "dep-\(i)"))])
+            _ = try await store.append([line("x", StreamID(uncheckedKind: .deployment, environment: "prod", name: "dep-\(i)"))])
         }
-        _ = try await store.append([line("x", StreamID(kind: .deployment, environment: "staging", name: "dep-0"))])
+        _ = try await store.append([line("x", StreamID(uncheckedKind: .deployment, environment: "staging", name: "dep-0"))])
         try await RetentionService(store: store, logger: logger).enforce(now: Int64(Date().timeIntervalSince1970 * 1e9))
         let names = Set(store.allStreams.map { "\($0.id.environment)/\($0.id.name)" })
         #expect(names == ["prod/dep-3", "prod/dep-4", "staging/dep-0"])
@@ -155,7 +155,7 @@ func readAll(_ store: LogStore, _ id: StreamID) async throws -> [Slipway_Logs_V1
     }
 
     @Test func directoryNamesRoundTrip() {
-        for id in [web, deploy, StreamID(kind: .application, environment: "my_env", name: "svc_1")] {
+        for id in [web, deploy, StreamID(uncheckedKind: .application, environment: "my_env", name: "svc_1")] {
             #expect(StreamID(directoryName: id.directoryName) == id)
         }
     }

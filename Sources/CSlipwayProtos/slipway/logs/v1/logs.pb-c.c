@@ -701,7 +701,7 @@ const ProtobufCMessageDescriptor slipway__logs__v1__stream_key__descriptor =
   (ProtobufCMessageInit) slipway__logs__v1__stream_key__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor slipway__logs__v1__log_line__field_descriptors[11] =
+static const ProtobufCFieldDescriptor slipway__logs__v1__log_line__field_descriptors[12] =
 {
   {
     "stream",
@@ -835,6 +835,18 @@ static const ProtobufCFieldDescriptor slipway__logs__v1__log_line__field_descrip
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "service_id",
+    12,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Logs__V1__LogLine, service_id),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned slipway__logs__v1__log_line__field_indices_by_name[] = {
   10,   /* field[10] = continued */
@@ -842,6 +854,7 @@ static const unsigned slipway__logs__v1__log_line__field_indices_by_name[] = {
   7,   /* field[7] = instance_id */
   4,   /* field[4] = level */
   1,   /* field[1] = seq */
+  11,   /* field[11] = service_id */
   5,   /* field[5] = source */
   8,   /* field[8] = stage */
   9,   /* field[9] = step */
@@ -852,7 +865,7 @@ static const unsigned slipway__logs__v1__log_line__field_indices_by_name[] = {
 static const ProtobufCIntRange slipway__logs__v1__log_line__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 11 }
+  { 0, 12 }
 };
 const ProtobufCMessageDescriptor slipway__logs__v1__log_line__descriptor =
 {
@@ -862,7 +875,7 @@ const ProtobufCMessageDescriptor slipway__logs__v1__log_line__descriptor =
   "Slipway__Logs__V1__LogLine",
   "slipway.logs.v1",
   sizeof(Slipway__Logs__V1__LogLine),
-  11,
+  12,
   slipway__logs__v1__log_line__field_descriptors,
   slipway__logs__v1__log_line__field_indices_by_name,
   1,  slipway__logs__v1__log_line__number_ranges,
@@ -1035,7 +1048,7 @@ const ProtobufCMessageDescriptor slipway__logs__v1__appended_range__descriptor =
   (ProtobufCMessageInit) slipway__logs__v1__appended_range__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor slipway__logs__v1__filter__field_descriptors[3] =
+static const ProtobufCFieldDescriptor slipway__logs__v1__filter__field_descriptors[4] =
 {
   {
     "min_level",
@@ -1073,16 +1086,29 @@ static const ProtobufCFieldDescriptor slipway__logs__v1__filter__field_descripto
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "service_id",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Logs__V1__Filter, service_id),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned slipway__logs__v1__filter__field_indices_by_name[] = {
   1,   /* field[1] = contains */
   2,   /* field[2] = instance_id */
   0,   /* field[0] = min_level */
+  3,   /* field[3] = service_id */
 };
 static const ProtobufCIntRange slipway__logs__v1__filter__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 3 }
+  { 0, 4 }
 };
 const ProtobufCMessageDescriptor slipway__logs__v1__filter__descriptor =
 {
@@ -1092,7 +1118,7 @@ const ProtobufCMessageDescriptor slipway__logs__v1__filter__descriptor =
   "Slipway__Logs__V1__Filter",
   "slipway.logs.v1",
   sizeof(Slipway__Logs__V1__Filter),
-  3,
+  4,
   slipway__logs__v1__filter__field_descriptors,
   slipway__logs__v1__filter__field_indices_by_name,
   1,  slipway__logs__v1__filter__number_ranges,

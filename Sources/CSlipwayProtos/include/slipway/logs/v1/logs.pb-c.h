@@ -107,10 +107,14 @@ struct  Slipway__Logs__V1__LogLine
    * Set on every part but the last of a line longer than the maximum line length.
    */
   protobuf_c_boolean continued;
+  /*
+   * On deployment logs: the service the line is about (empty for the deployment as a whole).
+   */
+  char *service_id;
 };
 #define SLIPWAY__LOGS__V1__LOG_LINE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&slipway__logs__v1__log_line__descriptor) \
-    , NULL, 0, 0, 0, SLIPWAY__LOGS__V1__LEVEL__LEVEL_UNSPECIFIED, SLIPWAY__LOGS__V1__SOURCE__SOURCE_UNSPECIFIED, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0 }
+    , NULL, 0, 0, 0, SLIPWAY__LOGS__V1__LEVEL__LEVEL_UNSPECIFIED, SLIPWAY__LOGS__V1__SOURCE__SOURCE_UNSPECIFIED, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, (char *)protobuf_c_empty_string }
 
 
 /*
@@ -179,10 +183,14 @@ struct  Slipway__Logs__V1__Filter
    * Only lines of this instance; empty for all.
    */
   char *instance_id;
+  /*
+   * Only lines about this service (deployment logs); empty for all.
+   */
+  char *service_id;
 };
 #define SLIPWAY__LOGS__V1__FILTER__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&slipway__logs__v1__filter__descriptor) \
-    , SLIPWAY__LOGS__V1__LEVEL__LEVEL_UNSPECIFIED, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string }
+    , SLIPWAY__LOGS__V1__LEVEL__LEVEL_UNSPECIFIED, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string }
 
 
 typedef enum {
@@ -196,6 +204,11 @@ typedef enum {
 struct  Slipway__Logs__V1__TailRequest
 {
   ProtobufCMessage base;
+  /*
+   * One stream; or, with only environment_id set, every service's application logs of the
+   * environment merged in timestamp order (resume those with since_nanos = last timestamp + 1:
+   * timestamps are unique and increasing across the service).
+   */
   Slipway__Logs__V1__StreamKey *stream;
   Slipway__Logs__V1__Filter *filter;
   Slipway__Logs__V1__TailRequest__StartCase start_case;

@@ -3,8 +3,8 @@ import SlipwayProtos
 import Synchronization
 
 /// A line as kept in memory: decoded for filtering, and its `TailResponse` wire form, encoded once
-/// and shared by every subscriber.
-struct LogEntry: Sendable {
+/// and shared by every subscriber. A class: handing a batch to a thousand readers copies references.
+final class LogEntry: Sendable {
     let line: Slipway_Logs_V1_LogLine
     let tailResponse: [UInt8]
 

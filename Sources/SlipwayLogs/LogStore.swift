@@ -55,6 +55,11 @@ final class LogStore: Sendable {
         }
     }
 
+    /// The stream for `id` when it exists (has or had lines, or readers waiting).
+    func existingStream(_ id: StreamID) -> LogStream? {
+        streams.withLock { $0[id] }
+    }
+
     /// Every stream that has lines on disk.
     var allStreams: [LogStream] {
         streams.withLock { Array($0.values) }.filter { !$0.segments.isEmpty && !$0.isDeleted }

@@ -146,7 +146,13 @@ struct LogsService: RPCService {
         guard pageSize <= 1000 else {
             throw RPCError(.invalidArgument, "page_size \(request.pageSize) is over the limit of 1000")
         }
-        let stream = store.stream(id)
+        // Queries never create streams: an unknown one simply has no lines.
+        guard let stream = store.existingStream(id) else {
+            if !request.pageToken.isEmpty && !request.pageToken.hasPrefix("after:") {
+                throw RPCError(.invalidArgument, "page_token \"\(request.pageToken)\" is not one this service issued; pass next_page_token from the previous response")
+            }
+            return Slipway_Logs_V1_QueryResponse()
+        }
         var cursor: UInt64
         if request.pageToken.isEmpty {
             cursor = request.sinceNanos > 0 ? try await store.cursor(of: stream, since: request.sinceNanos) : 0

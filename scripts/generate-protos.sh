@@ -84,7 +84,10 @@ run_protoc_c "$OUT/Sources/CProtocPlugin" CProtocPlugin "$PROTOBUF_INCLUDE" \
 C_PROTOS="$WORK/c-protos"
 for f in "${PROTOS[@]}"; do
   mkdir -p "$C_PROTOS/$(dirname "$f")"
-  perl -pe 's/^(\s*)optional\s+([\w.]+)\s+(\w+)\s*=\s*(\d+)\s*;/$1oneof _$3 { $2 $3 = $4; }/' "protos/$f" > "$C_PROTOS/$f"
+  # Also: protobuf-c keeps `string` fields as NUL-terminated C strings, which would cut text at the
+  # first U+0000. The C side sees them as `bytes` (the same wire form) and the Swift runtime converts,
+  # so every string survives whole. (Map keys and values keep protobuf-c's string type.)
+  perl -pe 's/^(\s*)((?:optional|repeated)\s+)?string(\s+\w+\s*=\s*\d+\s*;)/$1$2bytes$3/; s/^(\s*)optional\s+([\w.]+)\s+(\w+)\s*=\s*(\d+)\s*;/$1oneof _$3 { $2 $3 = $4; }/' "protos/$f" > "$C_PROTOS/$f"
   if grep -nE '^\s*optional\s' "$C_PROTOS/$f"; then
     echo "error: protos/$f: 'optional' field in a form this script cannot rewrite (put it on one line, without options)" >&2
     exit 1

@@ -51,10 +51,20 @@ public struct ProtoCReader {
     /// A bool field.
     public func bool(_ index: Int) -> Bool { load(field(index), as: protobuf_c_boolean.self) != 0 }
 
-    /// A string field.
+    /// A string field. Fields the C code holds as bytes (every plain `string` field, see
+    /// scripts/generate-protos.sh) keep embedded NULs; map keys and values are C strings.
     public func string(_ index: Int) -> String {
-        guard let cString = load(field(index), as: UnsafePointer<CChar>?.self) else { return "" }
+        let field = field(index)
+        if field.pointee.type == PROTOBUF_C_TYPE_BYTES {
+            return Self.string(load(field, as: ProtobufCBinaryData.self))
+        }
+        guard let cString = load(field, as: UnsafePointer<CChar>?.self) else { return "" }
         return String(cString: cString)
+    }
+
+    static func string(_ data: ProtobufCBinaryData) -> String {
+        guard data.len > 0, let base = data.data else { return "" }
+        return String(decoding: UnsafeBufferPointer(start: base, count: data.len), as: UTF8.self)
     }
 
     /// A bytes field.
@@ -91,8 +101,11 @@ public struct ProtoCReader {
 
     /// A repeated string field.
     public func strings(_ index: Int) -> [String] {
-        let (_, count, base) = repeated(index)
+        let (field, count, base) = repeated(index)
         guard count > 0, let base else { return [] }
+        if field.pointee.type == PROTOBUF_C_TYPE_BYTES {
+            return UnsafeBufferPointer(start: base.assumingMemoryBound(to: ProtobufCBinaryData.self), count: count).map(Self.string)
+        }
         return UnsafeBufferPointer(start: base.assumingMemoryBound(to: UnsafePointer<CChar>?.self), count: count).map {
             $0.map { String(cString: $0) } ?? ""
         }

@@ -53,11 +53,15 @@ public struct ProtoCWriter {
     /// Sets a bool field.
     public func set(_ index: Int, _ value: Bool) { store(protobuf_c_boolean(value ? 1 : 0), field(index)) }
 
-    /// Sets a string field.
+    /// Sets a string field (as bytes where the C code holds it as bytes: embedded NULs survive).
     public func set(_ index: Int, _ value: String) {
         let field = field(index)
         if value.isEmpty && field.pointee.flags & UInt32(PROTOBUF_C_FIELD_FLAG_ONEOF.rawValue) == 0 { return }
-        store(UnsafeMutablePointer<CChar>?(arena.cString(value)), field)
+        if field.pointee.type == PROTOBUF_C_TYPE_BYTES {
+            store(arena.binary(Array(value.utf8)), field)
+        } else {
+            store(UnsafeMutablePointer<CChar>?(arena.cString(value)), field)
+        }
     }
 
     /// Sets a bytes field.
@@ -100,6 +104,10 @@ public struct ProtoCWriter {
 
     /// Sets a repeated string field.
     public func set(_ index: Int, _ values: [String]) {
+        if field(index).pointee.type == PROTOBUF_C_TYPE_BYTES {
+            set(index, values.map { Array($0.utf8) })
+            return
+        }
         setRepeated(index, count: values.count, elementSize: MemoryLayout<UnsafeMutablePointer<CChar>?>.stride) { elements in
             for (i, value) in values.enumerated() {
                 elements.storeBytes(of: UnsafeMutablePointer<CChar>?(arena.cString(value)), toByteOffset: i * MemoryLayout<UnsafeMutablePointer<CChar>?>.stride, as: UnsafeMutablePointer<CChar>?.self)

@@ -156,3 +156,18 @@ func point(_ x: Int32, _ y: Int32, _ label: String) -> Slipway_Testing_V1_Point 
     let alpha = try Grpc_Reflection_V1alpha_ServerReflectionResponse(serializedBytes: response.serializedBytes())
     #expect(alpha.serializedBytes() == response.serializedBytes())
 }
+
+@Test func stringsKeepEmbeddedNULs() throws {
+    var message = Slipway_Testing_V1_AllTypes()
+    message.fString = "a\u{0}b"
+    message.oString = "\u{0}"
+    message.rString = ["x\u{0}", "", "\u{0}\u{0}y"]
+    let decoded = try Slipway_Testing_V1_AllTypes(serializedBytes: message.serializedBytes())
+    #expect(decoded.fString == "a\u{0}b")
+    #expect(decoded.oString == "\u{0}")
+    #expect(decoded.rString == ["x\u{0}", "", "\u{0}\u{0}y"])
+    // The wire form is protobuf's string encoding: field 14, length 3, the UTF-8 bytes.
+    var only = Slipway_Testing_V1_AllTypes()
+    only.fString = "a\u{0}b"
+    #expect(only.serializedBytes() == [0x72, 3, 0x61, 0, 0x62])
+}

@@ -373,11 +373,11 @@ static const ProtobufCFieldDescriptor grpc__reflection__v1__server_reflection_re
     "host",
     1,
     PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_STRING,
+    PROTOBUF_C_TYPE_BYTES,
     0,   /* quantifier_offset */
     offsetof(Grpc__Reflection__V1__ServerReflectionRequest, host),
     NULL,
-    &protobuf_c_empty_string,
+    NULL,
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
@@ -385,11 +385,11 @@ static const ProtobufCFieldDescriptor grpc__reflection__v1__server_reflection_re
     "file_by_filename",
     3,
     PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_STRING,
+    PROTOBUF_C_TYPE_BYTES,
     offsetof(Grpc__Reflection__V1__ServerReflectionRequest, message_request_case),
     offsetof(Grpc__Reflection__V1__ServerReflectionRequest, file_by_filename),
     NULL,
-    &protobuf_c_empty_string,
+    NULL,
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
@@ -397,11 +397,11 @@ static const ProtobufCFieldDescriptor grpc__reflection__v1__server_reflection_re
     "file_containing_symbol",
     4,
     PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_STRING,
+    PROTOBUF_C_TYPE_BYTES,
     offsetof(Grpc__Reflection__V1__ServerReflectionRequest, message_request_case),
     offsetof(Grpc__Reflection__V1__ServerReflectionRequest, file_containing_symbol),
     NULL,
-    &protobuf_c_empty_string,
+    NULL,
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
@@ -421,11 +421,11 @@ static const ProtobufCFieldDescriptor grpc__reflection__v1__server_reflection_re
     "all_extension_numbers_of_type",
     6,
     PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_STRING,
+    PROTOBUF_C_TYPE_BYTES,
     offsetof(Grpc__Reflection__V1__ServerReflectionRequest, message_request_case),
     offsetof(Grpc__Reflection__V1__ServerReflectionRequest, all_extension_numbers_of_type),
     NULL,
-    &protobuf_c_empty_string,
+    NULL,
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
@@ -433,11 +433,11 @@ static const ProtobufCFieldDescriptor grpc__reflection__v1__server_reflection_re
     "list_services",
     7,
     PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_STRING,
+    PROTOBUF_C_TYPE_BYTES,
     offsetof(Grpc__Reflection__V1__ServerReflectionRequest, message_request_case),
     offsetof(Grpc__Reflection__V1__ServerReflectionRequest, list_services),
     NULL,
-    &protobuf_c_empty_string,
+    NULL,
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
@@ -477,11 +477,11 @@ static const ProtobufCFieldDescriptor grpc__reflection__v1__extension_request__f
     "containing_type",
     1,
     PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_STRING,
+    PROTOBUF_C_TYPE_BYTES,
     0,   /* quantifier_offset */
     offsetof(Grpc__Reflection__V1__ExtensionRequest, containing_type),
     NULL,
-    &protobuf_c_empty_string,
+    NULL,
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
@@ -528,11 +528,11 @@ static const ProtobufCFieldDescriptor grpc__reflection__v1__server_reflection_re
     "valid_host",
     1,
     PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_STRING,
+    PROTOBUF_C_TYPE_BYTES,
     0,   /* quantifier_offset */
     offsetof(Grpc__Reflection__V1__ServerReflectionResponse, valid_host),
     NULL,
-    &protobuf_c_empty_string,
+    NULL,
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
@@ -670,11 +670,11 @@ static const ProtobufCFieldDescriptor grpc__reflection__v1__extension_number_res
     "base_type_name",
     1,
     PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_STRING,
+    PROTOBUF_C_TYPE_BYTES,
     0,   /* quantifier_offset */
     offsetof(Grpc__Reflection__V1__ExtensionNumberResponse, base_type_name),
     NULL,
-    &protobuf_c_empty_string,
+    NULL,
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
@@ -759,11 +759,11 @@ static const ProtobufCFieldDescriptor grpc__reflection__v1__service_response__fi
     "name",
     1,
     PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_STRING,
+    PROTOBUF_C_TYPE_BYTES,
     0,   /* quantifier_offset */
     offsetof(Grpc__Reflection__V1__ServiceResponse, name),
     NULL,
-    &protobuf_c_empty_string,
+    NULL,
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
@@ -809,11 +809,11 @@ static const ProtobufCFieldDescriptor grpc__reflection__v1__error_response__fiel
     "error_message",
     2,
     PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_STRING,
+    PROTOBUF_C_TYPE_BYTES,
     0,   /* quantifier_offset */
     offsetof(Grpc__Reflection__V1__ErrorResponse, error_message),
     NULL,
-    &protobuf_c_empty_string,
+    NULL,
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },

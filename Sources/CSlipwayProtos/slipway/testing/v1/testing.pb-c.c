@@ -355,11 +355,11 @@ static const ProtobufCFieldDescriptor slipway__testing__v1__point__field_descrip
     "label",
     3,
     PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_STRING,
+    PROTOBUF_C_TYPE_BYTES,
     0,   /* quantifier_offset */
     offsetof(Slipway__Testing__V1__Point, label),
     NULL,
-    &protobuf_c_empty_string,
+    NULL,
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
@@ -395,11 +395,11 @@ static const ProtobufCFieldDescriptor slipway__testing__v1__all_types__inner__de
     "note",
     1,
     PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_STRING,
+    PROTOBUF_C_TYPE_BYTES,
     0,   /* quantifier_offset */
     offsetof(Slipway__Testing__V1__AllTypes__Inner__Deeper, note),
     NULL,
-    &protobuf_c_empty_string,
+    NULL,
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
@@ -433,11 +433,11 @@ static const ProtobufCFieldDescriptor slipway__testing__v1__all_types__inner__fi
     "name",
     1,
     PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_STRING,
+    PROTOBUF_C_TYPE_BYTES,
     0,   /* quantifier_offset */
     offsetof(Slipway__Testing__V1__AllTypes__Inner, name),
     NULL,
-    &protobuf_c_empty_string,
+    NULL,
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
@@ -1002,11 +1002,11 @@ static const ProtobufCFieldDescriptor slipway__testing__v1__all_types__field_des
     "f_string",
     14,
     PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_STRING,
+    PROTOBUF_C_TYPE_BYTES,
     0,   /* quantifier_offset */
     offsetof(Slipway__Testing__V1__AllTypes, f_string),
     NULL,
-    &protobuf_c_empty_string,
+    NULL,
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
@@ -1122,11 +1122,11 @@ static const ProtobufCFieldDescriptor slipway__testing__v1__all_types__field_des
     "o_string",
     24,
     PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_STRING,
+    PROTOBUF_C_TYPE_BYTES,
     offsetof(Slipway__Testing__V1__AllTypes, _o_string_case),
     offsetof(Slipway__Testing__V1__AllTypes, o_string),
     NULL,
-    &protobuf_c_empty_string,
+    NULL,
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
@@ -1350,11 +1350,11 @@ static const ProtobufCFieldDescriptor slipway__testing__v1__all_types__field_des
     "r_string",
     43,
     PROTOBUF_C_LABEL_REPEATED,
-    PROTOBUF_C_TYPE_STRING,
+    PROTOBUF_C_TYPE_BYTES,
     offsetof(Slipway__Testing__V1__AllTypes, n_r_string),
     offsetof(Slipway__Testing__V1__AllTypes, r_string),
     NULL,
-    &protobuf_c_empty_string,
+    NULL,
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
@@ -1422,11 +1422,11 @@ static const ProtobufCFieldDescriptor slipway__testing__v1__all_types__field_des
     "c_text",
     50,
     PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_STRING,
+    PROTOBUF_C_TYPE_BYTES,
     offsetof(Slipway__Testing__V1__AllTypes, choice_case),
     offsetof(Slipway__Testing__V1__AllTypes, c_text),
     NULL,
-    &protobuf_c_empty_string,
+    NULL,
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
@@ -1640,11 +1640,11 @@ static const ProtobufCFieldDescriptor slipway__testing__v1__keywords__field_desc
     "type",
     1,
     PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_STRING,
+    PROTOBUF_C_TYPE_BYTES,
     0,   /* quantifier_offset */
     offsetof(Slipway__Testing__V1__Keywords, type),
     NULL,
-    &protobuf_c_empty_string,
+    NULL,
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
@@ -1676,11 +1676,11 @@ static const ProtobufCFieldDescriptor slipway__testing__v1__keywords__field_desc
     "protocol",
     4,
     PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_STRING,
+    PROTOBUF_C_TYPE_BYTES,
     0,   /* quantifier_offset */
     offsetof(Slipway__Testing__V1__Keywords, protocol),
     NULL,
-    &protobuf_c_empty_string,
+    NULL,
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
@@ -1688,11 +1688,11 @@ static const ProtobufCFieldDescriptor slipway__testing__v1__keywords__field_desc
     "class",
     5,
     PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_STRING,
+    PROTOBUF_C_TYPE_BYTES,
     offsetof(Slipway__Testing__V1__Keywords, kind_case),
     offsetof(Slipway__Testing__V1__Keywords, class_),
     NULL,
-    &protobuf_c_empty_string,
+    NULL,
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
@@ -1761,11 +1761,11 @@ static const ProtobufCFieldDescriptor slipway__testing__v1__test_request__field_
     "text",
     1,
     PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_STRING,
+    PROTOBUF_C_TYPE_BYTES,
     0,   /* quantifier_offset */
     offsetof(Slipway__Testing__V1__TestRequest, text),
     NULL,
-    &protobuf_c_empty_string,
+    NULL,
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
@@ -1809,11 +1809,11 @@ static const ProtobufCFieldDescriptor slipway__testing__v1__test_request__field_
     "fail_message",
     5,
     PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_STRING,
+    PROTOBUF_C_TYPE_BYTES,
     0,   /* quantifier_offset */
     offsetof(Slipway__Testing__V1__TestRequest, fail_message),
     NULL,
-    &protobuf_c_empty_string,
+    NULL,
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
@@ -1864,11 +1864,11 @@ static const ProtobufCFieldDescriptor slipway__testing__v1__test_response__field
     "text",
     1,
     PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_STRING,
+    PROTOBUF_C_TYPE_BYTES,
     0,   /* quantifier_offset */
     offsetof(Slipway__Testing__V1__TestResponse, text),
     NULL,
-    &protobuf_c_empty_string,
+    NULL,
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },

@@ -69,13 +69,13 @@ typedef enum _Slipway__Logs__V1__Source {
 struct  Slipway__Logs__V1__StreamKey
 {
   ProtobufCMessage base;
-  char *deployment_id;
-  char *environment_id;
-  char *service_id;
+  ProtobufCBinaryData deployment_id;
+  ProtobufCBinaryData environment_id;
+  ProtobufCBinaryData service_id;
 };
 #define SLIPWAY__LOGS__V1__STREAM_KEY__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&slipway__logs__v1__stream_key__descriptor) \
-    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string }
+    , {0,NULL}, {0,NULL}, {0,NULL} }
 
 
 /*
@@ -99,10 +99,10 @@ struct  Slipway__Logs__V1__LogLine
   int64_t emitted_nanos;
   Slipway__Logs__V1__Level level;
   Slipway__Logs__V1__Source source;
-  char *text;
-  char *instance_id;
-  char *stage;
-  char *step;
+  ProtobufCBinaryData text;
+  ProtobufCBinaryData instance_id;
+  ProtobufCBinaryData stage;
+  ProtobufCBinaryData step;
   /*
    * Set on every part but the last of a line longer than the maximum line length.
    */
@@ -110,11 +110,11 @@ struct  Slipway__Logs__V1__LogLine
   /*
    * On deployment logs: the service the line is about (empty for the deployment as a whole).
    */
-  char *service_id;
+  ProtobufCBinaryData service_id;
 };
 #define SLIPWAY__LOGS__V1__LOG_LINE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&slipway__logs__v1__log_line__descriptor) \
-    , NULL, 0, 0, 0, SLIPWAY__LOGS__V1__LEVEL__LEVEL_UNSPECIFIED, SLIPWAY__LOGS__V1__SOURCE__SOURCE_UNSPECIFIED, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, (char *)protobuf_c_empty_string }
+    , NULL, 0, 0, 0, SLIPWAY__LOGS__V1__LEVEL__LEVEL_UNSPECIFIED, SLIPWAY__LOGS__V1__SOURCE__SOURCE_UNSPECIFIED, {0,NULL}, {0,NULL}, {0,NULL}, {0,NULL}, 0, {0,NULL} }
 
 
 /*
@@ -178,19 +178,19 @@ struct  Slipway__Logs__V1__Filter
   /*
    * Only lines whose text contains this (case-sensitive); empty for all.
    */
-  char *contains;
+  ProtobufCBinaryData contains;
   /*
    * Only lines of this instance; empty for all.
    */
-  char *instance_id;
+  ProtobufCBinaryData instance_id;
   /*
    * Only lines about this service (deployment logs); empty for all.
    */
-  char *service_id;
+  ProtobufCBinaryData service_id;
 };
 #define SLIPWAY__LOGS__V1__FILTER__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&slipway__logs__v1__filter__descriptor) \
-    , SLIPWAY__LOGS__V1__LEVEL__LEVEL_UNSPECIFIED, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string }
+    , SLIPWAY__LOGS__V1__LEVEL__LEVEL_UNSPECIFIED, {0,NULL}, {0,NULL}, {0,NULL} }
 
 
 typedef enum {
@@ -285,11 +285,11 @@ struct  Slipway__Logs__V1__QueryRequest
   /*
    * From a previous response; empty for the first page.
    */
-  char *page_token;
+  ProtobufCBinaryData page_token;
 };
 #define SLIPWAY__LOGS__V1__QUERY_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&slipway__logs__v1__query_request__descriptor) \
-    , NULL, 0, 0, NULL, 0, (char *)protobuf_c_empty_string }
+    , NULL, 0, 0, NULL, 0, {0,NULL} }
 
 
 struct  Slipway__Logs__V1__QueryResponse
@@ -300,11 +300,11 @@ struct  Slipway__Logs__V1__QueryResponse
   /*
    * Empty when there is nothing more.
    */
-  char *next_page_token;
+  ProtobufCBinaryData next_page_token;
 };
 #define SLIPWAY__LOGS__V1__QUERY_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&slipway__logs__v1__query_response__descriptor) \
-    , 0,NULL, (char *)protobuf_c_empty_string }
+    , 0,NULL, {0,NULL} }
 
 
 struct  Slipway__Logs__V1__ListStreamsRequest

@@ -64,21 +64,21 @@ struct  Slipway__Testing__V1__Point
   ProtobufCMessage base;
   int32_t x;
   int32_t y;
-  char *label;
+  ProtobufCBinaryData label;
 };
 #define SLIPWAY__TESTING__V1__POINT__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&slipway__testing__v1__point__descriptor) \
-    , 0, 0, (char *)protobuf_c_empty_string }
+    , 0, 0, {0,NULL} }
 
 
 struct  Slipway__Testing__V1__AllTypes__Inner__Deeper
 {
   ProtobufCMessage base;
-  char *note;
+  ProtobufCBinaryData note;
 };
 #define SLIPWAY__TESTING__V1__ALL_TYPES__INNER__DEEPER__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&slipway__testing__v1__all_types__inner__deeper__descriptor) \
-    , (char *)protobuf_c_empty_string }
+    , {0,NULL} }
 
 
 /*
@@ -87,7 +87,7 @@ struct  Slipway__Testing__V1__AllTypes__Inner__Deeper
 struct  Slipway__Testing__V1__AllTypes__Inner
 {
   ProtobufCMessage base;
-  char *name;
+  ProtobufCBinaryData name;
   size_t n_values;
   int64_t *values;
   Slipway__Testing__V1__AllTypes__Inner__Deeper *deeper;
@@ -95,7 +95,7 @@ struct  Slipway__Testing__V1__AllTypes__Inner
 };
 #define SLIPWAY__TESTING__V1__ALL_TYPES__INNER__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&slipway__testing__v1__all_types__inner__descriptor) \
-    , (char *)protobuf_c_empty_string, 0,NULL, NULL, SLIPWAY__TESTING__V1__ALL_TYPES__MOOD__MOOD_UNSPECIFIED }
+    , {0,NULL}, 0,NULL, NULL, SLIPWAY__TESTING__V1__ALL_TYPES__MOOD__MOOD_UNSPECIFIED }
 
 
 struct  Slipway__Testing__V1__AllTypes__MStringStringEntry
@@ -256,7 +256,7 @@ struct  Slipway__Testing__V1__AllTypes
   protobuf_c_boolean f_bool;
   float f_float;
   double f_double;
-  char *f_string;
+  ProtobufCBinaryData f_string;
   ProtobufCBinaryData f_bytes;
   Slipway__Testing__V1__Color f_color;
   Slipway__Testing__V1__AllTypes__Mood f_mood;
@@ -292,7 +292,7 @@ struct  Slipway__Testing__V1__AllTypes
   size_t n_r_double;
   double *r_double;
   size_t n_r_string;
-  char **r_string;
+  ProtobufCBinaryData *r_string;
   size_t n_r_bytes;
   ProtobufCBinaryData *r_bytes;
   size_t n_r_point;
@@ -336,7 +336,7 @@ struct  Slipway__Testing__V1__AllTypes
   };
   Slipway__Testing__V1__AllTypes__OStringCase _o_string_case;
   union {
-    char *o_string;
+    ProtobufCBinaryData o_string;
   };
   Slipway__Testing__V1__AllTypes__OBytesCase _o_bytes_case;
   union {
@@ -360,7 +360,7 @@ struct  Slipway__Testing__V1__AllTypes
   };
   Slipway__Testing__V1__AllTypes__ChoiceCase choice_case;
   union {
-    char *c_text;
+    ProtobufCBinaryData c_text;
     int64_t c_number;
     Slipway__Testing__V1__Point *c_point;
     ProtobufCBinaryData c_bytes;
@@ -369,7 +369,7 @@ struct  Slipway__Testing__V1__AllTypes
 };
 #define SLIPWAY__TESTING__V1__ALL_TYPES__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&slipway__testing__v1__all_types__descriptor) \
-    , 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, (char *)protobuf_c_empty_string, {0,NULL}, SLIPWAY__TESTING__V1__COLOR__COLOR_UNSPECIFIED, SLIPWAY__TESTING__V1__ALL_TYPES__MOOD__MOOD_UNSPECIFIED, NULL, NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, SLIPWAY__TESTING__V1__ALL_TYPES___O_INT32__NOT_SET, {0}, SLIPWAY__TESTING__V1__ALL_TYPES___O_INT64__NOT_SET, {0}, SLIPWAY__TESTING__V1__ALL_TYPES___O_BOOL__NOT_SET, {0}, SLIPWAY__TESTING__V1__ALL_TYPES___O_DOUBLE__NOT_SET, {0}, SLIPWAY__TESTING__V1__ALL_TYPES___O_STRING__NOT_SET, {0}, SLIPWAY__TESTING__V1__ALL_TYPES___O_BYTES__NOT_SET, {0}, SLIPWAY__TESTING__V1__ALL_TYPES___O_COLOR__NOT_SET, {0}, SLIPWAY__TESTING__V1__ALL_TYPES___O_UINT64__NOT_SET, {0}, SLIPWAY__TESTING__V1__ALL_TYPES___O_SINT32__NOT_SET, {0}, SLIPWAY__TESTING__V1__ALL_TYPES___O_FLOAT__NOT_SET, {0}, SLIPWAY__TESTING__V1__ALL_TYPES__CHOICE__NOT_SET, {0} }
+    , 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0,NULL}, {0,NULL}, SLIPWAY__TESTING__V1__COLOR__COLOR_UNSPECIFIED, SLIPWAY__TESTING__V1__ALL_TYPES__MOOD__MOOD_UNSPECIFIED, NULL, NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, SLIPWAY__TESTING__V1__ALL_TYPES___O_INT32__NOT_SET, {0}, SLIPWAY__TESTING__V1__ALL_TYPES___O_INT64__NOT_SET, {0}, SLIPWAY__TESTING__V1__ALL_TYPES___O_BOOL__NOT_SET, {0}, SLIPWAY__TESTING__V1__ALL_TYPES___O_DOUBLE__NOT_SET, {0}, SLIPWAY__TESTING__V1__ALL_TYPES___O_STRING__NOT_SET, {0}, SLIPWAY__TESTING__V1__ALL_TYPES___O_BYTES__NOT_SET, {0}, SLIPWAY__TESTING__V1__ALL_TYPES___O_COLOR__NOT_SET, {0}, SLIPWAY__TESTING__V1__ALL_TYPES___O_UINT64__NOT_SET, {0}, SLIPWAY__TESTING__V1__ALL_TYPES___O_SINT32__NOT_SET, {0}, SLIPWAY__TESTING__V1__ALL_TYPES___O_FLOAT__NOT_SET, {0}, SLIPWAY__TESTING__V1__ALL_TYPES__CHOICE__NOT_SET, {0} }
 
 
 typedef enum {
@@ -385,19 +385,19 @@ typedef enum {
 struct  Slipway__Testing__V1__Keywords
 {
   ProtobufCMessage base;
-  char *type;
+  ProtobufCBinaryData type;
   int32_t default_;
   protobuf_c_boolean self;
-  char *protocol;
+  ProtobufCBinaryData protocol;
   Slipway__Testing__V1__Keywords__KindCase kind_case;
   union {
-    char *class_;
+    ProtobufCBinaryData class_;
     protobuf_c_boolean struct_;
   };
 };
 #define SLIPWAY__TESTING__V1__KEYWORDS__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&slipway__testing__v1__keywords__descriptor) \
-    , (char *)protobuf_c_empty_string, 0, 0, (char *)protobuf_c_empty_string, SLIPWAY__TESTING__V1__KEYWORDS__KIND__NOT_SET, {0} }
+    , {0,NULL}, 0, 0, {0,NULL}, SLIPWAY__TESTING__V1__KEYWORDS__KIND__NOT_SET, {0} }
 
 
 /*
@@ -421,7 +421,7 @@ struct  Slipway__Testing__V1__TestRequest
   /*
    * Echoed back in TestResponse.text.
    */
-  char *text;
+  ProtobufCBinaryData text;
   /*
    * How many responses a server-streaming call sends.
    */
@@ -437,7 +437,7 @@ struct  Slipway__Testing__V1__TestRequest
   /*
    * The status message that goes with fail_code.
    */
-  char *fail_message;
+  ProtobufCBinaryData fail_message;
   /*
    * How long the server waits before answering, in milliseconds.
    */
@@ -445,7 +445,7 @@ struct  Slipway__Testing__V1__TestRequest
 };
 #define SLIPWAY__TESTING__V1__TEST_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&slipway__testing__v1__test_request__descriptor) \
-    , (char *)protobuf_c_empty_string, 0, {0,NULL}, 0, (char *)protobuf_c_empty_string, 0 }
+    , {0,NULL}, 0, {0,NULL}, 0, {0,NULL}, 0 }
 
 
 /*
@@ -454,7 +454,7 @@ struct  Slipway__Testing__V1__TestRequest
 struct  Slipway__Testing__V1__TestResponse
 {
   ProtobufCMessage base;
-  char *text;
+  ProtobufCBinaryData text;
   /*
    * The position of this response in a stream, or the number of requests a client stream sent.
    */
@@ -463,7 +463,7 @@ struct  Slipway__Testing__V1__TestResponse
 };
 #define SLIPWAY__TESTING__V1__TEST_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&slipway__testing__v1__test_response__descriptor) \
-    , (char *)protobuf_c_empty_string, 0, {0,NULL} }
+    , {0,NULL}, 0, {0,NULL} }
 
 
 /* Slipway__Testing__V1__Point methods */

@@ -93,7 +93,7 @@ struct LogsService: RPCService {
             let merged = MergedTail(store: store, environment: key.environmentId, filter: LineFilter(request.filter))
             switch request.start {
             case .afterSeq?:
-                throw RPCError(.invalidArgument, "after_seq needs a single stream; resume an environment tail with since_nanos = last timestamp + 1")
+                throw RPCError(.invalidArgument, "after_seq needs a single stream (set deployment_id or service_id); resume an environment tail with since_nanos = last timestamp + 1")
             case .sinceNanos(let time)?: try await merged.run(since: max(time, 1), writer)
             case .liveOnly?: try await merged.run(since: nil, writer)
             case nil: try await merged.run(since: 0, writer)
@@ -103,13 +103,17 @@ struct LogsService: RPCService {
         let id = try StreamID(request.stream)
         let stream = store.stream(id)
         var cursor: UInt64
+        // Lines ingested before this are not delivered (a time in the future waits for it).
+        var notBefore: Int64 = 0
         switch request.start {
         case .afterSeq(let seq)?:
             guard seq <= stream.lastSeq else {
                 throw RPCError(.outOfRange, "cursor \(seq) is beyond the last line of \(id) (\(stream.lastSeq)); resume from a sequence number you received")
             }
             cursor = seq
-        case .sinceNanos(let time)?: cursor = try await store.cursor(of: stream, since: time)
+        case .sinceNanos(let time)?:
+            cursor = try await store.cursor(of: stream, since: time)
+            notBefore = time
         case .liveOnly?: cursor = stream.lastSeq
         case nil: cursor = 0
         }
@@ -118,7 +122,7 @@ struct LogsService: RPCService {
         while !Task.isCancelled {
             switch try await reader.next(after: cursor, limit: 512) {
             case .entries(let entries):
-                for entry in entries where filter.isEmpty || filter.matches(entry.line) {
+                for entry in entries where entry.line.timestampNanos >= notBefore && (filter.isEmpty || filter.matches(entry.line)) {
                     try await writer.write(RawBytes(entry.tailResponse))
                 }
                 cursor = entries.last!.seq

@@ -113,6 +113,9 @@ for (executable, library) in services {
         swiftSettings: strict))
 }
 
+// Fan-out benchmark of slipway-logs against Redis pub/sub (scripts/bench-logs.sh).
+targets.append(.executableTarget(name: "slipway-logs-bench", dependencies: ["SlipwayRPC", "SlipwayProtos", .product(name: "ArgumentParser", package: "swift-argument-parser")] + nio, path: "Benchmarks/LogsBench", swiftSettings: strict))
+
 let package = Package(
     name: "Slipway",
     platforms: [.macOS(.v15)],

@@ -146,7 +146,15 @@ final class OutboundMessages: Sendable {
                     buffer.baseAddress!.copyMemory(from: source.baseAddress!, byteCount: count)
                     return count
                 }
-                if state.pending.readableBytes == 0 { state.pending.clear() }
+                if state.pending.readableBytes == 0 {
+                    // Drained: keep a small buffer for reuse, give a large one back (idle streams
+                    // would otherwise each hold their peak, e.g. a thousand tails × 256 KiB).
+                    if state.pending.capacity > 64 * 1024 {
+                        state.pending = ByteBuffer()
+                    } else {
+                        state.pending.clear()
+                    }
+                }
             }
             var waiter: CheckedContinuation<Void, any Error>?
             if state.pending.readableBytes <= highWatermark / 2 {

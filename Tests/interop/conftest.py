@@ -4,9 +4,13 @@ grpcio (C-core) is a complete, independent gRPC implementation: every test here 
 written by someone else. Binaries come from SLIPWAY_BIN_DIR (default .build/debug).
 """
 import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 
 import grpc
 import pytest
@@ -37,6 +41,105 @@ def testing_pb():
     from slipway.testing.v1 import testing_pb2, testing_pb2_grpc
 
     return testing_pb2, testing_pb2_grpc
+
+
+@pytest.fixture(scope="session")
+def logs_pb():
+    """logs.proto compiled by grpcio-tools: (logs_pb2, logs_pb2_grpc)."""
+    from grpc_tools import protoc
+
+    out = tempfile.mkdtemp(prefix="slipway-pb-")
+    rc = protoc.main([
+        "protoc", f"-I{ROOT}/protos", f"--python_out={out}", f"--grpc_python_out={out}",
+        "slipway/logs/v1/logs.proto",
+    ])
+    assert rc == 0, "grpc_tools.protoc failed on protos/slipway/logs/v1/logs.proto"
+    sys.path.insert(0, out)
+    from slipway.logs.v1 import logs_pb2, logs_pb2_grpc
+
+    return logs_pb2, logs_pb2_grpc
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LogsServer:
+    """slipway-logs on a free port over a data directory it may share with a later instance."""
+
+    def __init__(self, data_dir=None, flags=()):
+        self.data_dir = data_dir or tempfile.mkdtemp(prefix="slipway-logs-")
+        self.flags = list(flags)
+        self.proc = None
+        self.start()
+
+    def start(self):
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.stderr = open(os.path.join(self.data_dir, f"stderr-{self.port}.log"), "w")
+        self.proc = subprocess.Popen(
+            [binary("slipway-logs"), "--listen", self.address, "--data-dir", self.data_dir] + self.flags,
+            stdout=subprocess.DEVNULL, stderr=self.stderr)
+        self.wait_serving()
+
+    def wait_serving(self, timeout=30):
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        deadline = time.monotonic() + timeout
+        with grpc.insecure_channel(self.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"slipway-logs exited with {self.proc.returncode}: {self.log()[-2000:]}")
+                try:
+                    status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                    if status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"slipway-logs is not SERVING after {timeout} s: {self.log()[-2000:]}")
+                time.sleep(0.05)
+
+    def log(self):
+        with open(self.stderr.name) as f:
+            return f.read()
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def rss_kib(self):
+        with open(f"/proc/{self.proc.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def kill9(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def restart(self):
+        """kill -9 (if running) and start again on the same data directory."""
+        if self.alive():
+            self.kill9()
+        self.start()
+
+    def stop(self):
+        if self.alive():
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.stderr.close()
+
+    def cleanup(self):
+        self.stop()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
 class Process:

@@ -23,6 +23,7 @@ var targets: [Target] = [
     // C libraries, one shim header each.
     .systemLibrary(name: "CNGHTTP2", pkgConfig: "libnghttp2", providers: [.apt(["libnghttp2-dev"])]),
     .systemLibrary(name: "CProtobufC", pkgConfig: "libprotobuf-c", providers: [.apt(["libprotobuf-c-dev"])]),
+    .systemLibrary(name: "CMalloc"),
 
     // Code generation: protoc-c output for descriptor.proto/plugin.proto, and our protoc plugin.
     .target(name: "CProtocPlugin", dependencies: ["CProtobufC"]),
@@ -99,7 +100,7 @@ for (executable, library) in services {
     targets.append(.target(
         name: library,
         dependencies: [
-            "SlipwayServiceKit", "SlipwayRPC", "SlipwayProtos", "SlipwayProtobuf",
+            "SlipwayServiceKit", "SlipwayRPC", "SlipwayProtos", "SlipwayProtobuf", "CMalloc",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),

@@ -50,6 +50,6 @@ public struct LogsComponent: PlatformComponent {
     public func setUp(configuration service: ServiceConfiguration, logger: Logger, router: inout RPCRouter) async throws -> [any Service] {
         let store = try LogStore(directory: try service.stateDirectory(), configuration: configuration, logger: logger)
         router.register(LogsService(store: store, logger: logger))
-        return [RetentionService(store: store, logger: logger)]
+        return [RetentionService(store: store, logger: logger), MemoryReclaimer()]
     }
 }

@@ -329,6 +329,7 @@ final class LogStore: Sendable {
                         guard let line = try? Slipway_Logs_V1_LogLine(serializedBuffer: payload), line.seq == expected else { return false }
                         segment.noteAppended(seq: line.seq, timestamp: line.timestampNanos, offset: offset, recordBytes: payload.count + Segment.headerBytes)
                         window.append(LogEntry(line: line, lineBytes: payload))
+                        if id.kind == .deployment { state.services.insert(line.serviceId) }
                         if window.count > configuration.windowLines { window.removeFirst() }
                         expected += 1
                         return true

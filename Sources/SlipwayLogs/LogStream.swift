@@ -52,6 +52,8 @@ final class LogStream: Sendable {
         var waiters: [Int: CheckedContinuation<Void, Never>] = [:]
         var nextWaiter = 0
         var deleted = false
+        /// Services named by the lines of a deployment stream (`service_id` labels), for retention.
+        var services: Set<String> = []
     }
 
     let id: StreamID
@@ -70,12 +72,14 @@ final class LogStream: Sendable {
     var segments: [Segment] { state.withLock { $0.segments } }
     var firstRetained: UInt64 { state.withLock { $0.firstRetained } }
     var isDeleted: Bool { state.withLock { $0.deleted } }
+    var services: Set<String> { state.withLock { $0.services } }
 
     /// Publishes lines that are durable (called by the writer after fsync), and wakes readers.
     func publish(_ entries: [LogEntry], segments: [Segment]) {
         let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
             state.segments = segments
             for entry in entries {
+                if id.kind == .deployment { state.services.insert(entry.line.serviceId) }
                 state.window.append(entry)
                 if state.window.count > windowLines { state.window.removeFirst() }
             }

@@ -12,7 +12,7 @@ public struct LogsOptions: ParsableArguments, Sendable {
     @Option(help: "Most concurrent Tail subscribers.") var logsMaxSubscribers: Int?
     @Option(help: "Remove lines older than this many seconds.") var logsRetentionMaxAge: Int?
     @Option(help: "Remove the oldest segments beyond this many bytes in total.") var logsRetentionMaxBytes: Int64?
-    @Option(help: "Deployment streams kept per environment (newest).") var logsRetentionDeploymentsPerEnvironment: Int?
+    @Option(help: "Deployments whose logs are kept per service (newest).") var logsRetentionDeploymentsPerService: Int?
     @Option(help: "Seconds between retention passes.") var logsRetentionInterval: Int?
 
     public init() {}
@@ -31,8 +31,8 @@ public struct LogsOptions: ParsableArguments, Sendable {
         if let value = try positive(logsMaxSubscribers, "logs-max-subscribers") { configuration.maxSubscribers = value }
         if let value = try positive(logsRetentionMaxAge, "logs-retention-max-age") { configuration.retentionMaxAge = .seconds(value) }
         if let value = try positive(logsRetentionMaxBytes, "logs-retention-max-bytes") { configuration.retentionMaxBytes = value }
-        if let value = try positive(logsRetentionDeploymentsPerEnvironment, "logs-retention-deployments-per-environment") {
-            configuration.retentionDeploymentsPerEnvironment = value
+        if let value = try positive(logsRetentionDeploymentsPerService, "logs-retention-deployments-per-service") {
+            configuration.retentionDeploymentsPerService = value
         }
         if let value = try positive(logsRetentionInterval, "logs-retention-interval") { configuration.retentionInterval = .seconds(value) }
         return configuration

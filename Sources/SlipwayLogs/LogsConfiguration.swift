@@ -14,8 +14,9 @@ public struct LogsConfiguration: Sendable {
     public var retentionMaxAge: Duration = .seconds(7 * 24 * 3600)
     /// Total bytes on disk; the oldest segments go first beyond it. Default 10 GiB.
     public var retentionMaxBytes: Int64 = 10 * 1024 * 1024 * 1024
-    /// Deployment streams kept per environment (the newest). Default 20.
-    public var retentionDeploymentsPerEnvironment = 20
+    /// Deployments whose logs are kept per service, the newest (as Qovery does). A deployment's
+    /// stream stays while it is among the newest N of any service its lines name. Default 20.
+    public var retentionDeploymentsPerService = 20
     /// How often retention runs.
     public var retentionInterval: Duration = .seconds(60)
 

@@ -30,13 +30,26 @@ struct RetentionService: Service {
         var removedBytes = 0
         var removedStreams = 0
 
-        // Count: the newest N deployment streams of each environment stay.
+        // Count: per service, the newest N deployments whose lines name it stay (lines naming no
+        // service count as one more "service", the deployment as a whole). A deployment goes once
+        // it is outside the newest N of every service it names.
         let deployments = Dictionary(grouping: store.allStreams.filter { $0.id.kind == .deployment }, by: \.id.environment)
-        for streams in deployments.values where streams.count > configuration.retentionDeploymentsPerEnvironment {
+        for streams in deployments.values {
             let newestFirst = streams.sorted { ($0.segments.first?.firstTimestamp ?? 0) > ($1.segments.first?.firstTimestamp ?? 0) }
-            for stream in newestFirst.dropFirst(configuration.retentionDeploymentsPerEnvironment) {
-                try await store.deleteStream(stream)
-                removedStreams += 1
+            var keptPerService: [String: Int] = [:]
+            for stream in newestFirst {
+                var keep = false
+                for service in stream.services.isEmpty ? [""] : stream.services {
+                    let kept = keptPerService[service, default: 0]
+                    if kept < configuration.retentionDeploymentsPerService {
+                        keptPerService[service] = kept + 1
+                        keep = true
+                    }
+                }
+                if !keep {
+                    try await store.deleteStream(stream)
+                    removedStreams += 1
+                }
             }
         }
 

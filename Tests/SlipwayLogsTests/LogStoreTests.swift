@@ -113,9 +113,9 @@ func readAll(_ store: LogStore, _ id: StreamID) async throws -> [Slipway_Logs_V1
         #expect(rest.last?.seq == 100)
     }
 
-    @Test func retentionKeepsTheNewestDeploymentsPerEnvironment() async throws {
+    @Test func retentionKeepsTheNewestDeploymentsPerService() async throws {
         var configuration = LogsConfiguration()
-        configuration.retentionDeploymentsPerEnvironment = 2
+        configuration.retentionDeploymentsPerService = 2
         let directory = temporaryDirectory()
         var logger = Logger(label: "test")
         logger.logLevel = .critical
@@ -124,9 +124,16 @@ func readAll(_ store: LogStore, _ id: StreamID) async throws -> [Slipway_Logs_V1
             _ = try await store.append([line("x", StreamID(uncheckedKind: .deployment, environment: "prod", name: "dep-\(i)"))])
         }
         _ = try await store.append([line("x", StreamID(uncheckedKind: .deployment, environment: "staging", name: "dep-0"))])
+        // Newer deployments that name a service count for that service only.
+        for (name, service) in [("dep-5", "api"), ("dep-6", "api"), ("dep-7", "web")] {
+            var labelled = line("x", StreamID(uncheckedKind: .deployment, environment: "prod", name: name))
+            labelled.1.serviceId = service
+            _ = try await store.append([labelled])
+        }
         try await RetentionService(store: store, logger: logger).enforce(now: Int64(Date().timeIntervalSince1970 * 1e9))
         let names = Set(store.allStreams.map { "\($0.id.environment)/\($0.id.name)" })
-        #expect(names == ["prod/dep-3", "prod/dep-4", "staging/dep-0"])
+        // Newest 2 per service: unlabelled dep-3, dep-4; api dep-5, dep-6; web dep-7 only; staging's own.
+        #expect(names == ["prod/dep-3", "prod/dep-4", "prod/dep-5", "prod/dep-6", "prod/dep-7", "staging/dep-0"])
         #expect(!FileManager.default.fileExists(atPath: "\(directory)/streams/d_prod_dep-0"))
     }
 }

@@ -718,9 +718,9 @@ def test_sigterm_then_restart_keeps_lines(logs_pb):
 # --- retention -----------------------------------------------------------------------------------------
 
 
-def test_retention_keeps_last_deployments_per_environment(logs_pb):
+def test_retention_keeps_last_deployments_per_service(logs_pb):
     pb = logs_pb
-    srv = LogsServer(flags=["--logs-retention-deployments-per-environment", "2", "--logs-retention-interval", "1"])
+    srv = LogsServer(flags=["--logs-retention-deployments-per-service", "2", "--logs-retention-interval", "1"])
     try:
         with make_channel(srv.address) as ch:
             stub = pb[1].LogsStub(ch)

@@ -160,12 +160,13 @@ await scenario("deadline") {
 }
 
 await scenario("cancellation") {
+    let (first, firstArrived) = AsyncStream<Void>.makeStream()
     let task = Task {
         try await client.serverStreaming(Service.ServerStream.self, request("x", count: 1000, delayMs: 50)) { responses in
-            for try await _ in responses {}
+            for try await _ in responses { firstArrived.yield() }
         }
     }
-    try await Task.sleep(for: .milliseconds(300))
+    for await _ in first { break }  // the call is streaming: cancel it mid-way
     task.cancel()
     do {
         try await task.value

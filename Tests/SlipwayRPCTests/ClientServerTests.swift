@@ -186,14 +186,14 @@ func withServer<R: Sendable>(
 
     @Test func gracefulShutdownLetsInFlightCallsFinish() async throws {
         try await withServer { client, server in
+            let received = Atomic<Int>(0)
             let stream = Task {
                 try await client.serverStreaming(TestService.ServerStream.self, testRequest(count: 10, delayMs: 50)) { responses in
-                    var count = 0
-                    for try await _ in responses { count += 1 }
-                    return count
+                    for try await _ in responses { received.add(1, ordering: .relaxed) }
+                    return received.load(ordering: .relaxed)
                 }
             }
-            try await Task.sleep(for: .milliseconds(100))
+            try await eventually { received.load(ordering: .relaxed) > 0 }  // the call is in flight
             server.shutdown()
             #expect(try await stream.value == 10)
             // The listener is gone: a new call cannot connect.
@@ -206,12 +206,13 @@ func withServer<R: Sendable>(
         var timings = ConnectionTimings()
         timings.shutdownGracePeriod = .milliseconds(200)
         try await withServer(timings: timings) { client, server in
+            let received = Atomic<Int>(0)
             let stream = Task {
                 try await client.serverStreaming(TestService.ServerStream.self, testRequest(count: 1000, delayMs: 50)) { responses in
-                    for try await _ in responses {}
+                    for try await _ in responses { received.add(1, ordering: .relaxed) }
                 }
             }
-            try await Task.sleep(for: .milliseconds(100))
+            try await eventually { received.load(ordering: .relaxed) > 0 }  // the call is in flight
             server.shutdown()
             await #expect { try await stream.value } throws: { ($0 as? RPCError)?.code == .unavailable }
         }

@@ -91,11 +91,16 @@ def test_idle_connection_gets_goaway_and_client_reconnects(testing_pb):
         received = read_until_closed(sock, 15)
         assert 7 in frame_types(received), "no GOAWAY before closing the idle connection"
         assert time.monotonic() - start < 10
-        # grpcio notices the GOAWAY and reconnects on its own.
+        # grpcio sees the GOAWAY (its channel leaves READY) and reconnects on its own for the next call.
         with grpc.insecure_channel(server.address) as channel:
             stub = testing_pb[1].TestServiceStub(channel)
+            states = []
+            channel.subscribe(states.append)
             assert stub.Unary(testing_pb[0].TestRequest(text="a"), timeout=5).text == "a"
-            time.sleep(3)
+            deadline = time.monotonic() + 15
+            while grpc.ChannelConnectivity.READY not in states or states[-1] == grpc.ChannelConnectivity.READY:
+                assert time.monotonic() < deadline, f"the idle connection was never closed: {states}"
+                time.sleep(0.05)
             assert stub.Unary(testing_pb[0].TestRequest(text="b"), timeout=5).text == "b"
     finally:
         server.stop()

@@ -20,7 +20,9 @@ struct LogReader: Sendable {
             case .caughtUp: return .caughtUp
             case .disk(let segment, let through):
                 // nil or empty: retention removed the file under us; reading again reports the gap.
-                if let entries = try await store.readDisk(segment: segment, after: cursor, through: through, limit: limit), !entries.isEmpty {
+                // Disk batches stay small: a thousand lagging readers each holding a decoded batch
+                // is what a fan-out's memory peak is made of.
+                if let entries = try await store.readDisk(segment: segment, after: cursor, through: through, limit: min(limit, 64)), !entries.isEmpty {
                     return .entries(entries)
                 }
                 if stream.firstRetained <= cursor + 1 { try await Task.sleep(for: .milliseconds(1)) }

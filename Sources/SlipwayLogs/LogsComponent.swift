@@ -47,6 +47,15 @@ public struct LogsComponent: PlatformComponent {
         self.configuration = configuration
     }
 
+    /// A thousand tails each queueing up to the default 256 KiB would hold 256 MB while they lag;
+    /// 64 KiB per stream keeps a lagging subscriber's queue small (it reads the rest from the window
+    /// or disk when it catches up) without slowing a fast one.
+    public var rpcLimits: RPCLimits {
+        var limits = RPCLimits()
+        limits.outboundHighWatermark = 64 * 1024
+        return limits
+    }
+
     public func setUp(configuration service: ServiceConfiguration, logger: Logger, router: inout RPCRouter) async throws -> [any Service] {
         let store = try LogStore(directory: try service.stateDirectory(), configuration: configuration, logger: logger)
         router.register(LogsService(store: store, logger: logger))

@@ -9,6 +9,12 @@ import SlipwayRPCServices
 public protocol PlatformComponent: Sendable {
     /// Registers the service's API and returns long-running work to run beside the server.
     func setUp(configuration: ServiceConfiguration, logger: Logger, router: inout RPCRouter) async throws -> [any Service]
+    /// The RPC limits of the service's server (defaults unless the service needs others).
+    var rpcLimits: RPCLimits { get }
+}
+
+extension PlatformComponent {
+    public var rpcLimits: RPCLimits { RPCLimits() }
 }
 
 /// Runs one platform service: an RPC server with health and reflection, its component, and
@@ -30,7 +36,8 @@ public enum ServiceRunner {
         let background = try await component.setUp(configuration: configuration, logger: logger, router: &router)
         let health = router.registerStandardServices()
 
-        let server = RPCServer(host: configuration.listen.host, port: configuration.listen.port, router: router, logger: logger)
+        let server = RPCServer(
+            host: configuration.listen.host, port: configuration.listen.port, router: router, limits: component.rpcLimits, logger: logger)
         let group = ServiceGroup(
             configuration: .init(
                 services: [.init(service: server)] + background.map { .init(service: $0) } + [.init(service: HealthShutdownMarker(health: health))],

@@ -4,7 +4,7 @@ export PATH := /opt/swift/usr/bin:$(PATH)
 DATA_DIR ?= ./.slipway
 CONFIG ?= debug
 
-.PHONY: all build demo down test test-swift test-interop check-generated generate bench clean
+.PHONY: all build demo down test test-swift test-interop check-generated generate bench bench-builder clean
 
 all: build
 
@@ -12,9 +12,11 @@ build:
 	scripts/install-deps.sh build
 	swift build -c $(CONFIG)
 
-## Starts the seven services on 127.0.0.1:7000-7006 (data in $(DATA_DIR)) and checks each answers health.
+## Starts the registry and the seven services on 127.0.0.1:7000-7006 (data in $(DATA_DIR)), checks each
+## answers health, then builds examples/hello through slipway-builder and prints the pushed image.
 demo: build
 	scripts/platform.sh up $(DATA_DIR) .build/$(CONFIG)
+	python3 scripts/demo-build.py $(DATA_DIR)
 
 ## Stops what `make demo` started.
 down:
@@ -39,6 +41,12 @@ check-generated:
 ## Regenerates the protobuf-c and Swift code from protos/.
 generate:
 	scripts/generate-protos.sh
+
+## Builder benchmark: cold build, rebuild after a one-line change, skip, cancel (see BENCHMARKS.md).
+bench-builder:
+	swift build -c release --product slipway-builder
+	swift build -c release --product slipway-logs
+	python3 scripts/bench-builder.py .build/release
 
 ## RPC benchmark against the grpc-swift-2 anchor (see BENCHMARKS.md).
 bench:

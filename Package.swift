@@ -24,6 +24,8 @@ var targets: [Target] = [
     .systemLibrary(name: "CNGHTTP2", pkgConfig: "libnghttp2", providers: [.apt(["libnghttp2-dev"])]),
     .systemLibrary(name: "CProtobufC", pkgConfig: "libprotobuf-c", providers: [.apt(["libprotobuf-c-dev"])]),
     .systemLibrary(name: "CMalloc"),
+    // Process spawning in a new session with pipes (what Glibc's Swift module does not expose).
+    .target(name: "CSlipwaySpawn"),
 
     // Code generation: protoc-c output for descriptor.proto/plugin.proto, and our protoc plugin.
     .target(name: "CProtocPlugin", dependencies: ["CProtobufC"]),
@@ -65,6 +67,16 @@ var targets: [Target] = [
         swiftSettings: strict
     ),
 
+    // OCI distribution API client (manifests, digests, auth) shared by the builder and the cluster.
+    .target(
+        name: "SlipwayRegistry",
+        dependencies: [
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+        ] + nio,
+        swiftSettings: strict
+    ),
+
     // Benchmark peer for ../shared/bench (raw-bytes echo).
     .executableTarget(
         name: "slipway-echo",
@@ -87,6 +99,11 @@ var targets: [Target] = [
     ),
 
     .testTarget(name: "SlipwayLogsTests", dependencies: ["SlipwayLogs", "SlipwayProtos", "SlipwayRPC"], swiftSettings: strict),
+    .testTarget(
+        name: "SlipwayBuilderTests",
+        dependencies: ["SlipwayBuilder", "SlipwayLogs", "SlipwayRegistry", "SlipwayServiceKit", "SlipwayProtos", "SlipwayRPC"],
+        swiftSettings: strict
+    ),
     .testTarget(name: "SlipwayServiceKitTests", dependencies: ["SlipwayServiceKit"], swiftSettings: strict),
     .testTarget(name: "SlipwayProtobufTests", dependencies: ["SlipwayProtos", "SlipwayProtobuf"], swiftSettings: strict),
     .testTarget(
@@ -96,10 +113,15 @@ var targets: [Target] = [
     ),
 ]
 
+/// What a service library needs beyond the common set.
+let serviceDependencies: [String: [Target.Dependency]] = [
+    "SlipwayBuilder": ["SlipwayRegistry", "CSlipwaySpawn", .product(name: "Crypto", package: "swift-crypto")],
+]
+
 for (executable, library) in services {
     targets.append(.target(
         name: library,
-        dependencies: [
+        dependencies: (serviceDependencies[library] ?? []) + [
             "SlipwayServiceKit", "SlipwayRPC", "SlipwayProtos", "SlipwayProtobuf", "CMalloc",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "NIOCore", package: "swift-nio"),
@@ -131,6 +153,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
     ],
     targets: targets
 )

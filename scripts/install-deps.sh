@@ -2,17 +2,21 @@
 # Installs what building, running and testing Slipway need, when it is missing (Debian/Ubuntu, as root
 # or with sudo). Safe to run again: it only installs what is absent.
 #   scripts/install-deps.sh build    C libraries and code generators
-#   scripts/install-deps.sh demo     + grpcio, to check the running services' health
+#   scripts/install-deps.sh demo     + git, buildah, skopeo, docker-registry, busybox-static; grpcio for health checks
 #   scripts/install-deps.sh test     + Python test peers (grpcio, h2, pytest) and load tools
 set -euo pipefail
 
 what=${1:-build}
 APT_BUILD=(pkg-config libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler libprotobuf-dev openssl)
-APT_TEST=(nghttp2-client python3-pip)
+# What the builder runs: git, buildah, skopeo, the distribution registry, and busybox-static for
+# the offline base image (scripts/seed-base-images.sh).
+APT_RUN=(git curl buildah skopeo docker-registry busybox-static)
+APT_TEST=(nghttp2-client python3-pip apache2-utils)
 PIP_TEST=(grpcio grpcio-health-checking grpcio-reflection grpcio-tools h2 pytest)
 
 need=()
 packages=("${APT_BUILD[@]}")
+[ "$what" = test ] || [ "$what" = demo ] && packages+=("${APT_RUN[@]}")
 [ "$what" = test ] && packages+=("${APT_TEST[@]}")
 
 missing=()

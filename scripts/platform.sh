@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
-# Starts or stops the local platform: the seven services on 127.0.0.1:7000-7006.
-#   scripts/platform.sh up DATA_DIR BIN_DIR    start each service, wait until a grpcio health check says SERVING
-#   scripts/platform.sh down DATA_DIR          SIGTERM each service and wait for it to exit
+# Starts or stops the local platform: the OCI registry (docker-registry, 127.0.0.1:5000, seeded with
+# the offline base images) and the seven services on 127.0.0.1:7000-7006.
+#   scripts/platform.sh up DATA_DIR BIN_DIR    start the registry and each service, wait until a grpcio health check says SERVING
+#   scripts/platform.sh down DATA_DIR          SIGTERM each service and the registry and wait for them to exit
+# SLIPWAY_REGISTRY (default 127.0.0.1:5000) moves the registry.
 set -euo pipefail
 SERVICES=(gateway pipeline builder network cluster certs logs)
+REGISTRY=${SLIPWAY_REGISTRY:-127.0.0.1:5000}
 cmd=${1:?usage: platform.sh up|down DATA_DIR [BIN_DIR]}
 data=${2:?data directory}
 mkdir -p "$data/run" "$data/logs"
 
 stop() {
-  for s in "${SERVICES[@]}"; do
+  for s in "${SERVICES[@]}" registry; do
     pidfile="$data/run/$s.pid"
     [ -f "$pidfile" ] || continue
     pid=$(cat "$pidfile")
     if kill -0 "$pid" 2>/dev/null; then
       kill -TERM "$pid"
       for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      kill -0 "$pid" 2>/dev/null && { echo "slipway-$s did not stop in 10 s; killing it"; kill -KILL "$pid"; }
+      kill -0 "$pid" 2>/dev/null && { echo "$s did not stop in 10 s; killing it"; kill -KILL "$pid"; }
     fi
     rm -f "$pidfile"
   done
@@ -30,11 +33,26 @@ case "$cmd" in
   up)
     bin=${3:?binary directory}
     stop
+    scripts/install-deps.sh demo >/dev/null
+    # The platform registry: images the builder pushes and the cluster pulls.
+    mkdir -p "$data/registry"
+    cat >"$data/registry/config.yml" <<YML
+version: 0.1
+log: { level: warn }
+storage: { filesystem: { rootdirectory: $(cd "$data" && pwd)/registry/data }, delete: { enabled: true } }
+http: { addr: $REGISTRY }
+YML
+    docker-registry serve "$data/registry/config.yml" >>"$data/logs/registry.log" 2>&1 &
+    echo $! >"$data/run/registry.pid"
+    for _ in $(seq 1 100); do curl -sf "http://$REGISTRY/v2/" >/dev/null && break; sleep 0.1; done
+    curl -sf "http://$REGISTRY/v2/" >/dev/null || { echo "error: docker-registry did not start on $REGISTRY (see $data/logs/registry.log)" >&2; exit 1; }
+    SLIPWAY_SEED_STORAGE="$data/seed" scripts/seed-base-images.sh "$REGISTRY"
     for s in "${SERVICES[@]}"; do
-      "$bin/slipway-$s" --data-dir "$data" >>"$data/logs/$s.log" 2>&1 &
+      extra=()
+      [ "$s" = builder ] && extra=(--builder-registry "$REGISTRY")
+      "$bin/slipway-$s" --data-dir "$data" "${extra[@]}" >>"$data/logs/$s.log" 2>&1 &
       echo $! >"$data/run/$s.pid"
     done
-    scripts/install-deps.sh demo >/dev/null
     python3 - "$data" "${SERVICES[@]}" <<'PY'
 import os, sys, time
 import grpc
@@ -58,6 +76,7 @@ for i, name in enumerate(services):
                 time.sleep(0.2)
     failed |= status != "SERVING"
     print(f"slipway-{name:<10} {address:<16} {status}")
+print(f"{'registry':<18} {os.environ.get('SLIPWAY_REGISTRY', '127.0.0.1:5000'):<16} docker-registry (OCI distribution)")
 print(f"\ndata directory: {os.path.abspath(data)} (logs in {os.path.join(data, 'logs')})")
 print("stop with: make down")
 sys.exit(1 if failed else 0)

@@ -20,21 +20,16 @@ public struct LogsOptions: ParsableArguments, Sendable {
     /// The configuration these flags describe; refuses values that make no sense.
     public func configuration() throws -> LogsConfiguration {
         var configuration = LogsConfiguration()
-        func positive<T: BinaryInteger>(_ value: T?, _ flag: String) throws -> T? {
-            guard let value else { return nil }
-            guard value > 0 else { throw ValidationError("--\(flag) must be greater than 0, got \(value)") }
-            return value
-        }
-        if let value = try positive(logsMaxLineBytes, "logs-max-line-bytes") { configuration.maxLineBytes = value }
-        if let value = try positive(logsSegmentBytes, "logs-segment-bytes") { configuration.segmentBytes = value }
-        if let value = try positive(logsWindowLines, "logs-window-lines") { configuration.windowLines = value }
-        if let value = try positive(logsMaxSubscribers, "logs-max-subscribers") { configuration.maxSubscribers = value }
-        if let value = try positive(logsRetentionMaxAge, "logs-retention-max-age") { configuration.retentionMaxAge = .seconds(value) }
-        if let value = try positive(logsRetentionMaxBytes, "logs-retention-max-bytes") { configuration.retentionMaxBytes = value }
-        if let value = try positive(logsRetentionDeploymentsPerService, "logs-retention-deployments-per-service") {
+        if let value = try positiveOption(logsMaxLineBytes, "logs-max-line-bytes") { configuration.maxLineBytes = value }
+        if let value = try positiveOption(logsSegmentBytes, "logs-segment-bytes") { configuration.segmentBytes = value }
+        if let value = try positiveOption(logsWindowLines, "logs-window-lines") { configuration.windowLines = value }
+        if let value = try positiveOption(logsMaxSubscribers, "logs-max-subscribers") { configuration.maxSubscribers = value }
+        if let value = try positiveOption(logsRetentionMaxAge, "logs-retention-max-age") { configuration.retentionMaxAge = .seconds(value) }
+        if let value = try positiveOption(logsRetentionMaxBytes, "logs-retention-max-bytes") { configuration.retentionMaxBytes = value }
+        if let value = try positiveOption(logsRetentionDeploymentsPerService, "logs-retention-deployments-per-service") {
             configuration.retentionDeploymentsPerService = value
         }
-        if let value = try positive(logsRetentionInterval, "logs-retention-interval") { configuration.retentionInterval = .seconds(value) }
+        if let value = try positiveOption(logsRetentionInterval, "logs-retention-interval") { configuration.retentionInterval = .seconds(value) }
         return configuration
     }
 }

@@ -74,3 +74,10 @@ public struct ServiceConfiguration: Sendable {
         return path
     }
 }
+
+/// A limit given by flag: nil when the flag is absent, an error naming the flag when it is not > 0.
+public func positiveOption<T: BinaryInteger>(_ value: T?, _ flag: String) throws -> T? {
+    guard let value else { return nil }
+    guard value > 0 else { throw ValidationError("--\(flag) must be greater than 0, got \(value)") }
+    return value
+}

@@ -5,6 +5,7 @@
 #include "grpc/health/v1/health.pb-c.h"
 #include "grpc/reflection/v1/reflection.pb-c.h"
 #include "grpc/reflection/v1alpha/reflection.pb-c.h"
+#include "slipway/builder/v1/builder.pb-c.h"
 #include "slipway/logs/v1/logs.pb-c.h"
 #include "slipway/testing/v1/testing.pb-c.h"
 
@@ -27,6 +28,23 @@ static inline const ProtobufCMessageDescriptor *grpc__reflection__v1alpha__exten
 static inline const ProtobufCMessageDescriptor *grpc__reflection__v1alpha__list_service_response__descriptor_ptr(void) { return &grpc__reflection__v1alpha__list_service_response__descriptor; }
 static inline const ProtobufCMessageDescriptor *grpc__reflection__v1alpha__service_response__descriptor_ptr(void) { return &grpc__reflection__v1alpha__service_response__descriptor; }
 static inline const ProtobufCMessageDescriptor *grpc__reflection__v1alpha__error_response__descriptor_ptr(void) { return &grpc__reflection__v1alpha__error_response__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__builder__v1__git_source__descriptor_ptr(void) { return &slipway__builder__v1__git_source__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__builder__v1__https_token__descriptor_ptr(void) { return &slipway__builder__v1__https_token__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__builder__v1__ssh_key__descriptor_ptr(void) { return &slipway__builder__v1__ssh_key__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__builder__v1__registry__descriptor_ptr(void) { return &slipway__builder__v1__registry__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__builder__v1__build_context__descriptor_ptr(void) { return &slipway__builder__v1__build_context__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__builder__v1__build_request__descriptor_ptr(void) { return &slipway__builder__v1__build_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__builder__v1__build_request__build_args_entry__descriptor_ptr(void) { return &slipway__builder__v1__build_request__build_args_entry__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__builder__v1__mirror_request__descriptor_ptr(void) { return &slipway__builder__v1__mirror_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__builder__v1__step_event__descriptor_ptr(void) { return &slipway__builder__v1__step_event__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__builder__v1__queued_event__descriptor_ptr(void) { return &slipway__builder__v1__queued_event__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__builder__v1__image__descriptor_ptr(void) { return &slipway__builder__v1__image__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__builder__v1__build_result__descriptor_ptr(void) { return &slipway__builder__v1__build_result__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__builder__v1__build_event__descriptor_ptr(void) { return &slipway__builder__v1__build_event__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__builder__v1__cancel_request__descriptor_ptr(void) { return &slipway__builder__v1__cancel_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__builder__v1__cancel_response__descriptor_ptr(void) { return &slipway__builder__v1__cancel_response__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__builder__v1__resolve_commit_request__descriptor_ptr(void) { return &slipway__builder__v1__resolve_commit_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__builder__v1__resolve_commit_response__descriptor_ptr(void) { return &slipway__builder__v1__resolve_commit_response__descriptor; }
 static inline const ProtobufCMessageDescriptor *slipway__logs__v1__stream_key__descriptor_ptr(void) { return &slipway__logs__v1__stream_key__descriptor; }
 static inline const ProtobufCMessageDescriptor *slipway__logs__v1__log_line__descriptor_ptr(void) { return &slipway__logs__v1__log_line__descriptor; }
 static inline const ProtobufCMessageDescriptor *slipway__logs__v1__append_request__descriptor_ptr(void) { return &slipway__logs__v1__append_request__descriptor; }

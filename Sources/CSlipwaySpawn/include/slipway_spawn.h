@@ -1,0 +1,13 @@
+#ifndef SLIPWAY_SPAWN_H
+#define SLIPWAY_SPAWN_H
+
+#include <sys/types.h>
+
+/// Starts `file` (looked up in PATH) with `argv` and `envp` in a new session (so its process group
+/// is its own), stdin from /dev/null, stdout and stderr on new pipes (close-on-exec on our side),
+/// in `cwd` when not NULL, with default signal dispositions and an empty signal mask.
+/// Returns 0 and fills `pid`, `stdout_fd`, `stderr_fd`; or an errno value.
+int slipway_spawn(const char *file, char *const argv[], char *const envp[], const char *cwd,
+                  pid_t *pid, int *stdout_fd, int *stderr_fd);
+
+#endif

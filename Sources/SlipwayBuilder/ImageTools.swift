@@ -1,0 +1,161 @@
+import Foundation
+import SlipwayProtos
+import SlipwayRegistry
+
+/// A registry the builder talks to, with its credentials.
+struct RegistryTarget: Sendable, Equatable {
+    var host: String
+    var username: String = ""
+    var password: String = ""
+    var insecure: Bool = false
+
+    init(host: String, username: String = "", password: String = "", insecure: Bool = false) {
+        self.host = host
+        self.username = username
+        self.password = password
+        self.insecure = insecure
+    }
+
+    init(_ registry: Slipway_Builder_V1_Registry) {
+        self.init(host: registry.host, username: registry.username, password: registry.password, insecure: registry.insecure)
+    }
+
+    var client: RegistryClient {
+        RegistryClient(host: host, insecure: insecure, credentials: username.isEmpty ? nil : .init(username: username, password: password))
+    }
+}
+
+/// The files buildah and skopeo read for one build: which registries are plain HTTP
+/// (`registries.conf`) and the logins (an auth file, 0600). Secrets never go on a command line.
+struct ToolFiles {
+    let directory: String
+    var environment: [String: String]
+
+    init(directory: String, registries: [RegistryTarget], extraInsecure: [String]) throws(BuildFailure) {
+        self.directory = directory
+        do {
+            try Self.write(directory: directory, registries: registries, extraInsecure: extraInsecure)
+        } catch {
+            throw BuildFailure(.registryError, step: .build, "cannot write the registry configuration for buildah: \(error)")
+        }
+        environment = ChildProcess.baseEnvironment
+        environment["CONTAINERS_REGISTRIES_CONF"] = directory + "/registries.conf"
+        environment["REGISTRY_AUTH_FILE"] = directory + "/auth.json"
+    }
+
+    private static func write(directory: String, registries: [RegistryTarget], extraInsecure: [String]) throws {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let insecure = Set(registries.filter(\.insecure).map(\.host) + extraInsecure).sorted()
+        var conf = "unqualified-search-registries = []\nshort-name-mode = \"permissive\"\n"
+        for host in insecure {
+            conf += "\n[[registry]]\nlocation = \"\(host)\"\ninsecure = true\n"
+        }
+        try Data(conf.utf8).write(to: URL(fileURLWithPath: directory + "/registries.conf"))
+        var auths: [String: [String: String]] = [:]
+        for registry in registries where !registry.username.isEmpty && auths[registry.host] == nil {
+            auths[registry.host] = ["auth": Data("\(registry.username):\(registry.password)".utf8).base64EncodedString()]
+        }
+        let authFile = directory + "/auth.json"
+        let json = try JSONSerialization.data(withJSONObject: ["auths": auths])
+        guard FileManager.default.createFile(atPath: authFile, contents: json, attributes: [.posixPermissions: 0o600]) else {
+            throw BuildFailure(.registryError, step: .build, "cannot write the registry login file")
+        }
+    }
+
+    func remove() {
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+}
+
+/// buildah and skopeo as the builder runs them: storage under the builder's state directory, the
+/// `vfs` driver and chroot isolation (what works as root without a daemon or fuse).
+struct ImageTools: Sendable {
+    var storageRoot: String
+    var storageDriver = "vfs"
+    var isolation = "chroot"
+
+    var buildahGlobal: [String] {
+        ["--storage-driver", storageDriver, "--root", storageRoot + "/storage", "--runroot", storageRoot + "/run"]
+    }
+
+    func buildArguments(context: String, dockerfile: String, tag: String, buildArgs: [String: String], target: String) -> [String] {
+        var arguments = buildahGlobal + ["bud", "--isolation", isolation, "--layers", "--file", dockerfile, "--tag", tag]
+        for (key, value) in buildArgs.sorted(by: { $0.key < $1.key }) { arguments += ["--build-arg", "\(key)=\(value)"] }
+        if !target.isEmpty { arguments += ["--target", target] }
+        return arguments + [context]
+    }
+
+    func pushArguments(tag: String, digestFile: String) -> [String] {
+        buildahGlobal + ["push", "--digestfile", digestFile, tag, "docker://\(tag)"]
+    }
+
+    /// skopeo 1.9 ignores CONTAINERS_REGISTRIES_CONF: its (hidden) --registries-conf flag names the file.
+    func copyArguments(source: String, destination: String, digestFile: String, files: ToolFiles) -> [String] {
+        ["--registries-conf", files.directory + "/registries.conf", "copy", "--retry-times", "2", "--digestfile", digestFile, "docker://\(source)", "docker://\(destination)"]
+    }
+}
+
+/// An image reference split into registry host, repository and tag or digest.
+struct ImageReference: Sendable, Equatable, CustomStringConvertible {
+    var host: String
+    var repository: String
+    var tag: String?
+    var digest: String?
+
+    /// Parses `[host[:port]/]name[:tag][@sha256:...]`; a name without a host is Docker Hub's.
+    init?(parsing text: String) {
+        var rest = Substring(text)
+        guard !rest.isEmpty, !rest.contains(" ") else { return nil }
+        if let at = rest.firstIndex(of: "@") {
+            digest = String(rest[rest.index(after: at)...])
+            rest = rest[..<at]
+            guard digest!.hasPrefix("sha256:"), digest!.count == 71 else { return nil }
+        }
+        let firstSlash = rest.firstIndex(of: "/")
+        if let firstSlash, rest[..<firstSlash].contains(where: { $0 == "." || $0 == ":" }) || rest[..<firstSlash] == "localhost" {
+            host = String(rest[..<firstSlash])
+            rest = rest[rest.index(after: firstSlash)...]
+        } else {
+            host = "docker.io"
+            if firstSlash == nil { rest = "library/" + rest }
+        }
+        if let colon = rest.lastIndex(of: ":") {
+            tag = String(rest[rest.index(after: colon)...])
+            rest = rest[..<colon]
+        }
+        repository = String(rest)
+        if tag == nil && digest == nil { tag = "latest" }
+        guard ImageReference.isValidRepository(repository), tag.map(ImageReference.isValidTag) ?? true else { return nil }
+    }
+
+    init(host: String, repository: String, tag: String) {
+        self.host = host
+        self.repository = repository
+        self.tag = tag
+    }
+
+    /// Tag or digest, as the manifest endpoint takes it.
+    var reference: String { digest ?? tag ?? "latest" }
+
+    var description: String {
+        "\(host)/\(repository)" + (tag.map { ":\($0)" } ?? "") + (digest.map { "@\($0)" } ?? "")
+    }
+
+    /// Lower-case path components of `[a-z0-9]+([._-][a-z0-9]+)*` separated by `/` (the distribution spec).
+    static func isValidRepository(_ name: String) -> Bool {
+        guard !name.isEmpty, name.count <= 255 else { return false }
+        return name.split(separator: "/", omittingEmptySubsequences: false).allSatisfy { component in
+            guard let first = component.first, let last = component.last, first.isLowercaseAlphanumeric, last.isLowercaseAlphanumeric else { return false }
+            return component.allSatisfy { $0.isLowercaseAlphanumeric || $0 == "." || $0 == "_" || $0 == "-" }
+        }
+    }
+
+    static func isValidTag(_ tag: String) -> Bool {
+        guard let first = tag.first, tag.count <= 128, first.isASCII, first.isLetter || first.isNumber || first == "_" else { return false }
+        return tag.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_" || $0 == "." || $0 == "-") }
+    }
+}
+
+extension Character {
+    var isLowercaseAlphanumeric: Bool { isASCII && (isLowercase || isNumber) }
+}

@@ -1,0 +1,176 @@
+import Foundation
+import NIOCore
+import NIOHTTP1
+
+/// A client of the OCI distribution API (the subset the platform needs): does a manifest exist and
+/// what is its digest, delete a manifest. Basic and bearer-token authentication, as registries
+/// announce them in `WWW-Authenticate`.
+public struct RegistryClient: Sendable {
+    public struct Credentials: Sendable {
+        public var username: String
+        public var password: String
+        public init(username: String, password: String) {
+            self.username = username
+            self.password = password
+        }
+    }
+
+    public struct Failure: Error, CustomStringConvertible, Sendable {
+        public enum Kind: Sendable { case unreachable, unauthorized, notFound, unexpected }
+        public var kind: Kind
+        public var description: String
+    }
+
+    /// host[:port]
+    public let host: String
+    public let insecure: Bool
+    public let credentials: Credentials?
+    var http: HTTPClient
+
+    /// Media types accepted for manifests: OCI and Docker, single images and indexes.
+    static let manifestTypes = [
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+    ].joined(separator: ", ")
+
+    public init(host: String, insecure: Bool = false, credentials: Credentials? = nil, timeout: Duration = .seconds(30)) {
+        self.host = host
+        self.insecure = insecure
+        self.credentials = credentials
+        self.http = HTTPClient(timeout: .nanoseconds(Int64(timeout.components.seconds) * 1_000_000_000 + timeout.components.attoseconds / 1_000_000_000), insecureTLS: insecure)
+    }
+
+    var baseURL: String { "\(insecure ? "http" : "https")://\(host)" }
+
+    /// The digest of `repository:reference` (a tag or a digest), or nil when the registry does not have it.
+    public func manifestDigest(repository: String, reference: String) async throws(Failure) -> String? {
+        let response = try await authorized(.HEAD, "/v2/\(repository)/manifests/\(reference)", scope: "repository:\(repository):pull", headers: ["Accept": Self.manifestTypes])
+        switch response.status {
+        case 200:
+            if let digest = response.headers.first(name: "Docker-Content-Digest") { return digest }
+            throw Failure(kind: .unexpected, description: "\(host) answered without a Docker-Content-Digest for \(repository):\(reference)")
+        case 404:
+            return nil
+        default:
+            throw unexpected(response, "HEAD \(repository):\(reference)")
+        }
+    }
+
+    /// Removes the manifest `digest` of `repository` (and with it every tag pointing at it).
+    public func deleteManifest(repository: String, digest: String) async throws(Failure) {
+        let response = try await authorized(.DELETE, "/v2/\(repository)/manifests/\(digest)", scope: "repository:\(repository):delete", headers: [:])
+        guard response.status == 202 || response.status == 200 || response.status == 404 else {
+            throw unexpected(response, "DELETE \(repository)@\(digest)")
+        }
+    }
+
+    /// The tags of `repository` (empty when the repository does not exist).
+    public func tags(repository: String) async throws(Failure) -> [String] {
+        let response = try await authorized(.GET, "/v2/\(repository)/tags/list", scope: "repository:\(repository):pull", headers: [:])
+        if response.status == 404 { return [] }
+        guard response.status == 200 else { throw unexpected(response, "GET \(repository) tags") }
+        struct Tags: Decodable { var tags: [String]? }
+        return (try? JSONDecoder().decode(Tags.self, from: Data(response.body)))?.tags ?? []
+    }
+
+    /// `GET /v2/`: reachable and the credentials (if any) accepted.
+    public func ping() async throws(Failure) {
+        let response = try await authorized(.GET, "/v2/", scope: nil, headers: [:])
+        guard response.status == 200 else { throw unexpected(response, "GET /v2/") }
+    }
+
+    // MARK: Authentication
+
+    private func authorized(_ method: HTTPMethod, _ path: String, scope: String?, headers: HTTPHeaders) async throws(Failure) -> HTTPClient.Response {
+        let url = URL(string: baseURL + path)!
+        var response = try await send(method, url, headers: headers)
+        guard response.status == 401, let challenge = response.headers.first(name: "WWW-Authenticate") else { return response }
+        var retry = headers
+        retry.replaceOrAdd(name: "Authorization", value: try await authorization(for: challenge, scope: scope))
+        response = try await send(method, url, headers: retry)
+        if response.status == 401 {
+            throw Failure(kind: .unauthorized, description: "\(host) refused the credentials\(credentials == nil ? " (none were given)" : " of \(credentials!.username)")")
+        }
+        return response
+    }
+
+    /// The Authorization header answering a `WWW-Authenticate` challenge.
+    func authorization(for challenge: String, scope: String?) async throws(Failure) -> String {
+        let (scheme, parameters) = Self.parseChallenge(challenge)
+        switch scheme.lowercased() {
+        case "basic":
+            guard let credentials else { throw Failure(kind: .unauthorized, description: "\(host) requires a login and no credentials were given") }
+            return "Basic " + Data("\(credentials.username):\(credentials.password)".utf8).base64EncodedString()
+        case "bearer":
+            guard let realm = parameters["realm"], var components = URLComponents(string: realm) else {
+                throw Failure(kind: .unexpected, description: "\(host) asked for a bearer token without a realm")
+            }
+            var query = components.queryItems ?? []
+            if let service = parameters["service"] { query.append(URLQueryItem(name: "service", value: service)) }
+            if let scope = scope ?? parameters["scope"] { query.append(URLQueryItem(name: "scope", value: scope)) }
+            components.queryItems = query
+            var headers: HTTPHeaders = [:]
+            if let credentials {
+                headers.add(name: "Authorization", value: "Basic " + Data("\(credentials.username):\(credentials.password)".utf8).base64EncodedString())
+            }
+            let response = try await send(.GET, components.url!, headers: headers)
+            guard response.status == 200 else {
+                if response.status == 401 || response.status == 403 {
+                    throw Failure(kind: .unauthorized, description: "the token service of \(host) refused the credentials")
+                }
+                throw unexpected(response, "token request")
+            }
+            struct Token: Decodable { var token: String?; var access_token: String? }
+            guard let token = try? JSONDecoder().decode(Token.self, from: Data(response.body)), let value = token.token ?? token.access_token else {
+                throw Failure(kind: .unexpected, description: "the token service of \(host) answered without a token")
+            }
+            return "Bearer " + value
+        default:
+            throw Failure(kind: .unexpected, description: "\(host) asks for an authentication scheme Slipway does not speak: \(scheme)")
+        }
+    }
+
+    /// `Bearer realm="https://auth/token",service="registry",scope="repository:a:pull"` → scheme and parameters.
+    static func parseChallenge(_ header: String) -> (String, [String: String]) {
+        let trimmed = header.trimmingCharacters(in: .whitespaces)
+        guard let space = trimmed.firstIndex(of: " ") else { return (trimmed, [:]) }
+        let scheme = String(trimmed[..<space])
+        var parameters: [String: String] = [:]
+        var rest = trimmed[trimmed.index(after: space)...]
+        while !rest.isEmpty {
+            rest = rest.drop { $0 == " " || $0 == "," }
+            guard let equals = rest.firstIndex(of: "=") else { break }
+            let key = rest[..<equals].trimmingCharacters(in: .whitespaces).lowercased()
+            rest = rest[rest.index(after: equals)...]
+            var value = ""
+            if rest.first == "\"" {
+                rest = rest.dropFirst()
+                let end = rest.firstIndex(of: "\"") ?? rest.endIndex
+                value = String(rest[..<end])
+                rest = end < rest.endIndex ? rest[rest.index(after: end)...] : rest[end...]
+            } else {
+                let end = rest.firstIndex(of: ",") ?? rest.endIndex
+                value = rest[..<end].trimmingCharacters(in: .whitespaces)
+                rest = rest[end...]
+            }
+            parameters[key] = value
+        }
+        return (scheme, parameters)
+    }
+
+    private func send(_ method: HTTPMethod, _ url: URL, headers: HTTPHeaders) async throws(Failure) -> HTTPClient.Response {
+        do {
+            return try await http.send(method, url, headers: headers)
+        } catch {
+            throw Failure(kind: .unreachable, description: "cannot reach the registry at \(url.host ?? host): \(error)")
+        }
+    }
+
+    private func unexpected(_ response: HTTPClient.Response, _ what: String) -> Failure {
+        let body = String(decoding: response.body.prefix(300), as: UTF8.self)
+        let kind: Failure.Kind = response.status == 401 || response.status == 403 ? .unauthorized : .unexpected
+        return Failure(kind: kind, description: "\(host): \(what) answered \(response.status)\(body.isEmpty ? "" : ": \(body)")")
+    }
+}

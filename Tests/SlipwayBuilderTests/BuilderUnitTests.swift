@@ -1,0 +1,200 @@
+import Foundation
+import SlipwayProtos
+import SlipwayRPC
+import Synchronization
+import Testing
+
+@testable import SlipwayBuilder
+@testable import SlipwayRegistry
+
+@Suite struct ImageReferenceTests {
+    @Test(arguments: [
+        ("127.0.0.1:5000/slipway/busybox:1.35", "127.0.0.1:5000", "slipway/busybox", "1.35"),
+        ("registry.example.com/team/app", "registry.example.com", "team/app", "latest"),
+        ("nginx:1.25", "docker.io", "library/nginx", "1.25"),
+        ("bitnami/redis", "docker.io", "bitnami/redis", "latest"),
+        ("localhost/app:v2", "localhost", "app", "v2"),
+    ])
+    func parses(text: String, host: String, repository: String, tag: String) throws {
+        let reference = try #require(ImageReference(parsing: text))
+        #expect(reference.host == host)
+        #expect(reference.repository == repository)
+        #expect(reference.tag == tag)
+    }
+
+    @Test func parsesADigestReference() throws {
+        let digest = "sha256:" + String(repeating: "a", count: 64)
+        let reference = try #require(ImageReference(parsing: "127.0.0.1:5000/app@\(digest)"))
+        #expect(reference.digest == digest)
+        #expect(reference.tag == nil)
+        #expect(reference.reference == digest)
+    }
+
+    @Test(arguments: ["", "Upper/case", "app:bad tag", "app@sha256:short", "a//b", "-app"])
+    func refuses(text: String) {
+        #expect(ImageReference(parsing: text) == nil)
+    }
+}
+
+@Suite struct BuildRequestValidationTests {
+    func request() -> Slipway_Builder_V1_BuildRequest {
+        var request = Slipway_Builder_V1_BuildRequest()
+        request.buildId = "b1"
+        var context = Slipway_Builder_V1_BuildContext()
+        context.environmentId = "Prod"
+        context.deploymentId = "d1"
+        context.serviceId = "Web"
+        request.context = context
+        var git = Slipway_Builder_V1_GitSource()
+        git.url = "https://example.com/app.git"
+        request.git = git
+        return request
+    }
+
+    @Test func defaultsNameTheImageAfterEnvironmentAndServiceAndUseTheDefaultRegistry() throws {
+        let validated = try ValidatedBuild(request(), defaultRegistry: RegistryTarget(host: "127.0.0.1:5000", insecure: true))
+        #expect(validated.repository == "prod/web")
+        #expect(validated.dockerfileInRepository == "Dockerfile")
+        #expect(validated.registry.host == "127.0.0.1:5000")
+    }
+
+    @Test func rootPathAndDockerfilePathAreJoinedAndNormalized() throws {
+        var request = request()
+        request.rootPath = "./services/api/"
+        request.dockerfilePath = "docker/Dockerfile.prod"
+        let validated = try ValidatedBuild(request, defaultRegistry: RegistryTarget(host: "r"))
+        #expect(validated.rootPath == "services/api")
+        #expect(validated.dockerfileInRepository == "services/api/docker/Dockerfile.prod")
+    }
+
+    @Test func theTagChangesWithEverythingThatDeterminesTheImage() throws {
+        let base = try ValidatedBuild(request(), defaultRegistry: RegistryTarget(host: "r"))
+        let commit = String(repeating: "c", count: 40)
+        let dockerfile = Array("FROM scratch\n".utf8)
+        let tag = base.imageTag(commit: commit, dockerfile: dockerfile)
+        #expect(tag.hasPrefix("cccccccccccc-"))
+        #expect(ImageReference.isValidTag(tag))
+        #expect(base.imageTag(commit: commit, dockerfile: dockerfile) == tag)
+        #expect(base.imageTag(commit: String(repeating: "d", count: 40), dockerfile: dockerfile) != tag)
+        #expect(base.imageTag(commit: commit, dockerfile: Array("FROM scratch\nENV A=1\n".utf8)) != tag)
+        var withArg = base
+        withArg.buildArgs = ["A": "1"]
+        #expect(withArg.imageTag(commit: commit, dockerfile: dockerfile) != tag)
+        var withTarget = base
+        withTarget.target = "runtime"
+        #expect(withTarget.imageTag(commit: commit, dockerfile: dockerfile) != tag)
+        var withRoot = base
+        withRoot.rootPath = "api"
+        #expect(withRoot.imageTag(commit: commit, dockerfile: dockerfile) != tag)
+    }
+}
+
+@Suite struct RegistryChallengeTests {
+    @Test func parsesABearerChallenge() {
+        let (scheme, parameters) = RegistryClient.parseChallenge(#"Bearer realm="https://auth.example.com/token",service="registry.example.com",scope="repository:team/app:pull,push""#)
+        #expect(scheme == "Bearer")
+        #expect(parameters["realm"] == "https://auth.example.com/token")
+        #expect(parameters["service"] == "registry.example.com")
+        #expect(parameters["scope"] == "repository:team/app:pull,push")
+    }
+
+    @Test func parsesABasicChallenge() {
+        let (scheme, parameters) = RegistryClient.parseChallenge(#"Basic realm="Registry Realm""#)
+        #expect(scheme == "Basic")
+        #expect(parameters["realm"] == "Registry Realm")
+    }
+}
+
+@Suite struct ChildProcessTests {
+    @Test func linesArriveSplitOnNewlinesAndCarriageReturnsFromBothStreams() async throws {
+        let lines = Mutex<[String]>([])
+        let termination = try await ChildProcess("/bin/sh", ["-c", "printf 'a\\nb\\rc'; printf 'err\\n' >&2; exit 3"]).run { stream, line in
+            lines.withLock { $0.append("\(stream == .stdout ? "out" : "err"):\(line)") }
+        }
+        #expect(termination.exitCode == 3)
+        #expect(Set(lines.withLock { $0 }) == ["out:a", "out:b", "out:c", "err:err"])
+    }
+
+    @Test func aLineLongerThanTheLimitIsCut() async throws {
+        var process = ChildProcess("/bin/sh", ["-c", "head -c 2500 /dev/zero | tr '\\0' x"])
+        process.maxLineBytes = 1000
+        let (_, lines) = try await process.output()
+        #expect(lines.map(\.count) == [1000, 1000, 500])
+    }
+
+    @Test func theChildGetsOnlyTheEnvironmentItIsGiven() async throws {
+        setenv("SLIPWAY_TEST_SECRET", "do-not-inherit", 1)
+        defer { unsetenv("SLIPWAY_TEST_SECRET") }
+        let (_, lines) = try await ChildProcess("/usr/bin/env", [], environment: ["ONLY": "this"]).output()
+        #expect(lines == ["ONLY=this"])
+    }
+
+    @Test func cancellationKillsTheWholeTreeIncludingChildrenInTheirOwnSession() async throws {
+        let marker = "slipway-tree-\(UUID().uuidString.prefix(8))"
+        // A child that starts a grandchild in a new session (out of the process group), then waits.
+        let started = AsyncStream<Void>.makeStream()
+        let task = Task {
+            try await ChildProcess("/bin/sh", ["-c", "setsid sh -c 'sleep 300; echo \(marker)' & echo started; sleep 300 # \(marker)"]).run { _, line in
+                if line == "started" { started.continuation.yield() }
+            }
+        }
+        for await _ in started.stream { break }
+        // Both sleeping shells are up once /proc shows two processes with the marker.
+        while BuilderServiceTests.processes(containing: marker).count < 2 {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        task.cancel()
+        let termination = try await task.value
+        #expect(termination.signal == SIGKILL)
+        #expect(BuilderServiceTests.processes(containing: marker).isEmpty)
+    }
+
+    @Test func aMissingExecutableIsAnError() async {
+        await #expect(throws: ChildProcess.SpawnError.self) {
+            _ = try await ChildProcess("/nonexistent/tool", []).output()
+        }
+    }
+}
+
+@Suite struct ProcessLedgerTests {
+    /// A shell waiting on `sleep`, standing for a build a crashed builder left behind.
+    func orphan(_ marker: String) throws -> pid_t {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/sh")
+        process.arguments = ["-c", "sleep 300; echo \(marker)"]
+        try process.run()
+        return process.processIdentifier
+    }
+
+    @Test func aRestartedBuilderKillsWhatItsPreviousLifeRecorded() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("slipway-ledger-\(UUID().uuidString)").path
+        let marker = "slipway-ledger-\(UUID().uuidString.prefix(8))"
+        let ledger = try ProcessLedger(directory: directory)
+        let pid = try orphan(marker)
+        ledger.record(pid)
+        #expect(!BuilderServiceTests.processes(containing: marker).isEmpty)
+
+        // A new ledger on the same directory: what a restarted builder does first.
+        #expect(try ProcessLedger(directory: directory).killLeftovers() == 1)
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
+        #expect(BuilderServiceTests.processes(containing: marker).isEmpty)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: directory).isEmpty)
+    }
+
+    @Test func aReusedPidIsLeftAlone() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("slipway-ledger-\(UUID().uuidString)").path
+        let marker = "slipway-ledger-\(UUID().uuidString.prefix(8))"
+        let ledger = try ProcessLedger(directory: directory)
+        let pid = try orphan(marker)
+        defer {
+            kill(pid, SIGKILL)
+            var status: Int32 = 0
+            waitpid(pid, &status, 0)
+        }
+        // Recorded with another start time: the pid now belongs to a different process.
+        _ = FileManager.default.createFile(atPath: "\(directory)/\(pid)", contents: Data("1".utf8))
+        #expect(ledger.killLeftovers() == 0)
+        #expect(!BuilderServiceTests.processes(containing: marker).isEmpty)
+    }
+}

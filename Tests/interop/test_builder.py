@@ -1,0 +1,149 @@
+"""slipway-builder as a user's client sees it: grpcio (an independent gRPC implementation) drives the
+real executable, which fetches with git, builds with buildah, pushes to a real docker-registry and
+streams its output to the real slipway-logs.
+"""
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+
+import grpc
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "scripts"))
+import slipway_local as local  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def pbs():
+    (builder, builder_grpc), (logs, logs_grpc) = local.protos("slipway/builder/v1/builder.proto", "slipway/logs/v1/logs.proto")
+    return builder, builder_grpc, logs, logs_grpc
+
+
+@pytest.fixture
+def platform(pbs):
+    """registry + slipway-logs + slipway-builder (the real executables) in a scratch data directory."""
+    from conftest import BIN_DIR
+
+    data = tempfile.mkdtemp(prefix="slipway-builder-interop-")
+    registry_port, logs_port, builder_port = local.free_port(), local.free_port(), local.free_port()
+    registry = local.start_registry(os.path.join(data, "registry"), registry_port)
+    logs = local.start_service(BIN_DIR, "logs", data, logs_port)
+    builder_args = ["--builder-registry", f"127.0.0.1:{registry_port}", "--logs-address", f"127.0.0.1:{logs_port}"]
+    builder = local.start_service(BIN_DIR, "builder", data, builder_port, *builder_args)
+    state = {"data": data, "registry": f"127.0.0.1:{registry_port}", "builder_port": builder_port, "builder": builder, "args": builder_args}
+    state["restart"] = lambda: state.update(builder=local.start_service(BIN_DIR, "builder", data, builder_port, *builder_args))
+    yield state, logs_port
+    local.stop(state["builder"], logs, registry)
+
+
+def processes_containing(text):
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if text.encode() in f.read():
+                        found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+def slow_repository(state, name, marker):
+    """examples/hello with a last step that prints `marker` and sleeps: a build to stop midway."""
+    repo = os.path.join(state["data"], name)
+    local.example_repository(repo)
+    with open(os.path.join(repo, "Dockerfile"), "a") as f:
+        f.write(f"RUN echo {marker} && sleep 600\n")
+    return repo, local.commit(repo, "slow")
+
+
+def test_build_with_grpcio_pushes_the_image_and_streams_its_log(pbs, platform):
+    builder_pb, builder_grpc, logs_pb, logs_grpc = pbs
+    state, logs_port = platform
+    repo = os.path.join(state["data"], "hello")
+    commit = local.example_repository(repo)
+    build_id = f"interop-{uuid.uuid4().hex[:8]}"
+
+    with grpc.insecure_channel(f"127.0.0.1:{state['builder_port']}") as channel:
+        events, result = local.build(builder_grpc.BuilderStub(channel), builder_pb,
+                                     local.build_request(builder_pb, build_id, repo, state["registry"], image="interop/hello"))
+    assert result.outcome == builder_pb.BUILD_SUCCEEDED, result.message
+    assert result.commit == commit
+    steps = [(builder_pb.Step.Name(e.step.step), builder_pb.StepState.Name(e.step.state)) for e in events if e.WhichOneof("event") == "step"]
+    assert steps == [("GIT_CLONE", "STEP_STARTED"), ("GIT_CLONE", "STEP_SUCCEEDED"), ("BUILD", "STEP_STARTED"),
+                     ("BUILD", "STEP_SUCCEEDED"), ("PUSH", "STEP_STARTED"), ("PUSH", "STEP_SUCCEEDED")]
+    assert all(e.step.duration_millis > 0 for e in events if e.WhichOneof("event") == "step" and e.step.state == builder_pb.STEP_SUCCEEDED and e.step.step == builder_pb.BUILD)
+
+    # The registry has the manifest the builder reported.
+    request = urllib.request.Request(f"http://{state['registry']}/v2/interop/hello/manifests/{result.image.tag}", method="HEAD",
+                                     headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+    assert urllib.request.urlopen(request).headers["Docker-Content-Digest"] == result.image.digest
+
+    # The deployment's log stream holds buildah's output, tagged with the step, through to the push.
+    with grpc.insecure_channel(f"127.0.0.1:{logs_port}") as channel:
+        tail = logs_grpc.LogsStub(channel).Tail(logs_pb.TailRequest(
+            stream=logs_pb.StreamKey(environment_id="demo", deployment_id=build_id), after_seq=0), timeout=30)
+        lines = []
+        for response in tail:
+            lines.append(response.line)
+            if "pushed" in response.line.text:
+                tail.cancel()
+                break
+    assert any(line.step == "BUILD" and line.text.startswith("STEP 1/") for line in lines)
+    assert [line.seq for line in lines] == list(range(1, len(lines) + 1))
+    assert all(line.service_id == "hello" for line in lines)
+
+
+def test_a_client_that_cancels_its_call_stops_the_build(pbs, platform):
+    builder_pb, builder_grpc, _, _ = pbs
+    state, _ = platform
+    marker = f"slipway-interop-{uuid.uuid4().hex[:8]}"
+    repo, _ = slow_repository(state, "slow", marker)
+
+    with grpc.insecure_channel(f"127.0.0.1:{state['builder_port']}") as channel:
+        call = builder_grpc.BuilderStub(channel).Build(local.build_request(builder_pb, f"slow-{marker}", repo, state["registry"], image="interop/slow"))
+        for event in call:
+            if event.WhichOneof("event") == "step" and event.step.step == builder_pb.BUILD and event.step.state == builder_pb.STEP_STARTED:
+                break
+        local.wait_until(lambda: processes_containing(marker), 60, "the slow RUN step did not start")
+        call.cancel()
+    local.wait_until(lambda: not processes_containing(marker), 10, "the build's processes were still running after the client cancelled")
+    tags = urllib.request.urlopen(f"http://{state['registry']}/v2/_catalog").read()
+    assert b"interop/slow" not in tags
+
+
+def test_builder_killed_mid_build_restarts_clean_and_builds(pbs, platform):
+    builder_pb, builder_grpc, _, _ = pbs
+    state, _ = platform
+    marker = f"slipway-kill-{uuid.uuid4().hex[:8]}"
+    repo, slow_commit = slow_repository(state, "killed", marker)
+
+    with grpc.insecure_channel(f"127.0.0.1:{state['builder_port']}") as channel:
+        call = builder_grpc.BuilderStub(channel).Build(local.build_request(builder_pb, f"killed-{marker}", repo, state["registry"], image="interop/killed"))
+        local.wait_until(lambda: processes_containing(marker), 60, "the slow RUN step did not start")
+        state["builder"].send_signal(signal.SIGKILL)
+        state["builder"].wait()
+        with pytest.raises(grpc.RpcError) as error:
+            for _ in call:
+                pass
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+
+    # buildah runs in its own session and may outlive a SIGKILLed builder; the restarted builder
+    # stops whatever its previous life left running (ProcessLedger, unit-tested on its own), removes
+    # the dead builds' work directories, and builds again.
+    state["restart"]()
+    assert processes_containing(marker) == []
+    work = os.path.join(state["data"], "builder", "work")
+    assert os.listdir(work) == []
+    fixed = local.commit(repo, "fixed", {"Dockerfile": open(os.path.join(local.ROOT, "examples", "hello", "Dockerfile")).read()})
+    assert fixed != slow_commit
+    with grpc.insecure_channel(f"127.0.0.1:{state['builder_port']}") as channel:
+        _, result = local.build(builder_grpc.BuilderStub(channel), builder_pb,
+                                local.build_request(builder_pb, f"after-{marker}", repo, state["registry"], image="interop/killed"))
+    assert result.outcome == builder_pb.BUILD_SUCCEEDED, result.message

@@ -1,0 +1,8 @@
+#!/bin/sh
+# A small HTTP server: busybox httpd serving /app/www on $PORT (the port the platform assigns).
+# /health answers for readiness probes; the page shows which version runs.
+set -e
+echo "ok" > /app/www/health
+sed -i "s/__VERSION__/${APP_VERSION:-dev}/" /app/www/index.html 2>/dev/null || true
+echo "hello: listening on port ${PORT:-8080}"
+exec httpd -f -v -p "0.0.0.0:${PORT:-8080}" -h /app/www

@@ -1,0 +1,144 @@
+"""Helpers shared by the demo, the builder benchmark and the builder's grpcio tests: the platform's
+protos compiled by grpcio-tools, a docker-registry, the service executables, example repositories,
+and a Build call that collects its events.
+"""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "Slipway Demo", "GIT_AUTHOR_EMAIL": "demo@slipway.invalid",
+    "GIT_COMMITTER_NAME": "Slipway Demo", "GIT_COMMITTER_EMAIL": "demo@slipway.invalid",
+}
+
+
+def protos(*names):
+    """Compiles protos/<name> with grpcio-tools; returns the (pb2, pb2_grpc) module pairs."""
+    from grpc_tools import protoc
+    import importlib
+
+    out = tempfile.mkdtemp(prefix="slipway-pb-")
+    for name in names:
+        assert protoc.main(["protoc", f"-I{ROOT}/protos", f"--python_out={out}", f"--grpc_python_out={out}", name]) == 0, name
+    sys.path.insert(0, out)
+    modules = []
+    for name in names:
+        base = name[:-len(".proto")].replace("/", ".")
+        modules.append((importlib.import_module(base + "_pb2"), importlib.import_module(base + "_pb2_grpc")))
+    return modules
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(condition, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} within {timeout} s")
+
+
+def start_registry(directory, port):
+    """A docker-registry on 127.0.0.1:port storing in directory, seeded with the base images."""
+    os.makedirs(directory, exist_ok=True)
+    config = os.path.join(directory, "config.yml")
+    with open(config, "w") as f:
+        f.write(f"version: 0.1\nlog: {{ level: error }}\nstorage: {{ filesystem: {{ rootdirectory: {directory}/data }}, delete: {{ enabled: true }} }}\n"
+                f"http: {{ addr: 127.0.0.1:{port} }}\n")
+    proc = subprocess.Popen(["docker-registry", "serve", config], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def up():
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1).status == 200
+        except OSError:
+            return False
+
+    wait_until(up, 20, f"docker-registry did not answer on 127.0.0.1:{port}")
+    subprocess.run([os.path.join(ROOT, "scripts", "seed-base-images.sh"), f"127.0.0.1:{port}"], check=True, stdout=subprocess.DEVNULL)
+    return proc
+
+
+def start_service(bin_dir, name, data, port, *args, env=None):
+    """slipway-<name> on 127.0.0.1:port; returns once it accepts connections."""
+    proc = subprocess.Popen([os.path.join(bin_dir, f"slipway-{name}"), "--listen", f"127.0.0.1:{port}", "--data-dir", data, *args],
+                            stdout=subprocess.DEVNULL, stderr=open(os.path.join(data, f"{name}.log"), "ab"), env=env)
+
+    def listening():
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return True
+        except OSError:
+            return proc.poll() is not None
+
+    wait_until(listening, 30, f"slipway-{name} did not listen on {port}")
+    if proc.poll() is not None:
+        raise RuntimeError(f"slipway-{name} exited with {proc.returncode}; see {data}/{name}.log")
+    return proc
+
+
+def stop(*procs):
+    for proc in procs:
+        if proc and proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        if proc:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def git(repo, *args):
+    return subprocess.run(["git", "-C", repo, *args], check=True, capture_output=True, text=True,
+                          env={**os.environ, **GIT_IDENTITY}).stdout.strip()
+
+
+def example_repository(path):
+    """A git repository holding examples/hello, committed on branch main; returns the commit."""
+    shutil.copytree(os.path.join(ROOT, "examples", "hello"), path)
+    git(path, "init", "--quiet", "--initial-branch", "main")
+    return commit(path, "hello")
+
+
+def commit(repo, message, files=None):
+    for name, content in (files or {}).items():
+        full = os.path.join(repo, name)
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+        with open(full, "w") as f:
+            f.write(content)
+    git(repo, "add", "-A")
+    git(repo, "commit", "--quiet", "--allow-empty", "-m", message)
+    return git(repo, "rev-parse", "HEAD")
+
+
+def build(stub, pb, request, on_event=None):
+    """Runs Builder.Build to its end; returns (events, result)."""
+    events = []
+    for event in stub.Build(request):
+        events.append(event)
+        if on_event:
+            on_event(event)
+        if event.WhichOneof("event") == "result":
+            return events, event.result
+    raise RuntimeError("the build stream ended without a result")
+
+
+def build_request(pb, build_id, repository, registry, commit="", image="demo/hello", environment="demo", service="hello"):
+    return pb.BuildRequest(
+        build_id=build_id,
+        context=pb.BuildContext(environment_id=environment, deployment_id=build_id, service_id=service),
+        git=pb.GitSource(url=repository, commit=commit),
+        repository=image,
+        build_args={"BASE": f"{registry}/slipway/busybox:latest"},
+    )

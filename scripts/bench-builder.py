@@ -39,6 +39,7 @@ os.makedirs(logs_data)
 logs = local.start_service(bin_dir, "logs", logs_data, logs_port)
 
 results = {"cold": [], "rebuild": [], "skip": [], "cancel": []}
+rebuild_steps = {}  # step name -> [ms], from the builder's own step events
 
 
 def running(cmdline):
@@ -52,11 +53,14 @@ def running(cmdline):
     return False
 
 
-def timed_build(stub, request):
+def timed_build(stub, request, steps=None):
     start = time.perf_counter()
-    _, result = local.build(stub, pb, request)
+    events, result = local.build(stub, pb, request)
     elapsed = time.perf_counter() - start
     assert result.outcome == pb.BUILD_SUCCEEDED, result.message
+    for event in events:
+        if steps is not None and event.WhichOneof("event") == "step" and event.step.state != pb.STEP_STARTED:
+            steps.setdefault(pb.Step.Name(event.step.step), []).append(event.step.duration_millis)
     return elapsed, result
 
 
@@ -77,7 +81,7 @@ try:
                 results["cold"].append(elapsed)
 
                 changed = local.commit(repo, "one line", {"www/index.html": f"<h1>Hello from Slipway, round {round_}</h1>\n"})
-                elapsed, rebuilt = timed_build(stub, local.build_request(pb, f"rebuild-{round_}", repo, registry_host, commit=changed, image=image))
+                elapsed, rebuilt = timed_build(stub, local.build_request(pb, f"rebuild-{round_}", repo, registry_host, commit=changed, image=image), rebuild_steps)
                 assert not rebuilt.skipped and rebuilt.image.digest != cold.image.digest
                 results["rebuild"].append(elapsed)
 
@@ -119,3 +123,4 @@ finally:
 print(f"\n{'measurement':<10} {'median s':>9} {'min s':>7} {'max s':>7}   ({rounds} rounds, binaries from {bin_dir})")
 for name, values in results.items():
     print(f"{name:<10} {statistics.median(values):>9.3f} {min(values):>7.3f} {max(values):>7.3f}")
+print("rebuild steps (median ms, from the step events): " + ", ".join(f"{k} {statistics.median(v):.0f}" for k, v in rebuild_steps.items()))

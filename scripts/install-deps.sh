@@ -11,7 +11,7 @@ APT_BUILD=(pkg-config libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler proto
 # What the builder runs: git, buildah, skopeo, the distribution registry, and busybox-static for
 # the offline base image (scripts/seed-base-images.sh).
 APT_RUN=(git curl buildah skopeo docker-registry busybox-static)
-APT_TEST=(nghttp2-client python3-pip apache2-utils)
+APT_TEST=(nghttp2-client python3-pip apache2-utils openssh-server)
 PIP_TEST=(grpcio grpcio-health-checking grpcio-reflection grpcio-tools h2 pytest)
 
 need=()

@@ -41,7 +41,7 @@ actor GitMirrors {
         let git = GitCommand(gitDirectory: mirror, credentials: credentials, ledger: ledger, output: output)
 
         if !FileManager.default.fileExists(atPath: mirror + "/HEAD") {
-            try await git.run(["init", "--quiet", "--bare", mirror], gitDirectory: nil, failure: .gitError)
+            try await git.run(["init", "--quiet", "--bare", mirror], withoutGitDirectory: true, failure: .gitError)
             try await git.run(["config", "gc.autoDetach", "false"], failure: .gitError)
         }
         if Self.isFullSHA(source.commit), (try? await git.run(["cat-file", "-e", "\(source.commit)^{commit}"], quiet: true, failure: .gitError)) != nil {
@@ -99,9 +99,12 @@ actor GitMirrors {
         let git = GitCommand(gitDirectory: mirror, credentials: credentials, ledger: ledger, output: output)
         if source.submodules {
             // A real work tree: submodules need one. The clone borrows the mirror's objects.
-            try await git.run(["clone", "--quiet", "--shared", "--no-checkout", mirror, destination], gitDirectory: nil, failure: .gitError)
-            try await git.run(["-C", destination, "checkout", "--quiet", "--detach", commit], gitDirectory: nil, failure: .gitError)
-            try await git.run(["-C", destination, "submodule", "update", "--init", "--recursive", "--depth", "1"], gitDirectory: nil, failure: .gitError, timeout: limits.fetchTimeout)
+            try await git.run(["clone", "--quiet", "--shared", "--no-checkout", mirror, destination], withoutGitDirectory: true, failure: .gitError)
+            try await git.run(["-C", destination, "checkout", "--quiet", "--detach", commit], withoutGitDirectory: true, failure: .gitError)
+            // git refuses local-path submodules by default (CVE-2022-39253); they are allowed only
+            // when the repository itself is local, as in local mode.
+            let local = source.url.hasPrefix("/") || source.url.hasPrefix("file://")
+            try await git.run(["-C", destination] + (local ? ["-c", "protocol.file.allow=always"] : []) + ["submodule", "update", "--init", "--recursive"], withoutGitDirectory: true, failure: .gitError, timeout: limits.fetchTimeout)
         } else {
             try? FileManager.default.createDirectory(atPath: destination, withIntermediateDirectories: true)
             // A private index: checkouts from one mirror may run concurrently.
@@ -216,13 +219,12 @@ struct GitCommand: Sendable {
 
     @discardableResult
     func run(
-        _ arguments: [String], gitDirectory: String?? = .none, quiet: Bool = false, failure reason: Slipway_Builder_V1_FailureReason,
+        _ arguments: [String], withoutGitDirectory: Bool = false, quiet: Bool = false, failure reason: Slipway_Builder_V1_FailureReason,
         environment extra: [String: String] = [:], timeout: Duration? = nil
     ) async throws(BuildFailure) -> [String] {
         var environment = self.environment
         for (key, value) in extra { environment[key] = value }
-        let directory = gitDirectory ?? self.gitDirectory
-        let full = (directory.map { ["--git-dir", $0] } ?? []) + ["-c", "credential.helper="] + arguments
+        let full = (withoutGitDirectory ? [] : ["--git-dir", gitDirectory]) + ["-c", "credential.helper="] + arguments
         let process = {
             var process = ChildProcess("git", full, environment: environment)
             process.ledger = ledger

@@ -212,6 +212,61 @@ import Testing
         }
     }
 
+    @Test func privateRepositoryOverSSHWithAKeyAndAPinnedHostKey() async throws {
+        try await BuilderTestEnvironment.with { env in
+            let source = try env.makeRepository("ssh-src")
+            let sshd = try TestSSHServer.start(directory: env.directory + "/sshd")
+            defer { sshd.stop() }
+            try env.git(env.directory, "clone", "--quiet", "--bare", source, env.directory + "/ssh-repo.git")
+            let url = "ssh://root@127.0.0.1:\(sshd.port)\(env.directory)/ssh-repo.git"
+
+            func request(key: String, knownHosts: String) throws -> Slipway_Builder_V1_BuildRequest {
+                var request = env.buildRequest(url, imageName: "tests/ssh")
+                var credentials = Slipway_Builder_V1_SshKey()
+                credentials.privateKey = Array(try Data(contentsOf: URL(fileURLWithPath: key)))
+                credentials.knownHosts = knownHosts
+                request.git?.credentials = .sshKey(credentials)
+                return request
+            }
+            let built = try await env.build(try request(key: sshd.userKey, knownHosts: sshd.knownHostsLine))
+            #expect(built.result.outcome == .buildSucceeded, "\(built.result.message)")
+
+            let otherKey = try TestSSHServer.makeKey(env.directory + "/sshd/other")
+            let wrongKey = try await env.build(try request(key: otherKey, knownHosts: sshd.knownHostsLine))
+            #expect(wrongKey.result.reason == .authenticationFailed, "\(wrongKey.result.message)")
+
+            // A host key that is not the pinned one is refused, whatever the client key.
+            let otherHost = try String(contentsOfFile: otherKey + ".pub", encoding: .utf8).split(separator: " ").prefix(2).joined(separator: " ")
+            let spoofed = try await env.build(try request(key: sshd.userKey, knownHosts: "[127.0.0.1]:\(sshd.port) \(otherHost)"))
+            #expect(spoofed.result.reason == .authenticationFailed, "\(spoofed.result.message)")
+
+            // The key files exist only while git runs.
+            let scratch = try FileManager.default.contentsOfDirectory(atPath: env.directory + "/builder/git")
+            #expect(!scratch.contains { $0.hasPrefix("ssh-") })
+        }
+    }
+
+    @Test func submodulesAreCheckedOutWhenAsked() async throws {
+        try await BuilderTestEnvironment.with { env in
+            let library = env.directory + "/repos/library"
+            try FileManager.default.createDirectory(atPath: library, withIntermediateDirectories: true)
+            try env.git(library, "init", "--quiet", "--initial-branch", "main")
+            try env.commit(library, "library", files: ["message.txt": "from the submodule\n"])
+            let repository = try env.makeRepository()
+            try env.git(repository, "-c", "protocol.file.allow=always", "submodule", "--quiet", "add", library, "lib")
+            let dockerfile = try String(contentsOfFile: repository + "/Dockerfile", encoding: .utf8) + "COPY lib/message.txt /app/www/message.txt\n"
+            try env.commit(repository, "use the submodule", files: ["Dockerfile": dockerfile])
+
+            let without = try await env.build(env.buildRequest(repository, imageName: "tests/submodules"))
+            #expect(without.result.reason == .buildError, "\(without.result.message)")
+
+            var request = env.buildRequest(repository, imageName: "tests/submodules")
+            request.git?.submodules = true
+            let with = try await env.build(request)
+            #expect(with.result.outcome == .buildSucceeded, "\(with.result.message)")
+        }
+    }
+
     @Test func mirroringCopiesAnImageAndSkipsWhenItIsThere() async throws {
         try await BuilderTestEnvironment.with { env in
             let source = try await TestRegistry.start(storage: BuilderTestEnvironment.temporaryDirectory("source-registry"))
@@ -394,5 +449,83 @@ final class GitHTTPServer: Sendable {
     func stop() {
         kill(process.processIdentifier, SIGKILL)
         process.waitUntilExit()
+    }
+}
+
+/// A real OpenSSH server on a free loopback port, accepting one generated user key for root.
+final class TestSSHServer: Sendable {
+    let port: Int
+    let userKey: String
+    /// known_hosts line pinning the server's host key.
+    let knownHostsLine: String
+    private let pidFile: String
+
+    private init(port: Int, userKey: String, knownHostsLine: String, pidFile: String) {
+        self.port = port
+        self.userKey = userKey
+        self.knownHostsLine = knownHostsLine
+        self.pidFile = pidFile
+    }
+
+    static func makeKey(_ path: String) throws -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/ssh-keygen")
+        process.arguments = ["-q", "-t", "ed25519", "-N", "", "-f", path]
+        try process.run()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else { throw TestFailure("ssh-keygen failed") }
+        return path
+    }
+
+    static func start(directory: String) throws -> TestSSHServer {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: "/run/sshd", withIntermediateDirectories: true)
+        let host = try makeKey(directory + "/host")
+        let user = try makeKey(directory + "/user")
+        try FileManager.default.copyItem(atPath: user + ".pub", toPath: directory + "/authorized_keys")
+        let port = try TestRegistry.freePort()
+        let config = """
+        Port \(port)
+        ListenAddress 127.0.0.1
+        HostKey \(host)
+        PidFile \(directory)/sshd.pid
+        AuthorizedKeysFile \(directory)/authorized_keys
+        PermitRootLogin prohibit-password
+        PasswordAuthentication no
+        KbdInteractiveAuthentication no
+        StrictModes no
+        UsePAM no
+        """
+        try Data(config.utf8).write(to: URL(fileURLWithPath: directory + "/sshd_config"))
+        // sshd daemonizes (no -D): the launcher exits once it listens. A Process left running would
+        // hold up Foundation's reaping of the test's other child processes.
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/sbin/sshd")
+        process.arguments = ["-f", directory + "/sshd_config"]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0, Self.accepts(port) else { throw TestFailure("sshd did not start on \(port)") }
+        let hostKey = try String(contentsOfFile: host + ".pub", encoding: .utf8).split(separator: " ").prefix(2).joined(separator: " ")
+        return TestSSHServer(port: port, userKey: user, knownHostsLine: "[127.0.0.1]:\(port) \(hostKey)", pidFile: directory + "/sshd.pid")
+    }
+
+    static func accepts(_ port: Int) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = UInt16(port).bigEndian
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+        }
+    }
+
+    func stop() {
+        if let text = try? String(contentsOfFile: pidFile, encoding: .utf8), let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)) {
+            kill(pid, SIGKILL)
+        }
     }
 }

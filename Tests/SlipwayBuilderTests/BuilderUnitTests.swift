@@ -188,7 +188,8 @@ import Testing
         let ledger = try ProcessLedger(directory: directory)
         let pid = try orphan(marker)
         defer {
-            kill(pid, SIGKILL)
+            // The shell and its sleep: an orphaned sleep would hold the test runner's output open.
+            ProcessTree.kill(root: pid)
             var status: Int32 = 0
             waitpid(pid, &status, 0)
         }

@@ -104,6 +104,7 @@ var targets: [Target] = [
         dependencies: ["SlipwayBuilder", "SlipwayLogs", "SlipwayRegistry", "SlipwayServiceKit", "SlipwayProtos", "SlipwayRPC"],
         swiftSettings: strict
     ),
+    .testTarget(name: "SlipwayPipelineTests", dependencies: ["SlipwayPipeline"], swiftSettings: strict),
     .testTarget(name: "SlipwayServiceKitTests", dependencies: ["SlipwayServiceKit"], swiftSettings: strict),
     .testTarget(name: "SlipwayProtobufTests", dependencies: ["SlipwayProtos", "SlipwayProtobuf"], swiftSettings: strict),
     .testTarget(

@@ -104,7 +104,7 @@ var targets: [Target] = [
         dependencies: ["SlipwayBuilder", "SlipwayLogs", "SlipwayRegistry", "SlipwayServiceKit", "SlipwayProtos", "SlipwayRPC"],
         swiftSettings: strict
     ),
-    .testTarget(name: "SlipwayPipelineTests", dependencies: ["SlipwayPipeline"], swiftSettings: strict),
+    .testTarget(name: "SlipwayPipelineTests", dependencies: ["SlipwayPipeline", .product(name: "GRDB", package: "GRDB.swift")], swiftSettings: strict),
     .testTarget(name: "SlipwayServiceKitTests", dependencies: ["SlipwayServiceKit"], swiftSettings: strict),
     .testTarget(name: "SlipwayProtobufTests", dependencies: ["SlipwayProtos", "SlipwayProtobuf"], swiftSettings: strict),
     .testTarget(
@@ -117,6 +117,7 @@ var targets: [Target] = [
 /// What a service library needs beyond the common set.
 let serviceDependencies: [String: [Target.Dependency]] = [
     "SlipwayBuilder": ["SlipwayRegistry", "CSlipwaySpawn", .product(name: "Crypto", package: "swift-crypto")],
+    "SlipwayPipeline": [.product(name: "GRDB", package: "GRDB.swift"), .product(name: "Crypto", package: "swift-crypto")],
 ]
 
 for (executable, library) in services {
@@ -155,6 +156,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
+        .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
     ],
     targets: targets
 )

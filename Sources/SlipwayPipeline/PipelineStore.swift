@@ -1,0 +1,308 @@
+import Crypto
+import Foundation
+import GRDB
+
+/// The pipeline's state in SQLite (GRDB): the model, deployments and their per-service statuses.
+/// Versioned migrations; every write is one transaction (rollback journal, synchronous=FULL), so
+/// what a call returned is on disk before anything acts on it.
+public final class PipelineStore: Sendable {
+    public enum Failure: Error, Equatable, CustomStringConvertible {
+        case notFound(String)
+        case alreadyExists(String)
+        case invalidTransition(String)
+
+        public var description: String {
+            switch self {
+            case .notFound(let what): "\(what) does not exist"
+            case .alreadyExists(let what): "\(what) already exists"
+            case .invalidTransition(let what): what
+            }
+        }
+    }
+
+    let database: DatabaseQueue
+    /// The 256-bit key secrets are sealed with (bytes: SymmetricKey is not Sendable).
+    private let sealingKeyBytes: Data
+    private var sealingKey: SymmetricKey { SymmetricKey(data: sealingKeyBytes) }
+
+    /// Opens (creating if needed) `<directory>/pipeline.sqlite` and the secrets key
+    /// `<directory>/secrets.key` (0600), and brings the schema up to date.
+    public init(directory: String) throws {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        sealingKeyBytes = try Self.loadOrCreateKey(at: directory + "/secrets.key")
+        var configuration = Configuration()
+        configuration.prepareDatabase { db in
+            try db.execute(sql: "PRAGMA synchronous = FULL")
+        }
+        database = try DatabaseQueue(path: directory + "/pipeline.sqlite", configuration: configuration)
+        try Self.migrator.migrate(database)
+    }
+
+    static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1: model and deployments") { db in
+            try db.execute(sql: """
+                CREATE TABLE organization (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+                CREATE TABLE project (
+                    id TEXT PRIMARY KEY, organization_id TEXT NOT NULL REFERENCES organization(id) ON DELETE CASCADE,
+                    name TEXT NOT NULL, UNIQUE (organization_id, name));
+                CREATE TABLE environment (
+                    id TEXT PRIMARY KEY, project_id TEXT NOT NULL REFERENCES project(id) ON DELETE CASCADE,
+                    name TEXT NOT NULL, UNIQUE (project_id, name));
+                CREATE TABLE service (
+                    id TEXT PRIMARY KEY, environment_id TEXT NOT NULL REFERENCES environment(id) ON DELETE CASCADE,
+                    name TEXT NOT NULL, configuration TEXT NOT NULL, secrets BLOB NOT NULL,
+                    deployment_status TEXT, UNIQUE (environment_id, name));
+                CREATE TABLE deployment (
+                    id TEXT PRIMARY KEY, environment_id TEXT NOT NULL REFERENCES environment(id) ON DELETE CASCADE,
+                    action TEXT NOT NULL, origin TEXT NOT NULL, triggered_by TEXT NOT NULL,
+                    idempotency_key TEXT, created_at REAL NOT NULL, ended_at REAL, reason TEXT,
+                    UNIQUE (environment_id, idempotency_key));
+                CREATE TABLE deployment_service (
+                    deployment_id TEXT NOT NULL REFERENCES deployment(id) ON DELETE CASCADE,
+                    service_id TEXT NOT NULL, version TEXT NOT NULL DEFAULT '', status TEXT NOT NULL,
+                    reason TEXT, PRIMARY KEY (deployment_id, service_id));
+                CREATE INDEX deployment_by_environment ON deployment(environment_id, created_at);
+                """)
+        }
+        return migrator
+    }
+
+    // MARK: Model
+
+    public func createOrganization(name: String) throws -> Organization {
+        Organization(id: try insertNamed("organization", prefix: "org", name: name, parent: nil), name: name)
+    }
+
+    public func createProject(organizationID: String, name: String) throws -> Project {
+        Project(id: try insertNamed("project", prefix: "prj", name: name, parent: ("organization", organizationID)), organizationID: organizationID, name: name)
+    }
+
+    public func createEnvironment(projectID: String, name: String) throws -> DeploymentEnvironment {
+        DeploymentEnvironment(id: try insertNamed("environment", prefix: "env", name: name, parent: ("project", projectID)), projectID: projectID, name: name)
+    }
+
+    /// Inserts a named row under its parent (which must exist); returns the new id.
+    private func insertNamed(_ table: String, prefix: String, name: String, parent: (table: String, id: String)?) throws -> String {
+        let id = Self.newID(prefix)
+        try write("\(table) \(name)") { db in
+            if let parent {
+                try Self.require(db, parent.table, parent.id)
+                try db.execute(sql: "INSERT INTO \(table) (id, \(parent.table)_id, name) VALUES (?, ?, ?)", arguments: [id, parent.id, name])
+            } else {
+                try db.execute(sql: "INSERT INTO \(table) (id, name) VALUES (?, ?)", arguments: [id, name])
+            }
+        }
+        return id
+    }
+
+    public func createService(environmentID: String, name: String, configuration: ServiceSpec, secrets: [String: String] = [:]) throws -> ManagedService {
+        let service = ManagedService(id: Self.newID("svc"), environmentID: environmentID, name: name, configuration: configuration, secrets: secrets)
+        let sealed = try seal(secrets)
+        let json = try Self.encode(configuration)
+        try write("service \(name)") { db in
+            try Self.require(db, "environment", environmentID)
+            try db.execute(
+                sql: "INSERT INTO service (id, environment_id, name, configuration, secrets) VALUES (?, ?, ?, ?, ?)",
+                arguments: [service.id, environmentID, name, json, sealed])
+        }
+        return service
+    }
+
+    public func updateService(_ id: String, configuration: ServiceSpec, secrets: [String: String]) throws {
+        let sealed = try seal(secrets)
+        let json = try Self.encode(configuration)
+        try write("service \(id)") { db in
+            try db.execute(sql: "UPDATE service SET configuration = ?, secrets = ? WHERE id = ?", arguments: [json, sealed, id])
+            guard db.changesCount == 1 else { throw Failure.notFound("service \(id)") }
+        }
+    }
+
+    public func service(_ id: String) throws -> ManagedService {
+        let row = try database.read { db in try Row.fetchOne(db, sql: "SELECT * FROM service WHERE id = ?", arguments: [id]) }
+        guard let row else { throw Failure.notFound("service \(id)") }
+        return ManagedService(
+            id: row["id"], environmentID: row["environment_id"], name: row["name"],
+            configuration: try JSONDecoder().decode(ServiceSpec.self, from: Data((row["configuration"] as String).utf8)),
+            secrets: try open(row["secrets"]))
+    }
+
+    public func services(environmentID: String) throws -> [ManagedService] {
+        let ids = try database.read { db in
+            try String.fetchAll(db, sql: "SELECT id FROM service WHERE environment_id = ? ORDER BY name", arguments: [environmentID])
+        }
+        return try ids.map(service)
+    }
+
+    public func deleteOrganization(_ id: String) throws {
+        try write("organization \(id)") { db in
+            try db.execute(sql: "DELETE FROM organization WHERE id = ?", arguments: [id])
+            guard db.changesCount == 1 else { throw Failure.notFound("organization \(id)") }
+        }
+    }
+
+    // MARK: Deployments
+
+    public struct DeploymentRecord: Sendable, Equatable {
+        public var id: String
+        public var environmentID: String
+        public var action: ServiceAction
+        public var origin: DeploymentOrigin
+        public var triggeredBy: String
+        public var idempotencyKey: String?
+        /// Per service: its status in this deployment.
+        public var services: [String: DeploymentStatus]
+        public var reasons: [String: String]
+        public var ended: Bool
+    }
+
+    /// Records a new deployment with every service QUEUED (for its action), in one transaction;
+    /// a retry with an idempotency key already recorded returns the existing deployment.
+    public func recordDeployment(
+        environmentID: String, action: ServiceAction, services: [String: String], origin: DeploymentOrigin, triggeredBy: String, idempotencyKey: String?
+    ) throws -> (record: DeploymentRecord, created: Bool) {
+        let id = Self.newID("dep")
+        let created = try write("deployment") { db -> Bool in
+            try Self.require(db, "environment", environmentID)
+            if let idempotencyKey, try String.fetchOne(db, sql: "SELECT id FROM deployment WHERE environment_id = ? AND idempotency_key = ?", arguments: [environmentID, idempotencyKey]) != nil {
+                return false
+            }
+            try db.execute(
+                sql: "INSERT INTO deployment (id, environment_id, action, origin, triggered_by, idempotency_key, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                arguments: [id, environmentID, action.rawValue, origin.rawValue, triggeredBy, idempotencyKey, Date().timeIntervalSince1970])
+            for (service, version) in services.sorted(by: { $0.key < $1.key }) {
+                try db.execute(
+                    sql: "INSERT INTO deployment_service (deployment_id, service_id, version, status) VALUES (?, ?, ?, ?)",
+                    arguments: [id, service, version, DeploymentStatus.queued(action).rawValue])
+            }
+            return true
+        }
+        if created { return (try deployment(id), true) }
+        let existing = try database.read { db in
+            try String.fetchOne(db, sql: "SELECT id FROM deployment WHERE environment_id = ? AND idempotency_key = ?", arguments: [environmentID, idempotencyKey])
+        }
+        return (try deployment(existing!), false)
+    }
+
+    /// Moves one service of a deployment through the state machine; the new status is on disk when
+    /// this returns. An impossible transition is refused and changes nothing.
+    @discardableResult
+    public func apply(_ event: DeploymentStatus.Event, deploymentID: String, serviceID: String, reason: String? = nil) throws -> DeploymentStatus {
+        try write("deployment \(deploymentID)") { db in
+            guard let raw = try String.fetchOne(db, sql: "SELECT status FROM deployment_service WHERE deployment_id = ? AND service_id = ?", arguments: [deploymentID, serviceID]),
+                  let current = DeploymentStatus(rawValue: raw) else {
+                throw Failure.notFound("service \(serviceID) in deployment \(deploymentID)")
+            }
+            let next: DeploymentStatus
+            do {
+                next = try current.applying(event)
+            } catch {
+                throw Failure.invalidTransition("service \(serviceID) of deployment \(deploymentID): \(error)")
+            }
+            try db.execute(
+                sql: "UPDATE deployment_service SET status = ?, reason = COALESCE(?, reason) WHERE deployment_id = ? AND service_id = ?",
+                arguments: [next.rawValue, reason, deploymentID, serviceID])
+            try db.execute(sql: "UPDATE service SET deployment_status = ? WHERE id = ?", arguments: [next.rawValue, serviceID])
+            let open = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM deployment_service WHERE deployment_id = ? AND status IN (\(Self.unfinishedList))", arguments: [deploymentID]) ?? 0
+            if open == 0 {
+                try db.execute(sql: "UPDATE deployment SET ended_at = COALESCE(ended_at, ?) WHERE id = ?", arguments: [Date().timeIntervalSince1970, deploymentID])
+            }
+            return next
+        }
+    }
+
+    public func deployment(_ id: String) throws -> DeploymentRecord {
+        try database.read { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT * FROM deployment WHERE id = ?", arguments: [id]) else {
+                throw Failure.notFound("deployment \(id)")
+            }
+            var services: [String: DeploymentStatus] = [:]
+            var reasons: [String: String] = [:]
+            for service in try Row.fetchAll(db, sql: "SELECT * FROM deployment_service WHERE deployment_id = ?", arguments: [id]) {
+                services[service["service_id"]] = DeploymentStatus(rawValue: service["status"])
+                if let reason: String = service["reason"] { reasons[service["service_id"]] = reason }
+            }
+            return DeploymentRecord(
+                id: id, environmentID: row["environment_id"], action: ServiceAction(rawValue: row["action"]) ?? .deploy,
+                origin: DeploymentOrigin(rawValue: row["origin"]) ?? .api, triggeredBy: row["triggered_by"],
+                idempotencyKey: row["idempotency_key"], services: services, reasons: reasons, ended: row["ended_at"] as Double? != nil)
+        }
+    }
+
+    /// After a crash: every service left running in a deployment ends where the state machine says
+    /// an interrupted one ends (BUILDING → BUILD_ERROR, ...), with the reason; queued ones stay
+    /// queued to run again. Returns the deployments that were changed.
+    public func recoverAfterCrash(reason: String) throws -> [String] {
+        try write("recovery") { db in
+            let running = DeploymentStatus.allCases.filter(\.isRunning)
+            let rows = try Row.fetchAll(
+                db, sql: "SELECT deployment_id, service_id, status FROM deployment_service WHERE status IN (\(running.map { "'\($0.rawValue)'" }.joined(separator: ",")))")
+            var changed: Set<String> = []
+            for row in rows {
+                guard let status = DeploymentStatus(rawValue: row["status"]) else { continue }
+                let deploymentID: String = row["deployment_id"]
+                try db.execute(
+                    sql: "UPDATE deployment_service SET status = ?, reason = ? WHERE deployment_id = ? AND service_id = ?",
+                    arguments: [status.interrupted.rawValue, reason, deploymentID, row["service_id"] as String])
+                try db.execute(sql: "UPDATE service SET deployment_status = ? WHERE id = ?", arguments: [status.interrupted.rawValue, row["service_id"] as String])
+                changed.insert(deploymentID)
+            }
+            return changed.sorted()
+        }
+    }
+
+    static let unfinishedList = DeploymentStatus.allCases.filter { !$0.isFinal }.map { "'\($0.rawValue)'" }.joined(separator: ",")
+
+    // MARK: Secrets
+
+    /// Secrets as AES-GCM sealed JSON (nonce + ciphertext + tag); the key never leaves the data dir.
+    func seal(_ secrets: [String: String]) throws -> Data {
+        try AES.GCM.seal(try JSONEncoder().encode(secrets), using: sealingKey).combined!
+    }
+
+    func open(_ sealed: Data) throws -> [String: String] {
+        try JSONDecoder().decode([String: String].self, from: try AES.GCM.open(AES.GCM.SealedBox(combined: sealed), using: sealingKey))
+    }
+
+    static func loadOrCreateKey(at path: String) throws -> Data {
+        if let data = FileManager.default.contents(atPath: path) {
+            guard data.count == 32 else { throw Failure.invalidTransition("\(path) is not a 256-bit key: restore it from a backup or remove the data directory") }
+            return data
+        }
+        let key = SymmetricKey(size: .bits256)
+        let data = key.withUnsafeBytes { Data($0) }
+        // Written to a temporary name then renamed: a crash never leaves a half key behind.
+        let temporary = path + ".new"
+        guard FileManager.default.createFile(atPath: temporary, contents: data, attributes: [.posixPermissions: 0o600]) else {
+            throw Failure.invalidTransition("cannot write \(path)")
+        }
+        try FileManager.default.moveItem(atPath: temporary, toPath: path)
+        return data
+    }
+
+    // MARK: Helpers
+
+    private func write<T>(_ what: String, _ body: (Database) throws -> T) throws -> T {
+        do {
+            return try database.write(body)
+        } catch let error as DatabaseError where error.extendedResultCode == .SQLITE_CONSTRAINT_UNIQUE {
+            throw Failure.alreadyExists(what)
+        }
+    }
+
+    static func require(_ db: Database, _ table: String, _ id: String) throws {
+        guard try Bool.fetchOne(db, sql: "SELECT 1 FROM \(table) WHERE id = ?", arguments: [id]) == true else {
+            throw Failure.notFound("\(table) \(id)")
+        }
+    }
+
+    static func encode(_ configuration: ServiceSpec) throws -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        return String(decoding: try encoder.encode(configuration), as: UTF8.self)
+    }
+
+    static func newID(_ prefix: String) -> String {
+        "\(prefix)_" + UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "").prefix(20)
+    }
+}

@@ -1,0 +1,120 @@
+import Foundation
+import GRDB
+import Testing
+
+@testable import SlipwayPipeline
+
+/// The store against a real SQLite database file.
+@Suite struct PipelineStoreTests {
+    func directory() -> String {
+        FileManager.default.temporaryDirectory.appendingPathComponent("slipway-pipeline-\(UUID().uuidString)").path
+    }
+
+    func hello(_ store: PipelineStore) throws -> (DeploymentEnvironment, ManagedService) {
+        let organization = try store.createOrganization(name: "acme")
+        let project = try store.createProject(organizationID: organization.id, name: "shop")
+        let environment = try store.createEnvironment(projectID: project.id, name: "prod")
+        var spec = ServiceSpec(source: .application(.init(url: "https://example.com/hello.git", branch: "main")))
+        spec.ports = [.init(internalPort: 8080, isPublic: true, kind: .http)]
+        spec.environmentVariables = ["MODE": "production"]
+        spec.readinessProbe = .init(kind: .http(path: "/health", port: 8080))
+        let service = try store.createService(environmentID: environment.id, name: "web", configuration: spec, secrets: ["DATABASE_PASSWORD": "hunter2-secret"])
+        return (environment, service)
+    }
+
+    @Test func theModelSurvivesAReopenWithItsFullConfiguration() throws {
+        let path = directory()
+        let (_, service) = try hello(try PipelineStore(directory: path))
+        let reopened = try PipelineStore(directory: path)
+        let loaded = try reopened.service(service.id)
+        #expect(loaded == service)
+        #expect(loaded.configuration.readinessProbe?.kind == .http(path: "/health", port: 8080))
+        #expect(loaded.secrets["DATABASE_PASSWORD"] == "hunter2-secret")
+    }
+
+    @Test func secretsAreEncryptedAtRestAndTheKeyIsPrivate() throws {
+        let path = directory()
+        let store = try PipelineStore(directory: path)
+        _ = try hello(store)
+        // The database file holds the configuration in clear (so the search below can find text)
+        // but not the secret.
+        let bytes = try #require(FileManager.default.contents(atPath: path + "/pipeline.sqlite"))
+        #expect(bytes.range(of: Data("production".utf8)) != nil)
+        #expect(bytes.range(of: Data("hunter2-secret".utf8)) == nil)
+        let attributes = try FileManager.default.attributesOfItem(atPath: path + "/secrets.key")
+        #expect((attributes[.posixPermissions] as? NSNumber)?.intValue == 0o600)
+        // Another key cannot open them.
+        try Data(repeating: 7, count: 32).write(to: URL(fileURLWithPath: path + "/secrets.key"))
+        let wrongKey = try PipelineStore(directory: path)
+        let id = try wrongKey.database.read { db in try String.fetchOne(db, sql: "SELECT id FROM service")! }
+        #expect(throws: (any Error).self) { try wrongKey.service(id) }
+    }
+
+    @Test func namesAreUniqueWhereTheyLiveAndParentsMustExist() throws {
+        let store = try PipelineStore(directory: directory())
+        let (environment, _) = try hello(store)
+        #expect(throws: PipelineStore.Failure.alreadyExists("organization acme")) { try store.createOrganization(name: "acme") }
+        #expect(throws: PipelineStore.Failure.alreadyExists("service web")) {
+            try store.createService(environmentID: environment.id, name: "web", configuration: ServiceSpec(source: .container(image: "nginx", tag: "1")))
+        }
+        #expect(throws: PipelineStore.Failure.notFound("environment env_missing")) {
+            try store.createService(environmentID: "env_missing", name: "api", configuration: ServiceSpec(source: .container(image: "nginx", tag: "1")))
+        }
+    }
+
+    @Test func aDeploymentMovesThroughTheStateMachineAndRefusesImpossibleSteps() throws {
+        let store = try PipelineStore(directory: directory())
+        let (environment, service) = try hello(store)
+        let (record, created) = try store.recordDeployment(
+            environmentID: environment.id, action: .deploy, services: [service.id: "abc123"], origin: .git, triggeredBy: "push", idempotencyKey: "delivery-1")
+        #expect(created)
+        #expect(record.services == [service.id: .queued])
+        #expect(try store.apply(.startBuild, deploymentID: record.id, serviceID: service.id) == .building)
+        #expect(throws: PipelineStore.Failure.self) { try store.apply(.succeed, deploymentID: record.id, serviceID: service.id) }
+        #expect(try store.deployment(record.id).services[service.id] == .building)
+        try store.apply(.start, deploymentID: record.id, serviceID: service.id)
+        try store.apply(.succeed, deploymentID: record.id, serviceID: service.id)
+        let done = try store.deployment(record.id)
+        #expect(done.services[service.id] == .deployed)
+        #expect(done.ended)
+    }
+
+    @Test func aRetriedRequestWithTheSameIdempotencyKeyIsTheSameDeployment() throws {
+        let store = try PipelineStore(directory: directory())
+        let (environment, service) = try hello(store)
+        let first = try store.recordDeployment(environmentID: environment.id, action: .deploy, services: [service.id: "v1"], origin: .git, triggeredBy: "push", idempotencyKey: "delivery-7")
+        let retry = try store.recordDeployment(environmentID: environment.id, action: .deploy, services: [service.id: "v1"], origin: .git, triggeredBy: "push", idempotencyKey: "delivery-7")
+        #expect(first.created)
+        #expect(!retry.created)
+        #expect(retry.record.id == first.record.id)
+    }
+
+    @Test func afterACrashNothingStaysRunningAndQueuedWorkStaysQueued() throws {
+        let path = directory()
+        let store = try PipelineStore(directory: path)
+        let (environment, service) = try hello(store)
+        let other = try store.createService(environmentID: environment.id, name: "api", configuration: ServiceSpec(source: .container(image: "nginx", tag: "1")))
+        let running = try store.recordDeployment(environmentID: environment.id, action: .deploy, services: [service.id: "v1", other.id: "1"], origin: .api, triggeredBy: "t", idempotencyKey: nil).record
+        try store.apply(.startBuild, deploymentID: running.id, serviceID: service.id)
+        let queued = try store.recordDeployment(environmentID: environment.id, action: .restart, services: [service.id: ""], origin: .api, triggeredBy: "t", idempotencyKey: nil).record
+
+        // A new process on the same files, as after kill -9.
+        let restarted = try PipelineStore(directory: path)
+        #expect(try restarted.recoverAfterCrash(reason: "the pipeline restarted while this step ran") == [running.id])
+        let recovered = try restarted.deployment(running.id)
+        #expect(recovered.services[service.id] == .buildError)
+        #expect(recovered.reasons[service.id] == "the pipeline restarted while this step ran")
+        #expect(recovered.services[other.id] == .queued)
+        #expect(try restarted.deployment(queued.id).services[service.id] == .restartQueued)
+        #expect(try restarted.recoverAfterCrash(reason: "again").isEmpty)
+    }
+
+    @Test func deletingAnOrganizationDeletesEverythingUnderIt() throws {
+        let store = try PipelineStore(directory: directory())
+        let (environment, service) = try hello(store)
+        let organization = try store.database.read { db in try String.fetchOne(db, sql: "SELECT id FROM organization")! }
+        try store.deleteOrganization(organization)
+        #expect(throws: PipelineStore.Failure.notFound("service \(service.id)")) { try store.service(service.id) }
+        #expect(try store.services(environmentID: environment.id).isEmpty)
+    }
+}

@@ -66,8 +66,13 @@ struct ValidatedBuild: Sendable {
         return "\(commit.prefix(12))-\(hash.prefix(16))"
     }
 
+    /// 1-128 letters, digits, '.', '_' or '-': build ids, and the logs service's rule for stream ids.
+    static func isValidID(_ id: String) -> Bool {
+        !id.isEmpty && id.count <= 128 && id.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "._-".contains($0)) }
+    }
+
     static func validateID(_ id: String) throws(RPCError) {
-        guard !id.isEmpty, id.count <= 128, id.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "._-".contains($0)) }) else {
+        guard isValidID(id) else {
             throw RPCError(.invalidArgument, "build_id \"\(id)\" must be 1-128 letters, digits, '.', '_' or '-'")
         }
     }
@@ -75,6 +80,12 @@ struct ValidatedBuild: Sendable {
     static func validate(_ context: Slipway_Builder_V1_BuildContext?) throws(RPCError) {
         guard let context, !context.environmentId.isEmpty, !context.deploymentId.isEmpty, !context.serviceId.isEmpty else {
             throw RPCError(.invalidArgument, "context needs environment_id, deployment_id and service_id: the build's log lines go to that deployment's stream")
+        }
+        // The logs service's rule for ids, so that no line is refused there.
+        for (field, id) in [("environment_id", context.environmentId), ("deployment_id", context.deploymentId), ("service_id", context.serviceId)] {
+            guard isValidID(id) else {
+                throw RPCError(.invalidArgument, "context.\(field) \"\(id)\" must be 1-128 letters, digits, '.', '_' or '-'")
+            }
         }
     }
 

@@ -361,6 +361,7 @@ import Testing
                 }
             }
             #expect(await status { $0.context = nil }?.0 == .invalidArgument)
+            #expect(await status { $0.context?.deploymentId = "has space" }?.1.contains("deployment_id") == true)
             #expect(await status { $0.rootPath = "../outside" }?.1.contains("root_path") == true)
             #expect(await status { $0.git?.url = "--upload-pack=touch /tmp/x" }?.0 == .invalidArgument)
             #expect(await status { $0.git?.url = "https://user:pw@example.com/x.git" }?.1.contains("https_token") == true)
@@ -506,7 +507,13 @@ final class TestSSHServer: Sendable {
         process.standardError = FileHandle.nullDevice
         try process.run()
         process.waitUntilExit()
-        guard process.terminationStatus == 0, Self.accepts(port) else { throw TestFailure("sshd did not start on \(port)") }
+        guard process.terminationStatus == 0 else { throw TestFailure("sshd refused its configuration (port \(port))") }
+        // The daemon listens only after it has forked away from the launcher: wait for the port.
+        let deadline = ContinuousClock.now + .seconds(10)
+        while !Self.accepts(port) {
+            guard ContinuousClock.now < deadline else { throw TestFailure("sshd did not listen on \(port) within 10 s") }
+            Thread.sleep(forTimeInterval: 0.02)
+        }
         let hostKey = try String(contentsOfFile: host + ".pub", encoding: .utf8).split(separator: " ").prefix(2).joined(separator: " ")
         return TestSSHServer(port: port, userKey: user, knownHostsLine: "[127.0.0.1]:\(port) \(hostKey)", pidFile: directory + "/sshd.pid")
     }

@@ -79,7 +79,10 @@ final class BuildLog: Sendable {
         }
         waiter?.resume()
         guard let task = sender.withLock({ $0 }) else { return }
-        _ = try? await withTimeout(timeout) { await task.value }
+        // Cancelling the sender ends its Append call: a stalled logs service cannot hold the result back.
+        _ = try? await withTimeout(timeout) {
+            await withTaskCancellationHandler { await task.value } onCancel: { task.cancel() }
+        }
         let dropped = state.withLock { $0.dropped }
         if dropped > 0 {
             logger.warning("build log lines dropped", metadata: ["deployment": "\(key.deploymentId)", "count": "\(dropped)"])

@@ -254,6 +254,12 @@ final class Builder: Sendable {
         let files = try ToolFiles(directory: job.workDirectory + "/tools", registries: [build.registry, configuration.registry], extraInsecure: configuration.insecureRegistries)
         defer { files.remove() }
         let context = build.rootPath.isEmpty ? source : source + "/" + build.rootPath
+        // The paths were checked as text; the tree may hold symlinks: both must stay inside it.
+        for (path, field) in [(context, "root_path"), (source + "/" + build.dockerfileInRepository, "dockerfile_path")] {
+            guard let resolved = Self.realPath(path), resolved == Self.realPath(source) || resolved.hasPrefix((Self.realPath(source) ?? source) + "/") else {
+                throw BuildFailure(.buildError, step: .build, "\(field) leads outside the repository (a symlink?) or does not exist at commit \(commit.prefix(12))")
+            }
+        }
         let arguments = tools.buildArguments(context: context, dockerfile: source + "/" + build.dockerfileInRepository, tag: image.description, buildArgs: build.buildArgs, target: build.target)
         let built = try await runTool("buildah", arguments, files: files, step: .build, job: job)
         guard built.succeeded else {
@@ -267,7 +273,7 @@ final class Builder: Sendable {
         do throws(BuildFailure) {
             pushed = try await runTool("buildah", tools.pushArguments(tag: image.description, digestFile: digestFile), files: files, step: .push, job: job)
         } catch {
-            await removePartialPush(image, registry: registry, log: log)
+            await removePartialPush(image, registry: registry, previous: nil, log: log)
             throw error
         }
         guard pushed.succeeded, let digest = (try? String(contentsOfFile: digestFile, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines), digest.hasPrefix("sha256:") else {
@@ -279,9 +285,10 @@ final class Builder: Sendable {
     }
 
     /// A push cut short may have written the manifest (the tag) at its very end: remove it, so a tag
-    /// in the registry always means a finished build.
-    private func removePartialPush(_ image: ImageReference, registry: RegistryClient, log: BuildLog) async {
-        guard let digest = try? await registry.manifestDigest(repository: image.repository, reference: image.reference) else { return }
+    /// in the registry always means a finished build. `previous` is the digest the tag had before
+    /// (a mirror refreshing a moved tag): that image stays.
+    private func removePartialPush(_ image: ImageReference, registry: RegistryClient, previous: String?, log: BuildLog) async {
+        guard let digest = try? await registry.manifestDigest(repository: image.repository, reference: image.reference), digest != previous else { return }
         do {
             try await registry.deleteManifest(repository: image.repository, digest: digest)
             log.write("removed the partly pushed \(image)", step: .push)
@@ -305,6 +312,12 @@ final class Builder: Sendable {
         }
         try Task.checkCancellation(or: .canceled(step))
         return termination
+    }
+
+    static func realPath(_ path: String) -> String? {
+        guard let resolved = realpath(path, nil) else { return nil }
+        defer { free(resolved) }
+        return String(cString: resolved)
     }
 
     /// The lines that say what went wrong: those mentioning an error, else the last ones.
@@ -365,7 +378,7 @@ final class Builder: Sendable {
         do throws(BuildFailure) {
             copied = try await runTool("skopeo", tools.copyArguments(source: mirror.source.description, destination: mirror.target.description, digestFile: digestFile, files: files), files: files, step: .mirrorImage, job: job)
         } catch {
-            await removePartialPush(mirror.target, registry: targetRegistry, log: log)
+            await removePartialPush(mirror.target, registry: targetRegistry, previous: existing, log: log)
             throw error
         }
         guard copied.succeeded, let digest = (try? String(contentsOfFile: digestFile, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines), digest.hasPrefix("sha256:") else {

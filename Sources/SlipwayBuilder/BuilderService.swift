@@ -15,7 +15,8 @@ struct BuilderService: RPCService {
         router.serverStreaming(API.Mirror.self) { request, writer, _ in
             try await builder.mirror(request) { event in try? await writer.write(event) }
         }
-        router.unaryOnEventLoop(API.Cancel.self) { request, _ in
+        // Not on the event loop: stopping a build walks /proc and signals its processes.
+        router.unary(API.Cancel.self) { request, _ in
             var response = Slipway_Builder_V1_CancelResponse()
             response.found = builder.cancel(request.buildId)
             return response

@@ -63,16 +63,15 @@ struct ChildProcess {
         return await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Termination, Never>) in
                 let thread = Thread {
-                    let termination = Self.pump(pid: process.pid, stdout: process.stdout, stderr: process.stderr, maxLineBytes: maxLineBytes, onLine: onLine)
+                    let termination = Self.pump(pid: process.pid, stdout: process.stdout, stderr: process.stderr, maxLineBytes: maxLineBytes, beforeReaping: reaper.markReaping, onLine: onLine)
                     ledger?.remove(process.pid)
-                    reaper.finished()
                     continuation.resume(returning: termination)
                 }
                 thread.name = "slipway-child-\(process.pid)"
                 thread.start()
             }
         } onCancel: {
-            if !reaper.isFinished { ProcessTree.kill(root: process.pid) }
+            reaper.killUnlessReaped { ProcessTree.kill(root: process.pid) }
         }
     }
 
@@ -83,10 +82,15 @@ struct ChildProcess {
         return (termination, lines.withLock { $0 })
     }
 
+    /// Kills and reaping exclude each other: once the child is about to be reaped its pid may be
+    /// reused, so no signal goes out after that.
     private final class ReaperBox: Sendable {
-        private let done = Atomic<Bool>(false)
-        func finished() { done.store(true, ordering: .releasing) }
-        var isFinished: Bool { done.load(ordering: .acquiring) }
+        private let reaped = Mutex(false)
+        /// Runs `kill` unless the child is being or has been reaped.
+        func killUnlessReaped(_ kill: () -> Void) {
+            reaped.withLock { reaped in if !reaped { kill() } }
+        }
+        func markReaping() { reaped.withLock { $0 = true } }
     }
 
     private func spawn() throws -> (pid: pid_t, stdout: Int32, stderr: Int32) {
@@ -109,7 +113,7 @@ struct ChildProcess {
     }
 
     /// Reads both pipes until they close, then reaps the process.
-    private static func pump(pid: pid_t, stdout: Int32, stderr: Int32, maxLineBytes: Int, onLine: (Stream, String) -> Void) -> Termination {
+    private static func pump(pid: pid_t, stdout: Int32, stderr: Int32, maxLineBytes: Int, beforeReaping: () -> Void, onLine: (Stream, String) -> Void) -> Termination {
         var fds = [pollfd(fd: stdout, events: Int16(POLLIN), revents: 0), pollfd(fd: stderr, events: Int16(POLLIN), revents: 0)]
         var pending: [[UInt8]] = [[], []]
         var buffer = [UInt8](repeating: 0, count: 64 * 1024)
@@ -169,6 +173,7 @@ struct ChildProcess {
         var info = siginfo_t()
         while waitid(P_PID, id_t(pid), &info, WEXITED | WNOWAIT) < 0 && errno == EINTR {}
         _ = Glibc.kill(-pid, SIGKILL)
+        beforeReaping()
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
         let signal = status & 0x7f

@@ -66,10 +66,12 @@ actor GitMirrors {
                 throw BuildFailure(.commitNotFound, step: .gitClone, "\"\(source.commit)\" is not a commit SHA")
             }
             if let commit = await revParse(source.commit) { return commit }
+            try Task.checkCancellation(or: .canceled(.gitClone))
             // A commit no branch or tag reaches (yet): ask for it by id.
             if Self.isFullSHA(source.commit) {
                 try? await git.fetch(source.url, refspecs: [source.commit], timeout: limits.fetchTimeout, quiet: true)
                 if let commit = await revParse(source.commit) { return commit }
+                try Task.checkCancellation(or: .canceled(.gitClone))
             }
             throw BuildFailure(.commitNotFound, step: .gitClone, "commit \(source.commit) is not in \(Self.redacted(source.url))")
         }
@@ -159,20 +161,24 @@ struct GitCredentials: Sendable {
     init(_ source: Slipway_Builder_V1_GitSource, scratch: String) throws(BuildFailure) {
         switch source.credentials {
         case .httpsToken(let token)?:
-            let helper = scratch + "/askpass.sh"
+            let helper = scratch + "/askpass-v2.sh"
             if !FileManager.default.fileExists(atPath: helper) {
-                // Prints the username or the token, both from the environment: the file holds no secret.
-                let script = "#!/bin/sh\ncase \"$1\" in\n  Username*) printf '%s\\n' \"$SLIPWAY_GIT_USERNAME\" ;;\n  *) printf '%s\\n' \"$SLIPWAY_GIT_TOKEN\" ;;\nesac\n"
+                // Prints the username or the token, both from the environment (the file holds no
+                // secret), and only when git asks for the repository's own host: a submodule URL
+                // pointing elsewhere gets nothing.
+                let script = "#!/bin/sh\ncase \"$1\" in\n  *\"$SLIPWAY_GIT_HOST'\"*) ;;\n  *) exit 1 ;;\nesac\ncase \"$1\" in\n  Username*) printf '%s\\n' \"$SLIPWAY_GIT_USERNAME\" ;;\n  *) printf '%s\\n' \"$SLIPWAY_GIT_TOKEN\" ;;\nesac\n"
                 _ = FileManager.default.createFile(atPath: helper, contents: Data(script.utf8), attributes: [.posixPermissions: 0o700])
             }
             environment["GIT_ASKPASS"] = helper
+            let components = URLComponents(string: source.url)
+            environment["SLIPWAY_GIT_HOST"] = (components?.host ?? "") + (components?.port.map { ":\($0)" } ?? "")
             environment["SLIPWAY_GIT_USERNAME"] = token.username.isEmpty ? "x-access-token" : token.username
             environment["SLIPWAY_GIT_TOKEN"] = token.token
             secrets.append(token.token)
         case .sshKey(let key)?:
             let base = scratch + "/ssh-" + UUID().uuidString
             let keyFile = base + ".key"
-            guard FileManager.default.createFile(atPath: keyFile, contents: Data(key.privateKey), attributes: [.posixPermissions: 0o600]) else {
+            guard writePrivateFile(keyFile, Data(key.privateKey)) else {
                 throw BuildFailure(.gitError, step: .gitClone, "cannot write the SSH key to a temporary file")
             }
             files.append(keyFile)
@@ -180,7 +186,7 @@ struct GitCredentials: Sendable {
             if key.knownHosts.isEmpty {
                 ssh += " -o StrictHostKeyChecking=accept-new -o UserKnownHostsFile=\(base).known_hosts"
             } else {
-                _ = FileManager.default.createFile(atPath: base + ".known_hosts", contents: Data(key.knownHosts.utf8), attributes: [.posixPermissions: 0o600])
+                _ = writePrivateFile(base + ".known_hosts", Data(key.knownHosts.utf8))
                 ssh += " -o StrictHostKeyChecking=yes -o UserKnownHostsFile=\(base).known_hosts"
             }
             files.append(base + ".known_hosts")
@@ -260,14 +266,16 @@ struct GitCommand: Sendable {
         do {
             try await run(["fetch", "--prune", "--force", "--progress", "--no-write-fetch-head", url] + refspecs, quiet: quiet, failure: .gitError, timeout: timeout)
         } catch let failure where failure.reason == .gitError {
-            throw Self.classify(failure, url: GitMirrors.redacted(url))
+            throw Self.classify(failure, url: url)
         }
     }
 
-    static func classify(_ failure: BuildFailure, url: String) -> BuildFailure {
-        let text = failure.message.lowercased()
+    static func classify(_ failure: BuildFailure, url rawURL: String) -> BuildFailure {
+        // Matched on git's words only: the URL itself (a path, a UUID) may contain anything.
+        let text = failure.message.replacingOccurrences(of: rawURL, with: "").lowercased()
+        let url = GitMirrors.redacted(rawURL)
         let authentication = ["authentication failed", "could not read username", "could not read password", "terminal prompts disabled",
-                              "permission denied (publickey", "host key verification failed", "http basic: access denied", "403"]
+                              "permission denied (publickey", "host key verification failed", "http basic: access denied", "returned error: 403"]
         if authentication.contains(where: text.contains) {
             return BuildFailure(.authenticationFailed, step: .gitClone, "\(url) refused the credentials (or needs some): \(failure.message)")
         }
@@ -302,3 +310,25 @@ final class LinesBox: Sendable {
 }
 
 import Synchronization
+
+/// Writes `data` to a new file created with mode 0600 (never readable by others, not even for a
+/// moment), flushed to disk. False when the file cannot be created.
+func writePrivateFile(_ path: String, _ data: Data) -> Bool {
+    let fd = open(path, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0o600)
+    guard fd >= 0 else { return false }
+    defer { close(fd) }
+    guard fchmod(fd, 0o600) == 0 else { return false }
+    let written = data.withUnsafeBytes { buffer -> Bool in
+        var offset = 0
+        while offset < buffer.count {
+            let count = write(fd, buffer.baseAddress! + offset, buffer.count - offset)
+            if count < 0 {
+                if errno == EINTR { continue }
+                return false
+            }
+            offset += count
+        }
+        return true
+    }
+    return written && fsync(fd) == 0
+}

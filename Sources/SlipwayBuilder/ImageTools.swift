@@ -44,7 +44,7 @@ struct ToolFiles {
     }
 
     private static func write(directory: String, registries: [RegistryTarget], extraInsecure: [String]) throws {
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         let insecure = Set(registries.filter(\.insecure).map(\.host) + extraInsecure).sorted()
         var conf = "unqualified-search-registries = []\nshort-name-mode = \"permissive\"\n"
         for host in insecure {
@@ -57,7 +57,7 @@ struct ToolFiles {
         }
         let authFile = directory + "/auth.json"
         let json = try JSONSerialization.data(withJSONObject: ["auths": auths])
-        guard FileManager.default.createFile(atPath: authFile, contents: json, attributes: [.posixPermissions: 0o600]) else {
+        guard writePrivateFile(authFile, json) else {
             throw BuildFailure(.registryError, step: .build, "cannot write the registry login file")
         }
     }

@@ -203,10 +203,7 @@ public final class PipelineStore: Sendable {
                 sql: "UPDATE deployment_service SET status = ?, reason = COALESCE(?, reason) WHERE deployment_id = ? AND service_id = ?",
                 arguments: [next.rawValue, reason, deploymentID, serviceID])
             try db.execute(sql: "UPDATE service SET deployment_status = ? WHERE id = ?", arguments: [next.rawValue, serviceID])
-            let open = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM deployment_service WHERE deployment_id = ? AND status IN (\(Self.unfinishedList))", arguments: [deploymentID]) ?? 0
-            if open == 0 {
-                try db.execute(sql: "UPDATE deployment SET ended_at = COALESCE(ended_at, ?) WHERE id = ?", arguments: [Date().timeIntervalSince1970, deploymentID])
-            }
+            try Self.markEndedIfDone(db, deploymentID)
             return next
         }
     }
@@ -247,7 +244,16 @@ public final class PipelineStore: Sendable {
                 try db.execute(sql: "UPDATE service SET deployment_status = ? WHERE id = ?", arguments: [status.interrupted.rawValue, row["service_id"] as String])
                 changed.insert(deploymentID)
             }
+            for deploymentID in changed { try Self.markEndedIfDone(db, deploymentID) }
             return changed.sorted()
+        }
+    }
+
+    /// Sets the deployment's end time once no service of it is queued or running.
+    static func markEndedIfDone(_ db: Database, _ deploymentID: String) throws {
+        let open = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM deployment_service WHERE deployment_id = ? AND status IN (\(unfinishedList))", arguments: [deploymentID]) ?? 0
+        if open == 0 {
+            try db.execute(sql: "UPDATE deployment SET ended_at = COALESCE(ended_at, ?) WHERE id = ?", arguments: [Date().timeIntervalSince1970, deploymentID])
         }
     }
 
@@ -271,12 +277,19 @@ public final class PipelineStore: Sendable {
         }
         let key = SymmetricKey(size: .bits256)
         let data = key.withUnsafeBytes { Data($0) }
-        // Written to a temporary name then renamed: a crash never leaves a half key behind.
+        // Created 0600 under a temporary name, flushed, then renamed and the directory flushed:
+        // a crash never leaves a half key, and no other user can read it even for a moment.
         let temporary = path + ".new"
-        guard FileManager.default.createFile(atPath: temporary, contents: data, attributes: [.posixPermissions: 0o600]) else {
-            throw Failure.invalidTransition("cannot write \(path)")
+        let fd = Glibc.open(temporary, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw Failure.invalidTransition("cannot create \(temporary)") }
+        let written = data.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) } == data.count && fsync(fd) == 0
+        close(fd)
+        guard written, rename(temporary, path) == 0 else { throw Failure.invalidTransition("cannot write \(path)") }
+        let directory = Glibc.open((path as NSString).deletingLastPathComponent, O_RDONLY | O_DIRECTORY)
+        if directory >= 0 {
+            fsync(directory)
+            close(directory)
         }
-        try FileManager.default.moveItem(atPath: temporary, toPath: path)
         return data
     }
 

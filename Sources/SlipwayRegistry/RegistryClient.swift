@@ -42,7 +42,8 @@ public struct RegistryClient: Sendable {
         self.http = HTTPClient(timeout: .nanoseconds(Int64(timeout.components.seconds) * 1_000_000_000 + timeout.components.attoseconds / 1_000_000_000), insecureTLS: insecure)
     }
 
-    var baseURL: String { "\(insecure ? "http" : "https")://\(host)" }
+    /// Docker Hub's API lives at registry-1.docker.io, not at the name images use.
+    var baseURL: String { "\(insecure ? "http" : "https")://\(host == "docker.io" ? "registry-1.docker.io" : host)" }
 
     /// The digest of `repository:reference` (a tag or a digest), or nil when the registry does not have it.
     public func manifestDigest(repository: String, reference: String) async throws(Failure) -> String? {
@@ -84,7 +85,9 @@ public struct RegistryClient: Sendable {
     // MARK: Authentication
 
     private func authorized(_ method: HTTPMethod, _ path: String, scope: String?, headers: HTTPHeaders) async throws(Failure) -> HTTPClient.Response {
-        let url = URL(string: baseURL + path)!
+        guard let url = URL(string: baseURL + path) else {
+            throw Failure(kind: .unexpected, description: "\(host)\(path) is not a valid registry URL")
+        }
         var response = try await send(method, url, headers: headers)
         guard response.status == 401, let challenge = response.headers.first(name: "WWW-Authenticate") else { return response }
         var retry = headers

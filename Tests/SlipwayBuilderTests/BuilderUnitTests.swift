@@ -199,3 +199,36 @@ import Testing
         #expect(!BuilderServiceTests.processes(containing: marker).isEmpty)
     }
 }
+
+@Suite struct GitCredentialTests {
+    @Test func theAskpassHelperAnswersOnlyTheRepositorysHost() async throws {
+        let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("slipway-askpass-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
+        var source = Slipway_Builder_V1_GitSource()
+        source.url = "https://git.example.com:8443/team/app.git"
+        var token = Slipway_Builder_V1_HttpsToken()
+        token.token = "the-token"
+        source.credentials = .httpsToken(token)
+        let credentials = try GitCredentials(source, scratch: scratch)
+        var environment = ChildProcess.baseEnvironment
+        for (key, value) in credentials.environment { environment[key] = value }
+        let helper = try #require(credentials.environment["GIT_ASKPASS"])
+
+        let (_, username) = try await ChildProcess(helper, ["Username for 'https://git.example.com:8443': "], environment: environment).output()
+        #expect(username == ["x-access-token"])
+        let (_, password) = try await ChildProcess(helper, ["Password for 'https://x-access-token@git.example.com:8443': "], environment: environment).output()
+        #expect(password == ["the-token"])
+        // A submodule on another host asks too: it gets nothing.
+        let (refused, other) = try await ChildProcess(helper, ["Password for 'https://attacker.example.net': "], environment: environment).output()
+        #expect(refused.exitCode == 1)
+        #expect(other.isEmpty)
+    }
+
+    @Test func failuresAreClassifiedOnGitsWordsNotOnTheURL() {
+        let url = "/tmp/env-D4037351/authentication-failed/repo"
+        let failure = BuildFailure(.gitError, step: .gitClone, "git fetch failed: fatal: '\(url)' does not appear to be a git repository")
+        #expect(GitCommand.classify(failure, url: url).reason == .repositoryNotFound)
+        let denied = BuildFailure(.gitError, step: .gitClone, "git fetch failed: fatal: unable to access 'https://h/x.git/': The requested URL returned error: 403")
+        #expect(GitCommand.classify(denied, url: "https://h/x.git").reason == .authenticationFailed)
+    }
+}

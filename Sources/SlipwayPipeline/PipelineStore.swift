@@ -65,6 +65,15 @@ public final class PipelineStore: Sendable {
                 CREATE INDEX deployment_by_environment ON deployment(environment_id, created_at);
                 """)
         }
+        migrator.registerMigration("v2: per-step records") { db in
+            try db.execute(sql: """
+                CREATE TABLE deployment_step (
+                    deployment_id TEXT NOT NULL REFERENCES deployment(id) ON DELETE CASCADE,
+                    service_id TEXT NOT NULL, step TEXT NOT NULL, status TEXT NOT NULL,
+                    started_at REAL NOT NULL, ended_at REAL, message TEXT NOT NULL DEFAULT '',
+                    PRIMARY KEY (deployment_id, service_id, step));
+                """)
+        }
         return migrator
     }
 
@@ -258,6 +267,82 @@ public final class PipelineStore: Sendable {
     }
 
     static let unfinishedList = DeploymentStatus.allCases.filter { !$0.isFinal }.map { "'\($0.rawValue)'" }.joined(separator: ",")
+
+    // MARK: Steps and history
+
+    /// The steps of a service's deployment (ARCHITECTURE.md).
+    public enum Step: String, Sendable, CaseIterable, Codable {
+        case gitClone = "GIT_CLONE", build = "BUILD", mirrorImage = "MIRROR_IMAGE", deployment = "DEPLOYMENT"
+        case routerDeployment = "ROUTER_DEPLOYMENT", certificate = "CERTIFICATE"
+    }
+
+    public enum StepStatus: String, Sendable, Codable {
+        case running = "RUNNING", succeeded = "SUCCEEDED", failed = "FAILED", skipped = "SKIPPED", canceled = "CANCELED"
+    }
+
+    public struct StepRecord: Sendable, Equatable {
+        public var serviceID: String
+        public var step: Step
+        public var status: StepStatus
+        public var startedAt: Date
+        public var endedAt: Date?
+        public var message: String
+        public var duration: TimeInterval? { endedAt.map { $0.timeIntervalSince(startedAt) } }
+    }
+
+    /// Records that a step starts, before it is acted on.
+    public func startStep(_ step: Step, deploymentID: String, serviceID: String, at time: Date = Date()) throws {
+        try write("step \(step.rawValue)") { db in
+            try db.execute(
+                sql: "INSERT OR REPLACE INTO deployment_step (deployment_id, service_id, step, status, started_at) VALUES (?, ?, ?, ?, ?)",
+                arguments: [deploymentID, serviceID, step.rawValue, StepStatus.running.rawValue, time.timeIntervalSince1970])
+        }
+    }
+
+    /// Records how a running step ended.
+    public func endStep(_ step: Step, deploymentID: String, serviceID: String, status: StepStatus, message: String = "", at time: Date = Date()) throws {
+        try write("step \(step.rawValue)") { db in
+            try db.execute(
+                sql: "UPDATE deployment_step SET status = ?, ended_at = ?, message = ? WHERE deployment_id = ? AND service_id = ? AND step = ? AND status = ?",
+                arguments: [status.rawValue, time.timeIntervalSince1970, message, deploymentID, serviceID, step.rawValue, StepStatus.running.rawValue])
+            guard db.changesCount == 1 else { throw Failure.notFound("running step \(step.rawValue) of \(serviceID) in deployment \(deploymentID)") }
+        }
+    }
+
+    /// A deployment's steps in the order they started.
+    public func steps(deploymentID: String) throws -> [StepRecord] {
+        try database.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM deployment_step WHERE deployment_id = ? ORDER BY started_at, rowid", arguments: [deploymentID]).map { row in
+                StepRecord(
+                    serviceID: row["service_id"], step: Step(rawValue: row["step"]) ?? .build, status: StepStatus(rawValue: row["status"]) ?? .failed,
+                    startedAt: Date(timeIntervalSince1970: row["started_at"]), endedAt: (row["ended_at"] as Double?).map(Date.init(timeIntervalSince1970:)),
+                    message: row["message"])
+            }
+        }
+    }
+
+    /// An environment's deployments, newest first, `limit` at a time; pass the last id of a page as
+    /// `after` for the next one. Optionally only one action.
+    public func history(environmentID: String, action: ServiceAction? = nil, limit: Int = 20, after: String? = nil) throws -> [DeploymentRecord] {
+        let ids = try database.read { db -> [String] in
+            var sql = "SELECT id FROM deployment WHERE environment_id = ?"
+            var arguments: StatementArguments = [environmentID]
+            if let action {
+                sql += " AND action = ?"
+                _ = arguments.append(contentsOf: [action.rawValue])
+            }
+            if let after, let cursor = try Row.fetchOne(db, sql: "SELECT created_at, rowid FROM deployment WHERE id = ?", arguments: [after]) {
+                sql += " AND (created_at < ? OR (created_at = ? AND rowid < ?))"
+                let created: Double = cursor["created_at"]
+                let rowid: Int64 = cursor["rowid"]
+                _ = arguments.append(contentsOf: [created, created, rowid])
+            }
+            sql += " ORDER BY created_at DESC, rowid DESC LIMIT ?"
+            _ = arguments.append(contentsOf: [max(1, min(limit, 500))])
+            return try String.fetchAll(db, sql: sql, arguments: arguments)
+        }
+        return try ids.map(deployment)
+    }
 
     // MARK: Secrets
 

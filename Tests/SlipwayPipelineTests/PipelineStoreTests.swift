@@ -118,3 +118,68 @@ import Testing
         #expect(try store.services(environmentID: environment.id).isEmpty)
     }
 }
+
+@Suite struct PipelineHistoryTests {
+    func store() throws -> (PipelineStore, String, String) {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("slipway-history-\(UUID().uuidString)").path
+        let store = try PipelineStore(directory: path)
+        let organization = try store.createOrganization(name: "acme")
+        let project = try store.createProject(organizationID: organization.id, name: "shop")
+        let environment = try store.createEnvironment(projectID: project.id, name: "prod")
+        let service = try store.createService(environmentID: environment.id, name: "web", configuration: ServiceSpec(source: .container(image: "nginx", tag: "1")))
+        return (store, environment.id, service.id)
+    }
+
+    @Test func stepsAreRecordedWithTheirDurations() throws {
+        let (store, environment, service) = try store()
+        let deployment = try store.recordDeployment(environmentID: environment, action: .deploy, services: [service: "v1"], origin: .api, triggeredBy: "t", idempotencyKey: nil).record
+        let start = Date(timeIntervalSince1970: 1_000)
+        try store.startStep(.gitClone, deploymentID: deployment.id, serviceID: service, at: start)
+        try store.endStep(.gitClone, deploymentID: deployment.id, serviceID: service, status: .succeeded, message: "commit abc", at: start.addingTimeInterval(0.25))
+        try store.startStep(.build, deploymentID: deployment.id, serviceID: service, at: start.addingTimeInterval(0.3))
+        let steps = try store.steps(deploymentID: deployment.id)
+        #expect(steps.map(\.step) == [.gitClone, .build])
+        #expect(steps[0].duration == 0.25)
+        #expect(steps[0].message == "commit abc")
+        #expect(steps[1].status == .running)
+        #expect(steps[1].duration == nil)
+        // A step that is not running cannot end (twice, or never started).
+        #expect(throws: PipelineStore.Failure.self) {
+            try store.endStep(.gitClone, deploymentID: deployment.id, serviceID: service, status: .failed)
+        }
+    }
+
+    @Test func historyIsNewestFirstPagedAndFilterable() throws {
+        let (store, environment, service) = try store()
+        var ids: [String] = []
+        for action in [ServiceAction.deploy, .restart, .deploy, .stop, .deploy] {
+            ids.append(try store.recordDeployment(environmentID: environment, action: action, services: [service: ""], origin: .api, triggeredBy: "t", idempotencyKey: nil).record.id)
+        }
+        let first = try store.history(environmentID: environment, limit: 2)
+        #expect(first.map(\.id) == [ids[4], ids[3]])
+        let second = try store.history(environmentID: environment, limit: 2, after: first.last!.id)
+        #expect(second.map(\.id) == [ids[2], ids[1]])
+        let last = try store.history(environmentID: environment, limit: 2, after: second.last!.id)
+        #expect(last.map(\.id) == [ids[0]])
+        #expect(try store.history(environmentID: environment, action: .deploy).map(\.id) == [ids[4], ids[2], ids[0]])
+    }
+
+    @Test func aVersion1DatabaseIsMigratedInPlace() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("slipway-migrate-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        // A database as the first release left it: migrated only to v1, with a deployment in it.
+        let old = try DatabaseQueue(path: path + "/pipeline.sqlite")
+        try PipelineStore.migrator.migrate(old, upTo: "v1: model and deployments")
+        try old.write { db in
+            try db.execute(sql: "INSERT INTO organization (id, name) VALUES ('org_1', 'acme')")
+            try db.execute(sql: "INSERT INTO project (id, organization_id, name) VALUES ('prj_1', 'org_1', 'shop')")
+            try db.execute(sql: "INSERT INTO environment (id, project_id, name) VALUES ('env_1', 'prj_1', 'prod')")
+            try db.execute(sql: "INSERT INTO deployment (id, environment_id, action, origin, triggered_by, created_at) VALUES ('dep_1', 'env_1', 'DEPLOY', 'API', 't', 1)")
+        }
+        try old.close()
+        let store = try PipelineStore(directory: path)
+        #expect(try store.deployment("dep_1").action == .deploy)
+        try store.startStep(.build, deploymentID: "dep_1", serviceID: "svc_1")
+        #expect(try store.steps(deploymentID: "dep_1").count == 1)
+    }
+}

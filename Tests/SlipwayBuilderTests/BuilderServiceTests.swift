@@ -510,8 +510,12 @@ final class TestSSHServer: Sendable {
         guard process.terminationStatus == 0 else { throw TestFailure("sshd refused its configuration (port \(port))") }
         // The daemon listens only after it has forked away from the launcher: wait for the port.
         let deadline = ContinuousClock.now + .seconds(10)
+        let server = TestSSHServer(port: port, userKey: user, knownHostsLine: "", pidFile: directory + "/sshd.pid")
         while !Self.accepts(port) {
-            guard ContinuousClock.now < deadline else { throw TestFailure("sshd did not listen on \(port) within 10 s") }
+            guard ContinuousClock.now < deadline else {
+                server.stop()
+                throw TestFailure("sshd did not listen on \(port) within 10 s")
+            }
             Thread.sleep(forTimeInterval: 0.02)
         }
         let hostKey = try String(contentsOfFile: host + ".pub", encoding: .utf8).split(separator: " ").prefix(2).joined(separator: " ")

@@ -4,7 +4,7 @@ export PATH := /opt/swift/usr/bin:$(PATH)
 DATA_DIR ?= ./.slipway
 CONFIG ?= debug
 
-.PHONY: all build demo down test test-swift test-interop check-generated generate bench bench-builder clean
+.PHONY: all build demo down test test-swift test-interop check-generated generate bench bench-builder bench-pipeline clean
 
 all: build
 
@@ -47,6 +47,12 @@ bench-builder:
 	swift build -c release --product slipway-builder
 	swift build -c release --product slipway-logs
 	python3 scripts/bench-builder.py .build/release
+
+## Control-plane benchmark: 100 environments x 10 queued deployments, collaborators simulated (see BENCHMARKS.md).
+bench-pipeline:
+	swift build -c release --product slipway-pipeline
+	swift build -c release --product slipway-logs
+	python3 scripts/bench-pipeline.py .build/release
 
 ## RPC benchmark against the grpc-swift-2 anchor (see BENCHMARKS.md).
 bench:

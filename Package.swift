@@ -59,7 +59,7 @@ var targets: [Target] = [
     .target(
         name: "SlipwayServiceKit",
         dependencies: [
-            "SlipwayRPC", "SlipwayRPCServices",
+            "SlipwayRPC", "SlipwayRPCServices", "SlipwayProtos",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -104,7 +104,11 @@ var targets: [Target] = [
         dependencies: ["SlipwayBuilder", "SlipwayLogs", "SlipwayRegistry", "SlipwayServiceKit", "SlipwayProtos", "SlipwayRPC"],
         swiftSettings: strict
     ),
-    .testTarget(name: "SlipwayPipelineTests", dependencies: ["SlipwayPipeline", .product(name: "GRDB", package: "GRDB.swift")], swiftSettings: strict),
+    .testTarget(
+        name: "SlipwayPipelineTests",
+        dependencies: ["SlipwayPipeline", "SlipwayLogs", "SlipwayServiceKit", "SlipwayProtos", "SlipwayRPC", .product(name: "GRDB", package: "GRDB.swift")],
+        swiftSettings: strict
+    ),
     .testTarget(name: "SlipwayServiceKitTests", dependencies: ["SlipwayServiceKit"], swiftSettings: strict),
     .testTarget(name: "SlipwayProtobufTests", dependencies: ["SlipwayProtos", "SlipwayProtobuf"], swiftSettings: strict),
     .testTarget(

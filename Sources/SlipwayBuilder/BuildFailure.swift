@@ -42,22 +42,3 @@ extension Task where Success == Never, Failure == Never {
         if Task.isCancelled { throw failure() }
     }
 }
-
-struct TimeoutError: Error {}
-
-/// Runs `body`, cancelling it and throwing ``TimeoutError`` when `timeout` passes first.
-func withTimeout<T: Sendable>(_ timeout: Duration?, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-    guard let timeout else { return try await body() }
-    return try await withThrowingTaskGroup(of: T?.self) { group in
-        group.addTask { try await body() }
-        group.addTask {
-            try await Task.sleep(for: timeout)
-            return nil
-        }
-        defer { group.cancelAll() }
-        guard let first = try await group.next(), let value = first else {
-            throw TimeoutError()
-        }
-        return value
-    }
-}

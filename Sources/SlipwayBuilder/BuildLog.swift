@@ -1,145 +1,18 @@
-import Foundation
 import Logging
-import SlipwayProtos
 import SlipwayRPC
-import Synchronization
+import SlipwayProtos
+import SlipwayServiceKit
 
-/// One build's log: every line of git/buildah/skopeo output goes to the deployment's stream in the
-/// logs service as it is produced. Lines queue while a batch is in flight and leave together in the
-/// next one; the queue is bounded (``maxQueuedLines``) so a stalled logs service cannot grow the
-/// builder without limit — lines beyond it are counted and reported as dropped.
-final class BuildLog: Sendable {
-    typealias LogsAPI = Slipway_Logs_V1_Logs
+/// A build's log: a deployment log writer labelled with the build's service.
+typealias BuildLog = DeploymentLogWriter
 
-    static let maxQueuedLines = 10_000
-    static let maxLinesPerBatch = 500
-
-    private struct State {
-        var pending: [Slipway_Logs_V1_LogLine] = []
-        var waiter: CheckedContinuation<Void, Never>?
-        var finished = false
-        var dropped = 0
-        var recent: [String] = []
+extension DeploymentLogWriter {
+    convenience init(client: RPCClient?, context: Slipway_Builder_V1_BuildContext, logger: Logger) {
+        self.init(client: client, environmentID: context.environmentId, deploymentID: context.deploymentId, serviceID: context.serviceId, logger: logger)
     }
 
-    private let state = Mutex(State())
-    private let key: Slipway_Logs_V1_StreamKey
-    private let serviceId: String
-    private let logger: Logger
-    private let sender: Mutex<Task<Void, Never>?> = Mutex(nil)
-
-    init(client: RPCClient?, context: Slipway_Builder_V1_BuildContext, logger: Logger) {
-        var key = Slipway_Logs_V1_StreamKey()
-        key.environmentId = context.environmentId
-        key.deploymentId = context.deploymentId
-        self.key = key
-        self.serviceId = context.serviceId
-        self.logger = logger
-        if let client {
-            sender.withLock { $0 = Task { await self.send(through: client) } }
-        }
-    }
-
-    /// Queues one line; never blocks.
     func write(_ text: String, step: Slipway_Builder_V1_Step, source: Slipway_Logs_V1_Source = .system, level: Slipway_Logs_V1_Level = .info) {
-        var line = Slipway_Logs_V1_LogLine()
-        line.stream = key
-        line.serviceId = serviceId
-        line.step = step.name
-        line.source = source
-        line.level = level
-        line.text = text
-        line.emittedNanos = Int64(Date().timeIntervalSince1970 * 1e9)
-        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
-            state.recent.append(text)
-            if state.recent.count > 40 { state.recent.removeFirst(state.recent.count - 40) }
-            guard !state.finished else { return nil }
-            if state.pending.count >= Self.maxQueuedLines {
-                state.dropped += 1
-                return nil
-            }
-            state.pending.append(line)
-            defer { state.waiter = nil }
-            return state.waiter
-        }
-        waiter?.resume()
-    }
-
-    /// The last lines written (for error messages).
-    func recentLines(_ count: Int) -> [String] {
-        state.withLock { Array($0.recent.suffix(count)) }
-    }
-
-    /// Sends what is queued and waits (up to `timeout`) until the logs service has it on disk.
-    func finish(timeout: Duration = .seconds(5)) async {
-        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
-            state.finished = true
-            defer { state.waiter = nil }
-            return state.waiter
-        }
-        waiter?.resume()
-        guard let task = sender.withLock({ $0 }) else { return }
-        // Cancelling the sender ends its Append call: a stalled logs service cannot hold the result back.
-        _ = try? await withTimeout(timeout) {
-            await withTaskCancellationHandler { await task.value } onCancel: { task.cancel() }
-        }
-        let dropped = state.withLock { $0.dropped }
-        if dropped > 0 {
-            logger.warning("build log lines dropped", metadata: ["deployment": "\(key.deploymentId)", "count": "\(dropped)"])
-        }
-    }
-
-    private func nextBatch() async -> [Slipway_Logs_V1_LogLine]? {
-        while true {
-            enum Next { case batch([Slipway_Logs_V1_LogLine]), done, wait }
-            let next = state.withLock { state -> Next in
-                if !state.pending.isEmpty {
-                    let count = min(state.pending.count, Self.maxLinesPerBatch)
-                    let batch = Array(state.pending.prefix(count))
-                    state.pending.removeFirst(count)
-                    return .batch(batch)
-                }
-                return state.finished ? .done : .wait
-            }
-            switch next {
-            case .batch(let batch): return batch
-            case .done: return nil
-            case .wait:
-                await withCheckedContinuation { continuation in
-                    let resumeNow = state.withLock { state -> Bool in
-                        if !state.pending.isEmpty || state.finished { return true }
-                        state.waiter = continuation
-                        return false
-                    }
-                    if resumeNow { continuation.resume() }
-                }
-            }
-        }
-    }
-
-    private func send(through client: RPCClient) async {
-        do {
-            try await client.bidirectional(LogsAPI.Append.self, requests: { writer in
-                var batchID: UInt64 = 0
-                while let lines = await self.nextBatch() {
-                    var request = Slipway_Logs_V1_AppendRequest()
-                    batchID += 1
-                    request.batchId = batchID
-                    request.lines = lines
-                    try await writer.write(request)
-                }
-            }, responses: { responses in
-                for try await _ in responses {}
-            })
-        } catch {
-            // The build goes on without its log stream; what could not be sent is counted.
-            logger.warning("cannot send build logs to the logs service", metadata: ["deployment": "\(key.deploymentId)", "error": "\(error)"])
-            state.withLock { state in
-                state.dropped += state.pending.count
-                state.pending = []
-                state.finished = true
-            }
-        }
+        write(text, step: step.name, source: source, level: level)
     }
 }
 

@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import SlipwayProtos
+import SlipwayServiceKit
 
 /// Bare mirrors of the repositories the builder fetches, one per URL under `<state>/git`, so each
 /// fetch after the first only brings what is new. Fetches of one repository are serialized.

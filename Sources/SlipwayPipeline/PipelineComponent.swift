@@ -1,16 +1,96 @@
+import ArgumentParser
+import Foundation
 import Logging
 import ServiceLifecycle
 import SlipwayRPC
 import SlipwayServiceKit
 
-/// `slipway-pipeline`: projects, environments, services, deployments, releases, queue, stages, statuses, history, actions.
-///
-/// The service's own API is registered here as its issue lands; until then it serves the
-/// shared health and reflection services on its port.
-public struct PipelineComponent: PlatformComponent {
+/// The pipeline's own flags. Every limit has one; defaults are in the README.
+public struct PipelineOptions: ParsableArguments, Sendable {
+    @Option(help: """
+        Collaborators to simulate instead of calling, comma-separated: builder, cluster, network, certs, or none \
+        (default: cluster,network,certs — the services not built yet).
+        """)
+    var pipelineSimulate: String?
+    @Option(help: "How long each simulated step takes, in milliseconds (default 0).") var pipelineSimulatedStepMs: Int?
+    @Option(help: "Services of one stage deployed at once (default 4).") var pipelineMaxParallel: Int?
+    @Option(help: "Deployments that may wait per environment (default 100); beyond, RESOURCE_EXHAUSTED.") var pipelineMaxQueued: Int?
+    @Option(help: "Seconds GIT_CLONE+BUILD or MIRROR_IMAGE may take (default 1800).") var pipelineBuildTimeout: Int?
+    @Option(help: "Seconds any other step may take (default 600).") var pipelineStepTimeout: Int?
+    @Option(help: "normal (commits survive a killed process) or full (also a power failure; slower). Default normal.")
+    var pipelineDurability: String?
+
     public init() {}
 
-    public func setUp(configuration: ServiceConfiguration, logger: Logger, router: inout RPCRouter) async throws -> [any Service] {
-        []
+    public func configuration() throws -> PipelineConfiguration {
+        var configuration = PipelineConfiguration()
+        if let simulate = pipelineSimulate {
+            let names = simulate.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+            let known = Set(PipelineConfiguration.Collaborator.allCases.map(\.rawValue))
+            for name in names where name != "none" && !known.contains(name) {
+                throw ValidationError("--pipeline-simulate: unknown collaborator \"\(name)\"; use builder, cluster, network, certs or none")
+            }
+            configuration.simulated = Set(names.compactMap(PipelineConfiguration.Collaborator.init(rawValue:)))
+        }
+        if let value = pipelineSimulatedStepMs {
+            guard value >= 0 else { throw ValidationError("--pipeline-simulated-step-ms must be 0 or more") }
+            configuration.simulatedStepDelay = .milliseconds(value)
+        }
+        if let value = try positiveOption(pipelineMaxParallel, "pipeline-max-parallel") { configuration.limits.maxParallelServices = value }
+        if let value = try positiveOption(pipelineMaxQueued, "pipeline-max-queued") { configuration.limits.maxQueuedPerEnvironment = value }
+        if let value = try positiveOption(pipelineBuildTimeout, "pipeline-build-timeout") { configuration.limits.buildTimeout = .seconds(value) }
+        if let value = try positiveOption(pipelineStepTimeout, "pipeline-step-timeout") { configuration.limits.stepTimeout = .seconds(value) }
+        if let value = pipelineDurability {
+            guard let durability = PipelineStore.Durability(rawValue: value) else {
+                throw ValidationError("--pipeline-durability must be normal or full, got \"\(value)\"")
+            }
+            configuration.durability = durability
+        }
+        return configuration
+    }
+}
+
+public struct PipelineConfiguration: Sendable {
+    public enum Collaborator: String, Sendable, CaseIterable {
+        case builder, cluster, network, certs
+    }
+
+    /// Until the cluster, network and certs services exist, the pipeline simulates them.
+    public var simulated: Set<Collaborator> = [.cluster, .network, .certs]
+    public var simulatedStepDelay: Duration = .zero
+    public var limits = PipelineEngine.Limits()
+    public var durability = PipelineStore.Durability.normal
+
+    public init() {}
+}
+
+/// `slipway-pipeline`: projects, environments, services, deployments, releases, queue, stages, statuses, history, actions.
+public struct PipelineComponent: PlatformComponent {
+    let configuration: PipelineConfiguration
+
+    public init(configuration: PipelineConfiguration = PipelineConfiguration()) {
+        self.configuration = configuration
+    }
+
+    public func setUp(configuration service: ServiceConfiguration, logger: Logger, router: inout RPCRouter) async throws -> [any Service] {
+        let store = try PipelineStore(directory: try service.stateDirectory(), durability: configuration.durability)
+        let simulated = SimulatedCollaborators(stepDelay: configuration.simulatedStepDelay)
+        let builderAddress = service.directory[.builder]
+        let images: any ImageCollaborator =
+            configuration.simulated.contains(.builder) ? simulated : BuilderCollaborator(client: RPCClient(host: builderAddress.host, port: builderAddress.port))
+        // The cluster, network and certs services have no API yet: simulated until their issues land.
+        let collaborators = Collaborators(images: images, cluster: simulated, network: simulated, certs: simulated)
+        let logsAddress = service.directory[.logs]
+        let engine = PipelineEngine(
+            store: store, collaborators: collaborators, logsClient: RPCClient(host: logsAddress.host, port: logsAddress.port),
+            limits: configuration.limits, logger: logger)
+        try await engine.start()
+        router.register(PipelineService(engine: engine))
+        let names = PipelineConfiguration.Collaborator.allCases.filter { configuration.simulated.contains($0) || $0 != .builder }.map(\.rawValue)
+        logger.info("pipeline ready", metadata: [
+            "builder": "\(configuration.simulated.contains(.builder) ? "simulated" : "\(builderAddress)")",
+            "simulated": "\(names.joined(separator: ","))", "logs": "\(logsAddress)", "durability": "\(configuration.durability.rawValue)",
+        ])
+        return []
     }
 }

@@ -2,9 +2,11 @@ import Crypto
 import Foundation
 import GRDB
 
-/// The pipeline's state in SQLite (GRDB): the model, deployments and their per-service statuses.
-/// Versioned migrations; every write is one transaction (rollback journal, synchronous=FULL), so
-/// what a call returned is on disk before anything acts on it.
+/// The pipeline's state in SQLite (GRDB): the model, deployments and their per-service statuses,
+/// steps and releases. Versioned migrations; every write is one transaction in write-ahead-log mode,
+/// so what a call returned has reached the operating system before anything acts on it: a killed
+/// process loses nothing. ``Durability/full`` also waits for the disk (fsync) on every commit, for
+/// power failures, at about 30 times the cost per write (BENCHMARKS.md).
 public final class PipelineStore: Sendable {
     public enum Failure: Error, Equatable, CustomStringConvertible {
         case notFound(String)
@@ -25,16 +27,25 @@ public final class PipelineStore: Sendable {
     private let sealingKeyBytes: Data
     private var sealingKey: SymmetricKey { SymmetricKey(data: sealingKeyBytes) }
 
+    public enum Durability: String, Sendable, CaseIterable {
+        /// Every commit is in the write-ahead log, handed to the OS (survives a killed process).
+        case normal
+        /// Every commit is also flushed to the disk (survives a power failure).
+        case full
+    }
+
     /// Opens (creating if needed) `<directory>/pipeline.sqlite` and the secrets key
     /// `<directory>/secrets.key` (0600), and brings the schema up to date.
-    public init(directory: String) throws {
+    public init(directory: String, durability: Durability = .normal) throws {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         sealingKeyBytes = try Self.loadOrCreateKey(at: directory + "/secrets.key")
         var configuration = Configuration()
         configuration.prepareDatabase { db in
-            try db.execute(sql: "PRAGMA synchronous = FULL")
+            try db.execute(sql: "PRAGMA synchronous = \(durability == .full ? "FULL" : "NORMAL")")
+            try db.execute(sql: "PRAGMA foreign_keys = ON")
         }
         database = try DatabaseQueue(path: directory + "/pipeline.sqlite", configuration: configuration)
+        _ = try database.writeWithoutTransaction { db in try String.fetchOne(db, sql: "PRAGMA journal_mode = WAL") }
         try Self.migrator.migrate(database)
     }
 
@@ -74,6 +85,27 @@ public final class PipelineStore: Sendable {
                     PRIMARY KEY (deployment_id, service_id, step));
                 """)
         }
+        migrator.registerMigration("v3: execution, releases, running status") { db in
+            try db.execute(sql: """
+                ALTER TABLE deployment ADD COLUMN started_at REAL;
+                ALTER TABLE deployment ADD COLUMN rollback_release_id TEXT;
+                ALTER TABLE deployment_service ADD COLUMN service_name TEXT NOT NULL DEFAULT '';
+                ALTER TABLE deployment_service ADD COLUMN stage INTEGER NOT NULL DEFAULT 0;
+                ALTER TABLE deployment_service ADD COLUMN commit_sha TEXT NOT NULL DEFAULT '';
+                ALTER TABLE deployment_service ADD COLUMN image TEXT NOT NULL DEFAULT '';
+                ALTER TABLE deployment_service ADD COLUMN release_id TEXT NOT NULL DEFAULT '';
+                ALTER TABLE service ADD COLUMN running_status TEXT;
+                ALTER TABLE service ADD COLUMN last_deployment_id TEXT;
+                ALTER TABLE service ADD COLUMN deleted_at REAL;
+                CREATE TABLE release (
+                    id TEXT PRIMARY KEY, service_id TEXT NOT NULL REFERENCES service(id) ON DELETE CASCADE,
+                    deployment_id TEXT NOT NULL, created_at REAL NOT NULL, commit_sha TEXT NOT NULL, image TEXT NOT NULL,
+                    configuration TEXT NOT NULL, secrets BLOB NOT NULL);
+                CREATE INDEX release_by_service ON release(service_id, created_at);
+                CREATE INDEX deployment_unfinished ON deployment(ended_at) WHERE ended_at IS NULL;
+                CREATE INDEX deployment_service_by_service ON deployment_service(service_id);
+                """)
+        }
         return migrator
     }
 
@@ -97,9 +129,9 @@ public final class PipelineStore: Sendable {
         try write("\(table) \(name)") { db in
             if let parent {
                 try Self.require(db, parent.table, parent.id)
-                try db.execute(sql: "INSERT INTO \(table) (id, \(parent.table)_id, name) VALUES (?, ?, ?)", arguments: [id, parent.id, name])
+                try db.cachedStatement(sql: "INSERT INTO \(table) (id, \(parent.table)_id, name) VALUES (?, ?, ?)").execute(arguments: [id, parent.id, name])
             } else {
-                try db.execute(sql: "INSERT INTO \(table) (id, name) VALUES (?, ?)", arguments: [id, name])
+                try db.cachedStatement(sql: "INSERT INTO \(table) (id, name) VALUES (?, ?)").execute(arguments: [id, name])
             }
         }
         return id
@@ -111,8 +143,7 @@ public final class PipelineStore: Sendable {
         let json = try Self.encode(configuration)
         try write("service \(name)") { db in
             try Self.require(db, "environment", environmentID)
-            try db.execute(
-                sql: "INSERT INTO service (id, environment_id, name, configuration, secrets) VALUES (?, ?, ?, ?, ?)",
+            try db.cachedStatement(sql: "INSERT INTO service (id, environment_id, name, configuration, secrets) VALUES (?, ?, ?, ?, ?)").execute(
                 arguments: [service.id, environmentID, name, json, sealed])
         }
         return service
@@ -122,30 +153,38 @@ public final class PipelineStore: Sendable {
         let sealed = try seal(secrets)
         let json = try Self.encode(configuration)
         try write("service \(id)") { db in
-            try db.execute(sql: "UPDATE service SET configuration = ?, secrets = ? WHERE id = ?", arguments: [json, sealed, id])
+            try db.cachedStatement(sql: "UPDATE service SET configuration = ?, secrets = ? WHERE id = ?").execute(arguments: [json, sealed, id])
             guard db.changesCount == 1 else { throw Failure.notFound("service \(id)") }
         }
     }
 
     public func service(_ id: String) throws -> ManagedService {
-        let row = try database.read { db in try Row.fetchOne(db, sql: "SELECT * FROM service WHERE id = ?", arguments: [id]) }
+        try serviceSnapshot(id).service
+    }
+
+    /// A service with its configuration as stored (JSON) and its secrets as stored (sealed): what a
+    /// release records, without encoding or sealing them again.
+    public func serviceSnapshot(_ id: String) throws -> (service: ManagedService, configurationJSON: String, sealedSecrets: Data) {
+        let row = try database.inDatabase { db in try Row.fetchOne(db.cachedStatement(sql: "SELECT * FROM service WHERE id = ?"), arguments: [id]) }
         guard let row else { throw Failure.notFound("service \(id)") }
-        return ManagedService(
+        let json: String = row["configuration"]
+        let sealed: Data = row["secrets"]
+        let service = ManagedService(
             id: row["id"], environmentID: row["environment_id"], name: row["name"],
-            configuration: try JSONDecoder().decode(ServiceSpec.self, from: Data((row["configuration"] as String).utf8)),
-            secrets: try open(row["secrets"]))
+            configuration: try JSONDecoder().decode(ServiceSpec.self, from: Data(json.utf8)), secrets: try open(sealed))
+        return (service, json, sealed)
     }
 
     public func services(environmentID: String) throws -> [ManagedService] {
-        let ids = try database.read { db in
-            try String.fetchAll(db, sql: "SELECT id FROM service WHERE environment_id = ? ORDER BY name", arguments: [environmentID])
+        let ids = try database.inDatabase { db in
+            try String.fetchAll(db.cachedStatement(sql: "SELECT id FROM service WHERE environment_id = ? AND deleted_at IS NULL ORDER BY name"), arguments: [environmentID])
         }
         return try ids.map(service)
     }
 
     public func deleteOrganization(_ id: String) throws {
         try write("organization \(id)") { db in
-            try db.execute(sql: "DELETE FROM organization WHERE id = ?", arguments: [id])
+            try db.cachedStatement(sql: "DELETE FROM organization WHERE id = ?").execute(arguments: [id])
             guard db.changesCount == 1 else { throw Failure.notFound("organization \(id)") }
         }
     }
@@ -163,6 +202,38 @@ public final class PipelineStore: Sendable {
         public var services: [String: DeploymentStatus]
         public var reasons: [String: String]
         public var ended: Bool
+        public var createdAt = Date(timeIntervalSince1970: 0)
+        public var startedAt: Date?
+        public var endedAt: Date?
+        public var rollbackReleaseID: String?
+        /// Per service: what was deployed and how far it got.
+        public var details: [String: ServiceDeploymentDetail] = [:]
+    }
+
+    /// One service of a deployment beyond its status.
+    public struct ServiceDeploymentDetail: Sendable, Equatable {
+        public var name: String
+        public var stage: Int
+        /// What was asked for: a commit, a tag, or empty for the branch head / the service's tag.
+        public var requestedVersion: String
+        public var commit: String
+        public var image: String
+        public var releaseID: String
+    }
+
+    /// A service as a deployment plans it.
+    public struct PlannedService: Sendable, Equatable {
+        public var id: String
+        public var name: String
+        public var stage: Int
+        public var version: String
+
+        public init(id: String, name: String = "", stage: Int = 0, version: String = "") {
+            self.id = id
+            self.name = name
+            self.stage = stage
+            self.version = version
+        }
     }
 
     /// Records a new deployment with every service QUEUED (for its action), in one transaction;
@@ -170,25 +241,48 @@ public final class PipelineStore: Sendable {
     public func recordDeployment(
         environmentID: String, action: ServiceAction, services: [String: String], origin: DeploymentOrigin, triggeredBy: String, idempotencyKey: String?
     ) throws -> (record: DeploymentRecord, created: Bool) {
+        try recordDeployment(
+            environmentID: environmentID, action: action, planned: services.map { PlannedService(id: $0.key, version: $0.value) },
+            origin: origin, triggeredBy: triggeredBy, idempotencyKey: idempotencyKey)
+    }
+
+    public func recordDeployment(
+        environmentID: String, action: ServiceAction, planned services: [PlannedService], origin: DeploymentOrigin, triggeredBy: String,
+        idempotencyKey: String?, rollbackReleaseID: String? = nil
+    ) throws -> (record: DeploymentRecord, created: Bool) {
         let id = Self.newID("dep")
+        let createdAt = Date()
         let created = try write("deployment") { db -> Bool in
             try Self.require(db, "environment", environmentID)
-            if let idempotencyKey, try String.fetchOne(db, sql: "SELECT id FROM deployment WHERE environment_id = ? AND idempotency_key = ?", arguments: [environmentID, idempotencyKey]) != nil {
+            if let idempotencyKey, try String.fetchOne(db.cachedStatement(sql: "SELECT id FROM deployment WHERE environment_id = ? AND idempotency_key = ?"), arguments: [environmentID, idempotencyKey]) != nil {
                 return false
             }
-            try db.execute(
-                sql: "INSERT INTO deployment (id, environment_id, action, origin, triggered_by, idempotency_key, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                arguments: [id, environmentID, action.rawValue, origin.rawValue, triggeredBy, idempotencyKey, Date().timeIntervalSince1970])
-            for (service, version) in services.sorted(by: { $0.key < $1.key }) {
-                try db.execute(
-                    sql: "INSERT INTO deployment_service (deployment_id, service_id, version, status) VALUES (?, ?, ?, ?)",
-                    arguments: [id, service, version, DeploymentStatus.queued(action).rawValue])
+            try db.cachedStatement(sql: """
+                    INSERT INTO deployment (id, environment_id, action, origin, triggered_by, idempotency_key, created_at, rollback_release_id)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                    """).execute(
+                arguments: [id, environmentID, action.rawValue, origin.rawValue, triggeredBy, idempotencyKey, createdAt.timeIntervalSince1970, rollbackReleaseID])
+            for service in services.sorted(by: { $0.id < $1.id }) {
+                try db.cachedStatement(sql: "INSERT INTO deployment_service (deployment_id, service_id, service_name, stage, version, status) VALUES (?, ?, ?, ?, ?, ?)").execute(
+                    arguments: [id, service.id, service.name, service.stage, service.version, DeploymentStatus.queued(action).rawValue])
             }
             return true
         }
-        if created { return (try deployment(id), true) }
-        let existing = try database.read { db in
-            try String.fetchOne(db, sql: "SELECT id FROM deployment WHERE environment_id = ? AND idempotency_key = ?", arguments: [environmentID, idempotencyKey])
+        if created {
+            // What was just written, without reading it back.
+            let queued = DeploymentStatus.queued(action)
+            var record = DeploymentRecord(
+                id: id, environmentID: environmentID, action: action, origin: origin, triggeredBy: triggeredBy, idempotencyKey: idempotencyKey,
+                services: Dictionary(uniqueKeysWithValues: services.map { ($0.id, queued) }), reasons: [:], ended: false,
+                createdAt: createdAt, rollbackReleaseID: rollbackReleaseID)
+            for service in services {
+                record.details[service.id] = ServiceDeploymentDetail(
+                    name: service.name, stage: service.stage, requestedVersion: service.version, commit: "", image: "", releaseID: "")
+            }
+            return (record, true)
+        }
+        let existing = try database.inDatabase { db in
+            try String.fetchOne(db.cachedStatement(sql: "SELECT id FROM deployment WHERE environment_id = ? AND idempotency_key = ?"), arguments: [environmentID, idempotencyKey])
         }
         return (try deployment(existing!), false)
     }
@@ -197,41 +291,35 @@ public final class PipelineStore: Sendable {
     /// this returns. An impossible transition is refused and changes nothing.
     @discardableResult
     public func apply(_ event: DeploymentStatus.Event, deploymentID: String, serviceID: String, reason: String? = nil) throws -> DeploymentStatus {
-        try write("deployment \(deploymentID)") { db in
-            guard let raw = try String.fetchOne(db, sql: "SELECT status FROM deployment_service WHERE deployment_id = ? AND service_id = ?", arguments: [deploymentID, serviceID]),
-                  let current = DeploymentStatus(rawValue: raw) else {
-                throw Failure.notFound("service \(serviceID) in deployment \(deploymentID)")
-            }
-            let next: DeploymentStatus
-            do {
-                next = try current.applying(event)
-            } catch {
-                throw Failure.invalidTransition("service \(serviceID) of deployment \(deploymentID): \(error)")
-            }
-            try db.execute(
-                sql: "UPDATE deployment_service SET status = ?, reason = COALESCE(?, reason) WHERE deployment_id = ? AND service_id = ?",
-                arguments: [next.rawValue, reason, deploymentID, serviceID])
-            try db.execute(sql: "UPDATE service SET deployment_status = ? WHERE id = ?", arguments: [next.rawValue, serviceID])
-            try Self.markEndedIfDone(db, deploymentID)
-            return next
-        }
+        var change = Change(deploymentID: deploymentID, serviceID: serviceID)
+        change.event = event
+        change.reason = reason
+        return try record(change).status
     }
 
     public func deployment(_ id: String) throws -> DeploymentRecord {
-        try database.read { db in
-            guard let row = try Row.fetchOne(db, sql: "SELECT * FROM deployment WHERE id = ?", arguments: [id]) else {
+        try database.inDatabase { db in
+            guard let row = try Row.fetchOne(db.cachedStatement(sql: "SELECT * FROM deployment WHERE id = ?"), arguments: [id]) else {
                 throw Failure.notFound("deployment \(id)")
             }
             var services: [String: DeploymentStatus] = [:]
             var reasons: [String: String] = [:]
-            for service in try Row.fetchAll(db, sql: "SELECT * FROM deployment_service WHERE deployment_id = ?", arguments: [id]) {
-                services[service["service_id"]] = DeploymentStatus(rawValue: service["status"])
-                if let reason: String = service["reason"] { reasons[service["service_id"]] = reason }
+            var details: [String: ServiceDeploymentDetail] = [:]
+            for service in try Row.fetchAll(db.cachedStatement(sql: "SELECT * FROM deployment_service WHERE deployment_id = ?"), arguments: [id]) {
+                let serviceID: String = service["service_id"]
+                services[serviceID] = DeploymentStatus(rawValue: service["status"])
+                if let reason: String = service["reason"] { reasons[serviceID] = reason }
+                details[serviceID] = ServiceDeploymentDetail(
+                    name: service["service_name"], stage: service["stage"], requestedVersion: service["version"],
+                    commit: service["commit_sha"], image: service["image"], releaseID: service["release_id"])
             }
+            let date = { (column: String) in (row[column] as Double?).map(Date.init(timeIntervalSince1970:)) }
             return DeploymentRecord(
                 id: id, environmentID: row["environment_id"], action: ServiceAction(rawValue: row["action"]) ?? .deploy,
                 origin: DeploymentOrigin(rawValue: row["origin"]) ?? .api, triggeredBy: row["triggered_by"],
-                idempotencyKey: row["idempotency_key"], services: services, reasons: reasons, ended: row["ended_at"] as Double? != nil)
+                idempotencyKey: row["idempotency_key"], services: services, reasons: reasons, ended: row["ended_at"] as Double? != nil,
+                createdAt: date("created_at") ?? Date(timeIntervalSince1970: 0), startedAt: date("started_at"), endedAt: date("ended_at"),
+                rollbackReleaseID: row["rollback_release_id"], details: details)
         }
     }
 
@@ -247,22 +335,23 @@ public final class PipelineStore: Sendable {
             for row in rows {
                 guard let status = DeploymentStatus(rawValue: row["status"]) else { continue }
                 let deploymentID: String = row["deployment_id"]
-                try db.execute(
-                    sql: "UPDATE deployment_service SET status = ?, reason = ? WHERE deployment_id = ? AND service_id = ?",
+                try db.cachedStatement(sql: "UPDATE deployment_service SET status = ?, reason = ? WHERE deployment_id = ? AND service_id = ?").execute(
                     arguments: [status.interrupted.rawValue, reason, deploymentID, row["service_id"] as String])
-                try db.execute(sql: "UPDATE service SET deployment_status = ? WHERE id = ?", arguments: [status.interrupted.rawValue, row["service_id"] as String])
+                try db.cachedStatement(sql: "UPDATE service SET deployment_status = ? WHERE id = ?").execute(arguments: [status.interrupted.rawValue, row["service_id"] as String])
                 changed.insert(deploymentID)
             }
             for deploymentID in changed { try Self.markEndedIfDone(db, deploymentID) }
+            try db.cachedStatement(sql: "UPDATE deployment_step SET status = ?, ended_at = ?, message = ? WHERE status = ?").execute(
+                arguments: [StepStatus.failed.rawValue, Date().timeIntervalSince1970, reason, StepStatus.running.rawValue])
             return changed.sorted()
         }
     }
 
     /// Sets the deployment's end time once no service of it is queued or running.
     static func markEndedIfDone(_ db: Database, _ deploymentID: String) throws {
-        let open = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM deployment_service WHERE deployment_id = ? AND status IN (\(unfinishedList))", arguments: [deploymentID]) ?? 0
+        let open = try Int.fetchOne(db.cachedStatement(sql: "SELECT COUNT(*) FROM deployment_service WHERE deployment_id = ? AND status IN (\(unfinishedList))"), arguments: [deploymentID]) ?? 0
         if open == 0 {
-            try db.execute(sql: "UPDATE deployment SET ended_at = COALESCE(ended_at, ?) WHERE id = ?", arguments: [Date().timeIntervalSince1970, deploymentID])
+            try db.cachedStatement(sql: "UPDATE deployment SET ended_at = COALESCE(ended_at, ?) WHERE id = ?").execute(arguments: [Date().timeIntervalSince1970, deploymentID])
         }
     }
 
@@ -293,8 +382,7 @@ public final class PipelineStore: Sendable {
     /// Records that a step starts, before it is acted on.
     public func startStep(_ step: Step, deploymentID: String, serviceID: String, at time: Date = Date()) throws {
         try write("step \(step.rawValue)") { db in
-            try db.execute(
-                sql: "INSERT OR REPLACE INTO deployment_step (deployment_id, service_id, step, status, started_at) VALUES (?, ?, ?, ?, ?)",
+            try db.cachedStatement(sql: "INSERT OR REPLACE INTO deployment_step (deployment_id, service_id, step, status, started_at) VALUES (?, ?, ?, ?, ?)").execute(
                 arguments: [deploymentID, serviceID, step.rawValue, StepStatus.running.rawValue, time.timeIntervalSince1970])
         }
     }
@@ -302,8 +390,7 @@ public final class PipelineStore: Sendable {
     /// Records how a running step ended.
     public func endStep(_ step: Step, deploymentID: String, serviceID: String, status: StepStatus, message: String = "", at time: Date = Date()) throws {
         try write("step \(step.rawValue)") { db in
-            try db.execute(
-                sql: "UPDATE deployment_step SET status = ?, ended_at = ?, message = ? WHERE deployment_id = ? AND service_id = ? AND step = ? AND status = ?",
+            try db.cachedStatement(sql: "UPDATE deployment_step SET status = ?, ended_at = ?, message = ? WHERE deployment_id = ? AND service_id = ? AND step = ? AND status = ?").execute(
                 arguments: [status.rawValue, time.timeIntervalSince1970, message, deploymentID, serviceID, step.rawValue, StepStatus.running.rawValue])
             guard db.changesCount == 1 else { throw Failure.notFound("running step \(step.rawValue) of \(serviceID) in deployment \(deploymentID)") }
         }
@@ -311,8 +398,8 @@ public final class PipelineStore: Sendable {
 
     /// A deployment's steps in the order they started.
     public func steps(deploymentID: String) throws -> [StepRecord] {
-        try database.read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM deployment_step WHERE deployment_id = ? ORDER BY started_at, rowid", arguments: [deploymentID]).map { row in
+        try database.inDatabase { db in
+            try Row.fetchAll(db.cachedStatement(sql: "SELECT * FROM deployment_step WHERE deployment_id = ? ORDER BY started_at, rowid"), arguments: [deploymentID]).map { row in
                 StepRecord(
                     serviceID: row["service_id"], step: Step(rawValue: row["step"]) ?? .build, status: StepStatus(rawValue: row["status"]) ?? .failed,
                     startedAt: Date(timeIntervalSince1970: row["started_at"]), endedAt: (row["ended_at"] as Double?).map(Date.init(timeIntervalSince1970:)),
@@ -323,15 +410,21 @@ public final class PipelineStore: Sendable {
 
     /// An environment's deployments, newest first, `limit` at a time; pass the last id of a page as
     /// `after` for the next one. Optionally only one action.
-    public func history(environmentID: String, action: ServiceAction? = nil, limit: Int = 20, after: String? = nil) throws -> [DeploymentRecord] {
-        let ids = try database.read { db -> [String] in
+    public func history(
+        environmentID: String, action: ServiceAction? = nil, serviceID: String? = nil, limit: Int = 20, after: String? = nil
+    ) throws -> [DeploymentRecord] {
+        let ids = try database.inDatabase { db -> [String] in
             var sql = "SELECT id FROM deployment WHERE environment_id = ?"
             var arguments: StatementArguments = [environmentID]
             if let action {
                 sql += " AND action = ?"
                 _ = arguments.append(contentsOf: [action.rawValue])
             }
-            if let after, let cursor = try Row.fetchOne(db, sql: "SELECT created_at, rowid FROM deployment WHERE id = ?", arguments: [after]) {
+            if let serviceID {
+                sql += " AND id IN (SELECT deployment_id FROM deployment_service WHERE service_id = ?)"
+                _ = arguments.append(contentsOf: [serviceID])
+            }
+            if let after, let cursor = try Row.fetchOne(db.cachedStatement(sql: "SELECT created_at, rowid FROM deployment WHERE id = ?"), arguments: [after]) {
                 sql += " AND (created_at < ? OR (created_at = ? AND rowid < ?))"
                 let created: Double = cursor["created_at"]
                 let rowid: Int64 = cursor["rowid"]
@@ -339,7 +432,7 @@ public final class PipelineStore: Sendable {
             }
             sql += " ORDER BY created_at DESC, rowid DESC LIMIT ?"
             _ = arguments.append(contentsOf: [max(1, min(limit, 500))])
-            return try String.fetchAll(db, sql: sql, arguments: arguments)
+            return try String.fetchAll(db.cachedStatement(sql: sql), arguments: arguments)
         }
         return try ids.map(deployment)
     }
@@ -380,7 +473,7 @@ public final class PipelineStore: Sendable {
 
     // MARK: Helpers
 
-    private func write<T>(_ what: String, _ body: (Database) throws -> T) throws -> T {
+    func write<T>(_ what: String, _ body: (Database) throws -> T) throws -> T {
         do {
             return try database.write(body)
         } catch let error as DatabaseError where error.extendedResultCode == .SQLITE_CONSTRAINT_UNIQUE {
@@ -389,7 +482,7 @@ public final class PipelineStore: Sendable {
     }
 
     static func require(_ db: Database, _ table: String, _ id: String) throws {
-        guard try Bool.fetchOne(db, sql: "SELECT 1 FROM \(table) WHERE id = ?", arguments: [id]) == true else {
+        guard try Bool.fetchOne(db.cachedStatement(sql: "SELECT 1 FROM \(table) WHERE id = ?"), arguments: [id]) == true else {
             throw Failure.notFound("\(table) \(id)")
         }
     }

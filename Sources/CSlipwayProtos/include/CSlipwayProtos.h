@@ -7,6 +7,7 @@
 #include "grpc/reflection/v1alpha/reflection.pb-c.h"
 #include "slipway/builder/v1/builder.pb-c.h"
 #include "slipway/logs/v1/logs.pb-c.h"
+#include "slipway/pipeline/v1/pipeline.pb-c.h"
 #include "slipway/testing/v1/testing.pb-c.h"
 
 /* Addresses of the message descriptors, for Swift. */
@@ -59,6 +60,61 @@ static inline const ProtobufCMessageDescriptor *slipway__logs__v1__query_respons
 static inline const ProtobufCMessageDescriptor *slipway__logs__v1__list_streams_request__descriptor_ptr(void) { return &slipway__logs__v1__list_streams_request__descriptor; }
 static inline const ProtobufCMessageDescriptor *slipway__logs__v1__stream_info__descriptor_ptr(void) { return &slipway__logs__v1__stream_info__descriptor; }
 static inline const ProtobufCMessageDescriptor *slipway__logs__v1__list_streams_response__descriptor_ptr(void) { return &slipway__logs__v1__list_streams_response__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__organization__descriptor_ptr(void) { return &slipway__pipeline__v1__organization__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__project__descriptor_ptr(void) { return &slipway__pipeline__v1__project__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__environment__descriptor_ptr(void) { return &slipway__pipeline__v1__environment__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__git_source__descriptor_ptr(void) { return &slipway__pipeline__v1__git_source__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__git_source__build_args_entry__descriptor_ptr(void) { return &slipway__pipeline__v1__git_source__build_args_entry__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__container_source__descriptor_ptr(void) { return &slipway__pipeline__v1__container_source__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__port__descriptor_ptr(void) { return &slipway__pipeline__v1__port__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__http_probe__descriptor_ptr(void) { return &slipway__pipeline__v1__http_probe__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__tcp_probe__descriptor_ptr(void) { return &slipway__pipeline__v1__tcp_probe__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__grpc_probe__descriptor_ptr(void) { return &slipway__pipeline__v1__grpc_probe__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__exec_probe__descriptor_ptr(void) { return &slipway__pipeline__v1__exec_probe__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__probe__descriptor_ptr(void) { return &slipway__pipeline__v1__probe__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__auto_deploy__descriptor_ptr(void) { return &slipway__pipeline__v1__auto_deploy__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__service_config__descriptor_ptr(void) { return &slipway__pipeline__v1__service_config__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__service_config__environment_variables_entry__descriptor_ptr(void) { return &slipway__pipeline__v1__service_config__environment_variables_entry__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__service__descriptor_ptr(void) { return &slipway__pipeline__v1__service__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__step_record__descriptor_ptr(void) { return &slipway__pipeline__v1__step_record__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__service_deployment__descriptor_ptr(void) { return &slipway__pipeline__v1__service_deployment__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__stage_record__descriptor_ptr(void) { return &slipway__pipeline__v1__stage_record__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__deployment__descriptor_ptr(void) { return &slipway__pipeline__v1__deployment__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__release__descriptor_ptr(void) { return &slipway__pipeline__v1__release__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__create_organization_request__descriptor_ptr(void) { return &slipway__pipeline__v1__create_organization_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__list_organizations_request__descriptor_ptr(void) { return &slipway__pipeline__v1__list_organizations_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__list_organizations_response__descriptor_ptr(void) { return &slipway__pipeline__v1__list_organizations_response__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__create_project_request__descriptor_ptr(void) { return &slipway__pipeline__v1__create_project_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__list_projects_request__descriptor_ptr(void) { return &slipway__pipeline__v1__list_projects_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__list_projects_response__descriptor_ptr(void) { return &slipway__pipeline__v1__list_projects_response__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__create_environment_request__descriptor_ptr(void) { return &slipway__pipeline__v1__create_environment_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__list_environments_request__descriptor_ptr(void) { return &slipway__pipeline__v1__list_environments_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__list_environments_response__descriptor_ptr(void) { return &slipway__pipeline__v1__list_environments_response__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__create_service_request__descriptor_ptr(void) { return &slipway__pipeline__v1__create_service_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__create_service_request__secrets_entry__descriptor_ptr(void) { return &slipway__pipeline__v1__create_service_request__secrets_entry__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__update_service_request__descriptor_ptr(void) { return &slipway__pipeline__v1__update_service_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__update_service_request__secrets_entry__descriptor_ptr(void) { return &slipway__pipeline__v1__update_service_request__secrets_entry__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__get_service_request__descriptor_ptr(void) { return &slipway__pipeline__v1__get_service_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__list_services_request__descriptor_ptr(void) { return &slipway__pipeline__v1__list_services_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__list_services_response__descriptor_ptr(void) { return &slipway__pipeline__v1__list_services_response__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__trigger__descriptor_ptr(void) { return &slipway__pipeline__v1__trigger__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__deploy_request__descriptor_ptr(void) { return &slipway__pipeline__v1__deploy_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__deploy_request__versions_entry__descriptor_ptr(void) { return &slipway__pipeline__v1__deploy_request__versions_entry__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__action_request__descriptor_ptr(void) { return &slipway__pipeline__v1__action_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__rollback_request__descriptor_ptr(void) { return &slipway__pipeline__v1__rollback_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__action_response__descriptor_ptr(void) { return &slipway__pipeline__v1__action_response__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__cancel_request__descriptor_ptr(void) { return &slipway__pipeline__v1__cancel_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__cancel_response__descriptor_ptr(void) { return &slipway__pipeline__v1__cancel_response__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__get_deployment_request__descriptor_ptr(void) { return &slipway__pipeline__v1__get_deployment_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__list_deployments_request__descriptor_ptr(void) { return &slipway__pipeline__v1__list_deployments_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__list_deployments_response__descriptor_ptr(void) { return &slipway__pipeline__v1__list_deployments_response__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__list_releases_request__descriptor_ptr(void) { return &slipway__pipeline__v1__list_releases_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__list_releases_response__descriptor_ptr(void) { return &slipway__pipeline__v1__list_releases_response__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__get_environment_status_request__descriptor_ptr(void) { return &slipway__pipeline__v1__get_environment_status_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__service_status__descriptor_ptr(void) { return &slipway__pipeline__v1__service_status__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__environment_status__descriptor_ptr(void) { return &slipway__pipeline__v1__environment_status__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__watch_request__descriptor_ptr(void) { return &slipway__pipeline__v1__watch_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__status_event__descriptor_ptr(void) { return &slipway__pipeline__v1__status_event__descriptor; }
 static inline const ProtobufCMessageDescriptor *slipway__testing__v1__point__descriptor_ptr(void) { return &slipway__testing__v1__point__descriptor; }
 static inline const ProtobufCMessageDescriptor *slipway__testing__v1__all_types__descriptor_ptr(void) { return &slipway__testing__v1__all_types__descriptor; }
 static inline const ProtobufCMessageDescriptor *slipway__testing__v1__all_types__inner__descriptor_ptr(void) { return &slipway__testing__v1__all_types__inner__descriptor; }

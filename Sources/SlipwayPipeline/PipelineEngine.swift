@@ -1,0 +1,400 @@
+import Foundation
+import Logging
+import SlipwayRPC
+import SlipwayServiceKit
+
+/// Errors the engine reports to callers (the RPC layer maps them to status codes).
+public enum PipelineError: Error, Equatable, CustomStringConvertible {
+    case invalidArgument(String)
+    case failedPrecondition(String)
+    case resourceExhausted(String)
+
+    public var description: String {
+        switch self {
+        case .invalidArgument(let message), .failedPrecondition(let message), .resourceExhausted(let message): message
+        }
+    }
+}
+
+/// Turns "deploy this" into an ordered, observable, recoverable execution: one action per
+/// environment at a time (``EnvironmentQueue``), stages in order (reverse for STOP and DELETE), the
+/// services of a stage in parallel up to ``Limits/maxParallelServices``, per-service steps through
+/// the ``Collaborators``, every change written to the ``PipelineStore`` before it is acted on and
+/// published to ``StatusHub`` watchers after.
+public actor PipelineEngine {
+    public struct Limits: Sendable {
+        /// Services of one stage that run at once.
+        public var maxParallelServices = 4
+        /// Deployments that may wait behind the running one, per environment; beyond, RESOURCE_EXHAUSTED.
+        public var maxQueuedPerEnvironment = 100
+        /// GIT_CLONE + BUILD together, and MIRROR_IMAGE.
+        public var buildTimeout: Duration = .seconds(1800)
+        /// Every other step.
+        public var stepTimeout: Duration = .seconds(600)
+
+        public init() {}
+    }
+
+    /// An action asked for.
+    public struct Submission: Sendable {
+        public var environmentID: String
+        public var action: ServiceAction
+        /// Empty: every service of the environment.
+        public var serviceIDs: [String]
+        /// Per service id: commit, tag or image tag.
+        public var versions: [String: String] = [:]
+        public var origin: DeploymentOrigin = .api
+        public var triggeredBy = ""
+        public var idempotencyKey: String?
+        public var rollbackReleaseID: String?
+
+        public init(environmentID: String, action: ServiceAction, serviceIDs: [String] = []) {
+            self.environmentID = environmentID
+            self.action = action
+            self.serviceIDs = serviceIDs
+        }
+    }
+
+    public struct Accepted: Sendable, Equatable {
+        public var deploymentID: String
+        /// 0: runs now; n: n-th in line.
+        public var position: Int
+        public var duplicate: Bool
+        public var superseded: [String]
+    }
+
+    /// What a running deployment's tasks share.
+    struct Context: Sendable {
+        let store: PipelineStore
+        let collaborators: Collaborators
+        let hub: StatusHub
+        let limits: Limits
+        let logger: Logger
+    }
+
+    private struct Running {
+        var services: [String: Task<Bool, Never>] = [:]
+        var canceled = false
+    }
+
+    nonisolated let store: PipelineStore
+    nonisolated let hub: StatusHub
+    nonisolated let limits: Limits
+    private let context: Context
+    private let logsClient: RPCClient?
+    private let logger: Logger
+    private var queues: [String: EnvironmentQueue] = [:]
+    private var running: [String: Running] = [:]
+    private var idleWaiters: [CheckedContinuation<Void, Never>] = []
+
+    public init(store: PipelineStore, collaborators: Collaborators, hub: StatusHub = StatusHub(), logsClient: RPCClient?, limits: Limits = Limits(), logger: Logger) {
+        self.store = store
+        self.hub = hub
+        self.limits = limits
+        self.logsClient = logsClient
+        self.logger = logger
+        self.context = Context(store: store, collaborators: collaborators, hub: hub, limits: limits, logger: logger)
+    }
+
+    // MARK: Start and recovery
+
+    /// Brings the deployments a previous run left unfinished to a clear state and starts the queues:
+    /// work that was running when the process died ended with the state machine's interrupted
+    /// status and a reason; a deployment interrupted that way skips what it had not started; one
+    /// that was between stages resumes; waiting ones run in their order.
+    public func start() throws {
+        let reason = "interrupted: the pipeline stopped while this step ran (restarted at \(ISO8601DateFormatter().string(from: Date())))"
+        let interrupted = Set(try store.recoverAfterCrash(reason: reason))
+        for deploymentID in interrupted {
+            logger.warning("deployment interrupted by a restart", metadata: ["deployment": "\(deploymentID)"])
+        }
+        for deployment in try store.unfinishedDeployments() {
+            if deployment.started && interrupted.contains(deployment.id) {
+                for serviceID in deployment.queuedServices {
+                    var change = PipelineStore.Change(deploymentID: deployment.id, serviceID: serviceID)
+                    change.event = .skip
+                    change.reason = "not run: an earlier stage was interrupted by a pipeline restart"
+                    try store.record(change)
+                }
+                continue
+            }
+            _ = enqueue(deployment.id, environmentID: deployment.environmentID, action: deployment.action, services: deployment.queuedServices)
+        }
+    }
+
+    // MARK: Submitting
+
+    public func submit(_ submission: Submission) throws -> Accepted {
+        let all = try store.serviceSummaries(environmentID: submission.environmentID)
+        var chosen = all
+        if !submission.serviceIDs.isEmpty {
+            for id in submission.serviceIDs where !all.contains(where: { $0.id == id }) {
+                throw PipelineStore.Failure.notFound("service \(id) in environment \(submission.environmentID)")
+            }
+            chosen = all.filter { submission.serviceIDs.contains($0.id) }
+        }
+        guard !chosen.isEmpty else {
+            throw PipelineError.failedPrecondition("environment \(submission.environmentID) has no services to act on; create one first")
+        }
+        if let waiting = queues[submission.environmentID]?.waiting.count, waiting >= limits.maxQueuedPerEnvironment {
+            throw PipelineError.resourceExhausted(
+                "environment \(submission.environmentID) already has \(waiting) deployments waiting (limit \(limits.maxQueuedPerEnvironment)); wait for them or cancel some")
+        }
+        let planned = chosen.map {
+            PipelineStore.PlannedService(id: $0.id, name: $0.name, stage: $0.stage, version: submission.versions[$0.id] ?? "")
+        }
+        let (record, created) = try store.recordDeployment(
+            environmentID: submission.environmentID, action: submission.action, planned: planned, origin: submission.origin,
+            triggeredBy: submission.triggeredBy, idempotencyKey: submission.idempotencyKey, rollbackReleaseID: submission.rollbackReleaseID)
+        guard created else {
+            let position = queues[record.environmentID]?.position(of: record.id) ?? 0
+            return Accepted(deploymentID: record.id, position: position, duplicate: true, superseded: [])
+        }
+        var queuedEvent = PipelineEvent(kind: .deploymentQueued, environmentID: record.environmentID, deploymentID: record.id)
+        queuedEvent.message = "\(submission.action.rawValue) by \(submission.triggeredBy) (\(submission.origin.rawValue))"
+        hub.publish(queuedEvent)
+        for (serviceID, status) in record.services.sorted(by: { $0.key < $1.key }) {
+            var event = PipelineEvent(kind: .deploymentStatus, environmentID: record.environmentID, deploymentID: record.id, serviceID: serviceID)
+            event.deploymentStatus = status
+            hub.publish(event)
+        }
+        let result = enqueue(record.id, environmentID: record.environmentID, action: submission.action, services: planned.map(\.id))
+        var position = 0
+        if case .queued(let place) = result.placement { position = place }
+        return Accepted(deploymentID: record.id, position: position, duplicate: false, superseded: result.superseded.keys.sorted())
+    }
+
+    private func enqueue(_ deploymentID: String, environmentID: String, action: ServiceAction, services: [String]) -> EnvironmentQueue.Enqueued {
+        var queue = queues[environmentID] ?? EnvironmentQueue()
+        let result = queue.enqueue(.init(deploymentID: deploymentID, action: action, services: services))
+        queues[environmentID] = queue
+        for (older, taken) in result.superseded {
+            for serviceID in taken {
+                var change = PipelineStore.Change(deploymentID: older, serviceID: serviceID)
+                change.event = .skip
+                change.reason = "superseded by deployment \(deploymentID)"
+                publishChange(environmentID, change, (try? store.record(change))?.status)
+            }
+        }
+        for removed in result.removed {
+            hub.publish(PipelineEvent(kind: .deploymentEnded, environmentID: environmentID, deploymentID: removed))
+        }
+        if case .started = result.placement { launch(deploymentID, environmentID: environmentID) }
+        return result
+    }
+
+    private func launch(_ deploymentID: String, environmentID: String) {
+        do {
+            try store.markStarted(deploymentID)
+        } catch {
+            logger.error("cannot record a deployment's start", metadata: ["deployment": "\(deploymentID)", "error": "\(error)"])
+        }
+        running[deploymentID] = Running()
+        Task {
+            await self.execute(deploymentID)
+            self.finished(deploymentID, environmentID: environmentID)
+        }
+    }
+
+    private func finished(_ deploymentID: String, environmentID: String) {
+        running[deploymentID] = nil
+        var queue = queues[environmentID] ?? EnvironmentQueue()
+        let next = queue.finish(deploymentID)
+        queues[environmentID] = queue.running == nil ? nil : queue
+        if let next {
+            launch(next.deploymentID, environmentID: environmentID)
+        } else if queues.isEmpty {
+            let waiters = idleWaiters
+            idleWaiters = []
+            for waiter in waiters { waiter.resume() }
+        }
+    }
+
+    /// Returns once nothing runs or waits (tests and the benchmark).
+    public func waitUntilIdle() async {
+        if queues.isEmpty { return }
+        await withCheckedContinuation { idleWaiters.append($0) }
+    }
+
+    /// The running deployment and those waiting, in order.
+    public func queue(of environmentID: String) -> (running: String?, waiting: [String]) {
+        let queue = queues[environmentID]
+        return (queue?.running?.deploymentID, queue?.waiting.map(\.deploymentID) ?? [])
+    }
+
+    // MARK: Cancel
+
+    /// A waiting deployment ends CANCELED at once. A running one: services not started end
+    /// CANCELED, a build or rollout in progress is stopped (CANCELING, then CANCELED once its work
+    /// has stopped and a half-rolled-out service is back on its previous release); restart, stop
+    /// and delete in progress run to their end.
+    public func cancel(_ deploymentID: String) throws -> PipelineStore.DeploymentRecord {
+        let record = try store.deployment(deploymentID)
+        guard !record.ended else {
+            throw PipelineError.failedPrecondition("deployment \(deploymentID) has already ended; there is nothing to cancel")
+        }
+        if var queue = queues[record.environmentID], queue.remove(deploymentID) {
+            queues[record.environmentID] = queue
+            for (serviceID, status) in record.services where status.isQueued {
+                applyCancel(record.environmentID, deploymentID, serviceID, reason: "canceled before it started")
+            }
+            hub.publish(PipelineEvent(kind: .deploymentEnded, environmentID: record.environmentID, deploymentID: deploymentID))
+        } else if running[deploymentID] != nil {
+            running[deploymentID]?.canceled = true
+            for (serviceID, status) in record.services.sorted(by: { $0.key < $1.key }) {
+                if status.isQueued {
+                    applyCancel(record.environmentID, deploymentID, serviceID, reason: "canceled before it started")
+                } else if status == .building || status == .deploying {
+                    applyCancel(record.environmentID, deploymentID, serviceID, reason: "canceled")
+                    running[deploymentID]?.services[serviceID]?.cancel()
+                }
+            }
+        }
+        return try store.deployment(deploymentID)
+    }
+
+    private func applyCancel(_ environmentID: String, _ deploymentID: String, _ serviceID: String, reason: String) {
+        var change = PipelineStore.Change(deploymentID: deploymentID, serviceID: serviceID)
+        change.event = .cancel
+        change.reason = reason
+        // Refused when the service finished meanwhile: then there is nothing to cancel.
+        publishChange(environmentID, change, (try? store.record(change))?.status)
+    }
+
+    private func isCanceled(_ deploymentID: String) -> Bool {
+        running[deploymentID]?.canceled ?? false
+    }
+
+    private func spawn(_ deploymentID: String, _ plan: ServicePlan) -> Task<Bool, Never> {
+        let context = self.context
+        let task = Task { await ServiceRun(context: context, plan: plan).run() }
+        running[deploymentID]?.services[plan.service.id] = task
+        return task
+    }
+
+    // MARK: Execution
+
+    private nonisolated func publishChange(_ environmentID: String, _ change: PipelineStore.Change, _ status: DeploymentStatus?) {
+        guard let status else { return }
+        var event = PipelineEvent(kind: .deploymentStatus, environmentID: environmentID, deploymentID: change.deploymentID, serviceID: change.serviceID)
+        event.deploymentStatus = status
+        event.message = change.reason ?? ""
+        hub.publish(event)
+    }
+
+    /// Runs a deployment's stages; returns when every service is final.
+    private nonisolated func execute(_ deploymentID: String) async {
+        let started = ContinuousClock.now
+        let record: PipelineStore.DeploymentRecord
+        let environment: DeploymentEnvironment
+        do {
+            record = try store.deployment(deploymentID)
+            environment = try store.environment(record.environmentID)
+        } catch {
+            logger.error("cannot load a deployment to run", metadata: ["deployment": "\(deploymentID)", "error": "\(error)"])
+            return
+        }
+        let log = DeploymentLogWriter(client: logsClient, environmentID: record.environmentID, deploymentID: deploymentID, logger: logger)
+        let reverse = record.action == .stop || record.action == .delete
+        let pending = record.services.filter { $0.value.isQueued }.keys
+        let stages = Dictionary(grouping: pending) { record.details[$0]?.stage ?? 0 }
+            .sorted { reverse ? $0.key > $1.key : $0.key < $1.key }
+        let names = record.details.values.map(\.name).sorted().joined(separator: ", ")
+        log.write("\(record.action.rawValue) of \(names) requested by \(record.triggeredBy.isEmpty ? "unknown" : record.triggeredBy) (\(record.origin.rawValue))", step: "")
+
+        var failure: String?
+        for (stage, serviceIDs) in stages {
+            let ordered = serviceIDs.sorted()
+            let canceled = await isCanceled(deploymentID)
+            if failure != nil || canceled {
+                let reason = failure.map { "not run: \($0)" } ?? "not run: the deployment was canceled"
+                for serviceID in ordered {
+                    var change = PipelineStore.Change(deploymentID: deploymentID, serviceID: serviceID)
+                    change.event = .skip
+                    change.reason = reason
+                    // Refused for services a cancel already ended.
+                    publishChange(record.environmentID, change, (try? store.record(change))?.status)
+                }
+                continue
+            }
+            log.write("stage \(stage): \(ordered.compactMap { record.details[$0]?.name }.joined(separator: ", "))", step: "")
+            var plans: [ServicePlan] = []
+            for serviceID in ordered {
+                do {
+                    plans.append(try plan(record, environment, serviceID, log: log))
+                } catch {
+                    var change = PipelineStore.Change(deploymentID: deploymentID, serviceID: serviceID)
+                    change.event = .skip
+                    change.reason = "not run: \(error)"
+                    publishChange(record.environmentID, change, (try? store.record(change))?.status)
+                    failure = failure ?? "stage \(stage) could not start: \(error)"
+                }
+            }
+            let failed = await runStage(deploymentID, plans)
+            if !failed.isEmpty, failure == nil {
+                failure = "stage \(stage) failed (\(failed.joined(separator: ", ")))"
+            }
+        }
+        let final = (try? store.deployment(deploymentID)).map { StatusRollup.deployment(Array($0.services.values)) } ?? nil
+        log.write("deployment ended: \(final?.rawValue ?? "unknown") in \(ServiceRun.format(ContinuousClock.now - started))", step: "", level: final?.isError == true ? .error : .info)
+        var ended = PipelineEvent(kind: .deploymentEnded, environmentID: record.environmentID, deploymentID: deploymentID)
+        ended.deploymentStatus = final
+        hub.publish(ended)
+        // The environment's next deployment does not wait for this one's last lines to be acknowledged.
+        Task { await log.finish() }
+    }
+
+    /// Runs one stage's services, at most ``Limits/maxParallelServices`` at once; returns the names
+    /// of those that did not succeed.
+    private nonisolated func runStage(_ deploymentID: String, _ plans: [ServicePlan]) async -> [String] {
+        await withTaskGroup(of: (String, Bool).self) { group in
+            var failed: [String] = []
+            var next = 0
+            func addNext() async {
+                let plan = plans[next]
+                next += 1
+                let task = await spawn(deploymentID, plan)
+                group.addTask { (plan.service.name, await task.value) }
+            }
+            while next < min(plans.count, limits.maxParallelServices) { await addNext() }
+            while let (name, succeeded) = await group.next() {
+                if !succeeded { failed.append(name) }
+                if next < plans.count { await addNext() }
+            }
+            return failed.sorted()
+        }
+    }
+
+    /// What one service needs to run: its configuration (a rollback's from the release), version,
+    /// and the release to fall back to when a rollout is canceled.
+    private nonisolated func plan(_ record: PipelineStore.DeploymentRecord, _ environment: DeploymentEnvironment, _ serviceID: String, log: DeploymentLogWriter) throws -> ServicePlan {
+        var (service, configurationJSON, sealedSecrets) = try store.serviceSnapshot(serviceID)
+        let previous = try store.releases(serviceID: serviceID, limit: 1).first
+        var rollback: PipelineStore.Release?
+        var stored: (String, Data)? = (configurationJSON, sealedSecrets)
+        if let releaseID = record.rollbackReleaseID {
+            let release = try store.release(releaseID)
+            service.configuration = release.configuration
+            service.secrets = release.secrets
+            rollback = release
+            stored = nil
+        }
+        let work = ServiceWork(
+            deploymentID: record.id, environment: environment, service: service, requestedVersion: record.details[serviceID]?.requestedVersion ?? "")
+        return ServicePlan(action: record.action, work: work, rollback: rollback, previous: previous, stored: stored, log: log)
+    }
+}
+
+/// One service's part of a running deployment.
+struct ServicePlan: Sendable {
+    var action: ServiceAction
+    var work: ServiceWork
+    /// Set for a rollback: the release deployed again.
+    var rollback: PipelineStore.Release?
+    /// The service's latest release before this deployment (what a canceled rollout goes back to).
+    var previous: PipelineStore.Release?
+    /// The configuration (JSON) and secrets (sealed) as stored, when the work runs with them.
+    var stored: (configurationJSON: String, sealedSecrets: Data)?
+    var log: DeploymentLogWriter
+    var service: ManagedService { work.service }
+}

@@ -1,0 +1,274 @@
+import Foundation
+import GRDB
+
+/// What running deployments write: several changes of one service in one transaction, so a step's
+/// end, the next step's start and the status change either all happened or none did.
+extension PipelineStore {
+    /// A change to one service of a deployment, applied in one transaction by ``record(_:)``.
+    public struct Change: Sendable {
+        public var deploymentID: String
+        public var serviceID: String
+        /// Through the state machine (refused changes leave everything as it was).
+        public var event: DeploymentStatus.Event?
+        public var reason: String?
+        public var endStep: (step: Step, status: StepStatus, message: String)?
+        public var startStep: Step?
+        public var commit: String?
+        public var image: String?
+        public var runningStatus: RunningStatus?
+        /// Records a release of the service (image and the configuration it runs with).
+        public var release: ReleaseDraft?
+        /// A rollback makes the release's configuration and secrets the service's own again.
+        public var restoreConfigurationFrom: String?
+        /// The service is gone (DELETE succeeded): out of listings, its name free again.
+        public var markDeleted = false
+
+        public init(deploymentID: String, serviceID: String) {
+            self.deploymentID = deploymentID
+            self.serviceID = serviceID
+        }
+    }
+
+    public struct ReleaseDraft: Sendable {
+        public var commit: String
+        public var image: String
+        public var configuration: ServiceSpec
+        public var secrets: [String: String]
+        /// The same, as stored (``serviceSnapshot(_:)``): used as they are when given.
+        public var configurationJSON: String?
+        public var sealedSecrets: Data?
+    }
+
+    /// The service's status after the change and the release it recorded, if any.
+    @discardableResult
+    public func record(_ change: Change) throws -> (status: DeploymentStatus, releaseID: String?) {
+        let now = Date().timeIntervalSince1970
+        let releaseID = change.release.map { _ in Self.newID("rel") }
+        let sealedRelease = try change.release.map { draft in
+            (try draft.configurationJSON ?? Self.encode(draft.configuration), try draft.sealedSecrets ?? seal(draft.secrets))
+        }
+        return try write("deployment \(change.deploymentID)") { db in
+            guard let raw = try String.fetchOne(db.cachedStatement(sql: "SELECT status FROM deployment_service WHERE deployment_id = ? AND service_id = ?"),
+                arguments: [change.deploymentID, change.serviceID]),
+                var status = DeploymentStatus(rawValue: raw)
+            else {
+                throw Failure.notFound("service \(change.serviceID) in deployment \(change.deploymentID)")
+            }
+            if let event = change.event {
+                do {
+                    status = try status.applying(event)
+                } catch {
+                    throw Failure.invalidTransition("service \(change.serviceID) of deployment \(change.deploymentID): \(error)")
+                }
+                try db.cachedStatement(sql: "UPDATE deployment_service SET status = ?, reason = COALESCE(?, reason) WHERE deployment_id = ? AND service_id = ?").execute(
+                    arguments: [status.rawValue, change.reason, change.deploymentID, change.serviceID])
+                try db.cachedStatement(sql: "UPDATE service SET deployment_status = ?, last_deployment_id = ? WHERE id = ?").execute(
+                    arguments: [status.rawValue, change.deploymentID, change.serviceID])
+            }
+            if let end = change.endStep {
+                try db.cachedStatement(sql: "UPDATE deployment_step SET status = ?, ended_at = ?, message = ? WHERE deployment_id = ? AND service_id = ? AND step = ? AND status = ?").execute(
+                    arguments: [end.status.rawValue, now, end.message, change.deploymentID, change.serviceID, end.step.rawValue, StepStatus.running.rawValue])
+                if db.changesCount == 0 {
+                    // A step that never started (skipped before it ran) is recorded as it ended.
+                    try db.cachedStatement(sql: "INSERT OR REPLACE INTO deployment_step (deployment_id, service_id, step, status, started_at, ended_at, message) VALUES (?, ?, ?, ?, ?, ?, ?)").execute(
+                        arguments: [change.deploymentID, change.serviceID, end.step.rawValue, end.status.rawValue, now, now, end.message])
+                }
+            }
+            if let step = change.startStep {
+                try db.cachedStatement(sql: "INSERT OR REPLACE INTO deployment_step (deployment_id, service_id, step, status, started_at) VALUES (?, ?, ?, ?, ?)").execute(
+                    arguments: [change.deploymentID, change.serviceID, step.rawValue, StepStatus.running.rawValue, now])
+            }
+            if let commit = change.commit {
+                try db.cachedStatement(sql: "UPDATE deployment_service SET commit_sha = ? WHERE deployment_id = ? AND service_id = ?").execute(
+                    arguments: [commit, change.deploymentID, change.serviceID])
+            }
+            if let image = change.image {
+                try db.cachedStatement(sql: "UPDATE deployment_service SET image = ? WHERE deployment_id = ? AND service_id = ?").execute(
+                    arguments: [image, change.deploymentID, change.serviceID])
+            }
+            if let running = change.runningStatus {
+                try db.cachedStatement(sql: "UPDATE service SET running_status = ? WHERE id = ?").execute(arguments: [running.rawValue, change.serviceID])
+            }
+            if let source = change.restoreConfigurationFrom {
+                try db.cachedStatement(sql: "UPDATE service SET configuration = (SELECT configuration FROM release WHERE id = ?), secrets = (SELECT secrets FROM release WHERE id = ?) WHERE id = ?").execute(
+                    arguments: [source, source, change.serviceID])
+            }
+            if let draft = change.release, let releaseID, let (configuration, secrets) = sealedRelease {
+                try db.cachedStatement(sql: "INSERT INTO release (id, service_id, deployment_id, created_at, commit_sha, image, configuration, secrets) VALUES (?, ?, ?, ?, ?, ?, ?, ?)").execute(
+                    arguments: [releaseID, change.serviceID, change.deploymentID, now, draft.commit, draft.image, configuration, secrets])
+                try db.cachedStatement(sql: "UPDATE deployment_service SET release_id = ? WHERE deployment_id = ? AND service_id = ?").execute(
+                    arguments: [releaseID, change.deploymentID, change.serviceID])
+            }
+            if change.markDeleted {
+                // The name is freed for a new service; the history keeps the name the deployment recorded.
+                try db.cachedStatement(sql: "UPDATE service SET deleted_at = ?, running_status = NULL, name = name || '~deleted~' || id WHERE id = ?").execute(
+                    arguments: [now, change.serviceID])
+            }
+            if change.event != nil { try Self.markEndedIfDone(db, change.deploymentID) }
+            return (status, releaseID)
+        }
+    }
+
+    /// The deployment leaves the queue and starts (recorded before any of its work runs).
+    public func markStarted(_ deploymentID: String) throws {
+        try write("deployment \(deploymentID)") { db in
+            try db.cachedStatement(sql: "UPDATE deployment SET started_at = COALESCE(started_at, ?) WHERE id = ?").execute(
+                arguments: [Date().timeIntervalSince1970, deploymentID])
+        }
+    }
+
+    /// A deployment not over yet, as a restarted pipeline finds it.
+    public struct Unfinished: Sendable, Equatable {
+        public var id: String
+        public var environmentID: String
+        public var action: ServiceAction
+        public var started: Bool
+        /// Services still queued in it.
+        public var queuedServices: [String]
+    }
+
+    /// Deployments not over, oldest first (the order they were queued in).
+    public func unfinishedDeployments() throws -> [Unfinished] {
+        try database.inDatabase { db in
+            try Row.fetchAll(
+                db, sql: "SELECT id, environment_id, action, started_at FROM deployment WHERE ended_at IS NULL ORDER BY created_at, rowid"
+            ).map { row in
+                let id: String = row["id"]
+                let queued = try String.fetchAll(db.cachedStatement(sql: "SELECT service_id FROM deployment_service WHERE deployment_id = ? AND status IN (\(Self.queuedList)) ORDER BY service_id"),
+                    arguments: [id])
+                return Unfinished(
+                    id: id, environmentID: row["environment_id"], action: ServiceAction(rawValue: row["action"]) ?? .deploy,
+                    started: row["started_at"] as Double? != nil, queuedServices: queued)
+            }
+        }
+    }
+
+    static let queuedList = DeploymentStatus.allCases.filter(\.isQueued).map { "'\($0.rawValue)'" }.joined(separator: ",")
+
+    // MARK: Releases
+
+    public struct Release: Sendable, Equatable {
+        public var id: String
+        public var serviceID: String
+        public var deploymentID: String
+        public var createdAt: Date
+        public var commit: String
+        public var image: String
+        public var configuration: ServiceSpec
+        public var secrets: [String: String]
+    }
+
+    /// A service's releases, newest first.
+    public func releases(serviceID: String, limit: Int = 20) throws -> [Release] {
+        let rows = try database.inDatabase { db in
+            try Row.fetchAll(db.cachedStatement(sql: "SELECT * FROM release WHERE service_id = ? ORDER BY created_at DESC, rowid DESC LIMIT ?"),
+                arguments: [serviceID, max(1, min(limit, 500))])
+        }
+        return try rows.map(release(from:))
+    }
+
+    public func release(_ id: String) throws -> Release {
+        guard let row = try database.inDatabase({ db in try Row.fetchOne(db.cachedStatement(sql: "SELECT * FROM release WHERE id = ?"), arguments: [id]) }) else {
+            throw Failure.notFound("release \(id)")
+        }
+        return try release(from: row)
+    }
+
+    private func release(from row: Row) throws -> Release {
+        Release(
+            id: row["id"], serviceID: row["service_id"], deploymentID: row["deployment_id"],
+            createdAt: Date(timeIntervalSince1970: row["created_at"]), commit: row["commit_sha"], image: row["image"],
+            configuration: try JSONDecoder().decode(ServiceSpec.self, from: Data((row["configuration"] as String).utf8)),
+            secrets: try open(row["secrets"]))
+    }
+
+    // MARK: Listings and statuses
+
+    public func organizations() throws -> [Organization] {
+        try database.inDatabase { db in
+            try Row.fetchAll(db, sql: "SELECT id, name FROM organization ORDER BY name").map { Organization(id: $0["id"], name: $0["name"]) }
+        }
+    }
+
+    public func projects(organizationID: String) throws -> [Project] {
+        try database.inDatabase { db in
+            try Self.require(db, "organization", organizationID)
+            return try Row.fetchAll(db.cachedStatement(sql: "SELECT id, name FROM project WHERE organization_id = ? ORDER BY name"), arguments: [organizationID])
+                .map { Project(id: $0["id"], organizationID: organizationID, name: $0["name"]) }
+        }
+    }
+
+    public func environments(projectID: String) throws -> [DeploymentEnvironment] {
+        try database.inDatabase { db in
+            try Self.require(db, "project", projectID)
+            return try Row.fetchAll(db.cachedStatement(sql: "SELECT id, name FROM environment WHERE project_id = ? ORDER BY name"), arguments: [projectID])
+                .map { DeploymentEnvironment(id: $0["id"], projectID: projectID, name: $0["name"]) }
+        }
+    }
+
+    public func environment(_ id: String) throws -> DeploymentEnvironment {
+        guard let row = try database.inDatabase({ db in try Row.fetchOne(db.cachedStatement(sql: "SELECT * FROM environment WHERE id = ?"), arguments: [id]) }) else {
+            throw Failure.notFound("environment \(id)")
+        }
+        return DeploymentEnvironment(id: id, projectID: row["project_id"], name: row["name"])
+    }
+
+    /// A service's statuses as the last deployment that touched it left them.
+    public struct ServiceState: Sendable, Equatable {
+        public var serviceID: String
+        public var name: String
+        public var deploymentStatus: DeploymentStatus?
+        public var runningStatus: RunningStatus?
+        public var lastDeploymentID: String?
+    }
+
+    public func serviceStates(environmentID: String) throws -> [ServiceState] {
+        try database.inDatabase { db in
+            try Self.require(db, "environment", environmentID)
+            return try Row.fetchAll(db.cachedStatement(sql: "SELECT id, name, deployment_status, running_status, last_deployment_id FROM service WHERE environment_id = ? AND deleted_at IS NULL ORDER BY name"),
+                arguments: [environmentID]
+            ).map(Self.serviceState)
+        }
+    }
+
+    public func serviceState(_ serviceID: String) throws -> ServiceState {
+        let row = try database.inDatabase { db in
+            try Row.fetchOne(db.cachedStatement(sql: "SELECT id, name, deployment_status, running_status, last_deployment_id FROM service WHERE id = ?"), arguments: [serviceID])
+        }
+        guard let row else { throw Failure.notFound("service \(serviceID)") }
+        return Self.serviceState(row)
+    }
+
+    private static func serviceState(_ row: Row) -> ServiceState {
+        ServiceState(
+            serviceID: row["id"], name: row["name"],
+            deploymentStatus: (row["deployment_status"] as String?).flatMap(DeploymentStatus.init(rawValue:)),
+            runningStatus: (row["running_status"] as String?).flatMap(RunningStatus.init(rawValue:)),
+            lastDeploymentID: row["last_deployment_id"])
+    }
+
+    /// What a deployment plan needs of an environment's services (no configuration, no secrets).
+    public struct ServiceSummary: Sendable, Equatable {
+        public var id: String
+        public var name: String
+        public var stage: Int
+    }
+
+    public func serviceSummaries(environmentID: String) throws -> [ServiceSummary] {
+        try database.inDatabase { db in
+            try Self.require(db, "environment", environmentID)
+            return try Row.fetchAll(db.cachedStatement(sql: "SELECT id, name, json_extract(configuration, '$.stage') AS stage FROM service WHERE environment_id = ? AND deleted_at IS NULL ORDER BY name"),
+                arguments: [environmentID]
+            ).map { ServiceSummary(id: $0["id"], name: $0["name"], stage: $0["stage"] ?? 0) }
+        }
+    }
+
+    /// The service's environment, or notFound (deleted services included: their history stays).
+    public func isDeleted(serviceID: String) throws -> Bool {
+        let deleted = try database.inDatabase { db in
+            try Row.fetchOne(db.cachedStatement(sql: "SELECT deleted_at FROM service WHERE id = ?"), arguments: [serviceID])
+        }
+        guard let deleted else { throw Failure.notFound("service \(serviceID)") }
+        return deleted["deleted_at"] as Double? != nil
+    }
+}

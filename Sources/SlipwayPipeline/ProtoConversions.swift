@@ -1,0 +1,340 @@
+import Foundation
+import SlipwayProtos
+import SlipwayRPC
+
+/// Between the model and `slipway.pipeline.v1` messages, with the validation a request gets: every
+/// refusal names the field and what would be accepted.
+enum Proto {
+    typealias Config = Slipway_Pipeline_V1_ServiceConfig
+
+    static func invalid(_ message: String) -> RPCError { RPCError(.invalidArgument, message) }
+
+    // MARK: Names
+
+    /// Organization, project and environment names: 1-100 printable characters.
+    static func checkName(_ name: String, _ field: String) throws(RPCError) {
+        guard !name.isEmpty, name.count <= 100, name.unicodeScalars.allSatisfy({ $0.value >= 0x20 && $0.value != 0x7f }) else {
+            throw invalid("\(field) must be 1 to 100 printable characters, got \"\(name.prefix(120))\"")
+        }
+    }
+
+    /// Service names become DNS labels (`<service>-<environment>.<domain>`).
+    static func checkServiceName(_ name: String) throws(RPCError) {
+        let allowed = name.utf8.allSatisfy { ($0 >= 97 && $0 <= 122) || ($0 >= 48 && $0 <= 57) || $0 == 45 }
+        guard !name.isEmpty, name.utf8.count <= 63, allowed, name.first!.isLetter, name.last != "-" else {
+            throw invalid("name must be a DNS label: 1 to 63 lower-case letters, digits and '-', starting with a letter, not ending with '-'; got \"\(name.prefix(80))\"")
+        }
+    }
+
+    static func checkID(_ id: String, _ field: String) throws(RPCError) {
+        guard !id.isEmpty else { throw invalid("\(field) is required") }
+        guard id.utf8.count <= 128 else { throw invalid("\(field) is longer than 128 characters") }
+    }
+
+    static func checkVariableName(_ name: String, _ field: String) throws(RPCError) {
+        let bytes = Array(name.utf8)
+        let valid = !bytes.isEmpty && bytes.count <= 256 && !(bytes[0] >= 48 && bytes[0] <= 57)
+            && bytes.allSatisfy { ($0 >= 65 && $0 <= 90) || ($0 >= 97 && $0 <= 122) || ($0 >= 48 && $0 <= 57) || $0 == 95 }
+        guard valid else { throw invalid("\(field) name \"\(name.prefix(80))\" must be letters, digits and '_', not starting with a digit, at most 256") }
+    }
+
+    // MARK: Service configuration
+
+    static func spec(_ config: Config?) throws(RPCError) -> ServiceSpec {
+        guard let config else { throw invalid("config is required") }
+        var spec: ServiceSpec
+        switch config.source {
+        case .application(let git)?:
+            guard !git.url.isEmpty else { throw invalid("config.application.url is required") }
+            var source = ServiceSpec.GitSource(url: git.url, branch: git.branch.isEmpty ? "main" : git.branch)
+            source.rootPath = git.rootPath
+            source.dockerfilePath = git.dockerfilePath.isEmpty ? "Dockerfile" : git.dockerfilePath
+            source.buildArgs = git.buildArgs
+            spec = ServiceSpec(source: .application(source))
+        case .container(let container)?:
+            guard !container.image.isEmpty else { throw invalid("config.container.image is required") }
+            spec = ServiceSpec(source: .container(image: container.image, tag: container.tag.isEmpty ? "latest" : container.tag))
+        case nil:
+            throw invalid("config needs a source: application (git) or container (image)")
+        }
+        for (index, port) in config.ports.enumerated() {
+            guard (1...65535).contains(port.internalPort) else { throw invalid("config.ports[\(index)].internal_port must be 1 to 65535, got \(port.internalPort)") }
+            let kind: ServiceSpec.Port.Kind = switch port.protocol {
+            case .grpc: .grpc
+            case .tcp: .tcp
+            default: .http
+            }
+            spec.ports.append(.init(internalPort: Int(port.internalPort), isPublic: port.public, kind: kind))
+        }
+        for name in config.environmentVariables.keys { try checkVariableName(name, "config.environment_variables") }
+        spec.environmentVariables = config.environmentVariables
+        guard config.replicas <= 100 else { throw invalid("config.replicas must be at most 100, got \(config.replicas)") }
+        spec.replicas = config.replicas == 0 ? 1 : Int(config.replicas)
+        guard config.cpuMillicores <= 64_000 else { throw invalid("config.cpu_millicores must be at most 64000") }
+        if config.cpuMillicores > 0 { spec.cpuMillicores = Int(config.cpuMillicores) }
+        guard config.memoryMib <= 1_048_576 else { throw invalid("config.memory_mib must be at most 1048576") }
+        if config.memoryMib > 0 { spec.memoryMiB = Int(config.memoryMib) }
+        spec.readinessProbe = try config.readinessProbe.map { probe throws(RPCError) in try self.probe(probe, "config.readiness_probe") }
+        spec.livenessProbe = try config.livenessProbe.map { probe throws(RPCError) in try self.probe(probe, "config.liveness_probe") }
+        for domain in config.customDomains {
+            guard !domain.isEmpty, domain.utf8.count <= 253, !domain.contains(" "), domain.contains(".") else {
+                throw invalid("config.custom_domains: \"\(domain.prefix(80))\" is not a domain name")
+            }
+        }
+        spec.customDomains = config.customDomains
+        if let auto = config.autoDeploy {
+            spec.autoDeploy = .init(enabled: auto.enabled, branches: auto.branches, paths: auto.paths)
+        }
+        guard config.stage <= 100 else { throw invalid("config.stage must be at most 100, got \(config.stage)") }
+        spec.stage = Int(config.stage)
+        return spec
+    }
+
+    static func probe(_ probe: Slipway_Pipeline_V1_Probe, _ field: String) throws(RPCError) -> ServiceSpec.Probe {
+        let kind: ServiceSpec.Probe.Kind
+        switch probe.kind {
+        case .http(let http)?: kind = .http(path: http.path.isEmpty ? "/" : http.path, port: Int(http.port))
+        case .tcp(let tcp)?: kind = .tcp(port: Int(tcp.port))
+        case .grpc(let grpc)?: kind = .grpc(port: Int(grpc.port), service: grpc.service)
+        case .exec(let exec)?:
+            guard !exec.command.isEmpty else { throw invalid("\(field).exec.command is empty") }
+            kind = .exec(command: exec.command)
+        case nil: throw invalid("\(field) needs a kind: http, tcp, grpc or exec")
+        }
+        var result = ServiceSpec.Probe(kind: kind)
+        result.initialDelaySeconds = Int(probe.initialDelaySeconds)
+        if probe.periodSeconds > 0 { result.periodSeconds = Int(probe.periodSeconds) }
+        if probe.timeoutSeconds > 0 { result.timeoutSeconds = Int(probe.timeoutSeconds) }
+        if probe.failureThreshold > 0 { result.failureThreshold = Int(probe.failureThreshold) }
+        if probe.successThreshold > 0 { result.successThreshold = Int(probe.successThreshold) }
+        return result
+    }
+
+    static func config(_ spec: ServiceSpec) -> Config {
+        var config = Config()
+        switch spec.source {
+        case .application(let source):
+            var git = Slipway_Pipeline_V1_GitSource()
+            git.url = source.url
+            git.branch = source.branch
+            git.rootPath = source.rootPath
+            git.dockerfilePath = source.dockerfilePath
+            git.buildArgs = source.buildArgs
+            config.source = .application(git)
+        case .container(let image, let tag):
+            var container = Slipway_Pipeline_V1_ContainerSource()
+            container.image = image
+            container.tag = tag
+            config.source = .container(container)
+        }
+        config.ports = spec.ports.map { port in
+            var message = Slipway_Pipeline_V1_Port()
+            message.internalPort = UInt32(port.internalPort)
+            message.public = port.isPublic
+            message.protocol = switch port.kind {
+            case .http: .http
+            case .grpc: .grpc
+            case .tcp: .tcp
+            }
+            return message
+        }
+        config.environmentVariables = spec.environmentVariables
+        config.replicas = UInt32(spec.replicas)
+        config.cpuMillicores = UInt32(spec.cpuMillicores)
+        config.memoryMib = UInt32(spec.memoryMiB)
+        config.readinessProbe = spec.readinessProbe.map(probe)
+        config.livenessProbe = spec.livenessProbe.map(probe)
+        config.customDomains = spec.customDomains
+        var auto = Slipway_Pipeline_V1_AutoDeploy()
+        auto.enabled = spec.autoDeploy.enabled
+        auto.branches = spec.autoDeploy.branches
+        auto.paths = spec.autoDeploy.paths
+        config.autoDeploy = auto
+        config.stage = UInt32(spec.stage)
+        return config
+    }
+
+    static func probe(_ probe: ServiceSpec.Probe) -> Slipway_Pipeline_V1_Probe {
+        var message = Slipway_Pipeline_V1_Probe()
+        switch probe.kind {
+        case .http(let path, let port):
+            var http = Slipway_Pipeline_V1_HttpProbe()
+            http.path = path
+            http.port = UInt32(port)
+            message.kind = .http(http)
+        case .tcp(let port):
+            var tcp = Slipway_Pipeline_V1_TcpProbe()
+            tcp.port = UInt32(port)
+            message.kind = .tcp(tcp)
+        case .grpc(let port, let service):
+            var grpc = Slipway_Pipeline_V1_GrpcProbe()
+            grpc.port = UInt32(port)
+            grpc.service = service
+            message.kind = .grpc(grpc)
+        case .exec(let command):
+            var exec = Slipway_Pipeline_V1_ExecProbe()
+            exec.command = command
+            message.kind = .exec(exec)
+        }
+        message.initialDelaySeconds = UInt32(probe.initialDelaySeconds)
+        message.periodSeconds = UInt32(probe.periodSeconds)
+        message.timeoutSeconds = UInt32(probe.timeoutSeconds)
+        message.failureThreshold = UInt32(probe.failureThreshold)
+        message.successThreshold = UInt32(probe.successThreshold)
+        return message
+    }
+
+    static func service(_ service: ManagedService, state: PipelineStore.ServiceState?) -> Slipway_Pipeline_V1_Service {
+        var message = Slipway_Pipeline_V1_Service()
+        message.id = service.id
+        message.environmentId = service.environmentID
+        message.name = service.name
+        message.config = config(service.configuration)
+        message.secretNames = service.secrets.keys.sorted()
+        message.deploymentStatus = state?.deploymentStatus.map(status) ?? .deploymentStatusUnspecified
+        message.runningStatus = state?.runningStatus.map(running) ?? .runningStatusUnspecified
+        return message
+    }
+
+    // MARK: Enums
+
+    static func status(_ status: DeploymentStatus) -> Slipway_Pipeline_V1_DeploymentStatus {
+        let index = DeploymentStatus.allCases.firstIndex(of: status)!
+        return Slipway_Pipeline_V1_DeploymentStatus(rawValue: Int32(index + 1))
+    }
+
+    static func running(_ status: RunningStatus) -> Slipway_Pipeline_V1_RunningStatus {
+        Slipway_Pipeline_V1_RunningStatus(rawValue: Int32(RunningStatus.allCases.firstIndex(of: status)! + 1))
+    }
+
+    static func action(_ action: ServiceAction) -> Slipway_Pipeline_V1_Action {
+        Slipway_Pipeline_V1_Action(rawValue: Int32(ServiceAction.allCases.firstIndex(of: action)! + 1))
+    }
+
+    static func action(_ action: Slipway_Pipeline_V1_Action) -> ServiceAction? {
+        let index = Int(action.rawValue) - 1
+        return ServiceAction.allCases.indices.contains(index) ? ServiceAction.allCases[index] : nil
+    }
+
+    static func origin(_ origin: DeploymentOrigin) -> Slipway_Pipeline_V1_Origin {
+        Slipway_Pipeline_V1_Origin(rawValue: Int32(DeploymentOrigin.allCases.firstIndex(of: origin)! + 1))
+    }
+
+    static func origin(_ origin: Slipway_Pipeline_V1_Origin) -> DeploymentOrigin {
+        let index = Int(origin.rawValue) - 1
+        return DeploymentOrigin.allCases.indices.contains(index) ? DeploymentOrigin.allCases[index] : .api
+    }
+
+    static func step(_ step: PipelineStore.Step) -> Slipway_Pipeline_V1_Step {
+        Slipway_Pipeline_V1_Step(rawValue: Int32(PipelineStore.Step.allCases.firstIndex(of: step)! + 1))
+    }
+
+    static func stepStatus(_ status: PipelineStore.StepStatus) -> Slipway_Pipeline_V1_StepStatus {
+        switch status {
+        case .running: .stepRunning
+        case .succeeded: .stepSucceeded
+        case .skipped: .stepSkipped
+        case .failed: .stepFailed
+        case .canceled: .stepCanceled
+        }
+    }
+
+    static func millis(_ date: Date?) -> Int64 {
+        date.map { Int64(($0.timeIntervalSince1970 * 1000).rounded()) } ?? 0
+    }
+
+    // MARK: Deployments
+
+    static func deployment(_ record: PipelineStore.DeploymentRecord, steps: [PipelineStore.StepRecord]) -> Slipway_Pipeline_V1_Deployment {
+        var message = Slipway_Pipeline_V1_Deployment()
+        message.id = record.id
+        message.environmentId = record.environmentID
+        message.action = action(record.action)
+        message.origin = origin(record.origin)
+        message.triggeredBy = record.triggeredBy
+        message.idempotencyKey = record.idempotencyKey ?? ""
+        message.createdUnixMillis = millis(record.createdAt)
+        message.startedUnixMillis = millis(record.startedAt)
+        message.endedUnixMillis = millis(record.endedAt)
+        message.rollbackReleaseId = record.rollbackReleaseID ?? ""
+        if let rollup = StatusRollup.deployment(Array(record.services.values)) { message.status = status(rollup) }
+        let byService = Dictionary(grouping: steps, by: \.serviceID)
+        for (serviceID, serviceStatus) in record.services.sorted(by: { $0.key < $1.key }) {
+            let detail = record.details[serviceID]
+            var service = Slipway_Pipeline_V1_ServiceDeployment()
+            service.serviceId = serviceID
+            service.serviceName = detail?.name ?? ""
+            service.stage = UInt32(detail?.stage ?? 0)
+            service.requestedVersion = detail?.requestedVersion ?? ""
+            service.commit = detail?.commit ?? ""
+            service.image = detail?.image ?? ""
+            service.releaseId = detail?.releaseID ?? ""
+            service.status = status(serviceStatus)
+            service.reason = record.reasons[serviceID] ?? ""
+            service.steps = (byService[serviceID] ?? []).map(stepRecord)
+            message.services.append(service)
+        }
+        // Stages in execution order, each spanning its services' steps.
+        let stages = Dictionary(grouping: record.services.keys) { record.details[$0]?.stage ?? 0 }
+        let reverse = record.action == .stop || record.action == .delete
+        for (stage, serviceIDs) in stages.sorted(by: { reverse ? $0.key > $1.key : $0.key < $1.key }) {
+            var message2 = Slipway_Pipeline_V1_StageRecord()
+            message2.stage = UInt32(stage)
+            if let rollup = StatusRollup.deployment(serviceIDs.compactMap { record.services[$0] }) { message2.status = status(rollup) }
+            let stageSteps = serviceIDs.flatMap { byService[$0] ?? [] }
+            if let start = stageSteps.map(\.startedAt).min() {
+                message2.startedUnixMillis = millis(start)
+                if stageSteps.allSatisfy({ $0.endedAt != nil }), let end = stageSteps.compactMap(\.endedAt).max() {
+                    message2.durationMillis = millis(end) - millis(start)
+                }
+            }
+            message.stages.append(message2)
+        }
+        return message
+    }
+
+    static func stepRecord(_ step: PipelineStore.StepRecord) -> Slipway_Pipeline_V1_StepRecord {
+        var message = Slipway_Pipeline_V1_StepRecord()
+        message.step = self.step(step.step)
+        message.status = stepStatus(step.status)
+        message.startedUnixMillis = millis(step.startedAt)
+        message.durationMillis = step.endedAt.map { millis($0) - millis(step.startedAt) } ?? 0
+        message.message = step.message
+        return message
+    }
+
+    static func release(_ release: PipelineStore.Release) -> Slipway_Pipeline_V1_Release {
+        var message = Slipway_Pipeline_V1_Release()
+        message.id = release.id
+        message.serviceId = release.serviceID
+        message.deploymentId = release.deploymentID
+        message.createdUnixMillis = millis(release.createdAt)
+        message.commit = release.commit
+        message.image = release.image
+        message.config = config(release.configuration)
+        return message
+    }
+
+    static func event(_ event: PipelineEvent) -> Slipway_Pipeline_V1_StatusEvent {
+        var message = Slipway_Pipeline_V1_StatusEvent()
+        message.kind = switch event.kind {
+        case .snapshot: .eventSnapshot
+        case .snapshotEnd: .eventSnapshotEnd
+        case .deploymentStatus: .eventDeploymentStatus
+        case .step: .eventStep
+        case .runningStatus: .eventRunningStatus
+        case .deploymentEnded: .eventDeploymentEnded
+        case .deploymentQueued: .eventDeploymentQueued
+        }
+        message.environmentId = event.environmentID
+        message.deploymentId = event.deploymentID
+        message.serviceId = event.serviceID
+        message.deploymentStatus = event.deploymentStatus.map(status) ?? .deploymentStatusUnspecified
+        message.runningStatus = event.runningStatus.map(running) ?? .runningStatusUnspecified
+        message.step = event.step.map(step) ?? .stepUnspecified
+        message.stepStatus = event.stepStatus.map(stepStatus) ?? .stepStatusUnspecified
+        message.message = event.message
+        message.unixMillis = millis(event.time)
+        return message
+    }
+}

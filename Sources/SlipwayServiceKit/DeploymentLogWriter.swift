@@ -1,0 +1,150 @@
+import Foundation
+import Logging
+import SlipwayProtos
+import SlipwayRPC
+import Synchronization
+
+/// Lines for one deployment's stream in the logs service (the builder's git/buildah/skopeo output,
+/// the pipeline's stage and step lines), sent as they are produced. Lines queue while a batch is in
+/// flight and leave together in the next one; the queue is bounded (``maxQueuedLines``) so a stalled
+/// logs service cannot grow the sender without limit — lines beyond it are counted and reported as
+/// dropped.
+public final class DeploymentLogWriter: Sendable {
+    typealias LogsAPI = Slipway_Logs_V1_Logs
+
+    public static let maxQueuedLines = 10_000
+    public static let maxLinesPerBatch = 500
+
+    private struct State {
+        var pending: [Slipway_Logs_V1_LogLine] = []
+        var waiter: CheckedContinuation<Void, Never>?
+        var finished = false
+        var dropped = 0
+        var recent: [String] = []
+    }
+
+    private let state = Mutex(State())
+    private let key: Slipway_Logs_V1_StreamKey
+    private let serviceId: String
+    private let logger: Logger
+    private let sender: Mutex<Task<Void, Never>?> = Mutex(nil)
+
+    /// Lines go to `<environmentID>/<deploymentID>`, labelled with `serviceID` unless a line names
+    /// its own. No client: lines are only kept for ``recentLines(_:)``.
+    public init(client: RPCClient?, environmentID: String, deploymentID: String, serviceID: String = "", logger: Logger) {
+        var key = Slipway_Logs_V1_StreamKey()
+        key.environmentId = environmentID
+        key.deploymentId = deploymentID
+        self.key = key
+        self.serviceId = serviceID
+        self.logger = logger
+        if let client {
+            sender.withLock { $0 = Task { await self.send(through: client) } }
+        }
+    }
+
+    /// Queues one line; never blocks.
+    public func write(
+        _ text: String, step: String, serviceID: String? = nil, source: Slipway_Logs_V1_Source = .system, level: Slipway_Logs_V1_Level = .info
+    ) {
+        var line = Slipway_Logs_V1_LogLine()
+        line.stream = key
+        line.serviceId = serviceID ?? serviceId
+        line.step = step
+        line.source = source
+        line.level = level
+        line.text = text
+        line.emittedNanos = Int64(Date().timeIntervalSince1970 * 1e9)
+        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            state.recent.append(text)
+            if state.recent.count > 40 { state.recent.removeFirst(state.recent.count - 40) }
+            guard !state.finished else { return nil }
+            if state.pending.count >= Self.maxQueuedLines {
+                state.dropped += 1
+                return nil
+            }
+            state.pending.append(line)
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        waiter?.resume()
+    }
+
+    /// The last lines written (for error messages).
+    public func recentLines(_ count: Int) -> [String] {
+        state.withLock { Array($0.recent.suffix(count)) }
+    }
+
+    /// Sends what is queued and waits (up to `timeout`) until the logs service has it on disk.
+    public func finish(timeout: Duration = .seconds(5)) async {
+        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            state.finished = true
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        waiter?.resume()
+        guard let task = sender.withLock({ $0 }) else { return }
+        // Cancelling the sender ends its Append call: a stalled logs service cannot hold the result back.
+        _ = try? await withTimeout(timeout) {
+            await withTaskCancellationHandler { await task.value } onCancel: { task.cancel() }
+        }
+        let dropped = state.withLock { $0.dropped }
+        if dropped > 0 {
+            logger.warning("deployment log lines dropped", metadata: ["deployment": "\(key.deploymentId)", "count": "\(dropped)"])
+        }
+    }
+
+    private func nextBatch() async -> [Slipway_Logs_V1_LogLine]? {
+        while true {
+            enum Next { case batch([Slipway_Logs_V1_LogLine]), done, wait }
+            let next = state.withLock { state -> Next in
+                if !state.pending.isEmpty {
+                    let count = min(state.pending.count, Self.maxLinesPerBatch)
+                    let batch = Array(state.pending.prefix(count))
+                    state.pending.removeFirst(count)
+                    return .batch(batch)
+                }
+                return state.finished ? .done : .wait
+            }
+            switch next {
+            case .batch(let batch): return batch
+            case .done: return nil
+            case .wait:
+                await withCheckedContinuation { continuation in
+                    let resumeNow = state.withLock { state -> Bool in
+                        if !state.pending.isEmpty || state.finished { return true }
+                        state.waiter = continuation
+                        return false
+                    }
+                    if resumeNow { continuation.resume() }
+                }
+            }
+        }
+    }
+
+    private func send(through client: RPCClient) async {
+        do {
+            try await client.bidirectional(LogsAPI.Append.self, requests: { writer in
+                var batchID: UInt64 = 0
+                while let lines = await self.nextBatch() {
+                    var request = Slipway_Logs_V1_AppendRequest()
+                    batchID += 1
+                    request.batchId = batchID
+                    request.lines = lines
+                    try await writer.write(request)
+                }
+            }, responses: { responses in
+                for try await _ in responses {}
+            })
+        } catch {
+            // The work goes on without its log stream; what could not be sent is counted.
+            logger.warning("cannot send deployment log lines to the logs service", metadata: ["deployment": "\(key.deploymentId)", "error": "\(error)"])
+            state.withLock { state in
+                state.dropped += state.pending.count
+                state.pending = []
+                state.finished = true
+            }
+        }
+    }
+}
+

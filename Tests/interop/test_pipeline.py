@@ -1,0 +1,321 @@
+"""slipway-pipeline as its users see it: grpcio (an independent gRPC implementation) drives the real
+executable. The crash tests kill -9 the process at every step boundary and check that, after a
+restart, every deployment either resumes or ends with a reason. The last test deploys a real git
+repository through the real slipway-builder and docker-registry.
+
+The cluster, network and certs services do not exist yet: the pipeline simulates them
+(--pipeline-simulate), each step taking --pipeline-simulated-step-ms.
+"""
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+import grpc
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "scripts"))
+import slipway_local as local  # noqa: E402
+
+STEP_MS = 400
+
+
+@pytest.fixture(scope="module")
+def pbs():
+    (pipeline, pipeline_grpc), (logs, logs_grpc) = local.protos("slipway/pipeline/v1/pipeline.proto", "slipway/logs/v1/logs.proto")
+    return pipeline, pipeline_grpc, logs, logs_grpc
+
+
+class Platform:
+    """slipway-logs + slipway-pipeline (real executables) over one scratch data directory."""
+
+    def __init__(self, pbs, *pipeline_args, data=None, logs=None):
+        from conftest import BIN_DIR
+
+        self.bin = BIN_DIR
+        self.pb, self.pb_grpc, self.logs_pb, self.logs_grpc = pbs
+        self.data = data or tempfile.mkdtemp(prefix="slipway-pipeline-interop-")
+        self.port = local.free_port()
+        if logs:
+            self.logs_port, self.logs = logs
+        else:
+            self.logs_port = local.free_port()
+            self.logs = local.start_service(BIN_DIR, "logs", self.data, self.logs_port)
+        self.args = ["--logs-address", f"127.0.0.1:{self.logs_port}", *pipeline_args]
+        self.pipeline = None
+        self.start()
+
+    def start(self):
+        self.pipeline = local.start_service(self.bin, "pipeline", self.data, self.port, *self.args)
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self.stub = self.pb_grpc.PipelineStub(self.channel)
+
+    def kill9(self):
+        self.pipeline.send_signal(signal.SIGKILL)
+        self.pipeline.wait()
+        self.channel.close()
+
+    def stop(self):
+        self.channel.close()
+        local.stop(self.pipeline, self.logs)
+
+    def environment(self, *services):
+        """An organization, project and environment with `services` (name → ServiceConfig)."""
+        pb = self.pb
+        org = self.stub.CreateOrganization(pb.CreateOrganizationRequest(name=f"acme-{time.monotonic_ns()}"))
+        project = self.stub.CreateProject(pb.CreateProjectRequest(organization_id=org.id, name="shop"))
+        env = self.stub.CreateEnvironment(pb.CreateEnvironmentRequest(project_id=project.id, name="prod"))
+        ids = {}
+        for name, config in services:
+            ids[name] = self.stub.CreateService(pb.CreateServiceRequest(environment_id=env.id, name=name, config=config)).id
+        return env.id, ids
+
+    def app(self, stage=0, public=True, url="https://git.example.com/app.git", build_args=None, **variables):
+        pb = self.pb
+        return pb.ServiceConfig(application=pb.GitSource(url=url, branch="main", build_args=build_args or {}), stage=stage,
+                                ports=[pb.Port(internal_port=8080, public=public)], environment_variables=variables)
+
+    def container(self, stage=0, public=True):
+        pb = self.pb
+        return pb.ServiceConfig(container=pb.ContainerSource(image="registry.example.com/web", tag="1.0"), stage=stage,
+                                ports=[pb.Port(internal_port=80, public=public)])
+
+    def deploy(self, env, services=(), versions=None, key=""):
+        pb = self.pb
+        return self.stub.Deploy(pb.DeployRequest(environment_id=env, service_ids=list(services), versions=versions or {},
+                                                 trigger=pb.Trigger(origin=pb.API, triggered_by="interop", idempotency_key=key)))
+
+    def deployment(self, deployment_id):
+        return self.stub.GetDeployment(self.pb.GetDeploymentRequest(deployment_id=deployment_id))
+
+    def wait_ended(self, deployment_id, timeout=60):
+        local.wait_until(lambda: self.deployment(deployment_id).ended_unix_millis > 0, timeout, f"deployment {deployment_id} did not end")
+        return self.deployment(deployment_id)
+
+    def watch_until(self, env, predicate, then=None, timeout=30):
+        """Streams Watch events until predicate(event) holds; returns that event. `then` runs once
+        the watch is subscribed (after the snapshot), so nothing it causes can be missed."""
+        call = self.stub.Watch(self.pb.WatchRequest(environment_id=env), timeout=timeout)
+        try:
+            for event in call:
+                if event.kind == self.pb.EVENT_SNAPSHOT_END and then:
+                    then()
+                if predicate(event):
+                    return event
+        finally:
+            call.cancel()
+        raise AssertionError("the watch ended before the event came")
+
+    def service(self, deployment, service_id):
+        return next(s for s in deployment.services if s.service_id == service_id)
+
+
+@pytest.fixture
+def simulated(pbs):
+    platform = Platform(pbs, "--pipeline-simulate", "builder,cluster,network,certs", "--pipeline-simulated-step-ms", str(STEP_MS))
+    yield platform
+    platform.stop()
+
+
+# Each case: the step the kill lands in, the service it runs for, and the status it must end in.
+BOUNDARIES = [
+    ("GIT_CLONE", "api", "BUILD_ERROR"),
+    ("BUILD", "api", "BUILD_ERROR"),
+    ("DEPLOYMENT", "api", "DEPLOYMENT_ERROR"),
+    ("ROUTER_DEPLOYMENT", "api", "DEPLOYMENT_ERROR"),
+    ("CERTIFICATE", "api", "DEPLOYMENT_ERROR"),
+    ("MIRROR_IMAGE", "web", "DEPLOYMENT_ERROR"),
+]
+
+
+@pytest.mark.parametrize("step,service,expected", BOUNDARIES)
+def test_kill9_at_a_step_boundary_ends_every_deployment_with_a_reason(simulated, step, service, expected):
+    p, pb = simulated, simulated.pb
+    env, ids = p.environment(("api", p.app(stage=0)), ("web", p.container(stage=1)))
+    accepted = {}
+
+    def deploy_two():
+        accepted["running"] = p.deploy(env)
+        accepted["waiting"] = p.deploy(env, services=[ids["api"]], versions={ids["api"]: "v2"})
+
+    # The moment the step is recorded as started, the process dies.
+    p.watch_until(env, lambda e: e.kind == pb.EVENT_STEP and e.step == pb.Step.Value(step)
+                  and e.step_status == pb.STEP_RUNNING and e.service_id == ids[service], then=deploy_two)
+    p.kill9()
+    running, waiting = accepted["running"], accepted["waiting"]
+    assert waiting.queue_position == 1
+    p.start()
+
+    first = p.wait_ended(running.deployment_id)
+    killed = p.service(first, ids[service])
+    assert pb.DeploymentStatus.Name(killed.status) == expected
+    assert killed.reason.startswith("interrupted: the pipeline stopped while this step ran"), killed.reason
+    interrupted_step = next(s for s in killed.steps if s.step == pb.Step.Value(step))
+    assert interrupted_step.status == pb.STEP_FAILED and interrupted_step.duration_millis >= 0
+    assert interrupted_step.message.startswith("interrupted")
+    if service == "api":
+        # Stage 1 had not started: it does not run after an interruption.
+        web = p.service(first, ids["web"])
+        assert web.status == pb.SKIPPED and web.reason == "not run: an earlier stage was interrupted by a pipeline restart"
+
+    # The deployment that was waiting runs after the restart.
+    second = p.wait_ended(waiting.deployment_id)
+    assert second.status == pb.DEPLOYED
+    assert [pb.Step.Name(s.step) for s in p.service(second, ids["api"]).steps] == [
+        "GIT_CLONE", "BUILD", "DEPLOYMENT", "ROUTER_DEPLOYMENT", "CERTIFICATE"]
+
+    # Nothing is left queued or running.
+    history = p.stub.ListDeployments(pb.ListDeploymentsRequest(environment_id=env))
+    assert all(d.ended_unix_millis > 0 for d in history.deployments)
+    status = p.stub.GetEnvironmentStatus(pb.GetEnvironmentStatusRequest(environment_id=env))
+    assert status.running_deployment_id == "" and list(status.queued_deployment_ids) == []
+    # Rolled up from each service's latest deployment: api's ran after the restart; web's is the interrupted one
+    # when the kill landed in web's step (api's interruption skipped web, and SKIPPED does not count).
+    assert pb.DeploymentStatus.Name(status.deployment_status) == ("DEPLOYED" if service == "api" else expected)
+
+
+def test_kill9_between_stages_resumes_the_deployment(simulated):
+    p, pb = simulated, simulated.pb
+    env, ids = p.environment(("db", p.app(stage=0, public=False)), ("api", p.app(stage=1, public=False, SLIPWAY_SIMULATE_STEP_MS="3000")))
+    accepted = {}
+    # Stage 0 is done and stage 1's first step has begun (it takes 3 s): kill now, with db DEPLOYED.
+    p.watch_until(env, lambda e: e.kind == pb.EVENT_DEPLOYMENT_STATUS and e.service_id == ids["db"] and e.deployment_status == pb.DEPLOYED,
+                  then=lambda: accepted.update(running=p.deploy(env)))
+    p.kill9()
+    running = accepted["running"]
+    p.start()
+    deployment = p.wait_ended(running.deployment_id)
+    assert p.service(deployment, ids["db"]).status == pb.DEPLOYED
+    api = p.service(deployment, ids["api"])
+    # Either api had not started (the deployment resumed and deployed it) or its step was interrupted.
+    if api.status == pb.DEPLOYED:
+        assert [pb.StepStatus.Name(s.status) for s in api.steps] == ["STEP_SUCCEEDED"] * 3 + ["STEP_SKIPPED"] * 2
+    else:
+        assert api.status == pb.BUILD_ERROR and api.reason.startswith("interrupted"), api.reason
+
+
+def test_a_stuck_step_times_out_with_a_reason(pbs):
+    p = Platform(pbs, "--pipeline-simulate", "builder,cluster,network,certs", "--pipeline-build-timeout", "1")
+    try:
+        pb = p.pb
+        env, ids = p.environment(("api", p.app(SLIPWAY_SIMULATE_STEP_MS="60000")))
+        deployment = p.wait_ended(p.deploy(env).deployment_id, timeout=30)
+        api = p.service(deployment, ids["api"])
+        assert api.status == pb.BUILD_ERROR
+        assert api.reason == "GIT_CLONE failed: did not finish within 1.00 s (the step timed out)"
+    finally:
+        p.stop()
+
+
+def test_bad_requests_get_a_clear_status_and_the_service_stays_up(simulated):
+    p, pb = simulated, simulated.pb
+    env, ids = p.environment(("api", p.app()))
+    cases = [
+        (lambda: p.stub.CreateService(pb.CreateServiceRequest(environment_id=env, name="API!", config=p.app())), grpc.StatusCode.INVALID_ARGUMENT, "DNS label"),
+        (lambda: p.stub.CreateService(pb.CreateServiceRequest(environment_id=env, name="x", config=pb.ServiceConfig())), grpc.StatusCode.INVALID_ARGUMENT, "source"),
+        (lambda: p.stub.CreateService(pb.CreateServiceRequest(environment_id=env, name="api", config=p.app())), grpc.StatusCode.ALREADY_EXISTS, "api"),
+        (lambda: p.deploy("env_nope"), grpc.StatusCode.NOT_FOUND, "env_nope"),
+        (lambda: p.stub.Cancel(pb.CancelRequest(deployment_id="dep_nope")), grpc.StatusCode.NOT_FOUND, "dep_nope"),
+        (lambda: p.stub.Watch(pb.WatchRequest()).next(), grpc.StatusCode.INVALID_ARGUMENT, "environment_id"),
+        (lambda: p.stub.ListDeployments(pb.ListDeploymentsRequest(environment_id=env, page_size=501)), grpc.StatusCode.INVALID_ARGUMENT, "page_size"),
+        (lambda: p.stub.CreateService(pb.CreateServiceRequest(environment_id=env, name="s", config=p.app(), secrets={"1BAD": "x"})), grpc.StatusCode.INVALID_ARGUMENT, "secrets"),
+    ]
+    for call, code, text in cases:
+        with pytest.raises(grpc.RpcError) as raised:
+            call()
+        assert raised.value.code() == code, (raised.value.code(), raised.value.details())
+        assert text in raised.value.details(), raised.value.details()
+    # Still serving, nothing lost.
+    assert [s.name for s in p.stub.ListServices(pb.ListServicesRequest(environment_id=env)).services] == ["api"]
+    assert p.wait_ended(p.deploy(env).deployment_id).status == pb.DEPLOYED
+
+
+def test_watch_streams_status_changes_to_a_grpcio_client(simulated):
+    p, pb = simulated, simulated.pb
+    env, ids = p.environment(("api", p.app(SLIPWAY_SIMULATE_STEP_MS="50")))
+    events = []
+    ready = threading.Event()
+
+    def watch():
+        for event in p.stub.Watch(pb.WatchRequest(environment_id=env), timeout=30):
+            events.append(event)
+            if event.kind == pb.EVENT_SNAPSHOT_END:
+                ready.set()
+            if event.kind == pb.EVENT_DEPLOYMENT_ENDED:
+                return
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    assert ready.wait(10)
+    accepted = p.deploy(env)
+    thread.join(30)
+    assert [e.kind for e in events[:2]] == [pb.EVENT_SNAPSHOT, pb.EVENT_SNAPSHOT_END]
+    statuses = [pb.DeploymentStatus.Name(e.deployment_status) for e in events if e.kind == pb.EVENT_DEPLOYMENT_STATUS]
+    assert statuses == ["QUEUED", "BUILDING", "DEPLOYING", "DEPLOYED"]
+    assert all(e.deployment_id == accepted.deployment_id for e in events[2:])
+    assert events[-1].environment_deployment_status == pb.DEPLOYED
+
+
+@pytest.fixture
+def with_builder(pbs):
+    """registry + logs + builder + pipeline: applications are fetched and built for real."""
+    from conftest import BIN_DIR
+
+    data = tempfile.mkdtemp(prefix="slipway-pipeline-builder-")
+    registry_port, builder_port, logs_port = local.free_port(), local.free_port(), local.free_port()
+    registry = local.start_registry(os.path.join(data, "registry"), registry_port)
+    logs = local.start_service(BIN_DIR, "logs", data, logs_port)
+    builder = local.start_service(BIN_DIR, "builder", data, builder_port, "--builder-registry", f"127.0.0.1:{registry_port}",
+                                  "--logs-address", f"127.0.0.1:{logs_port}")
+    platform = Platform(pbs, "--builder-address", f"127.0.0.1:{builder_port}", "--pipeline-simulate", "cluster,network,certs",
+                        data=data, logs=(logs_port, logs))
+    yield platform, data, f"127.0.0.1:{registry_port}"
+    platform.stop()
+    local.stop(builder, registry)
+
+
+def test_an_application_is_fetched_and_built_by_the_real_builder(with_builder):
+    p, data, registry = with_builder
+    pb = p.pb
+    repo = os.path.join(data, "hello")
+    local.example_repository(repo)
+    head = local.git(repo, "rev-parse", "HEAD").strip()
+    env, ids = p.environment(("hello", p.app(url=repo, build_args={"BASE": f"{registry}/slipway/busybox:latest"})))
+
+    first = p.wait_ended(p.deploy(env, key="push-1").deployment_id, timeout=300)
+    hello = p.service(first, ids["hello"])
+    assert first.status == pb.DEPLOYED, hello.reason
+    assert hello.commit == head
+    assert [(pb.Step.Name(s.step), pb.StepStatus.Name(s.status)) for s in hello.steps][:2] == [("GIT_CLONE", "STEP_SUCCEEDED"), ("BUILD", "STEP_SUCCEEDED")]
+    # The image is in the registry under the digest the deployment recorded.
+    reference, digest = hello.image.split("@")
+    repository, tag = reference.split("/", 1)[1].rsplit(":", 1)
+    request = urllib.request.Request(f"http://{registry}/v2/{repository}/manifests/{tag}", method="HEAD",
+                                     headers={"Accept": "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"})
+    assert urllib.request.urlopen(request).headers["Docker-Content-Digest"] == digest
+
+    # The deployment's log holds the pipeline's lines and the builder's, in one stream.
+    stream = p.logs_pb.StreamKey(environment_id=env, deployment_id=first.id)
+    with grpc.insecure_channel(f"127.0.0.1:{p.logs_port}") as channel:
+        lines = p.logs_grpc.LogsStub(channel).Query(p.logs_pb.QueryRequest(stream=stream, page_size=1000)).lines
+    texts = [line.text for line in lines]
+    assert texts[0] == "DEPLOY of hello requested by interop (API)"
+    assert "hello: BUILD started" in texts
+    assert any(line.step == "BUILD" and line.source == p.logs_pb.STDOUT for line in lines)  # buildah's own output
+    assert texts[-1].startswith("deployment ended: DEPLOYED in ")
+
+    # Redeploy: the same commit, the image is already there, nothing is built.
+    redeploy = p.wait_ended(p.stub.Redeploy(pb.ActionRequest(environment_id=env)).deployment_id, timeout=120)
+    steps = {pb.Step.Name(s.step): pb.StepStatus.Name(s.status) for s in p.service(redeploy, ids["hello"]).steps}
+    assert steps["BUILD"] == "STEP_SKIPPED"
+    assert p.service(redeploy, ids["hello"]).requested_version == head
+
+    # A commit that does not exist fails the build with the builder's reason.
+    missing = p.wait_ended(p.deploy(env, versions={ids["hello"]: "0" * 40}).deployment_id, timeout=120)
+    failed = p.service(missing, ids["hello"])
+    assert failed.status == pb.BUILD_ERROR
+    assert "0000000" in failed.reason and failed.reason.startswith("GIT_CLONE failed: "), failed.reason

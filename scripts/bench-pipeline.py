@@ -2,8 +2,8 @@
 """Control-plane benchmark: the pipeline's own cost per service-deployment, with every collaborator
 (builder, cluster, network, certs) simulated and answering at once.
 
-    python3 scripts/bench-pipeline.py [BIN_DIR] [ENVIRONMENTS] [DEPLOYMENTS] [--durability normal|full]
-    (default .build/release, 100 environments, 10 deployments each, durability normal)
+    python3 scripts/bench-pipeline.py [BIN_DIR] [ENVIRONMENTS] [DEPLOYMENTS] [ROUNDS] [--durability normal|full]
+    (default .build/release, 100 environments, 10 deployments each, 3 rounds, durability normal)
 
 Every deployment is of one public application service, so it runs all five steps (GIT_CLONE, BUILD,
 DEPLOYMENT, ROUTER_DEPLOYMENT, CERTIFICATE), each recorded in SQLite, published to watchers and
@@ -35,6 +35,7 @@ args = [a for a in args if a not in ("normal", "full")]
 bin_dir = args[0] if args else os.path.join(local.ROOT, ".build", "release")
 environments = int(args[1]) if len(args) > 1 else 100
 per_environment = int(args[2]) if len(args) > 2 else 10
+rounds = int(args[3]) if len(args) > 3 else 3
 
 (pb, pb_grpc), = local.protos("slipway/pipeline/v1/pipeline.proto")
 data = tempfile.mkdtemp(prefix="slipway-bench-pipeline-")
@@ -78,44 +79,48 @@ try:
     print(f"overhead, one deployment at a time (100): recorded started->ended p50 {percentile(recorded, 0.5)} ms, "
           f"p99 {percentile(recorded, 0.99)} ms; client Deploy->seen ended p50 {percentile(seen, 0.5):.1f} ms, p99 {percentile(seen, 0.99):.1f} ms")
 
-    # Throughput: full queues.
-    plan = []
-    for e in range(environments):
-        env = stub.CreateEnvironment(pb.CreateEnvironmentRequest(project_id=project.id, name=f"env-{e}")).id
-        for s in range(per_environment):
-            plan.append((env, service(env, f"s{s}", **({"SLIPWAY_SIMULATE_STEP_MS": "1000"} if s == 0 else {}))))
-    # Round-robin over environments: each one's slow first deployment starts first.
-    plan = [plan[e * per_environment + s] for s in range(per_environment) for e in range(environments)]
-    perf = None
-    if os.environ.get("BENCH_PERF"):  # profile the throughput phase: BENCH_PERF=/tmp/perf.data
-        import subprocess
-        perf = subprocess.Popen(["perf", "record", "-g", "-o", os.environ["BENCH_PERF"], "-p", str(pipeline.pid)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.5)
-    submit_start = time.monotonic()
-    futures = [stub.Deploy.future(pb.DeployRequest(environment_id=env, service_ids=[svc], trigger=pb.Trigger(origin=pb.API, triggered_by="bench")))
-               for env, svc in plan]
-    ids = [f.result().deployment_id for f in futures]
-    submit_seconds = time.monotonic() - submit_start
-    submitted_at_millis = time.time() * 1000
-    first_ids, queued_ids = ids[:environments], ids[environments:]
-    local.wait_until(lambda: stub.GetDeployment(pb.GetDeploymentRequest(deployment_id=queued_ids[-1])).ended_unix_millis > 0, 600,
-                     "the deployments did not end")
-    local.wait_until(lambda: all(stub.GetDeployment(pb.GetDeploymentRequest(deployment_id=i)).ended_unix_millis > 0 for i in queued_ids), 600,
-                     "the deployments did not end")
-    if perf:
-        perf.send_signal(2)
-        perf.wait()
-    firsts = [stub.GetDeployment(pb.GetDeploymentRequest(deployment_id=i)) for i in first_ids]
-    queued = [stub.GetDeployment(pb.GetDeploymentRequest(deployment_id=i)) for i in queued_ids]
-    statuses = {pb.DeploymentStatus.Name(d.status) for d in firsts + queued}
-    assert statuses == {"DEPLOYED"}, statuses
-    if min(d.ended_unix_millis for d in firsts) < submitted_at_millis:
-        print("warning: a first deployment ended before every Deploy call was answered; throughput is mixed with client traffic")
-    span = (max(d.ended_unix_millis for d in queued) - min(d.started_unix_millis for d in queued)) / 1000
-    count = len(queued)
-    print(f"throughput, {environments} environments x {per_environment - 1} queued deployments: {count / span:.0f} service-deployments/s "
-          f"({count} in {span:.2f} s, first start to last end; {1000 * span / count:.2f} ms each)")
-    print(f"submit: {len(ids)} Deploy calls answered in {submit_seconds:.2f} s ({len(ids) / submit_seconds:.0f}/s)")
+    # Throughput: full queues, ROUNDS times on fresh environments.
+    rates = []
+    for round_ in range(rounds):
+        plan = []
+        for e in range(environments):
+            env = stub.CreateEnvironment(pb.CreateEnvironmentRequest(project_id=project.id, name=f"r{round_}-env-{e}")).id
+            for s in range(per_environment):
+                plan.append((env, service(env, f"s{s}", **({"SLIPWAY_SIMULATE_STEP_MS": "1000"} if s == 0 else {}))))
+        # Round-robin over environments: each one's slow first deployment starts first.
+        plan = [plan[e * per_environment + s] for s in range(per_environment) for e in range(environments)]
+        perf = None
+        if os.environ.get("BENCH_PERF"):  # profile the throughput phase: BENCH_PERF=/tmp/perf.data
+            import subprocess
+            perf = subprocess.Popen(["perf", "record", "-g", "-o", os.environ["BENCH_PERF"], "-p", str(pipeline.pid)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
+        submit_start = time.monotonic()
+        futures = [stub.Deploy.future(pb.DeployRequest(environment_id=env, service_ids=[svc], trigger=pb.Trigger(origin=pb.API, triggered_by="bench")))
+                   for env, svc in plan]
+        ids = [f.result().deployment_id for f in futures]
+        submit_seconds = time.monotonic() - submit_start
+        submitted_at_millis = time.time() * 1000
+        first_ids, queued_ids = ids[:environments], ids[environments:]
+        local.wait_until(lambda: stub.GetDeployment(pb.GetDeploymentRequest(deployment_id=queued_ids[-1])).ended_unix_millis > 0, 600,
+                         "the deployments did not end")
+        local.wait_until(lambda: all(stub.GetDeployment(pb.GetDeploymentRequest(deployment_id=i)).ended_unix_millis > 0 for i in queued_ids), 600,
+                         "the deployments did not end")
+        if perf:
+            perf.send_signal(2)
+            perf.wait()
+        firsts = [stub.GetDeployment(pb.GetDeploymentRequest(deployment_id=i)) for i in first_ids]
+        queued = [stub.GetDeployment(pb.GetDeploymentRequest(deployment_id=i)) for i in queued_ids]
+        statuses = {pb.DeploymentStatus.Name(d.status) for d in firsts + queued}
+        assert statuses == {"DEPLOYED"}, statuses
+        if min(d.ended_unix_millis for d in firsts) < submitted_at_millis:
+            print("warning: a first deployment ended before every Deploy call was answered; throughput is mixed with client traffic")
+        span = (max(d.ended_unix_millis for d in queued) - min(d.started_unix_millis for d in queued)) / 1000
+        count = len(queued)
+        rates.append(count / span)
+        print(f"throughput, {environments} environments x {per_environment - 1} queued deployments: {count / span:.0f} service-deployments/s "
+              f"({count} in {span:.2f} s, first start to last end; {1000 * span / count:.2f} ms each)")
+        print(f"submit: {len(ids)} Deploy calls answered in {submit_seconds:.2f} s ({len(ids) / submit_seconds:.0f}/s)")
+    print(f"throughput median of {rounds} rounds: {statistics.median(rates):.0f} service-deployments/s")
 finally:
     local.stop(pipeline, logs)

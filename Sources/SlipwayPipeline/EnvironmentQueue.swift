@@ -78,9 +78,10 @@ public struct EnvironmentQueue: Sendable, Equatable {
         return result
     }
 
-    /// The running deployment ended; returns the next one, now running.
+    /// The running deployment ended; returns the next one, now running (nil when nothing waits, or
+    /// when `deploymentID` is not the running one: then nothing changes).
     public mutating func finish(_ deploymentID: String) -> Entry? {
-        guard running?.deploymentID == deploymentID else { return running }
+        guard running?.deploymentID == deploymentID else { return nil }
         running = waiting.isEmpty ? nil : waiting.removeFirst()
         return running
     }

@@ -81,9 +81,8 @@ public struct PipelineComponent: PlatformComponent {
         // The cluster, network and certs services have no API yet: simulated until their issues land.
         let collaborators = Collaborators(images: images, cluster: simulated, network: simulated, certs: simulated)
         let logsAddress = service.directory[.logs]
-        let engine = PipelineEngine(
-            store: store, collaborators: collaborators, logsClient: RPCClient(host: logsAddress.host, port: logsAddress.port),
-            limits: configuration.limits, logger: logger)
+        let shipper = LogShipper(client: RPCClient(host: logsAddress.host, port: logsAddress.port), logger: logger)
+        let engine = PipelineEngine(store: store, collaborators: collaborators, logs: shipper, limits: configuration.limits, logger: logger)
         try await engine.start()
         router.register(PipelineService(engine: engine))
         let names = PipelineConfiguration.Collaborator.allCases.filter { configuration.simulated.contains($0) || $0 != .builder }.map(\.rawValue)
@@ -91,6 +90,19 @@ public struct PipelineComponent: PlatformComponent {
             "builder": "\(configuration.simulated.contains(.builder) ? "simulated" : "\(builderAddress)")",
             "simulated": "\(names.joined(separator: ","))", "logs": "\(logsAddress)", "durability": "\(configuration.durability.rawValue)",
         ])
-        return []
+        return [LogShipperService(shipper: shipper)]
+    }
+}
+
+/// Runs the shared deployment log stream for the life of the service.
+struct LogShipperService: Service {
+    let shipper: LogShipper
+
+    func run() async throws {
+        await withGracefulShutdownHandler {
+            await shipper.run()
+        } onGracefulShutdown: {
+            shipper.stop()
+        }
     }
 }

@@ -73,25 +73,32 @@ public actor PipelineEngine {
     }
 
     private struct Running {
-        var services: [String: Task<Bool, Never>] = [:]
+        var services: [String: (run: ServiceRun, task: Task<Bool, Never>)] = [:]
         var canceled = false
     }
+
+    static let deleted = PipelineError.failedPrecondition("the service was deleted by an earlier deployment")
+
+    /// How often the watchdog looks for steps past their time limit.
+    static let watchdogPeriod: Duration = .milliseconds(250)
+    private var watchdog: Task<Void, Never>?
 
     nonisolated let store: PipelineStore
     nonisolated let hub: StatusHub
     nonisolated let limits: Limits
     private let context: Context
-    private let logsClient: RPCClient?
+    private let logs: LogShipper?
     private let logger: Logger
     private var queues: [String: EnvironmentQueue] = [:]
     private var running: [String: Running] = [:]
     private var idleWaiters: [CheckedContinuation<Void, Never>] = []
 
-    public init(store: PipelineStore, collaborators: Collaborators, hub: StatusHub = StatusHub(), logsClient: RPCClient?, limits: Limits = Limits(), logger: Logger) {
+    /// `logs`: where deployment log lines go (nil: nowhere).
+    public init(store: PipelineStore, collaborators: Collaborators, hub: StatusHub = StatusHub(), logs: LogShipper?, limits: Limits = Limits(), logger: Logger) {
         self.store = store
         self.hub = hub
         self.limits = limits
-        self.logsClient = logsClient
+        self.logs = logs
         self.logger = logger
         self.context = Context(store: store, collaborators: collaborators, hub: hub, limits: limits, logger: logger)
     }
@@ -103,6 +110,13 @@ public actor PipelineEngine {
     /// status and a reason; a deployment interrupted that way skips what it had not started; one
     /// that was between stages resumes; waiting ones run in their order.
     public func start() throws {
+        watchdog = watchdog ?? Task { [weak self] in
+            while !Task.isCancelled {
+                try? await Task.sleep(for: Self.watchdogPeriod)
+                guard let engine = self else { return }
+                await engine.cancelLateSteps()
+            }
+        }
         let reason = "interrupted: the pipeline stopped while this step ran (restarted at \(ISO8601DateFormatter().string(from: Date())))"
         let interrupted = Set(try store.recoverAfterCrash(reason: reason))
         for deploymentID in interrupted {
@@ -125,6 +139,10 @@ public actor PipelineEngine {
     // MARK: Submitting
 
     public func submit(_ submission: Submission) throws -> Accepted {
+        // A retry is answered before anything else is checked: its deployment exists already.
+        if let key = submission.idempotencyKey, let existing = try store.deploymentID(environmentID: submission.environmentID, idempotencyKey: key) {
+            return Accepted(deploymentID: existing, position: queues[submission.environmentID]?.position(of: existing) ?? 0, duplicate: true, superseded: [])
+        }
         let all = try store.serviceSummaries(environmentID: submission.environmentID)
         var chosen = all
         if !submission.serviceIDs.isEmpty {
@@ -132,6 +150,9 @@ public actor PipelineEngine {
                 throw PipelineStore.Failure.notFound("service \(id) in environment \(submission.environmentID)")
             }
             chosen = all.filter { submission.serviceIDs.contains($0.id) }
+        }
+        for serviceID in submission.versions.keys where !chosen.contains(where: { $0.id == serviceID }) {
+            throw PipelineError.invalidArgument("versions names service \(serviceID), which this deployment does not act on")
         }
         guard !chosen.isEmpty else {
             throw PipelineError.failedPrecondition("environment \(submission.environmentID) has no services to act on; create one first")
@@ -173,7 +194,7 @@ public actor PipelineEngine {
                 var change = PipelineStore.Change(deploymentID: older, serviceID: serviceID)
                 change.event = .skip
                 change.reason = "superseded by deployment \(deploymentID)"
-                publishChange(environmentID, change, (try? store.record(change))?.status)
+                _ = try? store.record(change, announce: announcer(environmentID, change))
             }
         }
         for removed in result.removed {
@@ -184,11 +205,8 @@ public actor PipelineEngine {
     }
 
     private func launch(_ deploymentID: String, environmentID: String) {
-        do {
-            try store.markStarted(deploymentID)
-        } catch {
-            logger.error("cannot record a deployment's start", metadata: ["deployment": "\(deploymentID)", "error": "\(error)"])
-        }
+        // Its start is recorded with its first service's first step (a deployment stopped before
+        // that is simply queued again after a restart).
         running[deploymentID] = Running()
         Task {
             await self.execute(deploymentID)
@@ -246,7 +264,6 @@ public actor PipelineEngine {
                     applyCancel(record.environmentID, deploymentID, serviceID, reason: "canceled before it started")
                 } else if status == .building || status == .deploying {
                     applyCancel(record.environmentID, deploymentID, serviceID, reason: "canceled")
-                    running[deploymentID]?.services[serviceID]?.cancel()
                 }
             }
         }
@@ -257,29 +274,49 @@ public actor PipelineEngine {
         var change = PipelineStore.Change(deploymentID: deploymentID, serviceID: serviceID)
         change.event = .cancel
         change.reason = reason
-        // Refused when the service finished meanwhile: then there is nothing to cancel.
-        publishChange(environmentID, change, (try? store.record(change))?.status)
+        // Refused when the service finished meanwhile: then there is nothing to cancel. A service
+        // that started since the caller looked is now CANCELING: its work is stopped too.
+        if (try? store.record(change, announce: announcer(environmentID, change)))?.status == .canceling {
+            running[deploymentID]?.services[serviceID]?.task.cancel()
+        }
+    }
+
+    /// Cancels the services whose running step is past its time limit (the step then fails as timed out).
+    private func cancelLateSteps() {
+        let now = ContinuousClock.now
+        for deployment in running.values {
+            for service in deployment.services.values where service.run.expireIfLate(now: now) {
+                service.task.cancel()
+            }
+        }
+    }
+
+    deinit {
+        watchdog?.cancel()
     }
 
     private func isCanceled(_ deploymentID: String) -> Bool {
         running[deploymentID]?.canceled ?? false
     }
 
-    private func spawn(_ deploymentID: String, _ plan: ServicePlan) -> Task<Bool, Never> {
-        let context = self.context
-        let task = Task { await ServiceRun(context: context, plan: plan).run() }
-        running[deploymentID]?.services[plan.service.id] = task
-        return task
+    private func spawn(_ deploymentID: String, _ plan: ServicePlan) -> (ServiceRun, Task<Bool, Never>) {
+        let run = ServiceRun(context: context, plan: plan)
+        let task = Task { await run.run() }
+        running[deploymentID]?.services[plan.service.id] = (run, task)
+        return (run, task)
     }
 
     // MARK: Execution
 
-    private nonisolated func publishChange(_ environmentID: String, _ change: PipelineStore.Change, _ status: DeploymentStatus?) {
-        guard let status else { return }
-        var event = PipelineEvent(kind: .deploymentStatus, environmentID: environmentID, deploymentID: change.deploymentID, serviceID: change.serviceID)
-        event.deploymentStatus = status
-        event.message = change.reason ?? ""
-        hub.publish(event)
+    /// Publishes a recorded status change (called by the store in commit order).
+    private nonisolated func announcer(_ environmentID: String, _ change: PipelineStore.Change) -> (DeploymentStatus) -> Void {
+        let hub = self.hub
+        return { status in
+            var event = PipelineEvent(kind: .deploymentStatus, environmentID: environmentID, deploymentID: change.deploymentID, serviceID: change.serviceID)
+            event.deploymentStatus = status
+            event.message = change.reason ?? ""
+            hub.publish(event)
+        }
     }
 
     /// Runs a deployment's stages; returns when every service is final.
@@ -294,7 +331,7 @@ public actor PipelineEngine {
             logger.error("cannot load a deployment to run", metadata: ["deployment": "\(deploymentID)", "error": "\(error)"])
             return
         }
-        let log = DeploymentLogWriter(client: logsClient, environmentID: record.environmentID, deploymentID: deploymentID, logger: logger)
+        let log = DeploymentLog(shipper: logs, environmentID: record.environmentID, deploymentID: deploymentID)
         let reverse = record.action == .stop || record.action == .delete
         let pending = record.services.filter { $0.value.isQueued }.keys
         let stages = Dictionary(grouping: pending) { record.details[$0]?.stage ?? 0 }
@@ -302,7 +339,10 @@ public actor PipelineEngine {
         let names = record.details.values.map(\.name).sorted().joined(separator: ", ")
         log.write("\(record.action.rawValue) of \(names) requested by \(record.triggeredBy.isEmpty ? "unknown" : record.triggeredBy) (\(record.origin.rawValue))", step: "")
 
-        var failure: String?
+        // Resumed after a restart: a stage that had already failed still stops the later ones.
+        let failedBefore = record.services.filter { $0.value.isError }.keys.compactMap { record.details[$0]?.name }.sorted()
+        var failure: String? = failedBefore.isEmpty ? nil : "an earlier stage failed (\(failedBefore.joined(separator: ", ")))"
+        var finals = record.services
         for (stage, serviceIDs) in stages {
             let ordered = serviceIDs.sorted()
             let canceled = await isCanceled(deploymentID)
@@ -313,7 +353,7 @@ public actor PipelineEngine {
                     change.event = .skip
                     change.reason = reason
                     // Refused for services a cancel already ended.
-                    publishChange(record.environmentID, change, (try? store.record(change))?.status)
+                    finals[serviceID] = (try? store.record(change, announce: announcer(record.environmentID, change)))?.status ?? finals[serviceID]
                 }
                 continue
             }
@@ -326,50 +366,56 @@ public actor PipelineEngine {
                     var change = PipelineStore.Change(deploymentID: deploymentID, serviceID: serviceID)
                     change.event = .skip
                     change.reason = "not run: \(error)"
-                    publishChange(record.environmentID, change, (try? store.record(change))?.status)
-                    failure = failure ?? "stage \(stage) could not start: \(error)"
+                    finals[serviceID] = (try? store.record(change, announce: announcer(record.environmentID, change)))?.status ?? finals[serviceID]
+                    // A service deleted meanwhile has nothing to do; anything else stops the later stages.
+                    if error as? PipelineError != Self.deleted {
+                        failure = failure ?? "stage \(stage) could not start: \(error)"
+                    }
                 }
             }
-            let failed = await runStage(deploymentID, plans)
+            let (failed, statuses) = await runStage(deploymentID, plans)
+            finals.merge(statuses) { $1 }
             if !failed.isEmpty, failure == nil {
                 failure = "stage \(stage) failed (\(failed.joined(separator: ", ")))"
             }
         }
-        let final = (try? store.deployment(deploymentID)).map { StatusRollup.deployment(Array($0.services.values)) } ?? nil
+        // The statuses this run saw, unless a cancel changed some behind its back.
+        let services = await isCanceled(deploymentID) ? (try? store.deployment(deploymentID))?.services : finals
+        let final = services.flatMap { StatusRollup.deployment(Array($0.values)) }
         log.write("deployment ended: \(final?.rawValue ?? "unknown") in \(ServiceRun.format(ContinuousClock.now - started))", step: "", level: final?.isError == true ? .error : .info)
         var ended = PipelineEvent(kind: .deploymentEnded, environmentID: record.environmentID, deploymentID: deploymentID)
         ended.deploymentStatus = final
         hub.publish(ended)
-        // The environment's next deployment does not wait for this one's last lines to be acknowledged.
-        Task { await log.finish() }
     }
 
     /// Runs one stage's services, at most ``Limits/maxParallelServices`` at once; returns the names
     /// of those that did not succeed.
-    private nonisolated func runStage(_ deploymentID: String, _ plans: [ServicePlan]) async -> [String] {
-        await withTaskGroup(of: (String, Bool).self) { group in
+    private nonisolated func runStage(_ deploymentID: String, _ plans: [ServicePlan]) async -> (failed: [String], statuses: [String: DeploymentStatus]) {
+        await withTaskGroup(of: (ServiceRun, Bool).self) { group in
             var failed: [String] = []
+            var statuses: [String: DeploymentStatus] = [:]
             var next = 0
             func addNext() async {
                 let plan = plans[next]
                 next += 1
-                let task = await spawn(deploymentID, plan)
-                group.addTask { (plan.service.name, await task.value) }
+                let (run, task) = await spawn(deploymentID, plan)
+                group.addTask { (run, await task.value) }
             }
             while next < min(plans.count, limits.maxParallelServices) { await addNext() }
-            while let (name, succeeded) = await group.next() {
-                if !succeeded { failed.append(name) }
+            while let (run, succeeded) = await group.next() {
+                if !succeeded { failed.append(run.plan.service.name) }
+                statuses[run.plan.service.id] = run.status
                 if next < plans.count { await addNext() }
             }
-            return failed.sorted()
+            return (failed.sorted(), statuses)
         }
     }
 
     /// What one service needs to run: its configuration (a rollback's from the release), version,
     /// and the release to fall back to when a rollout is canceled.
-    private nonisolated func plan(_ record: PipelineStore.DeploymentRecord, _ environment: DeploymentEnvironment, _ serviceID: String, log: DeploymentLogWriter) throws -> ServicePlan {
-        var (service, configurationJSON, sealedSecrets) = try store.serviceSnapshot(serviceID)
-        let previous = try store.releases(serviceID: serviceID, limit: 1).first
+    private nonisolated func plan(_ record: PipelineStore.DeploymentRecord, _ environment: DeploymentEnvironment, _ serviceID: String, log: DeploymentLog) throws -> ServicePlan {
+        var (service, configurationJSON, sealedSecrets, deleted) = try store.serviceSnapshot(serviceID)
+        if deleted { throw Self.deleted }
         var rollback: PipelineStore.Release?
         var stored: (String, Data)? = (configurationJSON, sealedSecrets)
         if let releaseID = record.rollbackReleaseID {
@@ -381,7 +427,7 @@ public actor PipelineEngine {
         }
         let work = ServiceWork(
             deploymentID: record.id, environment: environment, service: service, requestedVersion: record.details[serviceID]?.requestedVersion ?? "")
-        return ServicePlan(action: record.action, work: work, rollback: rollback, previous: previous, stored: stored, log: log)
+        return ServicePlan(action: record.action, work: work, rollback: rollback, stored: stored, log: log)
     }
 }
 
@@ -391,10 +437,8 @@ struct ServicePlan: Sendable {
     var work: ServiceWork
     /// Set for a rollback: the release deployed again.
     var rollback: PipelineStore.Release?
-    /// The service's latest release before this deployment (what a canceled rollout goes back to).
-    var previous: PipelineStore.Release?
     /// The configuration (JSON) and secrets (sealed) as stored, when the work runs with them.
     var stored: (configurationJSON: String, sealedSecrets: Data)?
-    var log: DeploymentLogWriter
+    var log: DeploymentLog
     var service: ManagedService { work.service }
 }

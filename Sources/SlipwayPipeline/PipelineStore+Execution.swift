@@ -39,9 +39,12 @@ extension PipelineStore {
         public var sealedSecrets: Data?
     }
 
-    /// The service's status after the change and the release it recorded, if any.
+    /// The service's status after the change and the release it recorded, if any. `announce` runs
+    /// once every statement has succeeded, on the database's serial queue: what it publishes reaches
+    /// watchers in the order the changes were written (only a failing COMMIT, an I/O error, could
+    /// then undo it).
     @discardableResult
-    public func record(_ change: Change) throws -> (status: DeploymentStatus, releaseID: String?) {
+    public func record(_ change: Change, announce: ((DeploymentStatus) -> Void)? = nil) throws -> (status: DeploymentStatus, releaseID: String?) {
         let now = Date().timeIntervalSince1970
         let releaseID = change.release.map { _ in Self.newID("rel") }
         let sealedRelease = try change.release.map { draft in
@@ -55,6 +58,7 @@ extension PipelineStore {
                 throw Failure.notFound("service \(change.serviceID) in deployment \(change.deploymentID)")
             }
             if let event = change.event {
+                let before = status
                 do {
                     status = try status.applying(event)
                 } catch {
@@ -62,8 +66,17 @@ extension PipelineStore {
                 }
                 try db.cachedStatement(sql: "UPDATE deployment_service SET status = ?, reason = COALESCE(?, reason) WHERE deployment_id = ? AND service_id = ?").execute(
                     arguments: [status.rawValue, change.reason, change.deploymentID, change.serviceID])
-                try db.cachedStatement(sql: "UPDATE service SET deployment_status = ?, last_deployment_id = ? WHERE id = ?").execute(
-                    arguments: [status.rawValue, change.deploymentID, change.serviceID])
+                // The service shows its status in the last deployment that acted on it: one that ends
+                // without having run (superseded, skipped, canceled while waiting) leaves it as it was.
+                if !(before.isQueued && status.isFinal) {
+                    try db.cachedStatement(sql: "UPDATE service SET deployment_status = ?, last_deployment_id = ? WHERE id = ?").execute(
+                        arguments: [status.rawValue, change.deploymentID, change.serviceID])
+                }
+                // The deployment has started once one of its services has.
+                if before.isQueued && status.isRunning {
+                    try db.cachedStatement(sql: "UPDATE deployment SET started_at = COALESCE(started_at, ?) WHERE id = ?").execute(
+                        arguments: [now, change.deploymentID])
+                }
             }
             if let end = change.endStep {
                 try db.cachedStatement(sql: "UPDATE deployment_step SET status = ?, ended_at = ?, message = ? WHERE deployment_id = ? AND service_id = ? AND step = ? AND status = ?").execute(
@@ -105,15 +118,16 @@ extension PipelineStore {
                     arguments: [now, change.serviceID])
             }
             if change.event != nil { try Self.markEndedIfDone(db, change.deploymentID) }
+            announce?(status)
             return (status, releaseID)
         }
     }
 
-    /// The deployment leaves the queue and starts (recorded before any of its work runs).
-    public func markStarted(_ deploymentID: String) throws {
-        try write("deployment \(deploymentID)") { db in
-            try db.cachedStatement(sql: "UPDATE deployment SET started_at = COALESCE(started_at, ?) WHERE id = ?").execute(
-                arguments: [Date().timeIntervalSince1970, deploymentID])
+    /// The deployment an idempotency key already made in the environment, if any.
+    public func deploymentID(environmentID: String, idempotencyKey: String) throws -> String? {
+        try database.inDatabase { db in
+            try String.fetchOne(
+                db.cachedStatement(sql: "SELECT id FROM deployment WHERE environment_id = ? AND idempotency_key = ?"), arguments: [environmentID, idempotencyKey])
         }
     }
 

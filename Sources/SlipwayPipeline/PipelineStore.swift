@@ -164,7 +164,7 @@ public final class PipelineStore: Sendable {
 
     /// A service with its configuration as stored (JSON) and its secrets as stored (sealed): what a
     /// release records, without encoding or sealing them again.
-    public func serviceSnapshot(_ id: String) throws -> (service: ManagedService, configurationJSON: String, sealedSecrets: Data) {
+    public func serviceSnapshot(_ id: String) throws -> (service: ManagedService, configurationJSON: String, sealedSecrets: Data, deleted: Bool) {
         let row = try database.inDatabase { db in try Row.fetchOne(db.cachedStatement(sql: "SELECT * FROM service WHERE id = ?"), arguments: [id]) }
         guard let row else { throw Failure.notFound("service \(id)") }
         let json: String = row["configuration"]
@@ -172,7 +172,7 @@ public final class PipelineStore: Sendable {
         let service = ManagedService(
             id: row["id"], environmentID: row["environment_id"], name: row["name"],
             configuration: try JSONDecoder().decode(ServiceSpec.self, from: Data(json.utf8)), secrets: try open(sealed))
-        return (service, json, sealed)
+        return (service, json, sealed, row["deleted_at"] as Double? != nil)
     }
 
     public func services(environmentID: String) throws -> [ManagedService] {

@@ -23,8 +23,8 @@ struct ServiceRun {
         let deadline = Mutex(Deadline())
     }
 
-    /// The running step's deadline, watched by one task per service run (cheaper than a timer
-    /// task group per step): when it passes, the work is cancelled and the step fails as timed out.
+    /// The running step's deadline. The engine's one watchdog looks at every running service's
+    /// (``PipelineEngine/watchdogPeriod``) instead of a timer per step.
     private struct Deadline {
         var at: ContinuousClock.Instant?
         var limit: Duration = .zero
@@ -42,41 +42,21 @@ struct ServiceRun {
     private var work: ServiceWork { plan.work }
     private var name: String { plan.service.name }
 
-    /// The longest the watchdog sleeps before looking at the deadline again (a step may move it earlier).
-    static let watchdogSlice: Duration = .milliseconds(250)
+    /// Marks the running step's deadline expired if it has passed; true when it did (the engine's
+    /// watchdog then cancels the service's task, and the step fails as timed out).
+    func expireIfLate(now: ContinuousClock.Instant) -> Bool {
+        progress.deadline.withLock { deadline in
+            guard let at = deadline.at, at <= now, !deadline.expired else { return false }
+            deadline.expired = true
+            return true
+        }
+    }
+
+    /// The service's status after its last recorded change.
+    var status: DeploymentStatus? { progress.status }
 
     /// True when the service ended in success.
     func run() async -> Bool {
-        await withTaskGroup(of: Bool?.self) { group in
-            group.addTask { await work() }
-            group.addTask {
-                await watchdog()
-                return nil
-            }
-            while let next = await group.next() {
-                group.cancelAll()
-                if let succeeded = next { return succeeded }
-            }
-            return false
-        }
-    }
-
-    /// Returns when the deadline has passed (marking it expired) or when cancelled.
-    private func watchdog() async {
-        while !Task.isCancelled {
-            let now = ContinuousClock.now
-            let expired = progress.deadline.withLock { deadline -> Bool in
-                guard let at = deadline.at, at <= now else { return false }
-                deadline.expired = true
-                return true
-            }
-            if expired { return }
-            let until = progress.deadline.withLock { $0.at }.map { min($0, now + Self.watchdogSlice) } ?? now + Self.watchdogSlice
-            try? await Task.sleep(until: until, clock: .continuous)
-        }
-    }
-
-    private func work() async -> Bool {
         do {
             switch plan.action {
             case .deploy: try await deploy()
@@ -187,9 +167,41 @@ struct ServiceRun {
         if let (step, status) = ending { change.endStep = (step, status, message) }
         change.startStep = start
         more(&change)
+        // What watchers hear, published by the store in commit order.
+        let hub = context.hub
+        let ids = (environment: work.environment.id, deployment: work.deploymentID, service: plan.service.id)
+        let announce = { (status: DeploymentStatus) in
+            func make(_ kind: PipelineEvent.Kind) -> PipelineEvent {
+                PipelineEvent(kind: kind, environmentID: ids.environment, deploymentID: ids.deployment, serviceID: ids.service)
+            }
+            if let (step, stepStatus) = ending {
+                var published = make(.step)
+                published.step = step
+                published.stepStatus = stepStatus
+                published.message = message
+                hub.publish(published)
+            }
+            if let start {
+                var published = make(.step)
+                published.step = start
+                published.stepStatus = .running
+                hub.publish(published)
+            }
+            if event != nil {
+                var published = make(.deploymentStatus)
+                published.deploymentStatus = status
+                published.message = reason ?? ""
+                hub.publish(published)
+            }
+            if let running {
+                var published = make(.runningStatus)
+                published.runningStatus = running
+                hub.publish(published)
+            }
+        }
         let status: DeploymentStatus
         do {
-            status = try store.record(change).status
+            status = try store.record(change, announce: announce).status
         } catch PipelineStore.Failure.invalidTransition(let what) {
             // A cancel got there first: stop here, as canceled.
             let current = try? store.deployment(work.deploymentID).services[plan.service.id]
@@ -197,39 +209,18 @@ struct ServiceRun {
             throw StepFailure(what)
         }
         let elapsed = ContinuousClock.now - progress.stepStarted
-        let environmentID = work.environment.id
         if let (step, stepStatus) = ending {
-            var published = PipelineEvent(kind: .step, environmentID: environmentID, deploymentID: work.deploymentID, serviceID: plan.service.id)
-            published.step = step
-            published.stepStatus = stepStatus
-            published.message = message
-            context.hub.publish(published)
             let detail = message.isEmpty ? "" : ": \(message)"
             write("\(step.rawValue) \(stepStatus.rawValue.lowercased()) in \(Self.format(elapsed))\(detail)", step: step, error: stepStatus == .failed)
         }
         if let start {
             progress.step = start
             progress.stepStarted = .now
-            var published = PipelineEvent(kind: .step, environmentID: environmentID, deploymentID: work.deploymentID, serviceID: plan.service.id)
-            published.step = start
-            published.stepStatus = .running
-            context.hub.publish(published)
             write("\(start.rawValue) started", step: start)
         } else if ending != nil {
             progress.step = nil
         }
-        if event != nil {
-            progress.status = status
-            var published = PipelineEvent(kind: .deploymentStatus, environmentID: environmentID, deploymentID: work.deploymentID, serviceID: plan.service.id)
-            published.deploymentStatus = status
-            published.message = reason ?? ""
-            context.hub.publish(published)
-        }
-        if let running {
-            var published = PipelineEvent(kind: .runningStatus, environmentID: environmentID, deploymentID: work.deploymentID, serviceID: plan.service.id)
-            published.runningStatus = running
-            context.hub.publish(published)
-        }
+        if event != nil { progress.status = status }
     }
 
     /// The service's work stopped with `error`: a cancel ends it CANCELED (a rollout cut short goes
@@ -241,9 +232,15 @@ struct ServiceRun {
         if canceled {
             if step == .deployment || step == .routerDeployment || step == .certificate {
                 do {
-                    let running = try await context.collaborators.cluster.rollBack(work, to: plan.previous)
-                    write("rolled back to \(plan.previous.map { "release \($0.id)" } ?? "nothing (first deployment: removed)")", step: step ?? .deployment)
-                    try? change(nil, running: running)
+                    // This deployment made no release (it did not succeed): the latest is the one before it.
+                    let previous = try store.releases(serviceID: plan.service.id, limit: 1).first
+                    // This task is cancelled: the rollback runs in its own, within the step time limit.
+                    let (cluster, work, limit) = (context.collaborators.cluster, work, context.limits.stepTimeout)
+                    let running = try await Task {
+                        try await withTimeout(limit) { try await cluster.rollBack(work, to: previous) }
+                    }.value
+                    write("rolled back to \(previous.map { "release \($0.id)" } ?? "nothing (first deployment: removed)")", step: step ?? .deployment)
+                    try? change(nil, running: running ?? .stopped)
                 } catch {
                     write("could not roll back after the cancel: \(error)", step: step ?? .deployment, error: true)
                 }

@@ -85,7 +85,8 @@ import Testing
         #expect(removedWaiting)
         #expect(queue.waiting.isEmpty)
         // Finishing a deployment that is not the running one changes nothing.
-        let stillRunning = queue.finish("d2")
-        #expect(stillRunning?.deploymentID == "d1")
+        let next = queue.finish("d2")
+        #expect(next == nil)
+        #expect(queue.running?.deploymentID == "d1")
     }
 }

@@ -27,7 +27,7 @@ import Testing
         logger.logLevel = .critical
         let simulated = SimulatedCollaborators()
         return PipelineEngine(
-            store: store, collaborators: Collaborators(images: simulated, cluster: simulated, network: simulated, certs: simulated), logsClient: nil, logger: logger)
+            store: store, collaborators: Collaborators(images: simulated, cluster: simulated, network: simulated, certs: simulated), logs: nil, logger: logger)
     }
 
     func plan(_ services: ManagedService...) -> [PipelineStore.PlannedService] {
@@ -38,7 +38,6 @@ import Testing
         let (store, environment, db, api) = try store()
         let (record, _) = try store.recordDeployment(
             environmentID: environment.id, action: .deploy, planned: plan(db, api), origin: .api, triggeredBy: "t", idempotencyKey: nil)
-        try store.markStarted(record.id)
         for event in [DeploymentStatus.Event.start, .succeed] { try store.apply(event, deploymentID: record.id, serviceID: db.id) }
 
         let engine = engine(store)
@@ -50,11 +49,24 @@ import Testing
         #expect(try store.steps(deploymentID: record.id).map(\.serviceID).allSatisfy { $0 == api.id })
     }
 
+    @Test func aDeploymentStoppedRightAfterAFailedStageDoesNotRunTheNextOne() async throws {
+        let (store, environment, db, api) = try store()
+        let (record, _) = try store.recordDeployment(
+            environmentID: environment.id, action: .deploy, planned: plan(db, api), origin: .api, triggeredBy: "t", idempotencyKey: nil)
+        for event in [DeploymentStatus.Event.start, .fail] { try store.apply(event, deploymentID: record.id, serviceID: db.id) }
+
+        let engine = engine(store)
+        try await engine.start()
+        await engine.waitUntilIdle()
+        let ended = try store.deployment(record.id)
+        #expect(ended.services == [db.id: .deploymentError, api.id: .skipped])
+        #expect(ended.reasons[api.id] == "not run: an earlier stage failed (db)")
+    }
+
     @Test func aDeploymentInterruptedMidStepEndsWithAReasonAndWaitingOnesRun() async throws {
         let (store, environment, db, api) = try store()
         let (interrupted, _) = try store.recordDeployment(
             environmentID: environment.id, action: .deploy, planned: plan(db, api), origin: .api, triggeredBy: "t", idempotencyKey: nil)
-        try store.markStarted(interrupted.id)
         var change = PipelineStore.Change(deploymentID: interrupted.id, serviceID: db.id)
         change.event = .start
         change.startStep = .mirrorImage

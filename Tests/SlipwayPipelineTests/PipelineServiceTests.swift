@@ -152,6 +152,41 @@ import Testing
         }
     }
 
+    @Test func aDeployWaitingBehindADeleteOfItsServiceDoesNotBringItBack() async throws {
+        try await Env.with { env in
+            let (environment, ids) = try await env.makeEnvironment([.init(name: "api", isPublic: true)])
+            let api = ids["api"]!
+            _ = try await env.ended(environment, try await env.deploy(environment).deploymentId)
+            env.fake.hold("delete", "api")
+            let delete = try await env.action(API.Delete.path, environment)
+            await env.fake.arrived("delete", "api")
+            let deploy = try await env.deploy(environment, services: [api])
+            #expect(deploy.queuePosition == 1)
+            env.fake.open("delete", "api")
+            #expect(try await env.ended(environment, delete.deploymentId).status == .deleted)
+            let skipped = try env.service(try await env.ended(environment, deploy.deploymentId), api)
+            #expect(skipped.status == .skipped)
+            #expect(skipped.reason == "not run: the service was deleted by an earlier deployment")
+            #expect(env.fake.calls.filter { $0.kind == "deploy" }.count == 1)
+        }
+    }
+
+    @Test func aServiceKeepsItsStatusWhenADeploymentThatNeverRanIsCanceled() async throws {
+        try await Env.with { env in
+            let (environment, ids) = try await env.makeEnvironment([.init(name: "api"), .init(name: "web")])
+            _ = try await env.ended(environment, try await env.deploy(environment).deploymentId)
+            env.fake.hold("clone", "web")
+            let running = try await env.deploy(environment, services: [ids["web"]!])
+            let waiting = try await env.deploy(environment, services: [ids["api"]!])
+            _ = try await env.cancel(waiting.deploymentId)
+            env.fake.open("clone", "web")
+            _ = try await env.ended(environment, running.deploymentId)
+            var get = Slipway_Pipeline_V1_GetServiceRequest()
+            get.serviceId = ids["api"]!
+            #expect(try await env.client.unary(API.GetService.self, get).deploymentStatus == .deployed)
+        }
+    }
+
     @Test func aRetriedRequestWithTheSameIdempotencyKeyDeploysOnce() async throws {
         try await Env.with { env in
             let (environment, _) = try await env.makeEnvironment([.init(name: "api")])
@@ -395,9 +430,12 @@ import Testing
             // The queue limit: one running, one waiting, the next refused.
             env.fake.hold("clone", "api")
             let running = try await env.deploy(environment)
-            _ = try await env.deploy(environment, services: [ids["api"]!])
+            let waitingWithKey = try await env.deploy(environment, services: [ids["api"]!], key: "webhook-7")
             result = await code { _ = try await env.deploy(environment) }
             #expect(result.0 == .resourceExhausted && result.1.contains("limit 1"))
+            // A retry of the accepted request is answered even though the queue is full now.
+            let retry = try await env.deploy(environment, services: [ids["api"]!], key: "webhook-7")
+            #expect(retry.duplicate && retry.deploymentId == waitingWithKey.deploymentId)
             env.fake.open("clone", "api")
             _ = try await env.ended(environment, running.deploymentId)
 

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import SlipwayProtos
 import SlipwayRPC
+import SlipwayServiceKit
 import Synchronization
 import Testing
 
@@ -37,8 +38,10 @@ struct PipelineTestEnvironment: Sendable {
             let logs = RPCClient(host: "127.0.0.1", port: try await logsServer.listeningAddress.port!)
             let fake = ScriptedCollaborators()
             let store = try PipelineStore(directory: directory + "/pipeline")
+            let shipper = LogShipper(client: logs, logger: logger)
+            group.addTask { await shipper.run() }
             let engine = PipelineEngine(
-                store: store, collaborators: Collaborators(images: fake, cluster: fake, network: fake, certs: fake), logsClient: logs, limits: limits, logger: logger)
+                store: store, collaborators: Collaborators(images: fake, cluster: fake, network: fake, certs: fake), logs: shipper, limits: limits, logger: logger)
             try await engine.start()
             var router = RPCRouter()
             router.register(PipelineService(engine: engine))
@@ -54,6 +57,7 @@ struct PipelineTestEnvironment: Sendable {
             }
             fake.openAll()
             await engine.waitUntilIdle()
+            shipper.stop()
             await client.close()
             await logs.close()
             server.shutdown()

@@ -1,0 +1,150 @@
+import Foundation
+import Logging
+import SlipwayProtos
+import SlipwayRPC
+import Synchronization
+
+/// One long-lived Append stream to the logs service, shared by every deployment of a process: lines
+/// of all deployments queue together and leave in batches (up to ``maxLinesPerBatch``) while the
+/// previous batch is being written, so a busy process sends few, large batches instead of one
+/// message per line. The queue is bounded (``maxQueuedLines``); beyond it lines are counted as
+/// dropped. When the logs service cannot be reached the shipper retries every second; lines queued
+/// meanwhile wait (up to the bound), a batch in flight when the connection broke is counted as lost.
+public final class LogShipper: Sendable {
+    typealias LogsAPI = Slipway_Logs_V1_Logs
+
+    public static let maxQueuedLines = 50_000
+    public static let maxLinesPerBatch = 500
+
+    private struct State {
+        var pending: [Slipway_Logs_V1_LogLine] = []
+        var waiter: CheckedContinuation<Void, Never>?
+        var dropped = 0
+        var stopped = false
+    }
+
+    private let state = Mutex(State())
+    private let client: RPCClient
+    private let logger: Logger
+
+    public init(client: RPCClient, logger: Logger) {
+        self.client = client
+        self.logger = logger
+    }
+
+    /// Lines dropped so far (queue full, or lost with a broken connection).
+    public var droppedLines: Int { state.withLock { $0.dropped } }
+
+    /// Queues one line; never blocks.
+    public func write(_ line: Slipway_Logs_V1_LogLine) {
+        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            guard !state.stopped else { return nil }
+            guard state.pending.count < Self.maxQueuedLines else {
+                state.dropped += 1
+                return nil
+            }
+            state.pending.append(line)
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        waiter?.resume()
+    }
+
+    /// Sends until ``stop()``; run it in a task for the life of the process.
+    public func run() async {
+        var reported = false
+        while !state.withLock({ $0.stopped }) {
+            do {
+                try await client.bidirectional(LogsAPI.Append.self, requests: { writer in
+                    var batchID: UInt64 = 0
+                    while let lines = await self.nextBatch() {
+                        batchID += 1
+                        var request = Slipway_Logs_V1_AppendRequest()
+                        request.batchId = batchID
+                        request.lines = lines
+                        do {
+                            try await writer.write(request)
+                        } catch {
+                            self.state.withLock { $0.dropped += lines.count }
+                            throw error
+                        }
+                    }
+                }, responses: { responses in
+                    for try await _ in responses {}
+                })
+            } catch {
+                if state.withLock({ $0.stopped }) { return }
+                if !reported {
+                    logger.warning("cannot send deployment log lines to the logs service; retrying every second", metadata: ["error": "\(error)"])
+                    reported = true
+                }
+                try? await Task.sleep(for: .seconds(1))
+            }
+        }
+    }
+
+    /// Ends ``run()`` once what is queued has been handed to the stream.
+    public func stop() {
+        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            state.stopped = true
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        waiter?.resume()
+    }
+
+    private func nextBatch() async -> [Slipway_Logs_V1_LogLine]? {
+        while true {
+            enum Next { case batch([Slipway_Logs_V1_LogLine]), done, wait }
+            let next = state.withLock { state -> Next in
+                if !state.pending.isEmpty {
+                    let count = min(state.pending.count, Self.maxLinesPerBatch)
+                    let batch = Array(state.pending.prefix(count))
+                    state.pending.removeFirst(count)
+                    return .batch(batch)
+                }
+                return state.stopped ? .done : .wait
+            }
+            switch next {
+            case .batch(let batch): return batch
+            case .done: return nil
+            case .wait:
+                await withCheckedContinuation { continuation in
+                    let resumeNow = state.withLock { state -> Bool in
+                        if !state.pending.isEmpty || state.stopped { return true }
+                        state.waiter = continuation
+                        return false
+                    }
+                    if resumeNow { continuation.resume() }
+                }
+            }
+        }
+    }
+}
+
+/// One deployment's lines through a shared ``LogShipper`` (nil: lines go nowhere).
+public struct DeploymentLog: Sendable {
+    let shipper: LogShipper?
+    let key: Slipway_Logs_V1_StreamKey
+
+    public init(shipper: LogShipper?, environmentID: String, deploymentID: String) {
+        self.shipper = shipper
+        var key = Slipway_Logs_V1_StreamKey()
+        key.environmentId = environmentID
+        key.deploymentId = deploymentID
+        self.key = key
+    }
+
+    public func write(_ text: String, step: String, serviceID: String = "", level: Slipway_Logs_V1_Level = .info) {
+        guard let shipper else { return }
+        var line = Slipway_Logs_V1_LogLine()
+        line.stream = key
+        line.serviceId = serviceID
+        line.step = step
+        line.source = .system
+        line.level = level
+        line.text = text
+        line.emittedNanos = Int64(Date().timeIntervalSince1970 * 1e9)
+        shipper.write(line)
+    }
+}

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import SlipwayRPC
 import SlipwayServiceKit
+import Synchronization
 
 /// Errors the engine reports to callers (the RPC layer maps them to status codes).
 public enum PipelineError: Error, Equatable, CustomStringConvertible {
@@ -84,6 +85,8 @@ public actor PipelineEngine {
     private var watchdog: Task<Void, Never>?
 
     nonisolated let store: PipelineStore
+    /// Environments never change once created (no rename): read once.
+    private nonisolated let environmentCache = Mutex<[String: DeploymentEnvironment]>([:])
     nonisolated let hub: StatusHub
     nonisolated let limits: Limits
     private let context: Context
@@ -326,7 +329,8 @@ public actor PipelineEngine {
         let environment: DeploymentEnvironment
         do {
             record = try store.deployment(deploymentID)
-            environment = try store.environment(record.environmentID)
+            environment = try environmentCache.withLock { $0[record.environmentID] } ?? store.environment(record.environmentID)
+            environmentCache.withLock { $0[record.environmentID] = environment }
         } catch {
             logger.error("cannot load a deployment to run", metadata: ["deployment": "\(deploymentID)", "error": "\(error)"])
             return

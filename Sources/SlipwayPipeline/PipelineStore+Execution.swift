@@ -45,12 +45,96 @@ extension PipelineStore {
     /// then undo it).
     @discardableResult
     public func record(_ change: Change, announce: ((DeploymentStatus) -> Void)? = nil) throws -> (status: DeploymentStatus, releaseID: String?) {
-        let now = Date().timeIntervalSince1970
-        let releaseID = change.release.map { _ in Self.newID("rel") }
-        let sealedRelease = try change.release.map { draft in
-            (try draft.configurationJSON ?? Self.encode(draft.configuration), try draft.sealedSecrets ?? seal(draft.secrets))
-        }
+        let prepared = try prepare(change)
         return try write("deployment \(change.deploymentID)") { db in
+            try Self.apply(change, prepared, db, announce: announce)
+        }
+    }
+
+    public typealias Recorded = (status: DeploymentStatus, releaseID: String?)
+
+    /// ``record(_:announce:)`` for the running services of deployments: changes that arrive while
+    /// another batch is being written are written together, in one transaction (each in its own
+    /// savepoint, so one refused change does not undo the others). The caller waits without
+    /// holding a thread; the first caller of a batch writes it.
+    public func recordGrouped(_ change: Change, announce: (@Sendable (DeploymentStatus) -> Void)? = nil) async throws -> Recorded {
+        let prepared = try prepare(change)
+        return try await withCheckedThrowingContinuation { continuation in
+            let leads = group.withLock { group -> Bool in
+                group.pending.append(GroupedChange(change: change, prepared: prepared, announce: announce, continuation: continuation))
+                if group.writing { return false }
+                group.writing = true
+                return true
+            }
+            if leads { writeGroups() }
+        }
+    }
+
+    struct GroupedChange: Sendable {
+        var change: Change
+        var prepared: Prepared
+        var announce: (@Sendable (DeploymentStatus) -> Void)?
+        var continuation: CheckedContinuation<Recorded, any Error>
+    }
+
+    struct ChangeGroup: Sendable {
+        var pending: [GroupedChange] = []
+        var writing = false
+    }
+
+    /// Writes batches until none is waiting.
+    private func writeGroups() {
+        while true {
+            let batch = group.withLock { group -> [GroupedChange] in
+                if group.pending.isEmpty { group.writing = false }
+                defer { group.pending = [] }
+                return group.pending
+            }
+            if batch.isEmpty { return }
+            var results: [Result<Recorded, any Error>] = []
+            do {
+                try write("deployment changes") { db in
+                    results = []
+                    for item in batch {
+                        do {
+                            var recorded: Recorded?
+                            try db.inSavepoint {
+                                recorded = try Self.apply(item.change, item.prepared, db, announce: item.announce)
+                                return .commit
+                            }
+                            results.append(.success(recorded!))
+                        } catch {
+                            results.append(.failure(error))
+                        }
+                    }
+                }
+            } catch {
+                results = batch.map { _ in .failure(error) }
+            }
+            for (item, result) in zip(batch, results) { item.continuation.resume(with: result) }
+        }
+    }
+
+    /// What a change needs that is computed before the transaction (ids, encoding, sealing).
+    struct Prepared: Sendable {
+        var now: Double
+        var releaseID: String?
+        var release: (configuration: String, secrets: Data)?
+    }
+
+    func prepare(_ change: Change) throws -> Prepared {
+        Prepared(
+            now: Date().timeIntervalSince1970, releaseID: change.release.map { _ in Self.newID("rel") },
+            release: try change.release.map { draft in
+                (try draft.configurationJSON ?? Self.encode(draft.configuration), try draft.sealedSecrets ?? seal(draft.secrets))
+            })
+    }
+
+    private static func apply(_ change: Change, _ prepared: Prepared, _ db: Database, announce: ((DeploymentStatus) -> Void)?) throws -> Recorded {
+        let now = prepared.now
+        let releaseID = prepared.releaseID
+        let sealedRelease = prepared.release
+        do {
             guard let raw = try String.fetchOne(db.cachedStatement(sql: "SELECT status FROM deployment_service WHERE deployment_id = ? AND service_id = ?"),
                 arguments: [change.deploymentID, change.serviceID]),
                 var status = DeploymentStatus(rawValue: raw)

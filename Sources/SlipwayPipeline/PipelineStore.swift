@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import GRDB
+import Synchronization
 
 /// The pipeline's state in SQLite (GRDB): the model, deployments and their per-service statuses,
 /// steps and releases. Versioned migrations; every write is one transaction in write-ahead-log mode,
@@ -23,6 +24,8 @@ public final class PipelineStore: Sendable {
     }
 
     let database: DatabaseQueue
+    /// Changes waiting to be written together (``recordGrouped(_:announce:)``).
+    let group = Mutex(ChangeGroup())
     /// The 256-bit key secrets are sealed with (bytes: SymmetricKey is not Sendable).
     private let sealingKeyBytes: Data
     private var sealingKey: SymmetricKey { SymmetricKey(data: sealingKeyBytes) }
@@ -298,28 +301,38 @@ public final class PipelineStore: Sendable {
     }
 
     public func deployment(_ id: String) throws -> DeploymentRecord {
+        // Columns by position: this read is on every deployment's path.
         try database.inDatabase { db in
-            guard let row = try Row.fetchOne(db.cachedStatement(sql: "SELECT * FROM deployment WHERE id = ?"), arguments: [id]) else {
+            guard let row = try Row.fetchOne(
+                db.cachedStatement(sql: """
+                    SELECT environment_id, action, origin, triggered_by, idempotency_key, created_at, started_at, ended_at, rollback_release_id
+                    FROM deployment WHERE id = ?
+                    """), arguments: [id])
+            else {
                 throw Failure.notFound("deployment \(id)")
             }
             var services: [String: DeploymentStatus] = [:]
             var reasons: [String: String] = [:]
             var details: [String: ServiceDeploymentDetail] = [:]
-            for service in try Row.fetchAll(db.cachedStatement(sql: "SELECT * FROM deployment_service WHERE deployment_id = ?"), arguments: [id]) {
-                let serviceID: String = service["service_id"]
-                services[serviceID] = DeploymentStatus(rawValue: service["status"])
-                if let reason: String = service["reason"] { reasons[serviceID] = reason }
+            let serviceRows = try Row.fetchCursor(
+                db.cachedStatement(sql: """
+                    SELECT service_id, status, reason, service_name, stage, version, commit_sha, image, release_id
+                    FROM deployment_service WHERE deployment_id = ?
+                    """), arguments: [id])
+            while let service = try serviceRows.next() {
+                let serviceID: String = service[0]
+                services[serviceID] = DeploymentStatus(rawValue: service[1])
+                if let reason: String = service[2] { reasons[serviceID] = reason }
                 details[serviceID] = ServiceDeploymentDetail(
-                    name: service["service_name"], stage: service["stage"], requestedVersion: service["version"],
-                    commit: service["commit_sha"], image: service["image"], releaseID: service["release_id"])
+                    name: service[3], stage: service[4], requestedVersion: service[5], commit: service[6], image: service[7], releaseID: service[8])
             }
-            let date = { (column: String) in (row[column] as Double?).map(Date.init(timeIntervalSince1970:)) }
+            let date = { (index: Int) in (row[index] as Double?).map(Date.init(timeIntervalSince1970:)) }
             return DeploymentRecord(
-                id: id, environmentID: row["environment_id"], action: ServiceAction(rawValue: row["action"]) ?? .deploy,
-                origin: DeploymentOrigin(rawValue: row["origin"]) ?? .api, triggeredBy: row["triggered_by"],
-                idempotencyKey: row["idempotency_key"], services: services, reasons: reasons, ended: row["ended_at"] as Double? != nil,
-                createdAt: date("created_at") ?? Date(timeIntervalSince1970: 0), startedAt: date("started_at"), endedAt: date("ended_at"),
-                rollbackReleaseID: row["rollback_release_id"], details: details)
+                id: id, environmentID: row[0], action: ServiceAction(rawValue: row[1]) ?? .deploy,
+                origin: DeploymentOrigin(rawValue: row[2]) ?? .api, triggeredBy: row[3],
+                idempotencyKey: row[4], services: services, reasons: reasons, ended: row[7] as Double? != nil,
+                createdAt: date(5) ?? Date(timeIntervalSince1970: 0), startedAt: date(6), endedAt: date(7),
+                rollbackReleaseID: row[8], details: details)
         }
     }
 

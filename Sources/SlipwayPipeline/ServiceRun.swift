@@ -61,21 +61,21 @@ struct ServiceRun {
             switch plan.action {
             case .deploy: try await deploy()
             case .restart:
-                try change(.start, start: .deployment)
+                try await change(.start, start: .deployment)
                 let running = try await timed(.deployment) { try await context.collaborators.cluster.restart(work) }
-                try change(.succeed, end: .succeeded, running: running)
+                try await change(.succeed, end: .succeeded, running: running)
             case .stop:
-                try change(.start, start: .deployment)
+                try await change(.start, start: .deployment)
                 let running = try await timed(.deployment) { try await context.collaborators.cluster.stop(work) }
-                try change(.succeed, end: .succeeded, running: running)
+                try await change(.succeed, end: .succeeded, running: running)
             case .delete:
-                try change(.start, start: .deployment)
+                try await change(.start, start: .deployment)
                 try await timed(.deployment) { try await context.collaborators.cluster.delete(work) }
                 if work.isPublic {
-                    try change(nil, end: .succeeded, start: .routerDeployment)
+                    try await change(nil, end: .succeeded, start: .routerDeployment)
                     try await timed(.routerDeployment) { try await context.collaborators.network.removeRoutes(work) }
                 }
-                try change(.succeed, end: .succeeded) { $0.markDeleted = true }
+                try await change(.succeed, end: .succeeded) { $0.markDeleted = true }
             }
             return true
         } catch {
@@ -88,46 +88,46 @@ struct ServiceRun {
         let image: BuiltImage
         let collaborators = context.collaborators
         if let release = plan.rollback {
-            try change(.start, start: .deployment)
+            try await change(.start, start: .deployment)
             image = BuiltImage(commit: release.commit, image: release.image, skipped: true)
             write("deploying release \(release.id) again (\(release.image))", step: .deployment)
         } else {
             switch work.service.configuration.source {
             case .application:
-                try change(.startBuild, start: .gitClone)
+                try await change(.startBuild, start: .gitClone)
                 let built = try await timed(.gitClone, limit: context.limits.buildTimeout) { [self] in
                     try await collaborators.images.build(work) { _ in
                         // The commit is fetched: GIT_CLONE ends, BUILD starts.
-                        if progress.step == .gitClone { try? change(nil, end: .succeeded, start: .build) }
+                        if progress.step == .gitClone { try? await change(nil, end: .succeeded, start: .build) }
                     }
                 }
-                if progress.step == .gitClone { try change(nil, end: .succeeded, start: .build) }
-                try change(.start, end: built.skipped ? .skipped : .succeeded, message: built.skipped ? "the image is already in the registry" : "", start: .deployment) {
+                if progress.step == .gitClone { try await change(nil, end: .succeeded, start: .build) }
+                try await change(.start, end: built.skipped ? .skipped : .succeeded, message: built.skipped ? "the image is already in the registry" : "", start: .deployment) {
                     $0.commit = built.commit
                     $0.image = built.image
                 }
                 image = built
             case .container(_, let tag):
-                try change(.start, start: .mirrorImage)
+                try await change(.start, start: .mirrorImage)
                 var mirrored = try await timed(.mirrorImage, limit: context.limits.buildTimeout) { try await collaborators.images.mirror(work) }
                 mirrored.commit = work.requestedVersion.isEmpty ? tag : work.requestedVersion
-                try change(nil, end: mirrored.skipped ? .skipped : .succeeded, start: .deployment) { $0.image = mirrored.image }
+                try await change(nil, end: mirrored.skipped ? .skipped : .succeeded, start: .deployment) { $0.image = mirrored.image }
                 image = mirrored
             }
         }
         let running = try await timed(.deployment) { try await collaborators.cluster.deploy(work, image: image.image) }
-        try change(nil, end: .succeeded, start: .routerDeployment, running: running)
+        try await change(nil, end: .succeeded, start: .routerDeployment, running: running)
         // The last step's end and the service's success are one write.
         var last = (status: PipelineStore.StepStatus.succeeded, message: "")
         if work.isPublic {
             try await timed(.routerDeployment) { try await collaborators.network.route(work) }
-            try change(nil, end: .succeeded, start: .certificate)
+            try await change(nil, end: .succeeded, start: .certificate)
             try await timed(.certificate) { try await collaborators.certs.certificate(work) }
         } else {
             last = (.skipped, "no public port")
-            try change(nil, end: .skipped, message: last.message, start: .certificate)
+            try await change(nil, end: .skipped, message: last.message, start: .certificate)
         }
-        try change(.succeed, end: last.status, message: last.message) { change in
+        try await change(.succeed, end: last.status, message: last.message) { change in
             change.release = PipelineStore.ReleaseDraft(
                 commit: image.commit, image: image.image, configuration: work.service.configuration, secrets: work.service.secrets,
                 configurationJSON: plan.stored?.configurationJSON, sealedSecrets: plan.stored?.sealedSecrets)
@@ -158,7 +158,7 @@ struct ServiceRun {
     private func change(
         _ event: DeploymentStatus.Event?, end: PipelineStore.StepStatus? = nil, message: String = "", start: PipelineStore.Step? = nil,
         running: RunningStatus? = nil, reason: String? = nil, _ more: (inout PipelineStore.Change) -> Void = { _ in }
-    ) throws {
+    ) async throws {
         var change = PipelineStore.Change(deploymentID: work.deploymentID, serviceID: plan.service.id)
         change.event = event
         change.reason = reason
@@ -170,7 +170,7 @@ struct ServiceRun {
         // What watchers hear, published by the store in commit order.
         let hub = context.hub
         let ids = (environment: work.environment.id, deployment: work.deploymentID, service: plan.service.id)
-        let announce = { (status: DeploymentStatus) in
+        let announce: @Sendable (DeploymentStatus) -> Void = { status in
             func make(_ kind: PipelineEvent.Kind) -> PipelineEvent {
                 PipelineEvent(kind: kind, environmentID: ids.environment, deploymentID: ids.deployment, serviceID: ids.service)
             }
@@ -201,7 +201,7 @@ struct ServiceRun {
         }
         let status: DeploymentStatus
         do {
-            status = try store.record(change, announce: announce).status
+            status = try await store.recordGrouped(change, announce: announce).status
         } catch PipelineStore.Failure.invalidTransition(let what) {
             // A cancel got there first: stop here, as canceled.
             let current = try? store.deployment(work.deploymentID).services[plan.service.id]
@@ -240,19 +240,19 @@ struct ServiceRun {
                         try await withTimeout(limit) { try await cluster.rollBack(work, to: previous) }
                     }.value
                     write("rolled back to \(previous.map { "release \($0.id)" } ?? "nothing (first deployment: removed)")", step: step ?? .deployment)
-                    try? change(nil, running: running ?? .stopped)
+                    try? await change(nil, running: running ?? .stopped)
                 } catch {
                     write("could not roll back after the cancel: \(error)", step: step ?? .deployment, error: true)
                 }
             }
-            try? change(current == .canceling ? .canceled : nil, end: .canceled, message: "canceled", reason: "canceled")
+            try? await change(current == .canceling ? .canceled : nil, end: .canceled, message: "canceled", reason: "canceled")
             return
         }
         let message = (error as? StepFailure)?.message ?? "\(error)"
         let reason = "\(step?.rawValue ?? "step") failed: \(message)"
         context.logger.info("service step failed", metadata: ["deployment": "\(work.deploymentID)", "service": "\(name)", "reason": "\(reason)"])
         do {
-            try change(.fail, end: .failed, message: message, reason: reason)
+            try await change(.fail, end: .failed, message: message, reason: reason)
         } catch {
             context.logger.error("cannot record a failed step", metadata: ["deployment": "\(work.deploymentID)", "service": "\(name)", "error": "\(error)"])
         }

@@ -15,15 +15,8 @@ public final class DeploymentLogWriter: Sendable {
     public static let maxQueuedLines = 10_000
     public static let maxLinesPerBatch = 500
 
-    private struct State {
-        var pending: [Slipway_Logs_V1_LogLine] = []
-        var waiter: CheckedContinuation<Void, Never>?
-        var finished = false
-        var dropped = 0
-        var recent: [String] = []
-    }
-
-    private let state = Mutex(State())
+    private let lines = LineBatches(capacity: maxQueuedLines, batchSize: maxLinesPerBatch)
+    private let recent = Mutex<[String]>([])
     private let key: Slipway_Logs_V1_StreamKey
     private let serviceId: String
     private let logger: Logger
@@ -55,70 +48,29 @@ public final class DeploymentLogWriter: Sendable {
         line.level = level
         line.text = text
         line.emittedNanos = Int64(Date().timeIntervalSince1970 * 1e9)
-        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
-            state.recent.append(text)
-            if state.recent.count > 40 { state.recent.removeFirst(state.recent.count - 40) }
-            guard !state.finished else { return nil }
-            if state.pending.count >= Self.maxQueuedLines {
-                state.dropped += 1
-                return nil
-            }
-            state.pending.append(line)
-            defer { state.waiter = nil }
-            return state.waiter
+        recent.withLock { recent in
+            recent.append(text)
+            if recent.count > 40 { recent.removeFirst(recent.count - 40) }
         }
-        waiter?.resume()
+        lines.push(line)
     }
 
     /// The last lines written (for error messages).
     public func recentLines(_ count: Int) -> [String] {
-        state.withLock { Array($0.recent.suffix(count)) }
+        recent.withLock { Array($0.suffix(count)) }
     }
 
     /// Sends what is queued and waits (up to `timeout`) until the logs service has it on disk.
     public func finish(timeout: Duration = .seconds(5)) async {
-        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
-            state.finished = true
-            defer { state.waiter = nil }
-            return state.waiter
-        }
-        waiter?.resume()
+        lines.close()
         guard let task = sender.withLock({ $0 }) else { return }
         // Cancelling the sender ends its Append call: a stalled logs service cannot hold the result back.
         _ = try? await withTimeout(timeout) {
             await withTaskCancellationHandler { await task.value } onCancel: { task.cancel() }
         }
-        let dropped = state.withLock { $0.dropped }
+        let dropped = lines.dropped
         if dropped > 0 {
             logger.warning("deployment log lines dropped", metadata: ["deployment": "\(key.deploymentId)", "count": "\(dropped)"])
-        }
-    }
-
-    private func nextBatch() async -> [Slipway_Logs_V1_LogLine]? {
-        while true {
-            enum Next { case batch([Slipway_Logs_V1_LogLine]), done, wait }
-            let next = state.withLock { state -> Next in
-                if !state.pending.isEmpty {
-                    let count = min(state.pending.count, Self.maxLinesPerBatch)
-                    let batch = Array(state.pending.prefix(count))
-                    state.pending.removeFirst(count)
-                    return .batch(batch)
-                }
-                return state.finished ? .done : .wait
-            }
-            switch next {
-            case .batch(let batch): return batch
-            case .done: return nil
-            case .wait:
-                await withCheckedContinuation { continuation in
-                    let resumeNow = state.withLock { state -> Bool in
-                        if !state.pending.isEmpty || state.finished { return true }
-                        state.waiter = continuation
-                        return false
-                    }
-                    if resumeNow { continuation.resume() }
-                }
-            }
         }
     }
 
@@ -126,11 +78,11 @@ public final class DeploymentLogWriter: Sendable {
         do {
             try await client.bidirectional(LogsAPI.Append.self, requests: { writer in
                 var batchID: UInt64 = 0
-                while let lines = await self.nextBatch() {
+                while let batch = await self.lines.next() {
                     var request = Slipway_Logs_V1_AppendRequest()
                     batchID += 1
                     request.batchId = batchID
-                    request.lines = lines
+                    request.lines = batch
                     try await writer.write(request)
                 }
             }, responses: { responses in
@@ -139,11 +91,7 @@ public final class DeploymentLogWriter: Sendable {
         } catch {
             // The work goes on without its log stream; what could not be sent is counted.
             logger.warning("cannot send deployment log lines to the logs service", metadata: ["deployment": "\(key.deploymentId)", "error": "\(error)"])
-            state.withLock { state in
-                state.dropped += state.pending.count
-                state.pending = []
-                state.finished = true
-            }
+            lines.dropPending()
         }
     }
 }

@@ -16,14 +16,7 @@ public final class LogShipper: Sendable {
     public static let maxQueuedLines = 50_000
     public static let maxLinesPerBatch = 500
 
-    private struct State {
-        var pending: [Slipway_Logs_V1_LogLine] = []
-        var waiter: CheckedContinuation<Void, Never>?
-        var dropped = 0
-        var stopped = false
-    }
-
-    private let state = Mutex(State())
+    private let lines = LineBatches(capacity: maxQueuedLines, batchSize: maxLinesPerBatch)
     private let client: RPCClient
     private let logger: Logger
 
@@ -33,39 +26,29 @@ public final class LogShipper: Sendable {
     }
 
     /// Lines dropped so far (queue full, or lost with a broken connection).
-    public var droppedLines: Int { state.withLock { $0.dropped } }
+    public var droppedLines: Int { lines.dropped }
 
     /// Queues one line; never blocks.
     public func write(_ line: Slipway_Logs_V1_LogLine) {
-        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
-            guard !state.stopped else { return nil }
-            guard state.pending.count < Self.maxQueuedLines else {
-                state.dropped += 1
-                return nil
-            }
-            state.pending.append(line)
-            defer { state.waiter = nil }
-            return state.waiter
-        }
-        waiter?.resume()
+        lines.push(line)
     }
 
     /// Sends until ``stop()``; run it in a task for the life of the process.
     public func run() async {
         var reported = false
-        while !state.withLock({ $0.stopped }) {
+        while !lines.isClosed {
             do {
                 try await client.bidirectional(LogsAPI.Append.self, requests: { writer in
                     var batchID: UInt64 = 0
-                    while let lines = await self.nextBatch() {
+                    while let batch = await self.lines.next() {
                         batchID += 1
                         var request = Slipway_Logs_V1_AppendRequest()
                         request.batchId = batchID
-                        request.lines = lines
+                        request.lines = batch
                         do {
                             try await writer.write(request)
                         } catch {
-                            self.state.withLock { $0.dropped += lines.count }
+                            self.lines.countDropped(batch.count)
                             throw error
                         }
                     }
@@ -73,7 +56,7 @@ public final class LogShipper: Sendable {
                     for try await _ in responses {}
                 })
             } catch {
-                if state.withLock({ $0.stopped }) { return }
+                if lines.isClosed { return }
                 if !reported {
                     logger.warning("cannot send deployment log lines to the logs service; retrying every second", metadata: ["error": "\(error)"])
                     reported = true
@@ -85,40 +68,7 @@ public final class LogShipper: Sendable {
 
     /// Ends ``run()`` once what is queued has been handed to the stream.
     public func stop() {
-        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
-            state.stopped = true
-            defer { state.waiter = nil }
-            return state.waiter
-        }
-        waiter?.resume()
-    }
-
-    private func nextBatch() async -> [Slipway_Logs_V1_LogLine]? {
-        while true {
-            enum Next { case batch([Slipway_Logs_V1_LogLine]), done, wait }
-            let next = state.withLock { state -> Next in
-                if !state.pending.isEmpty {
-                    let count = min(state.pending.count, Self.maxLinesPerBatch)
-                    let batch = Array(state.pending.prefix(count))
-                    state.pending.removeFirst(count)
-                    return .batch(batch)
-                }
-                return state.stopped ? .done : .wait
-            }
-            switch next {
-            case .batch(let batch): return batch
-            case .done: return nil
-            case .wait:
-                await withCheckedContinuation { continuation in
-                    let resumeNow = state.withLock { state -> Bool in
-                        if !state.pending.isEmpty || state.stopped { return true }
-                        state.waiter = continuation
-                        return false
-                    }
-                    if resumeNow { continuation.resume() }
-                }
-            }
-        }
+        lines.close()
     }
 }
 

@@ -1,0 +1,94 @@
+import SlipwayProtos
+import Synchronization
+
+/// Log lines waiting for the logs service: bounded, taken in batches by one sender that waits
+/// (without a thread) while the queue is empty. Shared by ``DeploymentLogWriter`` (one build's
+/// stream) and ``LogShipper`` (one process's stream).
+final class LineBatches: Sendable {
+    private struct State {
+        var pending: [Slipway_Logs_V1_LogLine] = []
+        var waiter: CheckedContinuation<Void, Never>?
+        var closed = false
+        var dropped = 0
+    }
+
+    private let state = Mutex(State())
+    let capacity: Int
+    let batchSize: Int
+
+    init(capacity: Int, batchSize: Int) {
+        self.capacity = capacity
+        self.batchSize = batchSize
+    }
+
+    /// Lines refused (queue full or closed) or given up (``dropPending()``, ``countDropped(_:)``).
+    var dropped: Int { state.withLock { $0.dropped } }
+    var isClosed: Bool { state.withLock { $0.closed } }
+
+    /// Queues a line; never blocks. A full queue counts it as dropped; a closed one ignores it.
+    func push(_ line: Slipway_Logs_V1_LogLine) {
+        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            guard !state.closed else { return nil }
+            guard state.pending.count < capacity else {
+                state.dropped += 1
+                return nil
+            }
+            state.pending.append(line)
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        waiter?.resume()
+    }
+
+    /// No more lines: ``next()`` returns what is queued, then nil.
+    func close() {
+        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            state.closed = true
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        waiter?.resume()
+    }
+
+    func countDropped(_ count: Int) {
+        state.withLock { $0.dropped += count }
+    }
+
+    /// Gives up on everything queued (counted as dropped) and closes.
+    func dropPending() {
+        state.withLock { state in
+            state.dropped += state.pending.count
+            state.pending = []
+            state.closed = true
+        }
+    }
+
+    /// The next batch (up to ``batchSize`` lines), waiting for one; nil once closed and empty.
+    func next() async -> [Slipway_Logs_V1_LogLine]? {
+        while true {
+            enum Next { case batch([Slipway_Logs_V1_LogLine]), done, wait }
+            let next = state.withLock { state -> Next in
+                if !state.pending.isEmpty {
+                    let count = min(state.pending.count, batchSize)
+                    let batch = Array(state.pending.prefix(count))
+                    state.pending.removeFirst(count)
+                    return .batch(batch)
+                }
+                return state.closed ? .done : .wait
+            }
+            switch next {
+            case .batch(let batch): return batch
+            case .done: return nil
+            case .wait:
+                await withCheckedContinuation { continuation in
+                    let resumeNow = state.withLock { state -> Bool in
+                        if !state.pending.isEmpty || state.closed { return true }
+                        state.waiter = continuation
+                        return false
+                    }
+                    if resumeNow { continuation.resume() }
+                }
+            }
+        }
+    }
+}

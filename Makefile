@@ -13,10 +13,11 @@ build:
 	swift build -c $(CONFIG)
 
 ## Starts the registry and the seven services on 127.0.0.1:7000-7006 (data in $(DATA_DIR)), checks each
-## answers health, then builds examples/hello through slipway-builder and prints the pushed image.
+## answers health, then deploys examples/hello through slipway-pipeline (built by slipway-builder) and
+## prints its steps.
 demo: build
 	scripts/platform.sh up $(DATA_DIR) .build/$(CONFIG)
-	python3 scripts/demo-build.py $(DATA_DIR)
+	python3 scripts/demo-deploy.py $(DATA_DIR)
 
 ## Stops what `make demo` started.
 down:

@@ -42,7 +42,12 @@ public struct ServiceOptions: ParsableArguments, Sendable {
             }
             directory[service] = address
         }
-        let dataDirectory = dataDir ?? environment["SLIPWAY_DATA_DIR"] ?? "./.slipway"
+        var dataDirectory = dataDir ?? environment["SLIPWAY_DATA_DIR"] ?? "./.slipway"
+        // Absolute from here on: child processes (git, buildah) run in other directories.
+        if !dataDirectory.hasPrefix("/") {
+            dataDirectory = URL(fileURLWithPath: dataDirectory, relativeTo: URL(fileURLWithPath: FileManager.default.currentDirectoryPath, isDirectory: true))
+                .standardizedFileURL.path
+        }
         let levelText = logLevel ?? environment["SLIPWAY_LOG_LEVEL"] ?? "info"
         guard let level = Logger.Level(rawValue: levelText) else {
             throw ConfigurationError("log level \"\(levelText)\" is not one of trace, debug, info, notice, warning, error, critical")

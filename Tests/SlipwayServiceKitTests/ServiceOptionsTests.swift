@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 
 @testable import SlipwayServiceKit
@@ -8,7 +9,8 @@ import Testing
         #expect(configuration.listen == ServiceAddress(host: "127.0.0.1", port: 7006))
         #expect(ServiceName.allCases.map(\.defaultPort) == Array(7000...7006))
         #expect(configuration.directory[.gateway].port == 7000)
-        #expect(configuration.dataDirectory == "./.slipway")
+        // A relative data directory is made absolute (git and buildah run in other directories).
+        #expect(configuration.dataDirectory == FileManager.default.currentDirectoryPath + "/.slipway")
     }
 
     @Test func environmentOverridesDefaultsAndFlagsOverrideEnvironment() throws {

@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""The demo's deployment: examples/hello committed into a local git repository (DATA_DIR/demo/hello)
+and deployed through slipway-pipeline — organization "demo", project "hello", environment "local",
+service "hello" — watching its steps as they happen, then printing the deployment from the history.
+
+    python3 scripts/demo-deploy.py DATA_DIR    (the platform from `scripts/platform.sh up` must be running)
+
+The pipeline fetches and builds with the real slipway-builder; the cluster, network and certs
+services are not built yet, so the pipeline simulates their steps (DEPLOYMENT, ROUTER_DEPLOYMENT,
+CERTIFICATE) and nothing serves the app yet.
+"""
+import os
+import shutil
+import sys
+
+import grpc
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import slipway_local as local  # noqa: E402
+
+data = sys.argv[1]
+pipeline = os.environ.get("SLIPWAY_PIPELINE_LISTEN", "127.0.0.1:7001")
+registry = os.environ.get("SLIPWAY_REGISTRY", "127.0.0.1:5000")
+(pb, pb_grpc), = local.protos("slipway/pipeline/v1/pipeline.proto")
+
+repo = os.path.abspath(os.path.join(data, "demo", "hello"))
+if not os.path.isdir(os.path.join(repo, ".git")):
+    shutil.rmtree(repo, ignore_errors=True)
+    os.makedirs(os.path.dirname(repo), exist_ok=True)
+    commit = local.example_repository(repo)
+else:
+    # Bring the repository up to date with examples/hello (a new commit only when something changed).
+    shutil.copytree(os.path.join(local.ROOT, "examples", "hello"), repo, dirs_exist_ok=True)
+    commit = local.commit(repo, "update from examples/hello") if local.git(repo, "status", "--porcelain") else local.git(repo, "rev-parse", "HEAD")
+commit = commit.strip()
+
+
+def find_or_create(items, name, create):
+    for item in items:
+        if item.name == name:
+            return item
+    return create()
+
+
+with grpc.insecure_channel(pipeline) as channel:
+    stub = pb_grpc.PipelineStub(channel)
+    org = find_or_create(stub.ListOrganizations(pb.ListOrganizationsRequest()).organizations, "demo",
+                         lambda: stub.CreateOrganization(pb.CreateOrganizationRequest(name="demo")))
+    project = find_or_create(stub.ListProjects(pb.ListProjectsRequest(organization_id=org.id)).projects, "hello",
+                             lambda: stub.CreateProject(pb.CreateProjectRequest(organization_id=org.id, name="hello")))
+    env = find_or_create(stub.ListEnvironments(pb.ListEnvironmentsRequest(project_id=project.id)).environments, "local",
+                         lambda: stub.CreateEnvironment(pb.CreateEnvironmentRequest(project_id=project.id, name="local")))
+    config = pb.ServiceConfig(
+        application=pb.GitSource(url=repo, branch="main", build_args={"BASE": f"{registry}/slipway/busybox:latest"}),
+        ports=[pb.Port(internal_port=8080, public=True, protocol=pb.HTTP)],
+        readiness_probe=pb.Probe(http=pb.HttpProbe(path="/health", port=8080)))
+    service = find_or_create(stub.ListServices(pb.ListServicesRequest(environment_id=env.id)).services, "hello",
+                             lambda: stub.CreateService(pb.CreateServiceRequest(environment_id=env.id, name="hello", config=config)))
+
+    print(f"\ndeploying {repo} at {commit[:12]} through slipway-pipeline ({pipeline}): "
+          f"demo / hello / local / hello (environment {env.id})")
+    accepted = {}
+
+    def deploy():
+        # The commit is the idempotency key: running the demo again on the same commit shows that deployment.
+        accepted["response"] = stub.Deploy(pb.DeployRequest(
+            environment_id=env.id, service_ids=[service.id], versions={service.id: commit},
+            trigger=pb.Trigger(origin=pb.CLI, triggered_by="make demo", idempotency_key=f"demo-{commit}")))
+        response = accepted["response"]
+        note = " (this commit was deployed before: showing that deployment)" if response.duplicate else ""
+        print(f"  deployment {response.deployment_id}{note}")
+        if response.duplicate and stub.GetDeployment(pb.GetDeploymentRequest(deployment_id=response.deployment_id)).ended_unix_millis:
+            return True
+        return False
+
+    done = False
+    for event in stub.Watch(pb.WatchRequest(environment_id=env.id), timeout=600):
+        if event.kind == pb.EVENT_SNAPSHOT_END:
+            if deploy():
+                break
+            continue
+        if "response" not in accepted or event.deployment_id != accepted["response"].deployment_id:
+            continue
+        if event.kind == pb.EVENT_STEP:
+            print(f"  {pb.Step.Name(event.step):<18} {pb.StepStatus.Name(event.step_status)[5:].lower()}{': ' + event.message if event.message else ''}")
+        elif event.kind == pb.EVENT_DEPLOYMENT_STATUS:
+            print(f"  status {pb.DeploymentStatus.Name(event.deployment_status)}{': ' + event.message if event.message else ''}")
+        elif event.kind == pb.EVENT_DEPLOYMENT_ENDED:
+            break
+
+    deployment = stub.GetDeployment(pb.GetDeploymentRequest(deployment_id=accepted["response"].deployment_id))
+    hello = deployment.services[0]
+    print(f"\ndeployment {deployment.id}: {pb.DeploymentStatus.Name(deployment.status)}"
+          f" ({(deployment.ended_unix_millis - deployment.created_unix_millis)} ms)")
+    for step in hello.steps:
+        print(f"  {pb.Step.Name(step.step):<18} {pb.StepStatus.Name(step.status)[5:]:<10} {step.duration_millis:>6} ms  {step.message}")
+    print(f"  commit {hello.commit}\n  image  {hello.image}")
+    if deployment.status != pb.DEPLOYED:
+        print(f"the deployment failed: {hello.reason}", file=sys.stderr)
+        sys.exit(1)
+    print("\nDEPLOYMENT, ROUTER_DEPLOYMENT and CERTIFICATE are simulated until the cluster, network and certs services land:"
+          "\nthe image is built and in the registry, nothing serves it yet.")

@@ -67,6 +67,9 @@ var targets: [Target] = [
         swiftSettings: strict
     ),
 
+    // Child processes in their own session with line-by-line output, tree kill, crash ledger (builder, cluster).
+    .target(name: "SlipwayProcess", dependencies: ["CSlipwaySpawn"], swiftSettings: strict),
+
     // OCI distribution API client (manifests, digests, auth) shared by the builder and the cluster.
     .target(
         name: "SlipwayRegistry",
@@ -98,15 +101,23 @@ var targets: [Target] = [
         swiftSettings: strict
     ),
 
+    // What several test targets share: a real docker-registry, test failures.
+    .target(name: "SlipwayTestSupport", dependencies: ["SlipwayRegistry"], path: "Tests/SlipwayTestSupport", swiftSettings: strict),
+
     .testTarget(name: "SlipwayLogsTests", dependencies: ["SlipwayLogs", "SlipwayProtos", "SlipwayRPC"], swiftSettings: strict),
     .testTarget(
         name: "SlipwayBuilderTests",
-        dependencies: ["SlipwayBuilder", "SlipwayLogs", "SlipwayRegistry", "SlipwayServiceKit", "SlipwayProtos", "SlipwayRPC"],
+        dependencies: ["SlipwayBuilder", "SlipwayLogs", "SlipwayRegistry", "SlipwayProcess", "SlipwayTestSupport", "SlipwayServiceKit", "SlipwayProtos", "SlipwayRPC"],
         swiftSettings: strict
     ),
     .testTarget(
         name: "SlipwayPipelineTests",
         dependencies: ["SlipwayPipeline", "SlipwayLogs", "SlipwayServiceKit", "SlipwayProtos", "SlipwayRPC", .product(name: "GRDB", package: "GRDB.swift")],
+        swiftSettings: strict
+    ),
+    .testTarget(
+        name: "SlipwayClusterTests",
+        dependencies: ["SlipwayCluster", "SlipwayProcess", "SlipwayRegistry", "SlipwayTestSupport"],
         swiftSettings: strict
     ),
     .testTarget(name: "SlipwayServiceKitTests", dependencies: ["SlipwayServiceKit"], swiftSettings: strict),
@@ -120,7 +131,8 @@ var targets: [Target] = [
 
 /// What a service library needs beyond the common set.
 let serviceDependencies: [String: [Target.Dependency]] = [
-    "SlipwayBuilder": ["SlipwayRegistry", "CSlipwaySpawn", .product(name: "Crypto", package: "swift-crypto")],
+    "SlipwayBuilder": ["SlipwayRegistry", "SlipwayProcess", .product(name: "Crypto", package: "swift-crypto")],
+    "SlipwayCluster": ["SlipwayProcess", .product(name: "Crypto", package: "swift-crypto")],
     "SlipwayPipeline": [.product(name: "GRDB", package: "GRDB.swift"), .product(name: "Crypto", package: "swift-crypto")],
 ]
 

@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import Logging
+import SlipwayProcess
 import SlipwayProtos
 import SlipwayRPC
 import SlipwayRegistry

@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import SlipwayProcess
 import SlipwayProtos
 import SlipwayServiceKit
 

@@ -1,4 +1,5 @@
 import Foundation
+import SlipwayProcess
 import SlipwayProtos
 import SlipwayRegistry
 

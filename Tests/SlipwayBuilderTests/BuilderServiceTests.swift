@@ -2,6 +2,7 @@ import Foundation
 import SlipwayProtos
 import SlipwayRPC
 import SlipwayRegistry
+import SlipwayTestSupport
 import Testing
 
 @testable import SlipwayBuilder

@@ -2,6 +2,7 @@ import Foundation
 import SlipwayProtos
 import SlipwayRPC
 import Synchronization
+import SlipwayProcess
 import Testing
 
 @testable import SlipwayBuilder

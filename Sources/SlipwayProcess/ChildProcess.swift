@@ -6,37 +6,42 @@ import Synchronization
 import Glibc
 #endif
 
-/// A command run by the builder (git, buildah, skopeo): its output arrives line by line as it is
+/// A command run by a service (git, buildah, skopeo, umoci, runc): its output arrives line by line as it is
 /// produced, and cancelling the waiting task kills the whole process tree.
 ///
 /// The child starts in its own session (so its process group is its own), with stdin from
 /// /dev/null and stdout/stderr on pipes read by one thread per process (`slipway_spawn`, C: the
 /// Glibc module does not expose pipe2, POSIX_SPAWN_SETSID or addchdir_np).
-struct ChildProcess {
-    enum Stream: Sendable { case stdout, stderr }
+public struct ChildProcess: Sendable {
+    public enum Stream: Sendable { case stdout, stderr }
 
     /// How the process ended.
-    struct Termination: Sendable, Equatable {
+    public struct Termination: Sendable, Equatable {
         /// Exit status, or nil when a signal ended it.
-        var exitCode: Int32?
-        var signal: Int32?
-        var succeeded: Bool { exitCode == 0 }
+        public var exitCode: Int32?
+        public var signal: Int32?
+        public var succeeded: Bool { exitCode == 0 }
+
+        public init(exitCode: Int32?, signal: Int32?) {
+            self.exitCode = exitCode
+            self.signal = signal
+        }
     }
 
-    struct SpawnError: Error, CustomStringConvertible {
-        var description: String
+    public struct SpawnError: Error, CustomStringConvertible {
+        public var description: String
     }
 
-    var executable: String
-    var arguments: [String]
-    var environment: [String: String]
-    var workingDirectory: String?
+    public var executable: String
+    public var arguments: [String]
+    public var environment: [String: String]
+    public var workingDirectory: String?
     /// Where the running process is recorded, for cleanup after a crash of the service.
-    var ledger: ProcessLedger?
+    public var ledger: ProcessLedger?
     /// Longest line handed to `onLine`; longer output is cut into lines of this size.
-    var maxLineBytes = 16 * 1024
+    public var maxLineBytes = 16 * 1024
 
-    init(_ executable: String, _ arguments: [String], environment: [String: String] = ChildProcess.baseEnvironment, workingDirectory: String? = nil) {
+    public init(_ executable: String, _ arguments: [String], environment: [String: String] = ChildProcess.baseEnvironment, workingDirectory: String? = nil) {
         self.executable = executable
         self.arguments = arguments
         self.environment = environment
@@ -45,7 +50,7 @@ struct ChildProcess {
 
     /// A minimal environment: PATH, HOME and locale, nothing of the service's own (no secrets leak
     /// into child processes by inheritance).
-    static let baseEnvironment: [String: String] = {
+    public static let baseEnvironment: [String: String] = {
         let inherited = ProcessInfo.processInfo.environment
         var environment = ["PATH": inherited["PATH"] ?? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"]
         environment["HOME"] = inherited["HOME"] ?? "/root"
@@ -55,7 +60,7 @@ struct ChildProcess {
 
     /// Runs to the end. `onLine` gets each line of output (without its newline; `\r` also ends a
     /// line, for progress output). Cancellation kills the process tree and then returns its termination.
-    func run(onLine: @escaping @Sendable (Stream, String) -> Void) async throws -> Termination {
+    public func run(onLine: @escaping @Sendable (Stream, String) -> Void) async throws -> Termination {
         let process = try spawn()
         ledger?.record(process.pid)
         let reaper = ReaperBox()
@@ -76,7 +81,7 @@ struct ChildProcess {
     }
 
     /// Runs to the end and returns its output (both streams, in order) as lines.
-    func output() async throws -> (Termination, [String]) {
+    public func output() async throws -> (Termination, [String]) {
         let lines = Mutex<[String]>([])
         let termination = try await run { _, line in lines.withLock { $0.append(line) } }
         return (termination, lines.withLock { $0 })
@@ -103,8 +108,15 @@ struct ChildProcess {
         var pid: pid_t = 0
         var stdout: Int32 = -1
         var stderr: Int32 = -1
-        let result = workingDirectory.withOptionalCString { cwd in
-            slipway_spawn(executable, argv, envp, cwd, &pid, &stdout, &stderr)
+        var result: Int32 = 0
+        // ETXTBSY: a script written a moment ago is still open for writing in a child another
+        // thread is forking (the descriptor closes at that child's exec). Try again shortly.
+        for attempt in 0..<20 {
+            result = workingDirectory.withOptionalCString { cwd in
+                slipway_spawn(executable, argv, envp, cwd, &pid, &stdout, &stderr)
+            }
+            guard result == ETXTBSY else { break }
+            usleep(useconds_t(1000 * (attempt + 1)))
         }
         guard result == 0 else {
             throw SpawnError(description: "cannot run \(executable): \(String(cString: strerror(result)))")
@@ -184,8 +196,8 @@ struct ChildProcess {
 /// Stops a process and every descendant: all are frozen first (SIGSTOP, so none can fork a new
 /// child the pass would miss), then killed. Descendants are found through /proc, so children that
 /// started their own session or process group go too.
-enum ProcessTree {
-    static func kill(root: pid_t) {
+public enum ProcessTree {
+    public static func kill(root: pid_t) {
         var frozen: Set<pid_t> = []
         // Freeze until a pass finds nothing new: a child forked before its parent stopped is caught
         // by the next pass.
@@ -201,7 +213,7 @@ enum ProcessTree {
     }
 
     /// Every live process whose ancestry reaches `root`.
-    static func descendants(of root: pid_t) -> Set<pid_t> {
+    public static func descendants(of root: pid_t) -> Set<pid_t> {
         var children: [pid_t: [pid_t]] = [:]
         guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
         for entry in entries {
@@ -242,27 +254,27 @@ extension Optional where Wrapped == String {
 /// The processes the builder has started, on disk (`<state>/processes/<pid>`, holding the process's
 /// start time), so that a builder restarted after a crash can stop the builds its previous life left
 /// running: git and buildah run in their own sessions and outlive a killed builder.
-struct ProcessLedger: Sendable {
+public struct ProcessLedger: Sendable {
     let directory: String
 
-    init(directory: String) throws {
+    public init(directory: String) throws {
         self.directory = directory
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
     }
 
-    func record(_ pid: pid_t) {
+    public func record(_ pid: pid_t) {
         guard let started = Self.startTime(of: pid) else { return }
         _ = FileManager.default.createFile(atPath: "\(directory)/\(pid)", contents: Data(started.utf8))
     }
 
-    func remove(_ pid: pid_t) {
+    public func remove(_ pid: pid_t) {
         try? FileManager.default.removeItem(atPath: "\(directory)/\(pid)")
     }
 
     /// Kills every recorded process tree still alive (the same process: same start time, so a reused
     /// pid is left alone) and forgets them. Returns how many were killed.
     @discardableResult
-    func killLeftovers() -> Int {
+    public func killLeftovers() -> Int {
         var killed = 0
         for entry in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] {
             defer { try? FileManager.default.removeItem(atPath: "\(directory)/\(entry)") }
@@ -276,7 +288,7 @@ struct ProcessLedger: Sendable {
     }
 
     /// Field 22 of /proc/PID/stat: when the process started, in clock ticks since boot.
-    static func startTime(of pid: pid_t) -> String? {
+    public static func startTime(of pid: pid_t) -> String? {
         ProcessTree.statFields(of: pid, through: 22).map { String($0[19]) }
     }
 }

@@ -3,14 +3,15 @@ import ServiceLifecycle
 import SlipwayRPC
 import SlipwayServiceKit
 
-/// `slipway-cluster`: namespaces, workloads, rollouts, health checks, running status, app log capture.
-///
-/// The service's own API is registered here as its issue lands; until then it serves the
-/// shared health and reflection services on its port.
+/// `slipway-cluster`: runs releases. Local mode (the only one so far): OCI containers under runc.
 public struct ClusterComponent: PlatformComponent {
     public init() {}
 
     public func setUp(configuration: ServiceConfiguration, logger: Logger, router: inout RPCRouter) async throws -> [any Service] {
-        []
+        let cluster = try LocalCluster(directory: try configuration.stateDirectory(), logger: logger)
+        try await cluster.recover()
+        router.register(ClusterService(cluster: cluster))
+        logger.info("cluster ready", metadata: ["driver": "local (runc)"])
+        return []
     }
 }

@@ -75,9 +75,18 @@ public final class LocalRuntime: Sendable {
         let name = Self.layoutName(image)
         var arguments = ["copy", "--quiet"]
         if insecure { arguments.append("--src-tls-verify=false") }
-        arguments += ["docker://\(image)", "oci:\(layout):\(name)"]
+        arguments += ["docker://\(Self.pullReference(image))", "oci:\(layout):\(name)"]
         try await tool("/usr/bin/skopeo", arguments, "pulling \(image)")
         return name
+    }
+
+    /// skopeo takes a tag or a digest, not both: `host/repo:tag@sha256:…` is pulled by its digest.
+    static func pullReference(_ image: String) -> String {
+        guard let at = image.firstIndex(of: "@") else { return image }
+        var name = String(image[..<at])
+        let lastSlash = name.lastIndex(of: "/") ?? name.startIndex
+        if let colon = name[lastSlash...].lastIndex(of: ":") { name = String(name[..<colon]) }
+        return name + image[at...]
     }
 
     static func layoutName(_ image: String) -> String {

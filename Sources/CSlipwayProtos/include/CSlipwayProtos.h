@@ -6,6 +6,7 @@
 #include "grpc/reflection/v1/reflection.pb-c.h"
 #include "grpc/reflection/v1alpha/reflection.pb-c.h"
 #include "slipway/builder/v1/builder.pb-c.h"
+#include "slipway/cluster/v1/cluster.pb-c.h"
 #include "slipway/logs/v1/logs.pb-c.h"
 #include "slipway/pipeline/v1/pipeline.pb-c.h"
 #include "slipway/testing/v1/testing.pb-c.h"
@@ -46,6 +47,16 @@ static inline const ProtobufCMessageDescriptor *slipway__builder__v1__cancel_req
 static inline const ProtobufCMessageDescriptor *slipway__builder__v1__cancel_response__descriptor_ptr(void) { return &slipway__builder__v1__cancel_response__descriptor; }
 static inline const ProtobufCMessageDescriptor *slipway__builder__v1__resolve_commit_request__descriptor_ptr(void) { return &slipway__builder__v1__resolve_commit_request__descriptor; }
 static inline const ProtobufCMessageDescriptor *slipway__builder__v1__resolve_commit_response__descriptor_ptr(void) { return &slipway__builder__v1__resolve_commit_response__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__cluster__v1__http_check__descriptor_ptr(void) { return &slipway__cluster__v1__http_check__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__cluster__v1__tcp_check__descriptor_ptr(void) { return &slipway__cluster__v1__tcp_check__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__cluster__v1__readiness__descriptor_ptr(void) { return &slipway__cluster__v1__readiness__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__cluster__v1__workload__descriptor_ptr(void) { return &slipway__cluster__v1__workload__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__cluster__v1__deploy_request__descriptor_ptr(void) { return &slipway__cluster__v1__deploy_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__cluster__v1__deploy_request__environment_entry__descriptor_ptr(void) { return &slipway__cluster__v1__deploy_request__environment_entry__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__cluster__v1__instance__descriptor_ptr(void) { return &slipway__cluster__v1__instance__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__cluster__v1__deploy_response__descriptor_ptr(void) { return &slipway__cluster__v1__deploy_response__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__cluster__v1__workload_request__descriptor_ptr(void) { return &slipway__cluster__v1__workload_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__cluster__v1__instances_response__descriptor_ptr(void) { return &slipway__cluster__v1__instances_response__descriptor; }
 static inline const ProtobufCMessageDescriptor *slipway__logs__v1__stream_key__descriptor_ptr(void) { return &slipway__logs__v1__stream_key__descriptor; }
 static inline const ProtobufCMessageDescriptor *slipway__logs__v1__log_line__descriptor_ptr(void) { return &slipway__logs__v1__log_line__descriptor; }
 static inline const ProtobufCMessageDescriptor *slipway__logs__v1__append_request__descriptor_ptr(void) { return &slipway__logs__v1__append_request__descriptor; }

@@ -1,0 +1,81 @@
+import SlipwayProtos
+import SlipwayRPC
+
+/// `slipway.cluster.v1.Cluster` over the local driver.
+struct ClusterService: RPCService {
+    typealias API = Slipway_Cluster_V1_Cluster
+
+    let cluster: LocalCluster
+
+    func register(with router: inout RPCRouter) {
+        router.addFiles([Slipway_Cluster_V1_Cluster_proto.descriptor])
+        let cluster = self.cluster
+        router.unary(API.Deploy.self) { request, _ in
+            var spec = LocalCluster.DeploySpec(workload: try Self.workload(request.workload), image: request.image)
+            spec.insecureRegistry = request.insecureRegistry
+            spec.environment = request.environment
+            spec.replicas = request.replicas == 0 ? 1 : Int(request.replicas)
+            if request.cpuMillicores > 0 { spec.cpuMillicores = Int(request.cpuMillicores) }
+            if request.memoryMib > 0 { spec.memoryMiB = Int(request.memoryMib) }
+            if let readiness = request.readiness {
+                if case .http(let http)? = readiness.check { spec.readiness = .http(path: http.path.isEmpty ? "/" : http.path) }
+                if readiness.periodMillis > 0 { spec.checkPeriod = .milliseconds(Int(readiness.periodMillis)) }
+                if readiness.timeoutMillis > 0 { spec.checkTimeout = .milliseconds(Int(readiness.timeoutMillis)) }
+            }
+            if request.readyTimeoutSeconds > 0 { spec.readyTimeout = .seconds(Int(request.readyTimeoutSeconds)) }
+            if request.stopGraceSeconds > 0 { spec.stopGrace = .seconds(Int(request.stopGraceSeconds)) }
+            if !request.command.isEmpty { spec.command = request.command }
+            var response = Slipway_Cluster_V1_DeployResponse()
+            response.instances = try await Self.mapped { try await cluster.deploy(spec) }.map { Self.instance($0, running: true) }
+            return response
+        }
+        router.unary(API.Stop.self) { request, _ in
+            let stopped = try await Self.mapped { try await cluster.stop(try Self.workload(request.workload), grace: Self.grace(request)) }
+            var response = Slipway_Cluster_V1_InstancesResponse()
+            response.instances = stopped.map { Self.instance($0, running: false) }
+            return response
+        }
+        router.unary(API.Delete.self) { request, _ in
+            let deleted = try await Self.mapped { try await cluster.delete(try Self.workload(request.workload), grace: Self.grace(request)) }
+            var response = Slipway_Cluster_V1_InstancesResponse()
+            response.instances = deleted.map { Self.instance($0, running: false) }
+            return response
+        }
+        router.unary(API.ListInstances.self) { request, _ in
+            let instances = try await Self.mapped { try await cluster.instances(try Self.workload(request.workload)) }
+            var response = Slipway_Cluster_V1_InstancesResponse()
+            response.instances = instances.map { Self.instance($0.0, running: $0.running) }
+            return response
+        }
+    }
+
+    static func grace(_ request: Slipway_Cluster_V1_WorkloadRequest) -> Duration {
+        request.stopGraceSeconds == 0 ? .seconds(10) : .seconds(Int(request.stopGraceSeconds))
+    }
+
+    static func workload(_ message: Slipway_Cluster_V1_Workload?) throws(LocalCluster.Failure) -> LocalCluster.Workload {
+        guard let message else { throw LocalCluster.Failure(kind: .invalid, description: "workload is required") }
+        return LocalCluster.Workload(environmentID: message.environmentId, serviceID: message.serviceId, serviceName: message.serviceName)
+    }
+
+    static func instance(_ instance: LocalCluster.Instance, running: Bool) -> Slipway_Cluster_V1_Instance {
+        var message = Slipway_Cluster_V1_Instance()
+        message.id = instance.id
+        message.address = instance.address
+        message.image = instance.image
+        message.status = running ? .instanceRunning : .instanceStopped
+        return message
+    }
+
+    static func mapped<T: Sendable>(_ body: () async throws -> T) async throws -> T {
+        do {
+            return try await body()
+        } catch let failure as LocalCluster.Failure {
+            switch failure.kind {
+            case .invalid: throw RPCError(.invalidArgument, failure.description)
+            case .notReady: throw RPCError(.failedPrecondition, failure.description)
+            case .runtime: throw RPCError(.internal, failure.description)
+            }
+        }
+    }
+}

@@ -1,0 +1,276 @@
+import Foundation
+import Logging
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The local driver: each workload (one service of one environment) is a set of instances run by
+/// ``LocalRuntime``. A deploy starts the new version's instances on fresh loopback ports, waits
+/// until they are ready, records them as the workload's, and only then stops the old ones; new
+/// instances that are not ready in time are removed and the old ones keep serving.
+///
+/// Every workload's instances are written to `<directory>/workloads/<service id>.json` before they
+/// are started (as pending) and when they become current, so a cluster service killed mid-deploy
+/// removes the pending ones on restart and keeps the current ones (they run on without it).
+public actor LocalCluster {
+    public struct Workload: Sendable, Equatable, Codable {
+        public var environmentID: String
+        public var serviceID: String
+        public var serviceName: String
+
+        public init(environmentID: String, serviceID: String, serviceName: String) {
+            self.environmentID = environmentID
+            self.serviceID = serviceID
+            self.serviceName = serviceName
+        }
+    }
+
+    public enum Readiness: Sendable, Equatable {
+        /// GET path answers 2xx or 3xx.
+        case http(path: String)
+        /// The port accepts connections.
+        case tcp
+    }
+
+    public struct DeploySpec: Sendable {
+        public var workload: Workload
+        public var image: String
+        public var insecureRegistry = false
+        public var environment: [String: String] = [:]
+        public var replicas = 1
+        public var cpuMillicores: Int?
+        public var memoryMiB: Int?
+        public var readiness: Readiness = .tcp
+        public var checkPeriod: Duration = .milliseconds(100)
+        public var checkTimeout: Duration = .seconds(1)
+        public var readyTimeout: Duration = .seconds(60)
+        public var stopGrace: Duration = .seconds(10)
+        public var command: [String]?
+
+        public init(workload: Workload, image: String) {
+            self.workload = workload
+            self.image = image
+        }
+    }
+
+    public struct Instance: Sendable, Equatable, Codable {
+        public var id: String
+        public var port: Int
+        public var image: String
+        public var address: String { "127.0.0.1:\(port)" }
+    }
+
+    /// What is on disk for a workload.
+    struct Record: Codable, Equatable {
+        var workload: Workload
+        var current: [Instance] = []
+        /// Started by a deploy that has not finished: removed if the service restarts meanwhile.
+        var pending: [Instance] = []
+    }
+
+    public struct Failure: Error, CustomStringConvertible, Equatable {
+        public enum Kind: Sendable { case invalid, notReady, runtime }
+        public var kind: Kind
+        public var description: String
+    }
+
+    public static let maxReplicas = 50
+
+    nonisolated let runtime: LocalRuntime
+    nonisolated let directory: String
+    let logger: Logger
+
+    public init(directory: String, logger: Logger) throws {
+        self.directory = directory
+        self.runtime = try LocalRuntime(directory: directory)
+        self.logger = logger
+        try FileManager.default.createDirectory(atPath: directory + "/workloads", withIntermediateDirectories: true)
+    }
+
+    /// After a restart: instances a deploy had started but not finished are removed; current ones
+    /// are left running (they never depended on this process).
+    public func recover() async throws {
+        for file in try FileManager.default.contentsOfDirectory(atPath: directory + "/workloads") where file.hasSuffix(".json") {
+            guard var record = try? load(String(file.dropLast(5))), !record.pending.isEmpty else { continue }
+            for instance in record.pending {
+                try? await runtime.remove(instance.id)
+            }
+            logger.warning("removed instances of an unfinished deploy", metadata: ["service": "\(record.workload.serviceID)", "count": "\(record.pending.count)"])
+            record.pending = []
+            try save(record)
+        }
+    }
+
+    // MARK: Deploy
+
+    public func deploy(_ spec: DeploySpec) async throws(Failure) -> [Instance] {
+        try Self.validate(spec.workload)
+        guard (1...Self.maxReplicas).contains(spec.replicas) else {
+            throw Failure(kind: .invalid, description: "replicas must be 1 to \(Self.maxReplicas), got \(spec.replicas)")
+        }
+        guard !spec.image.isEmpty else { throw Failure(kind: .invalid, description: "image is required") }
+        var record = (try? load(spec.workload.serviceID)) ?? Record(workload: spec.workload)
+        record.workload = spec.workload
+        var started: [Instance] = []
+        do {
+            for _ in 0..<spec.replicas {
+                let instance = Instance(id: Self.newInstanceID(spec.workload.serviceName), port: try Self.freePort(), image: spec.image)
+                record.pending.append(instance)
+                try save(record)
+                var instanceSpec = LocalRuntime.InstanceSpec(id: instance.id, image: spec.image, port: instance.port)
+                instanceSpec.insecureRegistry = spec.insecureRegistry || Self.isLoopback(spec.image)
+                instanceSpec.environment = spec.environment
+                instanceSpec.cpuMillicores = spec.cpuMillicores
+                instanceSpec.memoryMiB = spec.memoryMiB
+                instanceSpec.command = spec.command
+                _ = try await runtime.start(instanceSpec)
+                started.append(instance)
+            }
+            let deadline = ContinuousClock.now + spec.readyTimeout
+            for instance in started {
+                try await waitReady(instance, spec, deadline: deadline)
+            }
+        } catch {
+            // Not ready (or not started): the new ones go, the old ones keep serving.
+            for instance in record.pending { try? await runtime.remove(instance.id) }
+            record.pending = []
+            try? save(record)
+            if let failure = error as? Failure { throw failure }
+            throw Failure(kind: .runtime, description: "\(error)")
+        }
+        let old = record.current
+        record.current = record.pending
+        record.pending = []
+        do {
+            try save(record)
+        } catch {
+            throw Failure(kind: .runtime, description: "cannot record the new instances: \(error)")
+        }
+        for instance in old {
+            do {
+                try await runtime.stop(instance.id, grace: spec.stopGrace)
+                try await runtime.remove(instance.id)
+            } catch {
+                logger.warning("could not stop an old instance", metadata: ["instance": "\(instance.id)", "error": "\(error)"])
+            }
+        }
+        return record.current
+    }
+
+    private func waitReady(_ instance: Instance, _ spec: DeploySpec, deadline: ContinuousClock.Instant) async throws {
+        var lastError = "no readiness check answered yet"
+        while true {
+            switch await Probe.check(port: instance.port, readiness: spec.readiness, timeout: spec.checkTimeout) {
+            case .success: return
+            case .failure(let reason): lastError = reason
+            }
+            guard let state = try await runtime.state(instance.id), state.status == .running else {
+                let output = (try? String(contentsOfFile: runtime.stderrPath(instance.id), encoding: .utf8)).map { String($0.suffix(300)) } ?? ""
+                throw Failure(kind: .notReady, description: "instance \(instance.id) exited before it was ready\(output.isEmpty ? "" : ": \(output)")")
+            }
+            guard ContinuousClock.now < deadline else {
+                throw Failure(kind: .notReady, description: "instance \(instance.id) was not ready in time: \(lastError)")
+            }
+            try await Task.sleep(for: spec.checkPeriod)
+        }
+    }
+
+    // MARK: Stop, delete, list
+
+    /// Stops the workload's instances (kept on record as stopped, so a restart can deploy again).
+    public func stop(_ workload: Workload, grace: Duration) async throws(Failure) -> [Instance] {
+        try Self.validate(workload)
+        guard let record = try? load(workload.serviceID) else { return [] }
+        for instance in record.current {
+            do {
+                try await runtime.stop(instance.id, grace: grace)
+            } catch {
+                throw Failure(kind: .runtime, description: "cannot stop \(instance.id): \(error)")
+            }
+        }
+        return record.current
+    }
+
+    public func delete(_ workload: Workload, grace: Duration) async throws(Failure) -> [Instance] {
+        try Self.validate(workload)
+        guard let record = try? load(workload.serviceID) else { return [] }
+        for instance in record.current + record.pending {
+            do {
+                try await runtime.stop(instance.id, grace: grace)
+                try await runtime.remove(instance.id)
+            } catch {
+                throw Failure(kind: .runtime, description: "cannot remove \(instance.id): \(error)")
+            }
+        }
+        try? FileManager.default.removeItem(atPath: path(workload.serviceID))
+        return record.current
+    }
+
+    /// The workload's current instances and whether each runs.
+    public func instances(_ workload: Workload) async throws(Failure) -> [(Instance, running: Bool)] {
+        try Self.validate(workload)
+        guard let record = try? load(workload.serviceID) else { return [] }
+        var result: [(Instance, running: Bool)] = []
+        for instance in record.current {
+            let state = try? await runtime.state(instance.id)
+            result.append((instance, state?.status == .running))
+        }
+        return result
+    }
+
+    // MARK: Helpers
+
+    private func path(_ serviceID: String) -> String { directory + "/workloads/" + serviceID + ".json" }
+
+    private func load(_ serviceID: String) throws -> Record {
+        try JSONDecoder().decode(Record.self, from: Data(contentsOf: URL(fileURLWithPath: path(serviceID))))
+    }
+
+    /// Written to a temporary file, flushed and renamed: a crash leaves the old record or the new one.
+    private func save(_ record: Record) throws {
+        let target = path(record.workload.serviceID)
+        let data = try JSONEncoder().encode(record)
+        let temporary = target + ".new"
+        let fd = open(temporary, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw Failure(kind: .runtime, description: "cannot write \(temporary)") }
+        let written = data.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } == data.count
+        close(fd)
+        guard written, rename(temporary, target) == 0 else { throw Failure(kind: .runtime, description: "cannot write \(target)") }
+    }
+
+    static func validate(_ workload: Workload) throws(Failure) {
+        for (value, field) in [(workload.environmentID, "environment_id"), (workload.serviceID, "service_id")] {
+            guard !value.isEmpty, value.utf8.count <= 128, value.utf8.allSatisfy({ $0 > 32 && $0 < 127 && $0 != 47 }) else {
+                throw Failure(kind: .invalid, description: "workload.\(field) must be 1 to 128 printable characters without '/'")
+            }
+        }
+        let name = workload.serviceName.utf8
+        guard !name.isEmpty, name.count <= 40, name.allSatisfy({ ($0 >= 97 && $0 <= 122) || ($0 >= 48 && $0 <= 57) || $0 == 45 }), name.first! >= 97 else {
+            throw Failure(kind: .invalid, description: "workload.service_name must be a DNS label of at most 40 characters, got \"\(workload.serviceName.prefix(60))\"")
+        }
+    }
+
+    static func newInstanceID(_ serviceName: String) -> String {
+        serviceName + "-" + UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "").prefix(10)
+    }
+
+    static func isLoopback(_ image: String) -> Bool {
+        image.hasPrefix("127.") || image.hasPrefix("localhost") || image.hasPrefix("[::1]")
+    }
+
+    /// A loopback port nothing listens on now.
+    static func freePort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+        }
+        guard bound else { throw Failure(kind: .runtime, description: "no free loopback port") }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+}

@@ -1,0 +1,73 @@
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Readiness checks of a local instance: a TCP connect, or an HTTP/1.0 GET whose status is 2xx or
+/// 3xx, each within a time limit. Runs on its own thread (blocking sockets with poll).
+enum Probe {
+    enum Result: Equatable {
+        case success
+        case failure(String)
+    }
+
+    static func check(port: Int, readiness: LocalCluster.Readiness, timeout: Duration) async -> Result {
+        await withCheckedContinuation { continuation in
+            Thread.detachNewThread {
+                continuation.resume(returning: run(port: port, readiness: readiness, timeout: timeout))
+            }
+        }
+    }
+
+    static func run(port: Int, readiness: LocalCluster.Readiness, timeout: Duration) -> Result {
+        let deadline = ContinuousClock.now + timeout
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return .failure("cannot open a socket") }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = UInt16(port).bigEndian
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        if connected != 0 && errno != EINPROGRESS { return .failure("connect to port \(port): \(String(cString: strerror(errno)))") }
+        guard wait(fd, Int16(POLLOUT), until: deadline) else { return .failure("connect to port \(port) timed out") }
+        var error: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length)
+        guard error == 0 else { return .failure("connect to port \(port): \(String(cString: strerror(error)))") }
+        guard case .http(let path) = readiness else { return .success }
+
+        let request = Array("GET \(path) HTTP/1.0\r\nHost: 127.0.0.1:\(port)\r\nUser-Agent: slipway-probe\r\n\r\n".utf8)
+        var sent = 0
+        while sent < request.count {
+            guard wait(fd, Int16(POLLOUT), until: deadline) else { return .failure("GET \(path) timed out") }
+            let count = request[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            guard count > 0 else { return .failure("GET \(path): the connection closed") }
+            sent += count
+        }
+        var response: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 512)
+        while !response.contains(10) && response.count < 4096 {
+            guard wait(fd, Int16(POLLIN), until: deadline) else { return .failure("GET \(path) timed out") }
+            let count = recv(fd, &buffer, buffer.count, 0)
+            guard count > 0 else { break }
+            response += buffer[0..<count]
+        }
+        let statusLine = String(decoding: response.prefix { $0 != 13 && $0 != 10 }, as: UTF8.self)
+        let parts = statusLine.split(separator: " ")
+        guard parts.count >= 2, parts[0].hasPrefix("HTTP/"), let code = Int(parts[1]) else {
+            return .failure("GET \(path): not an HTTP response (\"\(statusLine.prefix(60))\")")
+        }
+        return (200..<400).contains(code) ? .success : .failure("GET \(path) answered \(code)")
+    }
+
+    private static func wait(_ fd: Int32, _ events: Int16, until deadline: ContinuousClock.Instant) -> Bool {
+        let remaining = deadline - ContinuousClock.now
+        let millis = max(0, Int32(remaining.components.seconds * 1000 + remaining.components.attoseconds / 1_000_000_000_000_000))
+        var descriptor = pollfd(fd: fd, events: events, revents: 0)
+        return poll(&descriptor, 1, millis) == 1
+    }
+}

@@ -1,0 +1,135 @@
+import Foundation
+import Logging
+import SlipwayRegistry
+import SlipwayTestSupport
+import Testing
+
+@testable import SlipwayCluster
+
+/// Deploys through the local driver: real registry, buildah-built image, umoci and runc.
+@Suite(.serialized) struct LocalClusterTests {
+    struct Fixture {
+        let scratch: String
+        let registry: TestRegistry
+        let image: String
+        let cluster: LocalCluster
+    }
+
+    static func with(_ body: (Fixture) async throws -> Void) async throws {
+        let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("slipway-cluster-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: scratch + "/registry", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        let registry = try await TestRegistry.start(storage: scratch + "/registry")
+        defer { registry.stop() }
+        try await registry.seed()
+        let image = try await LocalRuntimeTests.pushHello(registry, scratch: scratch)
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let cluster = try LocalCluster(directory: scratch + "/cluster", logger: logger)
+        var failure: (any Error)?
+        do {
+            try await body(Fixture(scratch: scratch, registry: registry, image: image, cluster: cluster))
+        } catch {
+            failure = error
+        }
+        // Nothing is left running, whatever the test did.
+        for instance in (try? await cluster.runtime.list()) ?? [] { try? await cluster.runtime.remove(instance.id) }
+        if let failure { throw failure }
+    }
+
+    static let workload = LocalCluster.Workload(environmentID: "env_test", serviceID: "svc_hello", serviceName: "hello")
+
+    static func spec(_ fixture: Fixture, replicas: Int = 1, environment: [String: String] = [:]) -> LocalCluster.DeploySpec {
+        var spec = LocalCluster.DeploySpec(workload: workload, image: fixture.image)
+        spec.replicas = replicas
+        spec.environment = environment
+        spec.readiness = .http(path: "/health")
+        spec.checkPeriod = .milliseconds(20)
+        spec.readyTimeout = .seconds(20)
+        spec.stopGrace = .milliseconds(200)
+        return spec
+    }
+
+    @Test func aDeployServesOnReadyInstancesAndTheNextOneReplacesThem() async throws {
+        try await Self.with { fixture in
+            let first = try await fixture.cluster.deploy(Self.spec(fixture, replicas: 2))
+            #expect(first.count == 2 && Set(first.map(\.port)).count == 2)
+            for instance in first { #expect(try await LocalRuntimeTests.get(instance.port, "/health") != nil) }
+
+            let second = try await fixture.cluster.deploy(Self.spec(fixture, replicas: 2, environment: ["VERSION": "2"]))
+            #expect(Set(second.map(\.id)).isDisjoint(with: first.map(\.id)))
+            for instance in second { #expect(try await LocalRuntimeTests.get(instance.port, "/health") != nil) }
+            // The old ones were stopped and removed once the new ones were ready.
+            for instance in first { #expect(try await LocalRuntimeTests.get(instance.port, "/health") == nil) }
+            #expect(Set(try await fixture.cluster.runtime.list().map(\.id)) == Set(second.map(\.id)))
+            let listed = try await fixture.cluster.instances(Self.workload)
+            #expect(listed.map(\.0.id) == second.map(\.id) && listed.allSatisfy(\.running))
+        }
+    }
+
+    @Test func aVersionThatNeverBecomesReadyLeavesTheOldOneServing() async throws {
+        try await Self.with { fixture in
+            let good = try await fixture.cluster.deploy(Self.spec(fixture))
+            var broken = Self.spec(fixture)
+            broken.readiness = .http(path: "/missing")
+            broken.readyTimeout = .milliseconds(800)
+            let error = await #expect(throws: LocalCluster.Failure.self) { try await fixture.cluster.deploy(broken) }
+            #expect(error?.kind == .notReady)
+            #expect(error?.description.hasSuffix("was not ready in time: GET /missing answered 404") == true)
+            #expect(try await LocalRuntimeTests.get(good[0].port, "/health") != nil)
+            #expect(try await fixture.cluster.runtime.list().map(\.id) == [good[0].id])
+
+            // A command that exits: reported at once with what it wrote, the old one still serves.
+            var crashing = Self.spec(fixture)
+            crashing.command = ["/bin/sh", "-c", "echo 'cannot open database' >&2; exit 3"]
+            let crashed = await #expect(throws: LocalCluster.Failure.self) { try await fixture.cluster.deploy(crashing) }
+            #expect(crashed?.description.contains("exited before it was ready") == true)
+            #expect(crashed?.description.contains("cannot open database") == true)
+            #expect(try await LocalRuntimeTests.get(good[0].port, "/health") != nil)
+        }
+    }
+
+    @Test func stopDeleteAndARestartMidDeploy() async throws {
+        try await Self.with { fixture in
+            let running = try await fixture.cluster.deploy(Self.spec(fixture))
+            // A deploy the service did not finish (killed): its pending instance is on record and running.
+            var record = LocalCluster.Record(workload: Self.workload, current: running)
+            let orphan = LocalCluster.Instance(id: "hello-orphan", port: try LocalCluster.freePort(), image: fixture.image)
+            var orphanSpec = LocalRuntime.InstanceSpec(id: orphan.id, image: fixture.image, port: orphan.port)
+            orphanSpec.insecureRegistry = true
+            _ = try await fixture.cluster.runtime.start(orphanSpec)
+            record.pending = [orphan]
+            try JSONEncoder().encode(record).write(to: URL(fileURLWithPath: fixture.scratch + "/cluster/workloads/svc_hello.json"))
+
+            var logger = Logger(label: "test")
+            logger.logLevel = .critical
+            let restarted = try LocalCluster(directory: fixture.scratch + "/cluster", logger: logger)
+            try await restarted.recover()
+            #expect(try await restarted.runtime.list().map(\.id) == [running[0].id])
+            #expect(try await LocalRuntimeTests.get(running[0].port, "/health") != nil)
+
+            let stopped = try await restarted.stop(Self.workload, grace: .milliseconds(100))
+            #expect(stopped.map(\.id) == [running[0].id])
+            #expect(try await LocalRuntimeTests.get(running[0].port, "/health") == nil)
+            #expect(try await restarted.instances(Self.workload).map(\.running) == [false])
+            _ = try await restarted.delete(Self.workload, grace: .milliseconds(100))
+            #expect(try await restarted.instances(Self.workload).isEmpty)
+            #expect(!FileManager.default.fileExists(atPath: restarted.runtime.instanceDirectory(running[0].id)))
+        }
+    }
+
+    @Test func badWorkloadsAreRefused() async throws {
+        let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("slipway-cluster-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        let cluster = try LocalCluster(directory: scratch, logger: Logger(label: "test"))
+        var spec = LocalCluster.DeploySpec(workload: .init(environmentID: "e", serviceID: "s", serviceName: "Bad_Name"), image: "x")
+        var error = await #expect(throws: LocalCluster.Failure.self) { try await cluster.deploy(spec) }
+        #expect(error?.kind == .invalid && error?.description.contains("service_name") == true)
+        spec.workload.serviceName = "ok"
+        spec.replicas = 51
+        error = await #expect(throws: LocalCluster.Failure.self) { try await cluster.deploy(spec) }
+        #expect(error?.description.contains("replicas") == true)
+        #expect(LocalRuntime.pullReference("127.0.0.1:5000/env/web:abc@sha256:00") == "127.0.0.1:5000/env/web@sha256:00")
+        #expect(LocalRuntime.pullReference("127.0.0.1:5000/env/web:abc") == "127.0.0.1:5000/env/web:abc")
+    }
+}

@@ -5,13 +5,15 @@ service "hello" — watching its steps as they happen, then printing the deploym
 
     python3 scripts/demo-deploy.py DATA_DIR    (the platform from `scripts/platform.sh up` must be running)
 
-The pipeline fetches and builds with the real slipway-builder; the cluster, network and certs
-services are not built yet, so the pipeline simulates their steps (DEPLOYMENT, ROUTER_DEPLOYMENT,
-CERTIFICATE) and nothing serves the app yet.
+The pipeline fetches and builds with the real slipway-builder and runs the app with the real
+slipway-cluster (runc, a loopback port per instance); the network and certs services are not built
+yet, so ROUTER_DEPLOYMENT and CERTIFICATE are simulated: the app is reached on its instances'
+ports, not yet through nginx and TLS.
 """
 import os
 import shutil
 import sys
+import urllib.request
 
 import grpc
 
@@ -20,8 +22,9 @@ import slipway_local as local  # noqa: E402
 
 data = sys.argv[1]
 pipeline = os.environ.get("SLIPWAY_PIPELINE_LISTEN", "127.0.0.1:7001")
+cluster_address = os.environ.get("SLIPWAY_CLUSTER_LISTEN", "127.0.0.1:7004")
 registry = os.environ.get("SLIPWAY_REGISTRY", "127.0.0.1:5000")
-(pb, pb_grpc), = local.protos("slipway/pipeline/v1/pipeline.proto")
+(pb, pb_grpc), (cluster_pb, cluster_grpc) = local.protos("slipway/pipeline/v1/pipeline.proto", "slipway/cluster/v1/cluster.proto")
 
 repo = os.path.abspath(os.path.join(data, "demo", "hello"))
 if not os.path.isdir(os.path.join(repo, ".git")):
@@ -98,5 +101,16 @@ with grpc.insecure_channel(pipeline) as channel:
     if deployment.status != pb.DEPLOYED:
         print(f"the deployment failed: {hello.reason}", file=sys.stderr)
         sys.exit(1)
-    print("\nDEPLOYMENT, ROUTER_DEPLOYMENT and CERTIFICATE are simulated until the cluster, network and certs services land:"
-          "\nthe image is built and in the registry, nothing serves it yet.")
+
+with grpc.insecure_channel(cluster_address) as channel:
+    workload = cluster_pb.Workload(environment_id=env.id, service_id=service.id, service_name="hello")
+    instances = cluster_grpc.ClusterStub(channel).ListInstances(cluster_pb.WorkloadRequest(workload=workload)).instances
+for instance in instances:
+    try:
+        with urllib.request.urlopen(f"http://{instance.address}/", timeout=2) as response:
+            answer = f"HTTP {response.status}"
+    except OSError as error:
+        answer = f"not answering ({error})"
+    print(f"\nserving at http://{instance.address}/  (instance {instance.id}, runc; {answer})")
+print("ROUTER_DEPLOYMENT and CERTIFICATE are simulated until the network and certs services land:"
+      "\nthe app answers on its instance's loopback port, not yet at https://hello-local.localhost.")

@@ -28,6 +28,12 @@ stop() {
 case "$cmd" in
   down)
     stop
+    # The apps the cluster runs outlive its service (by design); down stops them too.
+    if [ -d "$data/cluster/runc" ] && command -v runc >/dev/null; then
+      for instance in $(runc --root "$data/cluster/runc" list -q 2>/dev/null); do
+        runc --root "$data/cluster/runc" delete --force "$instance" >/dev/null 2>&1 || true
+      done
+    fi
     echo "platform stopped"
     ;;
   up)

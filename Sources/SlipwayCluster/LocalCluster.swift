@@ -147,12 +147,17 @@ public actor LocalCluster {
         } catch {
             throw Failure(kind: .runtime, description: "cannot record the new instances: \(error)")
         }
-        for instance in old {
-            do {
-                try await runtime.stop(instance.id, grace: spec.stopGrace)
-                try await runtime.remove(instance.id)
-            } catch {
-                logger.warning("could not stop an old instance", metadata: ["instance": "\(instance.id)", "error": "\(error)"])
+        let (runtime, logger, grace) = (runtime, logger, spec.stopGrace)
+        await withTaskGroup(of: Void.self) { group in
+            for instance in old {
+                group.addTask {
+                    do {
+                        try await runtime.stop(instance.id, grace: grace)
+                        try await runtime.remove(instance.id)
+                    } catch {
+                        logger.warning("could not stop an old instance", metadata: ["instance": "\(instance.id)", "error": "\(error)"])
+                    }
+                }
             }
         }
         return record.current
@@ -182,12 +187,8 @@ public actor LocalCluster {
     public func stop(_ workload: Workload, grace: Duration) async throws(Failure) -> [Instance] {
         try Self.validate(workload)
         guard let record = try? load(workload.serviceID) else { return [] }
-        for instance in record.current {
-            do {
-                try await runtime.stop(instance.id, grace: grace)
-            } catch {
-                throw Failure(kind: .runtime, description: "cannot stop \(instance.id): \(error)")
-            }
+        try await Self.each(record.current) { [runtime] instance in
+            try await runtime.stop(instance.id, grace: grace)
         }
         return record.current
     }
@@ -195,13 +196,9 @@ public actor LocalCluster {
     public func delete(_ workload: Workload, grace: Duration) async throws(Failure) -> [Instance] {
         try Self.validate(workload)
         guard let record = try? load(workload.serviceID) else { return [] }
-        for instance in record.current + record.pending {
-            do {
-                try await runtime.stop(instance.id, grace: grace)
-                try await runtime.remove(instance.id)
-            } catch {
-                throw Failure(kind: .runtime, description: "cannot remove \(instance.id): \(error)")
-            }
+        try await Self.each(record.current + record.pending) { [runtime] instance in
+            try await runtime.stop(instance.id, grace: grace)
+            try await runtime.remove(instance.id)
         }
         try? FileManager.default.removeItem(atPath: path(workload.serviceID))
         return record.current
@@ -220,6 +217,24 @@ public actor LocalCluster {
     }
 
     // MARK: Helpers
+
+    /// Runs `body` for every instance at once (their grace periods overlap); the first failure is reported.
+    static func each(_ instances: [Instance], _ body: @escaping @Sendable (Instance) async throws -> Void) async throws(Failure) {
+        let failures = await withTaskGroup(of: String?.self, returning: [String].self) { group in
+            for instance in instances {
+                group.addTask {
+                    do {
+                        try await body(instance)
+                        return nil
+                    } catch {
+                        return "\(instance.id): \(error)"
+                    }
+                }
+            }
+            return await group.reduce(into: []) { if let failure = $1 { $0.append(failure) } }
+        }
+        if let first = failures.first { throw Failure(kind: .runtime, description: "cannot stop \(first)") }
+    }
 
     private func path(_ serviceID: String) -> String { directory + "/workloads/" + serviceID + ".json" }
 

@@ -9,7 +9,7 @@ import SlipwayServiceKit
 public struct PipelineOptions: ParsableArguments, Sendable {
     @Option(help: """
         Collaborators to simulate instead of calling, comma-separated: builder, cluster, network, certs, or none \
-        (default: cluster,network,certs — the services not built yet).
+        (default: network,certs — the services not built yet).
         """)
     var pipelineSimulate: String?
     @Option(help: "How long each simulated step takes, in milliseconds (default 0).") var pipelineSimulatedStepMs: Int?
@@ -55,8 +55,8 @@ public struct PipelineConfiguration: Sendable {
         case builder, cluster, network, certs
     }
 
-    /// Until the cluster, network and certs services exist, the pipeline simulates them.
-    public var simulated: Set<Collaborator> = [.cluster, .network, .certs]
+    /// Until the network and certs services exist, the pipeline simulates them.
+    public var simulated: Set<Collaborator> = [.network, .certs]
     public var simulatedStepDelay: Duration = .zero
     public var limits = PipelineEngine.Limits()
     public var durability = PipelineStore.Durability.normal
@@ -78,16 +78,20 @@ public struct PipelineComponent: PlatformComponent {
         let builderAddress = service.directory[.builder]
         let images: any ImageCollaborator =
             configuration.simulated.contains(.builder) ? simulated : BuilderCollaborator(client: RPCClient(host: builderAddress.host, port: builderAddress.port))
-        // The cluster, network and certs services have no API yet: simulated until their issues land.
-        let collaborators = Collaborators(images: images, cluster: simulated, network: simulated, certs: simulated)
+        let clusterAddress = service.directory[.cluster]
+        let cluster: any ClusterCollaborator =
+            configuration.simulated.contains(.cluster) ? simulated : ClusterCollaboratorRPC(client: RPCClient(host: clusterAddress.host, port: clusterAddress.port))
+        // The network and certs services have no API yet: simulated until their issues land.
+        let collaborators = Collaborators(images: images, cluster: cluster, network: simulated, certs: simulated)
         let logsAddress = service.directory[.logs]
         let shipper = LogShipper(client: RPCClient(host: logsAddress.host, port: logsAddress.port), logger: logger)
         let engine = PipelineEngine(store: store, collaborators: collaborators, logs: shipper, limits: configuration.limits, logger: logger)
         try await engine.start()
         router.register(PipelineService(engine: engine))
-        let names = PipelineConfiguration.Collaborator.allCases.filter { configuration.simulated.contains($0) || $0 != .builder }.map(\.rawValue)
+        let names = PipelineConfiguration.Collaborator.allCases.filter { configuration.simulated.contains($0) || $0 == .network || $0 == .certs }.map(\.rawValue)
         logger.info("pipeline ready", metadata: [
             "builder": "\(configuration.simulated.contains(.builder) ? "simulated" : "\(builderAddress)")",
+            "cluster": "\(configuration.simulated.contains(.cluster) ? "simulated" : "\(clusterAddress)")",
             "simulated": "\(names.joined(separator: ","))", "logs": "\(logsAddress)", "durability": "\(configuration.durability.rawValue)",
         ])
         return [LogShipperService(shipper: shipper)]

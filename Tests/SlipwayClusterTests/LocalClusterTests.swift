@@ -16,12 +16,10 @@ import Testing
     }
 
     static func with(_ body: (Fixture) async throws -> Void) async throws {
-        let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("slipway-cluster-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: scratch + "/registry", withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: scratch) }
-        let registry = try await TestRegistry.start(storage: scratch + "/registry")
-        defer { registry.stop() }
-        try await registry.seed()
+        try await TestRegistry.withSeeded("slipway-cluster") { scratch, registry in try await with(scratch, registry, body) }
+    }
+
+    static func with(_ scratch: String, _ registry: TestRegistry, _ body: (Fixture) async throws -> Void) async throws {
         let image = try await LocalRuntimeTests.pushHello(registry, scratch: scratch)
         var logger = Logger(label: "test")
         logger.logLevel = .critical

@@ -40,12 +40,10 @@ import Testing
     }
 
     @Test func anImageFromTheRegistryRunsUnderRuncOnItsPortAndStops() async throws {
-        let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("slipway-runtime-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: scratch + "/registry", withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: scratch) }
-        let registry = try await TestRegistry.start(storage: scratch + "/registry")
-        defer { registry.stop() }
-        try await registry.seed()
+        try await TestRegistry.withSeeded("slipway-runtime") { scratch, registry in try await runsAndStops(scratch, registry) }
+    }
+
+    func runsAndStops(_ scratch: String, _ registry: TestRegistry) async throws {
         let image = try await Self.pushHello(registry, scratch: scratch)
 
         let runtime = try LocalRuntime(directory: scratch + "/cluster")
@@ -83,10 +81,12 @@ import Testing
         let reopened = try LocalRuntime(directory: scratch + "/cluster")
         #expect(try await reopened.list().map(\.id) == ["hello-1"])
 
-        // busybox sh as PID 1 ignores SIGTERM: the grace period passes and SIGKILL stops it.
+        // examples/hello stops on SIGTERM: well within the grace period.
         let stopping = ContinuousClock.now
-        try await runtime.stop("hello-1", grace: .milliseconds(300))
-        #expect(ContinuousClock.now - stopping >= .milliseconds(300))
+        try await runtime.stop("hello-1", grace: .seconds(10))
+        #expect(ContinuousClock.now - stopping < .seconds(5))
+        let output = try String(contentsOfFile: runtime.stdoutPath("hello-1"), encoding: .utf8)
+        #expect(output.contains("hello: stopped"), "\(output) / \((try? String(contentsOfFile: runtime.stderrPath("hello-1"), encoding: .utf8)) ?? "")")
         #expect(try await runtime.state("hello-1") == nil)
         #expect(try await Self.get(port, "/health") == nil)
         // Gone, or a zombie waiting for whoever it was reparented to (not this process) to reap it.
@@ -95,6 +95,24 @@ import Testing
         #expect(processState == nil || processState!.contains("Z (zombie)"))
         try await runtime.remove("hello-1")
         #expect(!FileManager.default.fileExists(atPath: runtime.instanceDirectory("hello-1")))
+    }
+
+    @Test func aProcessThatIgnoresSigtermIsKilledAfterTheGracePeriod() async throws {
+        try await TestRegistry.withSeeded("slipway-runtime") { scratch, registry in try await killedAfterGrace(scratch, registry) }
+    }
+
+    func killedAfterGrace(_ scratch: String, _ registry: TestRegistry) async throws {
+        let runtime = try LocalRuntime(directory: scratch + "/cluster")
+        var spec = LocalRuntime.InstanceSpec(id: "stubborn", image: "\(registry.host)/slipway/busybox:latest", port: try TestRegistry.freePort())
+        spec.insecureRegistry = true
+        spec.command = ["/bin/sh", "-c", "trap '' TERM; echo started; while true; do sleep 1; done"]
+        let started = try await runtime.start(spec)
+        #expect(started.status == .running)
+        let stopping = ContinuousClock.now
+        try await runtime.stop("stubborn", grace: .milliseconds(500))
+        #expect(ContinuousClock.now - stopping >= .milliseconds(500))
+        #expect(try await runtime.state("stubborn") == nil)
+        try await runtime.remove("stubborn")
     }
 
     @Test func badSpecsAreRefusedBeforeAnythingRuns() async throws {

@@ -74,6 +74,17 @@ public final class TestRegistry: Sendable {
         }
     }
 
+    /// A scratch directory with a seeded registry in it, both gone when `body` returns.
+    public static func withSeeded(_ prefix: String, _ body: (_ scratch: String, _ registry: TestRegistry) async throws -> Void) async throws {
+        let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("\(prefix)-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: scratch + "/registry", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        let registry = try await start(storage: scratch + "/registry")
+        defer { registry.stop() }
+        try await registry.seed()
+        try await body(scratch, registry)
+    }
+
     /// Pushes the busybox base image (skipped when the storage already has it).
     public func seed() async throws {
         let process = Process()

@@ -319,3 +319,95 @@ def test_an_application_is_fetched_and_built_by_the_real_builder(with_builder):
     failed = p.service(missing, ids["hello"])
     assert failed.status == pb.BUILD_ERROR
     assert "0000000" in failed.reason and failed.reason.startswith("GIT_CLONE failed: "), failed.reason
+
+
+@pytest.fixture
+def with_cluster(pbs):
+    """registry + logs + builder + cluster + pipeline: applications are built and run for real (runc)."""
+    from conftest import BIN_DIR
+
+    data = tempfile.mkdtemp(prefix="slipway-pipeline-cluster-")
+    registry_port, builder_port, cluster_port, logs_port = (local.free_port() for _ in range(4))
+    registry = local.start_registry(os.path.join(data, "registry"), registry_port)
+    logs = local.start_service(BIN_DIR, "logs", data, logs_port)
+    builder = local.start_service(BIN_DIR, "builder", data, builder_port, "--builder-registry", f"127.0.0.1:{registry_port}",
+                                  "--logs-address", f"127.0.0.1:{logs_port}")
+    cluster = local.start_service(BIN_DIR, "cluster", data, cluster_port)
+    platform = Platform(pbs, "--builder-address", f"127.0.0.1:{builder_port}", "--cluster-address", f"127.0.0.1:{cluster_port}",
+                        "--pipeline-simulate", "network,certs", "--pipeline-step-timeout", "30", data=data, logs=(logs_port, logs))
+    (cluster_pb, cluster_grpc), = local.protos("slipway/cluster/v1/cluster.proto")
+    channel = grpc.insecure_channel(f"127.0.0.1:{cluster_port}")
+    platform.cluster = (cluster_pb, cluster_grpc.ClusterStub(channel))
+    yield platform, data, f"127.0.0.1:{registry_port}"
+    channel.close()
+    platform.stop()
+    local.stop(builder, cluster, registry)
+    # Whatever a failed test left running.
+    for instance in subprocess.run(["runc", "--root", os.path.join(data, "cluster", "runc"), "list", "-q"],
+                                   capture_output=True, text=True).stdout.split():
+        subprocess.run(["runc", "--root", os.path.join(data, "cluster", "runc"), "delete", "--force", instance], capture_output=True)
+
+
+def serving(address, path="/"):
+    try:
+        with urllib.request.urlopen(f"http://{address}{path}", timeout=2) as response:
+            return response.read().decode()
+    except OSError:
+        return None
+
+
+def test_a_pushed_commit_is_built_run_and_replaced_by_the_next_one(with_cluster):
+    p, data, registry = with_cluster
+    pb = p.pb
+    cluster_pb, cluster = p.cluster
+    repo = os.path.join(data, "hello")
+    local.example_repository(repo)
+    config = p.app(url=repo, build_args={"BASE": f"{registry}/slipway/busybox:latest"})
+    # Ready within 1 × 5 s (the cluster checks every 100 ms).
+    config.readiness_probe.CopyFrom(pb.Probe(http=pb.HttpProbe(path="/health", port=8080), period_seconds=5, failure_threshold=1))
+    config.replicas = 2
+    env, ids = p.environment(("hello", config))
+    workload = cluster_pb.Workload(environment_id=env, service_id=ids["hello"], service_name="hello")
+
+    first = p.wait_ended(p.deploy(env).deployment_id, timeout=300)
+    assert first.status == pb.DEPLOYED, p.service(first, ids["hello"]).reason
+    instances = cluster.ListInstances(cluster_pb.WorkloadRequest(workload=workload)).instances
+    assert len(instances) == 2 and all(i.status == cluster_pb.INSTANCE_RUNNING for i in instances)
+    assert all("Hello from Slipway" in (serving(i.address) or "") for i in instances), [serving(i.address) for i in instances]
+
+    # The next commit replaces them: new instances serve the new page, the old ones are gone.
+    with open(os.path.join(repo, "www", "index.html"), "w") as f:
+        f.write("<h1>second version</h1>\n")
+    local.commit(repo, "second version")
+    second = p.wait_ended(p.deploy(env).deployment_id, timeout=300)
+    assert second.status == pb.DEPLOYED, p.service(second, ids["hello"]).reason
+    replaced = cluster.ListInstances(cluster_pb.WorkloadRequest(workload=workload)).instances
+    assert {i.id for i in replaced}.isdisjoint({i.id for i in instances})
+    assert all("second version" in (serving(i.address) or "") for i in replaced)
+    assert all(serving(i.address) is None for i in instances)
+
+    # A version that is never ready fails the deployment and the running one keeps serving.
+    update = pb.ServiceConfig()
+    update.CopyFrom(config)
+    update.readiness_probe.http.path = "/missing"
+    p.stub.UpdateService(pb.UpdateServiceRequest(service_id=ids["hello"], config=update))
+    failed = p.wait_ended(p.deploy(env).deployment_id, timeout=300)
+    hello = p.service(failed, ids["hello"])
+    assert failed.status == pb.DEPLOYMENT_ERROR
+    assert "GET /missing answered 404" in hello.reason, hello.reason
+    assert all("second version" in (serving(i.address) or "") for i in replaced)
+
+    # Rollback to the first release: its image and its configuration (the /health probe).
+    releases = p.stub.ListReleases(pb.ListReleasesRequest(service_id=ids["hello"])).releases
+    rolled = p.wait_ended(p.stub.Rollback(pb.RollbackRequest(service_id=ids["hello"], release_id=releases[-1].id)).deployment_id, timeout=300)
+    assert rolled.status == pb.DEPLOYED, p.service(rolled, ids["hello"]).reason
+    back = cluster.ListInstances(cluster_pb.WorkloadRequest(workload=workload)).instances
+    assert all("Hello from Slipway" in (serving(i.address) or "") for i in back)
+
+    # Stop: nothing serves; delete: nothing is left.
+    stop = p.wait_ended(p.stub.Stop(pb.ActionRequest(environment_id=env)).deployment_id, timeout=120)
+    assert stop.status == pb.STOPPED
+    assert all(serving(i.address) is None for i in back)
+    delete = p.wait_ended(p.stub.Delete(pb.ActionRequest(environment_id=env)).deployment_id, timeout=120)
+    assert delete.status == pb.DELETED
+    assert list(cluster.ListInstances(cluster_pb.WorkloadRequest(workload=workload)).instances) == []

@@ -1,0 +1,98 @@
+import SlipwayProtos
+import SlipwayRPC
+
+/// The cluster service over its RPC API (`slipway.cluster.v1.Cluster`). A restart deploys the image
+/// the workload runs again (new instances, then the old ones stop); a rollback deploys the previous
+/// release's image, or deletes the workload when there was none.
+public struct ClusterCollaboratorRPC: ClusterCollaborator {
+    typealias API = Slipway_Cluster_V1_Cluster
+
+    let client: RPCClient
+
+    public init(client: RPCClient) {
+        self.client = client
+    }
+
+    public func deploy(_ work: ServiceWork, image: String) async throws -> RunningStatus {
+        _ = try await call { try await client.unary(API.Deploy.self, request(work, image: image)) }
+        return .running
+    }
+
+    public func rollBack(_ work: ServiceWork, to previous: PipelineStore.Release?) async throws -> RunningStatus? {
+        guard let previous else {
+            try await delete(work)
+            return nil
+        }
+        var rolledBack = work
+        rolledBack.service.configuration = previous.configuration
+        rolledBack.service.secrets = previous.secrets
+        return try await deploy(rolledBack, image: previous.image)
+    }
+
+    public func restart(_ work: ServiceWork) async throws -> RunningStatus {
+        let instances = try await call { try await client.unary(API.ListInstances.self, workloadRequest(work)) }.instances
+        guard let image = instances.first?.image else {
+            throw StepFailure("\(work.service.name) has no instances to restart; deploy it first")
+        }
+        return try await deploy(work, image: image)
+    }
+
+    public func stop(_ work: ServiceWork) async throws -> RunningStatus {
+        _ = try await call { try await client.unary(API.Stop.self, workloadRequest(work)) }
+        return .stopped
+    }
+
+    public func delete(_ work: ServiceWork) async throws {
+        _ = try await call { try await client.unary(API.Delete.self, workloadRequest(work)) }
+    }
+
+    func workload(_ work: ServiceWork) -> Slipway_Cluster_V1_Workload {
+        var workload = Slipway_Cluster_V1_Workload()
+        workload.environmentId = work.environment.id
+        workload.serviceId = work.service.id
+        workload.serviceName = work.service.name
+        return workload
+    }
+
+    func workloadRequest(_ work: ServiceWork) -> Slipway_Cluster_V1_WorkloadRequest {
+        var request = Slipway_Cluster_V1_WorkloadRequest()
+        request.workload = workload(work)
+        return request
+    }
+
+    func request(_ work: ServiceWork, image: String) -> Slipway_Cluster_V1_DeployRequest {
+        let configuration = work.service.configuration
+        var request = Slipway_Cluster_V1_DeployRequest()
+        request.workload = workload(work)
+        request.image = image
+        request.environment = configuration.environmentVariables.merging(work.service.secrets) { $1 }
+        request.replicas = UInt32(configuration.replicas)
+        request.cpuMillicores = UInt32(configuration.cpuMillicores)
+        request.memoryMib = UInt32(configuration.memoryMiB)
+        var readiness = Slipway_Cluster_V1_Readiness()
+        if let probe = configuration.readinessProbe {
+            switch probe.kind {
+            case .http(let path, _):
+                var http = Slipway_Cluster_V1_HttpCheck()
+                http.path = path
+                readiness.check = .http(http)
+            default:
+                readiness.check = .tcp(Slipway_Cluster_V1_TcpCheck())
+            }
+            readiness.timeoutMillis = UInt32(probe.timeoutSeconds * 1000)
+            // Ready within the probe's own patience: its initial delay plus failureThreshold periods.
+            request.readyTimeoutSeconds = UInt32(max(5, probe.initialDelaySeconds + probe.failureThreshold * probe.periodSeconds))
+        }
+        request.readiness = readiness
+        return request
+    }
+
+    /// The cluster's refusals become step failures with its message.
+    private func call<T: Sendable>(_ body: () async throws -> T) async throws -> T {
+        do {
+            return try await body()
+        } catch let error as RPCError where error.code != .cancelled {
+            throw StepFailure(error.message)
+        }
+    }
+}

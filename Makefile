@@ -4,7 +4,7 @@ export PATH := /opt/swift/usr/bin:$(PATH)
 DATA_DIR ?= ./.slipway
 CONFIG ?= debug
 
-.PHONY: all build demo down test test-swift test-interop check-generated generate bench bench-builder bench-pipeline clean
+.PHONY: all build demo down test test-swift test-interop check-generated generate bench bench-builder bench-pipeline bench-cluster clean
 
 all: build
 
@@ -54,6 +54,11 @@ bench-pipeline:
 	swift build -c release --product slipway-pipeline
 	swift build -c release --product slipway-logs
 	python3 scripts/bench-pipeline.py .build/release
+
+## Cluster benchmark: Deploy call to ready instances of examples/hello under runc (see BENCHMARKS.md).
+bench-cluster:
+	swift build -c release --product slipway-cluster
+	python3 scripts/bench-cluster.py .build/release
 
 ## RPC benchmark against the grpc-swift-2 anchor (see BENCHMARKS.md).
 bench:

@@ -112,24 +112,34 @@ public actor LocalCluster {
         guard !spec.image.isEmpty else { throw Failure(kind: .invalid, description: "image is required") }
         var record = (try? load(spec.workload.serviceID)) ?? Record(workload: spec.workload)
         record.workload = spec.workload
-        var started: [Instance] = []
         do {
+            let insecure = spec.insecureRegistry || Self.isLoopback(spec.image)
+            let pulled = try await runtime.pull(spec.image, insecure: insecure)
+            var specs: [LocalRuntime.InstanceSpec] = []
             for _ in 0..<spec.replicas {
                 let instance = Instance(id: Self.newInstanceID(spec.workload.serviceName), port: try Self.freePort(), image: spec.image)
                 record.pending.append(instance)
-                try save(record)
                 var instanceSpec = LocalRuntime.InstanceSpec(id: instance.id, image: spec.image, port: instance.port)
-                instanceSpec.insecureRegistry = spec.insecureRegistry || Self.isLoopback(spec.image)
+                instanceSpec.insecureRegistry = insecure
                 instanceSpec.environment = spec.environment
                 instanceSpec.cpuMillicores = spec.cpuMillicores
                 instanceSpec.memoryMiB = spec.memoryMiB
                 instanceSpec.command = spec.command
-                _ = try await runtime.start(instanceSpec)
-                started.append(instance)
+                specs.append(instanceSpec)
             }
+            // On record before any of them starts.
+            try save(record)
+            // Started and checked all at once; the first failure fails the deploy.
             let deadline = ContinuousClock.now + spec.readyTimeout
-            for instance in started {
-                try await waitReady(instance, spec, deadline: deadline)
+            let runtime = self.runtime
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for (instance, instanceSpec) in zip(record.pending, specs) {
+                    group.addTask {
+                        _ = try await runtime.start(instanceSpec, pulled: pulled)
+                        try await Self.waitReady(instance, spec, runtime: runtime, deadline: deadline)
+                    }
+                }
+                try await group.waitForAll()
             }
         } catch {
             // Not ready (or not started): the new ones go, the old ones keep serving.
@@ -163,7 +173,7 @@ public actor LocalCluster {
         return record.current
     }
 
-    private func waitReady(_ instance: Instance, _ spec: DeploySpec, deadline: ContinuousClock.Instant) async throws {
+    private static func waitReady(_ instance: Instance, _ spec: DeploySpec, runtime: LocalRuntime, deadline: ContinuousClock.Instant) async throws {
         var lastError = "no readiness check answered yet"
         while true {
             switch await Probe.check(port: instance.port, readiness: spec.readiness, timeout: spec.checkTimeout) {

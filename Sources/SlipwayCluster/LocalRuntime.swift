@@ -97,10 +97,13 @@ public final class LocalRuntime: Sendable {
     // MARK: Instances
 
     /// Pulls, unpacks, configures and starts one instance; returns once runc has started it.
-    public func start(_ spec: InstanceSpec) async throws -> InstanceState {
+    /// `pulled`: the image's name in the layout when the caller has just pulled it (instances of
+    /// one deploy share one pull).
+    public func start(_ spec: InstanceSpec, pulled: String? = nil) async throws -> InstanceState {
         try Self.check(id: spec.id)
         guard (1...65535).contains(spec.port) else { throw Failure("port \(spec.port) is not 1 to 65535") }
-        let name = try await pull(spec.image, insecure: spec.insecureRegistry)
+        let name: String
+        if let pulled { name = pulled } else { name = try await pull(spec.image, insecure: spec.insecureRegistry) }
         let instance = instanceDirectory(spec.id)
         if FileManager.default.fileExists(atPath: instance) {
             throw Failure("instance \(spec.id) exists already; remove it first")

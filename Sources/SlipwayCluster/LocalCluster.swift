@@ -106,6 +106,12 @@ public actor LocalCluster {
 
     public func deploy(_ spec: DeploySpec) async throws(Failure) -> [Instance] {
         try Self.validate(spec.workload)
+        await acquire(spec.workload.serviceID)
+        defer { release(spec.workload.serviceID) }
+        return try await deployHoldingLock(spec)
+    }
+
+    private func deployHoldingLock(_ spec: DeploySpec) async throws(Failure) -> [Instance] {
         guard (1...Self.maxReplicas).contains(spec.replicas) else {
             throw Failure(kind: .invalid, description: "replicas must be 1 to \(Self.maxReplicas), got \(spec.replicas)")
         }
@@ -196,6 +202,8 @@ public actor LocalCluster {
     /// Stops the workload's instances (kept on record as stopped, so a restart can deploy again).
     public func stop(_ workload: Workload, grace: Duration) async throws(Failure) -> [Instance] {
         try Self.validate(workload)
+        await acquire(workload.serviceID)
+        defer { release(workload.serviceID) }
         guard let record = try? load(workload.serviceID) else { return [] }
         try await Self.each(record.current) { [runtime] instance in
             try await runtime.stop(instance.id, grace: grace)
@@ -205,6 +213,8 @@ public actor LocalCluster {
 
     public func delete(_ workload: Workload, grace: Duration) async throws(Failure) -> [Instance] {
         try Self.validate(workload)
+        await acquire(workload.serviceID)
+        defer { release(workload.serviceID) }
         guard let record = try? load(workload.serviceID) else { return [] }
         try await Self.each(record.current + record.pending) { [runtime] instance in
             try await runtime.stop(instance.id, grace: grace)
@@ -224,6 +234,33 @@ public actor LocalCluster {
             result.append((instance, state?.status == .running))
         }
         return result
+    }
+
+    // MARK: One change of a workload at a time
+
+    /// The actor is reentrant: while a deploy awaits its instances, another call for the same
+    /// workload would read and rewrite the same record. Calls for one workload wait their turn
+    /// (in order); different workloads do not wait for each other.
+    private var busy: Set<String> = []
+    private var waiting: [String: [CheckedContinuation<Void, Never>]] = [:]
+
+    private func acquire(_ serviceID: String) async {
+        guard busy.contains(serviceID) else {
+            busy.insert(serviceID)
+            return
+        }
+        await withCheckedContinuation { waiting[serviceID, default: []].append($0) }
+    }
+
+    /// Hands the workload to the next caller waiting for it, if any.
+    private func release(_ serviceID: String) {
+        guard var queue = waiting[serviceID], !queue.isEmpty else {
+            busy.remove(serviceID)
+            return
+        }
+        let next = queue.removeFirst()
+        waiting[serviceID] = queue.isEmpty ? nil : queue
+        next.resume()
     }
 
     // MARK: Helpers

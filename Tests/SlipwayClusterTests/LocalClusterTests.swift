@@ -116,6 +116,22 @@ import Testing
         }
     }
 
+    @Test func deploysOfOneWorkloadTakeTurnsAndLeaveNoInstanceBehind() async throws {
+        try await Self.with { fixture in
+            let cluster = fixture.cluster
+            let specs = (1...3).map { Self.spec(fixture, environment: ["VERSION": "\($0)"]) }
+            // Three at once: each must see the instances of the one before it, and stop them.
+            let results = await withTaskGroup(of: [LocalCluster.Instance]?.self, returning: [[LocalCluster.Instance]].self) { group in
+                for spec in specs { group.addTask { try? await cluster.deploy(spec) } }
+                return await group.reduce(into: []) { if let instances = $1 { $0.append(instances) } }
+            }
+            #expect(results.count == 3)
+            let current = try await cluster.instances(Self.workload).map(\.0.id)
+            #expect(current.count == 1)
+            #expect(try await fixture.cluster.runtime.list().map(\.id) == current)
+        }
+    }
+
     @Test func badWorkloadsAreRefused() async throws {
         let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("slipway-cluster-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: scratch) }

@@ -12,6 +12,17 @@ public struct ClusterComponent: PlatformComponent {
         try await cluster.recover()
         router.register(ClusterService(cluster: cluster))
         logger.info("cluster ready", metadata: ["driver": "local (runc)"])
-        return []
+        return [Supervisor(cluster: cluster)]
+    }
+}
+
+/// Restarts instances that exit, for the life of the service.
+struct Supervisor: Service {
+    let cluster: LocalCluster
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown {
+            await cluster.supervise()
+        }
     }
 }

@@ -64,6 +64,8 @@ struct ClusterService: RPCService {
         message.address = instance.address
         message.image = instance.image
         message.status = running ? .instanceRunning : .instanceStopped
+        message.restarts = UInt32(instance.restarts ?? 0)
+        message.nextRestartUnixMillis = instance.nextRestartAt.map { Int64($0 * 1000) } ?? 0
         return message
     }
 

@@ -58,7 +58,17 @@ public actor LocalCluster {
         public var id: String
         public var port: Int
         public var image: String
+        /// Times the supervisor has started it again after it exited.
+        public var restarts: Int? = nil
+        /// When the supervisor saw it exited (Unix seconds), until it starts it again.
+        public var exitedAt: Double? = nil
         public var address: String { "127.0.0.1:\(port)" }
+
+        /// When it will be started again: 1 s after its first exit, then 2, 4, … up to
+        /// ``LocalCluster/maxBackoff`` (CrashLoopBackOff).
+        public var nextRestartAt: Double? {
+            exitedAt.map { $0 + min(LocalCluster.maxBackoff, pow(2, Double(restarts ?? 0))) }
+        }
     }
 
     /// What is on disk for a workload.
@@ -67,6 +77,8 @@ public actor LocalCluster {
         var current: [Instance] = []
         /// Started by a deploy that has not finished: removed if the service restarts meanwhile.
         var pending: [Instance] = []
+        /// Stopped on purpose: the supervisor leaves it alone until the next deploy.
+        var stopped: Bool? = nil
     }
 
     public struct Failure: Error, CustomStringConvertible, Equatable {
@@ -76,6 +88,8 @@ public actor LocalCluster {
     }
 
     public static let maxReplicas = 50
+    /// The longest wait before an instance that keeps exiting is started again, in seconds.
+    public static let maxBackoff: Double = 300
 
     nonisolated let runtime: LocalRuntime
     nonisolated let directory: String
@@ -158,6 +172,7 @@ public actor LocalCluster {
         let old = record.current
         record.current = record.pending
         record.pending = []
+        record.stopped = nil
         do {
             try save(record)
         } catch {
@@ -204,7 +219,10 @@ public actor LocalCluster {
         try Self.validate(workload)
         await acquire(workload.serviceID)
         defer { release(workload.serviceID) }
-        guard let record = try? load(workload.serviceID) else { return [] }
+        guard var record = try? load(workload.serviceID) else { return [] }
+        // On record first: the supervisor must not start them again.
+        record.stopped = true
+        try? save(record)
         try await Self.each(record.current) { [runtime] instance in
             try await runtime.stop(instance.id, grace: grace)
         }
@@ -234,6 +252,57 @@ public actor LocalCluster {
             result.append((instance, state?.status == .running))
         }
         return result
+    }
+
+    // MARK: Supervision
+
+    /// How often ``supervise(every:)`` looks at the instances.
+    public static let supervisionPeriod: Duration = .milliseconds(500)
+
+    /// Runs ``superviseOnce(now:)`` until cancelled.
+    public func supervise(every period: Duration = supervisionPeriod) async {
+        while !Task.isCancelled {
+            await superviseOnce()
+            try? await Task.sleep(for: period)
+        }
+    }
+
+    /// One look at every workload not stopped on purpose: an instance that has exited is noted, and
+    /// started again once its backoff has passed.
+    public func superviseOnce(now: Date = Date()) async {
+        guard let states = try? await runtime.list() else { return }
+        let running = Set(states.filter { $0.status == .running }.map(\.id))
+        let files = (try? FileManager.default.contentsOfDirectory(atPath: directory + "/workloads")) ?? []
+        for file in files where file.hasSuffix(".json") {
+            let serviceID = String(file.dropLast(5))
+            guard let peek = try? load(serviceID), peek.stopped != true,
+                  peek.current.contains(where: { !running.contains($0.id) || $0.exitedAt != nil })
+            else { continue }
+            await acquire(serviceID)
+            defer { release(serviceID) }
+            // Read again under the lock: a deploy may have replaced them meanwhile.
+            guard var record = try? load(serviceID), record.stopped != true else { continue }
+            let time = now.timeIntervalSince1970
+            for index in record.current.indices {
+                var instance = record.current[index]
+                if running.contains(instance.id) {
+                    instance.exitedAt = nil
+                } else if instance.exitedAt == nil {
+                    instance.exitedAt = time
+                    logger.warning("instance exited", metadata: ["instance": "\(instance.id)", "restarts": "\(instance.restarts ?? 0)"])
+                } else if let due = instance.nextRestartAt, due <= time {
+                    do {
+                        _ = try await runtime.restart(instance.id)
+                        instance.restarts = (instance.restarts ?? 0) + 1
+                        instance.exitedAt = nil
+                    } catch {
+                        logger.error("cannot restart an instance", metadata: ["instance": "\(instance.id)", "error": "\(error)"])
+                    }
+                }
+                record.current[index] = instance
+            }
+            try? save(record)
+        }
     }
 
     // MARK: One change of a workload at a time

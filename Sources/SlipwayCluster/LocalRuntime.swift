@@ -112,12 +112,28 @@ public final class LocalRuntime: Sendable {
         let bundle = instance + "/bundle"
         try await tool("/usr/bin/umoci", ["unpack", "--image", "\(layout):\(name)", bundle], "unpacking \(spec.image)")
         try configure(bundle: bundle, spec)
+        return try await run(spec.id)
+    }
+
+    /// Runs an instance that has exited again, from its bundle as it is (same files, same port);
+    /// its output is appended to the same log files.
+    public func restart(_ id: String) async throws -> InstanceState {
+        try Self.check(id: id)
+        guard FileManager.default.fileExists(atPath: instanceDirectory(id) + "/bundle/config.json") else {
+            throw Failure("instance \(id) has no bundle to restart")
+        }
+        _ = try await ChildProcess("/usr/sbin/runc", ["--root", runcRoot, "delete", "--force", id]).output()
+        return try await run(id)
+    }
+
+    private func run(_ id: String) async throws -> InstanceState {
+        let instance = instanceDirectory(id)
         // runc's own stdio become the container's: files, so they outlive runc and this process.
         try await tool("/bin/sh", [
             "-c", "exec /usr/sbin/runc --root \"$1\" run --detach --pid-file \"$2\" --bundle \"$3\" \"$4\" >>\"$5\" 2>>\"$6\" </dev/null",
-            "sh", runcRoot, instance + "/pid", bundle, spec.id, stdoutPath(spec.id), stderrPath(spec.id),
-        ], "starting \(spec.id)")
-        guard let state = try await state(spec.id) else { throw Failure("instance \(spec.id) did not start (see \(stderrPath(spec.id)))") }
+            "sh", runcRoot, instance + "/pid", instance + "/bundle", id, stdoutPath(id), stderrPath(id),
+        ], "starting \(id)")
+        guard let state = try await state(id) else { throw Failure("instance \(id) did not start (see \(stderrPath(id)))") }
         return state
     }
 

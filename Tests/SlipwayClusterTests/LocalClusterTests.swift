@@ -132,6 +132,55 @@ import Testing
         }
     }
 
+    @Test func anInstanceThatExitsIsStartedAgainWithGrowingBackoffUnlessStopped() async throws {
+        try await Self.with { fixture in
+            var spec = Self.spec(fixture)
+            // Serves for a second, then exits (httpd without -f goes to the background; the shell is PID 1).
+            spec.command = ["/bin/sh", "-c", "httpd -p 0.0.0.0:$PORT -h /app/www; sleep 1; exit 3"]
+            spec.readiness = .tcp
+            let instance = try #require(try await fixture.cluster.deploy(spec).first)
+            let cluster = fixture.cluster
+            func current() async throws -> LocalCluster.Instance { try #require(try await cluster.instances(Self.workload).first?.0) }
+            func waitExited() async throws {
+                let deadline = ContinuousClock.now + .seconds(10)
+                while try await cluster.runtime.state(instance.id)?.status == .running {
+                    guard ContinuousClock.now < deadline else { throw TestFailure("\(instance.id) did not exit") }
+                    try await Task.sleep(for: .milliseconds(50))
+                }
+            }
+
+            try await waitExited()
+            let exit1 = Date()
+            await cluster.superviseOnce(now: exit1)
+            #expect(try await current().exitedAt == exit1.timeIntervalSince1970)
+            #expect(try await current().nextRestartAt == exit1.timeIntervalSince1970 + 1)
+            // Not before its backoff…
+            await cluster.superviseOnce(now: exit1.addingTimeInterval(0.5))
+            #expect(try await current().restarts == nil)
+            // …then started again, serving on the same port.
+            await cluster.superviseOnce(now: exit1.addingTimeInterval(1))
+            #expect(try await current().restarts == 1)
+            #expect(try await cluster.runtime.state(instance.id)?.status == .running)
+            let serving = ContinuousClock.now + .seconds(5)
+            while await Probe.check(port: instance.port, readiness: .tcp, timeout: .seconds(1)) != .success {
+                guard ContinuousClock.now < serving else { throw TestFailure("\(instance.id) does not accept connections after its restart") }
+                try await Task.sleep(for: .milliseconds(20))
+            }
+
+            // It exits again: now it waits 2 s.
+            try await waitExited()
+            let exit2 = Date()
+            await cluster.superviseOnce(now: exit2)
+            #expect(try await current().nextRestartAt == exit2.timeIntervalSince1970 + 2)
+
+            // Stopped on purpose: left alone.
+            _ = try await cluster.stop(Self.workload, grace: .milliseconds(100))
+            await cluster.superviseOnce(now: exit2.addingTimeInterval(60))
+            #expect(try await cluster.runtime.state(instance.id) == nil)
+            #expect(try await current().restarts == 1)
+        }
+    }
+
     @Test func badWorkloadsAreRefused() async throws {
         let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("slipway-cluster-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: scratch) }

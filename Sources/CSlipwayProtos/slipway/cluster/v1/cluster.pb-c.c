@@ -834,7 +834,7 @@ const ProtobufCMessageDescriptor slipway__cluster__v1__deploy_request__descripto
   (ProtobufCMessageInit) slipway__cluster__v1__deploy_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor slipway__cluster__v1__instance__field_descriptors[4] =
+static const ProtobufCFieldDescriptor slipway__cluster__v1__instance__field_descriptors[6] =
 {
   {
     "id",
@@ -884,17 +884,43 @@ static const ProtobufCFieldDescriptor slipway__cluster__v1__instance__field_desc
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "restarts",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Cluster__V1__Instance, restarts),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "next_restart_unix_millis",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_INT64,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Cluster__V1__Instance, next_restart_unix_millis),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned slipway__cluster__v1__instance__field_indices_by_name[] = {
   1,   /* field[1] = address */
   0,   /* field[0] = id */
   3,   /* field[3] = image */
+  5,   /* field[5] = next_restart_unix_millis */
+  4,   /* field[4] = restarts */
   2,   /* field[2] = status */
 };
 static const ProtobufCIntRange slipway__cluster__v1__instance__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 4 }
+  { 0, 6 }
 };
 const ProtobufCMessageDescriptor slipway__cluster__v1__instance__descriptor =
 {
@@ -904,7 +930,7 @@ const ProtobufCMessageDescriptor slipway__cluster__v1__instance__descriptor =
   "Slipway__Cluster__V1__Instance",
   "slipway.cluster.v1",
   sizeof(Slipway__Cluster__V1__Instance),
-  4,
+  6,
   slipway__cluster__v1__instance__field_descriptors,
   slipway__cluster__v1__instance__field_indices_by_name,
   1,  slipway__cluster__v1__instance__number_ranges,

@@ -169,10 +169,18 @@ struct  Slipway__Cluster__V1__Instance
   ProtobufCBinaryData address;
   Slipway__Cluster__V1__InstanceStatus status;
   ProtobufCBinaryData image;
+  /*
+   * Times it was started again after exiting (restart with backoff: 1 s, 2 s, 4 s, … up to 5 min).
+   */
+  uint32_t restarts;
+  /*
+   * Set while it waits to be started again after exiting (CrashLoopBackOff).
+   */
+  int64_t next_restart_unix_millis;
 };
 #define SLIPWAY__CLUSTER__V1__INSTANCE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&slipway__cluster__v1__instance__descriptor) \
-    , {0,NULL}, {0,NULL}, SLIPWAY__CLUSTER__V1__INSTANCE_STATUS__INSTANCE_STATUS_UNSPECIFIED, {0,NULL} }
+    , {0,NULL}, {0,NULL}, SLIPWAY__CLUSTER__V1__INSTANCE_STATUS__INSTANCE_STATUS_UNSPECIFIED, {0,NULL}, 0, 0 }
 
 
 struct  Slipway__Cluster__V1__DeployResponse

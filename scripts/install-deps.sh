@@ -12,7 +12,7 @@ APT_BUILD=(pkg-config libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler proto
 # the offline base image (scripts/seed-base-images.sh).
 APT_RUN=(git curl buildah skopeo docker-registry busybox-static runc umoci)
 APT_TEST=(nghttp2-client python3-pip apache2-utils openssh-server)
-PIP_TEST=(grpcio grpcio-health-checking grpcio-reflection grpcio-tools h2 pytest)
+PIP_TEST=(grpcio grpcio-health-checking grpcio-reflection grpcio-tools h2 pytest kubernetes-validate)
 
 need=()
 packages=("${APT_BUILD[@]}")
@@ -45,6 +45,7 @@ if [ "$what" = test ]; then
   python3 -c "import grpc_tools.protoc" 2>/dev/null || need+=(grpcio-tools)
   python3 -c "import h2" 2>/dev/null || need+=(h2)
   python3 -c "import pytest" 2>/dev/null || need+=(pytest)
+  python3 -c "import kubernetes_validate" 2>/dev/null || need+=(kubernetes-validate)
 fi
 if [ "$what" = test ] || [ "$what" = demo ]; then
   if [ "${#need[@]}" -gt 0 ]; then

@@ -1,0 +1,79 @@
+import Foundation
+import SlipwayProcess
+import SlipwayTestSupport
+import Testing
+
+@testable import SlipwayCluster
+
+/// The Kubernetes driver's manifests, validated against Kubernetes' published schemas by
+/// `kubernetes-validate --strict` (PyPI; the schemas ship with it, no API server is needed).
+@Suite struct KubernetesManifestsTests {
+    static let kubernetesVersion = "1.30.0"
+
+    static func input() -> KubernetesManifests.Input {
+        var input = KubernetesManifests.Input(
+            workload: .init(environmentID: "env_4f2a9c", serviceID: "svc_81be", serviceName: "web"), environmentName: "prod", image: "127.0.0.1:5000/env_4f2a9c/web@sha256:0123")
+        input.version = "3f9a383c30f2626332d8565d9bc7a16e74c5ae37"
+        input.variables = ["MODE": "production"]
+        input.secrets = ["DATABASE_PASSWORD": "hunter2"]
+        input.replicas = 3
+        input.readiness = .http(path: "/health")
+        input.liveness = .tcp
+        input.maxSurge = "1"
+        return input
+    }
+
+    /// Writes the objects to files and runs the validator on them; returns its exit status and output.
+    static func validate(_ objects: [[String: Any]]) async throws -> (Bool, String) {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("slipway-k8s-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        var files: [String] = []
+        for (index, object) in objects.enumerated() {
+            let file = "\(directory)/\(index).json"
+            try KubernetesManifests.json(object).write(to: URL(fileURLWithPath: file))
+            files.append(file)
+        }
+        // `make test` installs it (scripts/install-deps.sh); python3 as on PATH.
+        let (termination, lines) = try await ChildProcess("/usr/bin/env", ["python3", "-m", "kubernetes_validate", "--strict", "-k", kubernetesVersion] + files).output()
+        return (termination.succeeded, lines.joined(separator: "\n"))
+    }
+
+    @Test func everyObjectValidatesAgainstTheKubernetesSchemas() async throws {
+        let (valid, output) = try await Self.validate(KubernetesManifests.all(Self.input()))
+        #expect(valid, "\(output)")
+        // The validator is really looking: a field Kubernetes does not know is refused.
+        var deployment = KubernetesManifests.deployment(Self.input())
+        var spec = deployment["spec"] as! [String: Any]
+        spec["replicaz"] = 3
+        deployment["spec"] = spec
+        let (refused, message) = try await Self.validate([deployment])
+        #expect(!refused && message.contains("replicaz"), "\(message)")
+    }
+
+    @Test func labelsSelectorsAndSecretsAreWhereKubernetesExpectsThem() throws {
+        let input = Self.input()
+        let deployment = KubernetesManifests.deployment(input)
+        let spec = try #require(deployment["spec"] as? [String: Any])
+        let selector = try #require((spec["selector"] as? [String: Any])?["matchLabels"] as? [String: String])
+        let template = try #require(spec["template"] as? [String: Any])
+        let podLabels = try #require((template["metadata"] as? [String: Any])?["labels"] as? [String: String])
+        // The selector matches the pods, and does not include the version (it must survive rollouts).
+        #expect(selector.allSatisfy { podLabels[$0.key] == $0.value })
+        #expect(selector["app.kubernetes.io/version"] == nil)
+        #expect(podLabels["app.kubernetes.io/version"] == input.version)
+        #expect(podLabels["app.kubernetes.io/managed-by"] == "slipway")
+        let service = KubernetesManifests.service(input)
+        #expect((service["spec"] as? [String: Any])?["selector"] as? [String: String] == selector)
+        // Namespaced per environment, as a DNS label.
+        #expect(KubernetesManifests.namespace(for: "env_4f2a9c") == "slipway-env-4f2a9c")
+        #expect((deployment["metadata"] as? [String: Any])?["namespace"] as? String == "slipway-env-4f2a9c")
+        // Secrets only in the Secret, base64; variables only in the ConfigMap.
+        let secretData = try #require(KubernetesManifests.secret(input)["data"] as? [String: String])
+        #expect(secretData == ["DATABASE_PASSWORD": Data("hunter2".utf8).base64EncodedString()])
+        let configText = String(decoding: try KubernetesManifests.json(KubernetesManifests.configMap(input)), as: UTF8.self)
+        #expect(!configText.contains("hunter2") && configText.contains("production"))
+        let deploymentText = String(decoding: try KubernetesManifests.json(deployment), as: UTF8.self)
+        #expect(!deploymentText.contains("hunter2"))
+    }
+}

@@ -3,6 +3,7 @@ protos compiled by grpcio-tools, a docker-registry, the service executables, exa
 and a Build call that collects its events.
 """
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -35,9 +36,20 @@ def protos(*names):
 
 
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port below Linux's ephemeral range (32768–60999).
+
+    Tests restart services on the port they had; a port the kernel hands out for port 0 comes from
+    the ephemeral range, where any outgoing connection (a service calling the registry, grpcio) may
+    take it while the service is down. Ports below that range are only taken by explicit binds.
+    """
+    for port in random.sample(range(20000, 32000), 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port between 20000 and 32000")
 
 
 def wait_until(condition, timeout, what):

@@ -164,9 +164,20 @@ func withServer<R: Sendable>(
         logger.logLevel = .critical
         var router = RPCRouter()
         router.unary("/t.T/Echo", RawBytes.self, RawBytes.self) { request, _ in request }
-        let first = RPCServer(host: "127.0.0.1", port: 0, router: router, logger: logger)
-        let firstRun = Task { try await first.run() }
-        let port = try await first.listeningAddress.port!
+        // The port must still be free when the second server binds it. A port the kernel picks (port 0)
+        // comes from the ephemeral range, where another test's outgoing connection may take it in
+        // between; a port below that range (32768–60999 on Linux) is only taken by an explicit bind.
+        var started: (server: RPCServer, run: Task<Void, any Error>, port: Int)?
+        for candidate in (20_000..<32_000).shuffled().prefix(50) {
+            let server = RPCServer(host: "127.0.0.1", port: candidate, router: router, logger: logger)
+            let run = Task { try await server.run() }
+            if (try? await server.listeningAddress) != nil {
+                started = (server, run, candidate)
+                break
+            }
+            _ = try? await run.value
+        }
+        let (first, firstRun, port) = try #require(started)
         let client = RPCClient(host: "127.0.0.1", port: port)
         #expect(try await client.unary("/t.T/Echo", request: RawBytes([1]), responseType: RawBytes.self).bytes == [1])
         first.shutdown()

@@ -6,7 +6,6 @@ written by someone else. Binaries come from SLIPWAY_BIN_DIR (default .build/debu
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,6 +15,8 @@ import grpc
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+from slipway_local import free_port  # noqa: E402,F401  (re-exported for the tests)
 BIN_DIR = os.environ.get("SLIPWAY_BIN_DIR", os.path.join(ROOT, ".build", "debug"))
 
 
@@ -58,12 +59,6 @@ def logs_pb():
     from slipway.logs.v1 import logs_pb2, logs_pb2_grpc
 
     return logs_pb2, logs_pb2_grpc
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LogsServer:

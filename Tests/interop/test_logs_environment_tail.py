@@ -12,7 +12,7 @@ import time
 import grpc
 import pytest
 
-from conftest import ROOT, binary
+from conftest import ROOT, binary, free_port
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +29,7 @@ def logs_api():
 
 @pytest.fixture(scope="module")
 def logs_server():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     data = tempfile.mkdtemp(prefix="slipway-logs-data-")
     proc = subprocess.Popen([binary("slipway-logs"), "--listen", f"127.0.0.1:{port}", "--data-dir", data], stderr=subprocess.DEVNULL)
     address = f"127.0.0.1:{port}"

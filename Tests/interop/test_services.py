@@ -11,15 +11,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import binary
+from conftest import binary, free_port
 
 SERVICES = ["gateway", "pipeline", "builder", "network", "cluster", "certs", "logs"]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_serving(address, timeout=20):

@@ -70,12 +70,35 @@ var targets: [Target] = [
     // Child processes in their own session with line-by-line output, tree kill, crash ledger (builder, cluster).
     .target(name: "SlipwayProcess", dependencies: ["CSlipwaySpawn"], swiftSettings: strict),
 
+    // A small HTTP/1.1 client (one request per connection, bounded body, deadline, TLS with chosen roots).
+    .target(
+        name: "SlipwayHTTP",
+        dependencies: [
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+        ] + nio,
+        swiftSettings: strict
+    ),
+
     // OCI distribution API client (manifests, digests, auth) shared by the builder and the cluster.
     .target(
         name: "SlipwayRegistry",
         dependencies: [
+            "SlipwayHTTP",
             .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
+        ] + nio,
+        swiftSettings: strict
+    ),
+
+    // ACME (RFC 8555) client: accounts, orders, HTTP-01, finalize, download, rollover, revocation.
+    .target(
+        name: "SlipwayACME",
+        dependencies: [
+            "SlipwayHTTP",
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "X509", package: "swift-certificates"),
+            .product(name: "Logging", package: "swift-log"),
         ] + nio,
         swiftSettings: strict
     ),
@@ -120,6 +143,11 @@ var targets: [Target] = [
         dependencies: ["SlipwayCluster", "SlipwayProcess", "SlipwayRegistry", "SlipwayTestSupport"],
         swiftSettings: strict
     ),
+    .testTarget(
+        name: "SlipwayACMETests",
+        dependencies: ["SlipwayACME", "SlipwayHTTP", "SlipwayTestSupport", .product(name: "X509", package: "swift-certificates")] + nio,
+        swiftSettings: strict
+    ),
     .testTarget(name: "SlipwayServiceKitTests", dependencies: ["SlipwayServiceKit"], swiftSettings: strict),
     .testTarget(name: "SlipwayProtobufTests", dependencies: ["SlipwayProtos", "SlipwayProtobuf"], swiftSettings: strict),
     .testTarget(
@@ -134,6 +162,8 @@ let serviceDependencies: [String: [Target.Dependency]] = [
     "SlipwayBuilder": ["SlipwayRegistry", "SlipwayProcess", .product(name: "Crypto", package: "swift-crypto")],
     "SlipwayCluster": ["SlipwayProcess", .product(name: "Crypto", package: "swift-crypto")],
     "SlipwayPipeline": [.product(name: "GRDB", package: "GRDB.swift"), .product(name: "Crypto", package: "swift-crypto")],
+    "SlipwayCerts": ["SlipwayACME", .product(name: "Crypto", package: "swift-crypto"), .product(name: "X509", package: "swift-certificates")],
+    "SlipwayNetwork": ["SlipwayProcess"],
 ]
 
 for (executable, library) in services {
@@ -172,6 +202,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
+        .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
     ],
     targets: targets

@@ -10,8 +10,8 @@ what=${1:-build}
 APT_BUILD=(pkg-config libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler libprotobuf-dev openssl)
 # What the builder runs: git, buildah, skopeo, the distribution registry, and busybox-static for
 # the offline base image (scripts/seed-base-images.sh).
-APT_RUN=(git curl buildah skopeo docker-registry busybox-static runc umoci)
-APT_TEST=(nghttp2-client python3-pip apache2-utils openssh-server)
+APT_RUN=(git curl buildah skopeo docker-registry busybox-static runc umoci nginx-light)
+APT_TEST=(nghttp2-client python3-pip apache2-utils openssh-server pebble)
 PIP_TEST=(grpcio grpcio-health-checking grpcio-reflection grpcio-tools h2 pytest kubernetes-validate)
 
 need=()

@@ -1,4 +1,5 @@
 import Foundation
+import SlipwayHTTP
 import NIOCore
 import NIOHTTP1
 

@@ -4,27 +4,36 @@ import NIOHTTP1
 import NIOPosix
 import NIOSSL
 
-/// A small HTTP/1.1 client for registry and token endpoints: one connection per request
+/// A small HTTP/1.1 client for registry, token and ACME endpoints: one connection per request
 /// (`Connection: close`), a bounded response body, a deadline.
-struct HTTPClient: Sendable {
-    struct Response: Sendable {
-        var status: Int
-        var headers: HTTPHeaders
-        var body: [UInt8]
+public struct HTTPClient: Sendable {
+    public struct Response: Sendable {
+        public var status: Int
+        public var headers: HTTPHeaders
+        public var body: [UInt8]
     }
 
-    struct Failure: Error, CustomStringConvertible {
-        var description: String
+    public struct Failure: Error, CustomStringConvertible {
+        public var description: String
     }
 
-    var group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
-    var timeout: TimeAmount = .seconds(30)
-    /// Largest response body read; registry manifests and tokens are a few KiB.
-    var maxBodyBytes = 4 * 1024 * 1024
+    public var group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+    public var timeout: TimeAmount = .seconds(30)
+    /// Largest response body read; registry manifests, tokens and certificate chains are a few KiB.
+    public var maxBodyBytes = 4 * 1024 * 1024
     /// Skip TLS certificate verification (registries marked insecure).
-    var insecureTLS = false
+    public var insecureTLS = false
+    /// Trust these roots instead of the system's (a private CA, pebble's test CA).
+    public var trustRoots: [NIOSSLCertificate]?
 
-    func send(_ method: HTTPMethod, _ url: URL, headers: HTTPHeaders = [:], body: [UInt8]? = nil) async throws -> Response {
+    public init(timeout: TimeAmount = .seconds(30), maxBodyBytes: Int = 4 * 1024 * 1024, insecureTLS: Bool = false, trustRoots: [NIOSSLCertificate]? = nil) {
+        self.timeout = timeout
+        self.maxBodyBytes = maxBodyBytes
+        self.insecureTLS = insecureTLS
+        self.trustRoots = trustRoots
+    }
+
+    public func send(_ method: HTTPMethod, _ url: URL, headers: HTTPHeaders = [:], body: [UInt8]? = nil) async throws -> Response {
         guard let scheme = url.scheme, scheme == "http" || scheme == "https", let host = url.host else {
             throw Failure(description: "unsupported URL \(url.absoluteString)")
         }
@@ -46,6 +55,7 @@ struct HTTPClient: Sendable {
         if tls {
             var configuration = TLSConfiguration.makeClientConfiguration()
             if insecureTLS { configuration.certificateVerification = .none }
+            if let trustRoots { configuration.trustRoots = .certificates(trustRoots) }
             sslContext = try NIOSSLContext(configuration: configuration)
         } else {
             sslContext = nil

@@ -1,0 +1,1 @@
+// The ACME client is being written (see Tests/SlipwayACMETests).

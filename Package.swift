@@ -98,7 +98,9 @@ var targets: [Target] = [
             "SlipwayHTTP",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "X509", package: "swift-certificates"),
+            .product(name: "SwiftASN1", package: "swift-asn1"),
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
         ] + nio,
         swiftSettings: strict
     ),
@@ -145,9 +147,15 @@ var targets: [Target] = [
     ),
     .testTarget(
         name: "SlipwayACMETests",
-        dependencies: ["SlipwayACME", "SlipwayHTTP", "SlipwayTestSupport", .product(name: "X509", package: "swift-certificates")] + nio,
+        dependencies: [
+            "SlipwayACME", "SlipwayHTTP", "SlipwayTestSupport",
+            .product(name: "X509", package: "swift-certificates"), .product(name: "SwiftASN1", package: "swift-asn1"),
+            .product(name: "Crypto", package: "swift-crypto"), .product(name: "Logging", package: "swift-log"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"), .product(name: "NIOHTTP1", package: "swift-nio"),
+        ] + nio,
         swiftSettings: strict
     ),
+    .testTarget(name: "SlipwayNetworkTests", dependencies: ["SlipwayNetwork"], swiftSettings: strict),
     .testTarget(name: "SlipwayServiceKitTests", dependencies: ["SlipwayServiceKit"], swiftSettings: strict),
     .testTarget(name: "SlipwayProtobufTests", dependencies: ["SlipwayProtos", "SlipwayProtobuf"], swiftSettings: strict),
     .testTarget(
@@ -163,7 +171,7 @@ let serviceDependencies: [String: [Target.Dependency]] = [
     "SlipwayCluster": ["SlipwayProcess", .product(name: "Crypto", package: "swift-crypto")],
     "SlipwayPipeline": [.product(name: "GRDB", package: "GRDB.swift"), .product(name: "Crypto", package: "swift-crypto")],
     "SlipwayCerts": ["SlipwayACME", .product(name: "Crypto", package: "swift-crypto"), .product(name: "X509", package: "swift-certificates")],
-    "SlipwayNetwork": ["SlipwayProcess"],
+    "SlipwayNetwork": ["SlipwayProcess", .product(name: "Crypto", package: "swift-crypto"), .product(name: "X509", package: "swift-certificates")],
 ]
 
 for (executable, library) in services {
@@ -203,6 +211,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
         .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
+        .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
     ],
     targets: targets

@@ -154,3 +154,36 @@ def build_request(pb, build_id, repository, registry, commit="", image="demo/hel
         repository=image,
         build_args={"BASE": f"{registry}/slipway/busybox:latest"},
     )
+
+
+def nginx_master(data):
+    """The pid of the nginx slipway-network runs over `data`, or None."""
+    try:
+        with open(os.path.join(data, "network", "nginx", "nginx.pid")) as f:
+            pid = int(f.read().strip())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+def stop_nginx(data, timeout=20):
+    """Stops that nginx gracefully (it outlives slipway-network on purpose)."""
+    import signal
+
+    pid = nginx_master(data)
+    if pid is None:
+        return
+    os.kill(pid, signal.SIGQUIT)
+    wait_until(lambda: nginx_master(data) is None, timeout, f"nginx {pid} did not stop")
+
+
+def self_signed(directory, *names, days=30):
+    """A key and a self-signed certificate for `names` (openssl); returns (cert_pem, key_pem)."""
+    cert, key = os.path.join(directory, f"{names[0]}-{time.monotonic_ns()}.crt"), os.path.join(directory, f"{names[0]}-{time.monotonic_ns()}.key")
+    san = ",".join(f"DNS:{n}" for n in names)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", key, "-out", cert, "-days", str(days), "-subj", f"/CN={names[0]}", "-addext", f"subjectAltName={san}"],
+                   check=True, capture_output=True)
+    with open(cert) as c, open(key) as k:
+        return c.read(), k.read()

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import SlipwayServiceKit
 
 #if canImport(Glibc)
 import Glibc
@@ -120,8 +121,8 @@ public actor LocalCluster {
 
     public func deploy(_ spec: DeploySpec) async throws(Failure) -> [Instance] {
         try Self.validate(spec.workload)
-        await acquire(spec.workload.serviceID)
-        defer { release(spec.workload.serviceID) }
+        await turns.acquire(spec.workload.serviceID)
+        defer { turns.release(spec.workload.serviceID) }
         return try await deployHoldingLock(spec)
     }
 
@@ -217,8 +218,8 @@ public actor LocalCluster {
     /// Stops the workload's instances (kept on record as stopped, so a restart can deploy again).
     public func stop(_ workload: Workload, grace: Duration) async throws(Failure) -> [Instance] {
         try Self.validate(workload)
-        await acquire(workload.serviceID)
-        defer { release(workload.serviceID) }
+        await turns.acquire(workload.serviceID)
+        defer { turns.release(workload.serviceID) }
         guard var record = try? load(workload.serviceID) else { return [] }
         // On record first: the supervisor must not start them again.
         record.stopped = true
@@ -231,8 +232,8 @@ public actor LocalCluster {
 
     public func delete(_ workload: Workload, grace: Duration) async throws(Failure) -> [Instance] {
         try Self.validate(workload)
-        await acquire(workload.serviceID)
-        defer { release(workload.serviceID) }
+        await turns.acquire(workload.serviceID)
+        defer { turns.release(workload.serviceID) }
         guard let record = try? load(workload.serviceID) else { return [] }
         try await Self.each(record.current + record.pending) { [runtime] instance in
             try await runtime.stop(instance.id, grace: grace)
@@ -278,8 +279,8 @@ public actor LocalCluster {
             guard let peek = try? load(serviceID), peek.stopped != true,
                   peek.current.contains(where: { !running.contains($0.id) || $0.exitedAt != nil })
             else { continue }
-            await acquire(serviceID)
-            defer { release(serviceID) }
+            await turns.acquire(serviceID)
+            defer { turns.release(serviceID) }
             // Read again under the lock: a deploy may have replaced them meanwhile.
             guard var record = try? load(serviceID), record.stopped != true else { continue }
             let time = now.timeIntervalSince1970
@@ -310,27 +311,7 @@ public actor LocalCluster {
     /// The actor is reentrant: while a deploy awaits its instances, another call for the same
     /// workload would read and rewrite the same record. Calls for one workload wait their turn
     /// (in order); different workloads do not wait for each other.
-    private var busy: Set<String> = []
-    private var waiting: [String: [CheckedContinuation<Void, Never>]] = [:]
-
-    private func acquire(_ serviceID: String) async {
-        guard busy.contains(serviceID) else {
-            busy.insert(serviceID)
-            return
-        }
-        await withCheckedContinuation { waiting[serviceID, default: []].append($0) }
-    }
-
-    /// Hands the workload to the next caller waiting for it, if any.
-    private func release(_ serviceID: String) {
-        guard var queue = waiting[serviceID], !queue.isEmpty else {
-            busy.remove(serviceID)
-            return
-        }
-        let next = queue.removeFirst()
-        waiting[serviceID] = queue.isEmpty ? nil : queue
-        next.resume()
-    }
+    private let turns = Turns()
 
     // MARK: Helpers
 
@@ -360,14 +341,11 @@ public actor LocalCluster {
 
     /// Written to a temporary file, flushed and renamed: a crash leaves the old record or the new one.
     private func save(_ record: Record) throws {
-        let target = path(record.workload.serviceID)
-        let data = try JSONEncoder().encode(record)
-        let temporary = target + ".new"
-        let fd = open(temporary, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw Failure(kind: .runtime, description: "cannot write \(temporary)") }
-        let written = data.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } == data.count
-        close(fd)
-        guard written, rename(temporary, target) == 0 else { throw Failure(kind: .runtime, description: "cannot write \(target)") }
+        do {
+            try AtomicFile.write(try JSONEncoder().encode(record), to: path(record.workload.serviceID))
+        } catch let failure as AtomicFile.Failure {
+            throw Failure(kind: .runtime, description: failure.description)
+        }
     }
 
     static func validate(_ workload: Workload) throws(Failure) {

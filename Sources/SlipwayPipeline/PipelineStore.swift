@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import SlipwayServiceKit
 import GRDB
 import Synchronization
 
@@ -470,16 +471,10 @@ public final class PipelineStore: Sendable {
         let data = key.withUnsafeBytes { Data($0) }
         // Created 0600 under a temporary name, flushed, then renamed and the directory flushed:
         // a crash never leaves a half key, and no other user can read it even for a moment.
-        let temporary = path + ".new"
-        let fd = Glibc.open(temporary, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw Failure.invalidTransition("cannot create \(temporary)") }
-        let written = data.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) } == data.count && fsync(fd) == 0
-        close(fd)
-        guard written, rename(temporary, path) == 0 else { throw Failure.invalidTransition("cannot write \(path)") }
-        let directory = Glibc.open((path as NSString).deletingLastPathComponent, O_RDONLY | O_DIRECTORY)
-        if directory >= 0 {
-            fsync(directory)
-            close(directory)
+        do {
+            try AtomicFile.write(data, to: path)
+        } catch {
+            throw Failure.invalidTransition(error.description)
         }
         return data
     }

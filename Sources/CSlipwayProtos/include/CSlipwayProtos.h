@@ -6,8 +6,10 @@
 #include "grpc/reflection/v1/reflection.pb-c.h"
 #include "grpc/reflection/v1alpha/reflection.pb-c.h"
 #include "slipway/builder/v1/builder.pb-c.h"
+#include "slipway/certs/v1/certs.pb-c.h"
 #include "slipway/cluster/v1/cluster.pb-c.h"
 #include "slipway/logs/v1/logs.pb-c.h"
+#include "slipway/network/v1/network.pb-c.h"
 #include "slipway/pipeline/v1/pipeline.pb-c.h"
 #include "slipway/testing/v1/testing.pb-c.h"
 
@@ -47,6 +49,14 @@ static inline const ProtobufCMessageDescriptor *slipway__builder__v1__cancel_req
 static inline const ProtobufCMessageDescriptor *slipway__builder__v1__cancel_response__descriptor_ptr(void) { return &slipway__builder__v1__cancel_response__descriptor; }
 static inline const ProtobufCMessageDescriptor *slipway__builder__v1__resolve_commit_request__descriptor_ptr(void) { return &slipway__builder__v1__resolve_commit_request__descriptor; }
 static inline const ProtobufCMessageDescriptor *slipway__builder__v1__resolve_commit_response__descriptor_ptr(void) { return &slipway__builder__v1__resolve_commit_response__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__certs__v1__certificate__descriptor_ptr(void) { return &slipway__certs__v1__certificate__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__certs__v1__issue_request__descriptor_ptr(void) { return &slipway__certs__v1__issue_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__certs__v1__certificate_key__descriptor_ptr(void) { return &slipway__certs__v1__certificate_key__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__certs__v1__list_certificates_request__descriptor_ptr(void) { return &slipway__certs__v1__list_certificates_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__certs__v1__list_certificates_response__descriptor_ptr(void) { return &slipway__certs__v1__list_certificates_response__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__certs__v1__revoke_request__descriptor_ptr(void) { return &slipway__certs__v1__revoke_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__certs__v1__local_carequest__descriptor_ptr(void) { return &slipway__certs__v1__local_carequest__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__certs__v1__local_ca__descriptor_ptr(void) { return &slipway__certs__v1__local_ca__descriptor; }
 static inline const ProtobufCMessageDescriptor *slipway__cluster__v1__http_check__descriptor_ptr(void) { return &slipway__cluster__v1__http_check__descriptor; }
 static inline const ProtobufCMessageDescriptor *slipway__cluster__v1__tcp_check__descriptor_ptr(void) { return &slipway__cluster__v1__tcp_check__descriptor; }
 static inline const ProtobufCMessageDescriptor *slipway__cluster__v1__readiness__descriptor_ptr(void) { return &slipway__cluster__v1__readiness__descriptor; }
@@ -71,6 +81,20 @@ static inline const ProtobufCMessageDescriptor *slipway__logs__v1__query_respons
 static inline const ProtobufCMessageDescriptor *slipway__logs__v1__list_streams_request__descriptor_ptr(void) { return &slipway__logs__v1__list_streams_request__descriptor; }
 static inline const ProtobufCMessageDescriptor *slipway__logs__v1__stream_info__descriptor_ptr(void) { return &slipway__logs__v1__stream_info__descriptor; }
 static inline const ProtobufCMessageDescriptor *slipway__logs__v1__list_streams_response__descriptor_ptr(void) { return &slipway__logs__v1__list_streams_response__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__network__v1__route_key__descriptor_ptr(void) { return &slipway__network__v1__route_key__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__network__v1__route__descriptor_ptr(void) { return &slipway__network__v1__route__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__network__v1__set_route_request__descriptor_ptr(void) { return &slipway__network__v1__set_route_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__network__v1__set_backends_request__descriptor_ptr(void) { return &slipway__network__v1__set_backends_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__network__v1__domain_status__descriptor_ptr(void) { return &slipway__network__v1__domain_status__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__network__v1__route_status__descriptor_ptr(void) { return &slipway__network__v1__route_status__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__network__v1__list_routes_request__descriptor_ptr(void) { return &slipway__network__v1__list_routes_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__network__v1__list_routes_response__descriptor_ptr(void) { return &slipway__network__v1__list_routes_response__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__network__v1__install_certificate_request__descriptor_ptr(void) { return &slipway__network__v1__install_certificate_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__network__v1__install_certificate_response__descriptor_ptr(void) { return &slipway__network__v1__install_certificate_response__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__network__v1__challenge_request__descriptor_ptr(void) { return &slipway__network__v1__challenge_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__network__v1__challenge_response__descriptor_ptr(void) { return &slipway__network__v1__challenge_response__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__network__v1__load_balancer_request__descriptor_ptr(void) { return &slipway__network__v1__load_balancer_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__network__v1__load_balancer_status__descriptor_ptr(void) { return &slipway__network__v1__load_balancer_status__descriptor; }
 static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__organization__descriptor_ptr(void) { return &slipway__pipeline__v1__organization__descriptor; }
 static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__project__descriptor_ptr(void) { return &slipway__pipeline__v1__project__descriptor; }
 static inline const ProtobufCMessageDescriptor *slipway__pipeline__v1__environment__descriptor_ptr(void) { return &slipway__pipeline__v1__environment__descriptor; }

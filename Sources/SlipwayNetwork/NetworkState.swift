@@ -1,0 +1,162 @@
+import Foundation
+
+/// Everything the load balancer's configuration is made from. Written to disk before nginx is told
+/// (``LoadBalancer``), so a restarted network service renders the same configuration again.
+public struct NetworkState: Codable, Sendable, Equatable {
+    public var routes: [String: Route] = [:]
+    public var certificates: [Certificate] = []
+    /// ACME HTTP-01 tokens and their key authorizations.
+    public var challenges: [String: String] = [:]
+    public var domainChecks: [String: DomainCheck] = [:]
+
+    public init() {}
+
+    public enum UpstreamProtocol: String, Codable, Sendable {
+        case http, grpc, http2
+    }
+
+    public struct Route: Codable, Sendable, Equatable {
+        public var environmentID: String
+        public var serviceID: String
+        public var serviceName: String
+        public var environmentName: String
+        public var customDomains: [String] = []
+        /// "/" or "/a/b" (no trailing slash).
+        public var pathPrefix = "/"
+        public var upstream: UpstreamProtocol = .http
+        /// HOST:PORT of the ready instances.
+        public var backends: [String] = []
+
+        public var key: String { Self.key(environmentID: environmentID, serviceID: serviceID) }
+
+        public static func key(environmentID: String, serviceID: String) -> String { environmentID + "/" + serviceID }
+
+        public init(environmentID: String, serviceID: String, serviceName: String, environmentName: String) {
+            self.environmentID = environmentID
+            self.serviceID = serviceID
+            self.serviceName = serviceName
+            self.environmentName = environmentName
+        }
+
+        public func defaultDomain(base: String) -> String { "\(serviceName)-\(environmentName).\(base)" }
+    }
+
+    public struct Certificate: Codable, Sendable, Equatable {
+        /// SHA-256 of the chain, hex: names its files.
+        public var id: String
+        public var domains: [String]
+        public var notAfter: Double
+        public var installedAt: Double
+
+        public func covers(_ domain: String) -> Bool {
+            domains.contains { name in
+                if name == domain { return true }
+                // A wildcard covers exactly one more label.
+                guard name.hasPrefix("*.") else { return false }
+                let suffix = name.dropFirst(1)
+                guard domain.hasSuffix(suffix) else { return false }
+                return !domain.dropLast(suffix.count).contains(".") && domain.count > suffix.count
+            }
+        }
+    }
+
+    public struct DomainCheck: Codable, Sendable, Equatable {
+        public enum State: String, Codable, Sendable { case pending, verified, error }
+        public var state: State
+        public var reason: String
+        public var checkedAt: Double
+    }
+
+    /// The certificate served for `domain`: the one covering it that expires last.
+    public func certificate(for domain: String) -> Certificate? {
+        certificates.filter { $0.covers(domain) }.max { $0.notAfter < $1.notAfter }
+    }
+
+    /// Every routed domain with the routes that serve it (a domain may carry several services under
+    /// different path prefixes), default domains included.
+    public func routesByDomain(baseDomain: String) -> [(domain: String, routes: [Route])] {
+        var byDomain: [String: [Route]] = [:]
+        for route in routes.values {
+            for domain in [route.defaultDomain(base: baseDomain)] + route.customDomains {
+                byDomain[domain, default: []].append(route)
+            }
+        }
+        return byDomain.keys.sorted().map { domain in
+            (domain, byDomain[domain]!.sorted { ($0.pathPrefix.count, $0.key) > ($1.pathPrefix.count, $1.key) })
+        }
+    }
+}
+
+/// What the network service accepts from callers. Names and prefixes end up in nginx's configuration,
+/// so each is held to a strict grammar: nothing that could close a directive or a block gets through.
+public enum RouteValidation {
+    public struct Invalid: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    /// A lowercase DNS name: labels of a-z, 0-9 and '-', not starting or ending with '-', at most 63
+    /// bytes each and 253 in all, at least two labels. `*.` may start it when wildcards are allowed.
+    public static func domain(_ value: String, field: String, wildcard: Bool = false) throws(Invalid) {
+        var name = Substring(value)
+        if wildcard, name.hasPrefix("*.") { name = name.dropFirst(2) }
+        let labels = name.split(separator: ".", omittingEmptySubsequences: false)
+        guard value.utf8.count <= 253, labels.count >= 2, labels.allSatisfy(isLabel) else {
+            throw Invalid(description: "\(field) \"\(value)\" is not a lowercase DNS name (labels of a-z, 0-9 and '-', dot-separated, e.g. app.example.com)")
+        }
+    }
+
+    public static func label(_ value: String, field: String) throws(Invalid) {
+        guard isLabel(Substring(value)) else {
+            throw Invalid(description: "\(field) \"\(value)\" must be a DNS label: 1 to 63 of a-z, 0-9 and '-', not starting or ending with '-'")
+        }
+    }
+
+    static func isLabel(_ label: Substring) -> Bool {
+        let bytes = label.utf8
+        guard let first = bytes.first, let last = bytes.last, bytes.count <= 63 else { return false }
+        return first != UInt8(ascii: "-") && last != UInt8(ascii: "-")
+            && bytes.allSatisfy { ($0 >= 97 && $0 <= 122) || ($0 >= 48 && $0 <= 57) || $0 == UInt8(ascii: "-") }
+    }
+
+    /// "/" or segments of A-Z a-z 0-9 - . _ ~ separated by '/'; returned without a trailing slash.
+    public static func pathPrefix(_ value: String) throws(Invalid) -> String {
+        if value.isEmpty || value == "/" { return "/" }
+        let trimmed = value.hasSuffix("/") ? String(value.dropLast()) : value
+        let allowed = trimmed.utf8.allSatisfy {
+            ($0 >= 65 && $0 <= 90) || ($0 >= 97 && $0 <= 122) || ($0 >= 48 && $0 <= 57) || "-._~/".utf8.contains($0)
+        }
+        guard trimmed.hasPrefix("/"), allowed, !trimmed.contains("//"), trimmed.utf8.count <= 200 else {
+            throw Invalid(description: "path_prefix \"\(value)\" must start with '/' and hold only letters, digits, '-', '.', '_', '~' and single '/' (at most 200 bytes)")
+        }
+        return trimmed
+    }
+
+    /// HOST:PORT with an IPv4 address, a bracketed IPv6 address or a DNS name.
+    public static func backend(_ value: String) throws(Invalid) {
+        let invalid = Invalid(description: "address \"\(value)\" must be HOST:PORT (IPv4, [IPv6] or a DNS name, port 1-65535)")
+        guard let colon = value.lastIndex(of: ":"), let port = Int(value[value.index(after: colon)...]), (1...65535).contains(port) else {
+            throw invalid
+        }
+        let host = value[..<colon]
+        if host.hasPrefix("[") && host.hasSuffix("]") {
+            guard host.dropFirst().dropLast().utf8.allSatisfy({ ($0 >= 48 && $0 <= 57) || ($0 >= 97 && $0 <= 102) || ($0 >= 65 && $0 <= 70) || $0 == 58 || $0 == 46 }),
+                  host.count > 2 else { throw invalid }
+            return
+        }
+        let labels = host.split(separator: ".", omittingEmptySubsequences: false)
+        guard !labels.isEmpty, labels.allSatisfy(isLabel) else { throw invalid }
+    }
+
+    /// RFC 8555 tokens and key authorizations are base64url (plus '.' between the two halves).
+    public static func challenge(token: String, keyAuthorization: String) throws(Invalid) {
+        func base64url(_ s: String, dot: Bool) -> Bool {
+            !s.isEmpty && s.utf8.count <= 512 && s.utf8.allSatisfy {
+                ($0 >= 65 && $0 <= 90) || ($0 >= 97 && $0 <= 122) || ($0 >= 48 && $0 <= 57) || $0 == 45 || $0 == 95 || (dot && $0 == 46)
+            }
+        }
+        guard base64url(token, dot: false) else { throw Invalid(description: "token must be 1 to 512 base64url characters (RFC 8555 §8.3)") }
+        guard keyAuthorization.isEmpty || base64url(keyAuthorization, dot: true) else {
+            throw Invalid(description: "key_authorization must be base64url characters and '.' (token.thumbprint)")
+        }
+    }
+}

@@ -155,7 +155,7 @@ var targets: [Target] = [
         ] + nio,
         swiftSettings: strict
     ),
-    .testTarget(name: "SlipwayNetworkTests", dependencies: ["SlipwayNetwork"], swiftSettings: strict),
+    .testTarget(name: "SlipwayNetworkTests", dependencies: ["SlipwayNetwork", "SlipwayProcess", "SlipwayTestSupport"], swiftSettings: strict),
     .testTarget(name: "SlipwayServiceKitTests", dependencies: ["SlipwayServiceKit"], swiftSettings: strict),
     .testTarget(name: "SlipwayProtobufTests", dependencies: ["SlipwayProtos", "SlipwayProtobuf"], swiftSettings: strict),
     .testTarget(

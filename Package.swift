@@ -127,7 +127,7 @@ var targets: [Target] = [
     ),
 
     // What several test targets share: a real docker-registry, test failures.
-    .target(name: "SlipwayTestSupport", dependencies: ["SlipwayRegistry"], path: "Tests/SlipwayTestSupport", swiftSettings: strict),
+    .target(name: "SlipwayTestSupport", dependencies: ["SlipwayRegistry", "SlipwayProcess"], path: "Tests/SlipwayTestSupport", swiftSettings: strict),
 
     .testTarget(name: "SlipwayLogsTests", dependencies: ["SlipwayLogs", "SlipwayProtos", "SlipwayRPC"], swiftSettings: strict),
     .testTarget(
@@ -170,7 +170,10 @@ let serviceDependencies: [String: [Target.Dependency]] = [
     "SlipwayBuilder": ["SlipwayRegistry", "SlipwayProcess", .product(name: "Crypto", package: "swift-crypto")],
     "SlipwayCluster": ["SlipwayProcess", .product(name: "Crypto", package: "swift-crypto")],
     "SlipwayPipeline": [.product(name: "GRDB", package: "GRDB.swift"), .product(name: "Crypto", package: "swift-crypto")],
-    "SlipwayCerts": ["SlipwayACME", .product(name: "Crypto", package: "swift-crypto"), .product(name: "X509", package: "swift-certificates")],
+    "SlipwayCerts": [
+        "SlipwayACME", "SlipwayHTTP", .product(name: "Crypto", package: "swift-crypto"), .product(name: "X509", package: "swift-certificates"),
+        .product(name: "SwiftASN1", package: "swift-asn1"), .product(name: "NIOSSL", package: "swift-nio-ssl"),
+    ],
     "SlipwayNetwork": ["SlipwayProcess", .product(name: "Crypto", package: "swift-crypto"), .product(name: "X509", package: "swift-certificates")],
 ]
 

@@ -178,12 +178,23 @@ def stop_nginx(data, timeout=20):
     wait_until(lambda: nginx_master(data) is None, timeout, f"nginx {pid} did not stop")
 
 
-def self_signed(directory, *names, days=30):
-    """A key and a self-signed certificate for `names` (openssl); returns (cert_pem, key_pem)."""
+def self_signed(directory, *names, days=30, ips=()):
+    """A key and a self-signed certificate for `names` (and IP addresses `ips`) made by openssl;
+    returns (cert_pem, key_pem), also written to files in `directory`."""
     cert, key = os.path.join(directory, f"{names[0]}-{time.monotonic_ns()}.crt"), os.path.join(directory, f"{names[0]}-{time.monotonic_ns()}.key")
-    san = ",".join(f"DNS:{n}" for n in names)
+    san = ",".join([f"DNS:{n}" for n in names] + [f"IP:{ip}" for ip in ips])
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
                     "-keyout", key, "-out", cert, "-days", str(days), "-subj", f"/CN={names[0]}", "-addext", f"subjectAltName={san}"],
                    check=True, capture_output=True)
     with open(cert) as c, open(key) as k:
         return c.read(), k.read()
+
+
+def self_signed_files(directory, *names, ips=()):
+    """Like self_signed, but returns the (cert, key) file paths."""
+    cert_pem, key_pem = self_signed(directory, *names, ips=ips)
+    cert, key = os.path.join(directory, f"{names[0]}.pem"), os.path.join(directory, f"{names[0]}-key.pem")
+    with open(cert, "w") as c, open(key, "w") as k:
+        c.write(cert_pem)
+        k.write(key_pem)
+    return cert, key

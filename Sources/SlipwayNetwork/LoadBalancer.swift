@@ -125,7 +125,6 @@ public actor LoadBalancer {
             if state.routes[key] == nil, state.routes.count >= limits.maxRoutes {
                 throw Failure(kind: .conflict, description: "the load balancer holds its limit of \(limits.maxRoutes) routes")
             }
-            route.backends = state.routes[key]?.backends ?? []
             // Two services on one domain need different path prefixes.
             for other in state.routes.values where other.key != key && other.pathPrefix == route.pathPrefix {
                 let theirs = Set([other.defaultDomain(base: settings.baseDomain)] + other.customDomains)
@@ -141,22 +140,21 @@ public actor LoadBalancer {
         return state.routes[key]!
     }
 
-    /// Points the route at `backends`; returns the reload whose old workers still drain.
+    /// Points the route at `backends` (kept for a route set later, if it has none yet); returns the
+    /// reload whose old workers still drain.
     public func setBackends(key: String, backends: [String]) async throws -> Nginx.Reload {
         guard backends.count <= limits.maxBackends else {
             throw Failure(kind: .invalid, description: "at most \(limits.maxBackends) addresses per route, got \(backends.count)")
         }
         for backend in backends { try RouteValidation.backend(backend) }
-        guard state.routes[key] != nil else {
-            throw Failure(kind: .notFound, description: "no route for \(key): set the route (SetRoute) before its backends")
-        }
-        return try await apply { state in state.routes[key]?.backends = backends }
+        return try await apply { state in state.backends[key] = backends.isEmpty ? nil : backends }
     }
 
     public func deleteRoute(key: String) async throws -> NetworkState.Route {
         guard let route = state.routes[key] else { throw Failure(kind: .notFound, description: "no route for \(key)") }
         try await apply { state in
             state.routes[key] = nil
+            state.backends[key] = nil
             let stillUsed = Set(state.routes.values.flatMap(\.customDomains))
             state.domainChecks = state.domainChecks.filter { stillUsed.contains($0.key) }
         }

@@ -40,7 +40,16 @@ struct NetworkService: RPCService {
             let reload = try await Self.mapped { try await loadBalancer.setBackends(key: routeKey, backends: request.addresses) }
             let timeout = Duration.seconds(Int(request.drainTimeoutSeconds == 0 ? 30 : min(request.drainTimeoutSeconds, 600)))
             _ = await loadBalancer.nginx.drain(reload, timeout: timeout)
-            return await Self.status(try await Self.mapped { try await loadBalancer.route(key: routeKey) }, loadBalancer)
+            guard let route = await loadBalancer.state.routes[routeKey] else {
+                // Backends of a route not set yet: kept for it, nothing routed.
+                var status = Slipway_Network_V1_RouteStatus()
+                var route = Slipway_Network_V1_Route()
+                route.key = key
+                status.route = route
+                status.backends = request.addresses
+                return status
+            }
+            return await Self.status(route, loadBalancer)
         }
         router.unary(API.DeleteRoute.self) { key, _ in
             try Self.validate(key)
@@ -138,7 +147,7 @@ struct NetworkService: RPCService {
         message.route = routeMessage
         let defaultDomain = route.defaultDomain(base: settings.baseDomain)
         message.defaultDomain = defaultDomain
-        message.backends = route.backends
+        message.backends = state.backends(of: route)
         for domain in [defaultDomain] + route.customDomains {
             var status = Slipway_Network_V1_DomainStatus()
             status.domain = domain

@@ -4,6 +4,10 @@ import Foundation
 /// (``LoadBalancer``), so a restarted network service renders the same configuration again.
 public struct NetworkState: Codable, Sendable, Equatable {
     public var routes: [String: Route] = [:]
+    /// HOST:PORT of each route's ready instances, by route key. Kept apart from the routes: the
+    /// cluster may set them before the pipeline sets the route (a first deploy), and they outlive a
+    /// change of the route's domains.
+    public var backends: [String: [String]] = [:]
     public var certificates: [Certificate] = []
     /// ACME HTTP-01 tokens and their key authorizations.
     public var challenges: [String: String] = [:]
@@ -24,8 +28,6 @@ public struct NetworkState: Codable, Sendable, Equatable {
         /// "/" or "/a/b" (no trailing slash).
         public var pathPrefix = "/"
         public var upstream: UpstreamProtocol = .http
-        /// HOST:PORT of the ready instances.
-        public var backends: [String] = []
 
         public var key: String { Self.key(environmentID: environmentID, serviceID: serviceID) }
 
@@ -66,6 +68,8 @@ public struct NetworkState: Codable, Sendable, Equatable {
         public var reason: String
         public var checkedAt: Double
     }
+
+    public func backends(of route: Route) -> [String] { backends[route.key] ?? [] }
 
     /// The certificate served for `domain`: the one covering it that expires last.
     public func certificate(for domain: String) -> Certificate? {

@@ -68,11 +68,11 @@ public struct NginxConfig: Sendable {
         """
         let byDomain = state.routesByDomain(baseDomain: s.baseDomain)
         var upstreams = Set<String>()
-        for route in state.routes.values.sorted(by: { $0.key < $1.key }) where !route.backends.isEmpty {
+        for route in state.routes.values.sorted(by: { $0.key < $1.key }) where !state.backends(of: route).isEmpty {
             let name = upstreamName(route)
             guard upstreams.insert(name).inserted else { continue }
             out += "    upstream \(name) {\n"
-            for backend in route.backends { out += "        server \(backend) max_fails=1 fail_timeout=2s;\n" }
+            for backend in state.backends(of: route) { out += "        server \(backend) max_fails=1 fail_timeout=2s;\n" }
             out += "        keepalive 16;\n    }\n"
         }
 
@@ -91,13 +91,13 @@ public struct NginxConfig: Sendable {
                 let port = s.httpsPort == 443 ? "" : ":\(s.httpsPort)"
                 out += "        location / { return 308 https://$host\(port)$request_uri; }\n"
             } else {
-                for route in routes { out += locations(route) }
+                for route in routes { out += locations(route, state) }
             }
             out += "    }\n"
             if let certificate {
                 out += "    server {\n        listen \(s.httpsListen) ssl http2;\n        server_name \(domain);\n"
                 out += "        ssl_certificate \(chainPath(certificate.id));\n        ssl_certificate_key \(keyPath(certificate.id));\n"
-                for route in routes { out += locations(route) }
+                for route in routes { out += locations(route, state) }
                 out += "    }\n"
             }
         }
@@ -118,9 +118,9 @@ public struct NginxConfig: Sendable {
         return out
     }
 
-    private func locations(_ route: NetworkState.Route) -> String {
+    private func locations(_ route: NetworkState.Route, _ state: NetworkState) -> String {
         let body: String
-        if route.backends.isEmpty {
+        if state.backends(of: route).isEmpty {
             body = "default_type text/plain; return 503 \"no ready instance of \(route.serviceName) yet\\n\";"
         } else {
             switch route.upstream {

@@ -8,7 +8,6 @@ import Testing
 /// The Kubernetes driver's manifests, validated against Kubernetes' published schemas by
 /// `kubernetes-validate --strict` (PyPI; the schemas ship with it, no API server is needed).
 @Suite struct KubernetesManifestsTests {
-    static let kubernetesVersion = "1.30.0"
 
     static func input() -> KubernetesManifests.Input {
         var input = KubernetesManifests.Input(
@@ -23,20 +22,9 @@ import Testing
         return input
     }
 
-    /// Writes the objects to files and runs the validator on them; returns its exit status and output.
+    /// The objects checked by `kubernetes-validate --strict` against the published schemas.
     static func validate(_ objects: [[String: Any]]) async throws -> (Bool, String) {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("slipway-k8s-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        var files: [String] = []
-        for (index, object) in objects.enumerated() {
-            let file = "\(directory)/\(index).json"
-            try KubernetesManifests.json(object).write(to: URL(fileURLWithPath: file))
-            files.append(file)
-        }
-        // `make test` installs it (scripts/install-deps.sh); python3 as on PATH.
-        let (termination, lines) = try await ChildProcess("/usr/bin/env", ["python3", "-m", "kubernetes_validate", "--strict", "-k", kubernetesVersion] + files).output()
-        return (termination.succeeded, lines.joined(separator: "\n"))
+        try await KubernetesSchemas.validate(objects, encode: { try KubernetesManifests.json($0) })
     }
 
     @Test func everyObjectValidatesAgainstTheKubernetesSchemas() async throws {

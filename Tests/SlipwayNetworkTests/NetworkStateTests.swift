@@ -78,14 +78,13 @@ struct NginxConfigTests {
         var state = NetworkState()
         var web = NetworkState.Route(environmentID: "e", serviceID: "web", serviceName: "web", environmentName: "dev")
         web.customDomains = ["shop.example.test"]
-        web.backends = ["127.0.0.1:9001", "127.0.0.1:9002"]
         var api = NetworkState.Route(environmentID: "e", serviceID: "api", serviceName: "api", environmentName: "dev")
         api.customDomains = ["shop.example.test"]
         api.pathPrefix = "/api"
         api.upstream = .grpc
-        api.backends = ["[::1]:9003"]
         let idle = NetworkState.Route(environmentID: "e", serviceID: "idle", serviceName: "idle", environmentName: "dev")
         state.routes = [web.key: web, api.key: api, idle.key: idle]
+        state.backends = [web.key: ["127.0.0.1:9001", "127.0.0.1:9002"], api.key: ["[::1]:9003"]]
         state.challenges = ["tok": "tok.thumb"]
 
         let text = config.render(state)

@@ -125,7 +125,8 @@ struct  Slipway__Network__V1__SetRouteRequest
 
 
 /*
- * What the cluster sets during a rollout: the ready instances that take the traffic.
+ * What the cluster sets during a rollout: the ready instances that take the traffic. Backends set
+ * before their route (a first deploy) are kept and routed once the route is set.
  */
 struct  Slipway__Network__V1__SetBackendsRequest
 {

@@ -5,13 +5,14 @@ service "hello" — watching its steps as they happen, then printing the deploym
 
     python3 scripts/demo-deploy.py DATA_DIR    (the platform from `scripts/platform.sh up` must be running)
 
-The pipeline fetches and builds with the real slipway-builder and runs the app with the real
-slipway-cluster (runc, a loopback port per instance); the network and certs services are not built
-yet, so ROUTER_DEPLOYMENT and CERTIFICATE are simulated: the app is reached on its instances'
-ports, not yet through nginx and TLS.
+Nothing is simulated: slipway-builder fetches and builds, slipway-cluster runs the app (runc, a
+loopback port per instance), slipway-network routes https://hello-local.localhost to it through nginx,
+and slipway-certs gives that name a certificate from the platform's local CA.
 """
 import os
 import shutil
+import socket
+import ssl
 import sys
 import urllib.request
 
@@ -24,7 +25,9 @@ data = sys.argv[1]
 pipeline = os.environ.get("SLIPWAY_PIPELINE_LISTEN", "127.0.0.1:7001")
 cluster_address = os.environ.get("SLIPWAY_CLUSTER_LISTEN", "127.0.0.1:7004")
 registry = os.environ.get("SLIPWAY_REGISTRY", "127.0.0.1:5000")
-(pb, pb_grpc), (cluster_pb, cluster_grpc) = local.protos("slipway/pipeline/v1/pipeline.proto", "slipway/cluster/v1/cluster.proto")
+network_address = os.environ.get("SLIPWAY_NETWORK_LISTEN", "127.0.0.1:7003")
+(pb, pb_grpc), (cluster_pb, cluster_grpc), (network_pb, network_grpc) = local.protos(
+    "slipway/pipeline/v1/pipeline.proto", "slipway/cluster/v1/cluster.proto", "slipway/network/v1/network.proto")
 
 repo = os.path.abspath(os.path.join(data, "demo", "hello"))
 if not os.path.isdir(os.path.join(repo, ".git")):
@@ -111,6 +114,24 @@ for instance in instances:
             answer = f"HTTP {response.status}"
     except OSError as error:
         answer = f"not answering ({error})"
-    print(f"\nserving at http://{instance.address}/  (instance {instance.id}, runc; {answer})")
-print("ROUTER_DEPLOYMENT and CERTIFICATE are simulated until the network and certs services land:"
-      "\nthe app answers on its instance's loopback port, not yet at https://hello-local.localhost.")
+    print(f"  instance {instance.id} at http://{instance.address}/ (runc; {answer})")
+
+with grpc.insecure_channel(network_address) as channel:
+    network = network_grpc.NetworkStub(channel)
+    route = network.GetRoute(network_pb.RouteKey(environment_id=env.id, service_id=service.id))
+    balancer = network.GetLoadBalancer(network_pb.LoadBalancerRequest())
+ca_file = os.path.abspath(os.path.join(data, "certs", "local-ca.crt"))
+host, port = route.default_domain, int(balancer.https_address.rsplit(":", 1)[1])
+# Through nginx, verified with the local CA (connecting to the load balancer's address: not every
+# resolver maps *.localhost to loopback, curl and browsers do).
+context = ssl.create_default_context(cafile=ca_file)
+try:
+    with socket.create_connection((balancer.https_address.rsplit(":", 1)[0], port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname=host) as tls:
+            tls.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+            answer = tls.recv(200).decode(errors="replace").split("\r\n")[0]
+except OSError as error:
+    answer = f"not answering ({error})"
+print(f"\nserving at {route.url}  ({answer}, through nginx; certificate from the local CA)")
+print(f"  try: curl --cacert {ca_file} {route.url}")
+print(f"  trust the local CA: cp {ca_file} /usr/local/share/ca-certificates/slipway-local-ca.crt && update-ca-certificates")

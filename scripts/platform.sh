@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts or stops the local platform: the OCI registry (docker-registry, 127.0.0.1:5000, seeded with
-# the offline base images) and the seven services on 127.0.0.1:7000-7006.
+# the offline base images) and the seven services on 127.0.0.1:7000-7006; the network service starts
+# nginx, the load balancer, on 127.0.0.1:80 and :443 (SLIPWAY_HTTP_LISTEN / SLIPWAY_HTTPS_LISTEN move it).
 #   scripts/platform.sh up DATA_DIR BIN_DIR    start the registry and each service, wait until a grpcio health check says SERVING
 #   scripts/platform.sh down DATA_DIR          SIGTERM each service and the registry and wait for them to exit
 # SLIPWAY_REGISTRY (default 127.0.0.1:5000) moves the registry.
@@ -34,6 +35,14 @@ case "$cmd" in
         runc --root "$data/cluster/runc" delete --force "$instance" >/dev/null 2>&1 || true
       done
     fi
+    # So does the load balancer (nginx keeps serving while the network service restarts).
+    if [ -f "$data/network/nginx/nginx.pid" ]; then
+      pid=$(cat "$data/network/nginx/nginx.pid")
+      if kill -0 "$pid" 2>/dev/null; then
+        kill -QUIT "$pid"
+        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      fi
+    fi
     echo "platform stopped"
     ;;
   up)
@@ -56,6 +65,7 @@ YML
     for s in "${SERVICES[@]}"; do
       extra=()
       [ "$s" = builder ] && extra=(--builder-registry "$REGISTRY")
+      [ "$s" = network ] && extra=(--network-http-listen "${SLIPWAY_HTTP_LISTEN:-127.0.0.1:80}" --network-https-listen "${SLIPWAY_HTTPS_LISTEN:-127.0.0.1:443}")
       "$bin/slipway-$s" --data-dir "$data" "${extra[@]}" >>"$data/logs/$s.log" 2>&1 &
       echo $! >"$data/run/$s.pid"
     done

@@ -25,6 +25,7 @@ struct ClusterService: RPCService {
             if request.readyTimeoutSeconds > 0 { spec.readyTimeout = .seconds(Int(request.readyTimeoutSeconds)) }
             if request.stopGraceSeconds > 0 { spec.stopGrace = .seconds(Int(request.stopGraceSeconds)) }
             if !request.command.isEmpty { spec.command = request.command }
+            spec.isPublic = request.public
             var response = Slipway_Cluster_V1_DeployResponse()
             response.instances = try await Self.mapped { try await cluster.deploy(spec) }.map { Self.instance($0, running: true) }
             return response

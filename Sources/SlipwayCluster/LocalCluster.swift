@@ -48,6 +48,9 @@ public actor LocalCluster {
         public var readyTimeout: Duration = .seconds(60)
         public var stopGrace: Duration = .seconds(10)
         public var command: [String]?
+        /// Reached through the load balancer: traffic moves to the new instances (and drains from
+        /// the old ones) before the old ones stop.
+        public var isPublic = false
 
         public init(workload: Workload, image: String) {
             self.workload = workload
@@ -80,6 +83,8 @@ public actor LocalCluster {
         var pending: [Instance] = []
         /// Stopped on purpose: the supervisor leaves it alone until the next deploy.
         var stopped: Bool? = nil
+        /// The load balancer sends it traffic (its backends must follow the current instances).
+        var routed: Bool? = nil
     }
 
     public struct Failure: Error, CustomStringConvertible, Equatable {
@@ -96,8 +101,12 @@ public actor LocalCluster {
     nonisolated let directory: String
     let logger: Logger
 
-    public init(directory: String, logger: Logger) throws {
+    /// Where public workloads' traffic is switched (the network service); nil: nothing routes to them.
+    let traffic: (any TrafficSwitch)?
+
+    public init(directory: String, traffic: (any TrafficSwitch)? = nil, logger: Logger) throws {
         self.directory = directory
+        self.traffic = traffic
         self.runtime = try LocalRuntime(directory: directory)
         self.logger = logger
         try FileManager.default.createDirectory(atPath: directory + "/workloads", withIntermediateDirectories: true)
@@ -108,6 +117,15 @@ public actor LocalCluster {
     public func recover() async throws {
         for file in try FileManager.default.contentsOfDirectory(atPath: directory + "/workloads") where file.hasSuffix(".json") {
             guard var record = try? load(String(file.dropLast(5))), !record.pending.isEmpty else { continue }
+            // Killed after traffic moved to the new instances but before they were recorded as
+            // current: traffic goes back to the current ones before the new ones go.
+            if record.routed == true, let traffic {
+                do {
+                    try await traffic.route(record.workload, to: record.current.map(\.address), drain: .seconds(30))
+                } catch {
+                    logger.warning("could not route traffic back to the current instances", metadata: ["service": "\(record.workload.serviceID)", "error": "\(error)"])
+                }
+            }
             for instance in record.pending {
                 try? await runtime.remove(instance.id)
             }
@@ -131,6 +149,9 @@ public actor LocalCluster {
             throw Failure(kind: .invalid, description: "replicas must be 1 to \(Self.maxReplicas), got \(spec.replicas)")
         }
         guard !spec.image.isEmpty else { throw Failure(kind: .invalid, description: "image is required") }
+        if spec.isPublic && traffic == nil {
+            throw Failure(kind: .invalid, description: "this cluster service routes no traffic (started with --cluster-traffic none): deploy it with public = false")
+        }
         var record = (try? load(spec.workload.serviceID)) ?? Record(workload: spec.workload)
         record.workload = spec.workload
         do {
@@ -161,6 +182,19 @@ public actor LocalCluster {
                     }
                 }
                 try await group.waitForAll()
+            }
+            if spec.isPublic, let traffic {
+                // Ready: traffic moves to them, and the call returns once requests in flight to the
+                // old ones have finished.
+                record.routed = true
+                try save(record)
+                do {
+                    try await traffic.route(spec.workload, to: record.pending.map(\.address), drain: spec.stopGrace)
+                } catch {
+                    // It may have moved before the failure: back to the old ones (they still run).
+                    try? await traffic.route(spec.workload, to: record.current.map(\.address), drain: spec.stopGrace)
+                    throw Failure(kind: .runtime, description: "the load balancer did not take the new instances: \(error)")
+                }
             }
         } catch {
             // Not ready (or not started): the new ones go, the old ones keep serving.
@@ -224,6 +258,7 @@ public actor LocalCluster {
         // On record first: the supervisor must not start them again.
         record.stopped = true
         try? save(record)
+        try await unroute(record)
         try await Self.each(record.current) { [runtime] instance in
             try await runtime.stop(instance.id, grace: grace)
         }
@@ -235,12 +270,24 @@ public actor LocalCluster {
         await turns.acquire(workload.serviceID)
         defer { turns.release(workload.serviceID) }
         guard let record = try? load(workload.serviceID) else { return [] }
+        try await unroute(record)
         try await Self.each(record.current + record.pending) { [runtime] instance in
             try await runtime.stop(instance.id, grace: grace)
             try await runtime.remove(instance.id)
         }
         try? FileManager.default.removeItem(atPath: path(workload.serviceID))
         return record.current
+    }
+
+    /// Takes a routed workload out of the load balancer (requests in flight finish) before its
+    /// instances stop.
+    private func unroute(_ record: Record) async throws(Failure) {
+        guard record.routed == true, let traffic else { return }
+        do {
+            try await traffic.route(record.workload, to: [], drain: .seconds(30))
+        } catch {
+            throw Failure(kind: .runtime, description: "the load balancer did not let go of \(record.workload.serviceName): \(error)")
+        }
     }
 
     /// The workload's current instances and whether each runs.

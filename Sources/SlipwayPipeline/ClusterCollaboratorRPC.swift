@@ -14,7 +14,7 @@ public struct ClusterCollaboratorRPC: ClusterCollaborator {
     }
 
     public func deploy(_ work: ServiceWork, image: String) async throws -> RunningStatus {
-        _ = try await call { try await client.unary(API.Deploy.self, request(work, image: image)) }
+        _ = try await stepCall { try await client.unary(API.Deploy.self, request(work, image: image)) }
         return .running
     }
 
@@ -30,7 +30,7 @@ public struct ClusterCollaboratorRPC: ClusterCollaborator {
     }
 
     public func restart(_ work: ServiceWork) async throws -> RunningStatus {
-        let instances = try await call { try await client.unary(API.ListInstances.self, workloadRequest(work)) }.instances
+        let instances = try await stepCall { try await client.unary(API.ListInstances.self, workloadRequest(work)) }.instances
         guard let image = instances.first?.image else {
             throw StepFailure("\(work.service.name) has no instances to restart; deploy it first")
         }
@@ -38,12 +38,12 @@ public struct ClusterCollaboratorRPC: ClusterCollaborator {
     }
 
     public func stop(_ work: ServiceWork) async throws -> RunningStatus {
-        _ = try await call { try await client.unary(API.Stop.self, workloadRequest(work)) }
+        _ = try await stepCall { try await client.unary(API.Stop.self, workloadRequest(work)) }
         return .stopped
     }
 
     public func delete(_ work: ServiceWork) async throws {
-        _ = try await call { try await client.unary(API.Delete.self, workloadRequest(work)) }
+        _ = try await stepCall { try await client.unary(API.Delete.self, workloadRequest(work)) }
     }
 
     func workload(_ work: ServiceWork) -> Slipway_Cluster_V1_Workload {
@@ -84,15 +84,7 @@ public struct ClusterCollaboratorRPC: ClusterCollaborator {
             request.readyTimeoutSeconds = UInt32(max(5, probe.initialDelaySeconds + probe.failureThreshold * probe.periodSeconds))
         }
         request.readiness = readiness
+        request.public = work.isPublic
         return request
-    }
-
-    /// The cluster's refusals become step failures with its message.
-    private func call<T: Sendable>(_ body: () async throws -> T) async throws -> T {
-        do {
-            return try await body()
-        } catch let error as RPCError where error.code != .cancelled {
-            throw StepFailure(error.message)
-        }
     }
 }

@@ -9,7 +9,7 @@ import SlipwayServiceKit
 public struct PipelineOptions: ParsableArguments, Sendable {
     @Option(help: """
         Collaborators to simulate instead of calling, comma-separated: builder, cluster, network, certs, or none \
-        (default: network,certs — the services not built yet).
+        (default: none).
         """)
     var pipelineSimulate: String?
     @Option(help: "How long each simulated step takes, in milliseconds (default 0).") var pipelineSimulatedStepMs: Int?
@@ -55,8 +55,8 @@ public struct PipelineConfiguration: Sendable {
         case builder, cluster, network, certs
     }
 
-    /// Until the network and certs services exist, the pipeline simulates them.
-    public var simulated: Set<Collaborator> = [.network, .certs]
+    /// Collaborators simulated instead of called (tests, the control-plane benchmark).
+    public var simulated: Set<Collaborator> = []
     public var simulatedStepDelay: Duration = .zero
     public var limits = PipelineEngine.Limits()
     public var durability = PipelineStore.Durability.normal
@@ -81,18 +81,25 @@ public struct PipelineComponent: PlatformComponent {
         let clusterAddress = service.directory[.cluster]
         let cluster: any ClusterCollaborator =
             configuration.simulated.contains(.cluster) ? simulated : ClusterCollaboratorRPC(client: RPCClient(host: clusterAddress.host, port: clusterAddress.port))
-        // The network and certs services have no API yet: simulated until their issues land.
-        let collaborators = Collaborators(images: images, cluster: cluster, network: simulated, certs: simulated)
+        let networkAddress = service.directory[.network]
+        let networkClient = RPCClient(host: networkAddress.host, port: networkAddress.port)
+        let network: any NetworkCollaborator = configuration.simulated.contains(.network) ? simulated : NetworkCollaboratorRPC(client: networkClient)
+        let certsAddress = service.directory[.certs]
+        let certs: any CertificateCollaborator = configuration.simulated.contains(.certs)
+            ? simulated : CertificateCollaboratorRPC(network: networkClient, certs: RPCClient(host: certsAddress.host, port: certsAddress.port))
+        let collaborators = Collaborators(images: images, cluster: cluster, network: network, certs: certs)
         let logsAddress = service.directory[.logs]
         let shipper = LogShipper(client: RPCClient(host: logsAddress.host, port: logsAddress.port), logger: logger)
         let engine = PipelineEngine(store: store, collaborators: collaborators, logs: shipper, limits: configuration.limits, logger: logger)
         try await engine.start()
         router.register(PipelineService(engine: engine))
-        let names = PipelineConfiguration.Collaborator.allCases.filter { configuration.simulated.contains($0) || $0 == .network || $0 == .certs }.map(\.rawValue)
+        func shown(_ collaborator: PipelineConfiguration.Collaborator, _ address: ServiceAddress) -> Logger.MetadataValue {
+            configuration.simulated.contains(collaborator) ? "simulated" : "\(address)"
+        }
         logger.info("pipeline ready", metadata: [
-            "builder": "\(configuration.simulated.contains(.builder) ? "simulated" : "\(builderAddress)")",
-            "cluster": "\(configuration.simulated.contains(.cluster) ? "simulated" : "\(clusterAddress)")",
-            "simulated": "\(names.joined(separator: ","))", "logs": "\(logsAddress)", "durability": "\(configuration.durability.rawValue)",
+            "builder": shown(.builder, builderAddress), "cluster": shown(.cluster, clusterAddress),
+            "network": shown(.network, networkAddress), "certs": shown(.certs, certsAddress),
+            "logs": "\(logsAddress)", "durability": "\(configuration.durability.rawValue)",
         ])
         return [LogShipperService(shipper: shipper)]
     }

@@ -1,13 +1,14 @@
 """slipway-pipeline as its users see it: grpcio (an independent gRPC implementation) drives the real
 executable. The crash tests kill -9 the process at every step boundary and check that, after a
-restart, every deployment either resumes or ends with a reason. The last test deploys a real git
-repository through the real slipway-builder and docker-registry.
-
-The cluster, network and certs services do not exist yet: the pipeline simulates them
-(--pipeline-simulate), each step taking --pipeline-simulated-step-ms.
+restart, every deployment either resumes or ends with a reason: there the collaborators are simulated
+(--pipeline-simulate), each step taking --pipeline-simulated-step-ms. The last tests deploy a real
+git repository through the real builder, registry, cluster, network (nginx) and certs services.
 """
+import http.client
 import os
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -323,29 +324,77 @@ def test_an_application_is_fetched_and_built_by_the_real_builder(with_builder):
 
 @pytest.fixture
 def with_cluster(pbs):
-    """registry + logs + builder + cluster + pipeline: applications are built and run for real (runc)."""
+    """The whole platform, nothing simulated: registry + logs + builder + cluster + network (its own
+    nginx) + certs + pipeline. Applications are built, run (runc) and served through the load balancer
+    over HTTPS with a certificate from the local CA."""
     from conftest import BIN_DIR
 
     data = tempfile.mkdtemp(prefix="slipway-pipeline-cluster-")
-    registry_port, builder_port, cluster_port, logs_port = (local.free_port() for _ in range(4))
+    registry_port, builder_port, cluster_port, logs_port, network_port, certs_port, http_port, https_port = (local.free_port() for _ in range(8))
     registry = local.start_registry(os.path.join(data, "registry"), registry_port)
     logs = local.start_service(BIN_DIR, "logs", data, logs_port)
     builder = local.start_service(BIN_DIR, "builder", data, builder_port, "--builder-registry", f"127.0.0.1:{registry_port}",
                                   "--logs-address", f"127.0.0.1:{logs_port}")
-    cluster = local.start_service(BIN_DIR, "cluster", data, cluster_port)
+    network = local.start_service(BIN_DIR, "network", data, network_port, "--network-http-listen", f"127.0.0.1:{http_port}",
+                                  "--network-https-listen", f"127.0.0.1:{https_port}")
+    certs = local.start_service(BIN_DIR, "certs", data, certs_port, "--network-address", f"127.0.0.1:{network_port}")
+    cluster = local.start_service(BIN_DIR, "cluster", data, cluster_port, "--network-address", f"127.0.0.1:{network_port}")
     platform = Platform(pbs, "--builder-address", f"127.0.0.1:{builder_port}", "--cluster-address", f"127.0.0.1:{cluster_port}",
-                        "--pipeline-simulate", "network,certs", "--pipeline-step-timeout", "30", data=data, logs=(logs_port, logs))
+                        "--network-address", f"127.0.0.1:{network_port}", "--certs-address", f"127.0.0.1:{certs_port}",
+                        "--pipeline-simulate", "none", "--pipeline-step-timeout", "30", data=data, logs=(logs_port, logs))
     (cluster_pb, cluster_grpc), = local.protos("slipway/cluster/v1/cluster.proto")
     channel = grpc.insecure_channel(f"127.0.0.1:{cluster_port}")
     platform.cluster = (cluster_pb, cluster_grpc.ClusterStub(channel))
+    platform.https_port = https_port
+    platform.local_ca = os.path.join(data, "certs", "local-ca.crt")
     yield platform, data, f"127.0.0.1:{registry_port}"
     channel.close()
     platform.stop()
-    local.stop(builder, cluster, registry)
+    local.stop(builder, cluster, certs, network, registry)
+    local.stop_nginx(data)
     # Whatever a failed test left running.
     for instance in subprocess.run(["runc", "--root", os.path.join(data, "cluster", "runc"), "list", "-q"],
                                    capture_output=True, text=True).stdout.split():
         subprocess.run(["runc", "--root", os.path.join(data, "cluster", "runc"), "delete", "--force", instance], capture_output=True)
+
+
+def through_load_balancer(p, host, path="/"):
+    """(status, body) of GET https://host/path through the platform's nginx, verified with the local CA."""
+    context = ssl.create_default_context(cafile=p.local_ca)
+    connection = http.client.HTTPSConnection("127.0.0.1", p.https_port, timeout=5, context=context)
+    try:
+        connection.sock = context.wrap_socket(socket.create_connection(("127.0.0.1", p.https_port), timeout=5), server_hostname=host)
+        connection.request("GET", path, headers={"Host": host})
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    except OSError as error:
+        return None, repr(error)
+    finally:
+        connection.close()
+
+
+class Traffic(threading.Thread):
+    """One request after another through the load balancer, each on a new connection, until stopped;
+    counts the answers that were not 200 with the expected page."""
+
+    def __init__(self, p, host):
+        super().__init__()
+        self.p, self.host = p, host
+        self.stopped = threading.Event()
+        self.ok, self.failures, self.bodies = 0, [], set()
+
+    def run(self):
+        while not self.stopped.is_set():
+            status, body = through_load_balancer(self.p, self.host)
+            if status == 200:
+                self.ok += 1
+                self.bodies.add(body.strip())
+            else:
+                self.failures.append((status, body[:200]))
+
+    def stop(self):
+        self.stopped.set()
+        self.join()
 
 
 def serving(address, path="/"):
@@ -371,15 +420,29 @@ def test_a_pushed_commit_is_built_run_and_replaced_by_the_next_one(with_cluster)
 
     first = p.wait_ended(p.deploy(env).deployment_id, timeout=300)
     assert first.status == pb.DEPLOYED, p.service(first, ids["hello"]).reason
+    assert [(s.step, s.status) for s in p.service(first, ids["hello"]).steps][-2:] == [(pb.ROUTER_DEPLOYMENT, pb.STEP_SUCCEEDED), (pb.CERTIFICATE, pb.STEP_SUCCEEDED)]
     instances = cluster.ListInstances(cluster_pb.WorkloadRequest(workload=workload)).instances
     assert len(instances) == 2 and all(i.status == cluster_pb.INSTANCE_RUNNING for i in instances)
     assert all("Hello from Slipway" in (serving(i.address) or "") for i in instances), [serving(i.address) for i in instances]
+    # Through the load balancer, at the default domain, over HTTPS with the local CA's certificate.
+    host = "hello-prod.localhost"
+    status, body = through_load_balancer(p, host)
+    assert status == 200 and "Hello from Slipway" in body, (status, body)
 
-    # The next commit replaces them: new instances serve the new page, the old ones are gone.
+    # The next commit replaces them while requests keep coming through the load balancer: none
+    # fails (new instances take the traffic once ready, the old ones drain, then stop).
     with open(os.path.join(repo, "www", "index.html"), "w") as f:
         f.write("<h1>second version</h1>\n")
     local.commit(repo, "second version")
-    second = p.wait_ended(p.deploy(env).deployment_id, timeout=300)
+    traffic = Traffic(p, host)
+    traffic.start()
+    try:
+        second = p.wait_ended(p.deploy(env).deployment_id, timeout=300)
+        local.wait_until(lambda: any("second version" in b for b in traffic.bodies), 10, "the load balancer never served the new version")
+    finally:
+        traffic.stop()
+    assert traffic.failures == [], traffic.failures[:5]
+    assert traffic.ok > 20 and any("Hello from Slipway" in b for b in traffic.bodies), traffic.ok
     assert second.status == pb.DEPLOYED, p.service(second, ids["hello"]).reason
     replaced = cluster.ListInstances(cluster_pb.WorkloadRequest(workload=workload)).instances
     assert {i.id for i in replaced}.isdisjoint({i.id for i in instances})
@@ -408,6 +471,12 @@ def test_a_pushed_commit_is_built_run_and_replaced_by_the_next_one(with_cluster)
     stop = p.wait_ended(p.stub.Stop(pb.ActionRequest(environment_id=env)).deployment_id, timeout=120)
     assert stop.status == pb.STOPPED
     assert all(serving(i.address) is None for i in back)
+    assert through_load_balancer(p, host)[0] == 503
+    _, body = through_load_balancer(p, host)
+    assert "no ready instance of hello" in body
     delete = p.wait_ended(p.stub.Delete(pb.ActionRequest(environment_id=env)).deployment_id, timeout=120)
     assert delete.status == pb.DELETED
     assert list(cluster.ListInstances(cluster_pb.WorkloadRequest(workload=workload)).instances) == []
+    # The route is gone: the load balancer refuses the name (its HTTPS server is gone with the route).
+    status, body = through_load_balancer(p, host)
+    assert status is None and "UNRECOGNIZED_NAME" in body, (status, body)

@@ -666,7 +666,7 @@ const ProtobufCMessageDescriptor slipway__cluster__v1__deploy_request__environme
   (ProtobufCMessageInit) slipway__cluster__v1__deploy_request__environment_entry__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor slipway__cluster__v1__deploy_request__field_descriptors[11] =
+static const ProtobufCFieldDescriptor slipway__cluster__v1__deploy_request__field_descriptors[12] =
 {
   {
     "workload",
@@ -800,6 +800,18 @@ static const ProtobufCFieldDescriptor slipway__cluster__v1__deploy_request__fiel
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "public",
+    12,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Cluster__V1__DeployRequest, public_),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned slipway__cluster__v1__deploy_request__field_indices_by_name[] = {
   10,   /* field[10] = command */
@@ -808,6 +820,7 @@ static const unsigned slipway__cluster__v1__deploy_request__field_indices_by_nam
   1,   /* field[1] = image */
   2,   /* field[2] = insecure_registry */
   6,   /* field[6] = memory_mib */
+  11,   /* field[11] = public */
   7,   /* field[7] = readiness */
   8,   /* field[8] = ready_timeout_seconds */
   4,   /* field[4] = replicas */
@@ -817,7 +830,7 @@ static const unsigned slipway__cluster__v1__deploy_request__field_indices_by_nam
 static const ProtobufCIntRange slipway__cluster__v1__deploy_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 11 }
+  { 0, 12 }
 };
 const ProtobufCMessageDescriptor slipway__cluster__v1__deploy_request__descriptor =
 {
@@ -827,7 +840,7 @@ const ProtobufCMessageDescriptor slipway__cluster__v1__deploy_request__descripto
   "Slipway__Cluster__V1__DeployRequest",
   "slipway.cluster.v1",
   sizeof(Slipway__Cluster__V1__DeployRequest),
-  11,
+  12,
   slipway__cluster__v1__deploy_request__field_descriptors,
   slipway__cluster__v1__deploy_request__field_indices_by_name,
   1,  slipway__cluster__v1__deploy_request__number_ranges,

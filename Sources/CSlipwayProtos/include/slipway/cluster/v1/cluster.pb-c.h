@@ -153,10 +153,16 @@ struct  Slipway__Cluster__V1__DeployRequest
    */
   size_t n_command;
   ProtobufCBinaryData *command;
+  /*
+   * Reached through the load balancer: once the new instances are ready, the cluster points the
+   * service's route at them (slipway.network.v1 SetBackends, which drains the old ones) before it
+   * stops the old ones. INVALID_ARGUMENT when the cluster runs with --cluster-traffic none.
+   */
+  protobuf_c_boolean public_;
 };
 #define SLIPWAY__CLUSTER__V1__DEPLOY_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&slipway__cluster__v1__deploy_request__descriptor) \
-    , NULL, {0,NULL}, 0, 0,NULL, 0, 0, 0, NULL, 0, 0, 0,NULL }
+    , NULL, {0,NULL}, 0, 0,NULL, 0, 0, 0, NULL, 0, 0, 0,NULL, 0 }
 
 
 struct  Slipway__Cluster__V1__Instance

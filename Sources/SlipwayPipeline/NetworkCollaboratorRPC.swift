@@ -1,0 +1,90 @@
+import SlipwayProtos
+import SlipwayRPC
+
+/// ROUTER_DEPLOYMENT over the network service (`slipway.network.v1.Network`): the service's route —
+/// its default domain `<service>-<environment>.<base domain>`, its custom domains, the protocol of its
+/// public port. The instances behind it are set by the cluster during the rollout.
+public struct NetworkCollaboratorRPC: NetworkCollaborator {
+    typealias API = Slipway_Network_V1_Network
+
+    let client: RPCClient
+
+    public init(client: RPCClient) {
+        self.client = client
+    }
+
+    public func route(_ work: ServiceWork) async throws {
+        var route = Slipway_Network_V1_Route()
+        route.key = Self.key(work)
+        route.serviceName = work.service.name.lowercased()
+        route.environmentName = work.environment.name.lowercased()
+        route.customDomains = work.service.configuration.customDomains
+        if work.service.configuration.ports.first(where: \.isPublic)?.kind == .grpc { route.protocol = .grpc }
+        var request = Slipway_Network_V1_SetRouteRequest()
+        request.route = route
+        _ = try await stepCall { try await client.unary(API.SetRoute.self, request) }
+    }
+
+    public func removeRoutes(_ work: ServiceWork) async throws {
+        do {
+            _ = try await client.unary(API.DeleteRoute.self, Self.key(work))
+        } catch let error as RPCError where error.code == .notFound {
+            // Never routed, or already removed: nothing to do.
+        } catch let error as RPCError where error.code != .cancelled {
+            throw StepFailure(error.message)
+        }
+    }
+
+    static func key(_ work: ServiceWork) -> Slipway_Network_V1_RouteKey {
+        var key = Slipway_Network_V1_RouteKey()
+        key.environmentId = work.environment.id
+        key.serviceId = work.service.id
+        return key
+    }
+}
+
+/// CERTIFICATE over the certs service (`slipway.certs.v1.Certs`): a certificate for the route's
+/// default domain (the local CA signs `*.localhost`), and one for its custom domains whose DNS points
+/// at the load balancer. Custom domains still pending are named in the step's failure.
+public struct CertificateCollaboratorRPC: CertificateCollaborator {
+    let network: RPCClient
+    let certs: RPCClient
+
+    public init(network: RPCClient, certs: RPCClient) {
+        self.network = network
+        self.certs = certs
+    }
+
+    public func certificate(_ work: ServiceWork) async throws {
+        let status = try await stepCall { try await network.unary(Slipway_Network_V1_Network.GetRoute.self, NetworkCollaboratorRPC.key(work)) }
+        try await issue([status.defaultDomain])
+        let custom = status.domains.filter { $0.domain != status.defaultDomain }
+        let verified = custom.filter { $0.state == .domainVerified }.map(\.domain)
+        if !verified.isEmpty { try await issue(verified) }
+        let waiting = custom.filter { $0.state != .domainVerified }
+        if !waiting.isEmpty {
+            let reasons = waiting.map { "\($0.domain): \($0.reason.isEmpty ? "DNS not checked yet" : $0.reason)" }
+            throw StepFailure("no certificate yet for custom domains whose DNS does not point here — \(reasons.joined(separator: "; "))")
+        }
+    }
+
+    private func issue(_ domains: [String]) async throws {
+        var request = Slipway_Certs_V1_IssueRequest()
+        request.domains = domains
+        let certificate = try await stepCall {
+            try await certs.unary(Slipway_Certs_V1_Certs.Issue.self, request, options: CallOptions(timeout: .seconds(300)))
+        }
+        guard certificate.state == .certificateIssued else {
+            throw StepFailure("certificate for \(domains.joined(separator: ", ")) not issued: \(certificate.reason)")
+        }
+    }
+}
+
+/// A collaborator's refusal becomes the step's failure with its message; cancellation stays cancellation.
+func stepCall<T: Sendable>(_ body: () async throws -> T) async throws -> T {
+    do {
+        return try await body()
+    } catch let error as RPCError where error.code != .cancelled {
+        throw StepFailure(error.message)
+    }
+}

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 int slipway_spawn(const char *file, char *const argv[], char *const envp[], const char *cwd,
@@ -45,4 +46,8 @@ int slipway_spawn(const char *file, char *const argv[], char *const envp[], cons
     *stdout_fd = out[0];
     *stderr_fd = err[0];
     return 0;
+}
+
+int slipway_become_subreaper(void) {
+    return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
 }

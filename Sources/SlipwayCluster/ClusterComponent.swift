@@ -1,6 +1,7 @@
 import ArgumentParser
 import Logging
 import ServiceLifecycle
+import SlipwayProcess
 import SlipwayRPC
 import SlipwayServiceKit
 
@@ -31,13 +32,20 @@ public struct ClusterComponent: PlatformComponent {
         case let other:
             throw ValidationError("--cluster-traffic must be network or none, got \"\(other)\"")
         }
-        let cluster = try LocalCluster(directory: try configuration.stateDirectory(), traffic: traffic, logger: logger)
+        // The containers' init processes become ours once runc has started them and exited: their
+        // exit status is read (and they are reaped) by the supervisor.
+        if !ProcessTree.becomeSubreaper() { logger.warning("cannot become a child subreaper: exit statuses of instances will be unknown") }
+        let logs = configuration.directory[.logs]
+        let cluster = try LocalCluster(
+            directory: try configuration.stateDirectory(), traffic: traffic, logs: RPCClient(host: logs.host, port: logs.port), logger: logger)
         try await cluster.recover()
         router.register(ClusterService(cluster: cluster))
         logger.info("cluster ready", metadata: [
-            "driver": "local (runc)", "traffic": "\(traffic == nil ? "none" : "network at \(configuration.directory[.network])")",
+            "driver": "local (runc)", "logs": "\(logs)", "traffic": "\(traffic == nil ? "none" : "network at \(configuration.directory[.network])")",
         ])
-        return [Supervisor(cluster: cluster)]
+        var services: [any Service] = [Supervisor(cluster: cluster)]
+        if let applicationLogs = cluster.applicationLogs { services.append(LogShipping(logs: applicationLogs)) }
+        return services
     }
 }
 
@@ -48,6 +56,17 @@ struct Supervisor: Service {
     func run() async throws {
         await cancelWhenGracefulShutdown {
             await cluster.supervise()
+        }
+    }
+}
+
+/// Ships the instances' output to the logs service, for the life of the service.
+struct LogShipping: Service {
+    let logs: ApplicationLogs
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown {
+            await logs.run()
         }
     }
 }

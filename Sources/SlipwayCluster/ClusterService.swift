@@ -42,6 +42,27 @@ struct ClusterService: RPCService {
             response.instances = deleted.map { Self.instance($0, running: false) }
             return response
         }
+        router.serverStreaming(API.Watch.self) { request, writer, _ in
+            // Subscribed before the snapshot is read: no change falls between the two.
+            let (id, changes) = await cluster.watch()
+            defer { Task { await cluster.unwatch(id) } }
+            let wanted = { (status: LocalCluster.WorkloadStatus) in
+                request.environmentId.isEmpty || status.workload.environmentID == request.environmentId
+            }
+            for status in await cluster.statuses() where wanted(status) {
+                var event = Slipway_Cluster_V1_WatchEvent()
+                event.event = .workload(Self.workloadStatus(status))
+                try await writer.write(event)
+            }
+            var end = Slipway_Cluster_V1_WatchEvent()
+            end.event = .snapshotEnd(true)
+            try await writer.write(end)
+            for await status in changes where wanted(status) {
+                var event = Slipway_Cluster_V1_WatchEvent()
+                event.event = .workload(Self.workloadStatus(status))
+                try await writer.write(event)
+            }
+        }
         router.unary(API.ListInstances.self) { request, _ in
             let instances = try await Self.mapped { try await cluster.instances(try Self.workload(request.workload)) }
             var response = Slipway_Cluster_V1_InstancesResponse()
@@ -59,6 +80,35 @@ struct ClusterService: RPCService {
         return LocalCluster.Workload(environmentID: message.environmentId, serviceID: message.serviceId, serviceName: message.serviceName)
     }
 
+    static func workloadStatus(_ status: LocalCluster.WorkloadStatus) -> Slipway_Cluster_V1_WorkloadStatus {
+        var message = Slipway_Cluster_V1_WorkloadStatus()
+        var workload = Slipway_Cluster_V1_Workload()
+        workload.environmentId = status.workload.environmentID
+        workload.serviceId = status.workload.serviceID
+        workload.serviceName = status.workload.serviceName
+        message.workload = workload
+        message.status = runningStatus(status.status)
+        message.instances = status.instances.map { instance(status: $0) }
+        return message
+    }
+
+    static func runningStatus(_ status: LocalCluster.RunningStatus) -> Slipway_Cluster_V1_RunningStatus {
+        switch status {
+        case .starting: .starting
+        case .running: .running
+        case .warning: .warning
+        case .error: .error
+        case .stopping: .stopping
+        case .stopped: .stopped
+        }
+    }
+
+    static func instance(status: LocalCluster.InstanceStatus) -> Slipway_Cluster_V1_Instance {
+        var message = instance(status.instance, running: status.running)
+        message.runningStatus = runningStatus(status.status)
+        return message
+    }
+
     static func instance(_ instance: LocalCluster.Instance, running: Bool) -> Slipway_Cluster_V1_Instance {
         var message = Slipway_Cluster_V1_Instance()
         message.id = instance.id
@@ -67,6 +117,10 @@ struct ClusterService: RPCService {
         message.status = running ? .instanceRunning : .instanceStopped
         message.restarts = UInt32(instance.restarts ?? 0)
         message.nextRestartUnixMillis = instance.nextRestartAt.map { Int64($0 * 1000) } ?? 0
+        message.lastExit = instance.lastExit ?? ""
+        message.lastExitUnixMillis = instance.lastExitAt.map { Int64($0 * 1000) } ?? 0
+        message.oomKilled = instance.oomKilled ?? false
+        message.runningStatus = running ? .running : (instance.exitedAt != nil ? .error : .stopped)
         return message
     }
 

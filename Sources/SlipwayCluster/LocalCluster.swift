@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import SlipwayRPC
 import SlipwayServiceKit
 
 #if canImport(Glibc)
@@ -66,12 +67,22 @@ public actor LocalCluster {
         public var restarts: Int? = nil
         /// When the supervisor saw it exited (Unix seconds), until it starts it again.
         public var exitedAt: Double? = nil
+        /// How its last run ended, for a person: "exited with status 3", "killed by signal 9
+        /// (OOMKilled: …)", or that the status could not be read.
+        public var lastExit: String? = nil
+        public var lastExitAt: Double? = nil
+        /// Its last run was killed by the kernel for going over its memory limit.
+        public var oomKilled: Bool? = nil
+        /// When its current run started (Unix seconds; nil: at deploy, before this was recorded).
+        public var startedAt: Double? = nil
+        /// Exits in a row without a run of ``LocalCluster/healthyRun``: the backoff's exponent.
+        public var crashes: Int? = nil
         public var address: String { "127.0.0.1:\(port)" }
 
         /// When it will be started again: 1 s after its first exit, then 2, 4, … up to
-        /// ``LocalCluster/maxBackoff`` (CrashLoopBackOff).
+        /// ``LocalCluster/maxBackoff`` (CrashLoopBackOff); back to 1 s after a run of 10 minutes.
         public var nextRestartAt: Double? {
-            exitedAt.map { $0 + min(LocalCluster.maxBackoff, pow(2, Double(restarts ?? 0))) }
+            exitedAt.map { $0 + min(LocalCluster.maxBackoff, pow(2, Double(crashes ?? restarts ?? 0))) }
         }
     }
 
@@ -85,6 +96,8 @@ public actor LocalCluster {
         var stopped: Bool? = nil
         /// The load balancer sends it traffic (its backends must follow the current instances).
         var routed: Bool? = nil
+        /// The memory limit of its instances, for exit reasons.
+        var memoryMiB: Int? = nil
     }
 
     public struct Failure: Error, CustomStringConvertible, Equatable {
@@ -103,11 +116,16 @@ public actor LocalCluster {
 
     /// Where public workloads' traffic is switched (the network service); nil: nothing routes to them.
     let traffic: (any TrafficSwitch)?
+    /// Ships the instances' output to the logs service; nil: it stays in their files.
+    public nonisolated let applicationLogs: ApplicationLogs?
 
-    public init(directory: String, traffic: (any TrafficSwitch)? = nil, logger: Logger) throws {
+    /// `logs`: the logs service, where the instances' output goes (nil: it stays in their files).
+    public init(directory: String, traffic: (any TrafficSwitch)? = nil, logs: RPCClient? = nil, logger: Logger) throws {
         self.directory = directory
         self.traffic = traffic
-        self.runtime = try LocalRuntime(directory: directory)
+        let runtime = try LocalRuntime(directory: directory)
+        self.runtime = runtime
+        self.applicationLogs = try logs.map { try ApplicationLogs(directory: directory + "/applogs", runtime: runtime, client: $0, logger: logger) }
         self.logger = logger
         try FileManager.default.createDirectory(atPath: directory + "/workloads", withIntermediateDirectories: true)
     }
@@ -127,7 +145,7 @@ public actor LocalCluster {
                 }
             }
             for instance in record.pending {
-                try? await runtime.remove(instance.id)
+                try? await Self.remove(instance.id, runtime, applicationLogs)
             }
             logger.warning("removed instances of an unfinished deploy", metadata: ["service": "\(record.workload.serviceID)", "count": "\(record.pending.count)"])
             record.pending = []
@@ -141,7 +159,14 @@ public actor LocalCluster {
         try Self.validate(spec.workload)
         await turns.acquire(spec.workload.serviceID)
         defer { turns.release(spec.workload.serviceID) }
-        return try await deployHoldingLock(spec)
+        do {
+            let instances = try await deployHoldingLock(spec)
+            await publishChanges()
+            return instances
+        } catch {
+            await publishChanges()
+            throw error
+        }
     }
 
     private func deployHoldingLock(_ spec: DeploySpec) async throws(Failure) -> [Instance] {
@@ -154,13 +179,16 @@ public actor LocalCluster {
         }
         var record = (try? load(spec.workload.serviceID)) ?? Record(workload: spec.workload)
         record.workload = spec.workload
+        record.memoryMiB = spec.memoryMiB
         do {
             let insecure = spec.insecureRegistry || Self.isLoopback(spec.image)
             let pulled = try await runtime.pull(spec.image, insecure: insecure)
             var specs: [LocalRuntime.InstanceSpec] = []
             for _ in 0..<spec.replicas {
-                let instance = Instance(id: Self.newInstanceID(spec.workload.serviceName), port: try Self.freePort(), image: spec.image)
+                var instance = Instance(id: Self.newInstanceID(spec.workload.serviceName), port: try Self.freePort(), image: spec.image)
+                instance.startedAt = Date().timeIntervalSince1970
                 record.pending.append(instance)
+                applicationLogs?.register(instance.id, workload: spec.workload)
                 var instanceSpec = LocalRuntime.InstanceSpec(id: instance.id, image: spec.image, port: instance.port)
                 instanceSpec.insecureRegistry = insecure
                 instanceSpec.environment = spec.environment
@@ -198,7 +226,7 @@ public actor LocalCluster {
             }
         } catch {
             // Not ready (or not started): the new ones go, the old ones keep serving.
-            for instance in record.pending { try? await runtime.remove(instance.id) }
+            for instance in record.pending { try? await Self.remove(instance.id, runtime, applicationLogs) }
             record.pending = []
             try? save(record)
             if let failure = error as? Failure { throw failure }
@@ -213,13 +241,13 @@ public actor LocalCluster {
         } catch {
             throw Failure(kind: .runtime, description: "cannot record the new instances: \(error)")
         }
-        let (runtime, logger, grace) = (runtime, logger, spec.stopGrace)
+        let (runtime, logger, grace, logs) = (runtime, logger, spec.stopGrace, applicationLogs)
         await withTaskGroup(of: Void.self) { group in
             for instance in old {
                 group.addTask {
                     do {
                         try await runtime.stop(instance.id, grace: grace)
-                        try await runtime.remove(instance.id)
+                        try await Self.remove(instance.id, runtime, logs)
                     } catch {
                         logger.warning("could not stop an old instance", metadata: ["instance": "\(instance.id)", "error": "\(error)"])
                     }
@@ -258,10 +286,12 @@ public actor LocalCluster {
         // On record first: the supervisor must not start them again.
         record.stopped = true
         try? save(record)
+        await publishChanges()
         try await unroute(record)
         try await Self.each(record.current) { [runtime] instance in
             try await runtime.stop(instance.id, grace: grace)
         }
+        await publishChanges()
         return record.current
     }
 
@@ -271,11 +301,12 @@ public actor LocalCluster {
         defer { turns.release(workload.serviceID) }
         guard let record = try? load(workload.serviceID) else { return [] }
         try await unroute(record)
-        try await Self.each(record.current + record.pending) { [runtime] instance in
+        try await Self.each(record.current + record.pending) { [runtime, applicationLogs] instance in
             try await runtime.stop(instance.id, grace: grace)
-            try await runtime.remove(instance.id)
+            try await Self.remove(instance.id, runtime, applicationLogs)
         }
         try? FileManager.default.removeItem(atPath: path(workload.serviceID))
+        await publishChanges()
         return record.current
     }
 
@@ -311,6 +342,7 @@ public actor LocalCluster {
     public func supervise(every period: Duration = supervisionPeriod) async {
         while !Task.isCancelled {
             await superviseOnce()
+            await publishChanges()
             try? await Task.sleep(for: period)
         }
     }
@@ -337,11 +369,16 @@ public actor LocalCluster {
                     instance.exitedAt = nil
                 } else if instance.exitedAt == nil {
                     instance.exitedAt = time
-                    logger.warning("instance exited", metadata: ["instance": "\(instance.id)", "restarts": "\(instance.restarts ?? 0)"])
+                    noteExit(&instance, at: time, memoryMiB: record.memoryMiB)
+                    logger.warning("instance exited", metadata: [
+                        "instance": "\(instance.id)", "restarts": "\(instance.restarts ?? 0)", "exit": "\(instance.lastExit ?? "")",
+                    ])
                 } else if let due = instance.nextRestartAt, due <= time {
                     do {
                         _ = try await runtime.restart(instance.id)
                         instance.restarts = (instance.restarts ?? 0) + 1
+                        instance.crashes = (instance.crashes ?? 0) + 1
+                        instance.startedAt = time
                         instance.exitedAt = nil
                     } catch {
                         logger.error("cannot restart an instance", metadata: ["instance": "\(instance.id)", "error": "\(error)"])
@@ -353,12 +390,40 @@ public actor LocalCluster {
         }
     }
 
+    /// A run of this long counts as healthy: the next exit starts the backoff again at 1 s.
+    public static let healthyRun: TimeInterval = 600
+
+    /// Reads how the run ended (its status, reaped; the kernel's OOM kill count of its cgroup).
+    private func noteExit(_ instance: inout Instance, at time: Double, memoryMiB: Int?) {
+        let exit = runtime.reap(instance.id)
+        let oom = (runtime.oomKills(instance.id) ?? 0) > 0
+        instance.oomKilled = oom
+        instance.lastExitAt = time
+        var reason: String
+        switch exit {
+        case .exited(let code)?: reason = "exited with status \(code)"
+        case .signaled(let signal)?: reason = "killed by signal \(signal)\(signal == 9 ? " (SIGKILL)" : signal == 15 ? " (SIGTERM)" : "")"
+        case nil: reason = "exited (its status was not readable: it ended while another cluster-service process ran)"
+        }
+        if oom { reason += "; OOMKilled: the kernel killed it for going over its \(memoryMiB.map { "\($0) MiB " } ?? "")memory limit" }
+        instance.lastExit = reason
+        if let started = instance.startedAt, time - started >= Self.healthyRun { instance.crashes = 0 }
+    }
+
     // MARK: One change of a workload at a time
 
     /// The actor is reentrant: while a deploy awaits its instances, another call for the same
     /// workload would read and rewrite the same record. Calls for one workload wait their turn
     /// (in order); different workloads do not wait for each other.
     private let turns = Turns()
+    var watchers: [UUID: AsyncStream<WorkloadStatus>.Continuation] = [:]
+    var published: [String: WorkloadStatus] = [:]
+
+    /// Removes an instance; its output first moves aside, to be shipped to its end.
+    static func remove(_ id: String, _ runtime: LocalRuntime, _ logs: ApplicationLogs?) async throws {
+        logs?.retire(id)
+        try await runtime.remove(id)
+    }
 
     // MARK: Helpers
 
@@ -382,7 +447,7 @@ public actor LocalCluster {
 
     private func path(_ serviceID: String) -> String { directory + "/workloads/" + serviceID + ".json" }
 
-    private func load(_ serviceID: String) throws -> Record {
+    func load(_ serviceID: String) throws -> Record {
         try JSONDecoder().decode(Record.self, from: Data(contentsOf: URL(fileURLWithPath: path(serviceID))))
     }
 

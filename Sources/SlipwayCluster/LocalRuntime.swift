@@ -2,6 +2,10 @@ import Crypto
 import Foundation
 import SlipwayProcess
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The local driver's container runtime: images pulled from a registry into one OCI image layout
 /// (layers cached by digest, shared by every image), unpacked into a bundle per instance with
 /// `umoci` (whiteouts and ownership handled), and run detached by `runc` under its own state root,
@@ -164,6 +168,8 @@ public final class LocalRuntime: Sendable {
         if let memory = spec.memoryMiB { resources["memory"] = ["limit": memory * 1024 * 1024] }
         if let cpu = spec.cpuMillicores { resources["cpu"] = ["quota": cpu * 100, "period": 100_000] }
         linux["resources"] = resources
+        // A cgroup of its own at a known place: its OOM kill count is read when it exits.
+        linux["cgroupsPath"] = "/slipway/\(spec.id)"
         config["linux"] = linux
         try JSONSerialization.data(withJSONObject: config, options: [.sortedKeys]).write(to: URL(fileURLWithPath: path))
     }
@@ -207,6 +213,39 @@ public final class LocalRuntime: Sendable {
             }
         }
         try await tool("/usr/sbin/runc", ["--root", runcRoot, "delete", "--force", id], "deleting \(id)")
+        _ = reap(id)  // no zombie left behind
+    }
+
+    /// How an instance's process ended.
+    public enum Exit: Sendable, Equatable {
+        case exited(code: Int32)
+        case signaled(Int32)
+    }
+
+    /// How the instance's last run ended, if this process is its parent: the cluster service is the
+    /// child subreaper of the containers it starts (runc exits once it has started one), so it reaps
+    /// them and reads their status. Nil when the status is not ours to read (it ended while another
+    /// cluster-service process ran) or it has not ended.
+    public func reap(_ id: String) -> Exit? {
+        guard let text = try? String(contentsOfFile: instanceDirectory(id) + "/pid", encoding: .utf8),
+              let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 0 else { return nil }
+        var status: Int32 = 0
+        guard waitpid(pid, &status, WNOHANG) == pid else { return nil }
+        return status & 0x7f == 0 ? .exited(code: (status >> 8) & 0xff) : .signaled(status & 0x7f)
+    }
+
+    /// Times the kernel's OOM killer killed a process of the instance's current run (cgroup v1
+    /// `memory.oom_control`, v2 `memory.events`); nil when its cgroup is not there.
+    public func oomKills(_ id: String) -> Int? {
+        for (path, key) in [("/sys/fs/cgroup/memory/slipway/\(id)/memory.oom_control", "oom_kill"), ("/sys/fs/cgroup/slipway/\(id)/memory.events", "oom_kill")] {
+            guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { continue }
+            for line in text.split(separator: "\n") {
+                let fields = line.split(separator: " ")
+                if fields.count == 2, fields[0] == key, let count = Int(fields[1]) { return count }
+            }
+            return 0
+        }
+        return nil
     }
 
     /// Stops it if needed and removes its directory.

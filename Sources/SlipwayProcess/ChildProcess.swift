@@ -197,6 +197,13 @@ public struct ChildProcess: Sendable {
 /// child the pass would miss), then killed. Descendants are found through /proc, so children that
 /// started their own session or process group go too.
 public enum ProcessTree {
+    /// Orphaned descendants become this process's children (PR_SET_CHILD_SUBREAPER), so it can reap
+    /// them and read how they ended. Returns false when the kernel refused.
+    @discardableResult
+    public static func becomeSubreaper() -> Bool {
+        slipway_become_subreaper() == 0
+    }
+
     public static func kill(root: pid_t) {
         var frozen: Set<pid_t> = []
         // Freeze until a pass finds nothing new: a child forked before its parent stopped is caught

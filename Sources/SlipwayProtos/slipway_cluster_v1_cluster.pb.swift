@@ -37,6 +37,47 @@ public enum Slipway_Cluster_V1_InstanceStatus: ProtoEnum {
     }
 }
 
+/// The enum `slipway.cluster.v1.RunningStatus`.
+public enum Slipway_Cluster_V1_RunningStatus: ProtoEnum {
+    case unspecified // = 0
+    case starting // = 1
+    case running // = 2
+    case warning // = 3
+    case error // = 4
+    case stopping // = 5
+    case stopped // = 6
+    /// A value this version of the .proto file does not know.
+    case unrecognized(Int32)
+
+    public init() { self = .unspecified }
+
+    public init(rawValue: Int32) {
+        switch rawValue {
+        case 0: self = .unspecified
+        case 1: self = .starting
+        case 2: self = .running
+        case 3: self = .warning
+        case 4: self = .error
+        case 5: self = .stopping
+        case 6: self = .stopped
+        default: self = .unrecognized(rawValue)
+        }
+    }
+
+    public var rawValue: Int32 {
+        switch self {
+        case .unspecified: 0
+        case .starting: 1
+        case .running: 2
+        case .warning: 3
+        case .error: 4
+        case .stopping: 5
+        case .stopped: 6
+        case .unrecognized(let value): value
+        }
+    }
+}
+
 /// The message `slipway.cluster.v1.HttpCheck`.
 public struct Slipway_Cluster_V1_HttpCheck: ProtoCMessage, Hashable {
     public static let protoMessageName = "slipway.cluster.v1.HttpCheck"
@@ -199,6 +240,10 @@ public struct Slipway_Cluster_V1_Instance: ProtoCMessage, Hashable {
     public var image: String = ""
     public var restarts: UInt32 = 0
     public var nextRestartUnixMillis: Int64 = 0
+    public var lastExit: String = ""
+    public var lastExitUnixMillis: Int64 = 0
+    public var oomKilled: Bool = false
+    public var runningStatus: Slipway_Cluster_V1_RunningStatus = .init()
 
     public init() {}
 
@@ -209,6 +254,10 @@ public struct Slipway_Cluster_V1_Instance: ProtoCMessage, Hashable {
         writer.set(3, self.image)
         writer.set(4, self.restarts)
         writer.set(5, self.nextRestartUnixMillis)
+        writer.set(6, self.lastExit)
+        writer.set(7, self.lastExitUnixMillis)
+        writer.set(8, self.oomKilled)
+        writer.set(9, self.runningStatus.rawValue)
     }
 
     public init(protoCReader reader: ProtoCReader) {
@@ -219,6 +268,88 @@ public struct Slipway_Cluster_V1_Instance: ProtoCMessage, Hashable {
         self.image = reader.string(3)
         self.restarts = reader.get(4, as: UInt32.self)
         self.nextRestartUnixMillis = reader.get(5, as: Int64.self)
+        self.lastExit = reader.string(6)
+        self.lastExitUnixMillis = reader.get(7, as: Int64.self)
+        self.oomKilled = reader.bool(8)
+        self.runningStatus = Slipway_Cluster_V1_RunningStatus(rawValue: reader.get(9, as: Int32.self))
+    }
+}
+
+/// The message `slipway.cluster.v1.WorkloadStatus`.
+public struct Slipway_Cluster_V1_WorkloadStatus: ProtoCMessage, Hashable {
+    public static let protoMessageName = "slipway.cluster.v1.WorkloadStatus"
+    public static var protoCDescriptor: UnsafePointer<ProtobufCMessageDescriptor> { slipway__cluster__v1__workload_status__descriptor_ptr() }
+
+    public var workload: Slipway_Cluster_V1_Workload? = nil
+    public var status: Slipway_Cluster_V1_RunningStatus = .init()
+    public var instances: [Slipway_Cluster_V1_Instance] = []
+
+    public init() {}
+
+    public func protoCWrite(to writer: ProtoCWriter) {
+        writer.set(0, self.workload)
+        writer.set(1, self.status.rawValue)
+        writer.set(2, self.instances)
+    }
+
+    public init(protoCReader reader: ProtoCReader) {
+        self.init()
+        self.workload = reader.message(0, as: Slipway_Cluster_V1_Workload.self)
+        self.status = Slipway_Cluster_V1_RunningStatus(rawValue: reader.get(1, as: Int32.self))
+        self.instances = reader.messages(2, as: Slipway_Cluster_V1_Instance.self)
+    }
+}
+
+/// The message `slipway.cluster.v1.WatchRequest`.
+public struct Slipway_Cluster_V1_WatchRequest: ProtoCMessage, Hashable {
+    public static let protoMessageName = "slipway.cluster.v1.WatchRequest"
+    public static var protoCDescriptor: UnsafePointer<ProtobufCMessageDescriptor> { slipway__cluster__v1__watch_request__descriptor_ptr() }
+
+    public var environmentId: String = ""
+
+    public init() {}
+
+    public func protoCWrite(to writer: ProtoCWriter) {
+        writer.set(0, self.environmentId)
+    }
+
+    public init(protoCReader reader: ProtoCReader) {
+        self.init()
+        self.environmentId = reader.string(0)
+    }
+}
+
+/// The message `slipway.cluster.v1.WatchEvent`.
+public struct Slipway_Cluster_V1_WatchEvent: ProtoCMessage, Hashable {
+    public static let protoMessageName = "slipway.cluster.v1.WatchEvent"
+    public static var protoCDescriptor: UnsafePointer<ProtobufCMessageDescriptor> { slipway__cluster__v1__watch_event__descriptor_ptr() }
+
+    /// The oneof `event`.
+    public var event: OneOf_Event? = nil
+
+    /// The members of the oneof `event`.
+    public enum OneOf_Event: Sendable, Hashable {
+        case workload(Slipway_Cluster_V1_WorkloadStatus)
+        case snapshotEnd(Bool)
+    }
+
+    public init() {}
+
+    public func protoCWrite(to writer: ProtoCWriter) {
+        switch self.event {
+        case .workload(let value)?: writer.set(0, value)
+        case .snapshotEnd(let value)?: writer.set(1, value)
+        case nil: break
+        }
+    }
+
+    public init(protoCReader reader: ProtoCReader) {
+        self.init()
+        switch reader.oneofCase(0) {
+        case 1: self.event = .workload(reader.message(0, as: Slipway_Cluster_V1_WorkloadStatus.self) ?? Slipway_Cluster_V1_WorkloadStatus())
+        case 2: self.event = .snapshotEnd(reader.bool(1))
+        default: break
+        }
     }
 }
 
@@ -326,6 +457,16 @@ public enum Slipway_Cluster_V1_Cluster {
         public static let clientStreaming = false
         public static let serverStreaming = false
     }
+
+    /// The server-streaming method `slipway.cluster.v1.Cluster/Watch`.
+    public enum Watch: ProtoMethod {
+        public typealias Input = Slipway_Cluster_V1_WatchRequest
+        public typealias Output = Slipway_Cluster_V1_WatchEvent
+        public static let serviceName = "slipway.cluster.v1.Cluster"
+        public static let methodName = "Watch"
+        public static let clientStreaming = false
+        public static let serverStreaming = true
+    }
 }
 
 /// The file `slipway/cluster/v1/cluster.proto` as compiled, for server reflection.
@@ -342,15 +483,20 @@ public enum Slipway_Cluster_V1_Cluster_proto {
             "slipway.cluster.v1.DeployRequest",
             "slipway.cluster.v1.DeployRequest.EnvironmentEntry",
             "slipway.cluster.v1.Instance",
+            "slipway.cluster.v1.WorkloadStatus",
+            "slipway.cluster.v1.WatchRequest",
+            "slipway.cluster.v1.WatchEvent",
             "slipway.cluster.v1.DeployResponse",
             "slipway.cluster.v1.WorkloadRequest",
             "slipway.cluster.v1.InstancesResponse",
             "slipway.cluster.v1.InstanceStatus",
+            "slipway.cluster.v1.RunningStatus",
             "slipway.cluster.v1.Cluster",
             "slipway.cluster.v1.Cluster.Deploy",
             "slipway.cluster.v1.Cluster.Stop",
             "slipway.cluster.v1.Cluster.Delete",
             "slipway.cluster.v1.Cluster.ListInstances",
+            "slipway.cluster.v1.Cluster.Watch",
         ],
         serializedDescriptor: ProtoBase64.decode("""
         CiBzbGlwd2F5L2NsdXN0ZXIvdjEvY2x1c3Rlci5wcm90bxISc2xpcHdheS5jbHVzdGVyLnYxIh8KCUh0dHBDaGVjaxISCgRwYXRo
@@ -366,74 +512,110 @@ public enum Slipway_Cluster_V1_Cluster_proto {
         ZWFkaW5lc3MYCCABKAsyHS5zbGlwd2F5LmNsdXN0ZXIudjEuUmVhZGluZXNzUglyZWFkaW5lc3MSMgoVcmVhZHlfdGltZW91dF9z
         ZWNvbmRzGAkgASgNUhNyZWFkeVRpbWVvdXRTZWNvbmRzEiwKEnN0b3BfZ3JhY2Vfc2Vjb25kcxgKIAEoDVIQc3RvcEdyYWNlU2Vj
         b25kcxIYCgdjb21tYW5kGAsgAygJUgdjb21tYW5kEhYKBnB1YmxpYxgMIAEoCFIGcHVibGljGj4KEEVudmlyb25tZW50RW50cnkS
-        EAoDa2V5GAEgASgJUgNrZXkSFAoFdmFsdWUYAiABKAlSBXZhbHVlOgI4ASLbAQoISW5zdGFuY2USDgoCaWQYASABKAlSAmlkEhgK
+        EAoDa2V5GAEgASgJUgNrZXkSFAoFdmFsdWUYAiABKAlSBXZhbHVlOgI4ASKUAwoISW5zdGFuY2USDgoCaWQYASABKAlSAmlkEhgK
         B2FkZHJlc3MYAiABKAlSB2FkZHJlc3MSOgoGc3RhdHVzGAMgASgOMiIuc2xpcHdheS5jbHVzdGVyLnYxLkluc3RhbmNlU3RhdHVz
         UgZzdGF0dXMSFAoFaW1hZ2UYBCABKAlSBWltYWdlEhoKCHJlc3RhcnRzGAUgASgNUghyZXN0YXJ0cxI3ChhuZXh0X3Jlc3RhcnRf
-        dW5peF9taWxsaXMYBiABKANSFW5leHRSZXN0YXJ0VW5peE1pbGxpcyJMCg5EZXBsb3lSZXNwb25zZRI6CglpbnN0YW5jZXMYASAD
-        KAsyHC5zbGlwd2F5LmNsdXN0ZXIudjEuSW5zdGFuY2VSCWluc3RhbmNlcyJ5Cg9Xb3JrbG9hZFJlcXVlc3QSOAoId29ya2xvYWQY
-        ASABKAsyHC5zbGlwd2F5LmNsdXN0ZXIudjEuV29ya2xvYWRSCHdvcmtsb2FkEiwKEnN0b3BfZ3JhY2Vfc2Vjb25kcxgCIAEoDVIQ
-        c3RvcEdyYWNlU2Vjb25kcyJPChFJbnN0YW5jZXNSZXNwb25zZRI6CglpbnN0YW5jZXMYASADKAsyHC5zbGlwd2F5LmNsdXN0ZXIu
-        djEuSW5zdGFuY2VSCWluc3RhbmNlcyp0Cg5JbnN0YW5jZVN0YXR1cxIfChtJTlNUQU5DRV9TVEFUVVNfVU5TUEVDSUZJRUQQABIV
-        ChFJTlNUQU5DRV9TVEFSVElORxABEhQKEElOU1RBTkNFX1JVTk5JTkcQAhIUChBJTlNUQU5DRV9TVE9QUEVEEAMy4QIKB0NsdXN0
-        ZXISTwoGRGVwbG95EiEuc2xpcHdheS5jbHVzdGVyLnYxLkRlcGxveVJlcXVlc3QaIi5zbGlwd2F5LmNsdXN0ZXIudjEuRGVwbG95
-        UmVzcG9uc2USUgoEU3RvcBIjLnNsaXB3YXkuY2x1c3Rlci52MS5Xb3JrbG9hZFJlcXVlc3QaJS5zbGlwd2F5LmNsdXN0ZXIudjEu
-        SW5zdGFuY2VzUmVzcG9uc2USVAoGRGVsZXRlEiMuc2xpcHdheS5jbHVzdGVyLnYxLldvcmtsb2FkUmVxdWVzdBolLnNsaXB3YXku
-        Y2x1c3Rlci52MS5JbnN0YW5jZXNSZXNwb25zZRJbCg1MaXN0SW5zdGFuY2VzEiMuc2xpcHdheS5jbHVzdGVyLnYxLldvcmtsb2Fk
-        UmVxdWVzdBolLnNsaXB3YXkuY2x1c3Rlci52MS5JbnN0YW5jZXNSZXNwb25zZUqaHwoGEgQAAGMBCggKAQwSAwAAEgpXCgECEgMD
-        ABsaTSBUaGUgY2x1c3RlciBzZXJ2aWNlOiBydW5zIHJlbGVhc2VzIChsb2NhbCBtb2RlOiBPQ0kgY29udGFpbmVycyB1bmRlciBy
-        dW5jKS4KCgoKAgQAEgQFAAcBCgoKAwQAARIDBQgRCgsKBAQAAgASAwYCEgoMCgUEAAIABRIDBgIICgwKBQQAAgABEgMGCQ0KDAoF
-        BAACAAMSAwYQEQoJCgIEARIDCQATCgoKAwQBARIDCQgQCmQKAgQCEgQMABUBGlggV2hlbiBhbiBpbnN0YW5jZSBpcyByZWFkeSBm
-        b3IgdHJhZmZpYy4gVW5zZXQ6IHJlYWR5IG9uY2UgaXRzIHBvcnQgYWNjZXB0cyBjb25uZWN0aW9ucy4KCgoKAwQCARIDDAgRCgwK
-        BAQCCAASBA0CEAMKDAoFBAIIAAESAw0IDQoLCgQEAgIAEgMOBBcKDAoFBAICAAYSAw4EDQoMCgUEAgIAARIDDg4SCgwKBQQCAgAD
-        EgMOFRYKCwoEBAICARIDDwQVCgwKBQQCAgEGEgMPBAwKDAoFBAICAQESAw8NEAoMCgUEAgIBAxIDDxMUCikKBAQCAgISAxICGxoc
-        IEJldHdlZW4gY2hlY2tzLiAwOiAxMDAgbXMuCgoMCgUEAgICBRIDEgIICgwKBQQCAgIBEgMSCRYKDAoFBAICAgMSAxIZGgolCgQE
-        AgIDEgMUAhwaGCBQZXIgY2hlY2suIDA6IDEwMDAgbXMuCgoMCgUEAgIDBRIDFAIICgwKBQQCAgMBEgMUCRcKDAoFBAICAwMSAxQa
-        GwoKCgIEAxIEFwAcAQoKCgMEAwESAxcIEAoLCgQEAwIAEgMYAhwKDAoFBAMCAAUSAxgCCAoMCgUEAwIAARIDGAkXCgwKBQQDAgAD
-        EgMYGhsKCwoEBAMCARIDGQIYCgwKBQQDAgEFEgMZAggKDAoFBAMCAQESAxkJEwoMCgUEAwIBAxIDGRYXCjAKBAQDAgISAxsCGhoj
-        IEEgRE5TIGxhYmVsOyBuYW1lcyB0aGUgaW5zdGFuY2VzLgoKDAoFBAMCAgUSAxsCCAoMCgUEAwICARIDGwkVCgwKBQQDAgIDEgMb
-        GBkKCgoCBAQSBB4ANQEKCgoDBAQBEgMeCBUKCwoEBAQCABIDHwIYCgwKBQQEAgAGEgMfAgoKDAoFBAQCAAESAx8LEwoMCgUEBAIA
-        AxIDHxYXCjQKBAQEAgESAyECExonIGhvc3QvcmVwb3NpdG9yeUBzaGEyNTY6Li4uIChvciA6dGFnKS4KCgwKBQQEAgEFEgMhAggK
-        DAoFBAQCAQESAyEJDgoMCgUEBAIBAxIDIRESCjoKBAQEAgISAyMCHRotIFJlYWNoIHRoZSBpbWFnZSdzIHJlZ2lzdHJ5IG92ZXIg
-        cGxhaW4gSFRUUC4KCgwKBQQEAgIFEgMjAgYKDAoFBAQCAgESAyMHGAoMCgUEBAICAxIDIxscCk4KBAQEAgMSAyUCJhpBIEVudmly
-        b25tZW50IHZhcmlhYmxlcyBhbmQgc2VjcmV0cyAoUE9SVCBpcyBzZXQgYnkgdGhlIGNsdXN0ZXIpLgoKDAoFBAQCAwYSAyUCFQoM
-        CgUEBAIDARIDJRYhCgwKBQQEAgMDEgMlJCUKIAoEBAQCBBIDJwIWGhMgMDogMS4gQXQgbW9zdCA1MC4KCgwKBQQEAgQFEgMnAggK
-        DAoFBAQCBAESAycJEQoMCgUEBAIEAxIDJxQVCgsKBAQEAgUSAygCHAoMCgUEBAIFBRIDKAIICgwKBQQEAgUBEgMoCRcKDAoFBAQC
-        BQMSAygaGwoLCgQEBAIGEgMpAhgKDAoFBAQCBgUSAykCCAoMCgUEBAIGARIDKQkTCgwKBQQEAgYDEgMpFhcKCwoEBAQCBxIDKgIa
-        CgwKBQQEAgcGEgMqAgsKDAoFBAQCBwESAyoMFQoMCgUEBAIHAxIDKhgZCkwKBAQEAggSAywCIxo/IEhvdyBsb25nIHRoZSBuZXcg
-        aW5zdGFuY2VzIG1heSB0YWtlIHRvIGJlY29tZSByZWFkeS4gMDogNjAgcy4KCgwKBQQEAggFEgMsAggKDAoFBAQCCAESAywJHgoM
-        CgUEBAIIAxIDLCEiClYKBAQEAgkSAy4CIRpJIEdyYWNlIHBlcmlvZCBvZiB0aGUgb2xkIGluc3RhbmNlcyBiZXR3ZWVuIFNJR1RF
-        Uk0gYW5kIFNJR0tJTEwuIDA6IDEwIHMuCgoMCgUEBAIJBRIDLgIICgwKBQQEAgkBEgMuCRsKDAoFBAQCCQMSAy4eIAosCgQEBAIK
-        EgMwAh8aHyBSZXBsYWNlcyB0aGUgaW1hZ2UncyBjb21tYW5kLgoKDAoFBAQCCgQSAzACCgoMCgUEBAIKBRIDMAsRCgwKBQQEAgoB
-        EgMwEhkKDAoFBAQCCgMSAzAcHgqjAgoEBAQCCxIDNAITGpUCIFJlYWNoZWQgdGhyb3VnaCB0aGUgbG9hZCBiYWxhbmNlcjogb25j
-        ZSB0aGUgbmV3IGluc3RhbmNlcyBhcmUgcmVhZHksIHRoZSBjbHVzdGVyIHBvaW50cyB0aGUKIHNlcnZpY2UncyByb3V0ZSBhdCB0
-        aGVtIChzbGlwd2F5Lm5ldHdvcmsudjEgU2V0QmFja2VuZHMsIHdoaWNoIGRyYWlucyB0aGUgb2xkIG9uZXMpIGJlZm9yZSBpdAog
-        c3RvcHMgdGhlIG9sZCBvbmVzLiBJTlZBTElEX0FSR1VNRU5UIHdoZW4gdGhlIGNsdXN0ZXIgcnVucyB3aXRoIC0tY2x1c3Rlci10
-        cmFmZmljIG5vbmUuCgoMCgUEBAILBRIDNAIGCgwKBQQEAgsBEgM0Bw0KDAoFBAQCCwMSAzQQEgoKCgIFABIENwA8AQoKCgMFAAES
-        AzcFEwoLCgQFAAIAEgM4AiIKDAoFBQACAAESAzgCHQoMCgUFAAIAAhIDOCAhCgsKBAUAAgESAzkCGAoMCgUFAAIBARIDOQITCgwK
-        BQUAAgECEgM5FhcKCwoEBQACAhIDOgIXCgwKBQUAAgIBEgM6AhIKDAoFBQACAgISAzoVFgoLCgQFAAIDEgM7AhcKDAoFBQACAwES
-        AzsCEgoMCgUFAAIDAhIDOxUWCgoKAgQFEgQ+AEgBCgoKAwQFARIDPggQCgsKBAQFAgASAz8CEAoMCgUEBQIABRIDPwIICgwKBQQF
-        AgABEgM/CQsKDAoFBAUCAAMSAz8ODwo+CgQEBQIBEgNBAhUaMSBXaGVyZSBpdCBsaXN0ZW5zOiAxMjcuMC4wLjE6UE9SVCBpbiBs
-        b2NhbCBtb2RlLgoKDAoFBAUCAQUSA0ECCAoMCgUEBQIBARIDQQkQCgwKBQQFAgEDEgNBExQKCwoEBAUCAhIDQgIcCgwKBQQFAgIG
-        EgNCAhAKDAoFBAUCAgESA0IRFwoMCgUEBQICAxIDQhobCgsKBAQFAgMSA0MCEwoMCgUEBQIDBRIDQwIICgwKBQQFAgMBEgNDCQ4K
-        DAoFBAUCAwMSA0MREgpvCgQEBQIEEgNFAhYaYiBUaW1lcyBpdCB3YXMgc3RhcnRlZCBhZ2FpbiBhZnRlciBleGl0aW5nIChyZXN0
-        YXJ0IHdpdGggYmFja29mZjogMSBzLCAyIHMsIDQgcywg4oCmIHVwIHRvIDUgbWluKS4KCgwKBQQFAgQFEgNFAggKDAoFBAUCBAES
-        A0UJEQoMCgUEBQIEAxIDRRQVClcKBAQFAgUSA0cCJRpKIFNldCB3aGlsZSBpdCB3YWl0cyB0byBiZSBzdGFydGVkIGFnYWluIGFm
-        dGVyIGV4aXRpbmcgKENyYXNoTG9vcEJhY2tPZmYpLgoKDAoFBAUCBQUSA0cCBwoMCgUEBQIFARIDRwggCgwKBQQFAgUDEgNHIyQK
-        CgoCBAYSBEoATQEKCgoDBAYBEgNKCBYKNgoEBAYCABIDTAIiGikgVGhlIGluc3RhbmNlcyBub3cgc2VydmluZyB0aGUgd29ya2xv
-        YWQuCgoMCgUEBgIABBIDTAIKCgwKBQQGAgAGEgNMCxMKDAoFBAYCAAESA0wUHQoMCgUEBgIAAxIDTCAhCgoKAgQHEgRPAFMBCgoK
-        AwQHARIDTwgXCgsKBAQHAgASA1ACGAoMCgUEBwIABhIDUAIKCgwKBQQHAgABEgNQCxMKDAoFBAcCAAMSA1AWFwpWCgQEBwIBEgNS
-        AiAaSSBGb3IgU3RvcCBhbmQgRGVsZXRlOiBncmFjZSBwZXJpb2QgYmV0d2VlbiBTSUdURVJNIGFuZCBTSUdLSUxMLiAwOiAxMCBz
-        LgoKDAoFBAcCAQUSA1ICCAoMCgUEBwIBARIDUgkbCgwKBQQHAgEDEgNSHh8KCgoCBAgSBFUAVwEKCgoDBAgBEgNVCBkKCwoEBAgC
-        ABIDVgIiCgwKBQQIAgAEEgNWAgoKDAoFBAgCAAYSA1YLEwoMCgUECAIAARIDVhQdCgwKBQQIAgADEgNWICEKCgoCBgASBFkAYwEK
-        CgoDBgABEgNZCA8K+wEKBAYAAgASA10CNRrtASBTdGFydHMgdGhlIG5ldyB2ZXJzaW9uJ3MgaW5zdGFuY2VzLCB3YWl0cyB1bnRp
-        bCB0aGV5IGFyZSByZWFkeSwgdGhlbiBzdG9wcyB0aGUgb2xkIG9uZXMuIElmIHRoZQogbmV3IG9uZXMgYXJlIG5vdCByZWFkeSBp
-        biB0aW1lIHRoZXkgYXJlIHN0b3BwZWQgYW5kIHRoZSBvbGQgb25lcyBrZWVwIHNlcnZpbmc6CiBGQUlMRURfUFJFQ09ORElUSU9O
-        IHdpdGggdGhlIHJlYWRpbmVzcyBjaGVjaydzIGxhc3QgZXJyb3IuCgoMCgUGAAIAARIDXQYMCgwKBQYAAgACEgNdDRoKDAoFBgAC
-        AAMSA10lMwpLCgQGAAIBEgNfAjgaPiBTdG9wcyB0aGUgd29ya2xvYWQncyBpbnN0YW5jZXMgKHRoZXkgY2FuIGJlIGRlcGxveWVk
-        IGFnYWluKS4KCgwKBQYAAgEBEgNfBgoKDAoFBgACAQISA18LGgoMCgUGAAIBAxIDXyU2CkQKBAYAAgISA2ECOho3IFN0b3BzIGFu
-        ZCByZW1vdmVzIHRoZSB3b3JrbG9hZCdzIGluc3RhbmNlcyBhbmQgZmlsZXMuCgoMCgUGAAICARIDYQYMCgwKBQYAAgICEgNhDRwK
-        DAoFBgACAgMSA2EnOAoLCgQGAAIDEgNiAkEKDAoFBgACAwESA2IGEwoMCgUGAAIDAhIDYhQjCgwKBQYAAgMDEgNiLj9iBnByb3Rv
-        Mw==
+        dW5peF9taWxsaXMYBiABKANSFW5leHRSZXN0YXJ0VW5peE1pbGxpcxIbCglsYXN0X2V4aXQYByABKAlSCGxhc3RFeGl0EjEKFWxh
+        c3RfZXhpdF91bml4X21pbGxpcxgIIAEoA1ISbGFzdEV4aXRVbml4TWlsbGlzEh0KCm9vbV9raWxsZWQYCSABKAhSCW9vbUtpbGxl
+        ZBJICg5ydW5uaW5nX3N0YXR1cxgKIAEoDjIhLnNsaXB3YXkuY2x1c3Rlci52MS5SdW5uaW5nU3RhdHVzUg1ydW5uaW5nU3RhdHVz
+        IsEBCg5Xb3JrbG9hZFN0YXR1cxI4Cgh3b3JrbG9hZBgBIAEoCzIcLnNsaXB3YXkuY2x1c3Rlci52MS5Xb3JrbG9hZFIId29ya2xv
+        YWQSOQoGc3RhdHVzGAIgASgOMiEuc2xpcHdheS5jbHVzdGVyLnYxLlJ1bm5pbmdTdGF0dXNSBnN0YXR1cxI6CglpbnN0YW5jZXMY
+        AyADKAsyHC5zbGlwd2F5LmNsdXN0ZXIudjEuSW5zdGFuY2VSCWluc3RhbmNlcyI1CgxXYXRjaFJlcXVlc3QSJQoOZW52aXJvbm1l
+        bnRfaWQYASABKAlSDWVudmlyb25tZW50SWQifAoKV2F0Y2hFdmVudBJACgh3b3JrbG9hZBgBIAEoCzIiLnNsaXB3YXkuY2x1c3Rl
+        ci52MS5Xb3JrbG9hZFN0YXR1c0gAUgh3b3JrbG9hZBIjCgxzbmFwc2hvdF9lbmQYAiABKAhIAFILc25hcHNob3RFbmRCBwoFZXZl
+        bnQiTAoORGVwbG95UmVzcG9uc2USOgoJaW5zdGFuY2VzGAEgAygLMhwuc2xpcHdheS5jbHVzdGVyLnYxLkluc3RhbmNlUglpbnN0
+        YW5jZXMieQoPV29ya2xvYWRSZXF1ZXN0EjgKCHdvcmtsb2FkGAEgASgLMhwuc2xpcHdheS5jbHVzdGVyLnYxLldvcmtsb2FkUgh3
+        b3JrbG9hZBIsChJzdG9wX2dyYWNlX3NlY29uZHMYAiABKA1SEHN0b3BHcmFjZVNlY29uZHMiTwoRSW5zdGFuY2VzUmVzcG9uc2US
+        OgoJaW5zdGFuY2VzGAEgAygLMhwuc2xpcHdheS5jbHVzdGVyLnYxLkluc3RhbmNlUglpbnN0YW5jZXMqdAoOSW5zdGFuY2VTdGF0
+        dXMSHwobSU5TVEFOQ0VfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFQoRSU5TVEFOQ0VfU1RBUlRJTkcQARIUChBJTlNUQU5DRV9SVU5O
+        SU5HEAISFAoQSU5TVEFOQ0VfU1RPUFBFRBADKtcBCg1SdW5uaW5nU3RhdHVzEh4KGlJVTk5JTkdfU1RBVFVTX1VOU1BFQ0lGSUVE
+        EAASGwoXUlVOTklOR19TVEFUVVNfU1RBUlRJTkcQARIaChZSVU5OSU5HX1NUQVRVU19SVU5OSU5HEAISGgoWUlVOTklOR19TVEFU
+        VVNfV0FSTklORxADEhgKFFJVTk5JTkdfU1RBVFVTX0VSUk9SEAQSGwoXUlVOTklOR19TVEFUVVNfU1RPUFBJTkcQBRIaChZSVU5O
+        SU5HX1NUQVRVU19TVE9QUEVEEAYyrgMKB0NsdXN0ZXISTwoGRGVwbG95EiEuc2xpcHdheS5jbHVzdGVyLnYxLkRlcGxveVJlcXVl
+        c3QaIi5zbGlwd2F5LmNsdXN0ZXIudjEuRGVwbG95UmVzcG9uc2USUgoEU3RvcBIjLnNsaXB3YXkuY2x1c3Rlci52MS5Xb3JrbG9h
+        ZFJlcXVlc3QaJS5zbGlwd2F5LmNsdXN0ZXIudjEuSW5zdGFuY2VzUmVzcG9uc2USVAoGRGVsZXRlEiMuc2xpcHdheS5jbHVzdGVy
+        LnYxLldvcmtsb2FkUmVxdWVzdBolLnNsaXB3YXkuY2x1c3Rlci52MS5JbnN0YW5jZXNSZXNwb25zZRJbCg1MaXN0SW5zdGFuY2Vz
+        EiMuc2xpcHdheS5jbHVzdGVyLnYxLldvcmtsb2FkUmVxdWVzdBolLnNsaXB3YXkuY2x1c3Rlci52MS5JbnN0YW5jZXNSZXNwb25z
+        ZRJLCgVXYXRjaBIgLnNsaXB3YXkuY2x1c3Rlci52MS5XYXRjaFJlcXVlc3QaHi5zbGlwd2F5LmNsdXN0ZXIudjEuV2F0Y2hFdmVu
+        dDABStktCgcSBQAAjgEBCggKAQwSAwAAEgpXCgECEgMDABsaTSBUaGUgY2x1c3RlciBzZXJ2aWNlOiBydW5zIHJlbGVhc2VzIChs
+        b2NhbCBtb2RlOiBPQ0kgY29udGFpbmVycyB1bmRlciBydW5jKS4KCgoKAgQAEgQFAAcBCgoKAwQAARIDBQgRCgsKBAQAAgASAwYC
+        EgoMCgUEAAIABRIDBgIICgwKBQQAAgABEgMGCQ0KDAoFBAACAAMSAwYQEQoJCgIEARIDCQATCgoKAwQBARIDCQgQCmQKAgQCEgQM
+        ABUBGlggV2hlbiBhbiBpbnN0YW5jZSBpcyByZWFkeSBmb3IgdHJhZmZpYy4gVW5zZXQ6IHJlYWR5IG9uY2UgaXRzIHBvcnQgYWNj
+        ZXB0cyBjb25uZWN0aW9ucy4KCgoKAwQCARIDDAgRCgwKBAQCCAASBA0CEAMKDAoFBAIIAAESAw0IDQoLCgQEAgIAEgMOBBcKDAoF
+        BAICAAYSAw4EDQoMCgUEAgIAARIDDg4SCgwKBQQCAgADEgMOFRYKCwoEBAICARIDDwQVCgwKBQQCAgEGEgMPBAwKDAoFBAICAQES
+        Aw8NEAoMCgUEAgIBAxIDDxMUCikKBAQCAgISAxICGxocIEJldHdlZW4gY2hlY2tzLiAwOiAxMDAgbXMuCgoMCgUEAgICBRIDEgII
+        CgwKBQQCAgIBEgMSCRYKDAoFBAICAgMSAxIZGgolCgQEAgIDEgMUAhwaGCBQZXIgY2hlY2suIDA6IDEwMDAgbXMuCgoMCgUEAgID
+        BRIDFAIICgwKBQQCAgMBEgMUCRcKDAoFBAICAwMSAxQaGwoKCgIEAxIEFwAcAQoKCgMEAwESAxcIEAoLCgQEAwIAEgMYAhwKDAoF
+        BAMCAAUSAxgCCAoMCgUEAwIAARIDGAkXCgwKBQQDAgADEgMYGhsKCwoEBAMCARIDGQIYCgwKBQQDAgEFEgMZAggKDAoFBAMCAQES
+        AxkJEwoMCgUEAwIBAxIDGRYXCjAKBAQDAgISAxsCGhojIEEgRE5TIGxhYmVsOyBuYW1lcyB0aGUgaW5zdGFuY2VzLgoKDAoFBAMC
+        AgUSAxsCCAoMCgUEAwICARIDGwkVCgwKBQQDAgIDEgMbGBkKCgoCBAQSBB4ANQEKCgoDBAQBEgMeCBUKCwoEBAQCABIDHwIYCgwK
+        BQQEAgAGEgMfAgoKDAoFBAQCAAESAx8LEwoMCgUEBAIAAxIDHxYXCjQKBAQEAgESAyECExonIGhvc3QvcmVwb3NpdG9yeUBzaGEy
+        NTY6Li4uIChvciA6dGFnKS4KCgwKBQQEAgEFEgMhAggKDAoFBAQCAQESAyEJDgoMCgUEBAIBAxIDIRESCjoKBAQEAgISAyMCHRot
+        IFJlYWNoIHRoZSBpbWFnZSdzIHJlZ2lzdHJ5IG92ZXIgcGxhaW4gSFRUUC4KCgwKBQQEAgIFEgMjAgYKDAoFBAQCAgESAyMHGAoM
+        CgUEBAICAxIDIxscCk4KBAQEAgMSAyUCJhpBIEVudmlyb25tZW50IHZhcmlhYmxlcyBhbmQgc2VjcmV0cyAoUE9SVCBpcyBzZXQg
+        YnkgdGhlIGNsdXN0ZXIpLgoKDAoFBAQCAwYSAyUCFQoMCgUEBAIDARIDJRYhCgwKBQQEAgMDEgMlJCUKIAoEBAQCBBIDJwIWGhMg
+        MDogMS4gQXQgbW9zdCA1MC4KCgwKBQQEAgQFEgMnAggKDAoFBAQCBAESAycJEQoMCgUEBAIEAxIDJxQVCgsKBAQEAgUSAygCHAoM
+        CgUEBAIFBRIDKAIICgwKBQQEAgUBEgMoCRcKDAoFBAQCBQMSAygaGwoLCgQEBAIGEgMpAhgKDAoFBAQCBgUSAykCCAoMCgUEBAIG
+        ARIDKQkTCgwKBQQEAgYDEgMpFhcKCwoEBAQCBxIDKgIaCgwKBQQEAgcGEgMqAgsKDAoFBAQCBwESAyoMFQoMCgUEBAIHAxIDKhgZ
+        CkwKBAQEAggSAywCIxo/IEhvdyBsb25nIHRoZSBuZXcgaW5zdGFuY2VzIG1heSB0YWtlIHRvIGJlY29tZSByZWFkeS4gMDogNjAg
+        cy4KCgwKBQQEAggFEgMsAggKDAoFBAQCCAESAywJHgoMCgUEBAIIAxIDLCEiClYKBAQEAgkSAy4CIRpJIEdyYWNlIHBlcmlvZCBv
+        ZiB0aGUgb2xkIGluc3RhbmNlcyBiZXR3ZWVuIFNJR1RFUk0gYW5kIFNJR0tJTEwuIDA6IDEwIHMuCgoMCgUEBAIJBRIDLgIICgwK
+        BQQEAgkBEgMuCRsKDAoFBAQCCQMSAy4eIAosCgQEBAIKEgMwAh8aHyBSZXBsYWNlcyB0aGUgaW1hZ2UncyBjb21tYW5kLgoKDAoF
+        BAQCCgQSAzACCgoMCgUEBAIKBRIDMAsRCgwKBQQEAgoBEgMwEhkKDAoFBAQCCgMSAzAcHgqjAgoEBAQCCxIDNAITGpUCIFJlYWNo
+        ZWQgdGhyb3VnaCB0aGUgbG9hZCBiYWxhbmNlcjogb25jZSB0aGUgbmV3IGluc3RhbmNlcyBhcmUgcmVhZHksIHRoZSBjbHVzdGVy
+        IHBvaW50cyB0aGUKIHNlcnZpY2UncyByb3V0ZSBhdCB0aGVtIChzbGlwd2F5Lm5ldHdvcmsudjEgU2V0QmFja2VuZHMsIHdoaWNo
+        IGRyYWlucyB0aGUgb2xkIG9uZXMpIGJlZm9yZSBpdAogc3RvcHMgdGhlIG9sZCBvbmVzLiBJTlZBTElEX0FSR1VNRU5UIHdoZW4g
+        dGhlIGNsdXN0ZXIgcnVucyB3aXRoIC0tY2x1c3Rlci10cmFmZmljIG5vbmUuCgoMCgUEBAILBRIDNAIGCgwKBQQEAgsBEgM0Bw0K
+        DAoFBAQCCwMSAzQQEgoKCgIFABIENwA8AQoKCgMFAAESAzcFEwoLCgQFAAIAEgM4AiIKDAoFBQACAAESAzgCHQoMCgUFAAIAAhID
+        OCAhCgsKBAUAAgESAzkCGAoMCgUFAAIBARIDOQITCgwKBQUAAgECEgM5FhcKCwoEBQACAhIDOgIXCgwKBQUAAgIBEgM6AhIKDAoF
+        BQACAgISAzoVFgoLCgQFAAIDEgM7AhcKDAoFBQACAwESAzsCEgoMCgUFAAIDAhIDOxUWCgoKAgQFEgQ+AE8BCgoKAwQFARIDPggQ
+        CgsKBAQFAgASAz8CEAoMCgUEBQIABRIDPwIICgwKBQQFAgABEgM/CQsKDAoFBAUCAAMSAz8ODwo+CgQEBQIBEgNBAhUaMSBXaGVy
+        ZSBpdCBsaXN0ZW5zOiAxMjcuMC4wLjE6UE9SVCBpbiBsb2NhbCBtb2RlLgoKDAoFBAUCAQUSA0ECCAoMCgUEBQIBARIDQQkQCgwK
+        BQQFAgEDEgNBExQKCwoEBAUCAhIDQgIcCgwKBQQFAgIGEgNCAhAKDAoFBAUCAgESA0IRFwoMCgUEBQICAxIDQhobCgsKBAQFAgMS
+        A0MCEwoMCgUEBQIDBRIDQwIICgwKBQQFAgMBEgNDCQ4KDAoFBAUCAwMSA0MREgpvCgQEBQIEEgNFAhYaYiBUaW1lcyBpdCB3YXMg
+        c3RhcnRlZCBhZ2FpbiBhZnRlciBleGl0aW5nIChyZXN0YXJ0IHdpdGggYmFja29mZjogMSBzLCAyIHMsIDQgcywg4oCmIHVwIHRv
+        IDUgbWluKS4KCgwKBQQFAgQFEgNFAggKDAoFBAUCBAESA0UJEQoMCgUEBQIEAxIDRRQVClcKBAQFAgUSA0cCJRpKIFNldCB3aGls
+        ZSBpdCB3YWl0cyB0byBiZSBzdGFydGVkIGFnYWluIGFmdGVyIGV4aXRpbmcgKENyYXNoTG9vcEJhY2tPZmYpLgoKDAoFBAUCBQUS
+        A0cCBwoMCgUEBQIFARIDRwggCgwKBQQFAgUDEgNHIyQKmAEKBAQFAgYSA0oCFxqKASBIb3cgaXRzIGxhc3QgcnVuIGVuZGVkLCBm
+        b3IgYSBwZXJzb24gKCJleGl0ZWQgd2l0aCBzdGF0dXMgMyIsICJraWxsZWQgYnkgc2lnbmFsIDkgKFNJR0tJTEwpOwogT09NS2ls
+        bGVkOiDigKYiKTsgZW1wdHkgaWYgaXQgbmV2ZXIgZW5kZWQuCgoMCgUEBQIGBRIDSgIICgwKBQQFAgYBEgNKCRIKDAoFBAUCBgMS
+        A0oVFgoLCgQEBQIHEgNLAiIKDAoFBAUCBwUSA0sCBwoMCgUEBQIHARIDSwgdCgwKBQQFAgcDEgNLICEKVQoEBAUCCBIDTQIWGkgg
+        SXRzIGxhc3QgcnVuIHdhcyBraWxsZWQgYnkgdGhlIGtlcm5lbCBmb3IgZ29pbmcgb3ZlciBpdHMgbWVtb3J5IGxpbWl0LgoKDAoF
+        BAUCCAUSA00CBgoMCgUEBQIIARIDTQcRCgwKBQQFAggDEgNNFBUKCwoEBAUCCRIDTgIkCgwKBQQFAgkGEgNOAg8KDAoFBAUCCQES
+        A04QHgoMCgUEBQIJAxIDTiEjClAKAgUBEgRSAFwBGkQgUnVubmluZyBzdGF0dXMgb2YgYW4gaW5zdGFuY2UgYW5kIG9mIGEgd29y
+        a2xvYWQgKEFSQ0hJVEVDVFVSRS5tZCkuCgoKCgMFAQESA1IFEgoLCgQFAQIAEgNTAiEKDAoFBQECAAESA1MCHAoMCgUFAQIAAhID
+        Ux8gCgsKBAUBAgESA1QCHgoMCgUFAQIBARIDVAIZCgwKBQUBAgECEgNUHB0KCwoEBQECAhIDVQIdCgwKBQUBAgIBEgNVAhgKDAoF
+        BQECAgISA1UbHAo7CgQFAQIDEgNXAh0aLiBXb3JrbG9hZDogc29tZSBpbnN0YW5jZXMgcnVuLCBvdGhlcnMgZG8gbm90LgoKDAoF
+        BQECAwESA1cCGAoMCgUFAQIDAhIDVxscCmkKBAUBAgQSA1kCGxpcIEluc3RhbmNlOiBpdCBleGl0ZWQgYW5kIHdhaXRzIHRvIGJl
+        IHN0YXJ0ZWQgYWdhaW4gKENyYXNoTG9vcEJhY2tPZmYpOyB3b3JrbG9hZDogbm9uZSBydW5zLgoKDAoFBQECBAESA1kCFgoMCgUF
+        AQIEAhIDWRkaCgsKBAUBAgUSA1oCHgoMCgUFAQIFARIDWgIZCgwKBQUBAgUCEgNaHB0KCwoEBQECBhIDWwIdCgwKBQUBAgYBEgNb
+        AhgKDAoFBQECBgISA1sbHAoKCgIEBhIEXgBiAQoKCgMEBgESA14IFgoLCgQEBgIAEgNfAhgKDAoFBAYCAAYSA18CCgoMCgUEBgIA
+        ARIDXwsTCgwKBQQGAgADEgNfFhcKCwoEBAYCARIDYAIbCgwKBQQGAgEGEgNgAg8KDAoFBAYCAQESA2AQFgoMCgUEBgIBAxIDYBka
+        CgsKBAQGAgISA2ECIgoMCgUEBgICBBIDYQIKCgwKBQQGAgIGEgNhCxMKDAoFBAYCAgESA2EUHQoMCgUEBgICAxIDYSAhCgoKAgQH
+        EgRkAGcBCgoKAwQHARIDZAgUCj0KBAQHAgASA2YCHBowIE9ubHkgdGhpcyBlbnZpcm9ubWVudCdzIHdvcmtsb2FkczsgZW1wdHk6
+        IGFsbC4KCgwKBQQHAgAFEgNmAggKDAoFBAcCAAESA2YJFwoMCgUEBwIAAxIDZhobCgoKAgQIEgRpAHABCgoKAwQIARIDaQgSCgwK
+        BAQICAASBGoCbwMKDAoFBAgIAAESA2oIDQpMCgQECAIAEgNsBCAaPyBBIHdvcmtsb2FkIGFzIGl0IGlzIG5vdyAoaW4gdGhlIHNu
+        YXBzaG90LCBvciBhZnRlciBhIGNoYW5nZSkuCgoMCgUECAIABhIDbAQSCgwKBQQIAgABEgNsExsKDAoFBAgCAAMSA2weHwo4CgQE
+        CAIBEgNuBBoaKyBUaGUgc25hcHNob3QgaXMgY29tcGxldGU7IGNoYW5nZXMgZm9sbG93LgoKDAoFBAgCAQUSA24ECAoMCgUECAIB
+        ARIDbgkVCgwKBQQIAgEDEgNuGBkKCgoCBAkSBHIAdQEKCgoDBAkBEgNyCBYKNgoEBAkCABIDdAIiGikgVGhlIGluc3RhbmNlcyBu
+        b3cgc2VydmluZyB0aGUgd29ya2xvYWQuCgoMCgUECQIABBIDdAIKCgwKBQQJAgAGEgN0CxMKDAoFBAkCAAESA3QUHQoMCgUECQIA
+        AxIDdCAhCgoKAgQKEgR3AHsBCgoKAwQKARIDdwgXCgsKBAQKAgASA3gCGAoMCgUECgIABhIDeAIKCgwKBQQKAgABEgN4CxMKDAoF
+        BAoCAAMSA3gWFwpWCgQECgIBEgN6AiAaSSBGb3IgU3RvcCBhbmQgRGVsZXRlOiBncmFjZSBwZXJpb2QgYmV0d2VlbiBTSUdURVJN
+        IGFuZCBTSUdLSUxMLiAwOiAxMCBzLgoKDAoFBAoCAQUSA3oCCAoMCgUECgIBARIDegkbCgwKBQQKAgEDEgN6Hh8KCgoCBAsSBH0A
+        fwEKCgoDBAsBEgN9CBkKCwoEBAsCABIDfgIiCgwKBQQLAgAEEgN+AgoKDAoFBAsCAAYSA34LEwoMCgUECwIAARIDfhQdCgwKBQQL
+        AgADEgN+ICEKDAoCBgASBoEBAI4BAQoLCgMGAAESBIEBCA8K/AEKBAYAAgASBIUBAjUa7QEgU3RhcnRzIHRoZSBuZXcgdmVyc2lv
+        bidzIGluc3RhbmNlcywgd2FpdHMgdW50aWwgdGhleSBhcmUgcmVhZHksIHRoZW4gc3RvcHMgdGhlIG9sZCBvbmVzLiBJZiB0aGUK
+        IG5ldyBvbmVzIGFyZSBub3QgcmVhZHkgaW4gdGltZSB0aGV5IGFyZSBzdG9wcGVkIGFuZCB0aGUgb2xkIG9uZXMga2VlcCBzZXJ2
+        aW5nOgogRkFJTEVEX1BSRUNPTkRJVElPTiB3aXRoIHRoZSByZWFkaW5lc3MgY2hlY2sncyBsYXN0IGVycm9yLgoKDQoFBgACAAES
+        BIUBBgwKDQoFBgACAAISBIUBDRoKDQoFBgACAAMSBIUBJTMKTAoEBgACARIEhwECOBo+IFN0b3BzIHRoZSB3b3JrbG9hZCdzIGlu
+        c3RhbmNlcyAodGhleSBjYW4gYmUgZGVwbG95ZWQgYWdhaW4pLgoKDQoFBgACAQESBIcBBgoKDQoFBgACAQISBIcBCxoKDQoFBgAC
+        AQMSBIcBJTYKRQoEBgACAhIEiQECOho3IFN0b3BzIGFuZCByZW1vdmVzIHRoZSB3b3JrbG9hZCdzIGluc3RhbmNlcyBhbmQgZmls
+        ZXMuCgoNCgUGAAICARIEiQEGDAoNCgUGAAICAhIEiQENHAoNCgUGAAICAxIEiQEnOAoMCgQGAAIDEgSKAQJBCg0KBQYAAgMBEgSK
+        AQYTCg0KBQYAAgMCEgSKARQjCg0KBQYAAgMDEgSKAS4/CtEBCgQGAAIEEgSNAQI2GsIBIEV2ZXJ5IHdvcmtsb2FkJ3MgcnVubmlu
+        ZyBzdGF0dXMsIHRoZW4gZWFjaCBjaGFuZ2UgYXMgdGhlIHN1cGVydmlzb3Igc2VlcyBpdCAoZXZlcnkgNTAwIG1zKSBvciBhCiBk
+        ZXBsb3ksIHN0b3Agb3IgZGVsZXRlIG1ha2VzIGl0LiBBIHdhdGNoZXIgdGhhdCBmYWxscyAxLDAwMCBjaGFuZ2VzIGJlaGluZCBz
+        a2lwcyB0byB0aGUgbGF0ZXN0LgoKDQoFBgACBAESBI0BBgsKDQoFBgACBAISBI0BDBgKDQoFBgACBAYSBI0BIykKDQoFBgACBAMS
+        BI0BKjRiBnByb3RvMw==
         """)
     )
 }

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import SlipwayProcess
 import SlipwayRegistry
 import SlipwayTestSupport
 import Testing
@@ -20,6 +21,9 @@ import Testing
     }
 
     static func with(_ scratch: String, _ registry: TestRegistry, _ body: (Fixture) async throws -> Void) async throws {
+        // As the cluster service does: the containers become our children once runc exits, so their
+        // exit status can be read.
+        ProcessTree.becomeSubreaper()
         let image = try await LocalRuntimeTests.pushHello(registry, scratch: scratch)
         var logger = Logger(label: "test")
         logger.logLevel = .critical
@@ -153,6 +157,8 @@ import Testing
             let exit1 = Date()
             await cluster.superviseOnce(now: exit1)
             #expect(try await current().exitedAt == exit1.timeIntervalSince1970)
+            #expect(try await current().lastExit == "exited with status 3")
+            #expect(try await current().oomKilled == false)
             #expect(try await current().nextRestartAt == exit1.timeIntervalSince1970 + 1)
             // Not before its backoff…
             await cluster.superviseOnce(now: exit1.addingTimeInterval(0.5))
@@ -178,6 +184,42 @@ import Testing
             await cluster.superviseOnce(now: exit2.addingTimeInterval(60))
             #expect(try await cluster.runtime.state(instance.id) == nil)
             #expect(try await current().restarts == 1)
+        }
+    }
+
+    @Test func anInstanceOverItsMemoryLimitIsReportedOOMKilledAndTheStatusFollows() async throws {
+        try await Self.with { fixture in
+            var spec = Self.spec(fixture)
+            spec.memoryMiB = 16
+            // Serves, then grows a string until the kernel kills it.
+            spec.command = ["/bin/sh", "-c", "httpd -p 0.0.0.0:$PORT -h /app/www; sleep 1; x=0123456789; while true; do x=\"$x$x\"; done"]
+            spec.readiness = .tcp
+            let cluster = fixture.cluster
+            let (watcher, changes) = await cluster.watch()
+            let instance = try #require(try await cluster.deploy(spec).first)
+            #expect(await cluster.statuses().first?.status == .running)
+
+            let deadline = ContinuousClock.now + .seconds(20)
+            while try await cluster.runtime.state(instance.id)?.status == .running {
+                guard ContinuousClock.now < deadline else { throw TestFailure("\(instance.id) was not killed over its 16 MiB limit") }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            await cluster.superviseOnce()
+            await cluster.publishChanges()
+            let exited = try #require(try await cluster.instances(Self.workload).first?.0)
+            #expect(exited.oomKilled == true)
+            #expect(exited.lastExit == "killed by signal 9 (SIGKILL); OOMKilled: the kernel killed it for going over its 16 MiB memory limit")
+            let status = try #require(await cluster.statuses().first)
+            #expect(status.status == .error && status.instances.map(\.status) == [.error])
+
+            // A watcher saw it running, then in error.
+            _ = try await cluster.stop(Self.workload, grace: .milliseconds(100))
+            await cluster.unwatch(watcher)
+            var seen: [LocalCluster.RunningStatus] = []
+            for await change in changes { seen.append(change.status) }
+            #expect(seen.first == .running)
+            #expect(seen.contains(.error))
+            #expect(seen.last == .stopped)
         }
     }
 

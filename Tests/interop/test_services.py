@@ -12,6 +12,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import binary, free_port
+from slipway_local import stop_nginx
 
 SERVICES = ["gateway", "pipeline", "builder", "network", "cluster", "certs", "logs"]
 
@@ -38,11 +39,16 @@ def platform():
         addresses[name] = f"127.0.0.1:{free_port()}"
         env[f"SLIPWAY_{name.upper()}_LISTEN"] = addresses[name]
     env["SLIPWAY_DATA_DIR"] = data_dir
-    procs = {name: subprocess.Popen([binary(f"slipway-{name}")], env=env, stderr=subprocess.PIPE, text=True) for name in SERVICES}
+    # The load balancer on free ports too (its defaults are 80 and 443).
+    extra = {"network": ["--network-http-listen", f"127.0.0.1:{free_port()}", "--network-https-listen", f"127.0.0.1:{free_port()}"]}
+    procs = {name: subprocess.Popen([binary(f"slipway-{name}"), *extra.get(name, [])], env=env, stderr=subprocess.PIPE, text=True)
+             for name in SERVICES}
     yield addresses, procs, data_dir
     for proc in procs.values():
         if proc.poll() is None:
             proc.kill()
+    # nginx outlives the network service on purpose.
+    stop_nginx(data_dir)
 
 
 @pytest.mark.parametrize("name", SERVICES)

@@ -10,4 +10,9 @@
 int slipway_spawn(const char *file, char *const argv[], char *const envp[], const char *cwd,
                   pid_t *pid, int *stdout_fd, int *stderr_fd);
 
+/* Makes the calling process the child subreaper of its descendants (prctl is variadic: Swift
+   cannot call it). Orphaned descendants — a container's init once runc has exited — become its
+   children, so it can read their exit status. Returns 0 or -1 with errno. */
+int slipway_become_subreaper(void);
+
 #endif

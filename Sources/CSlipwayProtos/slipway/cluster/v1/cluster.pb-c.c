@@ -283,6 +283,141 @@ void   slipway__cluster__v1__instance__free_unpacked
   assert(message->base.descriptor == &slipway__cluster__v1__instance__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   slipway__cluster__v1__workload_status__init
+                     (Slipway__Cluster__V1__WorkloadStatus         *message)
+{
+  static const Slipway__Cluster__V1__WorkloadStatus init_value = SLIPWAY__CLUSTER__V1__WORKLOAD_STATUS__INIT;
+  *message = init_value;
+}
+size_t slipway__cluster__v1__workload_status__get_packed_size
+                     (const Slipway__Cluster__V1__WorkloadStatus *message)
+{
+  assert(message->base.descriptor == &slipway__cluster__v1__workload_status__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t slipway__cluster__v1__workload_status__pack
+                     (const Slipway__Cluster__V1__WorkloadStatus *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &slipway__cluster__v1__workload_status__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t slipway__cluster__v1__workload_status__pack_to_buffer
+                     (const Slipway__Cluster__V1__WorkloadStatus *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &slipway__cluster__v1__workload_status__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Slipway__Cluster__V1__WorkloadStatus *
+       slipway__cluster__v1__workload_status__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Slipway__Cluster__V1__WorkloadStatus *)
+     protobuf_c_message_unpack (&slipway__cluster__v1__workload_status__descriptor,
+                                allocator, len, data);
+}
+void   slipway__cluster__v1__workload_status__free_unpacked
+                     (Slipway__Cluster__V1__WorkloadStatus *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &slipway__cluster__v1__workload_status__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   slipway__cluster__v1__watch_request__init
+                     (Slipway__Cluster__V1__WatchRequest         *message)
+{
+  static const Slipway__Cluster__V1__WatchRequest init_value = SLIPWAY__CLUSTER__V1__WATCH_REQUEST__INIT;
+  *message = init_value;
+}
+size_t slipway__cluster__v1__watch_request__get_packed_size
+                     (const Slipway__Cluster__V1__WatchRequest *message)
+{
+  assert(message->base.descriptor == &slipway__cluster__v1__watch_request__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t slipway__cluster__v1__watch_request__pack
+                     (const Slipway__Cluster__V1__WatchRequest *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &slipway__cluster__v1__watch_request__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t slipway__cluster__v1__watch_request__pack_to_buffer
+                     (const Slipway__Cluster__V1__WatchRequest *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &slipway__cluster__v1__watch_request__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Slipway__Cluster__V1__WatchRequest *
+       slipway__cluster__v1__watch_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Slipway__Cluster__V1__WatchRequest *)
+     protobuf_c_message_unpack (&slipway__cluster__v1__watch_request__descriptor,
+                                allocator, len, data);
+}
+void   slipway__cluster__v1__watch_request__free_unpacked
+                     (Slipway__Cluster__V1__WatchRequest *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &slipway__cluster__v1__watch_request__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   slipway__cluster__v1__watch_event__init
+                     (Slipway__Cluster__V1__WatchEvent         *message)
+{
+  static const Slipway__Cluster__V1__WatchEvent init_value = SLIPWAY__CLUSTER__V1__WATCH_EVENT__INIT;
+  *message = init_value;
+}
+size_t slipway__cluster__v1__watch_event__get_packed_size
+                     (const Slipway__Cluster__V1__WatchEvent *message)
+{
+  assert(message->base.descriptor == &slipway__cluster__v1__watch_event__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t slipway__cluster__v1__watch_event__pack
+                     (const Slipway__Cluster__V1__WatchEvent *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &slipway__cluster__v1__watch_event__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t slipway__cluster__v1__watch_event__pack_to_buffer
+                     (const Slipway__Cluster__V1__WatchEvent *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &slipway__cluster__v1__watch_event__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Slipway__Cluster__V1__WatchEvent *
+       slipway__cluster__v1__watch_event__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Slipway__Cluster__V1__WatchEvent *)
+     protobuf_c_message_unpack (&slipway__cluster__v1__watch_event__descriptor,
+                                allocator, len, data);
+}
+void   slipway__cluster__v1__watch_event__free_unpacked
+                     (Slipway__Cluster__V1__WatchEvent *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &slipway__cluster__v1__watch_event__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   slipway__cluster__v1__deploy_response__init
                      (Slipway__Cluster__V1__DeployResponse         *message)
 {
@@ -847,7 +982,7 @@ const ProtobufCMessageDescriptor slipway__cluster__v1__deploy_request__descripto
   (ProtobufCMessageInit) slipway__cluster__v1__deploy_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor slipway__cluster__v1__instance__field_descriptors[6] =
+static const ProtobufCFieldDescriptor slipway__cluster__v1__instance__field_descriptors[10] =
 {
   {
     "id",
@@ -921,19 +1056,71 @@ static const ProtobufCFieldDescriptor slipway__cluster__v1__instance__field_desc
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "last_exit",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Cluster__V1__Instance, last_exit),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "last_exit_unix_millis",
+    8,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_INT64,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Cluster__V1__Instance, last_exit_unix_millis),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "oom_killed",
+    9,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Cluster__V1__Instance, oom_killed),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "running_status",
+    10,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_ENUM,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Cluster__V1__Instance, running_status),
+    &slipway__cluster__v1__running_status__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned slipway__cluster__v1__instance__field_indices_by_name[] = {
   1,   /* field[1] = address */
   0,   /* field[0] = id */
   3,   /* field[3] = image */
+  6,   /* field[6] = last_exit */
+  7,   /* field[7] = last_exit_unix_millis */
   5,   /* field[5] = next_restart_unix_millis */
+  8,   /* field[8] = oom_killed */
   4,   /* field[4] = restarts */
+  9,   /* field[9] = running_status */
   2,   /* field[2] = status */
 };
 static const ProtobufCIntRange slipway__cluster__v1__instance__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 6 }
+  { 0, 10 }
 };
 const ProtobufCMessageDescriptor slipway__cluster__v1__instance__descriptor =
 {
@@ -943,11 +1130,164 @@ const ProtobufCMessageDescriptor slipway__cluster__v1__instance__descriptor =
   "Slipway__Cluster__V1__Instance",
   "slipway.cluster.v1",
   sizeof(Slipway__Cluster__V1__Instance),
-  6,
+  10,
   slipway__cluster__v1__instance__field_descriptors,
   slipway__cluster__v1__instance__field_indices_by_name,
   1,  slipway__cluster__v1__instance__number_ranges,
   (ProtobufCMessageInit) slipway__cluster__v1__instance__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor slipway__cluster__v1__workload_status__field_descriptors[3] =
+{
+  {
+    "workload",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Cluster__V1__WorkloadStatus, workload),
+    &slipway__cluster__v1__workload__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "status",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_ENUM,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Cluster__V1__WorkloadStatus, status),
+    &slipway__cluster__v1__running_status__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "instances",
+    3,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Slipway__Cluster__V1__WorkloadStatus, n_instances),
+    offsetof(Slipway__Cluster__V1__WorkloadStatus, instances),
+    &slipway__cluster__v1__instance__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned slipway__cluster__v1__workload_status__field_indices_by_name[] = {
+  2,   /* field[2] = instances */
+  1,   /* field[1] = status */
+  0,   /* field[0] = workload */
+};
+static const ProtobufCIntRange slipway__cluster__v1__workload_status__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 3 }
+};
+const ProtobufCMessageDescriptor slipway__cluster__v1__workload_status__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "slipway.cluster.v1.WorkloadStatus",
+  "WorkloadStatus",
+  "Slipway__Cluster__V1__WorkloadStatus",
+  "slipway.cluster.v1",
+  sizeof(Slipway__Cluster__V1__WorkloadStatus),
+  3,
+  slipway__cluster__v1__workload_status__field_descriptors,
+  slipway__cluster__v1__workload_status__field_indices_by_name,
+  1,  slipway__cluster__v1__workload_status__number_ranges,
+  (ProtobufCMessageInit) slipway__cluster__v1__workload_status__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor slipway__cluster__v1__watch_request__field_descriptors[1] =
+{
+  {
+    "environment_id",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Cluster__V1__WatchRequest, environment_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned slipway__cluster__v1__watch_request__field_indices_by_name[] = {
+  0,   /* field[0] = environment_id */
+};
+static const ProtobufCIntRange slipway__cluster__v1__watch_request__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor slipway__cluster__v1__watch_request__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "slipway.cluster.v1.WatchRequest",
+  "WatchRequest",
+  "Slipway__Cluster__V1__WatchRequest",
+  "slipway.cluster.v1",
+  sizeof(Slipway__Cluster__V1__WatchRequest),
+  1,
+  slipway__cluster__v1__watch_request__field_descriptors,
+  slipway__cluster__v1__watch_request__field_indices_by_name,
+  1,  slipway__cluster__v1__watch_request__number_ranges,
+  (ProtobufCMessageInit) slipway__cluster__v1__watch_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor slipway__cluster__v1__watch_event__field_descriptors[2] =
+{
+  {
+    "workload",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Slipway__Cluster__V1__WatchEvent, event_case),
+    offsetof(Slipway__Cluster__V1__WatchEvent, workload),
+    &slipway__cluster__v1__workload_status__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "snapshot_end",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    offsetof(Slipway__Cluster__V1__WatchEvent, event_case),
+    offsetof(Slipway__Cluster__V1__WatchEvent, snapshot_end),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned slipway__cluster__v1__watch_event__field_indices_by_name[] = {
+  1,   /* field[1] = snapshot_end */
+  0,   /* field[0] = workload */
+};
+static const ProtobufCIntRange slipway__cluster__v1__watch_event__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor slipway__cluster__v1__watch_event__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "slipway.cluster.v1.WatchEvent",
+  "WatchEvent",
+  "Slipway__Cluster__V1__WatchEvent",
+  "slipway.cluster.v1",
+  sizeof(Slipway__Cluster__V1__WatchEvent),
+  2,
+  slipway__cluster__v1__watch_event__field_descriptors,
+  slipway__cluster__v1__watch_event__field_indices_by_name,
+  1,  slipway__cluster__v1__watch_event__number_ranges,
+  (ProtobufCMessageInit) slipway__cluster__v1__watch_event__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor slipway__cluster__v1__deploy_response__field_descriptors[1] =
@@ -1109,18 +1449,58 @@ const ProtobufCEnumDescriptor slipway__cluster__v1__instance_status__descriptor 
   slipway__cluster__v1__instance_status__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
-static const ProtobufCMethodDescriptor slipway__cluster__v1__cluster__method_descriptors[4] =
+static const ProtobufCEnumValue slipway__cluster__v1__running_status__enum_values_by_number[7] =
+{
+  { "RUNNING_STATUS_UNSPECIFIED", "SLIPWAY__CLUSTER__V1__RUNNING_STATUS__RUNNING_STATUS_UNSPECIFIED", 0 },
+  { "RUNNING_STATUS_STARTING", "SLIPWAY__CLUSTER__V1__RUNNING_STATUS__RUNNING_STATUS_STARTING", 1 },
+  { "RUNNING_STATUS_RUNNING", "SLIPWAY__CLUSTER__V1__RUNNING_STATUS__RUNNING_STATUS_RUNNING", 2 },
+  { "RUNNING_STATUS_WARNING", "SLIPWAY__CLUSTER__V1__RUNNING_STATUS__RUNNING_STATUS_WARNING", 3 },
+  { "RUNNING_STATUS_ERROR", "SLIPWAY__CLUSTER__V1__RUNNING_STATUS__RUNNING_STATUS_ERROR", 4 },
+  { "RUNNING_STATUS_STOPPING", "SLIPWAY__CLUSTER__V1__RUNNING_STATUS__RUNNING_STATUS_STOPPING", 5 },
+  { "RUNNING_STATUS_STOPPED", "SLIPWAY__CLUSTER__V1__RUNNING_STATUS__RUNNING_STATUS_STOPPED", 6 },
+};
+static const ProtobufCIntRange slipway__cluster__v1__running_status__value_ranges[] = {
+{0, 0},{0, 7}
+};
+static const ProtobufCEnumValueIndex slipway__cluster__v1__running_status__enum_values_by_name[7] =
+{
+  { "RUNNING_STATUS_ERROR", 4 },
+  { "RUNNING_STATUS_RUNNING", 2 },
+  { "RUNNING_STATUS_STARTING", 1 },
+  { "RUNNING_STATUS_STOPPED", 6 },
+  { "RUNNING_STATUS_STOPPING", 5 },
+  { "RUNNING_STATUS_UNSPECIFIED", 0 },
+  { "RUNNING_STATUS_WARNING", 3 },
+};
+const ProtobufCEnumDescriptor slipway__cluster__v1__running_status__descriptor =
+{
+  PROTOBUF_C__ENUM_DESCRIPTOR_MAGIC,
+  "slipway.cluster.v1.RunningStatus",
+  "RunningStatus",
+  "Slipway__Cluster__V1__RunningStatus",
+  "slipway.cluster.v1",
+  7,
+  slipway__cluster__v1__running_status__enum_values_by_number,
+  7,
+  slipway__cluster__v1__running_status__enum_values_by_name,
+  1,
+  slipway__cluster__v1__running_status__value_ranges,
+  NULL,NULL,NULL,NULL   /* reserved[1234] */
+};
+static const ProtobufCMethodDescriptor slipway__cluster__v1__cluster__method_descriptors[5] =
 {
   { "Deploy", &slipway__cluster__v1__deploy_request__descriptor, &slipway__cluster__v1__deploy_response__descriptor },
   { "Stop", &slipway__cluster__v1__workload_request__descriptor, &slipway__cluster__v1__instances_response__descriptor },
   { "Delete", &slipway__cluster__v1__workload_request__descriptor, &slipway__cluster__v1__instances_response__descriptor },
   { "ListInstances", &slipway__cluster__v1__workload_request__descriptor, &slipway__cluster__v1__instances_response__descriptor },
+  { "Watch", &slipway__cluster__v1__watch_request__descriptor, &slipway__cluster__v1__watch_event__descriptor },
 };
 const unsigned slipway__cluster__v1__cluster__method_indices_by_name[] = {
   2,        /* Delete */
   0,        /* Deploy */
   3,        /* ListInstances */
-  1         /* Stop */
+  1,        /* Stop */
+  4         /* Watch */
 };
 const ProtobufCServiceDescriptor slipway__cluster__v1__cluster__descriptor =
 {
@@ -1129,7 +1509,7 @@ const ProtobufCServiceDescriptor slipway__cluster__v1__cluster__descriptor =
   "Cluster",
   "Slipway__Cluster__V1__Cluster",
   "slipway.cluster.v1",
-  4,
+  5,
   slipway__cluster__v1__cluster__method_descriptors,
   slipway__cluster__v1__cluster__method_indices_by_name
 };
@@ -1164,6 +1544,14 @@ void slipway__cluster__v1__cluster__list_instances(ProtobufCService *service,
 {
   assert(service->descriptor == &slipway__cluster__v1__cluster__descriptor);
   service->invoke(service, 3, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+}
+void slipway__cluster__v1__cluster__watch(ProtobufCService *service,
+                                          const Slipway__Cluster__V1__WatchRequest *input,
+                                          Slipway__Cluster__V1__WatchEvent_Closure closure,
+                                          void *closure_data)
+{
+  assert(service->descriptor == &slipway__cluster__v1__cluster__descriptor);
+  service->invoke(service, 4, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__cluster__v1__cluster__init (Slipway__Cluster__V1__Cluster_Service *service,
                                           Slipway__Cluster__V1__Cluster_ServiceDestroy destroy)

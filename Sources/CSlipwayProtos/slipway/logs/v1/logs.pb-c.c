@@ -701,7 +701,7 @@ const ProtobufCMessageDescriptor slipway__logs__v1__stream_key__descriptor =
   (ProtobufCMessageInit) slipway__logs__v1__stream_key__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor slipway__logs__v1__log_line__field_descriptors[12] =
+static const ProtobufCFieldDescriptor slipway__logs__v1__log_line__field_descriptors[13] =
 {
   {
     "stream",
@@ -847,6 +847,18 @@ static const ProtobufCFieldDescriptor slipway__logs__v1__log_line__field_descrip
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "source_offset",
+    13,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Logs__V1__LogLine, source_offset),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned slipway__logs__v1__log_line__field_indices_by_name[] = {
   10,   /* field[10] = continued */
@@ -856,6 +868,7 @@ static const unsigned slipway__logs__v1__log_line__field_indices_by_name[] = {
   1,   /* field[1] = seq */
   11,   /* field[11] = service_id */
   5,   /* field[5] = source */
+  12,   /* field[12] = source_offset */
   8,   /* field[8] = stage */
   9,   /* field[9] = step */
   0,   /* field[0] = stream */
@@ -865,7 +878,7 @@ static const unsigned slipway__logs__v1__log_line__field_indices_by_name[] = {
 static const ProtobufCIntRange slipway__logs__v1__log_line__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 12 }
+  { 0, 13 }
 };
 const ProtobufCMessageDescriptor slipway__logs__v1__log_line__descriptor =
 {
@@ -875,7 +888,7 @@ const ProtobufCMessageDescriptor slipway__logs__v1__log_line__descriptor =
   "Slipway__Logs__V1__LogLine",
   "slipway.logs.v1",
   sizeof(Slipway__Logs__V1__LogLine),
-  12,
+  13,
   slipway__logs__v1__log_line__field_descriptors,
   slipway__logs__v1__log_line__field_indices_by_name,
   1,  slipway__logs__v1__log_line__number_ranges,

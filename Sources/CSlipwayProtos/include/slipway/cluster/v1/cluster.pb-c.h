@@ -22,6 +22,9 @@ typedef struct Slipway__Cluster__V1__Workload Slipway__Cluster__V1__Workload;
 typedef struct Slipway__Cluster__V1__DeployRequest Slipway__Cluster__V1__DeployRequest;
 typedef struct Slipway__Cluster__V1__DeployRequest__EnvironmentEntry Slipway__Cluster__V1__DeployRequest__EnvironmentEntry;
 typedef struct Slipway__Cluster__V1__Instance Slipway__Cluster__V1__Instance;
+typedef struct Slipway__Cluster__V1__WorkloadStatus Slipway__Cluster__V1__WorkloadStatus;
+typedef struct Slipway__Cluster__V1__WatchRequest Slipway__Cluster__V1__WatchRequest;
+typedef struct Slipway__Cluster__V1__WatchEvent Slipway__Cluster__V1__WatchEvent;
 typedef struct Slipway__Cluster__V1__DeployResponse Slipway__Cluster__V1__DeployResponse;
 typedef struct Slipway__Cluster__V1__WorkloadRequest Slipway__Cluster__V1__WorkloadRequest;
 typedef struct Slipway__Cluster__V1__InstancesResponse Slipway__Cluster__V1__InstancesResponse;
@@ -36,6 +39,25 @@ typedef enum _Slipway__Cluster__V1__InstanceStatus {
   SLIPWAY__CLUSTER__V1__INSTANCE_STATUS__INSTANCE_STOPPED = 3
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(SLIPWAY__CLUSTER__V1__INSTANCE_STATUS)
 } Slipway__Cluster__V1__InstanceStatus;
+/*
+ * Running status of an instance and of a workload (ARCHITECTURE.md).
+ */
+typedef enum _Slipway__Cluster__V1__RunningStatus {
+  SLIPWAY__CLUSTER__V1__RUNNING_STATUS__RUNNING_STATUS_UNSPECIFIED = 0,
+  SLIPWAY__CLUSTER__V1__RUNNING_STATUS__RUNNING_STATUS_STARTING = 1,
+  SLIPWAY__CLUSTER__V1__RUNNING_STATUS__RUNNING_STATUS_RUNNING = 2,
+  /*
+   * Workload: some instances run, others do not.
+   */
+  SLIPWAY__CLUSTER__V1__RUNNING_STATUS__RUNNING_STATUS_WARNING = 3,
+  /*
+   * Instance: it exited and waits to be started again (CrashLoopBackOff); workload: none runs.
+   */
+  SLIPWAY__CLUSTER__V1__RUNNING_STATUS__RUNNING_STATUS_ERROR = 4,
+  SLIPWAY__CLUSTER__V1__RUNNING_STATUS__RUNNING_STATUS_STOPPING = 5,
+  SLIPWAY__CLUSTER__V1__RUNNING_STATUS__RUNNING_STATUS_STOPPED = 6
+    PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(SLIPWAY__CLUSTER__V1__RUNNING_STATUS)
+} Slipway__Cluster__V1__RunningStatus;
 
 /* --- messages --- */
 
@@ -183,10 +205,74 @@ struct  Slipway__Cluster__V1__Instance
    * Set while it waits to be started again after exiting (CrashLoopBackOff).
    */
   int64_t next_restart_unix_millis;
+  /*
+   * How its last run ended, for a person ("exited with status 3", "killed by signal 9 (SIGKILL);
+   * OOMKilled: …"); empty if it never ended.
+   */
+  ProtobufCBinaryData last_exit;
+  int64_t last_exit_unix_millis;
+  /*
+   * Its last run was killed by the kernel for going over its memory limit.
+   */
+  protobuf_c_boolean oom_killed;
+  Slipway__Cluster__V1__RunningStatus running_status;
 };
 #define SLIPWAY__CLUSTER__V1__INSTANCE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&slipway__cluster__v1__instance__descriptor) \
-    , {0,NULL}, {0,NULL}, SLIPWAY__CLUSTER__V1__INSTANCE_STATUS__INSTANCE_STATUS_UNSPECIFIED, {0,NULL}, 0, 0 }
+    , {0,NULL}, {0,NULL}, SLIPWAY__CLUSTER__V1__INSTANCE_STATUS__INSTANCE_STATUS_UNSPECIFIED, {0,NULL}, 0, 0, {0,NULL}, 0, 0, SLIPWAY__CLUSTER__V1__RUNNING_STATUS__RUNNING_STATUS_UNSPECIFIED }
+
+
+struct  Slipway__Cluster__V1__WorkloadStatus
+{
+  ProtobufCMessage base;
+  Slipway__Cluster__V1__Workload *workload;
+  Slipway__Cluster__V1__RunningStatus status;
+  size_t n_instances;
+  Slipway__Cluster__V1__Instance **instances;
+};
+#define SLIPWAY__CLUSTER__V1__WORKLOAD_STATUS__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&slipway__cluster__v1__workload_status__descriptor) \
+    , NULL, SLIPWAY__CLUSTER__V1__RUNNING_STATUS__RUNNING_STATUS_UNSPECIFIED, 0,NULL }
+
+
+struct  Slipway__Cluster__V1__WatchRequest
+{
+  ProtobufCMessage base;
+  /*
+   * Only this environment's workloads; empty: all.
+   */
+  ProtobufCBinaryData environment_id;
+};
+#define SLIPWAY__CLUSTER__V1__WATCH_REQUEST__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&slipway__cluster__v1__watch_request__descriptor) \
+    , {0,NULL} }
+
+
+typedef enum {
+  SLIPWAY__CLUSTER__V1__WATCH_EVENT__EVENT__NOT_SET = 0,
+  SLIPWAY__CLUSTER__V1__WATCH_EVENT__EVENT_WORKLOAD = 1,
+  SLIPWAY__CLUSTER__V1__WATCH_EVENT__EVENT_SNAPSHOT_END = 2
+    PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(SLIPWAY__CLUSTER__V1__WATCH_EVENT__EVENT__CASE)
+} Slipway__Cluster__V1__WatchEvent__EventCase;
+
+struct  Slipway__Cluster__V1__WatchEvent
+{
+  ProtobufCMessage base;
+  Slipway__Cluster__V1__WatchEvent__EventCase event_case;
+  union {
+    /*
+     * A workload as it is now (in the snapshot, or after a change).
+     */
+    Slipway__Cluster__V1__WorkloadStatus *workload;
+    /*
+     * The snapshot is complete; changes follow.
+     */
+    protobuf_c_boolean snapshot_end;
+  };
+};
+#define SLIPWAY__CLUSTER__V1__WATCH_EVENT__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&slipway__cluster__v1__watch_event__descriptor) \
+    , SLIPWAY__CLUSTER__V1__WATCH_EVENT__EVENT__NOT_SET, {0} }
 
 
 struct  Slipway__Cluster__V1__DeployResponse
@@ -345,6 +431,63 @@ Slipway__Cluster__V1__Instance *
 void   slipway__cluster__v1__instance__free_unpacked
                      (Slipway__Cluster__V1__Instance *message,
                       ProtobufCAllocator *allocator);
+/* Slipway__Cluster__V1__WorkloadStatus methods */
+void   slipway__cluster__v1__workload_status__init
+                     (Slipway__Cluster__V1__WorkloadStatus         *message);
+size_t slipway__cluster__v1__workload_status__get_packed_size
+                     (const Slipway__Cluster__V1__WorkloadStatus   *message);
+size_t slipway__cluster__v1__workload_status__pack
+                     (const Slipway__Cluster__V1__WorkloadStatus   *message,
+                      uint8_t             *out);
+size_t slipway__cluster__v1__workload_status__pack_to_buffer
+                     (const Slipway__Cluster__V1__WorkloadStatus   *message,
+                      ProtobufCBuffer     *buffer);
+Slipway__Cluster__V1__WorkloadStatus *
+       slipway__cluster__v1__workload_status__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   slipway__cluster__v1__workload_status__free_unpacked
+                     (Slipway__Cluster__V1__WorkloadStatus *message,
+                      ProtobufCAllocator *allocator);
+/* Slipway__Cluster__V1__WatchRequest methods */
+void   slipway__cluster__v1__watch_request__init
+                     (Slipway__Cluster__V1__WatchRequest         *message);
+size_t slipway__cluster__v1__watch_request__get_packed_size
+                     (const Slipway__Cluster__V1__WatchRequest   *message);
+size_t slipway__cluster__v1__watch_request__pack
+                     (const Slipway__Cluster__V1__WatchRequest   *message,
+                      uint8_t             *out);
+size_t slipway__cluster__v1__watch_request__pack_to_buffer
+                     (const Slipway__Cluster__V1__WatchRequest   *message,
+                      ProtobufCBuffer     *buffer);
+Slipway__Cluster__V1__WatchRequest *
+       slipway__cluster__v1__watch_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   slipway__cluster__v1__watch_request__free_unpacked
+                     (Slipway__Cluster__V1__WatchRequest *message,
+                      ProtobufCAllocator *allocator);
+/* Slipway__Cluster__V1__WatchEvent methods */
+void   slipway__cluster__v1__watch_event__init
+                     (Slipway__Cluster__V1__WatchEvent         *message);
+size_t slipway__cluster__v1__watch_event__get_packed_size
+                     (const Slipway__Cluster__V1__WatchEvent   *message);
+size_t slipway__cluster__v1__watch_event__pack
+                     (const Slipway__Cluster__V1__WatchEvent   *message,
+                      uint8_t             *out);
+size_t slipway__cluster__v1__watch_event__pack_to_buffer
+                     (const Slipway__Cluster__V1__WatchEvent   *message,
+                      ProtobufCBuffer     *buffer);
+Slipway__Cluster__V1__WatchEvent *
+       slipway__cluster__v1__watch_event__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   slipway__cluster__v1__watch_event__free_unpacked
+                     (Slipway__Cluster__V1__WatchEvent *message,
+                      ProtobufCAllocator *allocator);
 /* Slipway__Cluster__V1__DeployResponse methods */
 void   slipway__cluster__v1__deploy_response__init
                      (Slipway__Cluster__V1__DeployResponse         *message);
@@ -425,6 +568,15 @@ typedef void (*Slipway__Cluster__V1__DeployRequest_Closure)
 typedef void (*Slipway__Cluster__V1__Instance_Closure)
                  (const Slipway__Cluster__V1__Instance *message,
                   void *closure_data);
+typedef void (*Slipway__Cluster__V1__WorkloadStatus_Closure)
+                 (const Slipway__Cluster__V1__WorkloadStatus *message,
+                  void *closure_data);
+typedef void (*Slipway__Cluster__V1__WatchRequest_Closure)
+                 (const Slipway__Cluster__V1__WatchRequest *message,
+                  void *closure_data);
+typedef void (*Slipway__Cluster__V1__WatchEvent_Closure)
+                 (const Slipway__Cluster__V1__WatchEvent *message,
+                  void *closure_data);
 typedef void (*Slipway__Cluster__V1__DeployResponse_Closure)
                  (const Slipway__Cluster__V1__DeployResponse *message,
                   void *closure_data);
@@ -457,6 +609,10 @@ struct Slipway__Cluster__V1__Cluster_Service
                          const Slipway__Cluster__V1__WorkloadRequest *input,
                          Slipway__Cluster__V1__InstancesResponse_Closure closure,
                          void *closure_data);
+  void (*watch)(Slipway__Cluster__V1__Cluster_Service *service,
+                const Slipway__Cluster__V1__WatchRequest *input,
+                Slipway__Cluster__V1__WatchEvent_Closure closure,
+                void *closure_data);
 };
 typedef void (*Slipway__Cluster__V1__Cluster_ServiceDestroy)(Slipway__Cluster__V1__Cluster_Service *);
 void slipway__cluster__v1__cluster__init (Slipway__Cluster__V1__Cluster_Service *service,
@@ -468,7 +624,8 @@ void slipway__cluster__v1__cluster__init (Slipway__Cluster__V1__Cluster_Service 
       function_prefix__ ## deploy,\
       function_prefix__ ## stop,\
       function_prefix__ ## delete,\
-      function_prefix__ ## list_instances  }
+      function_prefix__ ## list_instances,\
+      function_prefix__ ## watch  }
 void slipway__cluster__v1__cluster__deploy(ProtobufCService *service,
                                            const Slipway__Cluster__V1__DeployRequest *input,
                                            Slipway__Cluster__V1__DeployResponse_Closure closure,
@@ -485,10 +642,15 @@ void slipway__cluster__v1__cluster__list_instances(ProtobufCService *service,
                                                    const Slipway__Cluster__V1__WorkloadRequest *input,
                                                    Slipway__Cluster__V1__InstancesResponse_Closure closure,
                                                    void *closure_data);
+void slipway__cluster__v1__cluster__watch(ProtobufCService *service,
+                                          const Slipway__Cluster__V1__WatchRequest *input,
+                                          Slipway__Cluster__V1__WatchEvent_Closure closure,
+                                          void *closure_data);
 
 /* --- descriptors --- */
 
 extern const ProtobufCEnumDescriptor    slipway__cluster__v1__instance_status__descriptor;
+extern const ProtobufCEnumDescriptor    slipway__cluster__v1__running_status__descriptor;
 extern const ProtobufCMessageDescriptor slipway__cluster__v1__http_check__descriptor;
 extern const ProtobufCMessageDescriptor slipway__cluster__v1__tcp_check__descriptor;
 extern const ProtobufCMessageDescriptor slipway__cluster__v1__readiness__descriptor;
@@ -496,6 +658,9 @@ extern const ProtobufCMessageDescriptor slipway__cluster__v1__workload__descript
 extern const ProtobufCMessageDescriptor slipway__cluster__v1__deploy_request__descriptor;
 extern const ProtobufCMessageDescriptor slipway__cluster__v1__deploy_request__environment_entry__descriptor;
 extern const ProtobufCMessageDescriptor slipway__cluster__v1__instance__descriptor;
+extern const ProtobufCMessageDescriptor slipway__cluster__v1__workload_status__descriptor;
+extern const ProtobufCMessageDescriptor slipway__cluster__v1__watch_request__descriptor;
+extern const ProtobufCMessageDescriptor slipway__cluster__v1__watch_event__descriptor;
 extern const ProtobufCMessageDescriptor slipway__cluster__v1__deploy_response__descriptor;
 extern const ProtobufCMessageDescriptor slipway__cluster__v1__workload_request__descriptor;
 extern const ProtobufCMessageDescriptor slipway__cluster__v1__instances_response__descriptor;

@@ -111,10 +111,16 @@ struct  Slipway__Logs__V1__LogLine
    * On deployment logs: the service the line is about (empty for the deployment as a whole).
    */
   ProtobufCBinaryData service_id;
+  /*
+   * The producer's position after this line in what it reads (application logs: the byte offset
+   * in the instance's stdout or stderr file), stored as given. A producer that restarts finds
+   * where it was from the last lines it appended, so it sends no line twice.
+   */
+  uint64_t source_offset;
 };
 #define SLIPWAY__LOGS__V1__LOG_LINE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&slipway__logs__v1__log_line__descriptor) \
-    , NULL, 0, 0, 0, SLIPWAY__LOGS__V1__LEVEL__LEVEL_UNSPECIFIED, SLIPWAY__LOGS__V1__SOURCE__SOURCE_UNSPECIFIED, {0,NULL}, {0,NULL}, {0,NULL}, {0,NULL}, 0, {0,NULL} }
+    , NULL, 0, 0, 0, SLIPWAY__LOGS__V1__LEVEL__LEVEL_UNSPECIFIED, SLIPWAY__LOGS__V1__SOURCE__SOURCE_UNSPECIFIED, {0,NULL}, {0,NULL}, {0,NULL}, {0,NULL}, 0, {0,NULL}, 0 }
 
 
 /*

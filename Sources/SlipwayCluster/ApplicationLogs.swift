@@ -1,0 +1,247 @@
+import Foundation
+import Logging
+import SlipwayProtos
+import SlipwayRPC
+import SlipwayServiceKit
+
+/// Ships every instance's stdout and stderr to the logs service, line by line, labelled with the
+/// instance: no line lost and none sent twice, across instance restarts, cluster-service restarts
+/// and logs-service outages.
+///
+/// The instances' output files are the buffer. For each instance, `<directory>/<id>.json` records its
+/// workload and how far each file has been shipped; it advances only once the logs service has
+/// acknowledged the lines (they are durable there). Every line carries the byte offset after it
+/// (`source_offset`), so a cluster service killed between an acknowledgement and the record being
+/// written finds, at start, where the logs service already is and resumes from there.
+/// A removed instance's files are moved to `<directory>/retired/` by the runtime and shipped to
+/// their end before they are deleted.
+public final class ApplicationLogs: Sendable {
+    struct Shipped: Codable, Equatable {
+        var environmentID: String
+        var serviceID: String
+        var stdout: UInt64 = 0
+        var stderr: UInt64 = 0
+        /// When lines were last sent (Unix seconds): the start of the window read back after a crash.
+        var sentAt: Double = 0
+    }
+
+    /// Longest line sent as one; longer output is cut (the logs service may cut further).
+    public static let maxLineBytes = 16 * 1024
+    /// Lines per Append batch.
+    public static let maxLinesPerBatch = 500
+    /// Bytes read from one file per pass.
+    static let maxReadBytes = 256 * 1024
+
+    let directory: String
+    let runtime: LocalRuntime
+    let client: RPCClient
+    let logger: Logger
+    let interval: Duration
+
+    public init(directory: String, runtime: LocalRuntime, client: RPCClient, interval: Duration = .milliseconds(200), logger: Logger) throws {
+        self.directory = directory
+        self.runtime = runtime
+        self.client = client
+        self.interval = interval
+        self.logger = logger
+        try FileManager.default.createDirectory(atPath: directory + "/retired", withIntermediateDirectories: true)
+    }
+
+    var retiredDirectory: String { directory + "/retired" }
+
+    /// Called before an instance starts: from now on its output is shipped.
+    public func register(_ instanceID: String, workload: LocalCluster.Workload) {
+        let path = statePath(instanceID)
+        guard !FileManager.default.fileExists(atPath: path) else { return }
+        save(instanceID, Shipped(environmentID: workload.environmentID, serviceID: workload.serviceID))
+    }
+
+    /// Until cancelled: finds where the logs service is for every instance (once), then ships.
+    public func run() async {
+        var recovered = false
+        var reported = false
+        while !Task.isCancelled {
+            do {
+                if !recovered {
+                    try await recover()
+                    recovered = true
+                }
+                try await shipOnce()
+                reported = false
+            } catch {
+                if !reported {
+                    logger.warning("cannot ship application logs; the lines wait in the instances' files", metadata: ["error": "\(error)"])
+                    reported = true
+                }
+            }
+            try? await Task.sleep(for: interval)
+        }
+    }
+
+    /// A killed service may have had lines acknowledged that its records do not show: read back what
+    /// the logs service holds of each instance since its last send, and skip past it.
+    func recover() async throws {
+        for id in instanceIDs() {
+            guard var shipped = load(id), shipped.sentAt > 0 else { continue }
+            var request = Slipway_Logs_V1_QueryRequest()
+            var key = Slipway_Logs_V1_StreamKey()
+            key.environmentId = shipped.environmentID
+            key.serviceId = shipped.serviceID
+            request.stream = key
+            request.sinceNanos = Int64((shipped.sentAt - 60) * 1_000_000_000)
+            var filter = Slipway_Logs_V1_Filter()
+            filter.instanceId = id
+            request.filter = filter
+            request.pageSize = 1000
+            var changed = false
+            while true {
+                let page: Slipway_Logs_V1_QueryResponse
+                do {
+                    page = try await client.unary(Slipway_Logs_V1_Logs.Query.self, request)
+                } catch let error as RPCError where error.code == .notFound {
+                    break
+                }
+                for line in page.lines {
+                    if line.source == .stderr, line.sourceOffset > shipped.stderr { shipped.stderr = line.sourceOffset; changed = true }
+                    if line.source == .stdout, line.sourceOffset > shipped.stdout { shipped.stdout = line.sourceOffset; changed = true }
+                }
+                if page.nextPageToken.isEmpty { break }
+                request.pageToken = page.nextPageToken
+            }
+            if changed {
+                logger.info("application logs resume after lines already shipped", metadata: ["instance": "\(id)"])
+                save(id, shipped)
+            }
+        }
+    }
+
+    /// One pass over every instance: new complete lines are sent, acknowledged, then recorded.
+    func shipOnce() async throws {
+        for id in instanceIDs() {
+            guard var shipped = load(id) else { continue }
+            let live = FileManager.default.fileExists(atPath: runtime.instanceDirectory(id))
+            let retired = !live && FileManager.default.fileExists(atPath: retiredPath(id, .stdout))
+            guard live || retired else {
+                // Removed before it wrote anything we kept: nothing to ship.
+                if !FileManager.default.fileExists(atPath: retiredPath(id, .stdout)) { unlink(statePath(id)) }
+                continue
+            }
+            var lines: [Slipway_Logs_V1_LogLine] = []
+            var next = shipped
+            for source in [Source.stdout, .stderr] {
+                let path = live ? (source == .stdout ? runtime.stdoutPath(id) : runtime.stderrPath(id)) : retiredPath(id, source)
+                let offset = source == .stdout ? shipped.stdout : shipped.stderr
+                let (read, end) = Self.lines(in: path, from: offset, final: retired)
+                for (text, after) in read {
+                    var line = Slipway_Logs_V1_LogLine()
+                    var key = Slipway_Logs_V1_StreamKey()
+                    key.environmentId = shipped.environmentID
+                    key.serviceId = shipped.serviceID
+                    line.stream = key
+                    line.instanceId = id
+                    line.source = source == .stdout ? .stdout : .stderr
+                    line.level = source == .stdout ? .info : .warn
+                    line.text = text
+                    line.sourceOffset = after
+                    line.emittedNanos = Int64(Date().timeIntervalSince1970 * 1_000_000_000)
+                    lines.append(line)
+                }
+                if source == .stdout { next.stdout = end } else { next.stderr = end }
+            }
+            if !lines.isEmpty {
+                next.sentAt = Date().timeIntervalSince1970
+                // The send time goes on record first: it bounds what a restart reads back.
+                var sending = shipped
+                sending.sentAt = next.sentAt
+                save(id, sending)
+                for start in stride(from: 0, to: lines.count, by: Self.maxLinesPerBatch) {
+                    try await append(Array(lines[start..<min(lines.count, start + Self.maxLinesPerBatch)]))
+                }
+                shipped = next
+                save(id, shipped)
+            } else if next != shipped {
+                shipped = next
+                save(id, shipped)
+            }
+            if retired, lines.isEmpty {
+                // Shipped to the end: the instance is gone for good.
+                for source in [Source.stdout, .stderr] { unlink(retiredPath(id, source)) }
+                unlink(statePath(id))
+            }
+        }
+    }
+
+    private func append(_ lines: [Slipway_Logs_V1_LogLine]) async throws {
+        var batch = Slipway_Logs_V1_AppendRequest()
+        batch.batchId = 1
+        batch.lines = lines
+        let request = batch
+        try await client.bidirectional(Slipway_Logs_V1_Logs.Append.self, requests: { writer in
+            try await writer.write(request)
+        }, responses: { responses in
+            var acknowledged = false
+            for try await _ in responses { acknowledged = true }
+            guard acknowledged else { throw RPCError(.unavailable, "the logs service closed the stream without acknowledging the batch") }
+        })
+    }
+
+    enum Source { case stdout, stderr }
+
+    /// Complete lines of `path` after `offset` (each with the offset after it), and the offset the
+    /// next read starts at. A line longer than ``maxLineBytes`` is cut; a last line without a newline
+    /// waits for the rest unless `final`.
+    static func lines(in path: String, from offset: UInt64, final: Bool) -> (lines: [(String, UInt64)], end: UInt64) {
+        guard let handle = FileHandle(forReadingAtPath: path) else { return ([], offset) }
+        defer { try? handle.close() }
+        guard (try? handle.seek(toOffset: offset)) != nil, let data = try? handle.read(upToCount: maxReadBytes), !data.isEmpty else {
+            return ([], offset)
+        }
+        let bytes = [UInt8](data)
+        var result: [(String, UInt64)] = []
+        var start = 0
+        var index = 0
+        while index < bytes.count {
+            if bytes[index] == 10 || index - start == maxLineBytes {
+                let end = bytes[index] == 10 ? index + 1 : index
+                result.append((String(decoding: bytes[start..<index], as: UTF8.self), offset + UInt64(end)))
+                start = end
+                index = end
+                continue
+            }
+            index += 1
+        }
+        if start < bytes.count, final, bytes.count < maxReadBytes {
+            result.append((String(decoding: bytes[start...], as: UTF8.self), offset + UInt64(bytes.count)))
+            start = bytes.count
+        }
+        return (result, offset + UInt64(start))
+    }
+
+    // MARK: Files
+
+    func statePath(_ id: String) -> String { directory + "/\(id).json" }
+    func retiredPath(_ id: String, _ source: Source) -> String { retiredDirectory + "/\(id).\(source == .stdout ? "stdout" : "stderr").log" }
+
+    /// Moves a removed instance's output out of its directory (same file system: offsets stay valid).
+    func retire(_ id: String) {
+        guard FileManager.default.fileExists(atPath: statePath(id)) else { return }
+        rename(runtime.stdoutPath(id), retiredPath(id, .stdout))
+        rename(runtime.stderrPath(id), retiredPath(id, .stderr))
+    }
+
+    private func instanceIDs() -> [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter { $0.hasSuffix(".json") }.map { String($0.dropLast(5)) }.sorted()
+    }
+
+    private func load(_ id: String) -> Shipped? {
+        FileManager.default.contents(atPath: statePath(id)).flatMap { try? JSONDecoder().decode(Shipped.self, from: $0) }
+    }
+
+    private func save(_ id: String, _ shipped: Shipped) {
+        do {
+            try AtomicFile.write(try JSONEncoder().encode(shipped), to: statePath(id), mode: 0o600)
+        } catch {
+            logger.warning("cannot record shipped application logs", metadata: ["instance": "\(id)", "error": "\(error)"])
+        }
+    }
+}

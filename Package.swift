@@ -142,7 +142,7 @@ var targets: [Target] = [
     ),
     .testTarget(
         name: "SlipwayClusterTests",
-        dependencies: ["SlipwayCluster", "SlipwayProcess", "SlipwayRegistry", "SlipwayTestSupport"],
+        dependencies: ["SlipwayCluster", "SlipwayProcess", "SlipwayRegistry", "SlipwayTestSupport", "SlipwayRPC", "SlipwayRPCServices", .product(name: "Logging", package: "swift-log")],
         swiftSettings: strict
     ),
     .testTarget(

@@ -23,6 +23,8 @@ public final class ApplicationLogs: Sendable {
         var stderr: UInt64 = 0
         /// When lines were last sent (Unix seconds): the start of the window read back after a crash.
         var sentAt: Double = 0
+        /// The instance was removed: once its files are shipped to their end, the record goes.
+        var retired: Bool? = nil
     }
 
     /// Longest line sent as one; longer output is cut (the logs service may cut further).
@@ -69,6 +71,8 @@ public final class ApplicationLogs: Sendable {
                 try await shipOnce()
                 reported = false
             } catch {
+                // An append may have been stored with its answer lost: find out before sending again.
+                recovered = false
                 if !reported {
                     logger.warning("cannot ship application logs; the lines wait in the instances' files", metadata: ["error": "\(error)"])
                     reported = true
@@ -115,59 +119,77 @@ public final class ApplicationLogs: Sendable {
         }
     }
 
-    /// One pass over every instance: new complete lines are sent, acknowledged, then recorded.
+    /// One pass over every instance: new complete lines are sent, acknowledged, then recorded. An
+    /// instance the logs service refuses does not hold up the others; the first failure is thrown
+    /// at the end of the pass.
     func shipOnce() async throws {
+        var failure: (any Error)?
         for id in instanceIDs() {
-            guard var shipped = load(id) else { continue }
-            let live = FileManager.default.fileExists(atPath: runtime.instanceDirectory(id))
-            let retired = !live && FileManager.default.fileExists(atPath: retiredPath(id, .stdout))
-            guard live || retired else {
-                // Removed before it wrote anything we kept: nothing to ship.
-                if !FileManager.default.fileExists(atPath: retiredPath(id, .stdout)) { unlink(statePath(id)) }
-                continue
+            do {
+                try await ship(id)
+            } catch {
+                failure = failure ?? error
             }
-            var lines: [Slipway_Logs_V1_LogLine] = []
-            var next = shipped
-            for source in [Source.stdout, .stderr] {
-                let path = live ? (source == .stdout ? runtime.stdoutPath(id) : runtime.stderrPath(id)) : retiredPath(id, source)
-                let offset = source == .stdout ? shipped.stdout : shipped.stderr
-                let (read, end) = Self.lines(in: path, from: offset, final: retired)
-                for (text, after) in read {
-                    var line = Slipway_Logs_V1_LogLine()
-                    var key = Slipway_Logs_V1_StreamKey()
-                    key.environmentId = shipped.environmentID
-                    key.serviceId = shipped.serviceID
-                    line.stream = key
-                    line.instanceId = id
-                    line.source = source == .stdout ? .stdout : .stderr
-                    line.level = source == .stdout ? .info : .warn
-                    line.text = text
-                    line.sourceOffset = after
-                    line.emittedNanos = Int64(Date().timeIntervalSince1970 * 1_000_000_000)
-                    lines.append(line)
+        }
+        if let failure { throw failure }
+    }
+
+    private func ship(_ id: String) async throws {
+        guard var shipped = load(id) else { return }
+        let live = FileManager.default.fileExists(atPath: runtime.instanceDirectory(id))
+        let retired = !live && FileManager.default.fileExists(atPath: retiredPath(id, .stdout))
+        guard live || retired else {
+            // Registered but not started yet: wait. Removed without output kept: done.
+            if shipped.retired == true { unlink(statePath(id)) }
+            return
+        }
+        var lines: [Slipway_Logs_V1_LogLine] = []
+        var next = shipped
+        for source in [Source.stdout, .stderr] {
+            let path = live ? (source == .stdout ? runtime.stdoutPath(id) : runtime.stderrPath(id)) : retiredPath(id, source)
+            let offset = source == .stdout ? shipped.stdout : shipped.stderr
+            let (read, end) = Self.lines(in: path, from: offset, final: retired)
+            for (text, after) in read {
+                var line = Slipway_Logs_V1_LogLine()
+                var key = Slipway_Logs_V1_StreamKey()
+                key.environmentId = shipped.environmentID
+                key.serviceId = shipped.serviceID
+                line.stream = key
+                line.instanceId = id
+                line.source = source == .stdout ? .stdout : .stderr
+                line.level = source == .stdout ? .info : .warn
+                line.text = text
+                line.sourceOffset = after
+                line.emittedNanos = Int64(Date().timeIntervalSince1970 * 1_000_000_000)
+                lines.append(line)
+            }
+            if source == .stdout { next.stdout = end } else { next.stderr = end }
+        }
+        if !lines.isEmpty {
+            next.sentAt = Date().timeIntervalSince1970
+            // The send time goes on record first: it bounds what a restart reads back.
+            var sending = shipped
+            sending.sentAt = next.sentAt
+            save(id, sending)
+            for start in stride(from: 0, to: lines.count, by: Self.maxLinesPerBatch) {
+                let batch = Array(lines[start..<min(lines.count, start + Self.maxLinesPerBatch)])
+                try await append(batch)
+                // Each acknowledged batch on record at once: a later failure does not send it again.
+                for line in batch {
+                    if line.source == .stdout { sending.stdout = max(sending.stdout, line.sourceOffset) } else { sending.stderr = max(sending.stderr, line.sourceOffset) }
                 }
-                if source == .stdout { next.stdout = end } else { next.stderr = end }
-            }
-            if !lines.isEmpty {
-                next.sentAt = Date().timeIntervalSince1970
-                // The send time goes on record first: it bounds what a restart reads back.
-                var sending = shipped
-                sending.sentAt = next.sentAt
                 save(id, sending)
-                for start in stride(from: 0, to: lines.count, by: Self.maxLinesPerBatch) {
-                    try await append(Array(lines[start..<min(lines.count, start + Self.maxLinesPerBatch)]))
-                }
-                shipped = next
-                save(id, shipped)
-            } else if next != shipped {
-                shipped = next
-                save(id, shipped)
             }
-            if retired, lines.isEmpty {
-                // Shipped to the end: the instance is gone for good.
-                for source in [Source.stdout, .stderr] { unlink(retiredPath(id, source)) }
-                unlink(statePath(id))
-            }
+            shipped = next
+            save(id, shipped)
+        } else if next != shipped {
+            shipped = next
+            save(id, shipped)
+        }
+        if retired, lines.isEmpty {
+            // Shipped to the end: the instance is gone for good.
+            for source in [Source.stdout, .stderr] { unlink(retiredPath(id, source)) }
+            unlink(statePath(id))
         }
     }
 
@@ -222,11 +244,14 @@ public final class ApplicationLogs: Sendable {
     func statePath(_ id: String) -> String { directory + "/\(id).json" }
     func retiredPath(_ id: String, _ source: Source) -> String { retiredDirectory + "/\(id).\(source == .stdout ? "stdout" : "stderr").log" }
 
-    /// Moves a removed instance's output out of its directory (same file system: offsets stay valid).
+    /// Moves a removed instance's output out of its directory (same file system: offsets stay valid)
+    /// and marks its record, which goes once the files are shipped to their end.
     func retire(_ id: String) {
-        guard FileManager.default.fileExists(atPath: statePath(id)) else { return }
+        guard var shipped = load(id) else { return }
         rename(runtime.stdoutPath(id), retiredPath(id, .stdout))
         rename(runtime.stderrPath(id), retiredPath(id, .stderr))
+        shipped.retired = true
+        save(id, shipped)
     }
 
     private func instanceIDs() -> [String] {

@@ -18,7 +18,12 @@ struct ClusterService: RPCService {
             if request.cpuMillicores > 0 { spec.cpuMillicores = Int(request.cpuMillicores) }
             if request.memoryMib > 0 { spec.memoryMiB = Int(request.memoryMib) }
             if let readiness = request.readiness {
-                if case .http(let http)? = readiness.check { spec.readiness = .http(path: http.path.isEmpty ? "/" : http.path) }
+                switch readiness.check {
+                case .http(let http)?: spec.readiness = try Self.check(http: http)
+                case .grpc(let grpc)?: spec.readiness = try Self.check(grpc: grpc)
+                case .exec(let exec)?: spec.readiness = try Self.check(exec: exec, "readiness.exec")
+                case .tcp?, nil: spec.readiness = .tcp
+                }
                 if readiness.periodMillis > 0 { spec.checkPeriod = .milliseconds(Int(readiness.periodMillis)) }
                 if readiness.timeoutMillis > 0 { spec.checkTimeout = .milliseconds(Int(readiness.timeoutMillis)) }
             }
@@ -26,6 +31,22 @@ struct ClusterService: RPCService {
             if request.stopGraceSeconds > 0 { spec.stopGrace = .seconds(Int(request.stopGraceSeconds)) }
             if !request.command.isEmpty { spec.command = request.command }
             spec.isPublic = request.public
+            if let liveness = request.liveness {
+                let check: LocalCluster.Readiness
+                switch liveness.check {
+                case .http(let http)?: check = try Self.check(http: http)
+                case .grpc(let grpc)?: check = try Self.check(grpc: grpc)
+                case .exec(let exec)?: check = try Self.check(exec: exec, "liveness.exec")
+                case .tcp?: check = .tcp
+                case nil: throw RPCError(.invalidArgument, "liveness.check is required (http, tcp, grpc or exec)")
+                }
+                var probe = LocalCluster.Liveness(check: check)
+                probe.initialDelay = Double(liveness.initialDelaySeconds)
+                if liveness.periodSeconds > 0 { probe.period = Double(liveness.periodSeconds) }
+                if liveness.timeoutSeconds > 0 { probe.timeout = Double(liveness.timeoutSeconds) }
+                if liveness.failureThreshold > 0 { probe.failureThreshold = Int(liveness.failureThreshold) }
+                spec.liveness = probe
+            }
             var response = Slipway_Cluster_V1_DeployResponse()
             response.instances = try await Self.mapped { try await cluster.deploy(spec) }.map { Self.instance($0, running: true) }
             return response
@@ -69,6 +90,27 @@ struct ClusterService: RPCService {
             response.instances = instances.map { Self.instance($0.0, running: $0.running) }
             return response
         }
+    }
+
+    static func check(http: Slipway_Cluster_V1_HttpCheck) throws -> LocalCluster.Readiness {
+        let path = http.path.isEmpty ? "/" : http.path
+        // It goes into a request line: no spaces or control characters.
+        guard path.hasPrefix("/"), path.utf8.count <= 1024, path.utf8.allSatisfy({ $0 > 32 && $0 < 127 }) else {
+            throw RPCError(.invalidArgument, "http.path must start with '/' and hold no spaces or control characters (at most 1 KiB)")
+        }
+        return .http(path: path)
+    }
+
+    static func check(grpc: Slipway_Cluster_V1_GrpcCheck) throws -> LocalCluster.Readiness {
+        guard grpc.service.utf8.count <= 256 else { throw RPCError(.invalidArgument, "grpc.service must be at most 256 bytes") }
+        return .grpc(service: grpc.service)
+    }
+
+    static func check(exec: Slipway_Cluster_V1_ExecCheck, _ field: String) throws -> LocalCluster.Readiness {
+        guard !exec.command.isEmpty, exec.command.count <= 64, exec.command.allSatisfy({ $0.utf8.count <= 4096 }) else {
+            throw RPCError(.invalidArgument, "\(field).command must have 1 to 64 arguments of at most 4 KiB")
+        }
+        return .exec(command: exec.command)
     }
 
     static func grace(_ request: Slipway_Cluster_V1_WorkloadRequest) -> Duration {

@@ -72,8 +72,11 @@ extension LocalCluster {
     /// so the latest always arrives).
     public static let maxWatchBuffer = 1000
 
-    /// Sends the workloads whose status changed since the last call to every watcher.
+    /// Sends the workloads whose status changed since the last call to every watcher. Calls take
+    /// turns: a snapshot is never published after a newer one.
     func publishChanges() async {
+        await turns.acquire("\u{0}publish")
+        defer { turns.release("\u{0}publish") }
         let now = await statuses()
         var seen = Set<String>()
         for status in now {

@@ -28,11 +28,31 @@ public actor LocalCluster {
         }
     }
 
-    public enum Readiness: Sendable, Equatable {
+    /// A check of an instance, for readiness or liveness.
+    public enum Readiness: Sendable, Equatable, Codable {
         /// GET path answers 2xx or 3xx.
         case http(path: String)
         /// The port accepts connections.
         case tcp
+        /// `grpc.health.v1.Health/Check` for `service` ("" = the server as a whole) answers SERVING.
+        case grpc(service: String)
+        /// The command, run inside the instance (`runc exec`), exits 0.
+        case exec(command: [String])
+    }
+
+    /// Kubernetes' liveness probe: checked every `period` once `initialDelay` has passed since the
+    /// instance started; after `failureThreshold` failures in a row it is killed and started again
+    /// (with the crash-loop backoff), its last exit saying why.
+    public struct Liveness: Sendable, Equatable, Codable {
+        public var check: Readiness
+        public var initialDelay: Double = 0
+        public var period: Double = 10
+        public var timeout: Double = 1
+        public var failureThreshold = 3
+
+        public init(check: Readiness) {
+            self.check = check
+        }
     }
 
     public struct DeploySpec: Sendable {
@@ -52,6 +72,7 @@ public actor LocalCluster {
         /// Reached through the load balancer: traffic moves to the new instances (and drains from
         /// the old ones) before the old ones stop.
         public var isPublic = false
+        public var liveness: Liveness?
 
         public init(workload: Workload, image: String) {
             self.workload = workload
@@ -98,6 +119,9 @@ public actor LocalCluster {
         var routed: Bool? = nil
         /// The memory limit of its instances, for exit reasons.
         var memoryMiB: Int? = nil
+        /// Replaced by a deploy, being stopped: removed at start if the service died meanwhile.
+        var retiring: [Instance]? = nil
+        var liveness: Liveness? = nil
     }
 
     public struct Failure: Error, CustomStringConvertible, Equatable {
@@ -132,16 +156,30 @@ public actor LocalCluster {
 
     /// After a restart: instances a deploy had started but not finished are removed; current ones
     /// are left running (they never depended on this process).
-    public func recover() async throws {
+    /// Returns false when some workload could not be put right yet (the load balancer did not
+    /// answer); ``supervise(every:)`` tries again.
+    @discardableResult
+    public func recover() async throws -> Bool {
+        var complete = true
         for file in try FileManager.default.contentsOfDirectory(atPath: directory + "/workloads") where file.hasSuffix(".json") {
-            guard var record = try? load(String(file.dropLast(5))), !record.pending.isEmpty else { continue }
+            guard var record = try? load(String(file.dropLast(5))) else { continue }
+            // Killed while the replaced instances stopped: they go now.
+            if let retiring = record.retiring, !retiring.isEmpty {
+                for instance in retiring { try? await Self.remove(instance.id, runtime, applicationLogs) }
+                record.retiring = nil
+                try save(record)
+            }
+            guard !record.pending.isEmpty else { continue }
             // Killed after traffic moved to the new instances but before they were recorded as
-            // current: traffic goes back to the current ones before the new ones go.
+            // current: traffic goes back to the current ones before the new ones go. If the load
+            // balancer cannot be told, the new ones stay (they may be what it sends traffic to).
             if record.routed == true, let traffic {
                 do {
                     try await traffic.route(record.workload, to: record.current.map(\.address), drain: .seconds(30))
                 } catch {
-                    logger.warning("could not route traffic back to the current instances", metadata: ["service": "\(record.workload.serviceID)", "error": "\(error)"])
+                    logger.warning("could not route traffic back to the current instances; retrying", metadata: ["service": "\(record.workload.serviceID)", "error": "\(error)"])
+                    complete = false
+                    continue
                 }
             }
             for instance in record.pending {
@@ -151,6 +189,8 @@ public actor LocalCluster {
             record.pending = []
             try save(record)
         }
+        recovered = complete
+        return complete
     }
 
     // MARK: Deploy
@@ -180,6 +220,7 @@ public actor LocalCluster {
         var record = (try? load(spec.workload.serviceID)) ?? Record(workload: spec.workload)
         record.workload = spec.workload
         record.memoryMiB = spec.memoryMiB
+        record.liveness = spec.liveness
         do {
             let insecure = spec.insecureRegistry || Self.isLoopback(spec.image)
             let pulled = try await runtime.pull(spec.image, insecure: insecure)
@@ -211,6 +252,12 @@ public actor LocalCluster {
                 }
                 try await group.waitForAll()
             }
+            if !spec.isPublic, record.routed == true {
+                // No longer public: out of the load balancer before the old instances stop.
+                try await unroute(record)
+                record.routed = nil
+                try save(record)
+            }
             if spec.isPublic, let traffic {
                 // Ready: traffic moves to them, and the call returns once requests in flight to the
                 // old ones have finished.
@@ -236,6 +283,8 @@ public actor LocalCluster {
         record.current = record.pending
         record.pending = []
         record.stopped = nil
+        // In the same write as the new ones: a service killed while they stop still finds them.
+        record.retiring = (record.retiring ?? []) + old
         do {
             try save(record)
         } catch {
@@ -254,13 +303,15 @@ public actor LocalCluster {
                 }
             }
         }
+        record.retiring = nil
+        try? save(record)
         return record.current
     }
 
     private static func waitReady(_ instance: Instance, _ spec: DeploySpec, runtime: LocalRuntime, deadline: ContinuousClock.Instant) async throws {
         var lastError = "no readiness check answered yet"
         while true {
-            switch await Probe.check(port: instance.port, readiness: spec.readiness, timeout: spec.checkTimeout) {
+            switch await Probe.check(spec.readiness, instance: instance, runtime: runtime, timeout: spec.checkTimeout) {
             case .success: return
             case .failure(let reason): lastError = reason
             }
@@ -341,7 +392,9 @@ public actor LocalCluster {
     /// Runs ``superviseOnce(now:)`` until cancelled.
     public func supervise(every period: Duration = supervisionPeriod) async {
         while !Task.isCancelled {
+            if !recovered { _ = try? await recover() }
             await superviseOnce()
+            await checkLiveness()
             await publishChanges()
             try? await Task.sleep(for: period)
         }
@@ -360,8 +413,10 @@ public actor LocalCluster {
             else { continue }
             await turns.acquire(serviceID)
             defer { turns.release(serviceID) }
-            // Read again under the lock: a deploy may have replaced them meanwhile.
+            // Read again under the lock: a deploy may have replaced them meanwhile (and started new
+            // instances the first listing did not show).
             guard var record = try? load(serviceID), record.stopped != true else { continue }
+            let running = record == peek ? running : Set(((try? await runtime.list()) ?? []).filter { $0.status == .running }.map(\.id))
             let time = now.timeIntervalSince1970
             for index in record.current.indices {
                 var instance = record.current[index]
@@ -390,6 +445,64 @@ public actor LocalCluster {
         }
     }
 
+    // MARK: Liveness
+
+    /// Runs the liveness checks that are due (all at once); an instance whose check failed
+    /// `failureThreshold` times in a row is stopped with the reason as its last exit, and the
+    /// supervisor starts it again after its backoff.
+    public func checkLiveness(now: Date = Date()) async {
+        let time = now.timeIntervalSince1970
+        let files = (try? FileManager.default.contentsOfDirectory(atPath: directory + "/workloads")) ?? []
+        var due: [(serviceID: String, instance: Instance, liveness: Liveness)] = []
+        for file in files where file.hasSuffix(".json") {
+            guard let record = try? load(String(file.dropLast(5))), record.stopped != true, let liveness = record.liveness else { continue }
+            for instance in record.current where instance.exitedAt == nil {
+                let started = instance.startedAt ?? 0
+                guard time - started >= liveness.initialDelay, time - (lastLivenessCheck[instance.id] ?? 0) >= liveness.period else { continue }
+                due.append((record.workload.serviceID, instance, liveness))
+            }
+        }
+        // Forget instances that are gone.
+        let live = Set(due.map(\.instance.id))
+        lastLivenessCheck = lastLivenessCheck.filter { live.contains($0.key) || time - $0.value < 3600 }
+        livenessFailures = livenessFailures.filter { lastLivenessCheck[$0.key] != nil }
+        guard !due.isEmpty else { return }
+        for item in due { lastLivenessCheck[item.instance.id] = time }
+        let runtime = self.runtime
+        let results = await withTaskGroup(of: (String, Probe.Result).self, returning: [String: Probe.Result].self) { group in
+            for item in due {
+                group.addTask {
+                    (item.instance.id, await Probe.check(item.liveness.check, instance: item.instance, runtime: runtime, timeout: .milliseconds(Int(item.liveness.timeout * 1000))))
+                }
+            }
+            var results: [String: Probe.Result] = [:]
+            for await (id, result) in group { results[id] = result }
+            return results
+        }
+        for item in due {
+            guard case .failure(let reason)? = results[item.instance.id] else {
+                livenessFailures[item.instance.id] = nil
+                continue
+            }
+            let failures = (livenessFailures[item.instance.id] ?? 0) + 1
+            livenessFailures[item.instance.id] = failures
+            guard failures >= item.liveness.failureThreshold else { continue }
+            livenessFailures[item.instance.id] = nil
+            await turns.acquire(item.serviceID)
+            defer { turns.release(item.serviceID) }
+            guard var record = try? load(item.serviceID), record.stopped != true,
+                  let index = record.current.firstIndex(where: { $0.id == item.instance.id && $0.exitedAt == nil }) else { continue }
+            // On record first: the supervisor sees an exited instance with this reason and restarts it.
+            record.current[index].exitedAt = time
+            record.current[index].lastExitAt = time
+            record.current[index].oomKilled = false
+            record.current[index].lastExit = "killed: liveness check failed \(failures) times in a row (\(reason))"
+            try? save(record)
+            logger.warning("liveness check failed; restarting", metadata: ["instance": "\(item.instance.id)", "reason": "\(reason)"])
+            try? await runtime.stop(item.instance.id, grace: .seconds(10))
+        }
+    }
+
     /// A run of this long counts as healthy: the next exit starts the backoff again at 1 s.
     public static let healthyRun: TimeInterval = 600
 
@@ -415,8 +528,12 @@ public actor LocalCluster {
     /// The actor is reentrant: while a deploy awaits its instances, another call for the same
     /// workload would read and rewrite the same record. Calls for one workload wait their turn
     /// (in order); different workloads do not wait for each other.
-    private let turns = Turns()
+    let turns = Turns()
     var watchers: [UUID: AsyncStream<WorkloadStatus>.Continuation] = [:]
+    private var livenessFailures: [String: Int] = [:]
+    /// An unfinished deploy's instances could not be put right yet.
+    private var recovered = true
+    private var lastLivenessCheck: [String: Double] = [:]
     var published: [String: WorkloadStatus] = [:]
 
     /// Removes an instance; its output first moves aside, to be shipped to its end.
@@ -462,8 +579,11 @@ public actor LocalCluster {
 
     static func validate(_ workload: Workload) throws(Failure) {
         for (value, field) in [(workload.environmentID, "environment_id"), (workload.serviceID, "service_id")] {
-            guard !value.isEmpty, value.utf8.count <= 128, value.utf8.allSatisfy({ $0 > 32 && $0 < 127 && $0 != 47 }) else {
-                throw Failure(kind: .invalid, description: "workload.\(field) must be 1 to 128 printable characters without '/'")
+            // What the logs service accepts in a stream key, so application logs can always be stored.
+            guard !value.isEmpty, value.utf8.count <= 128,
+                  value != ".", value != "..",
+                  value.utf8.allSatisfy({ ($0 >= 65 && $0 <= 90) || ($0 >= 97 && $0 <= 122) || ($0 >= 48 && $0 <= 57) || $0 == 46 || $0 == 95 || $0 == 45 }) else {
+                throw Failure(kind: .invalid, description: "workload.\(field) must be 1 to 128 of A-Z, a-z, 0-9, '.', '_' and '-'")
             }
         }
         let name = workload.serviceName.utf8

@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import SlipwayProcess
+import SlipwayServiceKit
 
 #if canImport(Glibc)
 import Glibc
@@ -216,6 +217,26 @@ public final class LocalRuntime: Sendable {
         _ = reap(id)  // no zombie left behind
     }
 
+    /// Runs `command` inside the running instance (`runc exec`); success when it exits 0 within
+    /// `timeout` (then it is killed).
+    func exec(_ id: String, _ command: [String], timeout: Duration) async -> Probe.Result {
+        guard !command.isEmpty else { return .failure("exec check without a command") }
+        let shown = command.joined(separator: " ")
+        let runcRoot = self.runcRoot
+        do {
+            let (termination, lines) = try await withTimeout(timeout) {
+                try await ChildProcess("/usr/sbin/runc", ["--root", runcRoot, "exec", id] + command).output()
+            }
+            if termination.succeeded { return .success }
+            let last = lines.last(where: { !$0.isEmpty }).map { ": \($0.prefix(200))" } ?? ""
+            return .failure("exec `\(shown)` exited with status \(termination.exitCode ?? -1)\(last)")
+        } catch is TimeoutError {
+            return .failure("exec `\(shown)` did not finish within \(timeout)")
+        } catch {
+            return .failure("exec `\(shown)`: \(error)")
+        }
+    }
+
     /// How an instance's process ended.
     public enum Exit: Sendable, Equatable {
         case exited(code: Int32)
@@ -231,6 +252,8 @@ public final class LocalRuntime: Sendable {
               let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 0 else { return nil }
         var status: Int32 = 0
         guard waitpid(pid, &status, WNOHANG) == pid else { return nil }
+        // Reaped: the pid may be reused by anything now, so it is never waited for again.
+        unlink(instanceDirectory(id) + "/pid")
         return status & 0x7f == 0 ? .exited(code: (status >> 8) & 0xff) : .signaled(status & 0x7f)
     }
 

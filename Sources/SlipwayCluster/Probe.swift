@@ -1,15 +1,29 @@
 import Foundation
+import SlipwayProtos
+import SlipwayRPC
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// Readiness checks of a local instance: a TCP connect, or an HTTP/1.0 GET whose status is 2xx or
-/// 3xx, each within a time limit. Runs on its own thread (blocking sockets with poll).
+/// Checks of a local instance, each within a time limit: a TCP connect or an HTTP/1.0 GET whose
+/// status is 2xx or 3xx (on their own thread, blocking sockets with poll), a `grpc.health.v1` Check
+/// through our own RPC client, or a command run inside the instance (`runc exec`) that exits 0.
 enum Probe {
     enum Result: Equatable {
         case success
         case failure(String)
+    }
+
+    static func check(_ check: LocalCluster.Readiness, instance: LocalCluster.Instance, runtime: LocalRuntime, timeout: Duration) async -> Result {
+        switch check {
+        case .tcp, .http:
+            return await self.check(port: instance.port, readiness: check, timeout: timeout)
+        case .grpc(let service):
+            return await grpcHealth(port: instance.port, service: service, timeout: timeout)
+        case .exec(let command):
+            return await runtime.exec(instance.id, command, timeout: timeout)
+        }
     }
 
     static func check(port: Int, readiness: LocalCluster.Readiness, timeout: Duration) async -> Result {
@@ -17,6 +31,28 @@ enum Probe {
             Thread.detachNewThread {
                 continuation.resume(returning: run(port: port, readiness: readiness, timeout: timeout))
             }
+        }
+    }
+
+    /// `grpc.health.v1.Health/Check` over cleartext HTTP/2, as Kubernetes' gRPC probe does.
+    static func grpcHealth(port: Int, service: String, timeout: Duration) async -> Result {
+        let client = RPCClient(host: "127.0.0.1", port: port)
+        defer { Task { await client.close() } }
+        var request = Grpc_Health_V1_HealthCheckRequest()
+        request.service = service
+        do {
+            let response = try await client.unary(Grpc_Health_V1_Health.Check.self, request, options: CallOptions(timeout: timeout))
+            let status = switch response.status {
+            case .serving: "SERVING"
+            case .notServing: "NOT_SERVING"
+            case .serviceUnknown: "SERVICE_UNKNOWN"
+            default: "UNKNOWN"
+            }
+            return response.status == .serving ? .success : .failure("grpc.health.v1 Check\(service.isEmpty ? "" : " of \(service)") answered \(status)")
+        } catch let error as RPCError {
+            return .failure("grpc.health.v1 Check\(service.isEmpty ? "" : " of \(service)"): \(error.code) \(error.message)")
+        } catch {
+            return .failure("grpc.health.v1 Check: \(error)")
         }
     }
 

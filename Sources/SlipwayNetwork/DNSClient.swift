@@ -43,20 +43,22 @@ public struct DNSClient: Sendable {
         let id = UInt16.random(in: 0...UInt16.max)
         let query = Self.encodeQuery(id: id, name: name, type: type)
         let resolver = self.resolver
-        let promise = MultiThreadedEventLoopGroup.singleton.next().makePromise(of: [UInt8].self)
         let channel = try await DatagramBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(Collector(id: id, promise: promise))
-                }
-            }
             .bind(host: resolver.protocol == .inet6 ? "::" : "0.0.0.0", port: 0).get()
         defer { channel.close(promise: nil) }
+        // Made once the channel exists, and always completed: by the answer, an error, or the timeout.
+        let promise = channel.eventLoop.makePromise(of: [UInt8].self)
         let timeout = channel.eventLoop.scheduleTask(in: self.timeout) {
             promise.fail(Failure(description: "no answer from the resolver \(resolver) within \(self.timeout.nanoseconds / 1_000_000) ms"))
         }
         defer { timeout.cancel() }
-        try await channel.writeAndFlush(AddressedEnvelope(remoteAddress: resolver, data: ByteBuffer(bytes: query)))
+        do {
+            try await channel.pipeline.addHandler(Collector(id: id, promise: promise))
+            try await channel.writeAndFlush(AddressedEnvelope(remoteAddress: resolver, data: ByteBuffer(bytes: query)))
+        } catch {
+            promise.fail(error)
+            throw error
+        }
         let bytes = try await promise.futureResult.get()
         return try Self.decodeAnswer(bytes, id: id)
     }

@@ -221,7 +221,9 @@ public actor LoadBalancer {
         guard leaf.notValidAfter > Date() else {
             throw Failure(kind: .invalid, description: "the certificate expired on \(leaf.notValidAfter)")
         }
-        let id = SHA256.hash(data: Data(chainPEM.utf8)).map { String(format: "%02x", $0) }.joined().prefix(32)
+        // Named by chain and key together: the same chain sent with another key never overwrites the
+        // files of the one in use.
+        let id = SHA256.hash(data: Data((chainPEM + "\n" + keyPEM).utf8)).map { String(format: "%02x", $0) }.joined().prefix(32)
         let certificate = NetworkState.Certificate(
             id: String(id), domains: domains.sorted(), notAfter: leaf.notValidAfter.timeIntervalSince1970, installedAt: Date().timeIntervalSince1970)
         // Files and state change in one turn: another install's cleanup must not see these files

@@ -134,13 +134,14 @@ public struct Nginx: Sendable {
         if Glibc.kill(master, 0) == 0 { ProcessTree.kill(root: master) }
     }
 
-    /// An [emerg] or [alert] line logged after `offset`.
+    /// An [emerg] line logged after `offset` (what nginx logs when it refuses a configuration;
+    /// [alert]s come from old workers too, e.g. when their shutdown timeout passes).
     private func newErrors(since offset: Int) -> String? {
         guard let handle = FileHandle(forReadingAtPath: errorLogPath) else { return nil }
         defer { try? handle.close() }
         try? handle.seek(toOffset: UInt64(offset))
         guard let data = try? handle.readToEnd(), let text = String(data: data, encoding: .utf8) else { return nil }
-        return text.split(separator: "\n").first { $0.contains("[emerg]") || $0.contains("[alert]") }.map { line in
+        return text.split(separator: "\n").first { $0.contains("[emerg]") }.map { line in
             line.range(of: "] ").map { String(line[$0.upperBound...]) } ?? String(line)
         }
     }

@@ -71,20 +71,47 @@ public struct ClusterCollaboratorRPC: ClusterCollaborator {
         request.memoryMib = UInt32(configuration.memoryMiB)
         var readiness = Slipway_Cluster_V1_Readiness()
         if let probe = configuration.readinessProbe {
-            switch probe.kind {
-            case .http(let path, _):
-                var http = Slipway_Cluster_V1_HttpCheck()
-                http.path = path
-                readiness.check = .http(http)
-            default:
-                readiness.check = .tcp(Slipway_Cluster_V1_TcpCheck())
-            }
+            readiness.check = Self.check(probe.kind, http: { .http($0) }, tcp: { .tcp($0) }, grpc: { .grpc($0) }, exec: { .exec($0) })
             readiness.timeoutMillis = UInt32(probe.timeoutSeconds * 1000)
             // Ready within the probe's own patience: its initial delay plus failureThreshold periods.
             request.readyTimeoutSeconds = UInt32(max(5, probe.initialDelaySeconds + probe.failureThreshold * probe.periodSeconds))
         }
         request.readiness = readiness
         request.public = work.isPublic
+        if let probe = configuration.livenessProbe {
+            var liveness = Slipway_Cluster_V1_Liveness()
+            liveness.check = Self.check(probe.kind, http: { .http($0) }, tcp: { .tcp($0) }, grpc: { .grpc($0) }, exec: { .exec($0) })
+            liveness.initialDelaySeconds = UInt32(probe.initialDelaySeconds)
+            liveness.periodSeconds = UInt32(probe.periodSeconds)
+            liveness.timeoutSeconds = UInt32(probe.timeoutSeconds)
+            liveness.failureThreshold = UInt32(probe.failureThreshold)
+            request.liveness = liveness
+        }
         return request
+    }
+
+    /// A probe of the service's configuration as the cluster's check (readiness and liveness have
+    /// the same four kinds in their own oneofs).
+    static func check<Check>(
+        _ kind: ServiceSpec.Probe.Kind,
+        http: (Slipway_Cluster_V1_HttpCheck) -> Check, tcp: (Slipway_Cluster_V1_TcpCheck) -> Check,
+        grpc: (Slipway_Cluster_V1_GrpcCheck) -> Check, exec: (Slipway_Cluster_V1_ExecCheck) -> Check
+    ) -> Check {
+        switch kind {
+        case .http(let path, _):
+            var check = Slipway_Cluster_V1_HttpCheck()
+            check.path = path
+            return http(check)
+        case .tcp:
+            return tcp(Slipway_Cluster_V1_TcpCheck())
+        case .grpc(_, let service):
+            var check = Slipway_Cluster_V1_GrpcCheck()
+            check.service = service
+            return grpc(check)
+        case .exec(let command):
+            var check = Slipway_Cluster_V1_ExecCheck()
+            check.command = command
+            return exec(check)
+        }
     }
 }

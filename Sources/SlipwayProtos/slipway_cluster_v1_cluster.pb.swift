@@ -112,6 +112,44 @@ public struct Slipway_Cluster_V1_TcpCheck: ProtoCMessage, Hashable {
     }
 }
 
+/// The message `slipway.cluster.v1.GrpcCheck`.
+public struct Slipway_Cluster_V1_GrpcCheck: ProtoCMessage, Hashable {
+    public static let protoMessageName = "slipway.cluster.v1.GrpcCheck"
+    public static var protoCDescriptor: UnsafePointer<ProtobufCMessageDescriptor> { slipway__cluster__v1__grpc_check__descriptor_ptr() }
+
+    public var service: String = ""
+
+    public init() {}
+
+    public func protoCWrite(to writer: ProtoCWriter) {
+        writer.set(0, self.service)
+    }
+
+    public init(protoCReader reader: ProtoCReader) {
+        self.init()
+        self.service = reader.string(0)
+    }
+}
+
+/// The message `slipway.cluster.v1.ExecCheck`.
+public struct Slipway_Cluster_V1_ExecCheck: ProtoCMessage, Hashable {
+    public static let protoMessageName = "slipway.cluster.v1.ExecCheck"
+    public static var protoCDescriptor: UnsafePointer<ProtobufCMessageDescriptor> { slipway__cluster__v1__exec_check__descriptor_ptr() }
+
+    public var command: [String] = []
+
+    public init() {}
+
+    public func protoCWrite(to writer: ProtoCWriter) {
+        writer.set(0, self.command)
+    }
+
+    public init(protoCReader reader: ProtoCReader) {
+        self.init()
+        self.command = reader.strings(0)
+    }
+}
+
 /// The message `slipway.cluster.v1.Readiness`.
 public struct Slipway_Cluster_V1_Readiness: ProtoCMessage, Hashable {
     public static let protoMessageName = "slipway.cluster.v1.Readiness"
@@ -126,6 +164,8 @@ public struct Slipway_Cluster_V1_Readiness: ProtoCMessage, Hashable {
     public enum OneOf_Check: Sendable, Hashable {
         case http(Slipway_Cluster_V1_HttpCheck)
         case tcp(Slipway_Cluster_V1_TcpCheck)
+        case grpc(Slipway_Cluster_V1_GrpcCheck)
+        case exec(Slipway_Cluster_V1_ExecCheck)
     }
 
     public init() {}
@@ -136,6 +176,8 @@ public struct Slipway_Cluster_V1_Readiness: ProtoCMessage, Hashable {
         switch self.check {
         case .http(let value)?: writer.set(0, value)
         case .tcp(let value)?: writer.set(1, value)
+        case .grpc(let value)?: writer.set(4, value)
+        case .exec(let value)?: writer.set(5, value)
         case nil: break
         }
     }
@@ -147,6 +189,60 @@ public struct Slipway_Cluster_V1_Readiness: ProtoCMessage, Hashable {
         switch reader.oneofCase(0) {
         case 1: self.check = .http(reader.message(0, as: Slipway_Cluster_V1_HttpCheck.self) ?? Slipway_Cluster_V1_HttpCheck())
         case 2: self.check = .tcp(reader.message(1, as: Slipway_Cluster_V1_TcpCheck.self) ?? Slipway_Cluster_V1_TcpCheck())
+        case 5: self.check = .grpc(reader.message(4, as: Slipway_Cluster_V1_GrpcCheck.self) ?? Slipway_Cluster_V1_GrpcCheck())
+        case 6: self.check = .exec(reader.message(5, as: Slipway_Cluster_V1_ExecCheck.self) ?? Slipway_Cluster_V1_ExecCheck())
+        default: break
+        }
+    }
+}
+
+/// The message `slipway.cluster.v1.Liveness`.
+public struct Slipway_Cluster_V1_Liveness: ProtoCMessage, Hashable {
+    public static let protoMessageName = "slipway.cluster.v1.Liveness"
+    public static var protoCDescriptor: UnsafePointer<ProtobufCMessageDescriptor> { slipway__cluster__v1__liveness__descriptor_ptr() }
+
+    /// The oneof `check`.
+    public var check: OneOf_Check? = nil
+    public var initialDelaySeconds: UInt32 = 0
+    public var periodSeconds: UInt32 = 0
+    public var timeoutSeconds: UInt32 = 0
+    public var failureThreshold: UInt32 = 0
+
+    /// The members of the oneof `check`.
+    public enum OneOf_Check: Sendable, Hashable {
+        case http(Slipway_Cluster_V1_HttpCheck)
+        case tcp(Slipway_Cluster_V1_TcpCheck)
+        case grpc(Slipway_Cluster_V1_GrpcCheck)
+        case exec(Slipway_Cluster_V1_ExecCheck)
+    }
+
+    public init() {}
+
+    public func protoCWrite(to writer: ProtoCWriter) {
+        writer.set(4, self.initialDelaySeconds)
+        writer.set(5, self.periodSeconds)
+        writer.set(6, self.timeoutSeconds)
+        writer.set(7, self.failureThreshold)
+        switch self.check {
+        case .http(let value)?: writer.set(0, value)
+        case .tcp(let value)?: writer.set(1, value)
+        case .grpc(let value)?: writer.set(2, value)
+        case .exec(let value)?: writer.set(3, value)
+        case nil: break
+        }
+    }
+
+    public init(protoCReader reader: ProtoCReader) {
+        self.init()
+        self.initialDelaySeconds = reader.get(4, as: UInt32.self)
+        self.periodSeconds = reader.get(5, as: UInt32.self)
+        self.timeoutSeconds = reader.get(6, as: UInt32.self)
+        self.failureThreshold = reader.get(7, as: UInt32.self)
+        switch reader.oneofCase(0) {
+        case 1: self.check = .http(reader.message(0, as: Slipway_Cluster_V1_HttpCheck.self) ?? Slipway_Cluster_V1_HttpCheck())
+        case 2: self.check = .tcp(reader.message(1, as: Slipway_Cluster_V1_TcpCheck.self) ?? Slipway_Cluster_V1_TcpCheck())
+        case 3: self.check = .grpc(reader.message(2, as: Slipway_Cluster_V1_GrpcCheck.self) ?? Slipway_Cluster_V1_GrpcCheck())
+        case 4: self.check = .exec(reader.message(3, as: Slipway_Cluster_V1_ExecCheck.self) ?? Slipway_Cluster_V1_ExecCheck())
         default: break
         }
     }
@@ -194,6 +290,7 @@ public struct Slipway_Cluster_V1_DeployRequest: ProtoCMessage, Hashable {
     public var stopGraceSeconds: UInt32 = 0
     public var command: [String] = []
     public var `public`: Bool = false
+    public var liveness: Slipway_Cluster_V1_Liveness? = nil
 
     public init() {}
 
@@ -210,6 +307,7 @@ public struct Slipway_Cluster_V1_DeployRequest: ProtoCMessage, Hashable {
         writer.set(9, self.stopGraceSeconds)
         writer.set(10, self.command)
         writer.set(11, self.`public`)
+        writer.set(12, self.liveness)
     }
 
     public init(protoCReader reader: ProtoCReader) {
@@ -226,6 +324,7 @@ public struct Slipway_Cluster_V1_DeployRequest: ProtoCMessage, Hashable {
         self.stopGraceSeconds = reader.get(9, as: UInt32.self)
         self.command = reader.strings(10)
         self.`public` = reader.bool(11)
+        self.liveness = reader.message(12, as: Slipway_Cluster_V1_Liveness.self)
     }
 }
 
@@ -478,7 +577,10 @@ public enum Slipway_Cluster_V1_Cluster_proto {
         symbols: [
             "slipway.cluster.v1.HttpCheck",
             "slipway.cluster.v1.TcpCheck",
+            "slipway.cluster.v1.GrpcCheck",
+            "slipway.cluster.v1.ExecCheck",
             "slipway.cluster.v1.Readiness",
+            "slipway.cluster.v1.Liveness",
             "slipway.cluster.v1.Workload",
             "slipway.cluster.v1.DeployRequest",
             "slipway.cluster.v1.DeployRequest.EnvironmentEntry",
@@ -500,122 +602,149 @@ public enum Slipway_Cluster_V1_Cluster_proto {
         ],
         serializedDescriptor: ProtoBase64.decode("""
         CiBzbGlwd2F5L2NsdXN0ZXIvdjEvY2x1c3Rlci5wcm90bxISc2xpcHdheS5jbHVzdGVyLnYxIh8KCUh0dHBDaGVjaxISCgRwYXRo
-        GAEgASgJUgRwYXRoIgoKCFRjcENoZWNrIscBCglSZWFkaW5lc3MSMwoEaHR0cBgBIAEoCzIdLnNsaXB3YXkuY2x1c3Rlci52MS5I
-        dHRwQ2hlY2tIAFIEaHR0cBIwCgN0Y3AYAiABKAsyHC5zbGlwd2F5LmNsdXN0ZXIudjEuVGNwQ2hlY2tIAFIDdGNwEiMKDXBlcmlv
-        ZF9taWxsaXMYAyABKA1SDHBlcmlvZE1pbGxpcxIlCg50aW1lb3V0X21pbGxpcxgEIAEoDVINdGltZW91dE1pbGxpc0IHCgVjaGVj
-        ayJzCghXb3JrbG9hZBIlCg5lbnZpcm9ubWVudF9pZBgBIAEoCVINZW52aXJvbm1lbnRJZBIdCgpzZXJ2aWNlX2lkGAIgASgJUglz
-        ZXJ2aWNlSWQSIQoMc2VydmljZV9uYW1lGAMgASgJUgtzZXJ2aWNlTmFtZSLVBAoNRGVwbG95UmVxdWVzdBI4Cgh3b3JrbG9hZBgB
-        IAEoCzIcLnNsaXB3YXkuY2x1c3Rlci52MS5Xb3JrbG9hZFIId29ya2xvYWQSFAoFaW1hZ2UYAiABKAlSBWltYWdlEisKEWluc2Vj
-        dXJlX3JlZ2lzdHJ5GAMgASgIUhBpbnNlY3VyZVJlZ2lzdHJ5ElQKC2Vudmlyb25tZW50GAQgAygLMjIuc2xpcHdheS5jbHVzdGVy
-        LnYxLkRlcGxveVJlcXVlc3QuRW52aXJvbm1lbnRFbnRyeVILZW52aXJvbm1lbnQSGgoIcmVwbGljYXMYBSABKA1SCHJlcGxpY2Fz
-        EiUKDmNwdV9taWxsaWNvcmVzGAYgASgNUg1jcHVNaWxsaWNvcmVzEh0KCm1lbW9yeV9taWIYByABKA1SCW1lbW9yeU1pYhI7Cgly
-        ZWFkaW5lc3MYCCABKAsyHS5zbGlwd2F5LmNsdXN0ZXIudjEuUmVhZGluZXNzUglyZWFkaW5lc3MSMgoVcmVhZHlfdGltZW91dF9z
-        ZWNvbmRzGAkgASgNUhNyZWFkeVRpbWVvdXRTZWNvbmRzEiwKEnN0b3BfZ3JhY2Vfc2Vjb25kcxgKIAEoDVIQc3RvcEdyYWNlU2Vj
-        b25kcxIYCgdjb21tYW5kGAsgAygJUgdjb21tYW5kEhYKBnB1YmxpYxgMIAEoCFIGcHVibGljGj4KEEVudmlyb25tZW50RW50cnkS
-        EAoDa2V5GAEgASgJUgNrZXkSFAoFdmFsdWUYAiABKAlSBXZhbHVlOgI4ASKUAwoISW5zdGFuY2USDgoCaWQYASABKAlSAmlkEhgK
-        B2FkZHJlc3MYAiABKAlSB2FkZHJlc3MSOgoGc3RhdHVzGAMgASgOMiIuc2xpcHdheS5jbHVzdGVyLnYxLkluc3RhbmNlU3RhdHVz
-        UgZzdGF0dXMSFAoFaW1hZ2UYBCABKAlSBWltYWdlEhoKCHJlc3RhcnRzGAUgASgNUghyZXN0YXJ0cxI3ChhuZXh0X3Jlc3RhcnRf
-        dW5peF9taWxsaXMYBiABKANSFW5leHRSZXN0YXJ0VW5peE1pbGxpcxIbCglsYXN0X2V4aXQYByABKAlSCGxhc3RFeGl0EjEKFWxh
-        c3RfZXhpdF91bml4X21pbGxpcxgIIAEoA1ISbGFzdEV4aXRVbml4TWlsbGlzEh0KCm9vbV9raWxsZWQYCSABKAhSCW9vbUtpbGxl
-        ZBJICg5ydW5uaW5nX3N0YXR1cxgKIAEoDjIhLnNsaXB3YXkuY2x1c3Rlci52MS5SdW5uaW5nU3RhdHVzUg1ydW5uaW5nU3RhdHVz
-        IsEBCg5Xb3JrbG9hZFN0YXR1cxI4Cgh3b3JrbG9hZBgBIAEoCzIcLnNsaXB3YXkuY2x1c3Rlci52MS5Xb3JrbG9hZFIId29ya2xv
-        YWQSOQoGc3RhdHVzGAIgASgOMiEuc2xpcHdheS5jbHVzdGVyLnYxLlJ1bm5pbmdTdGF0dXNSBnN0YXR1cxI6CglpbnN0YW5jZXMY
-        AyADKAsyHC5zbGlwd2F5LmNsdXN0ZXIudjEuSW5zdGFuY2VSCWluc3RhbmNlcyI1CgxXYXRjaFJlcXVlc3QSJQoOZW52aXJvbm1l
-        bnRfaWQYASABKAlSDWVudmlyb25tZW50SWQifAoKV2F0Y2hFdmVudBJACgh3b3JrbG9hZBgBIAEoCzIiLnNsaXB3YXkuY2x1c3Rl
-        ci52MS5Xb3JrbG9hZFN0YXR1c0gAUgh3b3JrbG9hZBIjCgxzbmFwc2hvdF9lbmQYAiABKAhIAFILc25hcHNob3RFbmRCBwoFZXZl
-        bnQiTAoORGVwbG95UmVzcG9uc2USOgoJaW5zdGFuY2VzGAEgAygLMhwuc2xpcHdheS5jbHVzdGVyLnYxLkluc3RhbmNlUglpbnN0
-        YW5jZXMieQoPV29ya2xvYWRSZXF1ZXN0EjgKCHdvcmtsb2FkGAEgASgLMhwuc2xpcHdheS5jbHVzdGVyLnYxLldvcmtsb2FkUgh3
-        b3JrbG9hZBIsChJzdG9wX2dyYWNlX3NlY29uZHMYAiABKA1SEHN0b3BHcmFjZVNlY29uZHMiTwoRSW5zdGFuY2VzUmVzcG9uc2US
-        OgoJaW5zdGFuY2VzGAEgAygLMhwuc2xpcHdheS5jbHVzdGVyLnYxLkluc3RhbmNlUglpbnN0YW5jZXMqdAoOSW5zdGFuY2VTdGF0
-        dXMSHwobSU5TVEFOQ0VfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFQoRSU5TVEFOQ0VfU1RBUlRJTkcQARIUChBJTlNUQU5DRV9SVU5O
-        SU5HEAISFAoQSU5TVEFOQ0VfU1RPUFBFRBADKtcBCg1SdW5uaW5nU3RhdHVzEh4KGlJVTk5JTkdfU1RBVFVTX1VOU1BFQ0lGSUVE
-        EAASGwoXUlVOTklOR19TVEFUVVNfU1RBUlRJTkcQARIaChZSVU5OSU5HX1NUQVRVU19SVU5OSU5HEAISGgoWUlVOTklOR19TVEFU
-        VVNfV0FSTklORxADEhgKFFJVTk5JTkdfU1RBVFVTX0VSUk9SEAQSGwoXUlVOTklOR19TVEFUVVNfU1RPUFBJTkcQBRIaChZSVU5O
-        SU5HX1NUQVRVU19TVE9QUEVEEAYyrgMKB0NsdXN0ZXISTwoGRGVwbG95EiEuc2xpcHdheS5jbHVzdGVyLnYxLkRlcGxveVJlcXVl
-        c3QaIi5zbGlwd2F5LmNsdXN0ZXIudjEuRGVwbG95UmVzcG9uc2USUgoEU3RvcBIjLnNsaXB3YXkuY2x1c3Rlci52MS5Xb3JrbG9h
-        ZFJlcXVlc3QaJS5zbGlwd2F5LmNsdXN0ZXIudjEuSW5zdGFuY2VzUmVzcG9uc2USVAoGRGVsZXRlEiMuc2xpcHdheS5jbHVzdGVy
-        LnYxLldvcmtsb2FkUmVxdWVzdBolLnNsaXB3YXkuY2x1c3Rlci52MS5JbnN0YW5jZXNSZXNwb25zZRJbCg1MaXN0SW5zdGFuY2Vz
-        EiMuc2xpcHdheS5jbHVzdGVyLnYxLldvcmtsb2FkUmVxdWVzdBolLnNsaXB3YXkuY2x1c3Rlci52MS5JbnN0YW5jZXNSZXNwb25z
-        ZRJLCgVXYXRjaBIgLnNsaXB3YXkuY2x1c3Rlci52MS5XYXRjaFJlcXVlc3QaHi5zbGlwd2F5LmNsdXN0ZXIudjEuV2F0Y2hFdmVu
-        dDABStktCgcSBQAAjgEBCggKAQwSAwAAEgpXCgECEgMDABsaTSBUaGUgY2x1c3RlciBzZXJ2aWNlOiBydW5zIHJlbGVhc2VzIChs
-        b2NhbCBtb2RlOiBPQ0kgY29udGFpbmVycyB1bmRlciBydW5jKS4KCgoKAgQAEgQFAAcBCgoKAwQAARIDBQgRCgsKBAQAAgASAwYC
-        EgoMCgUEAAIABRIDBgIICgwKBQQAAgABEgMGCQ0KDAoFBAACAAMSAwYQEQoJCgIEARIDCQATCgoKAwQBARIDCQgQCmQKAgQCEgQM
-        ABUBGlggV2hlbiBhbiBpbnN0YW5jZSBpcyByZWFkeSBmb3IgdHJhZmZpYy4gVW5zZXQ6IHJlYWR5IG9uY2UgaXRzIHBvcnQgYWNj
-        ZXB0cyBjb25uZWN0aW9ucy4KCgoKAwQCARIDDAgRCgwKBAQCCAASBA0CEAMKDAoFBAIIAAESAw0IDQoLCgQEAgIAEgMOBBcKDAoF
-        BAICAAYSAw4EDQoMCgUEAgIAARIDDg4SCgwKBQQCAgADEgMOFRYKCwoEBAICARIDDwQVCgwKBQQCAgEGEgMPBAwKDAoFBAICAQES
-        Aw8NEAoMCgUEAgIBAxIDDxMUCikKBAQCAgISAxICGxocIEJldHdlZW4gY2hlY2tzLiAwOiAxMDAgbXMuCgoMCgUEAgICBRIDEgII
-        CgwKBQQCAgIBEgMSCRYKDAoFBAICAgMSAxIZGgolCgQEAgIDEgMUAhwaGCBQZXIgY2hlY2suIDA6IDEwMDAgbXMuCgoMCgUEAgID
-        BRIDFAIICgwKBQQCAgMBEgMUCRcKDAoFBAICAwMSAxQaGwoKCgIEAxIEFwAcAQoKCgMEAwESAxcIEAoLCgQEAwIAEgMYAhwKDAoF
-        BAMCAAUSAxgCCAoMCgUEAwIAARIDGAkXCgwKBQQDAgADEgMYGhsKCwoEBAMCARIDGQIYCgwKBQQDAgEFEgMZAggKDAoFBAMCAQES
-        AxkJEwoMCgUEAwIBAxIDGRYXCjAKBAQDAgISAxsCGhojIEEgRE5TIGxhYmVsOyBuYW1lcyB0aGUgaW5zdGFuY2VzLgoKDAoFBAMC
-        AgUSAxsCCAoMCgUEAwICARIDGwkVCgwKBQQDAgIDEgMbGBkKCgoCBAQSBB4ANQEKCgoDBAQBEgMeCBUKCwoEBAQCABIDHwIYCgwK
-        BQQEAgAGEgMfAgoKDAoFBAQCAAESAx8LEwoMCgUEBAIAAxIDHxYXCjQKBAQEAgESAyECExonIGhvc3QvcmVwb3NpdG9yeUBzaGEy
-        NTY6Li4uIChvciA6dGFnKS4KCgwKBQQEAgEFEgMhAggKDAoFBAQCAQESAyEJDgoMCgUEBAIBAxIDIRESCjoKBAQEAgISAyMCHRot
-        IFJlYWNoIHRoZSBpbWFnZSdzIHJlZ2lzdHJ5IG92ZXIgcGxhaW4gSFRUUC4KCgwKBQQEAgIFEgMjAgYKDAoFBAQCAgESAyMHGAoM
-        CgUEBAICAxIDIxscCk4KBAQEAgMSAyUCJhpBIEVudmlyb25tZW50IHZhcmlhYmxlcyBhbmQgc2VjcmV0cyAoUE9SVCBpcyBzZXQg
-        YnkgdGhlIGNsdXN0ZXIpLgoKDAoFBAQCAwYSAyUCFQoMCgUEBAIDARIDJRYhCgwKBQQEAgMDEgMlJCUKIAoEBAQCBBIDJwIWGhMg
-        MDogMS4gQXQgbW9zdCA1MC4KCgwKBQQEAgQFEgMnAggKDAoFBAQCBAESAycJEQoMCgUEBAIEAxIDJxQVCgsKBAQEAgUSAygCHAoM
-        CgUEBAIFBRIDKAIICgwKBQQEAgUBEgMoCRcKDAoFBAQCBQMSAygaGwoLCgQEBAIGEgMpAhgKDAoFBAQCBgUSAykCCAoMCgUEBAIG
-        ARIDKQkTCgwKBQQEAgYDEgMpFhcKCwoEBAQCBxIDKgIaCgwKBQQEAgcGEgMqAgsKDAoFBAQCBwESAyoMFQoMCgUEBAIHAxIDKhgZ
-        CkwKBAQEAggSAywCIxo/IEhvdyBsb25nIHRoZSBuZXcgaW5zdGFuY2VzIG1heSB0YWtlIHRvIGJlY29tZSByZWFkeS4gMDogNjAg
-        cy4KCgwKBQQEAggFEgMsAggKDAoFBAQCCAESAywJHgoMCgUEBAIIAxIDLCEiClYKBAQEAgkSAy4CIRpJIEdyYWNlIHBlcmlvZCBv
-        ZiB0aGUgb2xkIGluc3RhbmNlcyBiZXR3ZWVuIFNJR1RFUk0gYW5kIFNJR0tJTEwuIDA6IDEwIHMuCgoMCgUEBAIJBRIDLgIICgwK
-        BQQEAgkBEgMuCRsKDAoFBAQCCQMSAy4eIAosCgQEBAIKEgMwAh8aHyBSZXBsYWNlcyB0aGUgaW1hZ2UncyBjb21tYW5kLgoKDAoF
-        BAQCCgQSAzACCgoMCgUEBAIKBRIDMAsRCgwKBQQEAgoBEgMwEhkKDAoFBAQCCgMSAzAcHgqjAgoEBAQCCxIDNAITGpUCIFJlYWNo
-        ZWQgdGhyb3VnaCB0aGUgbG9hZCBiYWxhbmNlcjogb25jZSB0aGUgbmV3IGluc3RhbmNlcyBhcmUgcmVhZHksIHRoZSBjbHVzdGVy
-        IHBvaW50cyB0aGUKIHNlcnZpY2UncyByb3V0ZSBhdCB0aGVtIChzbGlwd2F5Lm5ldHdvcmsudjEgU2V0QmFja2VuZHMsIHdoaWNo
-        IGRyYWlucyB0aGUgb2xkIG9uZXMpIGJlZm9yZSBpdAogc3RvcHMgdGhlIG9sZCBvbmVzLiBJTlZBTElEX0FSR1VNRU5UIHdoZW4g
-        dGhlIGNsdXN0ZXIgcnVucyB3aXRoIC0tY2x1c3Rlci10cmFmZmljIG5vbmUuCgoMCgUEBAILBRIDNAIGCgwKBQQEAgsBEgM0Bw0K
-        DAoFBAQCCwMSAzQQEgoKCgIFABIENwA8AQoKCgMFAAESAzcFEwoLCgQFAAIAEgM4AiIKDAoFBQACAAESAzgCHQoMCgUFAAIAAhID
-        OCAhCgsKBAUAAgESAzkCGAoMCgUFAAIBARIDOQITCgwKBQUAAgECEgM5FhcKCwoEBQACAhIDOgIXCgwKBQUAAgIBEgM6AhIKDAoF
-        BQACAgISAzoVFgoLCgQFAAIDEgM7AhcKDAoFBQACAwESAzsCEgoMCgUFAAIDAhIDOxUWCgoKAgQFEgQ+AE8BCgoKAwQFARIDPggQ
-        CgsKBAQFAgASAz8CEAoMCgUEBQIABRIDPwIICgwKBQQFAgABEgM/CQsKDAoFBAUCAAMSAz8ODwo+CgQEBQIBEgNBAhUaMSBXaGVy
-        ZSBpdCBsaXN0ZW5zOiAxMjcuMC4wLjE6UE9SVCBpbiBsb2NhbCBtb2RlLgoKDAoFBAUCAQUSA0ECCAoMCgUEBQIBARIDQQkQCgwK
-        BQQFAgEDEgNBExQKCwoEBAUCAhIDQgIcCgwKBQQFAgIGEgNCAhAKDAoFBAUCAgESA0IRFwoMCgUEBQICAxIDQhobCgsKBAQFAgMS
-        A0MCEwoMCgUEBQIDBRIDQwIICgwKBQQFAgMBEgNDCQ4KDAoFBAUCAwMSA0MREgpvCgQEBQIEEgNFAhYaYiBUaW1lcyBpdCB3YXMg
-        c3RhcnRlZCBhZ2FpbiBhZnRlciBleGl0aW5nIChyZXN0YXJ0IHdpdGggYmFja29mZjogMSBzLCAyIHMsIDQgcywg4oCmIHVwIHRv
-        IDUgbWluKS4KCgwKBQQFAgQFEgNFAggKDAoFBAUCBAESA0UJEQoMCgUEBQIEAxIDRRQVClcKBAQFAgUSA0cCJRpKIFNldCB3aGls
-        ZSBpdCB3YWl0cyB0byBiZSBzdGFydGVkIGFnYWluIGFmdGVyIGV4aXRpbmcgKENyYXNoTG9vcEJhY2tPZmYpLgoKDAoFBAUCBQUS
-        A0cCBwoMCgUEBQIFARIDRwggCgwKBQQFAgUDEgNHIyQKmAEKBAQFAgYSA0oCFxqKASBIb3cgaXRzIGxhc3QgcnVuIGVuZGVkLCBm
-        b3IgYSBwZXJzb24gKCJleGl0ZWQgd2l0aCBzdGF0dXMgMyIsICJraWxsZWQgYnkgc2lnbmFsIDkgKFNJR0tJTEwpOwogT09NS2ls
-        bGVkOiDigKYiKTsgZW1wdHkgaWYgaXQgbmV2ZXIgZW5kZWQuCgoMCgUEBQIGBRIDSgIICgwKBQQFAgYBEgNKCRIKDAoFBAUCBgMS
-        A0oVFgoLCgQEBQIHEgNLAiIKDAoFBAUCBwUSA0sCBwoMCgUEBQIHARIDSwgdCgwKBQQFAgcDEgNLICEKVQoEBAUCCBIDTQIWGkgg
-        SXRzIGxhc3QgcnVuIHdhcyBraWxsZWQgYnkgdGhlIGtlcm5lbCBmb3IgZ29pbmcgb3ZlciBpdHMgbWVtb3J5IGxpbWl0LgoKDAoF
-        BAUCCAUSA00CBgoMCgUEBQIIARIDTQcRCgwKBQQFAggDEgNNFBUKCwoEBAUCCRIDTgIkCgwKBQQFAgkGEgNOAg8KDAoFBAUCCQES
-        A04QHgoMCgUEBQIJAxIDTiEjClAKAgUBEgRSAFwBGkQgUnVubmluZyBzdGF0dXMgb2YgYW4gaW5zdGFuY2UgYW5kIG9mIGEgd29y
-        a2xvYWQgKEFSQ0hJVEVDVFVSRS5tZCkuCgoKCgMFAQESA1IFEgoLCgQFAQIAEgNTAiEKDAoFBQECAAESA1MCHAoMCgUFAQIAAhID
-        Ux8gCgsKBAUBAgESA1QCHgoMCgUFAQIBARIDVAIZCgwKBQUBAgECEgNUHB0KCwoEBQECAhIDVQIdCgwKBQUBAgIBEgNVAhgKDAoF
-        BQECAgISA1UbHAo7CgQFAQIDEgNXAh0aLiBXb3JrbG9hZDogc29tZSBpbnN0YW5jZXMgcnVuLCBvdGhlcnMgZG8gbm90LgoKDAoF
-        BQECAwESA1cCGAoMCgUFAQIDAhIDVxscCmkKBAUBAgQSA1kCGxpcIEluc3RhbmNlOiBpdCBleGl0ZWQgYW5kIHdhaXRzIHRvIGJl
-        IHN0YXJ0ZWQgYWdhaW4gKENyYXNoTG9vcEJhY2tPZmYpOyB3b3JrbG9hZDogbm9uZSBydW5zLgoKDAoFBQECBAESA1kCFgoMCgUF
-        AQIEAhIDWRkaCgsKBAUBAgUSA1oCHgoMCgUFAQIFARIDWgIZCgwKBQUBAgUCEgNaHB0KCwoEBQECBhIDWwIdCgwKBQUBAgYBEgNb
-        AhgKDAoFBQECBgISA1sbHAoKCgIEBhIEXgBiAQoKCgMEBgESA14IFgoLCgQEBgIAEgNfAhgKDAoFBAYCAAYSA18CCgoMCgUEBgIA
-        ARIDXwsTCgwKBQQGAgADEgNfFhcKCwoEBAYCARIDYAIbCgwKBQQGAgEGEgNgAg8KDAoFBAYCAQESA2AQFgoMCgUEBgIBAxIDYBka
-        CgsKBAQGAgISA2ECIgoMCgUEBgICBBIDYQIKCgwKBQQGAgIGEgNhCxMKDAoFBAYCAgESA2EUHQoMCgUEBgICAxIDYSAhCgoKAgQH
-        EgRkAGcBCgoKAwQHARIDZAgUCj0KBAQHAgASA2YCHBowIE9ubHkgdGhpcyBlbnZpcm9ubWVudCdzIHdvcmtsb2FkczsgZW1wdHk6
-        IGFsbC4KCgwKBQQHAgAFEgNmAggKDAoFBAcCAAESA2YJFwoMCgUEBwIAAxIDZhobCgoKAgQIEgRpAHABCgoKAwQIARIDaQgSCgwK
-        BAQICAASBGoCbwMKDAoFBAgIAAESA2oIDQpMCgQECAIAEgNsBCAaPyBBIHdvcmtsb2FkIGFzIGl0IGlzIG5vdyAoaW4gdGhlIHNu
-        YXBzaG90LCBvciBhZnRlciBhIGNoYW5nZSkuCgoMCgUECAIABhIDbAQSCgwKBQQIAgABEgNsExsKDAoFBAgCAAMSA2weHwo4CgQE
-        CAIBEgNuBBoaKyBUaGUgc25hcHNob3QgaXMgY29tcGxldGU7IGNoYW5nZXMgZm9sbG93LgoKDAoFBAgCAQUSA24ECAoMCgUECAIB
-        ARIDbgkVCgwKBQQIAgEDEgNuGBkKCgoCBAkSBHIAdQEKCgoDBAkBEgNyCBYKNgoEBAkCABIDdAIiGikgVGhlIGluc3RhbmNlcyBu
-        b3cgc2VydmluZyB0aGUgd29ya2xvYWQuCgoMCgUECQIABBIDdAIKCgwKBQQJAgAGEgN0CxMKDAoFBAkCAAESA3QUHQoMCgUECQIA
-        AxIDdCAhCgoKAgQKEgR3AHsBCgoKAwQKARIDdwgXCgsKBAQKAgASA3gCGAoMCgUECgIABhIDeAIKCgwKBQQKAgABEgN4CxMKDAoF
-        BAoCAAMSA3gWFwpWCgQECgIBEgN6AiAaSSBGb3IgU3RvcCBhbmQgRGVsZXRlOiBncmFjZSBwZXJpb2QgYmV0d2VlbiBTSUdURVJN
-        IGFuZCBTSUdLSUxMLiAwOiAxMCBzLgoKDAoFBAoCAQUSA3oCCAoMCgUECgIBARIDegkbCgwKBQQKAgEDEgN6Hh8KCgoCBAsSBH0A
-        fwEKCgoDBAsBEgN9CBkKCwoEBAsCABIDfgIiCgwKBQQLAgAEEgN+AgoKDAoFBAsCAAYSA34LEwoMCgUECwIAARIDfhQdCgwKBQQL
-        AgADEgN+ICEKDAoCBgASBoEBAI4BAQoLCgMGAAESBIEBCA8K/AEKBAYAAgASBIUBAjUa7QEgU3RhcnRzIHRoZSBuZXcgdmVyc2lv
-        bidzIGluc3RhbmNlcywgd2FpdHMgdW50aWwgdGhleSBhcmUgcmVhZHksIHRoZW4gc3RvcHMgdGhlIG9sZCBvbmVzLiBJZiB0aGUK
-        IG5ldyBvbmVzIGFyZSBub3QgcmVhZHkgaW4gdGltZSB0aGV5IGFyZSBzdG9wcGVkIGFuZCB0aGUgb2xkIG9uZXMga2VlcCBzZXJ2
-        aW5nOgogRkFJTEVEX1BSRUNPTkRJVElPTiB3aXRoIHRoZSByZWFkaW5lc3MgY2hlY2sncyBsYXN0IGVycm9yLgoKDQoFBgACAAES
-        BIUBBgwKDQoFBgACAAISBIUBDRoKDQoFBgACAAMSBIUBJTMKTAoEBgACARIEhwECOBo+IFN0b3BzIHRoZSB3b3JrbG9hZCdzIGlu
-        c3RhbmNlcyAodGhleSBjYW4gYmUgZGVwbG95ZWQgYWdhaW4pLgoKDQoFBgACAQESBIcBBgoKDQoFBgACAQISBIcBCxoKDQoFBgAC
-        AQMSBIcBJTYKRQoEBgACAhIEiQECOho3IFN0b3BzIGFuZCByZW1vdmVzIHRoZSB3b3JrbG9hZCdzIGluc3RhbmNlcyBhbmQgZmls
-        ZXMuCgoNCgUGAAICARIEiQEGDAoNCgUGAAICAhIEiQENHAoNCgUGAAICAxIEiQEnOAoMCgQGAAIDEgSKAQJBCg0KBQYAAgMBEgSK
-        AQYTCg0KBQYAAgMCEgSKARQjCg0KBQYAAgMDEgSKAS4/CtEBCgQGAAIEEgSNAQI2GsIBIEV2ZXJ5IHdvcmtsb2FkJ3MgcnVubmlu
-        ZyBzdGF0dXMsIHRoZW4gZWFjaCBjaGFuZ2UgYXMgdGhlIHN1cGVydmlzb3Igc2VlcyBpdCAoZXZlcnkgNTAwIG1zKSBvciBhCiBk
-        ZXBsb3ksIHN0b3Agb3IgZGVsZXRlIG1ha2VzIGl0LiBBIHdhdGNoZXIgdGhhdCBmYWxscyAxLDAwMCBjaGFuZ2VzIGJlaGluZCBz
-        a2lwcyB0byB0aGUgbGF0ZXN0LgoKDQoFBgACBAESBI0BBgsKDQoFBgACBAISBI0BDBgKDQoFBgACBAYSBI0BIykKDQoFBgACBAMS
-        BI0BKjRiBnByb3RvMw==
+        GAEgASgJUgRwYXRoIgoKCFRjcENoZWNrIiUKCUdycGNDaGVjaxIYCgdzZXJ2aWNlGAEgASgJUgdzZXJ2aWNlIiUKCUV4ZWNDaGVj
+        axIYCgdjb21tYW5kGAEgAygJUgdjb21tYW5kIrECCglSZWFkaW5lc3MSMwoEaHR0cBgBIAEoCzIdLnNsaXB3YXkuY2x1c3Rlci52
+        MS5IdHRwQ2hlY2tIAFIEaHR0cBIwCgN0Y3AYAiABKAsyHC5zbGlwd2F5LmNsdXN0ZXIudjEuVGNwQ2hlY2tIAFIDdGNwEjMKBGdy
+        cGMYBSABKAsyHS5zbGlwd2F5LmNsdXN0ZXIudjEuR3JwY0NoZWNrSABSBGdycGMSMwoEZXhlYxgGIAEoCzIdLnNsaXB3YXkuY2x1
+        c3Rlci52MS5FeGVjQ2hlY2tIAFIEZXhlYxIjCg1wZXJpb2RfbWlsbGlzGAMgASgNUgxwZXJpb2RNaWxsaXMSJQoOdGltZW91dF9t
+        aWxsaXMYBCABKA1SDXRpbWVvdXRNaWxsaXNCBwoFY2hlY2silQMKCExpdmVuZXNzEjMKBGh0dHAYASABKAsyHS5zbGlwd2F5LmNs
+        dXN0ZXIudjEuSHR0cENoZWNrSABSBGh0dHASMAoDdGNwGAIgASgLMhwuc2xpcHdheS5jbHVzdGVyLnYxLlRjcENoZWNrSABSA3Rj
+        cBIzCgRncnBjGAMgASgLMh0uc2xpcHdheS5jbHVzdGVyLnYxLkdycGNDaGVja0gAUgRncnBjEjMKBGV4ZWMYBCABKAsyHS5zbGlw
+        d2F5LmNsdXN0ZXIudjEuRXhlY0NoZWNrSABSBGV4ZWMSMgoVaW5pdGlhbF9kZWxheV9zZWNvbmRzGAUgASgNUhNpbml0aWFsRGVs
+        YXlTZWNvbmRzEiUKDnBlcmlvZF9zZWNvbmRzGAYgASgNUg1wZXJpb2RTZWNvbmRzEicKD3RpbWVvdXRfc2Vjb25kcxgHIAEoDVIO
+        dGltZW91dFNlY29uZHMSKwoRZmFpbHVyZV90aHJlc2hvbGQYCCABKA1SEGZhaWx1cmVUaHJlc2hvbGRCBwoFY2hlY2sicwoIV29y
+        a2xvYWQSJQoOZW52aXJvbm1lbnRfaWQYASABKAlSDWVudmlyb25tZW50SWQSHQoKc2VydmljZV9pZBgCIAEoCVIJc2VydmljZUlk
+        EiEKDHNlcnZpY2VfbmFtZRgDIAEoCVILc2VydmljZU5hbWUijwUKDURlcGxveVJlcXVlc3QSOAoId29ya2xvYWQYASABKAsyHC5z
+        bGlwd2F5LmNsdXN0ZXIudjEuV29ya2xvYWRSCHdvcmtsb2FkEhQKBWltYWdlGAIgASgJUgVpbWFnZRIrChFpbnNlY3VyZV9yZWdp
+        c3RyeRgDIAEoCFIQaW5zZWN1cmVSZWdpc3RyeRJUCgtlbnZpcm9ubWVudBgEIAMoCzIyLnNsaXB3YXkuY2x1c3Rlci52MS5EZXBs
+        b3lSZXF1ZXN0LkVudmlyb25tZW50RW50cnlSC2Vudmlyb25tZW50EhoKCHJlcGxpY2FzGAUgASgNUghyZXBsaWNhcxIlCg5jcHVf
+        bWlsbGljb3JlcxgGIAEoDVINY3B1TWlsbGljb3JlcxIdCgptZW1vcnlfbWliGAcgASgNUgltZW1vcnlNaWISOwoJcmVhZGluZXNz
+        GAggASgLMh0uc2xpcHdheS5jbHVzdGVyLnYxLlJlYWRpbmVzc1IJcmVhZGluZXNzEjIKFXJlYWR5X3RpbWVvdXRfc2Vjb25kcxgJ
+        IAEoDVITcmVhZHlUaW1lb3V0U2Vjb25kcxIsChJzdG9wX2dyYWNlX3NlY29uZHMYCiABKA1SEHN0b3BHcmFjZVNlY29uZHMSGAoH
+        Y29tbWFuZBgLIAMoCVIHY29tbWFuZBIWCgZwdWJsaWMYDCABKAhSBnB1YmxpYxI4CghsaXZlbmVzcxgNIAEoCzIcLnNsaXB3YXku
+        Y2x1c3Rlci52MS5MaXZlbmVzc1IIbGl2ZW5lc3MaPgoQRW52aXJvbm1lbnRFbnRyeRIQCgNrZXkYASABKAlSA2tleRIUCgV2YWx1
+        ZRgCIAEoCVIFdmFsdWU6AjgBIpQDCghJbnN0YW5jZRIOCgJpZBgBIAEoCVICaWQSGAoHYWRkcmVzcxgCIAEoCVIHYWRkcmVzcxI6
+        CgZzdGF0dXMYAyABKA4yIi5zbGlwd2F5LmNsdXN0ZXIudjEuSW5zdGFuY2VTdGF0dXNSBnN0YXR1cxIUCgVpbWFnZRgEIAEoCVIF
+        aW1hZ2USGgoIcmVzdGFydHMYBSABKA1SCHJlc3RhcnRzEjcKGG5leHRfcmVzdGFydF91bml4X21pbGxpcxgGIAEoA1IVbmV4dFJl
+        c3RhcnRVbml4TWlsbGlzEhsKCWxhc3RfZXhpdBgHIAEoCVIIbGFzdEV4aXQSMQoVbGFzdF9leGl0X3VuaXhfbWlsbGlzGAggASgD
+        UhJsYXN0RXhpdFVuaXhNaWxsaXMSHQoKb29tX2tpbGxlZBgJIAEoCFIJb29tS2lsbGVkEkgKDnJ1bm5pbmdfc3RhdHVzGAogASgO
+        MiEuc2xpcHdheS5jbHVzdGVyLnYxLlJ1bm5pbmdTdGF0dXNSDXJ1bm5pbmdTdGF0dXMiwQEKDldvcmtsb2FkU3RhdHVzEjgKCHdv
+        cmtsb2FkGAEgASgLMhwuc2xpcHdheS5jbHVzdGVyLnYxLldvcmtsb2FkUgh3b3JrbG9hZBI5CgZzdGF0dXMYAiABKA4yIS5zbGlw
+        d2F5LmNsdXN0ZXIudjEuUnVubmluZ1N0YXR1c1IGc3RhdHVzEjoKCWluc3RhbmNlcxgDIAMoCzIcLnNsaXB3YXkuY2x1c3Rlci52
+        MS5JbnN0YW5jZVIJaW5zdGFuY2VzIjUKDFdhdGNoUmVxdWVzdBIlCg5lbnZpcm9ubWVudF9pZBgBIAEoCVINZW52aXJvbm1lbnRJ
+        ZCJ8CgpXYXRjaEV2ZW50EkAKCHdvcmtsb2FkGAEgASgLMiIuc2xpcHdheS5jbHVzdGVyLnYxLldvcmtsb2FkU3RhdHVzSABSCHdv
+        cmtsb2FkEiMKDHNuYXBzaG90X2VuZBgCIAEoCEgAUgtzbmFwc2hvdEVuZEIHCgVldmVudCJMCg5EZXBsb3lSZXNwb25zZRI6Cglp
+        bnN0YW5jZXMYASADKAsyHC5zbGlwd2F5LmNsdXN0ZXIudjEuSW5zdGFuY2VSCWluc3RhbmNlcyJ5Cg9Xb3JrbG9hZFJlcXVlc3QS
+        OAoId29ya2xvYWQYASABKAsyHC5zbGlwd2F5LmNsdXN0ZXIudjEuV29ya2xvYWRSCHdvcmtsb2FkEiwKEnN0b3BfZ3JhY2Vfc2Vj
+        b25kcxgCIAEoDVIQc3RvcEdyYWNlU2Vjb25kcyJPChFJbnN0YW5jZXNSZXNwb25zZRI6CglpbnN0YW5jZXMYASADKAsyHC5zbGlw
+        d2F5LmNsdXN0ZXIudjEuSW5zdGFuY2VSCWluc3RhbmNlcyp0Cg5JbnN0YW5jZVN0YXR1cxIfChtJTlNUQU5DRV9TVEFUVVNfVU5T
+        UEVDSUZJRUQQABIVChFJTlNUQU5DRV9TVEFSVElORxABEhQKEElOU1RBTkNFX1JVTk5JTkcQAhIUChBJTlNUQU5DRV9TVE9QUEVE
+        EAMq1wEKDVJ1bm5pbmdTdGF0dXMSHgoaUlVOTklOR19TVEFUVVNfVU5TUEVDSUZJRUQQABIbChdSVU5OSU5HX1NUQVRVU19TVEFS
+        VElORxABEhoKFlJVTk5JTkdfU1RBVFVTX1JVTk5JTkcQAhIaChZSVU5OSU5HX1NUQVRVU19XQVJOSU5HEAMSGAoUUlVOTklOR19T
+        VEFUVVNfRVJST1IQBBIbChdSVU5OSU5HX1NUQVRVU19TVE9QUElORxAFEhoKFlJVTk5JTkdfU1RBVFVTX1NUT1BQRUQQBjKuAwoH
+        Q2x1c3RlchJPCgZEZXBsb3kSIS5zbGlwd2F5LmNsdXN0ZXIudjEuRGVwbG95UmVxdWVzdBoiLnNsaXB3YXkuY2x1c3Rlci52MS5E
+        ZXBsb3lSZXNwb25zZRJSCgRTdG9wEiMuc2xpcHdheS5jbHVzdGVyLnYxLldvcmtsb2FkUmVxdWVzdBolLnNsaXB3YXkuY2x1c3Rl
+        ci52MS5JbnN0YW5jZXNSZXNwb25zZRJUCgZEZWxldGUSIy5zbGlwd2F5LmNsdXN0ZXIudjEuV29ya2xvYWRSZXF1ZXN0GiUuc2xp
+        cHdheS5jbHVzdGVyLnYxLkluc3RhbmNlc1Jlc3BvbnNlElsKDUxpc3RJbnN0YW5jZXMSIy5zbGlwd2F5LmNsdXN0ZXIudjEuV29y
+        a2xvYWRSZXF1ZXN0GiUuc2xpcHdheS5jbHVzdGVyLnYxLkluc3RhbmNlc1Jlc3BvbnNlEksKBVdhdGNoEiAuc2xpcHdheS5jbHVz
+        dGVyLnYxLldhdGNoUmVxdWVzdBoeLnNsaXB3YXkuY2x1c3Rlci52MS5XYXRjaEV2ZW50MAFKtDgKBxIFAACvAQEKCAoBDBIDAAAS
+        ClcKAQISAwMAGxpNIFRoZSBjbHVzdGVyIHNlcnZpY2U6IHJ1bnMgcmVsZWFzZXMgKGxvY2FsIG1vZGU6IE9DSSBjb250YWluZXJz
+        IHVuZGVyIHJ1bmMpLgoKCgoCBAASBAUABwEKCgoDBAABEgMFCBEKCwoEBAACABIDBgISCgwKBQQAAgAFEgMGAggKDAoFBAACAAES
+        AwYJDQoMCgUEAAIAAxIDBhARCgkKAgQBEgMJABMKCgoDBAEBEgMJCBAKYwoCBAISBAwADwEaVyBncnBjLmhlYWx0aC52MS5IZWFs
+        dGgvQ2hlY2sgYW5zd2VycyBTRVJWSU5HIChjaGVja2VkIHdpdGggU2xpcHdheSdzIG93biBnUlBDIGNsaWVudCkuCgoKCgMEAgES
+        AwwIEQosCgQEAgIAEgMOAhUaHyAiIiBmb3IgdGhlIHNlcnZlciBhcyBhIHdob2xlLgoKDAoFBAICAAUSAw4CCAoMCgUEAgIAARID
+        DgkQCgwKBQQCAgADEgMOExQKPAoCBAMSBBIAFAEaMCBUaGUgY29tbWFuZCwgcnVuIGluc2lkZSB0aGUgaW5zdGFuY2UsIGV4aXRz
+        IDAuCgoKCgMEAwESAxIIEQoLCgQEAwIAEgMTAh4KDAoFBAMCAAQSAxMCCgoMCgUEAwIABRIDEwsRCgwKBQQDAgABEgMTEhkKDAoF
+        BAMCAAMSAxMcHQpkCgIEBBIEFwAiARpYIFdoZW4gYW4gaW5zdGFuY2UgaXMgcmVhZHkgZm9yIHRyYWZmaWMuIFVuc2V0OiByZWFk
+        eSBvbmNlIGl0cyBwb3J0IGFjY2VwdHMgY29ubmVjdGlvbnMuCgoKCgMEBAESAxcIEQoMCgQEBAgAEgQYAh0DCgwKBQQECAABEgMY
+        CA0KCwoEBAQCABIDGQQXCgwKBQQEAgAGEgMZBA0KDAoFBAQCAAESAxkOEgoMCgUEBAIAAxIDGRUWCgsKBAQEAgESAxoEFQoMCgUE
+        BAIBBhIDGgQMCgwKBQQEAgEBEgMaDRAKDAoFBAQCAQMSAxoTFAoLCgQEBAICEgMbBBcKDAoFBAQCAgYSAxsEDQoMCgUEBAICARID
+        Gw4SCgwKBQQEAgIDEgMbFRYKCwoEBAQCAxIDHAQXCgwKBQQEAgMGEgMcBA0KDAoFBAQCAwESAxwOEgoMCgUEBAIDAxIDHBUWCikK
+        BAQEAgQSAx8CGxocIEJldHdlZW4gY2hlY2tzLiAwOiAxMDAgbXMuCgoMCgUEBAIEBRIDHwIICgwKBQQEAgQBEgMfCRYKDAoFBAQC
+        BAMSAx8ZGgolCgQEBAIFEgMhAhwaGCBQZXIgY2hlY2suIDA6IDEwMDAgbXMuCgoMCgUEBAIFBRIDIQIICgwKBQQEAgUBEgMhCRcK
+        DAoFBAQCBQMSAyEaGwqdAgoCBAUSBCcANQEakAIgV2hlbiBhIHJ1bm5pbmcgaW5zdGFuY2UgaXMgcmVzdGFydGVkIChLdWJlcm5l
+        dGVzJyBsaXZlbmVzcyBwcm9iZSk6IGNoZWNrZWQgZXZlcnkgcGVyaW9kIG9uY2UgdGhlCiBpbml0aWFsIGRlbGF5IGhhcyBwYXNz
+        ZWQgc2luY2UgaXQgc3RhcnRlZDsgYWZ0ZXIgZmFpbHVyZV90aHJlc2hvbGQgZmFpbHVyZXMgaW4gYSByb3cgaXQgaXMKIHN0b3Bw
+        ZWQgYW5kIHN0YXJ0ZWQgYWdhaW4gd2l0aCB0aGUgY3Jhc2gtbG9vcCBiYWNrb2ZmLCBpdHMgbGFzdF9leGl0IHNheWluZyB3aHku
+        CgoKCgMEBQESAycIEAoMCgQEBQgAEgQoAi0DCgwKBQQFCAABEgMoCA0KCwoEBAUCABIDKQQXCgwKBQQFAgAGEgMpBA0KDAoFBAUC
+        AAESAykOEgoMCgUEBQIAAxIDKRUWCgsKBAQFAgESAyoEFQoMCgUEBQIBBhIDKgQMCgwKBQQFAgEBEgMqDRAKDAoFBAUCAQMSAyoT
+        FAoLCgQEBQICEgMrBBcKDAoFBAUCAgYSAysEDQoMCgUEBQICARIDKw4SCgwKBQQFAgIDEgMrFRYKCwoEBAUCAxIDLAQXCgwKBQQF
+        AgMGEgMsBA0KDAoFBAUCAwESAywOEgoMCgUEBQIDAxIDLBUWCgsKBAQFAgQSAy4CIwoMCgUEBQIEBRIDLgIICgwKBQQFAgQBEgMu
+        CR4KDAoFBAUCBAMSAy4hIgoXCgQEBQIFEgMwAhwaCiAwOiAxMCBzLgoKDAoFBAUCBQUSAzACCAoMCgUEBQIFARIDMAkXCgwKBQQF
+        AgUDEgMwGhsKFgoEBAUCBhIDMgIdGgkgMDogMSBzLgoKDAoFBAUCBgUSAzICCAoMCgUEBQIGARIDMgkYCgwKBQQFAgYDEgMyGxwK
+        FAoEBAUCBxIDNAIfGgcgMDogMy4KCgwKBQQFAgcFEgM0AggKDAoFBAUCBwESAzQJGgoMCgUEBQIHAxIDNB0eCgoKAgQGEgQ3ADwB
+        CgoKAwQGARIDNwgQCgsKBAQGAgASAzgCHAoMCgUEBgIABRIDOAIICgwKBQQGAgABEgM4CRcKDAoFBAYCAAMSAzgaGwoLCgQEBgIB
+        EgM5AhgKDAoFBAYCAQUSAzkCCAoMCgUEBgIBARIDOQkTCgwKBQQGAgEDEgM5FhcKMAoEBAYCAhIDOwIaGiMgQSBETlMgbGFiZWw7
+        IG5hbWVzIHRoZSBpbnN0YW5jZXMuCgoMCgUEBgICBRIDOwIICgwKBQQGAgIBEgM7CRUKDAoFBAYCAgMSAzsYGQoKCgIEBxIEPgBW
+        AQoKCgMEBwESAz4IFQoLCgQEBwIAEgM/AhgKDAoFBAcCAAYSAz8CCgoMCgUEBwIAARIDPwsTCgwKBQQHAgADEgM/FhcKNAoEBAcC
+        ARIDQQITGicgaG9zdC9yZXBvc2l0b3J5QHNoYTI1NjouLi4gKG9yIDp0YWcpLgoKDAoFBAcCAQUSA0ECCAoMCgUEBwIBARIDQQkO
+        CgwKBQQHAgEDEgNBERIKOgoEBAcCAhIDQwIdGi0gUmVhY2ggdGhlIGltYWdlJ3MgcmVnaXN0cnkgb3ZlciBwbGFpbiBIVFRQLgoK
+        DAoFBAcCAgUSA0MCBgoMCgUEBwICARIDQwcYCgwKBQQHAgIDEgNDGxwKTgoEBAcCAxIDRQImGkEgRW52aXJvbm1lbnQgdmFyaWFi
+        bGVzIGFuZCBzZWNyZXRzIChQT1JUIGlzIHNldCBieSB0aGUgY2x1c3RlcikuCgoMCgUEBwIDBhIDRQIVCgwKBQQHAgMBEgNFFiEK
+        DAoFBAcCAwMSA0UkJQogCgQEBwIEEgNHAhYaEyAwOiAxLiBBdCBtb3N0IDUwLgoKDAoFBAcCBAUSA0cCCAoMCgUEBwIEARIDRwkR
+        CgwKBQQHAgQDEgNHFBUKCwoEBAcCBRIDSAIcCgwKBQQHAgUFEgNIAggKDAoFBAcCBQESA0gJFwoMCgUEBwIFAxIDSBobCgsKBAQH
+        AgYSA0kCGAoMCgUEBwIGBRIDSQIICgwKBQQHAgYBEgNJCRMKDAoFBAcCBgMSA0kWFwoLCgQEBwIHEgNKAhoKDAoFBAcCBwYSA0oC
+        CwoMCgUEBwIHARIDSgwVCgwKBQQHAgcDEgNKGBkKTAoEBAcCCBIDTAIjGj8gSG93IGxvbmcgdGhlIG5ldyBpbnN0YW5jZXMgbWF5
+        IHRha2UgdG8gYmVjb21lIHJlYWR5LiAwOiA2MCBzLgoKDAoFBAcCCAUSA0wCCAoMCgUEBwIIARIDTAkeCgwKBQQHAggDEgNMISIK
+        VgoEBAcCCRIDTgIhGkkgR3JhY2UgcGVyaW9kIG9mIHRoZSBvbGQgaW5zdGFuY2VzIGJldHdlZW4gU0lHVEVSTSBhbmQgU0lHS0lM
+        TC4gMDogMTAgcy4KCgwKBQQHAgkFEgNOAggKDAoFBAcCCQESA04JGwoMCgUEBwIJAxIDTh4gCiwKBAQHAgoSA1ACHxofIFJlcGxh
+        Y2VzIHRoZSBpbWFnZSdzIGNvbW1hbmQuCgoMCgUEBwIKBBIDUAIKCgwKBQQHAgoFEgNQCxEKDAoFBAcCCgESA1ASGQoMCgUEBwIK
+        AxIDUBweCqMCCgQEBwILEgNUAhMalQIgUmVhY2hlZCB0aHJvdWdoIHRoZSBsb2FkIGJhbGFuY2VyOiBvbmNlIHRoZSBuZXcgaW5z
+        dGFuY2VzIGFyZSByZWFkeSwgdGhlIGNsdXN0ZXIgcG9pbnRzIHRoZQogc2VydmljZSdzIHJvdXRlIGF0IHRoZW0gKHNsaXB3YXku
+        bmV0d29yay52MSBTZXRCYWNrZW5kcywgd2hpY2ggZHJhaW5zIHRoZSBvbGQgb25lcykgYmVmb3JlIGl0CiBzdG9wcyB0aGUgb2xk
+        IG9uZXMuIElOVkFMSURfQVJHVU1FTlQgd2hlbiB0aGUgY2x1c3RlciBydW5zIHdpdGggLS1jbHVzdGVyLXRyYWZmaWMgbm9uZS4K
+        CgwKBQQHAgsFEgNUAgYKDAoFBAcCCwESA1QHDQoMCgUEBwILAxIDVBASCgsKBAQHAgwSA1UCGQoMCgUEBwIMBhIDVQIKCgwKBQQH
+        AgwBEgNVCxMKDAoFBAcCDAMSA1UWGAoKCgIFABIEWABdAQoKCgMFAAESA1gFEwoLCgQFAAIAEgNZAiIKDAoFBQACAAESA1kCHQoM
+        CgUFAAIAAhIDWSAhCgsKBAUAAgESA1oCGAoMCgUFAAIBARIDWgITCgwKBQUAAgECEgNaFhcKCwoEBQACAhIDWwIXCgwKBQUAAgIB
+        EgNbAhIKDAoFBQACAgISA1sVFgoLCgQFAAIDEgNcAhcKDAoFBQACAwESA1wCEgoMCgUFAAIDAhIDXBUWCgoKAgQIEgRfAHABCgoK
+        AwQIARIDXwgQCgsKBAQIAgASA2ACEAoMCgUECAIABRIDYAIICgwKBQQIAgABEgNgCQsKDAoFBAgCAAMSA2AODwo+CgQECAIBEgNi
+        AhUaMSBXaGVyZSBpdCBsaXN0ZW5zOiAxMjcuMC4wLjE6UE9SVCBpbiBsb2NhbCBtb2RlLgoKDAoFBAgCAQUSA2ICCAoMCgUECAIB
+        ARIDYgkQCgwKBQQIAgEDEgNiExQKCwoEBAgCAhIDYwIcCgwKBQQIAgIGEgNjAhAKDAoFBAgCAgESA2MRFwoMCgUECAICAxIDYxob
+        CgsKBAQIAgMSA2QCEwoMCgUECAIDBRIDZAIICgwKBQQIAgMBEgNkCQ4KDAoFBAgCAwMSA2QREgpvCgQECAIEEgNmAhYaYiBUaW1l
+        cyBpdCB3YXMgc3RhcnRlZCBhZ2FpbiBhZnRlciBleGl0aW5nIChyZXN0YXJ0IHdpdGggYmFja29mZjogMSBzLCAyIHMsIDQgcywg
+        4oCmIHVwIHRvIDUgbWluKS4KCgwKBQQIAgQFEgNmAggKDAoFBAgCBAESA2YJEQoMCgUECAIEAxIDZhQVClcKBAQIAgUSA2gCJRpK
+        IFNldCB3aGlsZSBpdCB3YWl0cyB0byBiZSBzdGFydGVkIGFnYWluIGFmdGVyIGV4aXRpbmcgKENyYXNoTG9vcEJhY2tPZmYpLgoK
+        DAoFBAgCBQUSA2gCBwoMCgUECAIFARIDaAggCgwKBQQIAgUDEgNoIyQKmAEKBAQIAgYSA2sCFxqKASBIb3cgaXRzIGxhc3QgcnVu
+        IGVuZGVkLCBmb3IgYSBwZXJzb24gKCJleGl0ZWQgd2l0aCBzdGF0dXMgMyIsICJraWxsZWQgYnkgc2lnbmFsIDkgKFNJR0tJTEwp
+        OwogT09NS2lsbGVkOiDigKYiKTsgZW1wdHkgaWYgaXQgbmV2ZXIgZW5kZWQuCgoMCgUECAIGBRIDawIICgwKBQQIAgYBEgNrCRIK
+        DAoFBAgCBgMSA2sVFgoLCgQECAIHEgNsAiIKDAoFBAgCBwUSA2wCBwoMCgUECAIHARIDbAgdCgwKBQQIAgcDEgNsICEKVQoEBAgC
+        CBIDbgIWGkggSXRzIGxhc3QgcnVuIHdhcyBraWxsZWQgYnkgdGhlIGtlcm5lbCBmb3IgZ29pbmcgb3ZlciBpdHMgbWVtb3J5IGxp
+        bWl0LgoKDAoFBAgCCAUSA24CBgoMCgUECAIIARIDbgcRCgwKBQQIAggDEgNuFBUKCwoEBAgCCRIDbwIkCgwKBQQIAgkGEgNvAg8K
+        DAoFBAgCCQESA28QHgoMCgUECAIJAxIDbyEjClAKAgUBEgRzAH0BGkQgUnVubmluZyBzdGF0dXMgb2YgYW4gaW5zdGFuY2UgYW5k
+        IG9mIGEgd29ya2xvYWQgKEFSQ0hJVEVDVFVSRS5tZCkuCgoKCgMFAQESA3MFEgoLCgQFAQIAEgN0AiEKDAoFBQECAAESA3QCHAoM
+        CgUFAQIAAhIDdB8gCgsKBAUBAgESA3UCHgoMCgUFAQIBARIDdQIZCgwKBQUBAgECEgN1HB0KCwoEBQECAhIDdgIdCgwKBQUBAgIB
+        EgN2AhgKDAoFBQECAgISA3YbHAo7CgQFAQIDEgN4Ah0aLiBXb3JrbG9hZDogc29tZSBpbnN0YW5jZXMgcnVuLCBvdGhlcnMgZG8g
+        bm90LgoKDAoFBQECAwESA3gCGAoMCgUFAQIDAhIDeBscCmkKBAUBAgQSA3oCGxpcIEluc3RhbmNlOiBpdCBleGl0ZWQgYW5kIHdh
+        aXRzIHRvIGJlIHN0YXJ0ZWQgYWdhaW4gKENyYXNoTG9vcEJhY2tPZmYpOyB3b3JrbG9hZDogbm9uZSBydW5zLgoKDAoFBQECBAES
+        A3oCFgoMCgUFAQIEAhIDehkaCgsKBAUBAgUSA3sCHgoMCgUFAQIFARIDewIZCgwKBQUBAgUCEgN7HB0KCwoEBQECBhIDfAIdCgwK
+        BQUBAgYBEgN8AhgKDAoFBQECBgISA3wbHAoLCgIECRIFfwCDAQEKCgoDBAkBEgN/CBYKDAoEBAkCABIEgAECGAoNCgUECQIABhIE
+        gAECCgoNCgUECQIAARIEgAELEwoNCgUECQIAAxIEgAEWFwoMCgQECQIBEgSBAQIbCg0KBQQJAgEGEgSBAQIPCg0KBQQJAgEBEgSB
+        ARAWCg0KBQQJAgEDEgSBARkaCgwKBAQJAgISBIIBAiIKDQoFBAkCAgQSBIIBAgoKDQoFBAkCAgYSBIIBCxMKDQoFBAkCAgESBIIB
+        FB0KDQoFBAkCAgMSBIIBICEKDAoCBAoSBoUBAIgBAQoLCgMECgESBIUBCBQKPgoEBAoCABIEhwECHBowIE9ubHkgdGhpcyBlbnZp
+        cm9ubWVudCdzIHdvcmtsb2FkczsgZW1wdHk6IGFsbC4KCg0KBQQKAgAFEgSHAQIICg0KBQQKAgABEgSHAQkXCg0KBQQKAgADEgSH
+        ARobCgwKAgQLEgaKAQCRAQEKCwoDBAsBEgSKAQgSCg4KBAQLCAASBosBApABAwoNCgUECwgAARIEiwEIDQpNCgQECwIAEgSNAQQg
+        Gj8gQSB3b3JrbG9hZCBhcyBpdCBpcyBub3cgKGluIHRoZSBzbmFwc2hvdCwgb3IgYWZ0ZXIgYSBjaGFuZ2UpLgoKDQoFBAsCAAYS
+        BI0BBBIKDQoFBAsCAAESBI0BExsKDQoFBAsCAAMSBI0BHh8KOQoEBAsCARIEjwEEGhorIFRoZSBzbmFwc2hvdCBpcyBjb21wbGV0
+        ZTsgY2hhbmdlcyBmb2xsb3cuCgoNCgUECwIBBRIEjwEECAoNCgUECwIBARIEjwEJFQoNCgUECwIBAxIEjwEYGQoMCgIEDBIGkwEA
+        lgEBCgsKAwQMARIEkwEIFgo3CgQEDAIAEgSVAQIiGikgVGhlIGluc3RhbmNlcyBub3cgc2VydmluZyB0aGUgd29ya2xvYWQuCgoN
+        CgUEDAIABBIElQECCgoNCgUEDAIABhIElQELEwoNCgUEDAIAARIElQEUHQoNCgUEDAIAAxIElQEgIQoMCgIEDRIGmAEAnAEBCgsK
+        AwQNARIEmAEIFwoMCgQEDQIAEgSZAQIYCg0KBQQNAgAGEgSZAQIKCg0KBQQNAgABEgSZAQsTCg0KBQQNAgADEgSZARYXClcKBAQN
+        AgESBJsBAiAaSSBGb3IgU3RvcCBhbmQgRGVsZXRlOiBncmFjZSBwZXJpb2QgYmV0d2VlbiBTSUdURVJNIGFuZCBTSUdLSUxMLiAw
+        OiAxMCBzLgoKDQoFBA0CAQUSBJsBAggKDQoFBA0CAQESBJsBCRsKDQoFBA0CAQMSBJsBHh8KDAoCBA4SBp4BAKABAQoLCgMEDgES
+        BJ4BCBkKDAoEBA4CABIEnwECIgoNCgUEDgIABBIEnwECCgoNCgUEDgIABhIEnwELEwoNCgUEDgIAARIEnwEUHQoNCgUEDgIAAxIE
+        nwEgIQoMCgIGABIGogEArwEBCgsKAwYAARIEogEIDwr8AQoEBgACABIEpgECNRrtASBTdGFydHMgdGhlIG5ldyB2ZXJzaW9uJ3Mg
+        aW5zdGFuY2VzLCB3YWl0cyB1bnRpbCB0aGV5IGFyZSByZWFkeSwgdGhlbiBzdG9wcyB0aGUgb2xkIG9uZXMuIElmIHRoZQogbmV3
+        IG9uZXMgYXJlIG5vdCByZWFkeSBpbiB0aW1lIHRoZXkgYXJlIHN0b3BwZWQgYW5kIHRoZSBvbGQgb25lcyBrZWVwIHNlcnZpbmc6
+        CiBGQUlMRURfUFJFQ09ORElUSU9OIHdpdGggdGhlIHJlYWRpbmVzcyBjaGVjaydzIGxhc3QgZXJyb3IuCgoNCgUGAAIAARIEpgEG
+        DAoNCgUGAAIAAhIEpgENGgoNCgUGAAIAAxIEpgElMwpMCgQGAAIBEgSoAQI4Gj4gU3RvcHMgdGhlIHdvcmtsb2FkJ3MgaW5zdGFu
+        Y2VzICh0aGV5IGNhbiBiZSBkZXBsb3llZCBhZ2FpbikuCgoNCgUGAAIBARIEqAEGCgoNCgUGAAIBAhIEqAELGgoNCgUGAAIBAxIE
+        qAElNgpFCgQGAAICEgSqAQI6GjcgU3RvcHMgYW5kIHJlbW92ZXMgdGhlIHdvcmtsb2FkJ3MgaW5zdGFuY2VzIGFuZCBmaWxlcy4K
+        Cg0KBQYAAgIBEgSqAQYMCg0KBQYAAgICEgSqAQ0cCg0KBQYAAgIDEgSqASc4CgwKBAYAAgMSBKsBAkEKDQoFBgACAwESBKsBBhMK
+        DQoFBgACAwISBKsBFCMKDQoFBgACAwMSBKsBLj8K0QEKBAYAAgQSBK4BAjYawgEgRXZlcnkgd29ya2xvYWQncyBydW5uaW5nIHN0
+        YXR1cywgdGhlbiBlYWNoIGNoYW5nZSBhcyB0aGUgc3VwZXJ2aXNvciBzZWVzIGl0IChldmVyeSA1MDAgbXMpIG9yIGEKIGRlcGxv
+        eSwgc3RvcCBvciBkZWxldGUgbWFrZXMgaXQuIEEgd2F0Y2hlciB0aGF0IGZhbGxzIDEsMDAwIGNoYW5nZXMgYmVoaW5kIHNraXBz
+        IHRvIHRoZSBsYXRlc3QuCgoNCgUGAAIEARIErgEGCwoNCgUGAAIEAhIErgEMGAoNCgUGAAIEBhIErgEjKQoNCgUGAAIEAxIErgEq
+        NGIGcHJvdG8z
         """)
     )
 }

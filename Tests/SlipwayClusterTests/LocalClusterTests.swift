@@ -1,6 +1,8 @@
 import Foundation
 import Logging
 import SlipwayProcess
+import SlipwayRPC
+import SlipwayRPCServices
 import SlipwayRegistry
 import SlipwayTestSupport
 import Testing
@@ -101,13 +103,20 @@ import Testing
             orphanSpec.insecureRegistry = true
             _ = try await fixture.cluster.runtime.start(orphanSpec)
             record.pending = [orphan]
+            // And one it had replaced and was stopping when it was killed.
+            let replaced = LocalCluster.Instance(id: "hello-replaced", port: try LocalCluster.freePort(), image: fixture.image)
+            var replacedSpec = LocalRuntime.InstanceSpec(id: replaced.id, image: fixture.image, port: replaced.port)
+            replacedSpec.insecureRegistry = true
+            _ = try await fixture.cluster.runtime.start(replacedSpec)
+            record.retiring = [replaced]
             try JSONEncoder().encode(record).write(to: URL(fileURLWithPath: fixture.scratch + "/cluster/workloads/svc_hello.json"))
 
             var logger = Logger(label: "test")
             logger.logLevel = .critical
             let restarted = try LocalCluster(directory: fixture.scratch + "/cluster", logger: logger)
-            try await restarted.recover()
+            #expect(try await restarted.recover())
             #expect(try await restarted.runtime.list().map(\.id) == [running[0].id])
+            #expect(!FileManager.default.fileExists(atPath: restarted.runtime.instanceDirectory(replaced.id)))
             #expect(try await LocalRuntimeTests.get(running[0].port, "/health") != nil)
 
             let stopped = try await restarted.stop(Self.workload, grace: .milliseconds(100))
@@ -220,6 +229,75 @@ import Testing
             #expect(seen.first == .running)
             #expect(seen.contains(.error))
             #expect(seen.last == .stopped)
+        }
+    }
+
+    @Test func readinessAndLivenessByExecAndAFailingLivenessRestartsTheInstance() async throws {
+        try await Self.with { fixture in
+            let cluster = fixture.cluster
+            // Ready only once the file exists (the app writes it after half a second).
+            var spec = Self.spec(fixture)
+            spec.command = ["/bin/sh", "-c", "httpd -p 0.0.0.0:$PORT -h /app/www; sleep 0.5; touch /app/ready; while true; do sleep 1; done"]
+            spec.readiness = .exec(command: ["/bin/sh", "-c", "test -f /app/ready"])
+            var liveness = LocalCluster.Liveness(check: .exec(command: ["/bin/sh", "-c", "test ! -f /app/www/sick"]))
+            liveness.period = 1
+            liveness.failureThreshold = 2
+            spec.liveness = liveness
+            let instance = try #require(try await cluster.deploy(spec).first)
+            #expect(try await cluster.runtime.state(instance.id)?.status == .running)
+
+            // Healthy: checked, nothing happens.
+            let start = Date()
+            await cluster.checkLiveness(now: start)
+            #expect(try await cluster.instances(Self.workload).first?.0.exitedAt == nil)
+            // Sick: the first failure is tolerated, the second (a period later) restarts it.
+            _ = try await ChildProcess("/usr/sbin/runc", ["--root", fixture.scratch + "/cluster/runc", "exec", instance.id, "touch", "/app/www/sick"]).output()
+            await cluster.checkLiveness(now: start.addingTimeInterval(1))
+            #expect(try await cluster.instances(Self.workload).first?.0.exitedAt == nil)
+            await cluster.checkLiveness(now: start.addingTimeInterval(1.5))  // not due yet
+            #expect(try await cluster.instances(Self.workload).first?.0.exitedAt == nil)
+            await cluster.checkLiveness(now: start.addingTimeInterval(2))
+            let killed = try #require(try await cluster.instances(Self.workload).first?.0)
+            #expect(killed.lastExit == "killed: liveness check failed 2 times in a row (exec `/bin/sh -c test ! -f /app/www/sick` exited with status 1)")
+            #expect(try await cluster.runtime.state(instance.id) == nil)
+            // The supervisor starts it again after its backoff.
+            await cluster.superviseOnce(now: Date().addingTimeInterval(1))
+            #expect(try await cluster.instances(Self.workload).first?.0.restarts == 1)
+            #expect(try await cluster.runtime.state(instance.id)?.status == .running)
+
+            // A version that never gets ready by exec fails with the command's status.
+            var never = Self.spec(fixture)
+            never.readiness = .exec(command: ["/bin/sh", "-c", "test -f /nonexistent"])
+            never.readyTimeout = .seconds(1)
+            let error = await #expect(throws: LocalCluster.Failure.self) { try await cluster.deploy(never) }
+            #expect(error?.description.contains("exec `/bin/sh -c test -f /nonexistent` exited with status 1") == true)
+        }
+    }
+
+    @Test func grpcHealthChecksUseTheStandardHealthService() async throws {
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        var router = RPCRouter()
+        let health = router.registerStandardServices()
+        health.setStatus(.serving, for: "shop.Cart")
+        let server = RPCServer(host: "127.0.0.1", port: 0, router: router, logger: logger)
+        let run = Task { try await server.run() }
+        defer {
+            server.shutdown()
+            run.cancel()
+        }
+        let port = try await server.listeningAddress.port!
+        let instance = LocalCluster.Instance(id: "probe", port: port, image: "none")
+        let runtime = try LocalRuntime(directory: FileManager.default.temporaryDirectory.appendingPathComponent("slipway-probe-\(UUID().uuidString)").path)
+        #expect(await Probe.check(.grpc(service: ""), instance: instance, runtime: runtime, timeout: .seconds(2)) == .success)
+        #expect(await Probe.check(.grpc(service: "shop.Cart"), instance: instance, runtime: runtime, timeout: .seconds(2)) == .success)
+        health.setStatus(.notServing, for: "shop.Cart")
+        #expect(await Probe.check(.grpc(service: "shop.Cart"), instance: instance, runtime: runtime, timeout: .seconds(2))
+            == .failure("grpc.health.v1 Check of shop.Cart answered NOT_SERVING"))
+        if case .failure(let reason) = await Probe.check(.grpc(service: "nope"), instance: instance, runtime: runtime, timeout: .seconds(2)) {
+            #expect(reason.hasPrefix("grpc.health.v1 Check of nope: NOT_FOUND unknown service"))
+        } else {
+            Issue.record("an unknown service is not healthy")
         }
     }
 

@@ -97,6 +97,96 @@ void   slipway__cluster__v1__tcp_check__free_unpacked
   assert(message->base.descriptor == &slipway__cluster__v1__tcp_check__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   slipway__cluster__v1__grpc_check__init
+                     (Slipway__Cluster__V1__GrpcCheck         *message)
+{
+  static const Slipway__Cluster__V1__GrpcCheck init_value = SLIPWAY__CLUSTER__V1__GRPC_CHECK__INIT;
+  *message = init_value;
+}
+size_t slipway__cluster__v1__grpc_check__get_packed_size
+                     (const Slipway__Cluster__V1__GrpcCheck *message)
+{
+  assert(message->base.descriptor == &slipway__cluster__v1__grpc_check__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t slipway__cluster__v1__grpc_check__pack
+                     (const Slipway__Cluster__V1__GrpcCheck *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &slipway__cluster__v1__grpc_check__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t slipway__cluster__v1__grpc_check__pack_to_buffer
+                     (const Slipway__Cluster__V1__GrpcCheck *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &slipway__cluster__v1__grpc_check__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Slipway__Cluster__V1__GrpcCheck *
+       slipway__cluster__v1__grpc_check__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Slipway__Cluster__V1__GrpcCheck *)
+     protobuf_c_message_unpack (&slipway__cluster__v1__grpc_check__descriptor,
+                                allocator, len, data);
+}
+void   slipway__cluster__v1__grpc_check__free_unpacked
+                     (Slipway__Cluster__V1__GrpcCheck *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &slipway__cluster__v1__grpc_check__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   slipway__cluster__v1__exec_check__init
+                     (Slipway__Cluster__V1__ExecCheck         *message)
+{
+  static const Slipway__Cluster__V1__ExecCheck init_value = SLIPWAY__CLUSTER__V1__EXEC_CHECK__INIT;
+  *message = init_value;
+}
+size_t slipway__cluster__v1__exec_check__get_packed_size
+                     (const Slipway__Cluster__V1__ExecCheck *message)
+{
+  assert(message->base.descriptor == &slipway__cluster__v1__exec_check__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t slipway__cluster__v1__exec_check__pack
+                     (const Slipway__Cluster__V1__ExecCheck *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &slipway__cluster__v1__exec_check__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t slipway__cluster__v1__exec_check__pack_to_buffer
+                     (const Slipway__Cluster__V1__ExecCheck *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &slipway__cluster__v1__exec_check__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Slipway__Cluster__V1__ExecCheck *
+       slipway__cluster__v1__exec_check__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Slipway__Cluster__V1__ExecCheck *)
+     protobuf_c_message_unpack (&slipway__cluster__v1__exec_check__descriptor,
+                                allocator, len, data);
+}
+void   slipway__cluster__v1__exec_check__free_unpacked
+                     (Slipway__Cluster__V1__ExecCheck *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &slipway__cluster__v1__exec_check__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   slipway__cluster__v1__readiness__init
                      (Slipway__Cluster__V1__Readiness         *message)
 {
@@ -140,6 +230,51 @@ void   slipway__cluster__v1__readiness__free_unpacked
   if(!message)
     return;
   assert(message->base.descriptor == &slipway__cluster__v1__readiness__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   slipway__cluster__v1__liveness__init
+                     (Slipway__Cluster__V1__Liveness         *message)
+{
+  static const Slipway__Cluster__V1__Liveness init_value = SLIPWAY__CLUSTER__V1__LIVENESS__INIT;
+  *message = init_value;
+}
+size_t slipway__cluster__v1__liveness__get_packed_size
+                     (const Slipway__Cluster__V1__Liveness *message)
+{
+  assert(message->base.descriptor == &slipway__cluster__v1__liveness__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t slipway__cluster__v1__liveness__pack
+                     (const Slipway__Cluster__V1__Liveness *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &slipway__cluster__v1__liveness__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t slipway__cluster__v1__liveness__pack_to_buffer
+                     (const Slipway__Cluster__V1__Liveness *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &slipway__cluster__v1__liveness__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Slipway__Cluster__V1__Liveness *
+       slipway__cluster__v1__liveness__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Slipway__Cluster__V1__Liveness *)
+     protobuf_c_message_unpack (&slipway__cluster__v1__liveness__descriptor,
+                                allocator, len, data);
+}
+void   slipway__cluster__v1__liveness__free_unpacked
+                     (Slipway__Cluster__V1__Liveness *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &slipway__cluster__v1__liveness__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
 void   slipway__cluster__v1__workload__init
@@ -609,7 +744,83 @@ const ProtobufCMessageDescriptor slipway__cluster__v1__tcp_check__descriptor =
   (ProtobufCMessageInit) slipway__cluster__v1__tcp_check__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor slipway__cluster__v1__readiness__field_descriptors[4] =
+static const ProtobufCFieldDescriptor slipway__cluster__v1__grpc_check__field_descriptors[1] =
+{
+  {
+    "service",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Cluster__V1__GrpcCheck, service),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned slipway__cluster__v1__grpc_check__field_indices_by_name[] = {
+  0,   /* field[0] = service */
+};
+static const ProtobufCIntRange slipway__cluster__v1__grpc_check__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor slipway__cluster__v1__grpc_check__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "slipway.cluster.v1.GrpcCheck",
+  "GrpcCheck",
+  "Slipway__Cluster__V1__GrpcCheck",
+  "slipway.cluster.v1",
+  sizeof(Slipway__Cluster__V1__GrpcCheck),
+  1,
+  slipway__cluster__v1__grpc_check__field_descriptors,
+  slipway__cluster__v1__grpc_check__field_indices_by_name,
+  1,  slipway__cluster__v1__grpc_check__number_ranges,
+  (ProtobufCMessageInit) slipway__cluster__v1__grpc_check__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor slipway__cluster__v1__exec_check__field_descriptors[1] =
+{
+  {
+    "command",
+    1,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_BYTES,
+    offsetof(Slipway__Cluster__V1__ExecCheck, n_command),
+    offsetof(Slipway__Cluster__V1__ExecCheck, command),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned slipway__cluster__v1__exec_check__field_indices_by_name[] = {
+  0,   /* field[0] = command */
+};
+static const ProtobufCIntRange slipway__cluster__v1__exec_check__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor slipway__cluster__v1__exec_check__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "slipway.cluster.v1.ExecCheck",
+  "ExecCheck",
+  "Slipway__Cluster__V1__ExecCheck",
+  "slipway.cluster.v1",
+  sizeof(Slipway__Cluster__V1__ExecCheck),
+  1,
+  slipway__cluster__v1__exec_check__field_descriptors,
+  slipway__cluster__v1__exec_check__field_indices_by_name,
+  1,  slipway__cluster__v1__exec_check__number_ranges,
+  (ProtobufCMessageInit) slipway__cluster__v1__exec_check__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor slipway__cluster__v1__readiness__field_descriptors[6] =
 {
   {
     "http",
@@ -659,8 +870,34 @@ static const ProtobufCFieldDescriptor slipway__cluster__v1__readiness__field_des
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "grpc",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Slipway__Cluster__V1__Readiness, check_case),
+    offsetof(Slipway__Cluster__V1__Readiness, grpc),
+    &slipway__cluster__v1__grpc_check__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "exec",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Slipway__Cluster__V1__Readiness, check_case),
+    offsetof(Slipway__Cluster__V1__Readiness, exec),
+    &slipway__cluster__v1__exec_check__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned slipway__cluster__v1__readiness__field_indices_by_name[] = {
+  5,   /* field[5] = exec */
+  4,   /* field[4] = grpc */
   0,   /* field[0] = http */
   2,   /* field[2] = period_millis */
   1,   /* field[1] = tcp */
@@ -669,7 +906,7 @@ static const unsigned slipway__cluster__v1__readiness__field_indices_by_name[] =
 static const ProtobufCIntRange slipway__cluster__v1__readiness__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 4 }
+  { 0, 6 }
 };
 const ProtobufCMessageDescriptor slipway__cluster__v1__readiness__descriptor =
 {
@@ -679,11 +916,140 @@ const ProtobufCMessageDescriptor slipway__cluster__v1__readiness__descriptor =
   "Slipway__Cluster__V1__Readiness",
   "slipway.cluster.v1",
   sizeof(Slipway__Cluster__V1__Readiness),
-  4,
+  6,
   slipway__cluster__v1__readiness__field_descriptors,
   slipway__cluster__v1__readiness__field_indices_by_name,
   1,  slipway__cluster__v1__readiness__number_ranges,
   (ProtobufCMessageInit) slipway__cluster__v1__readiness__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor slipway__cluster__v1__liveness__field_descriptors[8] =
+{
+  {
+    "http",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Slipway__Cluster__V1__Liveness, check_case),
+    offsetof(Slipway__Cluster__V1__Liveness, http),
+    &slipway__cluster__v1__http_check__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "tcp",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Slipway__Cluster__V1__Liveness, check_case),
+    offsetof(Slipway__Cluster__V1__Liveness, tcp),
+    &slipway__cluster__v1__tcp_check__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "grpc",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Slipway__Cluster__V1__Liveness, check_case),
+    offsetof(Slipway__Cluster__V1__Liveness, grpc),
+    &slipway__cluster__v1__grpc_check__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "exec",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Slipway__Cluster__V1__Liveness, check_case),
+    offsetof(Slipway__Cluster__V1__Liveness, exec),
+    &slipway__cluster__v1__exec_check__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "initial_delay_seconds",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Cluster__V1__Liveness, initial_delay_seconds),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "period_seconds",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Cluster__V1__Liveness, period_seconds),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "timeout_seconds",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Cluster__V1__Liveness, timeout_seconds),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "failure_threshold",
+    8,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Cluster__V1__Liveness, failure_threshold),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned slipway__cluster__v1__liveness__field_indices_by_name[] = {
+  3,   /* field[3] = exec */
+  7,   /* field[7] = failure_threshold */
+  2,   /* field[2] = grpc */
+  0,   /* field[0] = http */
+  4,   /* field[4] = initial_delay_seconds */
+  5,   /* field[5] = period_seconds */
+  1,   /* field[1] = tcp */
+  6,   /* field[6] = timeout_seconds */
+};
+static const ProtobufCIntRange slipway__cluster__v1__liveness__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 8 }
+};
+const ProtobufCMessageDescriptor slipway__cluster__v1__liveness__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "slipway.cluster.v1.Liveness",
+  "Liveness",
+  "Slipway__Cluster__V1__Liveness",
+  "slipway.cluster.v1",
+  sizeof(Slipway__Cluster__V1__Liveness),
+  8,
+  slipway__cluster__v1__liveness__field_descriptors,
+  slipway__cluster__v1__liveness__field_indices_by_name,
+  1,  slipway__cluster__v1__liveness__number_ranges,
+  (ProtobufCMessageInit) slipway__cluster__v1__liveness__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor slipway__cluster__v1__workload__field_descriptors[3] =
@@ -801,7 +1167,7 @@ const ProtobufCMessageDescriptor slipway__cluster__v1__deploy_request__environme
   (ProtobufCMessageInit) slipway__cluster__v1__deploy_request__environment_entry__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor slipway__cluster__v1__deploy_request__field_descriptors[12] =
+static const ProtobufCFieldDescriptor slipway__cluster__v1__deploy_request__field_descriptors[13] =
 {
   {
     "workload",
@@ -947,6 +1313,18 @@ static const ProtobufCFieldDescriptor slipway__cluster__v1__deploy_request__fiel
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "liveness",
+    13,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Cluster__V1__DeployRequest, liveness),
+    &slipway__cluster__v1__liveness__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned slipway__cluster__v1__deploy_request__field_indices_by_name[] = {
   10,   /* field[10] = command */
@@ -954,6 +1332,7 @@ static const unsigned slipway__cluster__v1__deploy_request__field_indices_by_nam
   3,   /* field[3] = environment */
   1,   /* field[1] = image */
   2,   /* field[2] = insecure_registry */
+  12,   /* field[12] = liveness */
   6,   /* field[6] = memory_mib */
   11,   /* field[11] = public */
   7,   /* field[7] = readiness */
@@ -965,7 +1344,7 @@ static const unsigned slipway__cluster__v1__deploy_request__field_indices_by_nam
 static const ProtobufCIntRange slipway__cluster__v1__deploy_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 12 }
+  { 0, 13 }
 };
 const ProtobufCMessageDescriptor slipway__cluster__v1__deploy_request__descriptor =
 {
@@ -975,7 +1354,7 @@ const ProtobufCMessageDescriptor slipway__cluster__v1__deploy_request__descripto
   "Slipway__Cluster__V1__DeployRequest",
   "slipway.cluster.v1",
   sizeof(Slipway__Cluster__V1__DeployRequest),
-  12,
+  13,
   slipway__cluster__v1__deploy_request__field_descriptors,
   slipway__cluster__v1__deploy_request__field_indices_by_name,
   1,  slipway__cluster__v1__deploy_request__number_ranges,

@@ -17,7 +17,10 @@ PROTOBUF_C__BEGIN_DECLS
 
 typedef struct Slipway__Cluster__V1__HttpCheck Slipway__Cluster__V1__HttpCheck;
 typedef struct Slipway__Cluster__V1__TcpCheck Slipway__Cluster__V1__TcpCheck;
+typedef struct Slipway__Cluster__V1__GrpcCheck Slipway__Cluster__V1__GrpcCheck;
+typedef struct Slipway__Cluster__V1__ExecCheck Slipway__Cluster__V1__ExecCheck;
 typedef struct Slipway__Cluster__V1__Readiness Slipway__Cluster__V1__Readiness;
+typedef struct Slipway__Cluster__V1__Liveness Slipway__Cluster__V1__Liveness;
 typedef struct Slipway__Cluster__V1__Workload Slipway__Cluster__V1__Workload;
 typedef struct Slipway__Cluster__V1__DeployRequest Slipway__Cluster__V1__DeployRequest;
 typedef struct Slipway__Cluster__V1__DeployRequest__EnvironmentEntry Slipway__Cluster__V1__DeployRequest__EnvironmentEntry;
@@ -80,10 +83,42 @@ struct  Slipway__Cluster__V1__TcpCheck
      }
 
 
+/*
+ * grpc.health.v1.Health/Check answers SERVING (checked with Slipway's own gRPC client).
+ */
+struct  Slipway__Cluster__V1__GrpcCheck
+{
+  ProtobufCMessage base;
+  /*
+   * "" for the server as a whole.
+   */
+  ProtobufCBinaryData service;
+};
+#define SLIPWAY__CLUSTER__V1__GRPC_CHECK__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&slipway__cluster__v1__grpc_check__descriptor) \
+    , {0,NULL} }
+
+
+/*
+ * The command, run inside the instance, exits 0.
+ */
+struct  Slipway__Cluster__V1__ExecCheck
+{
+  ProtobufCMessage base;
+  size_t n_command;
+  ProtobufCBinaryData *command;
+};
+#define SLIPWAY__CLUSTER__V1__EXEC_CHECK__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&slipway__cluster__v1__exec_check__descriptor) \
+    , 0,NULL }
+
+
 typedef enum {
   SLIPWAY__CLUSTER__V1__READINESS__CHECK__NOT_SET = 0,
   SLIPWAY__CLUSTER__V1__READINESS__CHECK_HTTP = 1,
-  SLIPWAY__CLUSTER__V1__READINESS__CHECK_TCP = 2
+  SLIPWAY__CLUSTER__V1__READINESS__CHECK_TCP = 2,
+  SLIPWAY__CLUSTER__V1__READINESS__CHECK_GRPC = 5,
+  SLIPWAY__CLUSTER__V1__READINESS__CHECK_EXEC = 6
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(SLIPWAY__CLUSTER__V1__READINESS__CHECK__CASE)
 } Slipway__Cluster__V1__Readiness__CheckCase;
 
@@ -105,11 +140,56 @@ struct  Slipway__Cluster__V1__Readiness
   union {
     Slipway__Cluster__V1__HttpCheck *http;
     Slipway__Cluster__V1__TcpCheck *tcp;
+    Slipway__Cluster__V1__GrpcCheck *grpc;
+    Slipway__Cluster__V1__ExecCheck *exec;
   };
 };
 #define SLIPWAY__CLUSTER__V1__READINESS__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&slipway__cluster__v1__readiness__descriptor) \
     , 0, 0, SLIPWAY__CLUSTER__V1__READINESS__CHECK__NOT_SET, {0} }
+
+
+typedef enum {
+  SLIPWAY__CLUSTER__V1__LIVENESS__CHECK__NOT_SET = 0,
+  SLIPWAY__CLUSTER__V1__LIVENESS__CHECK_HTTP = 1,
+  SLIPWAY__CLUSTER__V1__LIVENESS__CHECK_TCP = 2,
+  SLIPWAY__CLUSTER__V1__LIVENESS__CHECK_GRPC = 3,
+  SLIPWAY__CLUSTER__V1__LIVENESS__CHECK_EXEC = 4
+    PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(SLIPWAY__CLUSTER__V1__LIVENESS__CHECK__CASE)
+} Slipway__Cluster__V1__Liveness__CheckCase;
+
+/*
+ * When a running instance is restarted (Kubernetes' liveness probe): checked every period once the
+ * initial delay has passed since it started; after failure_threshold failures in a row it is
+ * stopped and started again with the crash-loop backoff, its last_exit saying why.
+ */
+struct  Slipway__Cluster__V1__Liveness
+{
+  ProtobufCMessage base;
+  uint32_t initial_delay_seconds;
+  /*
+   * 0: 10 s.
+   */
+  uint32_t period_seconds;
+  /*
+   * 0: 1 s.
+   */
+  uint32_t timeout_seconds;
+  /*
+   * 0: 3.
+   */
+  uint32_t failure_threshold;
+  Slipway__Cluster__V1__Liveness__CheckCase check_case;
+  union {
+    Slipway__Cluster__V1__HttpCheck *http;
+    Slipway__Cluster__V1__TcpCheck *tcp;
+    Slipway__Cluster__V1__GrpcCheck *grpc;
+    Slipway__Cluster__V1__ExecCheck *exec;
+  };
+};
+#define SLIPWAY__CLUSTER__V1__LIVENESS__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&slipway__cluster__v1__liveness__descriptor) \
+    , 0, 0, 0, 0, SLIPWAY__CLUSTER__V1__LIVENESS__CHECK__NOT_SET, {0} }
 
 
 struct  Slipway__Cluster__V1__Workload
@@ -181,10 +261,11 @@ struct  Slipway__Cluster__V1__DeployRequest
    * stops the old ones. INVALID_ARGUMENT when the cluster runs with --cluster-traffic none.
    */
   protobuf_c_boolean public_;
+  Slipway__Cluster__V1__Liveness *liveness;
 };
 #define SLIPWAY__CLUSTER__V1__DEPLOY_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&slipway__cluster__v1__deploy_request__descriptor) \
-    , NULL, {0,NULL}, 0, 0,NULL, 0, 0, 0, NULL, 0, 0, 0,NULL, 0 }
+    , NULL, {0,NULL}, 0, 0,NULL, 0, 0, 0, NULL, 0, 0, 0,NULL, 0, NULL }
 
 
 struct  Slipway__Cluster__V1__Instance
@@ -352,6 +433,44 @@ Slipway__Cluster__V1__TcpCheck *
 void   slipway__cluster__v1__tcp_check__free_unpacked
                      (Slipway__Cluster__V1__TcpCheck *message,
                       ProtobufCAllocator *allocator);
+/* Slipway__Cluster__V1__GrpcCheck methods */
+void   slipway__cluster__v1__grpc_check__init
+                     (Slipway__Cluster__V1__GrpcCheck         *message);
+size_t slipway__cluster__v1__grpc_check__get_packed_size
+                     (const Slipway__Cluster__V1__GrpcCheck   *message);
+size_t slipway__cluster__v1__grpc_check__pack
+                     (const Slipway__Cluster__V1__GrpcCheck   *message,
+                      uint8_t             *out);
+size_t slipway__cluster__v1__grpc_check__pack_to_buffer
+                     (const Slipway__Cluster__V1__GrpcCheck   *message,
+                      ProtobufCBuffer     *buffer);
+Slipway__Cluster__V1__GrpcCheck *
+       slipway__cluster__v1__grpc_check__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   slipway__cluster__v1__grpc_check__free_unpacked
+                     (Slipway__Cluster__V1__GrpcCheck *message,
+                      ProtobufCAllocator *allocator);
+/* Slipway__Cluster__V1__ExecCheck methods */
+void   slipway__cluster__v1__exec_check__init
+                     (Slipway__Cluster__V1__ExecCheck         *message);
+size_t slipway__cluster__v1__exec_check__get_packed_size
+                     (const Slipway__Cluster__V1__ExecCheck   *message);
+size_t slipway__cluster__v1__exec_check__pack
+                     (const Slipway__Cluster__V1__ExecCheck   *message,
+                      uint8_t             *out);
+size_t slipway__cluster__v1__exec_check__pack_to_buffer
+                     (const Slipway__Cluster__V1__ExecCheck   *message,
+                      ProtobufCBuffer     *buffer);
+Slipway__Cluster__V1__ExecCheck *
+       slipway__cluster__v1__exec_check__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   slipway__cluster__v1__exec_check__free_unpacked
+                     (Slipway__Cluster__V1__ExecCheck *message,
+                      ProtobufCAllocator *allocator);
 /* Slipway__Cluster__V1__Readiness methods */
 void   slipway__cluster__v1__readiness__init
                      (Slipway__Cluster__V1__Readiness         *message);
@@ -370,6 +489,25 @@ Slipway__Cluster__V1__Readiness *
                       const uint8_t       *data);
 void   slipway__cluster__v1__readiness__free_unpacked
                      (Slipway__Cluster__V1__Readiness *message,
+                      ProtobufCAllocator *allocator);
+/* Slipway__Cluster__V1__Liveness methods */
+void   slipway__cluster__v1__liveness__init
+                     (Slipway__Cluster__V1__Liveness         *message);
+size_t slipway__cluster__v1__liveness__get_packed_size
+                     (const Slipway__Cluster__V1__Liveness   *message);
+size_t slipway__cluster__v1__liveness__pack
+                     (const Slipway__Cluster__V1__Liveness   *message,
+                      uint8_t             *out);
+size_t slipway__cluster__v1__liveness__pack_to_buffer
+                     (const Slipway__Cluster__V1__Liveness   *message,
+                      ProtobufCBuffer     *buffer);
+Slipway__Cluster__V1__Liveness *
+       slipway__cluster__v1__liveness__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   slipway__cluster__v1__liveness__free_unpacked
+                     (Slipway__Cluster__V1__Liveness *message,
                       ProtobufCAllocator *allocator);
 /* Slipway__Cluster__V1__Workload methods */
 void   slipway__cluster__v1__workload__init
@@ -553,8 +691,17 @@ typedef void (*Slipway__Cluster__V1__HttpCheck_Closure)
 typedef void (*Slipway__Cluster__V1__TcpCheck_Closure)
                  (const Slipway__Cluster__V1__TcpCheck *message,
                   void *closure_data);
+typedef void (*Slipway__Cluster__V1__GrpcCheck_Closure)
+                 (const Slipway__Cluster__V1__GrpcCheck *message,
+                  void *closure_data);
+typedef void (*Slipway__Cluster__V1__ExecCheck_Closure)
+                 (const Slipway__Cluster__V1__ExecCheck *message,
+                  void *closure_data);
 typedef void (*Slipway__Cluster__V1__Readiness_Closure)
                  (const Slipway__Cluster__V1__Readiness *message,
+                  void *closure_data);
+typedef void (*Slipway__Cluster__V1__Liveness_Closure)
+                 (const Slipway__Cluster__V1__Liveness *message,
                   void *closure_data);
 typedef void (*Slipway__Cluster__V1__Workload_Closure)
                  (const Slipway__Cluster__V1__Workload *message,
@@ -653,7 +800,10 @@ extern const ProtobufCEnumDescriptor    slipway__cluster__v1__instance_status__d
 extern const ProtobufCEnumDescriptor    slipway__cluster__v1__running_status__descriptor;
 extern const ProtobufCMessageDescriptor slipway__cluster__v1__http_check__descriptor;
 extern const ProtobufCMessageDescriptor slipway__cluster__v1__tcp_check__descriptor;
+extern const ProtobufCMessageDescriptor slipway__cluster__v1__grpc_check__descriptor;
+extern const ProtobufCMessageDescriptor slipway__cluster__v1__exec_check__descriptor;
 extern const ProtobufCMessageDescriptor slipway__cluster__v1__readiness__descriptor;
+extern const ProtobufCMessageDescriptor slipway__cluster__v1__liveness__descriptor;
 extern const ProtobufCMessageDescriptor slipway__cluster__v1__workload__descriptor;
 extern const ProtobufCMessageDescriptor slipway__cluster__v1__deploy_request__descriptor;
 extern const ProtobufCMessageDescriptor slipway__cluster__v1__deploy_request__environment_entry__descriptor;

@@ -31,6 +31,15 @@ struct ClusterService: RPCService {
             if request.stopGraceSeconds > 0 { spec.stopGrace = .seconds(Int(request.stopGraceSeconds)) }
             if !request.command.isEmpty { spec.command = request.command }
             spec.isPublic = request.public
+            switch request.strategy?.kind {
+            case .rolling(let rolling)?:
+                guard rolling.maxSurge + rolling.maxUnavailable > 0, rolling.maxSurge <= 50, rolling.maxUnavailable <= 50 else {
+                    throw RPCError(.invalidArgument, "strategy.rolling: max_surge and max_unavailable are 0 to 50 and not both 0")
+                }
+                spec.strategy = .rolling(maxSurge: Int(rolling.maxSurge), maxUnavailable: Int(rolling.maxUnavailable))
+            case .recreate?: spec.strategy = .recreate
+            case nil: spec.strategy = nil
+            }
             if let liveness = request.liveness {
                 let check: LocalCluster.Readiness
                 switch liveness.check {

@@ -40,6 +40,15 @@ public actor LocalCluster {
         case exec(command: [String])
     }
 
+    /// How a deploy replaces the instances (Kubernetes' Deployment strategies).
+    public enum Strategy: Sendable, Equatable {
+        /// At most replicas + `maxSurge` instances at once, at least replicas - `maxUnavailable`
+        /// serving (absolute numbers).
+        case rolling(maxSurge: Int, maxUnavailable: Int)
+        /// Every old instance stops before the new ones start (nothing serves in between).
+        case recreate
+    }
+
     /// Kubernetes' liveness probe: checked every `period` once `initialDelay` has passed since the
     /// instance started; after `failureThreshold` failures in a row it is killed and started again
     /// (with the crash-loop backoff), its last exit saying why.
@@ -73,6 +82,9 @@ public actor LocalCluster {
         /// the old ones) before the old ones stop.
         public var isPublic = false
         public var liveness: Liveness?
+        /// Nil: every new instance at once, then the old ones go (a rolling update with max surge =
+        /// replicas, max unavailable = 0).
+        public var strategy: Strategy?
 
         public init(workload: Workload, image: String) {
             self.workload = workload
@@ -217,95 +229,162 @@ public actor LocalCluster {
         if spec.isPublic && traffic == nil {
             throw Failure(kind: .invalid, description: "this cluster service routes no traffic (started with --cluster-traffic none): deploy it with public = false")
         }
+        if case .rolling(let surge, let unavailable)? = spec.strategy, surge < 0 || unavailable < 0 || surge + unavailable == 0 {
+            throw Failure(kind: .invalid, description: "rolling update: max_surge and max_unavailable must not both be 0 (nothing could move)")
+        }
         var record = (try? load(spec.workload.serviceID)) ?? Record(workload: spec.workload)
         record.workload = spec.workload
         record.memoryMiB = spec.memoryMiB
         record.liveness = spec.liveness
+        let insecure = spec.insecureRegistry || Self.isLoopback(spec.image)
+        let pulled: String
         do {
-            let insecure = spec.insecureRegistry || Self.isLoopback(spec.image)
-            let pulled = try await runtime.pull(spec.image, insecure: insecure)
-            var specs: [LocalRuntime.InstanceSpec] = []
-            for _ in 0..<spec.replicas {
-                var instance = Instance(id: Self.newInstanceID(spec.workload.serviceName), port: try Self.freePort(), image: spec.image)
-                instance.startedAt = Date().timeIntervalSince1970
-                record.pending.append(instance)
-                applicationLogs?.register(instance.id, workload: spec.workload)
-                var instanceSpec = LocalRuntime.InstanceSpec(id: instance.id, image: spec.image, port: instance.port)
-                instanceSpec.insecureRegistry = insecure
-                instanceSpec.environment = spec.environment
-                instanceSpec.cpuMillicores = spec.cpuMillicores
-                instanceSpec.memoryMiB = spec.memoryMiB
-                instanceSpec.command = spec.command
-                specs.append(instanceSpec)
-            }
-            // On record before any of them starts.
-            try save(record)
-            // Started and checked all at once; the first failure fails the deploy.
-            let deadline = ContinuousClock.now + spec.readyTimeout
-            let runtime = self.runtime
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                for (instance, instanceSpec) in zip(record.pending, specs) {
-                    group.addTask {
-                        _ = try await runtime.start(instanceSpec, pulled: pulled)
-                        try await Self.waitReady(instance, spec, runtime: runtime, deadline: deadline)
-                    }
-                }
-                try await group.waitForAll()
-            }
+            pulled = try await runtime.pull(spec.image, insecure: insecure)
+        } catch {
+            throw Failure(kind: .runtime, description: "\(error)")
+        }
+        var rollout = Rollout(old: record.current)
+        do {
             if !spec.isPublic, record.routed == true {
                 // No longer public: out of the load balancer before the old instances stop.
                 try await unroute(record)
                 record.routed = nil
                 try save(record)
             }
-            if spec.isPublic, let traffic {
-                // Ready: traffic moves to them, and the call returns once requests in flight to the
-                // old ones have finished.
+            if spec.isPublic {
                 record.routed = true
                 try save(record)
-                do {
-                    try await traffic.route(spec.workload, to: record.pending.map(\.address), drain: spec.stopGrace)
-                } catch {
-                    // It may have moved before the failure: back to the old ones (they still run).
-                    try? await traffic.route(spec.workload, to: record.current.map(\.address), drain: spec.stopGrace)
-                    throw Failure(kind: .runtime, description: "the load balancer did not take the new instances: \(error)")
+            }
+            switch spec.strategy ?? .rolling(maxSurge: spec.replicas, maxUnavailable: 0) {
+            case .recreate:
+                // Everything old goes first (no instance serves meanwhile), then the new ones start.
+                try await park(rollout.old.count, &rollout, &record, spec)
+                try await startBatch(spec.replicas, &rollout, &record, spec, pulled: pulled, insecure: insecure)
+                try await route(rollout, spec)
+            case .rolling(let surge, let unavailable):
+                while rollout.ready.count < spec.replicas {
+                    let room = spec.replicas + surge - (rollout.old.count + rollout.ready.count)
+                    if room <= 0 {
+                        // No room for a new one: old ones go first, as many as may be unavailable.
+                        try await park(min(rollout.old.count, max(1, unavailable)), &rollout, &record, spec)
+                        continue
+                    }
+                    try await startBatch(min(room, spec.replicas - rollout.ready.count), &rollout, &record, spec, pulled: pulled, insecure: insecure)
+                    // Traffic to the new ones, away from the old ones beyond the count, in one change.
+                    let excess = max(0, rollout.old.count + rollout.ready.count - spec.replicas)
+                    try await park(min(excess, rollout.old.count), &rollout, &record, spec)
                 }
+                if rollout.old.count > 0 { try await park(rollout.old.count, &rollout, &record, spec) }
             }
         } catch {
-            // Not ready (or not started): the new ones go, the old ones keep serving.
-            for instance in record.pending { try? await Self.remove(instance.id, runtime, applicationLogs) }
+            // Not ready (or not started, or the load balancer refused): the new ones go, the old ones
+            // that were stopped start again, and traffic goes back to them.
+            for instance in record.pending + rollout.ready { try? await Self.remove(instance.id, runtime, applicationLogs) }
+            for instance in rollout.parked { _ = try? await runtime.restart(instance.id) }
+            rollout.old += rollout.parked
+            rollout.parked = []
+            rollout.ready = []
+            if spec.isPublic, let traffic { try? await traffic.route(spec.workload, to: rollout.old.map(\.address), drain: spec.stopGrace) }
+            record.current = rollout.old
             record.pending = []
+            record.retiring = nil
             try? save(record)
             if let failure = error as? Failure { throw failure }
             throw Failure(kind: .runtime, description: "\(error)")
         }
-        let old = record.current
-        record.current = record.pending
-        record.pending = []
+        // Done: the old ones were stopped along the way; now they go for good.
+        record.current = rollout.ready
         record.stopped = nil
-        // In the same write as the new ones: a service killed while they stop still finds them.
-        record.retiring = (record.retiring ?? []) + old
         do {
             try save(record)
         } catch {
             throw Failure(kind: .runtime, description: "cannot record the new instances: \(error)")
         }
-        let (runtime, logger, grace, logs) = (runtime, logger, spec.stopGrace, applicationLogs)
+        for instance in rollout.parked { try? await Self.remove(instance.id, runtime, applicationLogs) }
+        record.retiring = nil
+        try? save(record)
+        return record.current
+    }
+
+    /// Where a deploy is: the old instances still serving, the ones it stopped (kept until the end,
+    /// to be started again if it fails), and the new ones ready.
+    struct Rollout {
+        var old: [Instance]
+        var parked: [Instance] = []
+        var ready: [Instance] = []
+    }
+
+    /// Starts `count` new instances (on record as pending first) and waits until all are ready; they
+    /// join the serving ones and traffic is pointed at them.
+    private func startBatch(_ count: Int, _ rollout: inout Rollout, _ record: inout Record, _ spec: DeploySpec, pulled: String, insecure: Bool) async throws {
+        var batch: [(Instance, LocalRuntime.InstanceSpec)] = []
+        for _ in 0..<count {
+            var instance = Instance(id: Self.newInstanceID(spec.workload.serviceName), port: try Self.freePort(), image: spec.image)
+            instance.startedAt = Date().timeIntervalSince1970
+            record.pending.append(instance)
+            applicationLogs?.register(instance.id, workload: spec.workload)
+            var instanceSpec = LocalRuntime.InstanceSpec(id: instance.id, image: spec.image, port: instance.port)
+            instanceSpec.insecureRegistry = insecure
+            instanceSpec.environment = spec.environment
+            instanceSpec.cpuMillicores = spec.cpuMillicores
+            instanceSpec.memoryMiB = spec.memoryMiB
+            instanceSpec.command = spec.command
+            batch.append((instance, instanceSpec))
+        }
+        // On record before any of them starts.
+        try save(record)
+        // Started and checked all at once; the first failure fails the deploy.
+        let deadline = ContinuousClock.now + spec.readyTimeout
+        let runtime = self.runtime
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for (instance, instanceSpec) in batch {
+                group.addTask {
+                    _ = try await runtime.start(instanceSpec, pulled: pulled)
+                    try await Self.waitReady(instance, spec, runtime: runtime, deadline: deadline)
+                }
+            }
+            try await group.waitForAll()
+        }
+        let ids = Set(batch.map(\.0.id))
+        record.pending.removeAll { ids.contains($0.id) }
+        rollout.ready += batch.map(\.0)
+        record.current = rollout.old + rollout.ready
+        try save(record)
+    }
+
+    /// Takes `count` old instances out of traffic (the load balancer drains them), then stops them;
+    /// they are kept on record as retiring until the deploy ends.
+    private func park(_ count: Int, _ rollout: inout Rollout, _ record: inout Record, _ spec: DeploySpec) async throws {
+        let leaving = Array(rollout.old.suffix(count))
+        rollout.old.removeLast(leaving.count)
+        try await route(rollout, spec)
+        rollout.parked += leaving
+        record.current = rollout.old + rollout.ready
+        record.retiring = rollout.parked
+        try save(record)
+        let (runtime, logger, grace) = (runtime, logger, spec.stopGrace)
         await withTaskGroup(of: Void.self) { group in
-            for instance in old {
+            for instance in leaving {
                 group.addTask {
                     do {
                         try await runtime.stop(instance.id, grace: grace)
-                        try await Self.remove(instance.id, runtime, logs)
                     } catch {
                         logger.warning("could not stop an old instance", metadata: ["instance": "\(instance.id)", "error": "\(error)"])
                     }
                 }
             }
         }
-        record.retiring = nil
-        try? save(record)
-        return record.current
+    }
+
+    /// Points a public workload's traffic at the instances serving now; returns once requests in
+    /// flight to the others have finished.
+    private func route(_ rollout: Rollout, _ spec: DeploySpec) async throws {
+        guard spec.isPublic, let traffic else { return }
+        do {
+            try await traffic.route(spec.workload, to: (rollout.old + rollout.ready).map(\.address), drain: spec.stopGrace)
+        } catch {
+            throw Failure(kind: .runtime, description: "the load balancer did not take the change: \(error)")
+        }
     }
 
     private static func waitReady(_ instance: Instance, _ spec: DeploySpec, runtime: LocalRuntime, deadline: ContinuousClock.Instant) async throws {

@@ -5,6 +5,7 @@ import SlipwayRPC
 import SlipwayRPCServices
 import SlipwayRegistry
 import SlipwayTestSupport
+import Synchronization
 import Testing
 
 @testable import SlipwayCluster
@@ -298,6 +299,91 @@ import Testing
             #expect(reason.hasPrefix("grpc.health.v1 Check of nope: NOT_FOUND unknown service"))
         } else {
             Issue.record("an unknown service is not healthy")
+        }
+    }
+
+    /// Samples the running instances (runc) while `body` runs: the largest count seen, and whether
+    /// an instance of `old` and one of the others ever ran at the same moment.
+    static func watching(_ cluster: LocalCluster, old: Set<String>, _ body: () async throws -> Void) async throws -> (most: Int, overlap: Bool, least: Int) {
+        let stop = Atomic<Bool>(false)
+        let sampler = Task {
+            var most = 0, least = Int.max, overlap = false
+            while !stop.load(ordering: .relaxed) {
+                // A listing that fails (runc reading a state directory being written) is no sample.
+                guard let states = try? await cluster.runtime.list() else { continue }
+                let running = Set(states.filter { $0.status == .running }.map(\.id))
+                most = max(most, running.count)
+                least = min(least, running.count)
+                if !running.isDisjoint(with: old) && !running.subtracting(old).isEmpty { overlap = true }
+                try? await Task.sleep(for: .milliseconds(5))
+            }
+            return (most, overlap, least)
+        }
+        do {
+            try await body()
+        } catch {
+            stop.store(true, ordering: .relaxed)
+            _ = await sampler.value
+            throw error
+        }
+        stop.store(true, ordering: .relaxed)
+        return await sampler.value
+    }
+
+    @Test func aRollingUpdateKeepsWithinItsSurgeAndRecreateNeverOverlaps() async throws {
+        try await Self.with { fixture in
+            let cluster = fixture.cluster
+            let first = try await cluster.deploy(Self.spec(fixture, replicas: 3))
+
+            // One extra at a time, none unavailable: never more than 4, never fewer than 3.
+            var rolling = Self.spec(fixture, replicas: 3, environment: ["VERSION": "2"])
+            rolling.strategy = .rolling(maxSurge: 1, maxUnavailable: 0)
+            var second: [LocalCluster.Instance] = []
+            let seen = try await Self.watching(cluster, old: Set(first.map(\.id))) {
+                second = try await cluster.deploy(rolling)
+            }
+            #expect(second.count == 3 && Set(second.map(\.id)).isDisjoint(with: first.map(\.id)))
+            #expect(seen.most == 4, "at most replicas + max surge at once (saw \(seen.most))")
+            #expect(seen.least >= 3, "never fewer than replicas - max unavailable (saw \(seen.least))")
+            #expect(seen.overlap, "old and new served side by side")
+            #expect(try await cluster.runtime.list().map(\.id).sorted() == second.map(\.id).sorted())
+
+            // None extra, one unavailable at a time: never more than 3, never fewer than 2.
+            var tight = Self.spec(fixture, replicas: 3, environment: ["VERSION": "3"])
+            tight.strategy = .rolling(maxSurge: 0, maxUnavailable: 1)
+            var third: [LocalCluster.Instance] = []
+            let tightSeen = try await Self.watching(cluster, old: Set(second.map(\.id))) {
+                third = try await cluster.deploy(tight)
+            }
+            #expect(third.count == 3)
+            #expect(tightSeen.most == 3 && tightSeen.least >= 2, "\(tightSeen)")
+
+            // Recreate: the old ones are gone before a new one runs.
+            var recreate = Self.spec(fixture, replicas: 2, environment: ["VERSION": "4"])
+            recreate.strategy = .recreate
+            var fourth: [LocalCluster.Instance] = []
+            let recreateSeen = try await Self.watching(cluster, old: Set(third.map(\.id))) {
+                fourth = try await cluster.deploy(recreate)
+            }
+            #expect(fourth.count == 2)
+            #expect(!recreateSeen.overlap && recreateSeen.most <= 3)
+
+            // A rolling update whose new version is never ready puts everything back as it was.
+            var broken = Self.spec(fixture, replicas: 2, environment: ["VERSION": "5"])
+            broken.strategy = .rolling(maxSurge: 0, maxUnavailable: 1)
+            broken.readiness = .http(path: "/missing")
+            broken.readyTimeout = .seconds(1)
+            await #expect(throws: LocalCluster.Failure.self) { try await cluster.deploy(broken) }
+            let after = try await cluster.instances(Self.workload)
+            #expect(after.map(\.0.id).sorted() == fourth.map(\.id).sorted())
+            let deadline = ContinuousClock.now + .seconds(10)
+            for instance in fourth {
+                while try await LocalRuntimeTests.get(instance.port, "/health") == nil {
+                    guard ContinuousClock.now < deadline else { throw TestFailure("\(instance.id) does not serve again after the failed rollout") }
+                    try await Task.sleep(for: .milliseconds(50))
+                }
+            }
+            #expect(try await cluster.runtime.list().count == 2)
         }
     }
 

@@ -373,6 +373,141 @@ void   slipway__cluster__v1__deploy_request__free_unpacked
   assert(message->base.descriptor == &slipway__cluster__v1__deploy_request__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   slipway__cluster__v1__strategy__init
+                     (Slipway__Cluster__V1__Strategy         *message)
+{
+  static const Slipway__Cluster__V1__Strategy init_value = SLIPWAY__CLUSTER__V1__STRATEGY__INIT;
+  *message = init_value;
+}
+size_t slipway__cluster__v1__strategy__get_packed_size
+                     (const Slipway__Cluster__V1__Strategy *message)
+{
+  assert(message->base.descriptor == &slipway__cluster__v1__strategy__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t slipway__cluster__v1__strategy__pack
+                     (const Slipway__Cluster__V1__Strategy *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &slipway__cluster__v1__strategy__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t slipway__cluster__v1__strategy__pack_to_buffer
+                     (const Slipway__Cluster__V1__Strategy *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &slipway__cluster__v1__strategy__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Slipway__Cluster__V1__Strategy *
+       slipway__cluster__v1__strategy__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Slipway__Cluster__V1__Strategy *)
+     protobuf_c_message_unpack (&slipway__cluster__v1__strategy__descriptor,
+                                allocator, len, data);
+}
+void   slipway__cluster__v1__strategy__free_unpacked
+                     (Slipway__Cluster__V1__Strategy *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &slipway__cluster__v1__strategy__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   slipway__cluster__v1__rolling_update__init
+                     (Slipway__Cluster__V1__RollingUpdate         *message)
+{
+  static const Slipway__Cluster__V1__RollingUpdate init_value = SLIPWAY__CLUSTER__V1__ROLLING_UPDATE__INIT;
+  *message = init_value;
+}
+size_t slipway__cluster__v1__rolling_update__get_packed_size
+                     (const Slipway__Cluster__V1__RollingUpdate *message)
+{
+  assert(message->base.descriptor == &slipway__cluster__v1__rolling_update__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t slipway__cluster__v1__rolling_update__pack
+                     (const Slipway__Cluster__V1__RollingUpdate *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &slipway__cluster__v1__rolling_update__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t slipway__cluster__v1__rolling_update__pack_to_buffer
+                     (const Slipway__Cluster__V1__RollingUpdate *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &slipway__cluster__v1__rolling_update__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Slipway__Cluster__V1__RollingUpdate *
+       slipway__cluster__v1__rolling_update__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Slipway__Cluster__V1__RollingUpdate *)
+     protobuf_c_message_unpack (&slipway__cluster__v1__rolling_update__descriptor,
+                                allocator, len, data);
+}
+void   slipway__cluster__v1__rolling_update__free_unpacked
+                     (Slipway__Cluster__V1__RollingUpdate *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &slipway__cluster__v1__rolling_update__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   slipway__cluster__v1__recreate__init
+                     (Slipway__Cluster__V1__Recreate         *message)
+{
+  static const Slipway__Cluster__V1__Recreate init_value = SLIPWAY__CLUSTER__V1__RECREATE__INIT;
+  *message = init_value;
+}
+size_t slipway__cluster__v1__recreate__get_packed_size
+                     (const Slipway__Cluster__V1__Recreate *message)
+{
+  assert(message->base.descriptor == &slipway__cluster__v1__recreate__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t slipway__cluster__v1__recreate__pack
+                     (const Slipway__Cluster__V1__Recreate *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &slipway__cluster__v1__recreate__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t slipway__cluster__v1__recreate__pack_to_buffer
+                     (const Slipway__Cluster__V1__Recreate *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &slipway__cluster__v1__recreate__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Slipway__Cluster__V1__Recreate *
+       slipway__cluster__v1__recreate__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Slipway__Cluster__V1__Recreate *)
+     protobuf_c_message_unpack (&slipway__cluster__v1__recreate__descriptor,
+                                allocator, len, data);
+}
+void   slipway__cluster__v1__recreate__free_unpacked
+                     (Slipway__Cluster__V1__Recreate *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &slipway__cluster__v1__recreate__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   slipway__cluster__v1__instance__init
                      (Slipway__Cluster__V1__Instance         *message)
 {
@@ -1167,7 +1302,7 @@ const ProtobufCMessageDescriptor slipway__cluster__v1__deploy_request__environme
   (ProtobufCMessageInit) slipway__cluster__v1__deploy_request__environment_entry__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor slipway__cluster__v1__deploy_request__field_descriptors[13] =
+static const ProtobufCFieldDescriptor slipway__cluster__v1__deploy_request__field_descriptors[14] =
 {
   {
     "workload",
@@ -1325,6 +1460,18 @@ static const ProtobufCFieldDescriptor slipway__cluster__v1__deploy_request__fiel
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "strategy",
+    14,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Cluster__V1__DeployRequest, strategy),
+    &slipway__cluster__v1__strategy__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned slipway__cluster__v1__deploy_request__field_indices_by_name[] = {
   10,   /* field[10] = command */
@@ -1339,12 +1486,13 @@ static const unsigned slipway__cluster__v1__deploy_request__field_indices_by_nam
   8,   /* field[8] = ready_timeout_seconds */
   4,   /* field[4] = replicas */
   9,   /* field[9] = stop_grace_seconds */
+  13,   /* field[13] = strategy */
   0,   /* field[0] = workload */
 };
 static const ProtobufCIntRange slipway__cluster__v1__deploy_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 13 }
+  { 0, 14 }
 };
 const ProtobufCMessageDescriptor slipway__cluster__v1__deploy_request__descriptor =
 {
@@ -1354,11 +1502,131 @@ const ProtobufCMessageDescriptor slipway__cluster__v1__deploy_request__descripto
   "Slipway__Cluster__V1__DeployRequest",
   "slipway.cluster.v1",
   sizeof(Slipway__Cluster__V1__DeployRequest),
-  13,
+  14,
   slipway__cluster__v1__deploy_request__field_descriptors,
   slipway__cluster__v1__deploy_request__field_indices_by_name,
   1,  slipway__cluster__v1__deploy_request__number_ranges,
   (ProtobufCMessageInit) slipway__cluster__v1__deploy_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor slipway__cluster__v1__strategy__field_descriptors[2] =
+{
+  {
+    "rolling",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Slipway__Cluster__V1__Strategy, kind_case),
+    offsetof(Slipway__Cluster__V1__Strategy, rolling),
+    &slipway__cluster__v1__rolling_update__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "recreate",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Slipway__Cluster__V1__Strategy, kind_case),
+    offsetof(Slipway__Cluster__V1__Strategy, recreate),
+    &slipway__cluster__v1__recreate__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned slipway__cluster__v1__strategy__field_indices_by_name[] = {
+  1,   /* field[1] = recreate */
+  0,   /* field[0] = rolling */
+};
+static const ProtobufCIntRange slipway__cluster__v1__strategy__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor slipway__cluster__v1__strategy__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "slipway.cluster.v1.Strategy",
+  "Strategy",
+  "Slipway__Cluster__V1__Strategy",
+  "slipway.cluster.v1",
+  sizeof(Slipway__Cluster__V1__Strategy),
+  2,
+  slipway__cluster__v1__strategy__field_descriptors,
+  slipway__cluster__v1__strategy__field_indices_by_name,
+  1,  slipway__cluster__v1__strategy__number_ranges,
+  (ProtobufCMessageInit) slipway__cluster__v1__strategy__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor slipway__cluster__v1__rolling_update__field_descriptors[2] =
+{
+  {
+    "max_surge",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Cluster__V1__RollingUpdate, max_surge),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "max_unavailable",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Cluster__V1__RollingUpdate, max_unavailable),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned slipway__cluster__v1__rolling_update__field_indices_by_name[] = {
+  0,   /* field[0] = max_surge */
+  1,   /* field[1] = max_unavailable */
+};
+static const ProtobufCIntRange slipway__cluster__v1__rolling_update__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor slipway__cluster__v1__rolling_update__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "slipway.cluster.v1.RollingUpdate",
+  "RollingUpdate",
+  "Slipway__Cluster__V1__RollingUpdate",
+  "slipway.cluster.v1",
+  sizeof(Slipway__Cluster__V1__RollingUpdate),
+  2,
+  slipway__cluster__v1__rolling_update__field_descriptors,
+  slipway__cluster__v1__rolling_update__field_indices_by_name,
+  1,  slipway__cluster__v1__rolling_update__number_ranges,
+  (ProtobufCMessageInit) slipway__cluster__v1__rolling_update__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+#define slipway__cluster__v1__recreate__field_descriptors NULL
+#define slipway__cluster__v1__recreate__field_indices_by_name NULL
+#define slipway__cluster__v1__recreate__number_ranges NULL
+const ProtobufCMessageDescriptor slipway__cluster__v1__recreate__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "slipway.cluster.v1.Recreate",
+  "Recreate",
+  "Slipway__Cluster__V1__Recreate",
+  "slipway.cluster.v1",
+  sizeof(Slipway__Cluster__V1__Recreate),
+  0,
+  slipway__cluster__v1__recreate__field_descriptors,
+  slipway__cluster__v1__recreate__field_indices_by_name,
+  0,  slipway__cluster__v1__recreate__number_ranges,
+  (ProtobufCMessageInit) slipway__cluster__v1__recreate__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor slipway__cluster__v1__instance__field_descriptors[10] =

@@ -24,6 +24,9 @@ typedef struct Slipway__Cluster__V1__Liveness Slipway__Cluster__V1__Liveness;
 typedef struct Slipway__Cluster__V1__Workload Slipway__Cluster__V1__Workload;
 typedef struct Slipway__Cluster__V1__DeployRequest Slipway__Cluster__V1__DeployRequest;
 typedef struct Slipway__Cluster__V1__DeployRequest__EnvironmentEntry Slipway__Cluster__V1__DeployRequest__EnvironmentEntry;
+typedef struct Slipway__Cluster__V1__Strategy Slipway__Cluster__V1__Strategy;
+typedef struct Slipway__Cluster__V1__RollingUpdate Slipway__Cluster__V1__RollingUpdate;
+typedef struct Slipway__Cluster__V1__Recreate Slipway__Cluster__V1__Recreate;
 typedef struct Slipway__Cluster__V1__Instance Slipway__Cluster__V1__Instance;
 typedef struct Slipway__Cluster__V1__WorkloadStatus Slipway__Cluster__V1__WorkloadStatus;
 typedef struct Slipway__Cluster__V1__WatchRequest Slipway__Cluster__V1__WatchRequest;
@@ -262,10 +265,66 @@ struct  Slipway__Cluster__V1__DeployRequest
    */
   protobuf_c_boolean public_;
   Slipway__Cluster__V1__Liveness *liveness;
+  /*
+   * Unset: every new instance at once, then the old ones go (rolling with max_surge = replicas).
+   */
+  Slipway__Cluster__V1__Strategy *strategy;
 };
 #define SLIPWAY__CLUSTER__V1__DEPLOY_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&slipway__cluster__v1__deploy_request__descriptor) \
-    , NULL, {0,NULL}, 0, 0,NULL, 0, 0, 0, NULL, 0, 0, 0,NULL, 0, NULL }
+    , NULL, {0,NULL}, 0, 0,NULL, 0, 0, 0, NULL, 0, 0, 0,NULL, 0, NULL, NULL }
+
+
+typedef enum {
+  SLIPWAY__CLUSTER__V1__STRATEGY__KIND__NOT_SET = 0,
+  SLIPWAY__CLUSTER__V1__STRATEGY__KIND_ROLLING = 1,
+  SLIPWAY__CLUSTER__V1__STRATEGY__KIND_RECREATE = 2
+    PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(SLIPWAY__CLUSTER__V1__STRATEGY__KIND__CASE)
+} Slipway__Cluster__V1__Strategy__KindCase;
+
+/*
+ * How a deploy replaces the instances (Kubernetes' Deployment strategies).
+ */
+struct  Slipway__Cluster__V1__Strategy
+{
+  ProtobufCMessage base;
+  Slipway__Cluster__V1__Strategy__KindCase kind_case;
+  union {
+    Slipway__Cluster__V1__RollingUpdate *rolling;
+    /*
+     * Every old instance stops before the new ones start: nothing serves in between.
+     */
+    Slipway__Cluster__V1__Recreate *recreate;
+  };
+};
+#define SLIPWAY__CLUSTER__V1__STRATEGY__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&slipway__cluster__v1__strategy__descriptor) \
+    , SLIPWAY__CLUSTER__V1__STRATEGY__KIND__NOT_SET, {0} }
+
+
+/*
+ * At most replicas + max_surge instances at once, at least replicas - max_unavailable serving
+ * (absolute numbers; not both 0). New instances start in batches as room allows, each batch takes
+ * the traffic once ready, and old ones leave as the count allows.
+ */
+struct  Slipway__Cluster__V1__RollingUpdate
+{
+  ProtobufCMessage base;
+  uint32_t max_surge;
+  uint32_t max_unavailable;
+};
+#define SLIPWAY__CLUSTER__V1__ROLLING_UPDATE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&slipway__cluster__v1__rolling_update__descriptor) \
+    , 0, 0 }
+
+
+struct  Slipway__Cluster__V1__Recreate
+{
+  ProtobufCMessage base;
+};
+#define SLIPWAY__CLUSTER__V1__RECREATE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&slipway__cluster__v1__recreate__descriptor) \
+     }
 
 
 struct  Slipway__Cluster__V1__Instance
@@ -550,6 +609,63 @@ Slipway__Cluster__V1__DeployRequest *
 void   slipway__cluster__v1__deploy_request__free_unpacked
                      (Slipway__Cluster__V1__DeployRequest *message,
                       ProtobufCAllocator *allocator);
+/* Slipway__Cluster__V1__Strategy methods */
+void   slipway__cluster__v1__strategy__init
+                     (Slipway__Cluster__V1__Strategy         *message);
+size_t slipway__cluster__v1__strategy__get_packed_size
+                     (const Slipway__Cluster__V1__Strategy   *message);
+size_t slipway__cluster__v1__strategy__pack
+                     (const Slipway__Cluster__V1__Strategy   *message,
+                      uint8_t             *out);
+size_t slipway__cluster__v1__strategy__pack_to_buffer
+                     (const Slipway__Cluster__V1__Strategy   *message,
+                      ProtobufCBuffer     *buffer);
+Slipway__Cluster__V1__Strategy *
+       slipway__cluster__v1__strategy__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   slipway__cluster__v1__strategy__free_unpacked
+                     (Slipway__Cluster__V1__Strategy *message,
+                      ProtobufCAllocator *allocator);
+/* Slipway__Cluster__V1__RollingUpdate methods */
+void   slipway__cluster__v1__rolling_update__init
+                     (Slipway__Cluster__V1__RollingUpdate         *message);
+size_t slipway__cluster__v1__rolling_update__get_packed_size
+                     (const Slipway__Cluster__V1__RollingUpdate   *message);
+size_t slipway__cluster__v1__rolling_update__pack
+                     (const Slipway__Cluster__V1__RollingUpdate   *message,
+                      uint8_t             *out);
+size_t slipway__cluster__v1__rolling_update__pack_to_buffer
+                     (const Slipway__Cluster__V1__RollingUpdate   *message,
+                      ProtobufCBuffer     *buffer);
+Slipway__Cluster__V1__RollingUpdate *
+       slipway__cluster__v1__rolling_update__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   slipway__cluster__v1__rolling_update__free_unpacked
+                     (Slipway__Cluster__V1__RollingUpdate *message,
+                      ProtobufCAllocator *allocator);
+/* Slipway__Cluster__V1__Recreate methods */
+void   slipway__cluster__v1__recreate__init
+                     (Slipway__Cluster__V1__Recreate         *message);
+size_t slipway__cluster__v1__recreate__get_packed_size
+                     (const Slipway__Cluster__V1__Recreate   *message);
+size_t slipway__cluster__v1__recreate__pack
+                     (const Slipway__Cluster__V1__Recreate   *message,
+                      uint8_t             *out);
+size_t slipway__cluster__v1__recreate__pack_to_buffer
+                     (const Slipway__Cluster__V1__Recreate   *message,
+                      ProtobufCBuffer     *buffer);
+Slipway__Cluster__V1__Recreate *
+       slipway__cluster__v1__recreate__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   slipway__cluster__v1__recreate__free_unpacked
+                     (Slipway__Cluster__V1__Recreate *message,
+                      ProtobufCAllocator *allocator);
 /* Slipway__Cluster__V1__Instance methods */
 void   slipway__cluster__v1__instance__init
                      (Slipway__Cluster__V1__Instance         *message);
@@ -712,6 +828,15 @@ typedef void (*Slipway__Cluster__V1__DeployRequest__EnvironmentEntry_Closure)
 typedef void (*Slipway__Cluster__V1__DeployRequest_Closure)
                  (const Slipway__Cluster__V1__DeployRequest *message,
                   void *closure_data);
+typedef void (*Slipway__Cluster__V1__Strategy_Closure)
+                 (const Slipway__Cluster__V1__Strategy *message,
+                  void *closure_data);
+typedef void (*Slipway__Cluster__V1__RollingUpdate_Closure)
+                 (const Slipway__Cluster__V1__RollingUpdate *message,
+                  void *closure_data);
+typedef void (*Slipway__Cluster__V1__Recreate_Closure)
+                 (const Slipway__Cluster__V1__Recreate *message,
+                  void *closure_data);
 typedef void (*Slipway__Cluster__V1__Instance_Closure)
                  (const Slipway__Cluster__V1__Instance *message,
                   void *closure_data);
@@ -807,6 +932,9 @@ extern const ProtobufCMessageDescriptor slipway__cluster__v1__liveness__descript
 extern const ProtobufCMessageDescriptor slipway__cluster__v1__workload__descriptor;
 extern const ProtobufCMessageDescriptor slipway__cluster__v1__deploy_request__descriptor;
 extern const ProtobufCMessageDescriptor slipway__cluster__v1__deploy_request__environment_entry__descriptor;
+extern const ProtobufCMessageDescriptor slipway__cluster__v1__strategy__descriptor;
+extern const ProtobufCMessageDescriptor slipway__cluster__v1__rolling_update__descriptor;
+extern const ProtobufCMessageDescriptor slipway__cluster__v1__recreate__descriptor;
 extern const ProtobufCMessageDescriptor slipway__cluster__v1__instance__descriptor;
 extern const ProtobufCMessageDescriptor slipway__cluster__v1__workload_status__descriptor;
 extern const ProtobufCMessageDescriptor slipway__cluster__v1__watch_request__descriptor;

@@ -127,7 +127,7 @@ var targets: [Target] = [
     ),
 
     // What several test targets share: a real docker-registry, test failures.
-    .target(name: "SlipwayTestSupport", dependencies: ["SlipwayRegistry", "SlipwayProcess"], path: "Tests/SlipwayTestSupport", swiftSettings: strict),
+    .target(name: "SlipwayTestSupport", dependencies: ["SlipwayRegistry", "SlipwayProcess"] + nio, path: "Tests/SlipwayTestSupport", swiftSettings: strict),
 
     .testTarget(name: "SlipwayLogsTests", dependencies: ["SlipwayLogs", "SlipwayProtos", "SlipwayRPC"], swiftSettings: strict),
     .testTarget(
@@ -143,6 +143,8 @@ var targets: [Target] = [
     .testTarget(
         name: "SlipwayClusterTests",
         dependencies: ["SlipwayCluster", "SlipwayProcess", "SlipwayRegistry", "SlipwayTestSupport", "SlipwayRPC", "SlipwayRPCServices", .product(name: "Logging", package: "swift-log")],
+        // Responses recorded from real Kubernetes API servers (Fixtures/kubernetes/SOURCES.md), read by path.
+        exclude: ["Fixtures"],
         swiftSettings: strict
     ),
     .testTarget(
@@ -168,7 +170,10 @@ var targets: [Target] = [
 /// What a service library needs beyond the common set.
 let serviceDependencies: [String: [Target.Dependency]] = [
     "SlipwayBuilder": ["SlipwayRegistry", "SlipwayProcess", .product(name: "Crypto", package: "swift-crypto")],
-    "SlipwayCluster": ["SlipwayProcess", .product(name: "Crypto", package: "swift-crypto")],
+    "SlipwayCluster": [
+        "SlipwayProcess", "SlipwayHTTP", .product(name: "Crypto", package: "swift-crypto"), .product(name: "Yams", package: "Yams"),
+        .product(name: "NIOSSL", package: "swift-nio-ssl"), .product(name: "NIOHTTP1", package: "swift-nio"),
+    ],
     "SlipwayPipeline": [.product(name: "GRDB", package: "GRDB.swift"), .product(name: "Crypto", package: "swift-crypto")],
     "SlipwayCerts": [
         "SlipwayACME", "SlipwayHTTP", .product(name: "Crypto", package: "swift-crypto"), .product(name: "X509", package: "swift-certificates"),
@@ -215,6 +220,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
         .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
         .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "5.0.1"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
     ],
     targets: targets

@@ -25,6 +25,9 @@ public struct HTTPClient: Sendable {
     public var insecureTLS = false
     /// Trust these roots instead of the system's (a private CA, pebble's test CA).
     public var trustRoots: [NIOSSLCertificate]?
+    /// A client certificate (chain) and its key, for servers that authenticate clients by TLS
+    /// (a Kubernetes API server with a kubeconfig's client-certificate-data).
+    public var clientCertificate: (chain: [NIOSSLCertificate], key: NIOSSLPrivateKey)?
 
     public init(timeout: TimeAmount = .seconds(30), maxBodyBytes: Int = 4 * 1024 * 1024, insecureTLS: Bool = false, trustRoots: [NIOSSLCertificate]? = nil) {
         self.timeout = timeout
@@ -56,6 +59,10 @@ public struct HTTPClient: Sendable {
             var configuration = TLSConfiguration.makeClientConfiguration()
             if insecureTLS { configuration.certificateVerification = .none }
             if let trustRoots { configuration.trustRoots = .certificates(trustRoots) }
+            if let clientCertificate {
+                configuration.certificateChain = clientCertificate.chain.map { .certificate($0) }
+                configuration.privateKey = .privateKey(clientCertificate.key)
+            }
             sslContext = try NIOSSLContext(configuration: configuration)
         } else {
             sslContext = nil

@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import Logging
 import SlipwayHTTP
+import SlipwayTestSupport
 import Synchronization
 import Testing
 

@@ -1,34 +1,40 @@
 import Foundation
 import NIOCore
 import NIOPosix
-import SlipwayTestSupport
 import Synchronization
 
 /// A minimal HTTP/1.1 server on a loopback port: one request per connection, answered by a closure.
-/// It stands in for the load balancer that serves HTTP-01 responses to pebble, and for a misbehaving
-/// ACME server in the retry tests. Every request is recorded.
-final class TinyHTTPServer: Sendable {
-    struct Request: Sendable {
-        var method: String
-        var path: String
+/// It stands in for the load balancer that serves HTTP-01 responses to pebble, for a misbehaving
+/// ACME server in the retry tests, and for a Kubernetes API server replaying recorded answers.
+/// Every request is recorded.
+public final class TinyHTTPServer: Sendable {
+    public struct Request: Sendable {
+        public var method: String
+        public var path: String
         /// Header names lowercased.
-        var headers: [String: String]
-        var body: [UInt8]
+        public var headers: [String: String]
+        public var body: [UInt8]
     }
 
-    struct Reply: Sendable {
-        var status: Int
-        var headers: [(String, String)] = []
-        var body: [UInt8] = []
+    public struct Reply: Sendable {
+        public var status: Int
+        public var headers: [(String, String)] = []
+        public var body: [UInt8] = []
 
-        static func text(_ status: Int, _ text: String, headers: [(String, String)] = []) -> Reply {
+        public init(status: Int, headers: [(String, String)] = [], body: [UInt8] = []) {
+            self.status = status
+            self.headers = headers
+            self.body = body
+        }
+
+        public static func text(_ status: Int, _ text: String, headers: [(String, String)] = []) -> Reply {
             Reply(status: status, headers: headers, body: Array(text.utf8))
         }
     }
 
-    typealias Handler = @Sendable (Request) -> Reply
+    public typealias Handler = @Sendable (Request) -> Reply
 
-    let port: Int
+    public let port: Int
     private let channel: any Channel
     private let log: RequestLog
 
@@ -39,10 +45,10 @@ final class TinyHTTPServer: Sendable {
     }
 
     /// Every request so far, in arrival order.
-    var requests: [Request] { log.requests.withLock { $0 } }
+    public var requests: [Request] { log.requests.withLock { $0 } }
 
     /// Binds a random port in 20000..<32000 (below the ephemeral range, so no outgoing connection holds it).
-    static func start(_ handler: @escaping Handler) async throws -> TinyHTTPServer {
+    public static func start(_ handler: @escaping Handler) async throws -> TinyHTTPServer {
         let log = RequestLog()
         var lastError: (any Error)?
         for _ in 0..<20 {
@@ -64,7 +70,7 @@ final class TinyHTTPServer: Sendable {
         throw TestFailure("no free port for the test HTTP server: \(lastError.map { "\($0)" } ?? "")")
     }
 
-    func stop() async {
+    public func stop() async {
         try? await channel.close()
     }
 }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import Logging
 import ServiceLifecycle
 import SlipwayProcess
@@ -9,11 +10,17 @@ import SlipwayServiceKit
 public struct ClusterOptions: ParsableArguments, Sendable {
     @Option(help: "Where public workloads' traffic is switched: network (the network service, default) or none.")
     var clusterTraffic: String?
+    @Option(help: "local (OCI containers under runc on this machine, default) or kubernetes (a Kubernetes API server).")
+    var clusterDriver: String?
+    @Option(help: "kubeconfig of the Kubernetes driver (default: $KUBECONFIG, else ~/.kube/config; in a pod: its service account).")
+    var clusterKubeconfig: String?
+    @Option(help: "Context of the kubeconfig (default: its current-context).") var clusterKubeContext: String?
 
     public init() {}
 }
 
-/// `slipway-cluster`: runs releases. Local mode (the only one so far): OCI containers under runc.
+/// `slipway-cluster`: runs releases: OCI containers under runc on this machine (local driver), or
+/// Deployments on a Kubernetes cluster (Kubernetes driver).
 public struct ClusterComponent: PlatformComponent {
     let options: ClusterOptions
 
@@ -22,6 +29,11 @@ public struct ClusterComponent: PlatformComponent {
     }
 
     public func setUp(configuration: ServiceConfiguration, logger: Logger, router: inout RPCRouter) async throws -> [any Service] {
+        switch options.clusterDriver ?? "local" {
+        case "local": break
+        case "kubernetes": return try await setUpKubernetes(configuration: configuration, logger: logger, router: &router)
+        case let other: throw ValidationError("--cluster-driver must be local or kubernetes, got \"\(other)\"")
+        }
         var traffic: (any TrafficSwitch)?
         switch options.clusterTraffic ?? "network" {
         case "network":
@@ -46,6 +58,40 @@ public struct ClusterComponent: PlatformComponent {
         var services: [any Service] = [Supervisor(cluster: cluster)]
         if let applicationLogs = cluster.applicationLogs { services.append(LogShipping(logs: applicationLogs)) }
         return services
+    }
+}
+
+extension ClusterComponent {
+    func setUpKubernetes(configuration: ServiceConfiguration, logger: Logger, router: inout RPCRouter) async throws -> [any Service] {
+        let environment = ProcessInfo.processInfo.environment
+        let kubernetes: KubernetesClient.Configuration
+        if options.clusterKubeconfig == nil, environment["KUBERNETES_SERVICE_HOST"] != nil {
+            kubernetes = try KubernetesClient.Configuration.inCluster()
+        } else {
+            let path = options.clusterKubeconfig ?? environment["KUBECONFIG"] ?? ((environment["HOME"] ?? "/root") + "/.kube/config")
+            guard let data = FileManager.default.contents(atPath: path) else {
+                throw ValidationError("--cluster-driver kubernetes: cannot read the kubeconfig \(path) (pass --cluster-kubeconfig)")
+            }
+            kubernetes = try KubernetesClient.Configuration.kubeconfig(String(decoding: data, as: UTF8.self), context: options.clusterKubeContext)
+        }
+        let logs = configuration.directory[.logs]
+        let cluster = try KubernetesCluster(
+            driver: KubernetesDriver(client: try KubernetesClient(kubernetes), logger: logger), directory: try configuration.stateDirectory(),
+            logs: RPCClient(host: logs.host, port: logs.port), logger: logger)
+        router.register(ClusterService(cluster: cluster))
+        logger.info("cluster ready", metadata: ["driver": "kubernetes", "server": "\(kubernetes.server.absoluteString)", "logs": "\(logs)"])
+        return [KubernetesWatcher(cluster: cluster)]
+    }
+}
+
+/// Follows the pods' status and logs, for the life of the service.
+struct KubernetesWatcher: Service {
+    let cluster: KubernetesCluster
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown {
+            await cluster.run()
+        }
     }
 }
 

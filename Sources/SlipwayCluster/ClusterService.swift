@@ -5,7 +5,7 @@ import SlipwayRPC
 struct ClusterService: RPCService {
     typealias API = Slipway_Cluster_V1_Cluster
 
-    let cluster: LocalCluster
+    let cluster: any ClusterDriver
 
     func register(with router: inout RPCRouter) {
         router.addFiles([Slipway_Cluster_V1_Cluster_proto.descriptor])
@@ -183,6 +183,15 @@ struct ClusterService: RPCService {
             case .invalid: throw RPCError(.invalidArgument, failure.description)
             case .notReady: throw RPCError(.failedPrecondition, failure.description)
             case .runtime: throw RPCError(.internal, failure.description)
+            }
+        } catch let error as KubernetesError {
+            // The API server's answer, as it gave it.
+            switch error.code {
+            case 400, 422: throw RPCError(.invalidArgument, "Kubernetes: \(error)")
+            case 403, 401: throw RPCError(.permissionDenied, "Kubernetes: \(error)")
+            case 404: throw RPCError(.notFound, "Kubernetes: \(error)")
+            case 409: throw RPCError(.failedPrecondition, "Kubernetes: \(error)")
+            default: throw RPCError(.unavailable, "Kubernetes: \(error)")
             }
         }
     }

@@ -110,7 +110,9 @@ public actor LocalCluster {
         public var startedAt: Double? = nil
         /// Exits in a row without a run of ``LocalCluster/healthyRun``: the backoff's exponent.
         public var crashes: Int? = nil
-        public var address: String { "127.0.0.1:\(port)" }
+        /// Where it runs when not on this machine (a pod's IP); nil: loopback.
+        public var host: String? = nil
+        public var address: String { "\(host ?? "127.0.0.1"):\(port)" }
 
         /// When it will be started again: 1 s after its first exit, then 2, 4, … up to
         /// ``LocalCluster/maxBackoff`` (CrashLoopBackOff); back to 1 s after a run of 10 minutes.

@@ -202,3 +202,152 @@ def test_watch_follows_a_crash_loop_with_the_exit_status(platform):
     p.cluster_stub.Stop(cpb.WorkloadRequest(workload=p.workload, stop_grace_seconds=1))
     until(cpb.RUNNING_STATUS_STOPPED)
     events.cancel()
+
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "SlipwayClusterTests", "Fixtures", "kubernetes")
+
+
+def fixture(name):
+    with open(os.path.join(FIXTURES, name)) as f:
+        return f.read()
+
+
+class RecordedAPIServer:
+    """A Kubernetes API server replaying responses recorded from real ones (Fixtures/kubernetes,
+    SOURCES.md): applies are answered with the object as sent, the Deployment as rolled out, the
+    workload's pods with a recorded running pod, its log with a recorded log. Every request is kept."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        server = self
+        self.requests = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def answer(self, status, body, content_type="application/json"):
+                data = body.encode()
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_PATCH(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+                server.requests.append(("PATCH", self.path, self.headers.get("Content-Type"), self.headers.get("Authorization"), body))
+                self.answer(200, body if "apply-patch" in self.headers.get("Content-Type", "") else '{"kind":"Scale","apiVersion":"autoscaling/v1"}')
+
+            def do_GET(self):
+                server.requests.append(("GET", self.path, None, self.headers.get("Authorization"), ""))
+                if "/log?" in self.path:
+                    self.answer(200, fixture("pod-log-timestamps.txt"), "text/plain")
+                elif "/pods?" in self.path:
+                    self.answer(200, '{"kind":"PodList","apiVersion":"v1","items":[%s]}' % fixture("pod-running.json"))
+                elif "/deployments/" in self.path:
+                    self.answer(200, fixture("deployment-complete.json"))
+                else:
+                    self.answer(404, fixture("status-not-found.json"))
+
+            def do_DELETE(self):
+                server.requests.append(("DELETE", self.path, None, self.headers.get("Authorization"), ""))
+                self.answer(404 if "configmaps" in self.path else 200, fixture("status-not-found.json") if "configmaps" in self.path else "{}")
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", local.free_port()), Handler)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_the_kubernetes_driver_against_a_recorded_api_server():
+    from conftest import BIN_DIR
+
+    api = RecordedAPIServer()
+    data = tempfile.mkdtemp(prefix="slipway-kube-")
+    kubeconfig = os.path.join(data, "kubeconfig")
+    with open(kubeconfig, "w") as f:
+        f.write(f"""apiVersion: v1
+kind: Config
+clusters:
+- name: recorded
+  cluster:
+    server: http://127.0.0.1:{api.port}
+users:
+- name: slipway
+  user:
+    token: s3cret-token
+contexts:
+- name: recorded
+  context:
+    cluster: recorded
+    user: slipway
+current-context: recorded
+""")
+    logs_port, cluster_port = local.free_port(), local.free_port()
+    logs = local.start_service(BIN_DIR, "logs", data, logs_port)
+    cluster = local.start_service(BIN_DIR, "cluster", data, cluster_port, "--cluster-driver", "kubernetes", "--cluster-kubeconfig", kubeconfig,
+                                  "--logs-address", f"127.0.0.1:{logs_port}")
+    try:
+        (cpb, cgrpc), (lpb, lgrpc) = local.protos("slipway/cluster/v1/cluster.proto", "slipway/logs/v1/logs.proto")
+        stub = cgrpc.ClusterStub(grpc.insecure_channel(f"127.0.0.1:{cluster_port}"))
+        workload = cpb.Workload(environment_id="env_4f2a9c", service_id="svc_81be", service_name="web")
+        deployed = stub.Deploy(cpb.DeployRequest(
+            workload=workload, image="registry.example/web@sha256:0123", replicas=2, environment={"MODE": "production"},
+            readiness=cpb.Readiness(http=cpb.HttpCheck(path="/health")),
+            strategy=cpb.Strategy(rolling=cpb.RollingUpdate(max_surge=1, max_unavailable=0))), timeout=60)
+        assert [(i.id, i.address, i.status) for i in deployed.instances] == [("nginx-7fb78fb6d8-2w75j", "10.44.0.229:8080", cpb.INSTANCE_RUNNING)]
+
+        applied = [(path.split("?")[0], query) for method, path, _, _, _ in api.requests if method == "PATCH" for query in [path.split("?")[1]]]
+        assert [path for path, _ in applied] == [
+            "/api/v1/namespaces/slipway-env-4f2a9c", "/api/v1/namespaces/slipway-env-4f2a9c/configmaps/web-config",
+            "/api/v1/namespaces/slipway-env-4f2a9c/secrets/web-secrets", "/apis/apps/v1/namespaces/slipway-env-4f2a9c/deployments/web",
+            "/api/v1/namespaces/slipway-env-4f2a9c/services/web"]
+        assert all(query == "fieldManager=slipway&force=true" for _, query in applied)
+        assert all(auth == "Bearer s3cret-token" for _, _, _, auth, _ in api.requests)
+        deployment = json.loads(next(body for method, path, _, _, body in api.requests if method == "PATCH" and "/deployments/" in path))
+        assert deployment["spec"]["replicas"] == 2
+        assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        assert container["image"] == "registry.example/web@sha256:0123" and container["readinessProbe"]["httpGet"]["path"] == "/health"
+
+        # Watch: the workload from its pods.
+        events = stub.Watch(cpb.WatchRequest(environment_id="env_4f2a9c"), timeout=30)
+        first = next(events)
+        assert first.workload.status == cpb.RUNNING_STATUS_RUNNING and first.workload.instances[0].id == "nginx-7fb78fb6d8-2w75j"
+        events.cancel()
+
+        # The pod's log reaches the logs service, with the pod as the instance.
+        logs_stub = lgrpc.LogsStub(grpc.insecure_channel(f"127.0.0.1:{logs_port}"))
+        request = lpb.QueryRequest(stream=lpb.StreamKey(environment_id="env_4f2a9c", service_id="svc_81be"), page_size=100)
+
+        def shipped():
+            try:
+                return logs_stub.Query(request, timeout=5).lines
+            except grpc.RpcError:
+                return []
+        local.wait_until(lambda: len(shipped()) >= 7, 30, "the pod's log did not reach the logs service")
+        lines = shipped()
+        assert lines[0].instance_id == "nginx-7fb78fb6d8-2w75j"
+        assert lines[0].text == "2019/05/08 06:02:13 http2: Framer 0xc4207ec1c0: read HEADERS flags=END_HEADERS stream=1 len=88"
+        # Followed from the last line: the next polls (sinceTime = its timestamp) add nothing twice.
+        local.wait_until(lambda: sum(1 for m, p, *_ in api.requests if m == "GET" and "sinceTime=" in p) >= 2, 30, "the log was not polled again")
+        assert len(shipped()) == len(lines)
+
+        # Stop scales the Deployment to 0 through its scale subresource; Delete removes the objects.
+        stub.Stop(cpb.WorkloadRequest(workload=workload))
+        scale = [r for r in api.requests if r[0] == "PATCH" and r[1].endswith("/scale")]
+        assert scale and scale[-1][2] == "application/merge-patch+json" and json.loads(scale[-1][4]) == {"spec": {"replicas": 0}}
+        stub.Delete(cpb.WorkloadRequest(workload=workload))
+        deleted = [path.split("?")[0] for method, path, *_ in api.requests if method == "DELETE"]
+        assert deleted == ["/api/v1/namespaces/slipway-env-4f2a9c/services/web", "/apis/apps/v1/namespaces/slipway-env-4f2a9c/deployments/web",
+                           "/api/v1/namespaces/slipway-env-4f2a9c/secrets/web-secrets", "/api/v1/namespaces/slipway-env-4f2a9c/configmaps/web-config"]
+    finally:
+        local.stop(cluster, logs)
+        api.close()
+        shutil.rmtree(data, ignore_errors=True)

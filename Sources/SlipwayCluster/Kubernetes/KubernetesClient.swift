@@ -179,6 +179,13 @@ public struct KubernetesClient: Sendable {
         return list["items"] as? [[String: Any]] ?? []
     }
 
+    /// Sets a Deployment's replicas through its `scale` subresource (a merge patch of one field:
+    /// nothing else of the object changes hands).
+    public func scale(namespace: String, deployment: String, replicas: Int) async throws {
+        let path = try Self.path(apiVersion: "apps/v1", kind: "Deployment", namespace: namespace, name: deployment) + "/scale"
+        _ = try await json(.PATCH, path, body: Array("{\"spec\":{\"replicas\":\(replicas)}}".utf8), contentType: "application/merge-patch+json")
+    }
+
     /// Deletes an object; a missing one is not an error (delete is idempotent for the cluster service).
     public func delete(apiVersion: String, kind: String, namespace: String?, name: String) async throws {
         do {

@@ -9,6 +9,9 @@ public enum KubernetesManifests {
     public enum Probe: Sendable, Equatable {
         case http(path: String)
         case tcp
+        /// grpc.health.v1 on the port (Kubernetes' gRPC probe).
+        case grpc(service: String)
+        case exec(command: [String])
     }
 
     public struct Input: Sendable {
@@ -104,6 +107,8 @@ public enum KubernetesManifests {
         switch probe {
         case .http(let path): object["httpGet"] = ["path": path, "port": input.port]
         case .tcp: object["tcpSocket"] = ["port": input.port]
+        case .grpc(let service): object["grpc"] = service.isEmpty ? ["port": input.port] : ["port": input.port, "service": service]
+        case .exec(let command): object["exec"] = ["command": command]
         }
         return object
     }

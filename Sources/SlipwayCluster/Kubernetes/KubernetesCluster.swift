@@ -1,0 +1,237 @@
+import Foundation
+import Logging
+import SlipwayProtos
+import SlipwayRPC
+import SlipwayServiceKit
+
+/// The cluster service's API on a Kubernetes cluster (`--cluster-driver kubernetes`): a deploy is
+/// the workload's objects applied and its rollout followed (``KubernetesDriver``); instances are its
+/// pods; running status is read from them every `interval` for watchers; pod logs are followed into
+/// the logs service.
+///
+/// The workloads this service deployed are kept in `<directory>/kubernetes-workloads.json` (written
+/// before they are applied), so a restarted service knows what to watch and whose logs to follow.
+public actor KubernetesCluster: ClusterDriver {
+    let driver: KubernetesDriver
+    let directory: String
+    let logs: RPCClient?
+    let logger: Logger
+    let interval: Duration
+    private var workloads: [String: LocalCluster.Workload] = [:]
+    private var watchers: [UUID: AsyncStream<LocalCluster.WorkloadStatus>.Continuation] = [:]
+    private var published: [String: LocalCluster.WorkloadStatus] = [:]
+    /// Per pod: the timestamp of the last log line shipped (RFC 3339, nanoseconds as 9 digits).
+    private var logCursors: [String: String] = [:]
+
+    public init(driver: KubernetesDriver, directory: String, logs: RPCClient?, interval: Duration = .seconds(2), logger: Logger) throws {
+        self.driver = driver
+        self.directory = directory
+        self.logs = logs
+        self.interval = interval
+        self.logger = logger
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        if let data = FileManager.default.contents(atPath: directory + "/kubernetes-workloads.json") {
+            workloads = try JSONDecoder().decode([String: LocalCluster.Workload].self, from: data)
+        }
+        if let data = FileManager.default.contents(atPath: directory + "/kubernetes-log-cursors.json") {
+            logCursors = (try? JSONDecoder().decode([String: String].self, from: data)) ?? [:]
+        }
+    }
+
+    /// What the manifests are made from: the deploy's spec in Kubernetes' terms. Every variable goes
+    /// to the Secret (the cluster API does not tell variables from secrets).
+    static func input(_ spec: LocalCluster.DeploySpec) -> KubernetesManifests.Input {
+        var input = KubernetesManifests.Input(workload: spec.workload, environmentName: spec.workload.environmentID, image: spec.image)
+        input.secrets = spec.environment
+        input.replicas = spec.replicas
+        if let cpu = spec.cpuMillicores { input.cpuMillicores = cpu }
+        if let memory = spec.memoryMiB { input.memoryMiB = memory }
+        input.readiness = probe(spec.readiness)
+        if let liveness = spec.liveness {
+            input.liveness = probe(liveness.check)
+            input.periodSeconds = max(1, Int(liveness.period))
+            input.timeoutSeconds = max(1, Int(liveness.timeout))
+            input.failureThreshold = liveness.failureThreshold
+            input.initialDelaySeconds = Int(liveness.initialDelay)
+        }
+        switch spec.strategy {
+        case .rolling(let surge, let unavailable)?:
+            input.maxSurge = "\(surge)"
+            input.maxUnavailable = "\(unavailable)"
+        case .recreate?, nil:
+            input.maxSurge = "100%"
+            input.maxUnavailable = "0"
+        }
+        return input
+    }
+
+    static func probe(_ check: LocalCluster.Readiness) -> KubernetesManifests.Probe {
+        switch check {
+        case .http(let path): .http(path: path)
+        case .tcp: .tcp
+        case .grpc(let service): .grpc(service: service)
+        case .exec(let command): .exec(command: command)
+        }
+    }
+
+    static func input(_ workload: LocalCluster.Workload) -> KubernetesManifests.Input {
+        KubernetesManifests.Input(workload: workload, environmentName: workload.environmentID, image: "")
+    }
+
+    // MARK: ClusterDriver
+
+    public func deploy(_ spec: LocalCluster.DeploySpec) async throws -> [LocalCluster.Instance] {
+        try LocalCluster.validate(spec.workload)
+        workloads[spec.workload.serviceID] = spec.workload
+        try saveWorkloads()
+        do {
+            _ = try await driver.deploy(Self.input(spec), timeout: spec.readyTimeout)
+        } catch let error as KubernetesError {
+            throw LocalCluster.Failure(kind: error.code == 0 && error.reason != "Unreachable" ? .notReady : .runtime, description: "\(error)")
+        }
+        return try await instances(spec.workload).map(\.0)
+    }
+
+    public func stop(_ workload: LocalCluster.Workload, grace: Duration) async throws -> [LocalCluster.Instance] {
+        try LocalCluster.validate(workload)
+        let before = try await instances(workload).map(\.0)
+        do {
+            try await driver.client.scale(namespace: KubernetesManifests.namespace(for: workload.environmentID), deployment: workload.serviceName, replicas: 0)
+        } catch let error as KubernetesError where error.code == 404 {
+            return []
+        }
+        return before
+    }
+
+    public func delete(_ workload: LocalCluster.Workload, grace: Duration) async throws -> [LocalCluster.Instance] {
+        try LocalCluster.validate(workload)
+        let before = (try? await instances(workload).map(\.0)) ?? []
+        try await driver.delete(Self.input(workload))
+        workloads[workload.serviceID] = nil
+        try saveWorkloads()
+        return before
+    }
+
+    public func instances(_ workload: LocalCluster.Workload) async throws -> [(LocalCluster.Instance, running: Bool)] {
+        try await podObjects(workload).map { pod in
+            let status = KubernetesStatus.pod(pod)
+            return (Self.instance(pod, status), status.status == .running)
+        }
+    }
+
+    public func statuses() async -> [LocalCluster.WorkloadStatus] {
+        var result: [LocalCluster.WorkloadStatus] = []
+        for workload in workloads.values.sorted(by: { $0.serviceID < $1.serviceID }) {
+            guard let pods = try? await podObjects(workload) else { continue }
+            let read = pods.map(KubernetesStatus.pod)
+            let instances = zip(pods, read).map { pod, status in
+                LocalCluster.InstanceStatus(instance: Self.instance(pod, status), running: status.status == .running, status: status.status)
+            }
+            result.append(LocalCluster.WorkloadStatus(workload: workload, status: KubernetesStatus.workload(read), instances: instances))
+        }
+        return result
+    }
+
+    public func watch() -> (id: UUID, changes: AsyncStream<LocalCluster.WorkloadStatus>) {
+        let id = UUID()
+        let (stream, continuation) = AsyncStream<LocalCluster.WorkloadStatus>.makeStream(bufferingPolicy: .bufferingNewest(LocalCluster.maxWatchBuffer))
+        watchers[id] = continuation
+        return (id, stream)
+    }
+
+    public func unwatch(_ id: UUID) {
+        watchers.removeValue(forKey: id)?.finish()
+    }
+
+    // MARK: Background
+
+    /// Until cancelled: every `interval`, publishes status changes and ships new pod log lines.
+    public func run() async {
+        while !Task.isCancelled {
+            await publishChanges()
+            await followLogs()
+            try? await Task.sleep(for: interval)
+        }
+    }
+
+    func publishChanges() async {
+        for status in await statuses() where published[status.workload.serviceID] != status {
+            published[status.workload.serviceID] = status
+            for watcher in watchers.values { watcher.yield(status) }
+        }
+    }
+
+    /// New lines of every pod of every workload, after the last one shipped (by timestamp), sent to
+    /// the workload's application stream with the pod as the instance.
+    func followLogs() async {
+        guard let logs else { return }
+        for workload in workloads.values {
+            let namespace = KubernetesManifests.namespace(for: workload.environmentID)
+            guard let pods = try? await podObjects(workload) else { continue }
+            for pod in pods {
+                guard let name = (pod["metadata"] as? [String: Any])?["name"] as? String else { continue }
+                let cursor = logCursors[name]
+                guard let lines = try? await driver.client.podLog(namespace: namespace, pod: name, since: cursor) else { continue }
+                let fresh = lines.filter { cursor == nil || Self.normalized($0.timestamp) > cursor! }
+                guard !fresh.isEmpty else { continue }
+                var batch = Slipway_Logs_V1_AppendRequest()
+                batch.batchId = 1
+                batch.lines = fresh.map { line in
+                    var message = Slipway_Logs_V1_LogLine()
+                    var key = Slipway_Logs_V1_StreamKey()
+                    key.environmentId = workload.environmentID
+                    key.serviceId = workload.serviceID
+                    message.stream = key
+                    message.instanceId = name
+                    message.source = .stdout
+                    message.level = .info
+                    message.text = line.text
+                    return message
+                }
+                let request = batch
+                do {
+                    try await logs.bidirectional(Slipway_Logs_V1_Logs.Append.self, requests: { writer in try await writer.write(request) },
+                                                 responses: { responses in for try await _ in responses {} })
+                    logCursors[name] = Self.normalized(fresh.last!.timestamp)
+                    try? AtomicFile.write(try JSONEncoder().encode(logCursors), to: directory + "/kubernetes-log-cursors.json")
+                } catch {
+                    logger.warning("cannot ship pod logs", metadata: ["pod": "\(name)", "error": "\(error)"])
+                }
+            }
+        }
+    }
+
+    /// An RFC 3339 timestamp with its fraction padded to 9 digits, so timestamps compare as text
+    /// (the API server drops trailing zeros: `…13.32Z`).
+    static func normalized(_ timestamp: String) -> String {
+        guard timestamp.hasSuffix("Z"), let dot = timestamp.firstIndex(of: ".") else { return timestamp }
+        let fraction = timestamp[timestamp.index(after: dot)..<timestamp.index(before: timestamp.endIndex)]
+        return String(timestamp[..<dot]) + "." + fraction.padding(toLength: 9, withPad: "0", startingAt: 0) + "Z"
+    }
+
+    // MARK: Helpers
+
+    private func podObjects(_ workload: LocalCluster.Workload) async throws -> [[String: Any]] {
+        let input = Self.input(workload)
+        let selector = KubernetesManifests.selector(input).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
+        return try await driver.client.list(apiVersion: "v1", kind: "Pod", namespace: KubernetesManifests.namespace(for: workload.environmentID), labelSelector: selector)
+    }
+
+    /// A pod as an instance: its name, `podIP:8080`, image, restarts and last exit.
+    static func instance(_ pod: [String: Any], _ status: KubernetesStatus.Pod) -> LocalCluster.Instance {
+        var instance = LocalCluster.Instance(id: status.name, port: 8080, image: image(pod))
+        instance.host = (pod["status"] as? [String: Any])?["podIP"] as? String
+        instance.restarts = status.restarts
+        instance.lastExit = status.lastExit
+        instance.oomKilled = status.oomKilled
+        return instance
+    }
+
+    static func image(_ pod: [String: Any]) -> String {
+        ((((pod["spec"] as? [String: Any])?["containers"] as? [[String: Any]])?.first)?["image"] as? String) ?? ""
+    }
+
+    private func saveWorkloads() throws {
+        try AtomicFile.write(try JSONEncoder().encode(workloads), to: directory + "/kubernetes-workloads.json")
+    }
+}

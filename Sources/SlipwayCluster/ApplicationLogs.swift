@@ -248,8 +248,10 @@ public final class ApplicationLogs: Sendable {
     /// and marks its record, which goes once the files are shipped to their end.
     func retire(_ id: String) {
         guard var shipped = load(id) else { return }
-        rename(runtime.stdoutPath(id), retiredPath(id, .stdout))
+        let moved = rename(runtime.stdoutPath(id), retiredPath(id, .stdout)) == 0
         rename(runtime.stderrPath(id), retiredPath(id, .stderr))
+        // Retired files say it already; the mark is for an instance that never wrote a file.
+        guard !moved else { return }
         shipped.retired = true
         save(id, shipped)
     }

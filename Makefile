@@ -4,7 +4,7 @@ export PATH := /opt/swift/usr/bin:$(PATH)
 DATA_DIR ?= ./.slipway
 CONFIG ?= debug
 
-.PHONY: all build demo down test test-swift test-interop check-generated generate bench bench-builder bench-pipeline bench-cluster clean
+.PHONY: all build demo down test test-swift test-interop check-generated generate bench bench-builder bench-pipeline bench-cluster bench-push clean
 
 all: build
 
@@ -59,6 +59,11 @@ bench-pipeline:
 bench-cluster:
 	swift build -c release --product slipway-cluster
 	python3 scripts/bench-cluster.py .build/release
+
+## Push-to-live: a commit to examples/hello → the new page over HTTPS through nginx (every real service).
+bench-push:
+	swift build -c release
+	python3 scripts/bench-push-to-live.py .build/release 10
 
 ## RPC benchmark against the grpc-swift-2 anchor (see BENCHMARKS.md).
 bench:

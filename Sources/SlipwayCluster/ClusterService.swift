@@ -33,7 +33,7 @@ struct ClusterService: RPCService {
             spec.isPublic = request.public
             switch request.strategy?.kind {
             case .rolling(let rolling)?:
-                guard rolling.maxSurge + rolling.maxUnavailable > 0, rolling.maxSurge <= 50, rolling.maxUnavailable <= 50 else {
+                guard rolling.maxSurge <= 50, rolling.maxUnavailable <= 50, rolling.maxSurge > 0 || rolling.maxUnavailable > 0 else {
                     throw RPCError(.invalidArgument, "strategy.rolling: max_surge and max_unavailable are 0 to 50 and not both 0")
                 }
                 spec.strategy = .rolling(maxSurge: Int(rolling.maxSurge), maxUnavailable: Int(rolling.maxUnavailable))

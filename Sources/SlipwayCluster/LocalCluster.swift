@@ -245,7 +245,10 @@ public actor LocalCluster {
         } catch {
             throw Failure(kind: .runtime, description: "\(error)")
         }
-        var rollout = Rollout(old: record.current)
+        // A workload stopped on purpose has no instance serving: its stopped ones are not part of
+        // the rollout (never routed to, never started again), and go once the deploy succeeds.
+        let stoppedBefore = record.stopped == true ? record.current : []
+        var rollout = Rollout(old: stoppedBefore.isEmpty ? record.current : [])
         do {
             if !spec.isPublic, record.routed == true {
                 // No longer public: out of the load balancer before the old instances stop.
@@ -276,20 +279,35 @@ public actor LocalCluster {
                     let excess = max(0, rollout.old.count + rollout.ready.count - spec.replicas)
                     try await park(min(excess, rollout.old.count), &rollout, &record, spec)
                 }
-                if rollout.old.count > 0 { try await park(rollout.old.count, &rollout, &record, spec) }
             }
         } catch {
-            // Not ready (or not started, or the load balancer refused): the new ones go, the old ones
-            // that were stopped start again, and traffic goes back to them.
-            for instance in record.pending + rollout.ready { try? await Self.remove(instance.id, runtime, applicationLogs) }
-            for instance in rollout.parked { _ = try? await runtime.restart(instance.id) }
+            // Not ready (or not started, or the load balancer refused): the old ones that were
+            // stopped start again (and are checked), traffic goes back to the old ones, and only
+            // then do the new ones go. If the load balancer cannot be told, the new ones stay pending
+            // and the next start of the service (or its supervision) retries.
+            for instance in rollout.parked {
+                _ = try? await runtime.restart(instance.id)
+                try? await Self.waitReady(instance, spec, runtime: runtime, deadline: ContinuousClock.now + spec.readyTimeout)
+            }
             rollout.old += rollout.parked
             rollout.parked = []
-            rollout.ready = []
-            if spec.isPublic, let traffic { try? await traffic.route(spec.workload, to: rollout.old.map(\.address), drain: spec.stopGrace) }
-            record.current = rollout.old
-            record.pending = []
+            var routedBack = true
+            if spec.isPublic, let traffic {
+                do {
+                    try await traffic.route(spec.workload, to: rollout.old.map(\.address), drain: spec.stopGrace)
+                } catch {
+                    routedBack = false
+                }
+            }
+            record.current = stoppedBefore.isEmpty ? rollout.old : stoppedBefore
             record.retiring = nil
+            if routedBack {
+                for instance in record.pending + rollout.ready { try? await Self.remove(instance.id, runtime, applicationLogs) }
+                record.pending = []
+            } else {
+                record.pending += rollout.ready
+                recovered = false
+            }
             try? save(record)
             if let failure = error as? Failure { throw failure }
             throw Failure(kind: .runtime, description: "\(error)")
@@ -302,7 +320,7 @@ public actor LocalCluster {
         } catch {
             throw Failure(kind: .runtime, description: "cannot record the new instances: \(error)")
         }
-        for instance in rollout.parked { try? await Self.remove(instance.id, runtime, applicationLogs) }
+        for instance in rollout.parked + stoppedBefore { try? await Self.remove(instance.id, runtime, applicationLogs) }
         record.retiring = nil
         try? save(record)
         return record.current
@@ -320,8 +338,12 @@ public actor LocalCluster {
     /// join the serving ones and traffic is pointed at them.
     private func startBatch(_ count: Int, _ rollout: inout Rollout, _ record: inout Record, _ spec: DeploySpec, pulled: String, insecure: Bool) async throws {
         var batch: [(Instance, LocalRuntime.InstanceSpec)] = []
+        // Ports are found one by one: one found twice in a batch is found again.
+        var ports = Set((rollout.old + rollout.ready).map(\.port))
         for _ in 0..<count {
-            var instance = Instance(id: Self.newInstanceID(spec.workload.serviceName), port: try Self.freePort(), image: spec.image)
+            var port = try Self.freePort()
+            while !ports.insert(port).inserted { port = try Self.freePort() }
+            var instance = Instance(id: Self.newInstanceID(spec.workload.serviceName), port: port, image: spec.image)
             instance.startedAt = Date().timeIntervalSince1970
             record.pending.append(instance)
             applicationLogs?.register(instance.id, workload: spec.workload)
@@ -358,8 +380,11 @@ public actor LocalCluster {
     /// they are kept on record as retiring until the deploy ends.
     private func park(_ count: Int, _ rollout: inout Rollout, _ record: inout Record, _ spec: DeploySpec) async throws {
         let leaving = Array(rollout.old.suffix(count))
-        rollout.old.removeLast(leaving.count)
-        try await route(rollout, spec)
+        var next = rollout
+        next.old.removeLast(leaving.count)
+        // Traffic first: if the load balancer refuses, nothing has changed.
+        try await route(next, spec)
+        rollout = next
         rollout.parked += leaving
         record.current = rollout.old + rollout.ready
         record.retiring = rollout.parked

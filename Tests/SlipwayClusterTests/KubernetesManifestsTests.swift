@@ -34,12 +34,14 @@ import Testing
         var probes = Self.input()
         probes.readiness = .grpc(service: "shop.Cart")
         probes.liveness = .exec(command: ["/bin/check", "--quick"])
+        probes.recreate = true
         let withProbes = KubernetesManifests.deployment(probes)
         let (probesValid, probesOutput) = try await Self.validate([withProbes])
         #expect(probesValid, "\(probesOutput)")
         let container = try #require(((((withProbes["spec"] as? [String: Any])?["template"] as? [String: Any])?["spec"] as? [String: Any])?["containers"] as? [[String: Any]])?.first)
         #expect((container["readinessProbe"] as? [String: Any])?["grpc"] as? [String: AnyHashable] == ["port": 8080, "service": "shop.Cart"])
         #expect(((container["livenessProbe"] as? [String: Any])?["exec"] as? [String: [String]]) == ["command": ["/bin/check", "--quick"]])
+        #expect(((withProbes["spec"] as? [String: Any])?["strategy"] as? [String: String]) == ["type": "Recreate"])
         // The validator is really looking: a field Kubernetes does not know is refused.
         var deployment = KubernetesManifests.deployment(Self.input())
         var spec = deployment["spec"] as! [String: Any]

@@ -172,6 +172,29 @@ def test_every_line_arrives_once_through_kills_outages_and_replacement(platform)
     local.wait_until(lambda: len(p.lines(second)) == 2 * LINES, 60, "the new instance's lines did not all arrive")
 
 
+def test_bad_deploys_are_refused_with_what_to_fix(platform):
+    p = platform
+    cpb = p.cpb
+    bad = [
+        (dict(strategy=cpb.Strategy(rolling=cpb.RollingUpdate(max_surge=4294967295, max_unavailable=1))), "max_surge and max_unavailable are 0 to 50"),
+        (dict(strategy=cpb.Strategy(rolling=cpb.RollingUpdate(max_surge=0, max_unavailable=0))), "not both 0"),
+        (dict(readiness=cpb.Readiness(http=cpb.HttpCheck(path="/a b"))), "http.path"),
+        (dict(readiness=cpb.Readiness(exec=cpb.ExecCheck(command=[]))), "readiness.exec.command"),
+        (dict(liveness=cpb.Liveness(period_seconds=1)), "liveness.check is required"),
+        (dict(replicas=51), "replicas"),
+    ]
+    for fields, words in bad:
+        with pytest.raises(grpc.RpcError) as error:
+            p.cluster_stub.Deploy(cpb.DeployRequest(workload=p.workload, image=p.image, **fields), timeout=30)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (fields, error.value.details())
+        assert words in error.value.details(), error.value.details()
+    with pytest.raises(grpc.RpcError) as error:
+        p.cluster_stub.Deploy(cpb.DeployRequest(workload=cpb.Workload(environment_id="env logs", service_id="s", service_name="x"), image=p.image))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "A-Z, a-z, 0-9" in error.value.details()
+    # Still up.
+    assert p.cluster_stub.ListInstances(cpb.WorkloadRequest(workload=p.workload)).instances == []
+
+
 def test_watch_follows_a_crash_loop_with_the_exit_status(platform):
     p = platform
     cpb = p.cpb

@@ -201,7 +201,10 @@ public struct KubernetesClient: Sendable {
         if let container { query += "&container=" + Self.escape(container) }
         if let since { query += "&sinceTime=" + Self.escape(since) }
         let response = try await send(.GET, try Self.path(apiVersion: "v1", kind: "Pod", namespace: namespace, name: pod) + "/log", query: query, body: nil, contentType: nil)
-        return Self.logLines(String(decoding: response.body, as: UTF8.self))
+        var text = String(decoding: response.body, as: UTF8.self)
+        // Cut at limitBytes: a last line without its newline is read again next time, whole.
+        if response.body.count >= limitBytes, !text.hasSuffix("\n"), let end = text.lastIndex(of: "\n") { text = String(text[...end]) }
+        return Self.logLines(text)
     }
 
     /// `2024-01-01T00:00:00.123456789Z text` lines into (timestamp, text).

@@ -58,7 +58,9 @@ public actor KubernetesCluster: ClusterDriver {
         case .rolling(let surge, let unavailable)?:
             input.maxSurge = "\(surge)"
             input.maxUnavailable = "\(unavailable)"
-        case .recreate?, nil:
+        case .recreate?:
+            input.recreate = true
+        case nil:
             input.maxSurge = "100%"
             input.maxUnavailable = "0"
         }
@@ -86,8 +88,9 @@ public actor KubernetesCluster: ClusterDriver {
         try saveWorkloads()
         do {
             _ = try await driver.deploy(Self.input(spec), timeout: spec.readyTimeout)
-        } catch let error as KubernetesError {
-            throw LocalCluster.Failure(kind: error.code == 0 && error.reason != "Unreachable" ? .notReady : .runtime, description: "\(error)")
+        } catch let error as KubernetesError where ["Timeout", "ProgressDeadlineExceeded"].contains(error.reason) {
+            // Not ready: the rollout's own failure. Other errors are the API server's (mapped by the RPC layer).
+            throw LocalCluster.Failure(kind: .notReady, description: "\(error)")
         }
         return try await instances(spec.workload).map(\.0)
     }
@@ -165,46 +168,65 @@ public actor KubernetesCluster: ClusterDriver {
     /// the workload's application stream with the pod as the instance.
     func followLogs() async {
         guard let logs else { return }
+        var seen = Set<String>()
+        var complete = true
         for workload in workloads.values {
             let namespace = KubernetesManifests.namespace(for: workload.environmentID)
-            guard let pods = try? await podObjects(workload) else { continue }
+            guard let pods = try? await podObjects(workload) else {
+                complete = false
+                continue
+            }
             for pod in pods {
                 guard let name = (pod["metadata"] as? [String: Any])?["name"] as? String else { continue }
+                seen.insert(name)
                 let cursor = logCursors[name]
                 guard let lines = try? await driver.client.podLog(namespace: namespace, pod: name, since: cursor) else { continue }
                 let fresh = lines.filter { cursor == nil || Self.normalized($0.timestamp) > cursor! }
-                guard !fresh.isEmpty else { continue }
-                var batch = Slipway_Logs_V1_AppendRequest()
-                batch.batchId = 1
-                batch.lines = fresh.map { line in
-                    var message = Slipway_Logs_V1_LogLine()
-                    var key = Slipway_Logs_V1_StreamKey()
-                    key.environmentId = workload.environmentID
-                    key.serviceId = workload.serviceID
-                    message.stream = key
-                    message.instanceId = name
-                    message.source = .stdout
-                    message.level = .info
-                    message.text = line.text
-                    return message
-                }
-                let request = batch
-                do {
-                    try await logs.bidirectional(Slipway_Logs_V1_Logs.Append.self, requests: { writer in try await writer.write(request) },
-                                                 responses: { responses in for try await _ in responses {} })
-                    logCursors[name] = Self.normalized(fresh.last!.timestamp)
-                    try? AtomicFile.write(try JSONEncoder().encode(logCursors), to: directory + "/kubernetes-log-cursors.json")
-                } catch {
-                    logger.warning("cannot ship pod logs", metadata: ["pod": "\(name)", "error": "\(error)"])
+                for start in stride(from: 0, to: fresh.count, by: ApplicationLogs.maxLinesPerBatch) {
+                    let chunk = Array(fresh[start..<min(fresh.count, start + ApplicationLogs.maxLinesPerBatch)])
+                    guard await ship(chunk, pod: name, workload: workload, logs: logs) else { break }
                 }
             }
+        }
+        // Pods that are gone no longer need a cursor.
+        if complete { logCursors = logCursors.filter { seen.contains($0.key) } }
+    }
+
+    /// One batch of a pod's lines; on acknowledgement the pod's cursor moves past them. False when
+    /// it was not sent (tried again at the next pass).
+    private func ship(_ lines: [(timestamp: String, text: String)], pod name: String, workload: LocalCluster.Workload, logs: RPCClient) async -> Bool {
+        var batch = Slipway_Logs_V1_AppendRequest()
+        batch.batchId = 1
+        batch.lines = lines.map { line in
+            var message = Slipway_Logs_V1_LogLine()
+            var key = Slipway_Logs_V1_StreamKey()
+            key.environmentId = workload.environmentID
+            key.serviceId = workload.serviceID
+            message.stream = key
+            message.instanceId = name
+            message.source = .stdout
+            message.level = .info
+            message.text = line.text
+            return message
+        }
+        let request = batch
+        do {
+            try await logs.bidirectional(Slipway_Logs_V1_Logs.Append.self, requests: { writer in try await writer.write(request) },
+                                         responses: { responses in for try await _ in responses {} })
+            logCursors[name] = Self.normalized(lines.last!.timestamp)
+            try? AtomicFile.write(try JSONEncoder().encode(logCursors), to: directory + "/kubernetes-log-cursors.json")
+            return true
+        } catch {
+            logger.warning("cannot ship pod logs", metadata: ["pod": "\(name)", "error": "\(error)"])
+            return false
         }
     }
 
     /// An RFC 3339 timestamp with its fraction padded to 9 digits, so timestamps compare as text
     /// (the API server drops trailing zeros: `…13.32Z`).
     static func normalized(_ timestamp: String) -> String {
-        guard timestamp.hasSuffix("Z"), let dot = timestamp.firstIndex(of: ".") else { return timestamp }
+        guard timestamp.hasSuffix("Z") else { return timestamp }
+        guard let dot = timestamp.firstIndex(of: ".") else { return String(timestamp.dropLast()) + ".000000000Z" }
         let fraction = timestamp[timestamp.index(after: dot)..<timestamp.index(before: timestamp.endIndex)]
         return String(timestamp[..<dot]) + "." + fraction.padding(toLength: 9, withPad: "0", startingAt: 0) + "Z"
     }

@@ -35,6 +35,8 @@ public enum KubernetesManifests {
         public var timeoutSeconds = 1
         /// Rolling update: extra pods during a rollout, pods that may be unavailable.
         public var maxSurge = "25%"
+        /// Every old pod goes before a new one starts (the Recreate strategy) instead of a rolling update.
+        public var recreate = false
         public var maxUnavailable = "0"
 
         public init(workload: LocalCluster.Workload, environmentName: String, image: String) {
@@ -130,13 +132,16 @@ public enum KubernetesManifests {
         ]
         if let readiness = input.readiness { container["readinessProbe"] = probe(readiness, input) }
         if let liveness = input.liveness { container["livenessProbe"] = probe(liveness, input) }
+        let strategy: [String: Any] = input.recreate
+            ? ["type": "Recreate"]
+            : ["type": "RollingUpdate", "rollingUpdate": ["maxSurge": intOrString(input.maxSurge), "maxUnavailable": intOrString(input.maxUnavailable)]]
         return [
             "apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": metadata(input, name: input.workload.serviceName),
             "spec": [
                 "replicas": input.replicas,
                 "selector": ["matchLabels": selector(input)],
-                "strategy": ["type": "RollingUpdate", "rollingUpdate": ["maxSurge": intOrString(input.maxSurge), "maxUnavailable": intOrString(input.maxUnavailable)]],
+                "strategy": strategy,
                 "template": [
                     "metadata": ["labels": labels(input)],
                     "spec": ["containers": [container], "terminationGracePeriodSeconds": 30],

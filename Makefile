@@ -12,16 +12,16 @@ build:
 	scripts/install-deps.sh build
 	swift build -c $(CONFIG)
 
-## Starts the registry and the seven services on 127.0.0.1:7000-7006 (data in $(DATA_DIR)), checks each
-## answers health, then deploys examples/hello through slipway-pipeline (built by slipway-builder) and
-## prints its steps.
+## The main job: `slipway up` (registry, the seven services on 127.0.0.1:7000-7006, nginx, the local CA;
+## data in $(DATA_DIR)), then a project, environment and service for examples/hello with a git
+## webhook, a git push, and the app's HTTPS URL once it serves (scripts/demo.py).
 demo: build
-	scripts/platform.sh up $(DATA_DIR) .build/$(CONFIG)
-	python3 scripts/demo-deploy.py $(DATA_DIR)
+	scripts/install-deps.sh demo >/dev/null
+	python3 scripts/demo.py $(DATA_DIR) .build/$(CONFIG)
 
-## Stops what `make demo` started.
+## Stops what `make demo` started (slipway down).
 down:
-	scripts/platform.sh down $(DATA_DIR)
+	.build/$(CONFIG)/slipway down --data-dir $(DATA_DIR)
 
 ## Every test: generated code in sync, Swift unit/integration tests, grpcio interop and robustness suites.
 test:

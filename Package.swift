@@ -179,6 +179,10 @@ let serviceDependencies: [String: [Target.Dependency]] = [
         "SlipwayACME", "SlipwayHTTP", .product(name: "Crypto", package: "swift-crypto"), .product(name: "X509", package: "swift-certificates"),
         .product(name: "SwiftASN1", package: "swift-asn1"), .product(name: "NIOSSL", package: "swift-nio-ssl"),
     ],
+    "SlipwayGateway": [
+        .product(name: "GRDB", package: "GRDB.swift"), .product(name: "Crypto", package: "swift-crypto"),
+        .product(name: "NIOHTTP1", package: "swift-nio"),
+    ],
     "SlipwayNetwork": ["SlipwayProcess", .product(name: "Crypto", package: "swift-crypto"), .product(name: "X509", package: "swift-certificates")],
 ]
 
@@ -200,6 +204,23 @@ for (executable, library) in services {
         swiftSettings: strict))
 }
 
+// The command-line client: `slipway up/down` and every API call through the gateway.
+targets.append(.target(
+    name: "SlipwayCLI",
+    dependencies: [
+        "SlipwayRPC", "SlipwayProtos", "SlipwayProtobuf", "CSlipwaySpawn",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        .product(name: "NIOSSL", package: "swift-nio-ssl"),
+    ],
+    swiftSettings: strict))
+targets.append(.executableTarget(name: "slipway", dependencies: ["SlipwayCLI"], swiftSettings: strict))
+targets.append(.testTarget(
+    name: "SlipwayGatewayTests",
+    dependencies: ["SlipwayGateway", "SlipwayRPC", "SlipwayProtos", .product(name: "Crypto", package: "swift-crypto")],
+    // Deliveries recorded from the git hosts (Fixtures/webhooks/SOURCES.md), read by path.
+    exclude: ["Fixtures"],
+    swiftSettings: strict))
+
 // Fan-out benchmark of slipway-logs against Redis pub/sub (scripts/bench-logs.sh).
 targets.append(.executableTarget(name: "slipway-logs-bench", dependencies: ["SlipwayRPC", "SlipwayProtos", .product(name: "ArgumentParser", package: "swift-argument-parser")] + nio, path: "Benchmarks/LogsBench", swiftSettings: strict))
 
@@ -207,6 +228,7 @@ let package = Package(
     name: "Slipway",
     platforms: [.macOS(.v15)],
     products: services.map { .executable(name: $0.0, targets: [$0.0]) } + [
+        .executable(name: "slipway", targets: ["slipway"]),
         .executable(name: "slipway-echo", targets: ["slipway-echo"]),
         .executable(name: "protoc-gen-slipway-swift", targets: ["protoc-gen-slipway-swift"]),
         .library(name: "SlipwayRPC", targets: ["SlipwayRPC"]),

@@ -25,7 +25,10 @@ def protos(*names):
     import importlib
 
     out = tempfile.mkdtemp(prefix="slipway-pb-")
-    for name in names:
+    # Every file, so imports (the public API imports the pipeline's and the logs' messages) resolve.
+    every = sorted(os.path.relpath(os.path.join(d, f), f"{ROOT}/protos")
+                   for d, _, files in os.walk(f"{ROOT}/protos") for f in files if f.endswith(".proto"))
+    for name in every:
         assert protoc.main(["protoc", f"-I{ROOT}/protos", f"--python_out={out}", f"--grpc_python_out={out}", name]) == 0, name
     sys.path.insert(0, out)
     modules = []

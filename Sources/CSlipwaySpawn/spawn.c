@@ -8,6 +8,17 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
+/* A new session, default signal dispositions, an empty signal mask. */
+static void new_session_attributes(posix_spawnattr_t *attributes) {
+    posix_spawnattr_init(attributes);
+    sigset_t all, none;
+    sigfillset(&all);
+    sigemptyset(&none);
+    posix_spawnattr_setsigdefault(attributes, &all);
+    posix_spawnattr_setsigmask(attributes, &none);
+    posix_spawnattr_setflags(attributes, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
+}
+
 int slipway_spawn(const char *file, char *const argv[], char *const envp[], const char *cwd,
                   pid_t *pid, int *stdout_fd, int *stderr_fd) {
     int out[2], err[2];
@@ -25,13 +36,7 @@ int slipway_spawn(const char *file, char *const argv[], char *const envp[], cons
     if (cwd) posix_spawn_file_actions_addchdir_np(&actions, cwd);
 
     posix_spawnattr_t attributes;
-    posix_spawnattr_init(&attributes);
-    sigset_t all, none;
-    sigfillset(&all);
-    sigemptyset(&none);
-    posix_spawnattr_setsigdefault(&attributes, &all);
-    posix_spawnattr_setsigmask(&attributes, &none);
-    posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
+    new_session_attributes(&attributes);
 
     int result = posix_spawnp(pid, file, &actions, &attributes, argv, envp);
     posix_spawn_file_actions_destroy(&actions);
@@ -50,4 +55,20 @@ int slipway_spawn(const char *file, char *const argv[], char *const envp[], cons
 
 int slipway_become_subreaper(void) {
     return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+}
+
+int slipway_spawn_daemon(const char *file, char *const argv[], char *const envp[], const char *log_path, pid_t *pid) {
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&actions, 1, log_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
+    posix_spawn_file_actions_adddup2(&actions, 1, 2);
+
+    posix_spawnattr_t attributes;
+    new_session_attributes(&attributes);
+
+    int result = posix_spawnp(pid, file, &actions, &attributes, argv, envp);
+    posix_spawn_file_actions_destroy(&actions);
+    posix_spawnattr_destroy(&attributes);
+    return result;
 }

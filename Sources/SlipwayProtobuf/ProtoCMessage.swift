@@ -39,4 +39,6 @@ public protocol ProtoEnum: RawRepresentable, Sendable, Hashable where RawValue =
     /// The enum's first declared value (zero in proto3).
     init()
     init(rawValue: Int32)
+    /// The value's name as the .proto file spells it.
+    var protoName: String { get }
 }

@@ -72,6 +72,17 @@ public struct Grpc_Health_V1_HealthCheckResponse: ProtoCMessage, Hashable {
             case .unrecognized(let value): value
             }
         }
+
+        /// The value's name as the .proto file spells it (the number for an unrecognized value).
+        public var protoName: String {
+            switch self {
+            case .unknown: "UNKNOWN"
+            case .serving: "SERVING"
+            case .notServing: "NOT_SERVING"
+            case .serviceUnknown: "SERVICE_UNKNOWN"
+            case .unrecognized(let value): String(value)
+            }
+        }
     }
 }
 

@@ -38,6 +38,18 @@ public enum Slipway_Builder_V1_Step: ProtoEnum {
         case .unrecognized(let value): value
         }
     }
+
+    /// The value's name as the .proto file spells it (the number for an unrecognized value).
+    public var protoName: String {
+        switch self {
+        case .stepUnspecified: "STEP_UNSPECIFIED"
+        case .gitClone: "GIT_CLONE"
+        case .build: "BUILD"
+        case .push: "PUSH"
+        case .mirrorImage: "MIRROR_IMAGE"
+        case .unrecognized(let value): String(value)
+        }
+    }
 }
 
 /// The enum `slipway.builder.v1.StepState`.
@@ -76,6 +88,19 @@ public enum Slipway_Builder_V1_StepState: ProtoEnum {
         case .unrecognized(let value): value
         }
     }
+
+    /// The value's name as the .proto file spells it (the number for an unrecognized value).
+    public var protoName: String {
+        switch self {
+        case .stepStateUnspecified: "STEP_STATE_UNSPECIFIED"
+        case .stepStarted: "STEP_STARTED"
+        case .stepSucceeded: "STEP_SUCCEEDED"
+        case .stepSkipped: "STEP_SKIPPED"
+        case .stepFailed: "STEP_FAILED"
+        case .stepCanceled: "STEP_CANCELED"
+        case .unrecognized(let value): String(value)
+        }
+    }
 }
 
 /// The enum `slipway.builder.v1.Outcome`.
@@ -109,6 +134,18 @@ public enum Slipway_Builder_V1_Outcome: ProtoEnum {
         case .buildCanceled: 3
         case .buildTimedOut: 4
         case .unrecognized(let value): value
+        }
+    }
+
+    /// The value's name as the .proto file spells it (the number for an unrecognized value).
+    public var protoName: String {
+        switch self {
+        case .outcomeUnspecified: "OUTCOME_UNSPECIFIED"
+        case .buildSucceeded: "BUILD_SUCCEEDED"
+        case .buildFailed: "BUILD_FAILED"
+        case .buildCanceled: "BUILD_CANCELED"
+        case .buildTimedOut: "BUILD_TIMED_OUT"
+        case .unrecognized(let value): String(value)
         }
     }
 }
@@ -156,6 +193,22 @@ public enum Slipway_Builder_V1_FailureReason: ProtoEnum {
         case .sourceImageNotFound: 7
         case .limitExceeded: 8
         case .unrecognized(let value): value
+        }
+    }
+
+    /// The value's name as the .proto file spells it (the number for an unrecognized value).
+    public var protoName: String {
+        switch self {
+        case .failureReasonUnspecified: "FAILURE_REASON_UNSPECIFIED"
+        case .repositoryNotFound: "REPOSITORY_NOT_FOUND"
+        case .commitNotFound: "COMMIT_NOT_FOUND"
+        case .authenticationFailed: "AUTHENTICATION_FAILED"
+        case .gitError: "GIT_ERROR"
+        case .buildError: "BUILD_ERROR"
+        case .registryError: "REGISTRY_ERROR"
+        case .sourceImageNotFound: "SOURCE_IMAGE_NOT_FOUND"
+        case .limitExceeded: "LIMIT_EXCEEDED"
+        case .unrecognized(let value): String(value)
         }
     }
 }

@@ -32,6 +32,16 @@ public enum Slipway_Certs_V1_Issuer: ProtoEnum {
         case .unrecognized(let value): value
         }
     }
+
+    /// The value's name as the .proto file spells it (the number for an unrecognized value).
+    public var protoName: String {
+        switch self {
+        case .auto: "ISSUER_AUTO"
+        case .localCa: "ISSUER_LOCAL_CA"
+        case .acme: "ISSUER_ACME"
+        case .unrecognized(let value): String(value)
+        }
+    }
 }
 
 /// The enum `slipway.certs.v1.CertificateState`.
@@ -65,6 +75,18 @@ public enum Slipway_Certs_V1_CertificateState: ProtoEnum {
         case .certificateFailed: 3
         case .certificateRevoked: 4
         case .unrecognized(let value): value
+        }
+    }
+
+    /// The value's name as the .proto file spells it (the number for an unrecognized value).
+    public var protoName: String {
+        switch self {
+        case .certificateStateUnspecified: "CERTIFICATE_STATE_UNSPECIFIED"
+        case .certificatePending: "CERTIFICATE_PENDING"
+        case .certificateIssued: "CERTIFICATE_ISSUED"
+        case .certificateFailed: "CERTIFICATE_FAILED"
+        case .certificateRevoked: "CERTIFICATE_REVOKED"
+        case .unrecognized(let value): String(value)
         }
     }
 }

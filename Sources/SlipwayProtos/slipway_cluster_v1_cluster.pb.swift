@@ -35,6 +35,17 @@ public enum Slipway_Cluster_V1_InstanceStatus: ProtoEnum {
         case .unrecognized(let value): value
         }
     }
+
+    /// The value's name as the .proto file spells it (the number for an unrecognized value).
+    public var protoName: String {
+        switch self {
+        case .instanceStatusUnspecified: "INSTANCE_STATUS_UNSPECIFIED"
+        case .instanceStarting: "INSTANCE_STARTING"
+        case .instanceRunning: "INSTANCE_RUNNING"
+        case .instanceStopped: "INSTANCE_STOPPED"
+        case .unrecognized(let value): String(value)
+        }
+    }
 }
 
 /// The enum `slipway.cluster.v1.RunningStatus`.
@@ -74,6 +85,20 @@ public enum Slipway_Cluster_V1_RunningStatus: ProtoEnum {
         case .stopping: 5
         case .stopped: 6
         case .unrecognized(let value): value
+        }
+    }
+
+    /// The value's name as the .proto file spells it (the number for an unrecognized value).
+    public var protoName: String {
+        switch self {
+        case .unspecified: "RUNNING_STATUS_UNSPECIFIED"
+        case .starting: "RUNNING_STATUS_STARTING"
+        case .running: "RUNNING_STATUS_RUNNING"
+        case .warning: "RUNNING_STATUS_WARNING"
+        case .error: "RUNNING_STATUS_ERROR"
+        case .stopping: "RUNNING_STATUS_STOPPING"
+        case .stopped: "RUNNING_STATUS_STOPPED"
+        case .unrecognized(let value): String(value)
         }
     }
 }

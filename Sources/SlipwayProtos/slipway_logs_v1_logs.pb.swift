@@ -41,6 +41,19 @@ public enum Slipway_Logs_V1_Level: ProtoEnum {
         case .unrecognized(let value): value
         }
     }
+
+    /// The value's name as the .proto file spells it (the number for an unrecognized value).
+    public var protoName: String {
+        switch self {
+        case .levelUnspecified: "LEVEL_UNSPECIFIED"
+        case .trace: "TRACE"
+        case .debug: "DEBUG"
+        case .info: "INFO"
+        case .warn: "WARN"
+        case .error: "ERROR"
+        case .unrecognized(let value): String(value)
+        }
+    }
 }
 
 /// The enum `slipway.logs.v1.Source`.
@@ -71,6 +84,17 @@ public enum Slipway_Logs_V1_Source: ProtoEnum {
         case .stderr: 2
         case .system: 3
         case .unrecognized(let value): value
+        }
+    }
+
+    /// The value's name as the .proto file spells it (the number for an unrecognized value).
+    public var protoName: String {
+        switch self {
+        case .sourceUnspecified: "SOURCE_UNSPECIFIED"
+        case .stdout: "STDOUT"
+        case .stderr: "STDERR"
+        case .system: "SYSTEM"
+        case .unrecognized(let value): String(value)
         }
     }
 }

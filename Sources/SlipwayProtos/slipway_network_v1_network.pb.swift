@@ -32,6 +32,16 @@ public enum Slipway_Network_V1_UpstreamProtocol: ProtoEnum {
         case .unrecognized(let value): value
         }
     }
+
+    /// The value's name as the .proto file spells it (the number for an unrecognized value).
+    public var protoName: String {
+        switch self {
+        case .http: "UPSTREAM_PROTOCOL_HTTP"
+        case .grpc: "UPSTREAM_PROTOCOL_GRPC"
+        case .http2: "UPSTREAM_PROTOCOL_HTTP2"
+        case .unrecognized(let value): String(value)
+        }
+    }
 }
 
 /// The enum `slipway.network.v1.DomainState`.
@@ -65,6 +75,18 @@ public enum Slipway_Network_V1_DomainState: ProtoEnum {
         case .domainError: 3
         case .domainDefault: 4
         case .unrecognized(let value): value
+        }
+    }
+
+    /// The value's name as the .proto file spells it (the number for an unrecognized value).
+    public var protoName: String {
+        switch self {
+        case .domainStateUnspecified: "DOMAIN_STATE_UNSPECIFIED"
+        case .domainPending: "DOMAIN_PENDING"
+        case .domainVerified: "DOMAIN_VERIFIED"
+        case .domainError: "DOMAIN_ERROR"
+        case .domainDefault: "DOMAIN_DEFAULT"
+        case .unrecognized(let value): String(value)
         }
     }
 }

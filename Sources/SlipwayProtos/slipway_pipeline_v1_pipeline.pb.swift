@@ -35,6 +35,17 @@ public enum Slipway_Pipeline_V1_PortProtocol: ProtoEnum {
         case .unrecognized(let value): value
         }
     }
+
+    /// The value's name as the .proto file spells it (the number for an unrecognized value).
+    public var protoName: String {
+        switch self {
+        case .portProtocolUnspecified: "PORT_PROTOCOL_UNSPECIFIED"
+        case .http: "HTTP"
+        case .grpc: "GRPC"
+        case .tcp: "TCP"
+        case .unrecognized(let value): String(value)
+        }
+    }
 }
 
 /// The enum `slipway.pipeline.v1.DeploymentStatus`.
@@ -121,6 +132,35 @@ public enum Slipway_Pipeline_V1_DeploymentStatus: ProtoEnum {
         case .unrecognized(let value): value
         }
     }
+
+    /// The value's name as the .proto file spells it (the number for an unrecognized value).
+    public var protoName: String {
+        switch self {
+        case .deploymentStatusUnspecified: "DEPLOYMENT_STATUS_UNSPECIFIED"
+        case .queued: "QUEUED"
+        case .building: "BUILDING"
+        case .buildError: "BUILD_ERROR"
+        case .deploying: "DEPLOYING"
+        case .deployed: "DEPLOYED"
+        case .deploymentError: "DEPLOYMENT_ERROR"
+        case .canceling: "CANCELING"
+        case .canceled: "CANCELED"
+        case .skipped: "SKIPPED"
+        case .restartQueued: "RESTART_QUEUED"
+        case .restarting: "RESTARTING"
+        case .restarted: "RESTARTED"
+        case .restartError: "RESTART_ERROR"
+        case .stopQueued: "STOP_QUEUED"
+        case .stopping: "STOPPING"
+        case .stopped: "STOPPED"
+        case .stopError: "STOP_ERROR"
+        case .deleteQueued: "DELETE_QUEUED"
+        case .deleting: "DELETING"
+        case .deleted: "DELETED"
+        case .deleteError: "DELETE_ERROR"
+        case .unrecognized(let value): String(value)
+        }
+    }
 }
 
 /// The enum `slipway.pipeline.v1.RunningStatus`.
@@ -162,6 +202,20 @@ public enum Slipway_Pipeline_V1_RunningStatus: ProtoEnum {
         case .unrecognized(let value): value
         }
     }
+
+    /// The value's name as the .proto file spells it (the number for an unrecognized value).
+    public var protoName: String {
+        switch self {
+        case .runningStatusUnspecified: "RUNNING_STATUS_UNSPECIFIED"
+        case .runningStarting: "RUNNING_STARTING"
+        case .runningRunning: "RUNNING_RUNNING"
+        case .runningWarning: "RUNNING_WARNING"
+        case .runningError: "RUNNING_ERROR"
+        case .runningStopping: "RUNNING_STOPPING"
+        case .runningStopped: "RUNNING_STOPPED"
+        case .unrecognized(let value): String(value)
+        }
+    }
 }
 
 /// The enum `slipway.pipeline.v1.Action`.
@@ -197,6 +251,18 @@ public enum Slipway_Pipeline_V1_Action: ProtoEnum {
         case .unrecognized(let value): value
         }
     }
+
+    /// The value's name as the .proto file spells it (the number for an unrecognized value).
+    public var protoName: String {
+        switch self {
+        case .actionUnspecified: "ACTION_UNSPECIFIED"
+        case .deploy: "DEPLOY"
+        case .restart: "RESTART"
+        case .stop: "STOP"
+        case .delete: "DELETE"
+        case .unrecognized(let value): String(value)
+        }
+    }
 }
 
 /// The enum `slipway.pipeline.v1.Origin`.
@@ -230,6 +296,18 @@ public enum Slipway_Pipeline_V1_Origin: ProtoEnum {
         case .git: 3
         case .console: 4
         case .unrecognized(let value): value
+        }
+    }
+
+    /// The value's name as the .proto file spells it (the number for an unrecognized value).
+    public var protoName: String {
+        switch self {
+        case .originUnspecified: "ORIGIN_UNSPECIFIED"
+        case .api: "API"
+        case .cli: "CLI"
+        case .git: "GIT"
+        case .console: "CONSOLE"
+        case .unrecognized(let value): String(value)
         }
     }
 }
@@ -273,6 +351,20 @@ public enum Slipway_Pipeline_V1_Step: ProtoEnum {
         case .unrecognized(let value): value
         }
     }
+
+    /// The value's name as the .proto file spells it (the number for an unrecognized value).
+    public var protoName: String {
+        switch self {
+        case .stepUnspecified: "STEP_UNSPECIFIED"
+        case .gitClone: "GIT_CLONE"
+        case .build: "BUILD"
+        case .mirrorImage: "MIRROR_IMAGE"
+        case .deployment: "DEPLOYMENT"
+        case .routerDeployment: "ROUTER_DEPLOYMENT"
+        case .certificate: "CERTIFICATE"
+        case .unrecognized(let value): String(value)
+        }
+    }
 }
 
 /// The enum `slipway.pipeline.v1.StepStatus`.
@@ -309,6 +401,19 @@ public enum Slipway_Pipeline_V1_StepStatus: ProtoEnum {
         case .stepFailed: 4
         case .stepCanceled: 5
         case .unrecognized(let value): value
+        }
+    }
+
+    /// The value's name as the .proto file spells it (the number for an unrecognized value).
+    public var protoName: String {
+        switch self {
+        case .stepStatusUnspecified: "STEP_STATUS_UNSPECIFIED"
+        case .stepRunning: "STEP_RUNNING"
+        case .stepSucceeded: "STEP_SUCCEEDED"
+        case .stepSkipped: "STEP_SKIPPED"
+        case .stepFailed: "STEP_FAILED"
+        case .stepCanceled: "STEP_CANCELED"
+        case .unrecognized(let value): String(value)
         }
     }
 }
@@ -353,6 +458,21 @@ public enum Slipway_Pipeline_V1_EventKind: ProtoEnum {
         case .eventDeploymentEnded: 6
         case .eventDeploymentQueued: 7
         case .unrecognized(let value): value
+        }
+    }
+
+    /// The value's name as the .proto file spells it (the number for an unrecognized value).
+    public var protoName: String {
+        switch self {
+        case .eventKindUnspecified: "EVENT_KIND_UNSPECIFIED"
+        case .eventSnapshot: "EVENT_SNAPSHOT"
+        case .eventSnapshotEnd: "EVENT_SNAPSHOT_END"
+        case .eventDeploymentStatus: "EVENT_DEPLOYMENT_STATUS"
+        case .eventStep: "EVENT_STEP"
+        case .eventRunningStatus: "EVENT_RUNNING_STATUS"
+        case .eventDeploymentEnded: "EVENT_DEPLOYMENT_ENDED"
+        case .eventDeploymentQueued: "EVENT_DEPLOYMENT_QUEUED"
+        case .unrecognized(let value): String(value)
         }
     }
 }

@@ -38,6 +38,18 @@ public enum Slipway_Testing_V1_Color: ProtoEnum {
         case .unrecognized(let value): value
         }
     }
+
+    /// The value's name as the .proto file spells it (the number for an unrecognized value).
+    public var protoName: String {
+        switch self {
+        case .unspecified: "COLOR_UNSPECIFIED"
+        case .red: "COLOR_RED"
+        case .green: "COLOR_GREEN"
+        case .blue: "COLOR_BLUE"
+        case .negative: "COLOR_NEGATIVE"
+        case .unrecognized(let value): String(value)
+        }
+    }
 }
 
 /// The message `slipway.testing.v1.Point`.
@@ -294,6 +306,16 @@ public struct Slipway_Testing_V1_AllTypes: ProtoCMessage, Hashable {
             case .happy: 1
             case .sad: 2
             case .unrecognized(let value): value
+            }
+        }
+
+        /// The value's name as the .proto file spells it (the number for an unrecognized value).
+        public var protoName: String {
+            switch self {
+            case .unspecified: "MOOD_UNSPECIFIED"
+            case .happy: "MOOD_HAPPY"
+            case .sad: "MOOD_SAD"
+            case .unrecognized(let value): String(value)
             }
         }
     }

@@ -38,6 +38,8 @@ public struct RPCRouter: Sendable {
     public private(set) var serviceNames: Set<String> = []
     /// Files describing the registered services, for reflection.
     public private(set) var files: [ProtoFileDescriptor] = []
+    /// HTTP/1.1 on the same port, beside gRPC (the gateway's webhooks and event streams); nil: gRPC only.
+    public var http1: HTTP1Initializer?
 
     public init() {}
 

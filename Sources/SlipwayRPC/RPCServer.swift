@@ -5,7 +5,8 @@ import NIOSSL
 import ServiceLifecycle
 import Synchronization
 
-/// A gRPC server on nghttp2: h2c with prior knowledge, or TLS with ALPN `h2`.
+/// A gRPC server on nghttp2: h2c with prior knowledge, or TLS with ALPN `h2`. With an
+/// ``HTTP1Initializer`` the same port also serves HTTP/1.1 (TLS offers `h2` and `http/1.1`).
 ///
 /// ```swift
 /// var router = RPCRouter()
@@ -38,6 +39,7 @@ public final class RPCServer: Service, Sendable {
     private let port: Int
     private let handlers: [String: MethodHandler]
     private let tls: TLS?
+    private let http1: HTTP1Initializer?
     private let limits: RPCLimits
     private let timings: ConnectionTimings
     private let logger: Logger
@@ -52,7 +54,7 @@ public final class RPCServer: Service, Sendable {
     }
 
     public init(
-        host: String, port: Int, router: RPCRouter, tls: TLS? = nil,
+        host: String, port: Int, router: RPCRouter, tls: TLS? = nil, http1: HTTP1Initializer? = nil,
         limits: RPCLimits = RPCLimits(), timings: ConnectionTimings = ConnectionTimings(),
         logger: Logger, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
     ) {
@@ -60,6 +62,7 @@ public final class RPCServer: Service, Sendable {
         self.port = port
         self.handlers = router.handlers
         self.tls = tls
+        self.http1 = http1 ?? router.http1
         self.limits = limits
         self.timings = timings
         self.logger = logger
@@ -77,7 +80,7 @@ public final class RPCServer: Service, Sendable {
         let sslContext = try tls.map { tls -> NIOSSLContext in
             var configuration = TLSConfiguration.makeServerConfiguration(
                 certificateChain: tls.certificateChain.map { .certificate($0) }, privateKey: .privateKey(tls.privateKey))
-            configuration.applicationProtocols = ["h2"]
+            configuration.applicationProtocols = self.http1 == nil ? ["h2"] : ["h2", "http/1.1"]
             if let roots = tls.trustRoots {
                 configuration.trustRoots = roots
                 configuration.certificateVerification = .noHostnameVerification
@@ -88,6 +91,7 @@ public final class RPCServer: Service, Sendable {
         let limits = self.limits
         let timings = self.timings
         let logger = self.logger
+        let http1 = self.http1
         let channel: any Channel
         do {
             channel = try await ServerBootstrap(group: group)
@@ -100,8 +104,15 @@ public final class RPCServer: Service, Sendable {
                         if let sslContext {
                             try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: sslContext))
                         }
-                        try channel.pipeline.syncOperations.addHandler(
-                            ServerConnectionHandler(handlers: handlers, limits: limits, timings: timings, logger: logger))
+                        let addHTTP2 = { (channel: any Channel) throws in
+                            try channel.pipeline.syncOperations.addHandler(
+                                ServerConnectionHandler(handlers: handlers, limits: limits, timings: timings, logger: logger))
+                        }
+                        if let http1 {
+                            try channel.pipeline.syncOperations.addHandler(ProtocolSniffer(http2: addHTTP2, http1: http1))
+                        } else {
+                            try addHTTP2(channel)
+                        }
                         self.track(channel)
                     }
                 }

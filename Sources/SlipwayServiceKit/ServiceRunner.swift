@@ -11,10 +11,13 @@ public protocol PlatformComponent: Sendable {
     func setUp(configuration: ServiceConfiguration, logger: Logger, router: inout RPCRouter) async throws -> [any Service]
     /// The RPC limits of the service's server (defaults unless the service needs others).
     var rpcLimits: RPCLimits { get }
+    /// TLS for the service's port; nil: plaintext (h2c), the default inside the platform.
+    func serverTLS() throws -> RPCServer.TLS?
 }
 
 extension PlatformComponent {
     public var rpcLimits: RPCLimits { RPCLimits() }
+    public func serverTLS() throws -> RPCServer.TLS? { nil }
 }
 
 /// Runs one platform service: an RPC server with health and reflection, its component, and
@@ -37,7 +40,8 @@ public enum ServiceRunner {
         let health = router.registerStandardServices()
 
         let server = RPCServer(
-            host: configuration.listen.host, port: configuration.listen.port, router: router, limits: component.rpcLimits, logger: logger)
+            host: configuration.listen.host, port: configuration.listen.port, router: router, tls: try component.serverTLS(),
+            limits: component.rpcLimits, logger: logger)
         let group = ServiceGroup(
             configuration: .init(
                 services: [.init(service: server)] + background.map { .init(service: $0) } + [.init(service: HealthShutdownMarker(health: health))],

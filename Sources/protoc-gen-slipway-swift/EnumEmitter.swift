@@ -8,14 +8,14 @@ struct EnumEmitter {
         let caseNames = Naming.enumCases(enumName: enumType.name, values: enumType.values.map(\.name))
         // With `allow_alias`, the first name of a number is the case and later ones are aliases.
         var primary: [Int32: String] = [:]
-        var cases: [(name: String, number: Int32)] = []
+        var cases: [(name: String, number: Int32, protoName: String)] = []
         var aliases: [(name: String, target: String)] = []
         for (index, value) in enumType.values.enumerated() {
             if let target = primary[value.number] {
                 aliases.append((caseNames[index], target))
             } else {
                 primary[value.number] = caseNames[index]
-                cases.append((caseNames[index], value.number))
+                cases.append((caseNames[index], value.number, value.name))
             }
         }
         guard let first = cases.first else { throw GeneratorError("enum \(enumType.fullName) has no values") }
@@ -39,6 +39,14 @@ struct EnumEmitter {
                 try out.block("switch self {") { (out: inout CodeWriter) throws(GeneratorError) in
                     for value in cases { out.line("case .\(value.name): \(value.number)") }
                     out.line("case .unrecognized(let value): value")
+                }
+            }
+            out.line()
+            out.line("/// The value's name as the .proto file spells it (the number for an unrecognized value).")
+            try out.block("public var protoName: String {") { (out: inout CodeWriter) throws(GeneratorError) in
+                try out.block("switch self {") { (out: inout CodeWriter) throws(GeneratorError) in
+                    for value in cases { out.line("case .\(value.name): \"\(value.protoName)\"") }
+                    out.line("case .unrecognized(let value): String(value)")
                 }
             }
         }

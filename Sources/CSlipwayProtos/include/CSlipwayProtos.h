@@ -5,6 +5,7 @@
 #include "grpc/health/v1/health.pb-c.h"
 #include "grpc/reflection/v1/reflection.pb-c.h"
 #include "grpc/reflection/v1alpha/reflection.pb-c.h"
+#include "slipway/api/v1/api.pb-c.h"
 #include "slipway/builder/v1/builder.pb-c.h"
 #include "slipway/certs/v1/certs.pb-c.h"
 #include "slipway/cluster/v1/cluster.pb-c.h"
@@ -32,6 +33,30 @@ static inline const ProtobufCMessageDescriptor *grpc__reflection__v1alpha__exten
 static inline const ProtobufCMessageDescriptor *grpc__reflection__v1alpha__list_service_response__descriptor_ptr(void) { return &grpc__reflection__v1alpha__list_service_response__descriptor; }
 static inline const ProtobufCMessageDescriptor *grpc__reflection__v1alpha__service_response__descriptor_ptr(void) { return &grpc__reflection__v1alpha__service_response__descriptor; }
 static inline const ProtobufCMessageDescriptor *grpc__reflection__v1alpha__error_response__descriptor_ptr(void) { return &grpc__reflection__v1alpha__error_response__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__api__v1__token__descriptor_ptr(void) { return &slipway__api__v1__token__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__api__v1__create_token_request__descriptor_ptr(void) { return &slipway__api__v1__create_token_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__api__v1__create_token_response__descriptor_ptr(void) { return &slipway__api__v1__create_token_response__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__api__v1__list_tokens_request__descriptor_ptr(void) { return &slipway__api__v1__list_tokens_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__api__v1__list_tokens_response__descriptor_ptr(void) { return &slipway__api__v1__list_tokens_response__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__api__v1__revoke_token_request__descriptor_ptr(void) { return &slipway__api__v1__revoke_token_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__api__v1__who_am_irequest__descriptor_ptr(void) { return &slipway__api__v1__who_am_irequest__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__api__v1__environment_action_request__descriptor_ptr(void) { return &slipway__api__v1__environment_action_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__api__v1__deploy_request__descriptor_ptr(void) { return &slipway__api__v1__deploy_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__api__v1__deploy_request__versions_entry__descriptor_ptr(void) { return &slipway__api__v1__deploy_request__versions_entry__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__api__v1__rollback_request__descriptor_ptr(void) { return &slipway__api__v1__rollback_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__api__v1__deploy_image_request__descriptor_ptr(void) { return &slipway__api__v1__deploy_image_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__api__v1__deployed_service__descriptor_ptr(void) { return &slipway__api__v1__deployed_service__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__api__v1__deploy_image_response__descriptor_ptr(void) { return &slipway__api__v1__deploy_image_response__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__api__v1__get_route_request__descriptor_ptr(void) { return &slipway__api__v1__get_route_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__api__v1__custom_domain__descriptor_ptr(void) { return &slipway__api__v1__custom_domain__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__api__v1__service_route__descriptor_ptr(void) { return &slipway__api__v1__service_route__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__api__v1__logs_request__descriptor_ptr(void) { return &slipway__api__v1__logs_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__api__v1__logs_query_request__descriptor_ptr(void) { return &slipway__api__v1__logs_query_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__api__v1__create_webhook_request__descriptor_ptr(void) { return &slipway__api__v1__create_webhook_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__api__v1__webhook__descriptor_ptr(void) { return &slipway__api__v1__webhook__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__api__v1__delivery__descriptor_ptr(void) { return &slipway__api__v1__delivery__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__api__v1__list_deliveries_request__descriptor_ptr(void) { return &slipway__api__v1__list_deliveries_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__api__v1__list_deliveries_response__descriptor_ptr(void) { return &slipway__api__v1__list_deliveries_response__descriptor; }
 static inline const ProtobufCMessageDescriptor *slipway__builder__v1__git_source__descriptor_ptr(void) { return &slipway__builder__v1__git_source__descriptor; }
 static inline const ProtobufCMessageDescriptor *slipway__builder__v1__https_token__descriptor_ptr(void) { return &slipway__builder__v1__https_token__descriptor; }
 static inline const ProtobufCMessageDescriptor *slipway__builder__v1__ssh_key__descriptor_ptr(void) { return &slipway__builder__v1__ssh_key__descriptor; }

@@ -10,6 +10,10 @@
 int slipway_spawn(const char *file, char *const argv[], char *const envp[], const char *cwd,
                   pid_t *pid, int *stdout_fd, int *stderr_fd);
 
+/// Starts a long-running `file` detached: in a new session, stdin from /dev/null, stdout and stderr
+/// appended to `log_path`. It outlives the caller. Returns 0 and fills `pid`, or an errno value.
+int slipway_spawn_daemon(const char *file, char *const argv[], char *const envp[], const char *log_path, pid_t *pid);
+
 /* Makes the calling process the child subreaper of its descendants (prctl is variadic: Swift
    cannot call it). Orphaned descendants — a container's init once runc has exited — become its
    children, so it can read their exit status. Returns 0 or -1 with errno. */

@@ -1,0 +1,224 @@
+import ArgumentParser
+import CSlipwaySpawn
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+import SlipwayProtos
+import SlipwayRPC
+
+/// The local platform's processes: the registry and the seven services, each started detached
+/// with its pid in `<data>/run/<name>.pid` and its output in `<data>/logs/<name>.log`.
+struct Platform {
+    static let services = ["gateway", "pipeline", "builder", "network", "cluster", "certs", "logs"]
+    let dataDir: String
+
+    var runDir: String { dataDir + "/run" }
+    var logDir: String { dataDir + "/logs" }
+
+    func pid(_ name: String) -> pid_t? {
+        guard let text = try? String(contentsOfFile: "\(runDir)/\(name).pid", encoding: .utf8), let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)),
+            kill(pid, 0) == 0
+        else { return nil }
+        return pid
+    }
+
+    func start(_ name: String, _ executable: String, _ arguments: [String]) throws -> pid_t {
+        if let running = pid(name) { return running }
+        let argv = ([executable] + arguments).map { strdup($0) } + [nil]
+        let envp = ProcessInfo.processInfo.environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer {
+            argv.forEach { free($0) }
+            envp.forEach { free($0) }
+        }
+        var pid: pid_t = 0
+        let result = slipway_spawn_daemon(executable, argv, envp, "\(logDir)/\(name).log", &pid)
+        guard result == 0 else { throw CLIError.failed("cannot start \(executable): \(String(cString: strerror(result)))") }
+        try "\(pid)\n".write(toFile: "\(runDir)/\(name).pid", atomically: true, encoding: .utf8)
+        return pid
+    }
+
+    /// SIGTERM (SIGQUIT for nginx), then waits up to `seconds` before SIGKILL. True if it was running.
+    @discardableResult
+    static func stop(pid: pid_t, signal: Int32 = SIGTERM, seconds: Double = 10) -> Bool {
+        guard kill(pid, 0) == 0 else { return false }
+        kill(pid, signal)
+        let deadline = Date().addingTimeInterval(seconds)
+        while kill(pid, 0) == 0, Date() < deadline {
+            var status: Int32 = 0
+            _ = waitpid(pid, &status, WNOHANG)
+            usleep(50_000)
+        }
+        if kill(pid, 0) == 0 { kill(pid, SIGKILL) }
+        return true
+    }
+}
+
+struct UpCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "up", abstract: "Start the local platform: the registry, the seven services, nginx and the local CA.")
+    @Option(help: "Data directory (env SLIPWAY_DATA_DIR, default ./.slipway).") var dataDir: String?
+    @Option(help: "Directory of the slipway-* executables (default: next to this one).") var binDir: String?
+    @Option(help: "The OCI registry's address (env SLIPWAY_REGISTRY, default 127.0.0.1:5000).") var registry: String?
+    @Option(help: "The load balancer's HTTP address.") var httpListen = "127.0.0.1:80"
+    @Option(help: "The load balancer's HTTPS address.") var httpsListen = "127.0.0.1:443"
+    @Option(name: [.customShort("o"), .long], help: "Output: text or json.") var output: OutputFormat = .text
+
+    func run() async throws {
+        let environment = ProcessInfo.processInfo.environment
+        var data = dataDir ?? environment["SLIPWAY_DATA_DIR"] ?? "./.slipway"
+        if !data.hasPrefix("/") { data = URL(fileURLWithPath: data).standardizedFileURL.path }
+        let platform = Platform(dataDir: data)
+        let out = Output(output)
+        for directory in [platform.runDir, platform.logDir, data + "/registry"] {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        }
+        let bin = binDir ?? URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent().path
+        for name in Platform.services where !FileManager.default.isExecutableFile(atPath: "\(bin)/slipway-\(name)") {
+            throw CLIError.failed("\(bin)/slipway-\(name) is missing: build the platform (swift build) or pass --bin-dir")
+        }
+        let registryAddress = registry ?? environment["SLIPWAY_REGISTRY"] ?? "127.0.0.1:5000"
+
+        // The registry images are built into and run from.
+        let config = """
+            version: 0.1
+            log: { level: warn }
+            storage: { filesystem: { rootdirectory: \(data)/registry/data }, delete: { enabled: true } }
+            http: { addr: \(registryAddress) }
+
+            """
+        try config.write(toFile: data + "/registry/config.yml", atomically: true, encoding: .utf8)
+        guard let registryBinary = Self.which("docker-registry") else {
+            throw CLIError.failed("docker-registry is not installed (apt-get install docker-registry; make demo installs it)")
+        }
+        let registryPID = try platform.start("registry", registryBinary, ["serve", data + "/registry/config.yml"])
+        try await Self.waitForRegistry(registryAddress, log: "\(platform.logDir)/registry.log")
+
+        var pids: [String: pid_t] = ["registry": registryPID]
+        for (index, name) in Platform.services.enumerated() {
+            var arguments = ["--data-dir", data]
+            if environment["SLIPWAY_\(name.uppercased())_LISTEN"] == nil { arguments += ["--listen", "127.0.0.1:\(7000 + index)"] }
+            if name == "builder" { arguments += ["--builder-registry", registryAddress] }
+            if name == "network" { arguments += ["--network-http-listen", httpListen, "--network-https-listen", httpsListen] }
+            pids[name] = try platform.start(name, "\(bin)/slipway-\(name)", arguments)
+        }
+        var rows: [[String]] = []
+        var report: [[String: Any]] = []
+        var healthy = true
+        for (index, name) in Platform.services.enumerated() {
+            let address = environment["SLIPWAY_\(name.uppercased())_LISTEN"] ?? "127.0.0.1:\(7000 + index)"
+            let status = await Self.health(address)
+            healthy = healthy && status == "SERVING"
+            rows.append(["slipway-\(name)", address, String(pids[name] ?? 0), status == "SERVING" ? out.paint(status, .green) : out.paint(status, .red), "\(platform.logDir)/\(name).log"])
+            report.append(["service": "slipway-\(name)", "address": address, "pid": Int(pids[name] ?? 0), "health": status])
+        }
+        rows.append(["registry", registryAddress, String(registryPID), out.paint("SERVING", .green), "\(platform.logDir)/registry.log"])
+        let caFile = data + "/certs/local-ca.crt"
+        let tokenFile = data + "/gateway/admin-token"
+        if out.json {
+            out.emit([
+                "data_dir": data, "services": report, "registry": registryAddress, "load_balancer": ["http": httpListen, "https": httpsListen],
+                "local_ca": caFile, "admin_token_file": tokenFile, "gateway": "127.0.0.1:7000", "healthy": healthy,
+            ] as [String: Any])
+        } else {
+            out.table(["COMPONENT", "ADDRESS", "PID", "HEALTH", "LOG"], rows)
+            out.line()
+            out.line("load balancer (nginx)  http://\(httpListen)  https://\(httpsListen)")
+            out.line("gateway API            127.0.0.1:7000 (gRPC; webhooks and event streams over HTTP/1.1 on the same port)")
+            out.line("admin token            \(tokenFile)")
+            out.line("local CA               \(caFile)")
+            out.line("  trust it: cp \(caFile) /usr/local/share/ca-certificates/slipway-local-ca.crt && update-ca-certificates")
+            out.line("data directory         \(data)")
+            out.line("stop with: slipway down --data-dir \(data)")
+        }
+        if !healthy { throw CLIError.failed("some services did not become healthy; see their logs above") }
+    }
+
+    static func which(_ name: String) -> String? {
+        for directory in (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin").split(separator: ":") + ["/usr/bin", "/usr/sbin"] {
+            let path = "\(directory)/\(name)"
+            if FileManager.default.isExecutableFile(atPath: path) { return path }
+        }
+        return nil
+    }
+
+    static func waitForRegistry(_ address: String, log: String) async throws {
+        let deadline = ContinuousClock.now + .seconds(15)
+        while ContinuousClock.now < deadline {
+            if let url = URL(string: "http://\(address)/v2/"), let (_, response) = try? await URLSession.shared.data(from: url),
+                (response as? HTTPURLResponse)?.statusCode == 200
+            {
+                return
+            }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        throw CLIError.failed("the registry did not answer on \(address) (see \(log))")
+    }
+
+    /// grpc.health.v1 status of a service, polled for up to 30 s.
+    static func health(_ address: String) async -> String {
+        guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else { return "bad address" }
+        let client = RPCClient(host: String(address[..<colon]), port: port)
+        defer { Task { await client.close() } }
+        var status = "no answer"
+        let deadline = ContinuousClock.now + .seconds(30)
+        while ContinuousClock.now < deadline {
+            do {
+                let response = try await client.unary(Grpc_Health_V1_Health.Check.self, .init(), options: CallOptions(timeout: .seconds(1)))
+                status = response.status.protoName
+                if response.status == .serving { break }
+            } catch let error as RPCError {
+                status = "\(error.code)"
+            } catch {
+                status = "\(error)"
+            }
+            try? await Task.sleep(for: .milliseconds(200))
+        }
+        return status
+    }
+}
+
+struct DownCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "down", abstract: "Stop the local platform: services, registry, the apps it runs and nginx.")
+    @Option(help: "Data directory (env SLIPWAY_DATA_DIR, default ./.slipway).") var dataDir: String?
+
+    func run() async throws {
+        var data = dataDir ?? ProcessInfo.processInfo.environment["SLIPWAY_DATA_DIR"] ?? "./.slipway"
+        if !data.hasPrefix("/") { data = URL(fileURLWithPath: data).standardizedFileURL.path }
+        let platform = Platform(dataDir: data)
+        for name in Platform.services + ["registry"] {
+            if let pid = platform.pid(name) {
+                Platform.stop(pid: pid)
+                print("stopped \(name) (pid \(pid))")
+            }
+            try? FileManager.default.removeItem(atPath: "\(platform.runDir)/\(name).pid")
+        }
+        // The apps outlive the cluster service by design; down stops them too.
+        let runcRoot = data + "/cluster/runc"
+        if FileManager.default.fileExists(atPath: runcRoot), let runc = UpCommand.which("runc") {
+            let list = Process()
+            list.executableURL = URL(fileURLWithPath: runc)
+            list.arguments = ["--root", runcRoot, "list", "-q"]
+            let pipe = Pipe()
+            list.standardOutput = pipe
+            try list.run()
+            let ids = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).split(separator: "\n")
+            list.waitUntilExit()
+            for id in ids {
+                let delete = Process()
+                delete.executableURL = URL(fileURLWithPath: runc)
+                delete.arguments = ["--root", runcRoot, "delete", "--force", String(id)]
+                try delete.run()
+                delete.waitUntilExit()
+            }
+            if !ids.isEmpty { print("stopped \(ids.count) app instance(s)") }
+        }
+        // So does the load balancer.
+        if let text = try? String(contentsOfFile: data + "/network/nginx/nginx.pid", encoding: .utf8), let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)),
+            Platform.stop(pid: pid, signal: SIGQUIT)
+        {
+            print("stopped nginx (pid \(pid))")
+        }
+        print("platform stopped")
+    }
+}

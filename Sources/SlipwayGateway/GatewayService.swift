@@ -1,0 +1,482 @@
+import Foundation
+import Logging
+import SlipwayProtobuf
+import SlipwayProtos
+import SlipwayRPC
+
+/// `slipway.api.v1.Slipway`: the public API. Each call is authenticated, rate limited and checked
+/// against the token's scope and role, then forwarded to the pipeline or logs service.
+struct GatewayService: RPCService {
+    typealias API = Slipway_Api_V1_Slipway
+    typealias Pipeline = Slipway_Pipeline_V1_Pipeline
+    typealias Logs = Slipway_Logs_V1_Logs
+
+    let auth: Authenticator
+    let ownership: Ownership
+    let pipeline: RPCClient
+    let logs: RPCClient
+    let network: RPCClient
+    let webhooks: WebhookReceiver
+    let logger: Logger
+
+    /// Limits of the API (README).
+    static let maxTokenNameBytes = 63
+    static let maxIdempotencyKeyBytes = 200
+
+    func register(with router: inout RPCRouter) {
+        router.addFiles([
+            Slipway_Api_V1_Api_proto.descriptor, Slipway_Pipeline_V1_Pipeline_proto.descriptor, Slipway_Logs_V1_Logs_proto.descriptor,
+        ])
+        registerTokens(&router)
+        registerModel(&router)
+        registerActions(&router)
+        registerReads(&router)
+        registerLogsAndWebhooks(&router)
+    }
+
+    // MARK: Calls
+
+    /// Authenticates the call, takes it from the token's rate and checks the role.
+    func principal(_ context: ServerContext, _ role: Role = .viewer) throws(RPCError) -> Principal {
+        let principal = try auth.authenticate(bearer: context.metadata["authorization"])
+        try auth.admit(principal)
+        try principal.require(role, String(context.path.split(separator: "/").last ?? ""))
+        return principal
+    }
+
+    /// Forwards with what is left of the caller's deadline.
+    static func options(_ context: ServerContext) -> CallOptions {
+        guard let deadline = context.deadline else { return CallOptions() }
+        return CallOptions(timeout: max(.zero, deadline - .now))
+    }
+
+    func trigger(_ principal: Principal, _ context: ServerContext, key: String) throws(RPCError) -> Slipway_Pipeline_V1_Trigger {
+        guard key.utf8.count <= Self.maxIdempotencyKeyBytes else {
+            throw RPCError(.invalidArgument, "idempotency_key is longer than \(Self.maxIdempotencyKeyBytes) bytes")
+        }
+        var trigger = Slipway_Pipeline_V1_Trigger()
+        switch context.metadata["x-slipway-origin"]?.lowercased() {
+        case "cli": trigger.origin = .cli
+        case "console": trigger.origin = .console
+        default: trigger.origin = .api
+        }
+        trigger.triggeredBy = "token:\(principal.name)"
+        // Keys are per token, so two tokens cannot collide on (or probe) each other's keys.
+        trigger.idempotencyKey = key.isEmpty ? "" : "\(principal.tokenID):\(key)"
+        return trigger
+    }
+
+    // MARK: Tokens
+
+    private func registerTokens(_ router: inout RPCRouter) {
+        let auth = self.auth
+        let ownership = self.ownership
+        router.unary(API.WhoAmI.self) { _, context in
+            let principal = try self.principal(context)
+            guard let record = try auth.store.token(id: principal.tokenID) else { throw RPCError(.unauthenticated, "the token is gone") }
+            return Self.token(record)
+        }
+        router.unary(API.CreateToken.self) { request, context in
+            let principal = try self.principal(context, .admin)
+            guard !request.name.isEmpty, request.name.utf8.count <= Self.maxTokenNameBytes,
+                request.name.utf8.allSatisfy({ ($0 >= 48 && $0 <= 57) || ($0 >= 65 && $0 <= 90) || ($0 >= 97 && $0 <= 122) || $0 == 45 || $0 == 95 || $0 == 46 })
+            else {
+                throw RPCError(.invalidArgument, "name must be 1 to \(Self.maxTokenNameBytes) letters, digits, '-', '_' or '.', got \"\(request.name.prefix(80))\"")
+            }
+            guard request.role.normalized != nil else { throw RPCError(.invalidArgument, "role must be VIEWER, DEPLOYER or ADMIN") }
+            return try await create(request, principal)
+        }
+        @Sendable func create(_ request: Slipway_Api_V1_CreateTokenRequest, _ principal: Principal) async throws -> Slipway_Api_V1_CreateTokenResponse {
+            try checkID(request.organizationId, "organization_id")
+            if request.projectId.isEmpty {
+                guard principal.covers(organizationID: request.organizationId), principal.projectID.isEmpty else {
+                    throw RPCError(.permissionDenied, "token \"\(principal.name)\" cannot create tokens for organization \(request.organizationId)")
+                }
+                var list = Slipway_Pipeline_V1_ListProjectsRequest()
+                list.organizationId = request.organizationId
+                _ = try await pipeline.unary(Pipeline.ListProjects.self, list)  // NOT_FOUND for an unknown organization
+            } else {
+                let owner = try await ownership.project(request.projectId, for: principal)
+                guard owner.organizationID == request.organizationId else {
+                    throw RPCError(.invalidArgument, "project \(request.projectId) is not in organization \(request.organizationId)")
+                }
+            }
+            if principal.rateLimit > 0, request.rateLimitPerSecond > principal.rateLimit {
+                throw RPCError(.permissionDenied, "rate_limit_per_second \(request.rateLimitPerSecond) is above the creating token's own (\(principal.rateLimit))")
+            }
+            let secret = Authenticator.newSecret()
+            let record = GatewayStore.TokenRecord(
+                id: secret.id, name: request.name, secretHash: secret.hash, organizationID: request.organizationId, projectID: request.projectId,
+                role: request.role.rawValue, rateLimit: request.rateLimitPerSecond, createdAt: nowMillis(), createdBy: principal.name)
+            try auth.store.insert(record)
+            var response = Slipway_Api_V1_CreateTokenResponse()
+            response.token = Self.token(record)
+            response.secret = secret.text
+            return response
+        }
+        router.unary(API.ListTokens.self) { request, context in
+            let principal = try self.principal(context, .admin)
+            guard principal.covers(organizationID: request.organizationId) else {
+                throw RPCError(.notFound, "organization \(request.organizationId) does not exist")
+            }
+            var response = Slipway_Api_V1_ListTokensResponse()
+            response.tokens = try auth.store.tokens(organizationID: request.organizationId)
+                .filter { principal.projectID.isEmpty || $0.projectID == principal.projectID }
+                .map(Self.token)
+            return response
+        }
+        router.unary(API.RevokeToken.self) { request, context in
+            let principal = try self.principal(context, .admin)
+            try checkID(request.tokenId, "token_id")
+            guard let record = try auth.store.token(id: request.tokenId),
+                principal.covers(organizationID: record.organizationID, projectID: record.projectID.isEmpty ? nil : record.projectID),
+                principal.projectID.isEmpty || record.projectID == principal.projectID
+            else {
+                throw RPCError(.notFound, "token \(request.tokenId) does not exist")
+            }
+            guard let revoked = try auth.store.revoke(id: record.id, at: nowMillis()) else { throw RPCError(.notFound, "token \(request.tokenId) does not exist") }
+            auth.forget(tokenID: record.id)
+            return Self.token(revoked)
+        }
+    }
+
+    static func token(_ record: GatewayStore.TokenRecord) -> Slipway_Api_V1_Token {
+        var token = Slipway_Api_V1_Token()
+        token.id = record.id
+        token.name = record.name
+        token.organizationId = record.organizationID
+        token.projectId = record.projectID
+        token.role = Role(rawValue: record.role)
+        token.createdUnixMillis = record.createdAt
+        token.revokedUnixMillis = record.revokedAt
+        token.rateLimitPerSecond = record.rateLimit
+        token.createdBy = record.createdBy
+        return token
+    }
+
+    // MARK: Model
+
+    private func registerModel(_ router: inout RPCRouter) {
+        let pipeline = self.pipeline
+        let ownership = self.ownership
+        router.unary(API.CreateOrganization.self) { request, context in
+            let principal = try self.principal(context, .admin)
+            guard principal.isPlatform else {
+                throw RPCError(.permissionDenied, "only the platform's admin token creates organizations; token \"\(principal.name)\" belongs to one")
+            }
+            return try await pipeline.unary(Pipeline.CreateOrganization.self, request, options: Self.options(context))
+        }
+        router.unary(API.ListOrganizations.self) { request, context in
+            let principal = try self.principal(context)
+            var response = try await pipeline.unary(Pipeline.ListOrganizations.self, request, options: Self.options(context))
+            response.organizations = response.organizations.filter { principal.covers(organizationID: $0.id) }
+            return response
+        }
+        router.unary(API.CreateProject.self) { request, context in
+            let principal = try self.principal(context, .admin)
+            guard principal.covers(organizationID: request.organizationId) else {
+                throw RPCError(.notFound, "organization \(request.organizationId) does not exist")
+            }
+            guard principal.projectID.isEmpty else {
+                throw RPCError(.permissionDenied, "token \"\(principal.name)\" is scoped to one project and cannot create projects")
+            }
+            let project = try await pipeline.unary(Pipeline.CreateProject.self, request, options: Self.options(context))
+            ownership.remember(project: project.id, organization: project.organizationId)
+            return project
+        }
+        router.unary(API.ListProjects.self) { request, context in
+            let principal = try self.principal(context)
+            guard principal.covers(organizationID: request.organizationId) else {
+                throw RPCError(.notFound, "organization \(request.organizationId) does not exist")
+            }
+            var response = try await pipeline.unary(Pipeline.ListProjects.self, request, options: Self.options(context))
+            response.projects = response.projects.filter { principal.covers(organizationID: $0.organizationId, projectID: $0.id) }
+            return response
+        }
+        router.unary(API.CreateEnvironment.self) { request, context in
+            let principal = try self.principal(context, .admin)
+            let owner = try await ownership.project(request.projectId, for: principal)
+            let environment = try await pipeline.unary(Pipeline.CreateEnvironment.self, request, options: Self.options(context))
+            ownership.remember(environment: environment.id, owner: owner)
+            return environment
+        }
+        router.unary(API.ListEnvironments.self) { request, context in
+            let principal = try self.principal(context)
+            _ = try await ownership.project(request.projectId, for: principal)
+            return try await pipeline.unary(Pipeline.ListEnvironments.self, request, options: Self.options(context))
+        }
+        router.unary(API.CreateService.self) { request, context in
+            let principal = try self.principal(context, .admin)
+            _ = try await ownership.environment(request.environmentId, for: principal)
+            let service = try await pipeline.unary(Pipeline.CreateService.self, request, options: Self.options(context))
+            ownership.remember(service: service.id, environment: service.environmentId)
+            return service
+        }
+        router.unary(API.UpdateService.self) { request, context in
+            let principal = try self.principal(context, .admin)
+            _ = try await ownership.service(request.serviceId, for: principal)
+            return try await pipeline.unary(Pipeline.UpdateService.self, request, options: Self.options(context))
+        }
+        router.unary(API.GetService.self) { request, context in
+            let principal = try self.principal(context)
+            _ = try await ownership.service(request.serviceId, for: principal)
+            return try await pipeline.unary(Pipeline.GetService.self, request, options: Self.options(context))
+        }
+        let network = self.network
+        router.unary(API.GetRoute.self) { request, context in
+            let principal = try self.principal(context)
+            var key = Slipway_Network_V1_RouteKey()
+            key.environmentId = try await ownership.service(request.serviceId, for: principal)
+            key.serviceId = request.serviceId
+            let status: Slipway_Network_V1_RouteStatus
+            do {
+                status = try await network.unary(Slipway_Network_V1_Network.GetRoute.self, key, options: Self.options(context))
+            } catch let error as RPCError where error.code == .notFound {
+                throw RPCError(.notFound, "service \(request.serviceId) has no route yet: it gets one when a deployment with a public port reaches ROUTER_DEPLOYMENT")
+            }
+            var route = Slipway_Api_V1_ServiceRoute()
+            route.serviceId = request.serviceId
+            route.url = status.url
+            route.defaultDomain = status.defaultDomain
+            route.customDomains = status.domains.filter { $0.domain != status.defaultDomain }.map { domain in
+                var custom = Slipway_Api_V1_CustomDomain()
+                custom.domain = domain.domain
+                custom.state = domain.state.protoName.replacingOccurrences(of: "DOMAIN_", with: "")
+                custom.reason = domain.reason
+                custom.tls = domain.tls
+                return custom
+            }
+            return route
+        }
+        router.unary(API.ListServices.self) { request, context in
+            let principal = try self.principal(context)
+            _ = try await ownership.environment(request.environmentId, for: principal)
+            return try await pipeline.unary(Pipeline.ListServices.self, request, options: Self.options(context))
+        }
+    }
+
+    // MARK: Actions
+
+    /// Checks every named service is in the environment (a token cannot act on another environment's
+    /// service through an environment it may see).
+    func checkServices(_ ids: [String], in environment: String, _ principal: Principal) async throws {
+        for id in ids where try await ownership.service(id, for: principal) != environment {
+            throw RPCError(.invalidArgument, "service \(id) is not in environment \(environment)")
+        }
+    }
+
+    private func registerActions(_ router: inout RPCRouter) {
+        let pipeline = self.pipeline
+        let ownership = self.ownership
+        router.unary(API.Deploy.self) { request, context in
+            let principal = try self.principal(context, .deployer)
+            _ = try await ownership.environment(request.environmentId, for: principal)
+            try await checkServices(request.serviceIds, in: request.environmentId, principal)
+            var forwarded = Slipway_Pipeline_V1_DeployRequest()
+            forwarded.environmentId = request.environmentId
+            forwarded.serviceIds = request.serviceIds
+            forwarded.versions = request.versions
+            forwarded.trigger = try trigger(principal, context, key: request.idempotencyKey)
+            return try await pipeline.unary(Pipeline.Deploy.self, forwarded, options: Self.options(context))
+        }
+        func action<M: ProtoMethod>(_ method: M.Type, _ role: Role) -> @Sendable (Slipway_Api_V1_EnvironmentActionRequest, ServerContext) async throws -> Slipway_Pipeline_V1_ActionResponse
+        where M.Input == Slipway_Pipeline_V1_ActionRequest, M.Output == Slipway_Pipeline_V1_ActionResponse {
+            { request, context in
+                let principal = try self.principal(context, role)
+                _ = try await ownership.environment(request.environmentId, for: principal)
+                try await checkServices(request.serviceIds, in: request.environmentId, principal)
+                var forwarded = Slipway_Pipeline_V1_ActionRequest()
+                forwarded.environmentId = request.environmentId
+                forwarded.serviceIds = request.serviceIds
+                forwarded.trigger = try trigger(principal, context, key: request.idempotencyKey)
+                return try await pipeline.unary(M.self, forwarded, options: Self.options(context))
+            }
+        }
+        router.unary(API.Redeploy.self, action(Pipeline.Redeploy.self, .deployer))
+        router.unary(API.Restart.self, action(Pipeline.Restart.self, .deployer))
+        router.unary(API.Stop.self, action(Pipeline.Stop.self, .deployer))
+        router.unary(API.Delete.self, action(Pipeline.Delete.self, .admin))
+        router.unary(API.Rollback.self) { request, context in
+            let principal = try self.principal(context, .deployer)
+            _ = try await ownership.service(request.serviceId, for: principal)
+            var forwarded = Slipway_Pipeline_V1_RollbackRequest()
+            forwarded.serviceId = request.serviceId
+            forwarded.releaseId = request.releaseId
+            forwarded.trigger = try trigger(principal, context, key: request.idempotencyKey)
+            return try await pipeline.unary(Pipeline.Rollback.self, forwarded, options: Self.options(context))
+        }
+        router.unary(API.Cancel.self) { request, context in
+            let principal = try self.principal(context, .deployer)
+            _ = try await ownership.deployment(request.deploymentId, for: principal)
+            return try await pipeline.unary(Pipeline.Cancel.self, request, options: Self.options(context))
+        }
+        router.unary(API.DeployImage.self) { request, context in
+            let principal = try self.principal(context, .deployer)
+            guard !request.image.isEmpty, !request.tag.isEmpty else { throw RPCError(.invalidArgument, "image and tag are required") }
+            let organization = principal.isPlatform ? request.organizationId : principal.organizationID
+            guard !organization.isEmpty else { throw RPCError(.invalidArgument, "organization_id is required with the platform token") }
+            guard principal.covers(organizationID: organization) else { throw RPCError(.notFound, "organization \(organization) does not exist") }
+            var scoped = principal
+            scoped.organizationID = organization
+            try await ownership.refresh(scoped)
+            var response = Slipway_Api_V1_DeployImageResponse()
+            let environments = ownership.environments(in: organization)
+            for (environment, owner) in environments.sorted(by: { $0.key < $1.key }) where principal.covers(organizationID: organization, projectID: owner.projectID) {
+                var list = Slipway_Pipeline_V1_ListServicesRequest()
+                list.environmentId = environment
+                let matching = try await pipeline.unary(Pipeline.ListServices.self, list).services.filter { service in
+                    guard case .container(let container)? = service.config?.source else { return false }
+                    return container.image == request.image && (service.config?.autoDeploy?.enabled ?? false)
+                        && ![.stopped, .stopQueued, .stopping, .deleted, .deleteQueued, .deleting].contains(service.deploymentStatus)
+                }
+                guard !matching.isEmpty else { continue }
+                var deploy = Slipway_Pipeline_V1_DeployRequest()
+                deploy.environmentId = environment
+                deploy.serviceIds = matching.map(\.id)
+                for service in matching { deploy.versions[service.id] = request.tag }
+                deploy.trigger = try trigger(principal, context, key: request.idempotencyKey.isEmpty ? "" : "\(request.idempotencyKey):\(environment)")
+                let accepted = try await pipeline.unary(Pipeline.Deploy.self, deploy, options: Self.options(context))
+                for service in matching {
+                    var deployed = Slipway_Api_V1_DeployedService()
+                    deployed.serviceId = service.id
+                    deployed.environmentId = environment
+                    deployed.deployment = accepted
+                    response.deployed.append(deployed)
+                }
+            }
+            return response
+        }
+    }
+
+    // MARK: Reads
+
+    private func registerReads(_ router: inout RPCRouter) {
+        let pipeline = self.pipeline
+        let ownership = self.ownership
+        let auth = self.auth
+        router.unary(API.GetDeployment.self) { request, context in
+            let principal = try self.principal(context)
+            _ = try await ownership.deployment(request.deploymentId, for: principal)
+            return try await pipeline.unary(Pipeline.GetDeployment.self, request, options: Self.options(context))
+        }
+        router.unary(API.ListDeployments.self) { request, context in
+            let principal = try self.principal(context)
+            _ = try await ownership.environment(request.environmentId, for: principal)
+            if !request.serviceId.isEmpty { try await checkServices([request.serviceId], in: request.environmentId, principal) }
+            return try await pipeline.unary(Pipeline.ListDeployments.self, request, options: Self.options(context))
+        }
+        router.unary(API.ListReleases.self) { request, context in
+            let principal = try self.principal(context)
+            _ = try await ownership.service(request.serviceId, for: principal)
+            return try await pipeline.unary(Pipeline.ListReleases.self, request, options: Self.options(context))
+        }
+        router.unary(API.GetEnvironmentStatus.self) { request, context in
+            let principal = try self.principal(context)
+            _ = try await ownership.environment(request.environmentId, for: principal)
+            return try await pipeline.unary(Pipeline.GetEnvironmentStatus.self, request, options: Self.options(context))
+        }
+        router.serverStreaming(API.Watch.self) { request, writer, context in
+            let principal = try self.principal(context)
+            _ = try await ownership.environment(request.environmentId, for: principal)
+            if !request.deploymentId.isEmpty { _ = try await ownership.deployment(request.deploymentId, for: principal) }
+            let release = try auth.openStream(principal)
+            defer { release() }
+            try await pipeline.serverStreaming(Pipeline.Watch.self, request) { events in
+                for try await event in events { try await writer.write(event) }
+            }
+        }
+    }
+
+    // MARK: Logs and webhooks
+
+    /// The logs service's request for a public one, after the scope check.
+    func tailRequest(_ request: Slipway_Api_V1_LogsRequest, _ principal: Principal) async throws -> Slipway_Logs_V1_TailRequest {
+        var tail = Slipway_Logs_V1_TailRequest()
+        var key = Slipway_Logs_V1_StreamKey()
+        if !request.deploymentId.isEmpty {
+            key.environmentId = try await ownership.deployment(request.deploymentId, for: principal)
+            key.deploymentId = request.deploymentId
+        } else if !request.serviceId.isEmpty {
+            key.environmentId = try await ownership.service(request.serviceId, for: principal)
+            key.serviceId = request.serviceId
+        } else if !request.environmentId.isEmpty {
+            _ = try await ownership.environment(request.environmentId, for: principal)
+            key.environmentId = request.environmentId
+        } else {
+            throw RPCError(.invalidArgument, "give deployment_id (deployment logs), service_id or environment_id (application logs)")
+        }
+        tail.stream = key
+        switch request.start {
+        case .afterSeq(let value)?: tail.start = .afterSeq(value)
+        case .sinceNanos(let value)?: tail.start = .sinceNanos(value)
+        case .liveOnly(let value)?: tail.start = .liveOnly(value)
+        case nil: break
+        }
+        tail.filter = request.filter
+        return tail
+    }
+
+    /// Streams log lines to `write` until the subscriber goes or the stream fails.
+    func tail(_ request: Slipway_Api_V1_LogsRequest, _ principal: Principal, write: @Sendable (Slipway_Logs_V1_TailResponse) async throws -> Void) async throws {
+        let tail = try await tailRequest(request, principal)
+        let release = try auth.openStream(principal)
+        defer { release() }
+        try await logs.serverStreaming(Logs.Tail.self, tail) { responses in
+            for try await response in responses { try await write(response) }
+        }
+    }
+
+    private func registerLogsAndWebhooks(_ router: inout RPCRouter) {
+        let logs = self.logs
+        let ownership = self.ownership
+        let webhooks = self.webhooks
+        let auth = self.auth
+        router.serverStreaming(API.TailLogs.self) { request, writer, context in
+            let principal = try self.principal(context)
+            try await tail(request, principal) { try await writer.write($0) }
+        }
+        router.unary(API.QueryLogs.self) { request, context in
+            let principal = try self.principal(context)
+            var query = Slipway_Logs_V1_QueryRequest()
+            var key = Slipway_Logs_V1_StreamKey()
+            if !request.deploymentId.isEmpty {
+                key.environmentId = try await ownership.deployment(request.deploymentId, for: principal)
+                key.deploymentId = request.deploymentId
+            } else {
+                key.environmentId = try await ownership.service(request.serviceId, for: principal)
+                key.serviceId = request.serviceId
+            }
+            query.stream = key
+            query.sinceNanos = request.sinceNanos
+            query.untilNanos = request.untilNanos
+            query.filter = request.filter
+            query.pageSize = request.pageSize
+            query.pageToken = request.pageToken
+            return try await logs.unary(Logs.Query.self, query, options: Self.options(context))
+        }
+        router.unary(API.CreateWebhook.self) { request, context in
+            let principal = try self.principal(context, .admin)
+            _ = try await ownership.service(request.serviceId, for: principal)
+            return try webhooks.create(serviceID: request.serviceId)
+        }
+        router.unary(API.ListDeliveries.self) { request, context in
+            let principal = try self.principal(context)
+            _ = try await ownership.service(request.serviceId, for: principal)
+            guard request.pageSize <= 500 else { throw RPCError(.invalidArgument, "page_size is at most 500") }
+            var response = Slipway_Api_V1_ListDeliveriesResponse()
+            response.deliveries = try auth.store.deliveries(serviceID: request.serviceId, limit: Int(request.pageSize == 0 ? 20 : request.pageSize))
+                .map(WebhookReceiver.message)
+            return response
+        }
+    }
+}
+
+extension Role {
+    /// The role when it is one of the three, nil otherwise.
+    var normalized: Role? {
+        switch self {
+        case .viewer, .deployer, .admin: self
+        default: nil
+        }
+    }
+}

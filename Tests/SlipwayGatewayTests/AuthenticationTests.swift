@@ -1,0 +1,111 @@
+import Foundation
+import SlipwayRPC
+import Testing
+
+@testable import SlipwayGateway
+
+@Suite struct AuthenticationTests {
+    static func store() throws -> GatewayStore {
+        try GatewayStore(directory: FileManager.default.temporaryDirectory.appendingPathComponent("slipway-gw-\(UUID().uuidString)").path)
+    }
+
+    static func token(_ store: GatewayStore, organization: String = "org_a", project: String = "", role: Role = .viewer, rate: UInt32 = 0) throws -> String {
+        let secret = Authenticator.newSecret()
+        try store.insert(.init(
+            id: secret.id, name: "t-\(secret.id)", secretHash: secret.hash, organizationID: organization, projectID: project, role: role.rawValue,
+            rateLimit: rate, createdAt: 1, createdBy: "test"))
+        return secret.text
+    }
+
+    @Test func tokensAreStoredHashedAndCheckedWhole() throws {
+        let store = try Self.store()
+        let auth = Authenticator(store: store, defaultRateLimit: 10, maxStreamsPerToken: 2)
+        let text = try Self.token(store, role: .deployer)
+        let principal = try auth.authenticate(bearer: "Bearer \(text)")
+        #expect(principal.role == .deployer && principal.organizationID == "org_a")
+        let id = String(text.split(separator: "_")[1])
+        let stored = try #require(try store.token(id: id))
+        #expect(!stored.secretHash.contains(String(text.split(separator: "_", maxSplits: 2)[2])))
+        // A changed last character, another id, no token, garbage: all UNAUTHENTICATED.
+        var wrong = text
+        wrong.removeLast()
+        wrong.append(text.last == "A" ? "B" : "A")
+        for header in ["Bearer \(wrong)", "Bearer slw_000000000000_abc", nil, "Bearer x", "Basic dXNlcjpwYXNz"] as [String?] {
+            let error = #expect(throws: RPCError.self) { try auth.authenticate(bearer: header) }
+            #expect(error?.code == .unauthenticated, "\(header ?? "nil")")
+        }
+        _ = try store.revoke(id: id, at: 5)
+        auth.forget(tokenID: id)
+        #expect((#expect(throws: RPCError.self) { try auth.authenticate(bearer: "Bearer \(text)") })?.message.contains("revoked") == true)
+    }
+
+    @Test func scopesSeeOnlyTheirOrganizationAndProject() {
+        let platform = Principal(tokenID: "p", name: "admin", organizationID: "", projectID: "", role: .admin, rateLimit: 1)
+        let organization = Principal(tokenID: "o", name: "o", organizationID: "org_a", projectID: "", role: .admin, rateLimit: 1)
+        let project = Principal(tokenID: "q", name: "q", organizationID: "org_a", projectID: "prj_1", role: .viewer, rateLimit: 1)
+        #expect(platform.covers(organizationID: "org_b", projectID: "prj_9"))
+        #expect(organization.covers(organizationID: "org_a", projectID: "prj_2"))
+        #expect(!organization.covers(organizationID: "org_b"))
+        #expect(project.covers(organizationID: "org_a", projectID: "prj_1"))
+        #expect(!project.covers(organizationID: "org_a", projectID: "prj_2"))
+        #expect(!project.covers(organizationID: "org_a"))
+        #expect(throws: RPCError.self) { try project.require(.deployer, "Deploy") }
+        #expect(throws: Never.self) { try organization.require(.deployer, "Deploy") }
+    }
+
+    @Test func theRateIsPerTokenWithBurstsOfTwiceTheRate() throws {
+        let store = try Self.store()
+        let auth = Authenticator(store: store, defaultRateLimit: 5, maxStreamsPerToken: 2)
+        let slow = try auth.authenticate(token: try Self.token(store))
+        let other = try auth.authenticate(token: try Self.token(store, rate: 100))
+        let start = ContinuousClock.now
+        for _ in 0..<10 { try auth.admit(slow, now: start) }
+        let error = #expect(throws: RPCError.self) { try auth.admit(slow, now: start) }
+        #expect(error?.code == .resourceExhausted && error?.message.contains("retry in 200 ms") == true)
+        try auth.admit(other, now: start)  // another token's bucket is its own
+        try auth.admit(slow, now: start + .milliseconds(200))  // one token back after 1/rate
+        #expect(throws: RPCError.self) { try auth.admit(slow, now: start + .milliseconds(200)) }
+    }
+
+    @Test func openStreamsAreCountedPerToken() throws {
+        let store = try Self.store()
+        let auth = Authenticator(store: store, defaultRateLimit: 5, maxStreamsPerToken: 2)
+        let principal = try auth.authenticate(token: try Self.token(store))
+        let first = try auth.openStream(principal)
+        let second = try auth.openStream(principal)
+        #expect((#expect(throws: RPCError.self) { try auth.openStream(principal) })?.code == .resourceExhausted)
+        first()
+        first()  // given back once only
+        let third = try auth.openStream(principal)
+        #expect(throws: RPCError.self) { try auth.openStream(principal) }
+        second()
+        third()
+    }
+
+    @Test func theAdminTokenFileIsReplacedWhenItNoLongerWorks() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("slipway-gw-\(UUID().uuidString)").path
+        let store = try GatewayStore(directory: directory)
+        let file = directory + "/admin-token"
+        try Bootstrap.ensureAdminToken(store: store, file: file, logger: .init(label: "test"))
+        let first = try String(contentsOfFile: file, encoding: .utf8)
+        #expect((try FileManager.default.attributesOfItem(atPath: file)[.posixPermissions] as? Int) == 0o600)
+        try Bootstrap.ensureAdminToken(store: store, file: file, logger: .init(label: "test"))
+        #expect(try String(contentsOfFile: file, encoding: .utf8) == first, "a working token is kept")
+        let auth = Authenticator(store: store, defaultRateLimit: 1, maxStreamsPerToken: 1)
+        let principal = try auth.authenticate(bearer: "Bearer " + first.trimmingCharacters(in: .whitespacesAndNewlines))
+        #expect(principal.isPlatform && principal.role == .admin)
+        _ = try store.revoke(id: principal.tokenID, at: 1)
+        try Bootstrap.ensureAdminToken(store: store, file: file, logger: .init(label: "test"))
+        #expect(try String(contentsOfFile: file, encoding: .utf8) != first)
+    }
+
+    @Test func eventStreamQueriesMapToTheLogsCursors() throws {
+        let one = try HTTPFrontend.logsRequest(["deployment_id": "dep_1", "contains": "GET", "min_level": "warn"], lastEventID: "41")
+        #expect(one.start == .afterSeq(41) && one.filter?.contains == "GET" && one.filter?.minLevel == .warn)
+        let merged = try HTTPFrontend.logsRequest(["environment_id": "env_1"], lastEventID: "1700000000000000000")
+        #expect(merged.start == .sinceNanos(1_700_000_000_000_000_001))
+        #expect(try HTTPFrontend.logsRequest(["service_id": "s", "live_only": "true"], lastEventID: nil).start == .liveOnly(true))
+        #expect((#expect(throws: RPCError.self) { try HTTPFrontend.logsRequest(["service_id": "s", "after_seq": "-1"], lastEventID: nil) })?.code == .invalidArgument)
+        #expect(throws: RPCError.self) { try HTTPFrontend.logsRequest(["service_id": "s", "min_level": "loud"], lastEventID: nil) }
+    }
+}

@@ -5,16 +5,20 @@ import SlipwayProtos
 
 /// Options of every action: which services (or the whole environment), and whether to wait.
 struct ActionOptions: ParsableArguments, Sendable {
-    @Argument(help: "Services by name or id; none: every service of the environment.") var services: [String] = []
+    @Argument(help: "Services by name or id.") var services: [String] = []
+    @Flag(help: "Every service of the environment (instead of naming them).") var all = false
     @Flag(help: "Return once the action is queued instead of following it to its end.") var detach = false
     @Option(help: "Idempotency key: a retry with the same key is the same deployment.") var idempotencyKey: String?
 }
 
 /// Queues an action, then follows its deployment to the end (unless detached) and sets the exit code.
 func runAction(
-    _ client: ClientOptions, _ target: TargetOptions, services names: [String], detach: Bool, verb: String,
+    _ client: ClientOptions, _ target: TargetOptions, services names: [String], all: Bool = false, detach: Bool, verb: String,
     _ send: (GatewayClient, Slipway_Pipeline_V1_Environment, [Slipway_Pipeline_V1_Service]) async throws -> Slipway_Pipeline_V1_ActionResponse
 ) async throws {
+    guard names.isEmpty != !all else {
+        throw CLIError.usage(names.isEmpty ? "name the services, or pass --all for every service of the environment" : "name services or pass --all, not both")
+    }
     let failed = try await withGateway(client) { gateway, out -> Bool in
         let (environment, services) = try await target.services(gateway, named: names)
         let response = try await send(gateway, environment, services)
@@ -101,7 +105,7 @@ struct DeployCommand: AsyncParsableCommand {
     @Option(help: "Commit, tag or image tag for the named services (default: the branch head / the service's tag).") var version: String?
 
     func run() async throws {
-        try await runAction(client, target, services: action.services, detach: action.detach, verb: "deploying") { gateway, environment, services in
+        try await runAction(client, target, services: action.services, all: action.all, detach: action.detach, verb: "deploying") { gateway, environment, services in
             var request = Slipway_Api_V1_DeployRequest()
             request.environmentId = environment.id
             request.serviceIds = services.map(\.id)
@@ -118,7 +122,7 @@ struct DeployCommand: AsyncParsableCommand {
 /// redeploy, restart, stop, delete: the same request.
 struct SimpleAction<M: ProtoMethod>: Sendable where M.Input == Slipway_Api_V1_EnvironmentActionRequest, M.Output == Slipway_Pipeline_V1_ActionResponse {
     static func run(_ client: ClientOptions, _ target: TargetOptions, _ action: ActionOptions, verb: String) async throws {
-        try await runAction(client, target, services: action.services, detach: action.detach, verb: verb) { gateway, environment, services in
+        try await runAction(client, target, services: action.services, all: action.all, detach: action.detach, verb: verb) { gateway, environment, services in
             var request = Slipway_Api_V1_EnvironmentActionRequest()
             request.environmentId = environment.id
             request.serviceIds = services.map(\.id)

@@ -160,16 +160,17 @@ struct ServiceConfigOptions: ParsableArguments, Sendable {
 
     func apply(to config: inout Slipway_Pipeline_V1_ServiceConfig) throws {
         if git != nil && image != nil { throw CLIError.usage("--git and --image exclude each other") }
+        // A new source starts from defaults; the same kind keeps what it had (branch, build args, tag).
         if let git {
             var source = Slipway_Pipeline_V1_GitSource()
+            if case .application(let current)? = config.source { source = current } else { source.branch = "main" }
             source.url = git.hasPrefix("/") || git.contains("://") || git.contains("@") ? git : URL(fileURLWithPath: git).standardizedFileURL.path
-            source.branch = "main"
             config.source = .application(source)
         }
         if let image {
             var source = Slipway_Pipeline_V1_ContainerSource()
+            if case .container(let current)? = config.source { source = current } else { source.tag = "latest" }
             source.image = image
-            source.tag = "latest"
             config.source = .container(source)
         }
         if case .application(var source)? = config.source {
@@ -265,6 +266,7 @@ struct ServiceCommand: AsyncParsableCommand {
         @OptionGroup var client: ClientOptions
         @OptionGroup var target: TargetOptions
         @OptionGroup var config: ServiceConfigOptions
+        @Flag(help: "With --secret: the given secrets replace all the service's secrets.") var replaceSecrets = false
         @Argument var name: String
 
         func run() async throws {
@@ -276,6 +278,10 @@ struct ServiceCommand: AsyncParsableCommand {
                 request.serviceId = service.id
                 request.config = configuration
                 if !config.secrets.isEmpty {
+                    // Secrets are never shown, so they cannot be merged here: the given set replaces them all.
+                    guard replaceSecrets else {
+                        throw CLIError.usage("--secret replaces every secret of \(name) (\(service.secretNames.joined(separator: ", "))); give them all and add --replace-secrets")
+                    }
                     request.secrets = try ServiceConfigOptions.pairs(config.secrets, "secret")
                     request.replaceSecrets = true
                 }

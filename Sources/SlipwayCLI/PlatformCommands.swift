@@ -18,9 +18,21 @@ struct Platform {
 
     func pid(_ name: String) -> pid_t? {
         guard let text = try? String(contentsOfFile: "\(runDir)/\(name).pid", encoding: .utf8), let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)),
-            kill(pid, 0) == 0
+            Self.alive(pid)
         else { return nil }
+        // A pid file older than a reboot may name another program now.
+        let command = (try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8)) ?? ""
+        guard command.contains(name == "registry" ? "docker-registry" : "slipway-\(name)") else { return nil }
         return pid
+    }
+
+    /// Whether the process exists and is not a zombie (a killed service whose parent has exited
+    /// may wait unreaped when nothing reaps orphans, as in containers without an init).
+    static func alive(_ pid: pid_t) -> Bool {
+        guard kill(pid, 0) == 0 else { return false }
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else { return true }
+        let state = stat[stat.index(after: close)...].trimmingCharacters(in: .whitespaces).first
+        return state != "Z" && state != "X"
     }
 
     func start(_ name: String, _ executable: String, _ arguments: [String]) throws -> pid_t {
@@ -41,15 +53,15 @@ struct Platform {
     /// SIGTERM (SIGQUIT for nginx), then waits up to `seconds` before SIGKILL. True if it was running.
     @discardableResult
     static func stop(pid: pid_t, signal: Int32 = SIGTERM, seconds: Double = 10) -> Bool {
-        guard kill(pid, 0) == 0 else { return false }
+        guard alive(pid) else { return false }
         kill(pid, signal)
         let deadline = Date().addingTimeInterval(seconds)
-        while kill(pid, 0) == 0, Date() < deadline {
+        while alive(pid), Date() < deadline {
             var status: Int32 = 0
             _ = waitpid(pid, &status, WNOHANG)
             usleep(50_000)
         }
-        if kill(pid, 0) == 0 { kill(pid, SIGKILL) }
+        if alive(pid) { kill(pid, SIGKILL) }
         return true
     }
 }

@@ -30,8 +30,14 @@ public struct SlipwayCommand: AsyncParsableCommand {
         } catch let error as CLIError {
             FileHandle.standardError.write(Data("error: \(error.message)\n".utf8))
             Foundation.exit(error.exitCode)
+        } catch let error as ExitCode {
+            Foundation.exit(error.rawValue)
         } catch {
-            exit(withError: error)
+            let code = exitCode(for: error)
+            if code == .success { exit(withError: error) }  // --help, --version
+            FileHandle.standardError.write(Data((fullMessage(for: error) + "\n").utf8))
+            // Usage errors from the parser (EX_USAGE) are 2, as documented; anything else 7.
+            Foundation.exit(code.rawValue == 64 ? 2 : 7)
         }
     }
 }

@@ -19,6 +19,9 @@ struct Principal: Sendable, Equatable {
 
     var isPlatform: Bool { organizationID.isEmpty }
 
+    /// Whether the principal may see something of this organization (a project token: its project).
+    func sees(organizationID org: String) -> Bool { isPlatform || org == organizationID }
+
     /// Whether the principal may see or act on objects of this organization / project.
     func covers(organizationID org: String, projectID project: String? = nil) -> Bool {
         if isPlatform { return true }
@@ -46,8 +49,6 @@ final class Authenticator: Sendable {
     private struct State {
         var buckets: [String: Bucket] = [:]
         var streams: [String: Int] = [:]
-        /// Verified tokens, so a call does not read the database (dropped on revoke).
-        var cache: [String: GatewayStore.TokenRecord] = [:]
     }
 
     private struct Bucket {
@@ -92,26 +93,18 @@ final class Authenticator: Sendable {
             throw RPCError(.unauthenticated, "the API token is malformed (expected slw_<id>_<secret>)")
         }
         let id = String(parts[1])
+        // Read on every call (an indexed SQLite read): a revoked token stops at once, with no cache to race.
         let record: GatewayStore.TokenRecord?
-        if let cached = state.withLock({ $0.cache[id] }) {
-            record = cached
-        } else {
-            do { record = try store.token(id: id) } catch { throw RPCError(.unavailable, "cannot read tokens: \(error)") }
-        }
+        do { record = try store.token(id: id) } catch { throw RPCError(.unavailable, "cannot read tokens: \(error)") }
         guard let record, Self.constantTimeEqual(Self.hash(String(parts[2])), record.secretHash) else {
             throw RPCError(.unauthenticated, "the API token is not valid (unknown id or wrong secret)")
         }
         guard record.revokedAt == 0 else {
             throw RPCError(.unauthenticated, "the API token \"\(record.name)\" was revoked; create a new one (slipway token create)")
         }
-        state.withLock { $0.cache[id] = record }
         return Principal(
             tokenID: record.id, name: record.name, organizationID: record.organizationID, projectID: record.projectID,
             role: Role(rawValue: record.role), rateLimit: record.rateLimit == 0 ? defaultRateLimit : record.rateLimit)
-    }
-
-    func forget(tokenID: String) {
-        state.withLock { _ = $0.cache.removeValue(forKey: tokenID) }
     }
 
     /// Takes one request from the token's bucket, or RESOURCE_EXHAUSTED with when to retry.

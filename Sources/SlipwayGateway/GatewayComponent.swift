@@ -68,13 +68,19 @@ public struct GatewayComponent: PlatformComponent {
     }
 }
 
-/// Finishes webhook deliveries the gateway had recorded but not acted on when it stopped.
+/// Finishes webhook deliveries recorded but not acted on: at start (the gateway stopped in
+/// between), then every minute (the pipeline could not be reached).
 struct ResumeDeliveries: Service {
     let webhooks: WebhookReceiver
+    static let interval = Duration.seconds(60)
 
     func run() async throws {
-        await webhooks.resume()
-        try? await gracefulShutdown()
+        await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                await webhooks.resume()
+                try? await Task.sleep(for: Self.interval)
+            }
+        }
     }
 }
 

@@ -22,6 +22,7 @@ struct GatewayService: RPCService {
     /// Limits of the API (README).
     static let maxTokenNameBytes = 63
     static let maxIdempotencyKeyBytes = 200
+    static let maxTokensPerOrganization = 1000
 
     func register(with router: inout RPCRouter) {
         router.addFiles([
@@ -89,7 +90,7 @@ struct GatewayService: RPCService {
         @Sendable func create(_ request: Slipway_Api_V1_CreateTokenRequest, _ principal: Principal) async throws -> Slipway_Api_V1_CreateTokenResponse {
             try checkID(request.organizationId, "organization_id")
             if request.projectId.isEmpty {
-                guard principal.covers(organizationID: request.organizationId), principal.projectID.isEmpty else {
+                guard principal.sees(organizationID: request.organizationId), principal.projectID.isEmpty else {
                     throw RPCError(.permissionDenied, "token \"\(principal.name)\" cannot create tokens for organization \(request.organizationId)")
                 }
                 var list = Slipway_Pipeline_V1_ListProjectsRequest()
@@ -101,8 +102,12 @@ struct GatewayService: RPCService {
                     throw RPCError(.invalidArgument, "project \(request.projectId) is not in organization \(request.organizationId)")
                 }
             }
-            if principal.rateLimit > 0, request.rateLimitPerSecond > principal.rateLimit {
-                throw RPCError(.permissionDenied, "rate_limit_per_second \(request.rateLimitPerSecond) is above the creating token's own (\(principal.rateLimit))")
+            let effective = request.rateLimitPerSecond == 0 ? auth.defaultRateLimit : request.rateLimitPerSecond
+            if !principal.isPlatform, effective > principal.rateLimit {
+                throw RPCError(.permissionDenied, "a rate of \(effective) requests/s is above the creating token's own (\(principal.rateLimit)); ask for at most that")
+            }
+            if try auth.store.tokens(organizationID: request.organizationId).filter({ $0.revokedAt == 0 }).count >= Self.maxTokensPerOrganization {
+                throw RPCError(.resourceExhausted, "organization \(request.organizationId) already has \(Self.maxTokensPerOrganization) valid tokens (the limit); revoke some first")
             }
             let secret = Authenticator.newSecret()
             let record = GatewayStore.TokenRecord(
@@ -116,7 +121,7 @@ struct GatewayService: RPCService {
         }
         router.unary(API.ListTokens.self) { request, context in
             let principal = try self.principal(context, .admin)
-            guard principal.covers(organizationID: request.organizationId) else {
+            guard principal.sees(organizationID: request.organizationId) else {
                 throw RPCError(.notFound, "organization \(request.organizationId) does not exist")
             }
             var response = Slipway_Api_V1_ListTokensResponse()
@@ -135,7 +140,6 @@ struct GatewayService: RPCService {
                 throw RPCError(.notFound, "token \(request.tokenId) does not exist")
             }
             guard let revoked = try auth.store.revoke(id: record.id, at: nowMillis()) else { throw RPCError(.notFound, "token \(request.tokenId) does not exist") }
-            auth.forget(tokenID: record.id)
             return Self.token(revoked)
         }
     }
@@ -169,12 +173,12 @@ struct GatewayService: RPCService {
         router.unary(API.ListOrganizations.self) { request, context in
             let principal = try self.principal(context)
             var response = try await pipeline.unary(Pipeline.ListOrganizations.self, request, options: Self.options(context))
-            response.organizations = response.organizations.filter { principal.covers(organizationID: $0.id) }
+            response.organizations = response.organizations.filter { principal.sees(organizationID: $0.id) }
             return response
         }
         router.unary(API.CreateProject.self) { request, context in
             let principal = try self.principal(context, .admin)
-            guard principal.covers(organizationID: request.organizationId) else {
+            guard principal.sees(organizationID: request.organizationId) else {
                 throw RPCError(.notFound, "organization \(request.organizationId) does not exist")
             }
             guard principal.projectID.isEmpty else {
@@ -186,7 +190,7 @@ struct GatewayService: RPCService {
         }
         router.unary(API.ListProjects.self) { request, context in
             let principal = try self.principal(context)
-            guard principal.covers(organizationID: request.organizationId) else {
+            guard principal.sees(organizationID: request.organizationId) else {
                 throw RPCError(.notFound, "organization \(request.organizationId) does not exist")
             }
             var response = try await pipeline.unary(Pipeline.ListProjects.self, request, options: Self.options(context))
@@ -315,7 +319,7 @@ struct GatewayService: RPCService {
             guard !request.image.isEmpty, !request.tag.isEmpty else { throw RPCError(.invalidArgument, "image and tag are required") }
             let organization = principal.isPlatform ? request.organizationId : principal.organizationID
             guard !organization.isEmpty else { throw RPCError(.invalidArgument, "organization_id is required with the platform token") }
-            guard principal.covers(organizationID: organization) else { throw RPCError(.notFound, "organization \(organization) does not exist") }
+            guard principal.sees(organizationID: organization) else { throw RPCError(.notFound, "organization \(organization) does not exist") }
             var scoped = principal
             scoped.organizationID = organization
             try await ownership.refresh(scoped)

@@ -40,8 +40,17 @@ public final class GatewayStore: Sendable {
                 CREATE INDEX delivery_pending ON delivery(outcome) WHERE outcome = 1;
                 """)
         }
+        migrator.registerMigration("v2: a delivery id counts once it was verified and accepted, ignored or is being acted on") { db in
+            try db.execute(sql: """
+                DROP INDEX delivery_once;
+                CREATE UNIQUE INDEX delivery_once ON delivery(service_id, provider, delivery_id) WHERE outcome IN (1, 2, 3);
+                """)
+        }
         return migrator
     }
+
+    /// Deliveries kept per service (older ones are deleted as new ones arrive).
+    static let deliveriesKept = 1000
 
     // MARK: Tokens
 
@@ -147,11 +156,11 @@ public final class GatewayStore: Sendable {
     }
 
     /// Records a delivery. Returns the earlier record instead when `(service, provider, delivery id)`
-    /// was recorded before (the new one is then not written: call ``recordDuplicate``).
+    /// was recorded before as received, deployed or ignored (the new one is then not written).
     func recordFirst(_ delivery: DeliveryRecord) throws -> DeliveryRecord? {
         try database.write { db in
             if let earlier = try Row.fetchOne(
-                db, sql: "SELECT * FROM delivery WHERE service_id = ? AND provider = ? AND delivery_id = ? AND outcome != 5",
+                db, sql: "SELECT * FROM delivery WHERE service_id = ? AND provider = ? AND delivery_id = ? AND outcome IN (1, 2, 3)",
                 arguments: [delivery.serviceID, delivery.provider, delivery.deliveryID]) {
                 return DeliveryRecord(row: earlier)
             }
@@ -177,6 +186,12 @@ public final class GatewayStore: Sendable {
                 delivery.id, delivery.serviceID, delivery.provider, delivery.deliveryID, delivery.event, delivery.ref, delivery.commit, files,
                 delivery.receivedAt, delivery.outcome, delivery.reason, delivery.deploymentID, delivery.httpStatus, sequence,
             ])
+        try db.execute(
+            sql: """
+                DELETE FROM delivery WHERE service_id = ? AND outcome != 1 AND sequence <= (
+                    SELECT sequence FROM delivery WHERE service_id = ? ORDER BY sequence DESC LIMIT 1 OFFSET ?)
+                """,
+            arguments: [delivery.serviceID, delivery.serviceID, deliveriesKept])
     }
 
     func finish(deliveryID id: String, outcome: Int32, reason: String, deploymentID: String, httpStatus: Int) throws {
@@ -194,10 +209,17 @@ public final class GatewayStore: Sendable {
         }
     }
 
-    /// Deliveries written down but not finished (the gateway stopped in between), oldest first.
-    func unfinishedDeliveries(outcome: Int32) throws -> [DeliveryRecord] {
-        try database.read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM delivery WHERE outcome = ? ORDER BY sequence", arguments: [outcome]).map(DeliveryRecord.init(row:))
+    /// Deliveries written down (RECEIVED) but not finished, oldest first; those a later delivery of
+    /// the same service already deployed past are marked IGNORED instead (an older commit must not
+    /// be deployed over a newer one).
+    func unfinishedDeliveries() throws -> [DeliveryRecord] {
+        try database.write { db in
+            try db.execute(sql: """
+                UPDATE delivery SET outcome = 3, reason = 'superseded: a later push of this service was deployed first'
+                WHERE outcome = 1 AND EXISTS (
+                    SELECT 1 FROM delivery later WHERE later.service_id = delivery.service_id AND later.outcome = 2 AND later.sequence > delivery.sequence)
+                """)
+            return try Row.fetchAll(db, sql: "SELECT * FROM delivery WHERE outcome = 1 ORDER BY sequence").map(DeliveryRecord.init(row:))
         }
     }
 }

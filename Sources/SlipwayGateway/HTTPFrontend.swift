@@ -23,6 +23,9 @@ struct HTTPFrontend: Sendable {
 
     typealias Connection = NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>
 
+    /// How often an idle event stream sends a comment.
+    static let heartbeat = Duration.seconds(15)
+
     /// Installs HTTP/1.1 on a connection the sniffer found to be HTTP/1.1.
     var initializer: HTTP1Initializer {
         { channel in
@@ -77,10 +80,12 @@ struct HTTPFrontend: Sendable {
             case .body(var buffer):
                 guard request != nil else { continue }
                 if request!.body.count + buffer.readableBytes > limit {
+                    // Answered (413) and closed now, without reading the rest.
                     request!.tooLarge = true
-                } else if !request!.tooLarge {
-                    request!.body += buffer.readBytes(length: buffer.readableBytes) ?? []
+                    request!.body = []
+                    return request
                 }
+                request!.body += buffer.readBytes(length: buffer.readableBytes) ?? []
             case .end:
                 return request
             }
@@ -95,7 +100,7 @@ struct HTTPFrontend: Sendable {
             guard request.head.method == .POST else { return (.methodNotAllowed, Self.error("METHOD_NOT_ALLOWED", "webhooks are POSTed")) }
             let serviceID = String(path.dropFirst("/webhooks/".count))
             if request.tooLarge {
-                let answer = await webhooks.receive(serviceID: serviceID, WebhookRequest(headers: [:], body: Array(repeating: 0, count: webhooks.maxBodyBytes + 1)))
+                let answer = webhooks.tooLarge(serviceID: serviceID)
                 return (HTTPResponseStatus(statusCode: answer.status), answer.json)
             }
             var headers: [String: String] = [:]
@@ -137,6 +142,14 @@ struct HTTPFrontend: Sendable {
                 }
             }
             group.addTask { try await closed.get() }
+            // A comment every 15 s: proxies keep the stream open, and a client that vanished
+            // without closing is found by the failed write.
+            group.addTask {
+                while true {
+                    try await Task.sleep(for: Self.heartbeat)
+                    try await outbound.write(.body(.byteBuffer(ByteBuffer(string: ": ping\n\n"))))
+                }
+            }
             _ = try await group.next()
             group.cancelAll()
         }
@@ -189,7 +202,13 @@ struct HTTPFrontend: Sendable {
         let mergedByTime = request.deploymentId.isEmpty && request.serviceId.isEmpty
         if let id = lastEventID ?? query["last_event_id"], !id.isEmpty {
             // Event ids are sequence numbers (one stream) or timestamps (an environment's merged streams).
-            request.start = mergedByTime ? .sinceNanos(try number("Last-Event-ID", id) + 1) : .afterSeq(try number("Last-Event-ID", id))
+            if mergedByTime {
+                let nanos: Int64 = try number("Last-Event-ID", id)
+                guard nanos < Int64.max else { throw RPCError(.invalidArgument, "Last-Event-ID \(id) is past the last possible timestamp") }
+                request.start = .sinceNanos(nanos + 1)
+            } else {
+                request.start = .afterSeq(try number("Last-Event-ID", id))
+            }
         } else if let value = query["after_seq"] {
             request.start = .afterSeq(try number("after_seq", value))
         } else if let value = query["since_nanos"] {

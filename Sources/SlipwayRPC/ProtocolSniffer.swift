@@ -15,10 +15,22 @@ final class ProtocolSniffer: ChannelInboundHandler, RemovableChannelHandler {
     private let http2: (any Channel) throws -> Void
     private let http1: HTTP1Initializer
     private var buffered: ByteBuffer?
+    private var deadline: Scheduled<Void>?
+    /// How long a new connection may take to say which protocol it speaks.
+    static let timeout = TimeAmount.seconds(30)
 
     init(http2: @escaping (any Channel) throws -> Void, http1: @escaping HTTP1Initializer) {
         self.http2 = http2
         self.http1 = http1
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        deadline = context.eventLoop.scheduleTask(in: Self.timeout) { loopBound.value.close(promise: nil) }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        deadline?.cancel()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {

@@ -1,4 +1,5 @@
 import Foundation
+import SlipwayProtos
 import SlipwayRPC
 import Testing
 
@@ -35,7 +36,6 @@ import Testing
             #expect(error?.code == .unauthenticated, "\(header ?? "nil")")
         }
         _ = try store.revoke(id: id, at: 5)
-        auth.forget(tokenID: id)
         #expect((#expect(throws: RPCError.self) { try auth.authenticate(bearer: "Bearer \(text)") })?.message.contains("revoked") == true)
     }
 
@@ -107,5 +107,47 @@ import Testing
         #expect(try HTTPFrontend.logsRequest(["service_id": "s", "live_only": "true"], lastEventID: nil).start == .liveOnly(true))
         #expect((#expect(throws: RPCError.self) { try HTTPFrontend.logsRequest(["service_id": "s", "after_seq": "-1"], lastEventID: nil) })?.code == .invalidArgument)
         #expect(throws: RPCError.self) { try HTTPFrontend.logsRequest(["service_id": "s", "min_level": "loud"], lastEventID: nil) }
+    }
+}
+
+@Suite struct DeliveryRecordTests {
+    static func record(_ store: GatewayStore, _ id: String, delivery: String, outcome: Slipway_Api_V1_DeliveryOutcome, service: String = "svc_1") throws -> GatewayStore.DeliveryRecord? {
+        var record = GatewayStore.DeliveryRecord(id: id, serviceID: service, provider: 1, deliveryID: delivery, event: "push", receivedAt: 1, outcome: outcome.rawValue)
+        record.ref = "refs/heads/main"
+        record.commit = String(repeating: "a", count: 40)
+        return try store.recordFirst(record)
+    }
+
+    @Test func aDeliveryIdCountsOnceAcceptedButNotWhenItWasRejected() throws {
+        let store = try AuthenticationTests.store()
+        #expect(try Self.record(store, "r1", delivery: "d1", outcome: .deliveryRejected) == nil)
+        // Rejected (a wrong secret, since fixed): the host's redelivery is taken.
+        #expect(try Self.record(store, "r2", delivery: "d1", outcome: .deliveryReceived) == nil)
+        let earlier = try #require(try Self.record(store, "r3", delivery: "d1", outcome: .deliveryReceived))
+        #expect(earlier.id == "r2")
+        // Another service with the same delivery id (one push, two hooks) is its own.
+        #expect(try Self.record(store, "r4", delivery: "d1", outcome: .deliveryReceived, service: "svc_2") == nil)
+    }
+
+    @Test func aReceivedDeliveryBehindADeployedOneIsSupersededNotResumed() throws {
+        let store = try AuthenticationTests.store()
+        _ = try Self.record(store, "old", delivery: "d1", outcome: .deliveryReceived)
+        _ = try Self.record(store, "new", delivery: "d2", outcome: .deliveryReceived)
+        try store.finish(deliveryID: "new", outcome: Slipway_Api_V1_DeliveryOutcome.deliveryDeployed.rawValue, reason: "", deploymentID: "dep", httpStatus: 202)
+        _ = try Self.record(store, "other", delivery: "d3", outcome: .deliveryReceived, service: "svc_2")
+        #expect(try store.unfinishedDeliveries().map(\.id) == ["other"])
+        let old = try #require(try store.deliveries(serviceID: "svc_1", limit: 10).first { $0.id == "old" })
+        #expect(old.outcome == Slipway_Api_V1_DeliveryOutcome.deliveryIgnored.rawValue && old.reason.contains("superseded"))
+    }
+
+    @Test func onlyTheNewestDeliveriesOfAServiceAreKept() throws {
+        let store = try AuthenticationTests.store()
+        for index in 0..<(GatewayStore.deliveriesKept + 5) {
+            var record = GatewayStore.DeliveryRecord(id: "x\(index)", serviceID: "svc_1", provider: 1, deliveryID: "d\(index)", event: "push", receivedAt: 1, outcome: 4)
+            record.httpStatus = 401
+            try store.record(record)
+        }
+        let kept = try store.deliveries(serviceID: "svc_1", limit: 5000)
+        #expect(kept.count == GatewayStore.deliveriesKept && kept.first?.id == "x\(GatewayStore.deliveriesKept + 4)")
     }
 }

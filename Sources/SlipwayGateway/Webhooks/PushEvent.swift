@@ -119,11 +119,16 @@ enum WebhookParser {
         let deleted = (json["deleted"] as? Bool) ?? zero
         let commit = deleted ? "" : ((json["checkout_sha"] as? String).flatMap { $0.isEmpty ? nil : $0 } ?? after)
         guard deleted || isCommit(commit) else { throw WebhookRejection(status: 400, reason: "the push payload's \"after\" is not a commit id: \"\(after.prefix(80))\"") }
+        let commits = (json["commits"] as? [[String: Any]]) ?? []
         var files: [String] = []
-        for commit in (json["commits"] as? [[String: Any]]) ?? [] {
+        for commit in commits {
             for key in ["added", "modified", "removed"] { files += (commit[key] as? [String]) ?? [] }
         }
-        return PushEvent(ref: ref, commit: commit, deleted: deleted, files: Array(Set(files)).sorted())
+        // No commit listed (a new branch), or fewer than were pushed (GitLab lists the newest 20):
+        // the changed files are not known, so the path filter cannot rule the push out.
+        let total = (json["total_commits_count"] as? Int) ?? commits.count
+        let known = !commits.isEmpty && total <= commits.count
+        return PushEvent(ref: ref, commit: commit, deleted: deleted, files: known ? Array(Set(files)).sorted() : nil)
     }
 
     /// Bitbucket Cloud: `push.changes[].new` (null when the branch was deleted); Bitbucket Data

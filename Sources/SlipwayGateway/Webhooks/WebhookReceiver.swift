@@ -57,10 +57,21 @@ final class WebhookReceiver: Sendable {
         }
     }
 
+    /// A payload over the limit: refused before it is read whole (not recorded: nothing in it was verified).
+    func tooLarge(serviceID: String) -> Answer {
+        Answer(status: 413, outcome: .deliveryRejected, reason: "the payload is larger than the limit of \(maxBodyBytes) bytes (--gateway-max-webhook-bytes)")
+    }
+
     func receive(serviceID: String, _ request: WebhookRequest) async -> Answer {
         let now = nowMillis()
         let id = "dlv-" + randomHex(8)
-        guard serviceID.utf8.count <= 128, let secret = try? store.webhookSecret(serviceID: serviceID) else {
+        let stored: String?
+        do {
+            stored = serviceID.utf8.count <= 128 ? try store.webhookSecret(serviceID: serviceID) : nil
+        } catch {
+            return Answer(status: 503, outcome: .deliveryRejected, reason: "cannot read the webhook's secret (\(error)); the git host will retry")
+        }
+        guard let secret = stored else {
             return Answer(status: 404, outcome: .deliveryRejected, reason: "no webhook for service \(serviceID.prefix(128)): create one with slipway webhook create")
         }
         func reject(_ rejection: WebhookRejection, _ delivery: WebhookDelivery?) -> Answer {
@@ -73,11 +84,13 @@ final class WebhookReceiver: Sendable {
             logger.notice("webhook rejected", metadata: ["service": "\(serviceID)", "reason": "\(rejection.reason)"])
             return Answer(status: rejection.status, outcome: .deliveryRejected, reason: rejection.reason, deliveryRecordID: id)
         }
-        if request.body.count > maxBodyBytes {
-            return reject(WebhookRejection(status: 413, reason: "the payload is \(request.body.count) bytes; the limit is \(maxBodyBytes)"), nil)
-        }
+        if request.body.count > maxBodyBytes { return tooLarge(serviceID: serviceID) }
         let delivery: WebhookDelivery
-        do { delivery = try WebhookParser.identify(request) } catch { return reject(error, nil) }
+        do {
+            delivery = try WebhookParser.identify(request)
+        } catch {
+            return Answer(status: error.status, outcome: .deliveryRejected, reason: error.reason)
+        }
         do { try WebhookParser.verify(request, delivery, secret: secret) } catch { return reject(error, delivery) }
         var record = GatewayStore.DeliveryRecord(
             id: id, serviceID: serviceID, provider: delivery.provider.rawValue, deliveryID: delivery.deliveryID, event: delivery.event,
@@ -91,6 +104,10 @@ final class WebhookReceiver: Sendable {
         }
         do {
             if let earlier = try store.recordFirst(record) {
+                if earlier.outcome == Outcome.deliveryReceived.rawValue {
+                    // The host's redelivery of one the gateway could not finish: finish it now.
+                    return await process(earlier)
+                }
                 var duplicate = record
                 duplicate.outcome = Outcome.deliveryDuplicate.rawValue
                 duplicate.reason = "delivery \(delivery.deliveryID) was received before (\(earlier.id): \(Outcome(rawValue: earlier.outcome).protoName)); nothing done again"
@@ -171,7 +188,7 @@ final class WebhookReceiver: Sendable {
         var trigger = Slipway_Pipeline_V1_Trigger()
         trigger.origin = .git
         trigger.triggeredBy = "webhook:\(record.id)"
-        trigger.idempotencyKey = "webhook:\(record.provider):\(record.deliveryID)"
+        trigger.idempotencyKey = "webhook:\(record.serviceID):\(record.provider):\(record.deliveryID)"
         deploy.trigger = trigger
         let accepted = try await pipeline.unary(Pipeline.Deploy.self, deploy)
         return Answer(
@@ -180,9 +197,10 @@ final class WebhookReceiver: Sendable {
             deploymentID: accepted.deploymentId)
     }
 
-    /// Deliveries recorded but not finished when the gateway stopped: asked for again.
+    /// Deliveries recorded but not finished (the gateway stopped, or the pipeline could not be
+    /// reached): asked for again.
     func resume() async {
-        guard let pending = try? store.unfinishedDeliveries(outcome: Outcome.deliveryReceived.rawValue), !pending.isEmpty else { return }
+        guard let pending = try? store.unfinishedDeliveries(), !pending.isEmpty else { return }
         logger.info("resuming webhook deliveries", metadata: ["count": "\(pending.count)"])
         for record in pending { _ = await process(record) }
     }

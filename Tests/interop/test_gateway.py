@@ -1,0 +1,539 @@
+"""The whole flow as a user meets it: `slipway up` starts every real component (registry, the seven
+services, nginx, the local CA) on free ports; everything else goes through the gateway — the
+`slipway` CLI, grpcio against the public API, git pushes to a bare repository whose post-receive
+hook delivers signed webhooks, Server-Sent Events with curl-like HTTP/1.1 clients — and the app is
+checked over HTTPS through the load balancer.
+"""
+import hashlib
+import hmac
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import grpc
+import pytest
+
+from conftest import BIN_DIR, ROOT
+from test_pipeline import H2Load, Traffic, through_load_balancer
+
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import slipway_local as local  # noqa: E402
+
+SERVICES = ["gateway", "pipeline", "builder", "network", "cluster", "certs", "logs"]
+HOOK = os.path.join(ROOT, "scripts", "git-webhook-hook.py")
+
+
+class Slipway:
+    """A platform started by `slipway up` over a scratch data directory, and ways to talk to it."""
+
+    def __init__(self):
+        self.data = tempfile.mkdtemp(prefix="slipway-e2e-")
+        self.ports = {name: local.free_port() for name in SERVICES}
+        self.registry = f"127.0.0.1:{local.free_port()}"
+        self.http_port, self.https_port = local.free_port(), local.free_port()
+        self.env = {**os.environ, "SLIPWAY_DATA_DIR": self.data, "SLIPWAY_GATEWAY": f"127.0.0.1:{self.ports['gateway']}", "NO_COLOR": "1"}
+        for name, port in self.ports.items():
+            self.env[f"SLIPWAY_{name.upper()}_LISTEN"] = f"127.0.0.1:{port}"
+        self.local_ca = os.path.join(self.data, "certs", "local-ca.crt")
+        (self.api, api_grpc), (self.pb, _), (self.logs_pb, _) = local.protos(
+            "slipway/api/v1/api.proto", "slipway/pipeline/v1/pipeline.proto", "slipway/logs/v1/logs.proto")
+        self.up_output = self.up()
+        subprocess.run([os.path.join(ROOT, "scripts", "seed-base-images.sh"), self.registry], check=True, stdout=subprocess.DEVNULL,
+                       env={**os.environ, "SLIPWAY_SEED_STORAGE": os.path.join(self.data, "seed")})
+        with open(os.path.join(self.data, "gateway", "admin-token")) as f:
+            self.admin = f.read().strip()
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.ports['gateway']}")
+        self.stub = api_grpc.SlipwayStub(self.channel)
+
+    def up(self):
+        result = self.cli("up", "--registry", self.registry, "--http-listen", f"127.0.0.1:{self.http_port}",
+                          "--https-listen", f"127.0.0.1:{self.https_port}", check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    def cli(self, *args, check=True, token=None, timeout=300):
+        env = dict(self.env)
+        if token:
+            env["SLIPWAY_TOKEN"] = token
+        result = subprocess.run([os.path.join(BIN_DIR, "slipway"), *args], env=env, capture_output=True, text=True, timeout=timeout)
+        if check:
+            assert result.returncode == 0, f"slipway {' '.join(args)} exited {result.returncode}: {result.stderr}{result.stdout}"
+        return result
+
+    def json(self, *args, **kwargs):
+        return json.loads(self.cli(*args, "-o", "json", **kwargs).stdout)
+
+    def md(self, token=None):
+        return [("authorization", f"Bearer {token or self.admin}")]
+
+    def pid(self, name):
+        with open(os.path.join(self.data, "run", f"{name}.pid")) as f:
+            return int(f.read())
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.ports['gateway']}{path}"
+
+    def down(self):
+        self.channel.close()
+        return self.cli("down", check=False)
+
+
+@pytest.fixture(scope="module")
+def slipway():
+    platform = Slipway()
+    yield platform
+    pids = [platform.pid(name) for name in SERVICES + ["registry"]]
+    down = platform.down()
+    assert down.returncode == 0, down.stderr
+    # `slipway down` stops everything it started: services, registry, apps (runc), nginx.
+    assert [pid for pid in pids if alive(pid)] == []
+    assert local.nginx_master(platform.data) is None
+    leftover = subprocess.run(["runc", "--root", os.path.join(platform.data, "cluster", "runc"), "list", "-q"], capture_output=True, text=True).stdout
+    assert leftover.split() == []
+
+
+def alive(pid):
+    """Running (not gone, not a zombie nobody has reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+class Project:
+    """An organization, project, environment and service `hello` built from a bare repository whose
+    post-receive hook delivers the service's webhook; `push()` commits to a clone and pushes."""
+
+    def __init__(self, s, name, **service_flags):
+        self.s, self.name = s, name
+        self.target = ["--org", name, "--project", "web", "--env", "prod"]
+        s.cli("org", "create", name)
+        s.cli("project", "create", "web", "--org", name)
+        s.cli("env", "create", "prod", "--org", name, "--project", "web")
+        self.bare = os.path.join(s.data, "git", f"{name}.git")
+        os.makedirs(self.bare)
+        local.git(self.bare, "init", "--quiet", "--bare", "--initial-branch", "main")
+        flags = ["--git", self.bare, "--build-arg", f"BASE={s.registry}/slipway/busybox:latest", "--port", "8080:public",
+                 "--health-path", "/health", "--auto-deploy", "on"]
+        for key, value in service_flags.items():
+            flags += [f"--{key.replace('_', '-')}", str(value)]
+        self.service = s.json("service", "create", "hello", *self.target, *flags)
+        self.environment = self.service["environment_id"]
+        webhook = s.json("webhook", "create", "hello", *self.target)
+        self.webhook = webhook
+        subprocess.run([sys.executable, HOOK, "--install", self.bare], check=True)
+        local.git(self.bare, "config", "slipway.webhook-url", webhook["url"])
+        local.git(self.bare, "config", "slipway.webhook-secret", webhook["secret"])
+        self.work = os.path.join(s.data, "git", f"{name}-work")
+        local.git(os.path.dirname(self.work), "clone", "--quiet", self.bare, self.work)
+        local.git(self.work, "checkout", "--quiet", "-B", "main")
+        subprocess.run(["cp", "-r", os.path.join(ROOT, "examples", "hello", "."), self.work], check=True)
+        self.host = f"hello-prod.localhost"
+
+    def cli(self, *args, **kwargs):
+        return self.s.cli(*args, *self.target, **kwargs)
+
+    def push(self, files, message):
+        """Commits `files` (path → content) and pushes; returns (commit, the gateway's answer)."""
+        commit = local.commit(self.work, message, files)
+        result = subprocess.run(["git", "-C", self.work, "push", "origin", "main"], capture_output=True, text=True,
+                                env={**os.environ, **local.GIT_IDENTITY})
+        assert result.returncode == 0, result.stderr
+        answers = [json.loads(line[line.index("{"):]) for line in result.stderr.splitlines() if "slipway:" in line and "{" in line]
+        assert answers, result.stderr
+        return commit, answers[-1]
+
+    def watch(self, deployment, check=True):
+        result = self.s.cli("watch", deployment, "-o", "json", check=False, timeout=400)
+        ended = json.loads(result.stdout)
+        if check:
+            assert result.returncode == 0 and ended["status"] == "DEPLOYED", ended
+        return result.returncode, ended
+
+    def get(self, path="/"):
+        return through_load_balancer(self.s, self.host, path)
+
+
+def sse(url, headers=None, until=None, timeout=60):
+    """Reads Server-Sent Events from url until `until(event)` is true; returns (status, events)."""
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as error:
+        return error.code, [json.loads(error.read())]
+    events, current = [], {}
+    deadline = time.monotonic() + timeout
+    with response:
+        for raw in response:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("id: "):
+                current["id"] = line[4:]
+            elif line.startswith("event: "):
+                current["event"] = line[7:]
+            elif line.startswith("data: "):
+                current["data"] = json.loads(line[6:])
+                current["received"] = time.time()
+            elif line == "" and current:
+                events.append(current)
+                if until and until(current):
+                    break
+                current = {}
+            if time.monotonic() > deadline:
+                break
+    return response.status, events
+
+
+def test_up_prints_where_everything_is(slipway):
+    out = slipway.up_output
+    for name, port in slipway.ports.items():
+        assert f"slipway-{name}" in out and f"127.0.0.1:{port}" in out and "SERVING" in out
+    assert slipway.registry in out and f"https://127.0.0.1:{slipway.https_port}" in out
+    assert slipway.local_ca in out and "update-ca-certificates" in out and "admin-token" in out
+    # Up again is a no-op for what runs: same processes.
+    before = {name: slipway.pid(name) for name in SERVICES}
+    slipway.up()
+    assert {name: slipway.pid(name) for name in SERVICES} == before
+
+
+def test_push_rollout_broken_build_rollback_stop_restart_delete(slipway):
+    s = slipway
+    p = Project(s, "flow")
+    svc = p.service["id"]
+
+    # Subscribers before the first push: the app's logs (grpcio TailLogs, live) and status events (SSE).
+    app_lines = []
+
+    def tail_app():
+        request = s.api.LogsRequest(service_id=svc, live_only=True)
+        try:
+            for response in s.stub.TailLogs(request, metadata=s.md(), timeout=120):
+                app_lines.append((time.time(), response.line.text))
+                if "listening on port" in response.line.text:
+                    return
+        except grpc.RpcError:
+            pass
+
+    tail = threading.Thread(target=tail_app)
+    tail.start()
+    status_events = {}
+
+    def watch_events():
+        status_events["status"], status_events["events"] = sse(
+            s.url(f"/v1/events?environment_id={p.environment}&access_token={s.admin}"),
+            until=lambda e: e["event"] == "status" and e["data"]["kind"] == "EVENT_DEPLOYMENT_ENDED", timeout=300)
+
+    events = threading.Thread(target=watch_events)
+    events.start()
+    time.sleep(0.5)
+
+    # 1. git push → webhook → build → push → route → certificate → HTTPS.
+    first, answer = p.push({"www/version.txt": "one\n"}, "first")
+    assert answer["outcome"] == "DELIVERY_DEPLOYED", answer
+    deployment = answer["deployment_id"]
+    status, log_events = sse(s.url(f"/v1/logs?deployment_id={deployment}"), headers={"Authorization": f"Bearer {s.admin}"},
+                             until=lambda e: "CERTIFICATE succeeded" in e.get("data", {}).get("text", ""), timeout=300)
+    _, ended = p.watch(deployment)
+    assert status == 200 and [e["event"] for e in log_events].count("line") > 5
+    # In real time: the first lines arrived before the deployment ended.
+    assert log_events[0]["received"] * 1000 < ended["ended_unix_millis"], (log_events[0], ended["ended_unix_millis"])
+    assert [int(e["id"]) for e in log_events] == sorted(int(e["id"]) for e in log_events)
+    assert ended["origin"] == "GIT" and ended["services"][0]["commit"] == first
+    assert [step["step"] for step in ended["services"][0]["steps"]] == ["GIT_CLONE", "BUILD", "DEPLOYMENT", "ROUTER_DEPLOYMENT", "CERTIFICATE"]
+    assert p.get("/version.txt") == (200, "one\n")
+    tail.join(30)
+    assert any("listening on port" in text for _, text in app_lines), app_lines
+    events.join(30)
+    kinds = [e["data"]["kind"] for e in status_events["events"]]
+    assert status_events["status"] == 200 and "EVENT_SNAPSHOT_END" in kinds and "EVENT_DEPLOYMENT_ENDED" in kinds, kinds
+    route = s.json("service", "show", "hello", *p.target)
+    assert route["url"] == f"https://hello-prod.localhost:{s.https_port}/"
+
+    # 2. A second push rolls out under continuous load: no request fails.
+    traffic, load = Traffic(s, p.host), H2Load(s, p.host)
+    traffic.start()
+    load.start()
+    try:
+        _, answer = p.push({"www/version.txt": "two\n"}, "second")
+        p.watch(answer["deployment_id"])
+        local.wait_until(lambda: p.get("/version.txt") == (200, "two\n"), 10, "the second version never served")
+    finally:
+        traffic.stop()
+        load.stop()
+    assert traffic.failures == [] and traffic.ok > 10, traffic.failures[:5]
+    assert (load.failed, load.errored, load.non2xx) == (0, 0, 0) and load.rounds >= 1, load.outputs[:1]
+
+    # 3. A broken commit fails at build; the running version keeps serving.
+    _, answer = p.push({"Dockerfile": "ARG BASE\nFROM ${BASE}\nRUN exit 3\n", "www/version.txt": "broken\n"}, "broken")
+    code, failed = p.watch(answer["deployment_id"], check=False)
+    assert code == 1 and failed["status"] == "BUILD_ERROR", failed
+    assert "exit" in failed["services"][0]["reason"] or "status 3" in failed["services"][0]["reason"], failed["services"][0]["reason"]
+    assert p.get("/version.txt") == (200, "two\n")
+    subprocess.run(["git", "-C", p.work, "checkout", "HEAD~1", "--", "Dockerfile"], check=True)
+
+    # 4. A configuration change, then rollback to the first release: its image and its configuration.
+    p.cli("service", "update", "hello", "--var", "COLOR=blue")
+    redeploy = p.cli("redeploy", "hello")
+    assert "DEPLOYED" in redeploy.stdout, redeploy.stdout
+    releases = s.json("history", "hello", "--releases", *p.target)
+    assert releases[0]["config"]["environment_variables"] == {"COLOR": "blue"}
+    oldest = releases[-1]
+    assert oldest["commit"] == first
+    rolled = s.json("rollback", "hello", "--release", oldest["id"], *p.target)
+    assert rolled["status"] == "DEPLOYED" and rolled["rollback_release_id"] == oldest["id"]
+    assert p.get("/version.txt") == (200, "one\n")
+    assert s.json("service", "show", "hello", *p.target)["config"]["environment_variables"] == {}
+
+    # 5. Stop: nothing serves, and a push does not start it again; deploy starts it; restart.
+    assert "STOPPED" in p.cli("stop", "hello").stdout
+    assert p.get("/version.txt")[0] == 503
+    _, answer = p.push({"www/version.txt": "three\n"}, "third")
+    assert answer["outcome"] == "DELIVERY_IGNORED" and "does not start it again" in answer["reason"], answer
+    assert p.get("/version.txt")[0] == 503
+    p.cli("deploy", "hello")
+    assert p.get("/version.txt") == (200, "three\n")
+    restarted = s.json("restart", "hello", *p.target)
+    assert restarted["status"] == "RESTARTED" and p.get("/version.txt") == (200, "three\n")
+
+    # 6. History lists all of it, newest first, with step durations.
+    history = s.json("history", "hello", "--limit", "50", *p.target)
+    actions = [(d["action"], d["origin"], d["status"]) for d in history]
+    assert actions[0] == ("RESTART", "CLI", "RESTARTED")
+    assert ("STOP", "CLI", "STOPPED") in actions and ("DEPLOY", "GIT", "BUILD_ERROR") in actions
+    assert [a for a in actions if a[1] == "GIT"] == [("DEPLOY", "GIT", "BUILD_ERROR"), ("DEPLOY", "GIT", "DEPLOYED"), ("DEPLOY", "GIT", "DEPLOYED")]
+    built = next(d for d in history if d["origin"] == "GIT" and d["status"] == "DEPLOYED")
+    assert all(step["duration_millis"] > 0 for step in built["services"][0]["steps"] if step["step"] in ("BUILD", "DEPLOYMENT"))
+    text = p.cli("history", "hello", "--steps").stdout
+    assert "build" in text and (" ms" in text or " s" in text)
+
+    # 7. Delete: the service, its instances and its route are gone; its history stays.
+    deleted = s.json("delete", "hello", *p.target)
+    assert deleted["status"] == "DELETED"
+    status, body = p.get("/version.txt")
+    assert status is None and "UNRECOGNIZED_NAME" in body, (status, body)
+    assert len(s.json("history", "--limit", "50", *p.target)) == len(history) + 1
+
+
+def test_tokens_are_scoped_by_role_and_rate(slipway):
+    s = slipway
+    a, b = Project(s, "tokens-a"), Project(s, "tokens-b")
+    created = s.json("token", "create", "ci", "--role", "viewer", "--org", "tokens-a")
+    viewer = created["secret"]
+    deployer = s.json("token", "create", "deployer", "--role", "deployer", "--org", "tokens-a")["secret"]
+    # Shown once: listing never shows it; only its hash is stored.
+    listing = s.cli("token", "list", "--org", "tokens-a", "-o", "json").stdout
+    assert viewer not in listing and created["id"] in listing
+    with open(os.path.join(s.data, "gateway", "gateway.sqlite"), "rb") as f:
+        assert viewer.split("_", 2)[2].encode() not in f.read()
+
+    # A viewer reads but cannot act (exit 4); the other organization does not exist for it (exit 3).
+    assert s.cli("service", "list", *a.target, token=viewer).returncode == 0
+    refused = s.cli("deploy", "hello", *a.target, token=viewer, check=False)
+    assert refused.returncode == 4 and "needs DEPLOYER" in refused.stderr
+    assert [o["name"] for o in s.json("org", "list", token=viewer)] == ["tokens-a"]
+    hidden = s.cli("service", "list", *b.target, token=viewer, check=False)
+    assert hidden.returncode == 3 and "tokens-b" in hidden.stderr
+    with pytest.raises(grpc.RpcError) as error:
+        s.stub.GetService(s.pb.GetServiceRequest(service_id=b.service["id"]), metadata=s.md(viewer))
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as error:
+        s.stub.Deploy(s.api.DeployRequest(environment_id=a.environment, service_ids=[b.service["id"]]), metadata=s.md(deployer))
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as error:
+        s.stub.CreateToken(s.api.CreateTokenRequest(name="x", organization_id=a.service["id"], role=s.api.ADMIN), metadata=s.md(deployer))
+    assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    # A deployer acts.
+    deployed = s.json("deploy", "hello", "--detach", *a.target, token=deployer)
+    assert deployed["deployment_id"]
+
+    # No token, a wrong one, a revoked one: exit 4 with what to do.
+    missing = subprocess.run([os.path.join(BIN_DIR, "slipway"), "org", "list"], capture_output=True, text=True,
+                             env={**s.env, "SLIPWAY_DATA_DIR": "/nonexistent"})
+    assert missing.returncode == 4 and "--token" in missing.stderr
+    wrong = s.cli("org", "list", token=viewer[:-2] + "xx", check=False)
+    assert wrong.returncode == 4 and "not valid" in wrong.stderr
+    s.cli("token", "revoke", created["id"])
+    revoked = s.cli("org", "list", token=viewer, check=False)
+    assert revoked.returncode == 4 and "revoked" in revoked.stderr
+
+    # Rate limit per token: 2 requests/s, bursts of 4, then RESOURCE_EXHAUSTED with when to retry.
+    slow = s.json("token", "create", "slow", "--role", "viewer", "--rate-limit", "2", "--org", "tokens-a")["secret"]
+    codes = []
+    for _ in range(8):
+        try:
+            s.stub.WhoAmI(s.api.WhoAmIRequest(), metadata=s.md(slow))
+            codes.append("OK")
+        except grpc.RpcError as failure:
+            codes.append(failure.code().name)
+            assert "retry in" in failure.details()
+    assert codes[:4] == ["OK"] * 4 and "RESOURCE_EXHAUSTED" in codes[4:], codes
+    # The admin token is not slowed by it.
+    s.stub.WhoAmI(s.api.WhoAmIRequest(), metadata=s.md())
+
+
+def deliver(s, service_id, secret, body, provider="github", delivery=None, signature=None, event=None):
+    """POSTs a webhook delivery the way the git host does; returns (HTTP status, JSON answer)."""
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    digest = hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
+    delivery = delivery or str(uuid.uuid4())
+    headers = {"Content-Type": "application/json"}
+    if provider == "github":
+        headers.update({"X-GitHub-Event": event or "push", "X-GitHub-Delivery": delivery, "X-Hub-Signature-256": signature or "sha256=" + digest})
+    elif provider == "gitlab":
+        headers.update({"X-Gitlab-Event": event or "Push Hook", "X-Gitlab-Event-UUID": delivery, "X-Gitlab-Token": signature or secret})
+    elif provider == "gitea":
+        headers.update({"X-Gitea-Event": event or "push", "X-Gitea-Delivery": delivery, "X-Gitea-Signature": signature or digest})
+    else:
+        headers.update({"X-Event-Key": event or "repo:push", "X-Request-UUID": delivery, "X-Hub-Signature": signature or "sha256=" + digest})
+    request = urllib.request.Request(s.url(f"/webhooks/{service_id}"), data=raw, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_webhook_deliveries_are_verified_filtered_deduplicated_and_recorded(slipway):
+    s = slipway
+    p = Project(s, "hooks", auto_deploy_branch="main", auto_deploy_path="www/")
+    svc, secret = p.service["id"], p.webhook["secret"]
+    commit = "a" * 40
+
+    def push(ref="refs/heads/main", files=("www/index.html",), after=commit):
+        return {"ref": ref, "before": "0" * 40, "after": after, "commits": [{"id": after, "added": [], "modified": list(files), "removed": []}]}
+
+    assert deliver(s, svc, "guessed", push())[0] == 401
+    assert deliver(s, svc, secret, push(), provider="gitlab", signature="guessed")[0] == 401
+    assert deliver(s, svc, secret, b"{not json")[0] == 400
+    assert deliver(s, svc, secret, {"no": "ref"})[0] == 400
+    assert deliver(s, "svc_unknown", secret, push())[0] == 404
+    too_large = b'{"ref":"' + b"x" * (5 * 1024 * 1024) + b'"}'
+    assert deliver(s, svc, secret, too_large)[0] == 413
+    assert deliver(s, svc, secret, {"zen": "hi"}, event="ping")[1]["outcome"] == "DELIVERY_IGNORED"
+    status, answer = deliver(s, svc, secret, push(ref="refs/heads/feature"))
+    assert (status, answer["outcome"]) == (200, "DELIVERY_IGNORED") and "branch feature is not deployed" in answer["reason"]
+    status, answer = deliver(s, svc, secret, push(files=("README.md",)))
+    assert answer["outcome"] == "DELIVERY_IGNORED" and "no changed file under www/" in answer["reason"], answer
+    assert deliver(s, svc, secret, push(after="0" * 40))[1]["outcome"] == "DELIVERY_IGNORED"
+    assert deliver(s, svc, secret, push(ref="refs/tags/v1"))[1]["outcome"] == "DELIVERY_IGNORED"
+
+    # Accepted once per delivery id, whatever the host's retries.
+    status, first = deliver(s, svc, secret, push(), delivery="retry-me")
+    assert (status, first["outcome"]) == (202, "DELIVERY_DEPLOYED")
+    status, again = deliver(s, svc, secret, push(), delivery="retry-me")
+    assert (status, again["outcome"], again["deployment_id"]) == (200, "DELIVERY_DUPLICATE", first["deployment_id"])
+    # GitLab, Gitea and Bitbucket deliveries are recognised by their headers and signatures.
+    for provider, body in [("gitlab", push(after="b" * 40)), ("gitea", push(after="c" * 40)),
+                           ("bitbucket", {"push": {"changes": [{"new": {"type": "branch", "name": "main", "target": {"hash": "d" * 40}}}]}})]:
+        status, answer = deliver(s, svc, secret, body, provider=provider)
+        assert (status, answer["outcome"]) == (202, "DELIVERY_DEPLOYED"), (provider, answer)
+    # Auto-deploy off: recorded, ignored.
+    p.cli("service", "update", "hello", "--auto-deploy", "off")
+    assert "auto-deploy is off" in deliver(s, svc, secret, push(after="e" * 40))[1]["reason"]
+
+    deliveries = s.json("webhook", "deliveries", "hello", "--limit", "50", *p.target)
+    outcomes = [d["outcome"] for d in deliveries]
+    # Rejections are recorded once the host is known (the 413 is refused before reading the body).
+    assert outcomes.count("DELIVERY_REJECTED") == 4 and outcomes.count("DELIVERY_DUPLICATE") == 1, outcomes
+    assert outcomes.count("DELIVERY_DEPLOYED") == 4 and outcomes.count("DELIVERY_IGNORED") == 6, outcomes
+    providers = {d["provider"] for d in deliveries if d["outcome"] == "DELIVERY_DEPLOYED"}
+    assert providers == {"GITHUB", "GITLAB", "GITEA", "BITBUCKET"}
+    rejected = [d for d in deliveries if d["outcome"] == "DELIVERY_REJECTED"]
+    assert sorted(d["http_status"] for d in rejected) == [400, 400, 401, 401]
+    # A viewer of another organization cannot read them.
+    other = Project(s, "hooks-other")
+    outsider = s.json("token", "create", "outsider", "--role", "admin", "--org", "hooks-other")["secret"]
+    with pytest.raises(grpc.RpcError) as error:
+        s.stub.ListDeliveries(s.api.ListDeliveriesRequest(service_id=svc), metadata=s.md(outsider))
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as error:
+        s.stub.CreateWebhook(s.api.CreateWebhookRequest(service_id=svc), metadata=s.md(outsider))
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    assert other.service["id"] != svc
+
+
+def test_event_streams_need_a_token_and_tls_offers_h2_and_http11(slipway):
+    s = slipway
+    status, body = sse(s.url("/v1/events?environment_id=env_x"))
+    assert status == 401 and body[0]["error"]["code"] == "UNAUTHENTICATED"
+    status, body = sse(s.url("/v1/logs?service_id=svc_unknown"), headers={"Authorization": f"Bearer {s.admin}"})
+    assert status == 404
+    with urllib.request.urlopen(s.url("/healthz"), timeout=5) as response:
+        assert json.loads(response.read()) == {"status": "SERVING"}
+
+    # A gateway with TLS: gRPC over h2 (grpcio) and HTTP/1.1 (webhooks, events) on one port, by ALPN.
+    directory = tempfile.mkdtemp(prefix="slipway-gw-tls-")
+    cert, key = local.self_signed_files(directory, "localhost", ips=("127.0.0.1",))
+    port = local.free_port()
+    gateway = subprocess.Popen(
+        [os.path.join(BIN_DIR, "slipway-gateway"), "--listen", f"127.0.0.1:{port}", "--data-dir", s.data,
+         "--gateway-tls-cert", cert, "--gateway-tls-key", key],
+        env=s.env, stdout=subprocess.DEVNULL, stderr=open(os.path.join(directory, "gateway.log"), "wb"))
+    local.wait_until(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, 30, "the TLS gateway did not listen")
+    try:
+        with open(cert, "rb") as f:
+            credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
+        with grpc.secure_channel(f"127.0.0.1:{port}", credentials, options=[("grpc.ssl_target_name_override", "localhost")]) as channel:
+            from slipway.api.v1 import api_pb2_grpc
+            who = api_pb2_grpc.SlipwayStub(channel).WhoAmI(s.api.WhoAmIRequest(), metadata=s.md(), timeout=10)
+            assert who.role == s.api.ADMIN
+        for offered, chosen in [(["h2", "http/1.1"], "h2"), (["http/1.1"], "http/1.1")]:
+            context = ssl.create_default_context(cafile=cert)
+            context.set_alpn_protocols(offered)
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+                with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                    assert tls.selected_alpn_protocol() == chosen
+                    if chosen == "http/1.1":
+                        tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                        reply = b""
+                        while chunk := tls.recv(4096):
+                            reply += chunk
+                        assert reply.startswith(b"HTTP/1.1 200") and b"SERVING" in reply
+    finally:
+        gateway.terminate()
+        gateway.wait(20)
+
+
+@pytest.mark.parametrize("victim", SERVICES)
+def test_a_service_killed_mid_deployment_restarts_and_the_deployment_ends_cleanly(slipway, victim):
+    s = slipway
+    p = Project(s, f"kill-{victim}")
+    _, answer = p.push({"www/version.txt": "before\n"}, "before")
+    p.watch(answer["deployment_id"])
+    assert p.get("/version.txt") == (200, "before\n")
+
+    _, answer = p.push({"www/version.txt": "after\n"}, f"after ({victim} is killed)")
+    deployment = answer["deployment_id"]
+    request = s.pb.GetDeploymentRequest(deployment_id=deployment)
+    # Mid-deployment: it has left the queue and not ended.
+    local.wait_until(lambda: s.stub.GetDeployment(request, metadata=s.md()).started_unix_millis > 0, 60, "the deployment never started")
+    assert s.stub.GetDeployment(request, metadata=s.md()).ended_unix_millis == 0, "it ended before the kill"
+    os.kill(s.pid(victim), signal.SIGKILL)
+    time.sleep(0.2)
+    s.up()  # starts what is not running
+    s.channel.close()
+    s.channel = grpc.insecure_channel(f"127.0.0.1:{s.ports['gateway']}")
+    from slipway.api.v1 import api_pb2_grpc
+    s.stub = api_pb2_grpc.SlipwayStub(s.channel)
+
+    code, ended = p.watch(deployment, check=False)
+    assert ended["ended_unix_millis"] > 0 and ended["status"] in ("DEPLOYED", "BUILD_ERROR", "DEPLOYMENT_ERROR", "CANCELED"), ended
+    if ended["status"] != "DEPLOYED":
+        assert ended["services"][0]["reason"], ended
+    # Either way something serves, and the next deployment goes through.
+    assert p.get("/version.txt")[0] == 200
+    if ended["status"] != "DEPLOYED":
+        redo = p.cli("deploy", "hello", check=False)
+        assert redo.returncode == 0, redo.stdout + redo.stderr
+    assert p.get("/version.txt") == (200, "after\n")
+    p.cli("delete", "hello")

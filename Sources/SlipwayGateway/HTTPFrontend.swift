@@ -23,12 +23,17 @@ struct HTTPFrontend: Sendable {
 
     typealias Connection = NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>
 
+    /// How long an HTTP/1.1 connection may stay silent both ways.
+    static let idleTimeout = TimeAmount.seconds(60)
+
     /// How often an idle event stream sends a comment.
     static let heartbeat = Duration.seconds(15)
 
     /// Installs HTTP/1.1 on a connection the sniffer found to be HTTP/1.1.
     var initializer: HTTP1Initializer {
         { channel in
+            // Nothing read or written for a minute: closed (event streams write a heartbeat every 15 s).
+            try channel.pipeline.syncOperations.addHandlers(IdleStateHandler(allTimeout: Self.idleTimeout), CloseWhenIdle())
             try channel.pipeline.syncOperations.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: true)
             let connection = try Connection(wrappingChannelSynchronously: channel)
             let closed = channel.closeFuture
@@ -265,5 +270,18 @@ struct HTTPFrontend: Sendable {
         try await outbound.write(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers)))
         try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: body))))
         try await outbound.write(.end(nil))
+    }
+}
+
+/// Closes the connection when ``IdleStateHandler`` says it has been silent too long.
+final class CloseWhenIdle: ChannelInboundHandler {
+    typealias InboundIn = NIOAny
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is IdleStateHandler.IdleStateEvent {
+            context.close(promise: nil)
+        } else {
+            context.fireUserInboundEventTriggered(event)
+        }
     }
 }

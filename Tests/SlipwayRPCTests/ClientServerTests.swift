@@ -186,9 +186,23 @@ func withServer<R: Sendable>(
         await #expect { _ = try await client.unary("/t.T/Echo", request: RawBytes([2]), responseType: RawBytes.self) } throws: {
             ($0 as? RPCError)?.code == .unavailable
         }
-        let second = RPCServer(host: "127.0.0.1", port: port, router: router, logger: logger)
-        let secondRun = Task { try await second.run() }
-        _ = try await second.listeningAddress
+        // Bound again as soon as the kernel lets go of the port (CI has seen EADDRINUSE right after
+        // the first server's sockets closed): retried until it binds, for at most 10 s.
+        var restarted: (server: RPCServer, run: Task<Void, any Error>)?
+        let deadline = ContinuousClock.now + .seconds(10)
+        while restarted == nil {
+            let server = RPCServer(host: "127.0.0.1", port: port, router: router, logger: logger)
+            let run = Task { try await server.run() }
+            do {
+                _ = try await server.listeningAddress
+                restarted = (server, run)
+            } catch {
+                _ = try? await run.value
+                guard ContinuousClock.now < deadline else { throw error }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+        }
+        let (second, secondRun) = try #require(restarted)
         #expect(try await client.unary("/t.T/Echo", request: RawBytes([3]), responseType: RawBytes.self).bytes == [3])
         await client.close()
         second.shutdown()

@@ -108,10 +108,19 @@ try:
     print(f"cold push-to-live (empty build cache, first route and certificate): {cold * 1000:.0f} ms")
     print(f"warm push-to-live ({pushes} pushes, one-line change): p50 {statistics.median(warm) * 1000:.0f} ms, "
           f"min {warm[0] * 1000:.0f} ms, max {warm[-1] * 1000:.0f} ms")
+    # Where the time goes: each step's median over the warm pushes, from the history.
+    history = json.loads(slipway("history", "hello", "--limit", str(pushes), *target, "-o", "json"))
+    steps = {}
+    for deployment in history:
+        for step in deployment["services"][0]["steps"]:
+            steps.setdefault(step["step"], []).append(step["duration_millis"])
+        steps.setdefault("queue → started", []).append(deployment["started_unix_millis"] - deployment["created_unix_millis"])
+        steps.setdefault("created → ended", []).append(deployment["ended_unix_millis"] - deployment["created_unix_millis"])
+    print("warm steps, median: " + ", ".join(f"{name} {statistics.median(values):.0f} ms" for name, values in steps.items()))
     failed = False
 finally:
     subprocess.run([os.path.join(bin_dir, "slipway"), "down"], env=env, capture_output=True)
-    if failed:
+    if failed or os.environ.get("SLIPWAY_BENCH_KEEP"):
         print(f"the services' logs are in {data}/logs", file=sys.stderr)
     else:
         shutil.rmtree(data, ignore_errors=True)

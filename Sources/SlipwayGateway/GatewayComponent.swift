@@ -62,7 +62,10 @@ public struct GatewayComponent: PlatformComponent {
         let webhooks = WebhookReceiver(store: store, pipeline: pipeline, publicURL: publicURL, maxBodyBytes: maxBody, logger: logger)
         let service = GatewayService(auth: auth, ownership: Ownership(pipeline: pipeline), pipeline: pipeline, logs: logs, network: network, webhooks: webhooks, logger: logger)
         router.register(service)
-        router.http1 = HTTPFrontend(service: service, webhooks: webhooks, logger: logger).initializer
+        let frontend = HTTPFrontend(service: service, webhooks: webhooks, logger: logger)
+        router.http1 = frontend.initializer
+        router.plainHTTP = frontend.plainHandler
+        router.plainHTTPMaxBodyBytes = maxBody
         logger.info("gateway ready", metadata: ["webhooks": "\(publicURL)/webhooks/<service id>", "admin-token": "\(directory)/admin-token"])
         return [ResumeDeliveries(webhooks: webhooks)]
     }

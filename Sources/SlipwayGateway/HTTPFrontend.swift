@@ -4,8 +4,10 @@ import NIOCore
 import NIOHTTP1
 import SlipwayProtos
 import SlipwayRPC
+import Synchronization
 
-/// HTTP/1.1 on the gateway's port, beside gRPC:
+/// Plain HTTP on the gateway's port, beside gRPC: HTTP/1.1, and HTTP/2 requests that are not gRPC
+/// (what browsers and curl send once TLS's ALPN picked h2).
 ///
 /// - `POST /webhooks/<service id>`: git hosts' push deliveries (``WebhookReceiver``).
 /// - `GET /v1/logs?deployment_id=|service_id=|environment_id=…`: log lines as Server-Sent Events,
@@ -36,38 +38,27 @@ struct HTTPFrontend: Sendable {
             try channel.pipeline.syncOperations.addHandlers(IdleStateHandler(allTimeout: Self.idleTimeout), CloseWhenIdle())
             try channel.pipeline.syncOperations.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: true)
             let connection = try Connection(wrappingChannelSynchronously: channel)
-            let closed = channel.closeFuture
-            Task { await self.serve(connection, closed: closed) }
+            Task { await self.serve(connection) }
         }
     }
 
-    struct Request: Sendable {
-        var head: HTTPRequestHead
-        var body: [UInt8]
-        var tooLarge: Bool
-
-        var path: String { String(head.uri.split(separator: "?", maxSplits: 1).first ?? "") }
-        var query: [String: String] {
-            guard let components = URLComponents(string: head.uri) else { return [:] }
-            var query: [String: String] = [:]
-            for item in components.queryItems ?? [] { query[item.name] = item.value ?? "" }
-            return query
-        }
+    /// Plain HTTP/2 requests (the gRPC server hands over what is not gRPC).
+    var plainHandler: PlainHTTPHandler {
+        { request, writer in try await self.handle(request, writer) }
     }
 
-    func serve(_ connection: Connection, closed: EventLoopFuture<Void>) async {
+    // MARK: HTTP/1.1
+
+    func serve(_ connection: Connection) async {
         do {
             try await connection.executeThenClose { inbound, outbound in
                 var iterator = inbound.makeAsyncIterator()
-                while let request = try await Self.readRequest(&iterator, limit: webhooks.maxBodyBytes) {
-                    let keepAlive = request.head.isKeepAlive && !request.tooLarge
-                    if request.head.method == .GET, request.path == "/v1/logs" || request.path == "/v1/events" {
-                        try await stream(request, outbound: outbound, closed: closed)
-                        return
-                    }
-                    let (status, object) = await respond(request)
-                    try await Self.writeJSON(status, object, keepAlive: keepAlive, to: outbound)
-                    if !keepAlive { return }
+                while let (head, request) = try await Self.readRequest(&iterator, limit: webhooks.maxBodyBytes) {
+                    let response = HTTP1Response(outbound: outbound, version: head.version)
+                    try await handle(request, response.writer)
+                    try await outbound.write(.end(nil))
+                    // Event streams, refused bodies and clients that asked end the connection.
+                    guard head.isKeepAlive, !request.bodyTooLarge, response.hadLength else { return }
                 }
             }
         } catch {
@@ -75,101 +66,154 @@ struct HTTPFrontend: Sendable {
         }
     }
 
-    /// The next request with its body (at most `limit` bytes kept), nil when the client is done.
-    static func readRequest(_ iterator: inout NIOAsyncChannelInboundStream<HTTPServerRequestPart>.AsyncIterator, limit: Int) async throws -> Request? {
-        var request: Request?
+    /// Writes an HTTP/1.1 response head when the first body bytes (or the end) come.
+    final class HTTP1Response: Sendable {
+        let outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>
+        let version: HTTPVersion
+        private let state = Mutex<(head: (Int, [(String, String)])?, sent: Bool, length: Bool)>((nil, false, false))
+
+        init(outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>, version: HTTPVersion) {
+            self.outbound = outbound
+            self.version = version
+        }
+
+        var hadLength: Bool { state.withLock { $0.length } }
+
+        var writer: PlainHTTPResponseWriter {
+            PlainHTTPResponseWriter(
+                start: { status, headers in self.state.withLock { if $0.head == nil { $0.head = (status, headers) } } },
+                write: { bytes in
+                    let head = self.state.withLock { state -> (Int, [(String, String)])? in
+                        guard !state.sent else { return nil }
+                        state.sent = true
+                        let head = state.head ?? (200, [])
+                        state.length = head.1.contains { $0.0 == "content-length" }
+                        return head
+                    }
+                    if let (status, headers) = head {
+                        var fields = HTTPHeaders(headers)
+                        fields.replaceOrAdd(name: "connection", value: fields.contains(name: "content-length") ? "keep-alive" : "close")
+                        try await self.outbound.write(.head(HTTPResponseHead(version: self.version, status: .init(statusCode: status), headers: fields)))
+                    }
+                    try await self.outbound.write(.body(.byteBuffer(ByteBuffer(bytes: bytes))))
+                })
+        }
+    }
+
+    /// The next request with its body (at most `limit` bytes; beyond, `bodyTooLarge` and the rest
+    /// is not read), nil when the client is done.
+    static func readRequest(
+        _ iterator: inout NIOAsyncChannelInboundStream<HTTPServerRequestPart>.AsyncIterator, limit: Int
+    ) async throws -> (HTTPRequestHead, PlainHTTPRequest)? {
+        var head: HTTPRequestHead?
+        var request: PlainHTTPRequest?
         while let part = try await iterator.next() {
             switch part {
-            case .head(let head):
-                request = Request(head: head, body: [], tooLarge: false)
+            case .head(let value):
+                head = value
+                request = PlainHTTPRequest(
+                    method: value.method.rawValue, target: value.uri, headers: value.headers.map { ($0.name.lowercased(), $0.value) }, body: [])
             case .body(var buffer):
-                guard request != nil else { continue }
+                guard request != nil, let head else { continue }
                 if request!.body.count + buffer.readableBytes > limit {
                     // Answered (413) and closed now, without reading the rest.
-                    request!.tooLarge = true
+                    request!.bodyTooLarge = true
                     request!.body = []
-                    return request
+                    return (head, request!)
                 }
                 request!.body += buffer.readBytes(length: buffer.readableBytes) ?? []
             case .end:
-                return request
+                if let head, let request { return (head, request) }
             }
         }
         return nil
     }
 
-    func respond(_ request: Request) async -> (HTTPResponseStatus, [String: Any]) {
-        let path = request.path
-        if path == "/healthz" { return (.ok, ["status": "SERVING"]) }
-        if path.hasPrefix("/webhooks/") {
-            guard request.head.method == .POST else { return (.methodNotAllowed, Self.error("METHOD_NOT_ALLOWED", "webhooks are POSTed")) }
-            let serviceID = String(path.dropFirst("/webhooks/".count))
-            if request.tooLarge {
-                let answer = webhooks.tooLarge(serviceID: serviceID)
-                return (HTTPResponseStatus(statusCode: answer.status), answer.json)
-            }
-            var headers: [String: String] = [:]
-            for (name, value) in request.head.headers { headers[name.lowercased()] = value }
-            let answer = await webhooks.receive(serviceID: serviceID, WebhookRequest(headers: headers, body: request.body))
-            return (HTTPResponseStatus(statusCode: answer.status), answer.json)
+    // MARK: Requests
+
+    static func path(_ request: PlainHTTPRequest) -> String { String(request.target.split(separator: "?", maxSplits: 1).first ?? "") }
+
+    static func query(_ request: PlainHTTPRequest) -> [String: String] {
+        guard let components = URLComponents(string: request.target) else { return [:] }
+        var query: [String: String] = [:]
+        for item in components.queryItems ?? [] { query[item.name] = item.value ?? "" }
+        return query
+    }
+
+    /// One request, over either protocol.
+    func handle(_ request: PlainHTTPRequest, _ writer: PlainHTTPResponseWriter) async throws {
+        let path = Self.path(request)
+        if request.method == "GET", path == "/v1/logs" || path == "/v1/events" {
+            return try await stream(request, writer)
         }
-        return (.notFound, Self.error("NOT_FOUND", "no such path \(path.prefix(200)): the gateway serves /webhooks/<service id>, /v1/logs, /v1/events and /healthz over HTTP/1.1; the rest of its API is gRPC"))
+        let (status, object) = await respond(request)
+        try await Self.writeJSON(status, object, to: writer)
+    }
+
+    func respond(_ request: PlainHTTPRequest) async -> (Int, [String: Any]) {
+        let path = Self.path(request)
+        if path == "/healthz" { return (200, ["status": "SERVING"]) }
+        if path.hasPrefix("/webhooks/") {
+            guard request.method == "POST" else { return (405, Self.error("METHOD_NOT_ALLOWED", "webhooks are POSTed")) }
+            let serviceID = String(path.dropFirst("/webhooks/".count))
+            let answer = request.bodyTooLarge
+                ? webhooks.tooLarge(serviceID: serviceID)
+                : await webhooks.receive(serviceID: serviceID, WebhookRequest(headers: Dictionary(request.headers, uniquingKeysWith: { first, _ in first }), body: request.body))
+            return (answer.status, answer.json)
+        }
+        return (404, Self.error("NOT_FOUND", "no such path \(path.prefix(200)): the gateway serves /webhooks/<service id>, /v1/logs, /v1/events and /healthz over HTTP; the rest of its API is gRPC"))
     }
 
     // MARK: Server-Sent Events
 
     typealias EventSource = @Sendable (@escaping @Sendable (String) async throws -> Void) async throws -> Void
 
-    func stream(_ request: Request, outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>, closed: EventLoopFuture<Void>) async throws {
+    /// Streams events until the source ends or fails (an `error` event says why) or the client
+    /// goes (a write fails, at the latest at the next heartbeat; on HTTP/2 the stream's reset
+    /// cancels this task).
+    func stream(_ request: PlainHTTPRequest, _ writer: PlainHTTPResponseWriter) async throws {
         let release: @Sendable () -> Void
         let source: EventSource
         do {
             (release, source) = try await prepareStream(request)
         } catch {
             let failure = error as? RPCError ?? RPCError(.internal, "\(error)")
-            try await Self.writeJSON(Self.status(failure.code), Self.error(failure.code, failure.message), keepAlive: false, to: outbound)
+            try await Self.writeJSON(Self.status(failure.code), Self.error(failure.code, failure.message), to: writer)
             return
         }
         defer { release() }
-        var headers = HTTPHeaders()
-        headers.add(name: "content-type", value: "text/event-stream; charset=utf-8")
-        headers.add(name: "cache-control", value: "no-cache")
-        headers.add(name: "connection", value: "close")
-        try await outbound.write(.head(HTTPResponseHead(version: request.head.version, status: .ok, headers: headers)))
-        try await outbound.write(.body(.byteBuffer(ByteBuffer(string: ": slipway \(request.path)\n\n"))))
-        // Ends when the source ends or fails (an `error` event says why), or the client goes.
+        writer.start(status: 200, headers: [("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache")])
+        try await writer.write(Array(": slipway \(Self.path(request))\n\n".utf8))
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
                 do {
-                    try await source { text in try await outbound.write(.body(.byteBuffer(ByteBuffer(string: text)))) }
+                    try await source { text in try await writer.write(Array(text.utf8)) }
                 } catch let error as RPCError {
-                    try? await outbound.write(.body(.byteBuffer(ByteBuffer(string: ServerSentEvents.error(error)))))
+                    try? await writer.write(Array(ServerSentEvents.error(error).utf8))
                 }
             }
-            group.addTask { try await closed.get() }
             // A comment every 15 s: proxies keep the stream open, and a client that vanished
             // without closing is found by the failed write.
             group.addTask {
                 while true {
                     try await Task.sleep(for: Self.heartbeat)
-                    try await outbound.write(.body(.byteBuffer(ByteBuffer(string: ": ping\n\n"))))
+                    try await writer.write(Array(": ping\n\n".utf8))
                 }
             }
             _ = try await group.next()
             group.cancelAll()
         }
-        try? await outbound.write(.end(nil))
     }
 
     /// Authenticates an event stream's request and opens what it reads from.
-    func prepareStream(_ request: Request) async throws -> (@Sendable () -> Void, EventSource) {
-        let query = request.query
-        let header = request.head.headers.first(name: "authorization") ?? query["access_token"].map { "Bearer \($0)" }
+    func prepareStream(_ request: PlainHTTPRequest) async throws -> (@Sendable () -> Void, EventSource) {
+        let query = Self.query(request)
+        let header = request.header("authorization") ?? query["access_token"].map { "Bearer \($0)" }
         let principal = try service.auth.authenticate(bearer: header)
         try service.auth.admit(principal)
         let source: EventSource
-        if request.path == "/v1/logs" {
-            let logsRequest = try Self.logsRequest(query, lastEventID: request.head.headers.first(name: "last-event-id"))
+        if Self.path(request) == "/v1/logs" {
+            let logsRequest = try Self.logsRequest(query, lastEventID: request.header("last-event-id"))
             let tail = try await service.tailRequest(logsRequest, principal)
             let merged = (tail.stream?.deploymentId.isEmpty ?? true) && (tail.stream?.serviceId.isEmpty ?? true)
             let logs = service.logs
@@ -244,32 +288,27 @@ struct HTTPFrontend: Sendable {
         error(ServerSentEvents.name(code), message)
     }
 
-    static func status(_ code: RPCStatusCode) -> HTTPResponseStatus {
+    static func status(_ code: RPCStatusCode) -> Int {
         switch code {
-        case .invalidArgument, .outOfRange: .badRequest
-        case .unauthenticated: .unauthorized
-        case .permissionDenied: .forbidden
-        case .notFound: .notFound
-        case .alreadyExists, .aborted: .conflict
-        case .failedPrecondition: .preconditionFailed
-        case .resourceExhausted: .tooManyRequests
-        case .unavailable: .serviceUnavailable
-        case .deadlineExceeded: .gatewayTimeout
-        case .unimplemented: .notImplemented
-        default: .internalServerError
+        case .invalidArgument, .outOfRange: 400
+        case .unauthenticated: 401
+        case .permissionDenied: 403
+        case .notFound: 404
+        case .alreadyExists, .aborted: 409
+        case .failedPrecondition: 412
+        case .resourceExhausted: 429
+        case .unavailable: 503
+        case .deadlineExceeded: 504
+        case .unimplemented: 501
+        default: 500
         }
     }
 
-    static func writeJSON(_ status: HTTPResponseStatus, _ object: [String: Any], keepAlive: Bool, to outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>) async throws {
+    static func writeJSON(_ status: Int, _ object: [String: Any], to writer: PlainHTTPResponseWriter) async throws {
         var body = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
         body.append(0x0a)
-        var headers = HTTPHeaders()
-        headers.add(name: "content-type", value: "application/json")
-        headers.add(name: "content-length", value: String(body.count))
-        headers.add(name: "connection", value: keepAlive ? "keep-alive" : "close")
-        try await outbound.write(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers)))
-        try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: body))))
-        try await outbound.write(.end(nil))
+        writer.start(status: status, headers: [("content-type", "application/json"), ("content-length", String(body.count))])
+        try await writer.write(Array(body))
     }
 }
 

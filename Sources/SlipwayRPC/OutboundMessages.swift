@@ -18,6 +18,8 @@ final class OutboundMessages: Sendable {
         var pending: ByteBuffer
         var end: OutboundEnd?
         var initialMetadata = Metadata()
+        /// A plain HTTP response's status and headers (instead of gRPC's).
+        var plainHead: (status: Int, headers: [(String, String)])?
         /// Set when the stream can no longer send: writes fail with it.
         var failure: RPCError?
         var waiter: CheckedContinuation<Void, any Error>?
@@ -44,10 +46,19 @@ final class OutboundMessages: Sendable {
         guard bytes.count <= maxMessageSize else {
             throw RPCError(.resourceExhausted, "message of \(bytes.count) bytes exceeds the limit of \(maxMessageSize) bytes")
         }
+        try await enqueue { $0.writeGRPCMessage(bytes) }
+    }
+
+    /// Queues bytes of a plain HTTP body as they are (no gRPC framing); waits while too much is queued.
+    func writeRaw(_ bytes: [UInt8]) async throws {
+        try await enqueue { $0.writeBytes(bytes) }
+    }
+
+    private func enqueue(_ append: (inout ByteBuffer) -> Void) async throws {
         let (mustNotify, mustWait) = try state.withLock { state throws(RPCError) -> (Bool, Bool) in
             if let failure = state.failure { throw failure }
             if state.end != nil { throw RPCError(.internal, "write after the stream was finished") }
-            state.pending.writeGRPCMessage(bytes)
+            append(&state.pending)
             let mustNotify = !state.notified
             state.notified = true
             return (mustNotify, state.pending.readableBytes > highWatermark)
@@ -82,6 +93,14 @@ final class OutboundMessages: Sendable {
         }
         if mustNotify { notify() }
     }
+
+    /// Sets a plain HTTP response's status and headers, before the first body bytes.
+    func setPlainHead(status: Int, headers: [(String, String)]) {
+        state.withLock { if $0.plainHead == nil { $0.plainHead = (status, headers) } }
+    }
+
+    /// The plain HTTP head set so far.
+    var plainHead: (status: Int, headers: [(String, String)])? { state.withLock { $0.plainHead } }
 
     /// Sets metadata for the response headers (server) before the first message.
     func setInitialMetadata(_ metadata: Metadata) {

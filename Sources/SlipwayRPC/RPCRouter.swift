@@ -40,6 +40,11 @@ public struct RPCRouter: Sendable {
     public private(set) var files: [ProtoFileDescriptor] = []
     /// HTTP/1.1 on the same port, beside gRPC (the gateway's webhooks and event streams); nil: gRPC only.
     public var http1: HTTP1Initializer?
+    /// HTTP/2 requests that are not gRPC (content-type not application/grpc), e.g. a browser or curl
+    /// after ALPN chose h2; nil: they get 415.
+    public var plainHTTP: PlainHTTPHandler?
+    /// The largest plain HTTP request body kept (the handler sees `bodyTooLarge` beyond).
+    public var plainHTTPMaxBodyBytes = 4 * 1024 * 1024
 
     public init() {}
 

@@ -38,6 +38,8 @@ public final class RPCServer: Service, Sendable {
     private let host: String
     private let port: Int
     private let handlers: [String: MethodHandler]
+    private let plainHTTP: PlainHTTPHandler?
+    private let plainHTTPMaxBodyBytes: Int
     private let tls: TLS?
     private let http1: HTTP1Initializer?
     private let limits: RPCLimits
@@ -61,6 +63,8 @@ public final class RPCServer: Service, Sendable {
         self.host = host
         self.port = port
         self.handlers = router.handlers
+        self.plainHTTP = router.plainHTTP
+        self.plainHTTPMaxBodyBytes = router.plainHTTPMaxBodyBytes
         self.tls = tls
         self.http1 = http1 ?? router.http1
         self.limits = limits
@@ -92,6 +96,8 @@ public final class RPCServer: Service, Sendable {
         let timings = self.timings
         let logger = self.logger
         let http1 = self.http1
+        let plainHTTP = self.plainHTTP
+        let plainHTTPMaxBodyBytes = self.plainHTTPMaxBodyBytes
         let channel: any Channel
         do {
             channel = try await ServerBootstrap(group: group)
@@ -106,7 +112,9 @@ public final class RPCServer: Service, Sendable {
                         }
                         let addHTTP2 = { (channel: any Channel) throws in
                             try channel.pipeline.syncOperations.addHandler(
-                                ServerConnectionHandler(handlers: handlers, limits: limits, timings: timings, logger: logger))
+                                ServerConnectionHandler(
+                                    handlers: handlers, plainHTTP: plainHTTP, plainHTTPMaxBodyBytes: plainHTTPMaxBodyBytes, limits: limits,
+                                    timings: timings, logger: logger))
                         }
                         if let http1 {
                             try channel.pipeline.syncOperations.addHandler(ProtocolSniffer(http2: addHTTP2, http1: http1))

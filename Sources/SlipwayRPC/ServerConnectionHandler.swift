@@ -8,6 +8,8 @@ import NIOCore
 /// ``OutboundMessages`` / ``InboundMessages`` wake-ups.
 final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegate {
     private let handlers: [String: MethodHandler]
+    private let plainHTTP: PlainHTTPHandler?
+    private let plainHTTPMaxBodyBytes: Int
     private let limits: RPCLimits
     private let logger: Logger
     private var streams: [Int32: ServerStream] = [:]
@@ -15,8 +17,13 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
     private var draining = false
     private var graceTimer: Scheduled<Void>?
 
-    init(handlers: [String: MethodHandler], limits: RPCLimits, timings: ConnectionTimings, logger: Logger) {
+    init(
+        handlers: [String: MethodHandler], plainHTTP: PlainHTTPHandler? = nil, plainHTTPMaxBodyBytes: Int = 0, limits: RPCLimits,
+        timings: ConnectionTimings, logger: Logger
+    ) {
         self.handlers = handlers
+        self.plainHTTP = plainHTTP
+        self.plainHTTPMaxBodyBytes = plainHTTPMaxBodyBytes
         self.limits = limits
         self.logger = logger
         super.init(role: .server, limits: limits, timings: timings)
@@ -56,7 +63,13 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
     func outboundReady(_ streamID: Int32) {
         guard let stream = streams[streamID], let outbound = stream.outbound else { return }
         let (hasData, end, initialMetadata) = outbound.clearNotified()
-        if !stream.headersSent {
+        if stream.plain, !stream.headersSent {
+            guard hasData || end != nil else { return }
+            let head = outbound.plainHead ?? (end.map { if case .status(let code, _, _) = $0, code != .ok { (503, []) } else { (200, []) } } ?? (200, []))
+            session.submitResponse(streamID: streamID, headers: [(":status", String(head.status))] + head.headers, hasBody: hasData)
+            stream.headersSent = true
+            if !hasData { stream.phase = .done }
+        } else if !stream.headersSent {
             if !hasData, case .status(let code, let message, let metadata)? = end {
                 // Trailers-only response.
                 var headers = [(":status", "200"), ("content-type", "application/grpc")]
@@ -125,6 +138,7 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
             }
             return
         }
+        if plainHTTP != nil, !name.hasPrefix(":") { stream.rawHeaders.append((name, value)) }
         switch name {
         case ":path": stream.path = value
         case ":method": stream.method = value
@@ -165,6 +179,9 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
             stream.phase = .done
             session.resetStream(stream.id, errorCode: HTTP2ErrorCode.refusedStream)
             return
+        }
+        if plainHTTP != nil, stream.method != "POST" || !stream.contentType.hasPrefix("application/grpc") {
+            return acceptPlain(stream)
         }
         guard stream.method == "POST" else {
             return refuse(stream, code: .unimplemented, message: "gRPC requires POST, got \(stream.method)", httpStatus: "405")
@@ -213,7 +230,73 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
         }
     }
 
+    // MARK: Plain HTTP requests
+
+    /// A request that is not gRPC, for the plain HTTP handler: its body is collected, then the
+    /// handler runs with a writer for a plain response.
+    private func acceptPlain(_ stream: ServerStream) {
+        if let error = stream.headerError, error.code == .resourceExhausted {
+            session.submitResponse(streamID: stream.id, headers: [(":status", "431")], hasBody: false)
+            stream.headersSent = true
+            stream.phase = .done
+            return
+        }
+        let context = self.context!
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let id = stream.id
+        let eventLoop = context.eventLoop
+        stream.plain = true
+        stream.outbound = OutboundMessages(
+            allocator: context.channel.allocator, highWatermark: limits.outboundHighWatermark, maxMessageSize: limits.maxMessageSize
+        ) {
+            if eventLoop.inEventLoop {
+                loopBound.value.outboundReady(id)
+            } else {
+                eventLoop.execute { loopBound.value.outboundReady(id) }
+            }
+        }
+        stream.phase = .awaitingRequest
+    }
+
+    private func startPlain(_ stream: ServerStream) {
+        stream.phase = .running
+        guard let handler = plainHTTP, let outbound = stream.outbound else { return }
+        let request = PlainHTTPRequest(
+            method: stream.method, target: stream.path, headers: stream.rawHeaders, body: stream.plainBody, bodyTooLarge: stream.plainBodyTooLarge)
+        stream.plainBody = []
+        let writer = PlainHTTPResponseWriter(
+            start: { status, headers in outbound.setPlainHead(status: status, headers: headers) },
+            write: { bytes in
+                if outbound.plainHead == nil { outbound.setPlainHead(status: 200, headers: []) }
+                try await outbound.writeRaw(bytes)
+            })
+        let logger = self.logger
+        stream.task = Task {
+            do {
+                try await handler(request, writer)
+            } catch {
+                logger.debug("plain HTTP handler failed", metadata: ["path": "\(request.target)", "error": "\(error)"])
+                if outbound.plainHead == nil {
+                    outbound.setPlainHead(status: 500, headers: [("content-type", "text/plain")])
+                    try? await outbound.writeRaw(Array("\(error)\n".utf8))
+                }
+            }
+            outbound.finish(.endStream)
+        }
+    }
+
     func session(_ session: HTTP2Session, didReceiveData bytes: UnsafeRawBufferPointer, streamID: Int32) {
+        if let stream = streams[streamID], stream.plain {
+            session.consume(streamID: streamID, bytes: bytes.count)
+            guard stream.phase == .awaitingRequest, !stream.plainBodyTooLarge else { return }
+            if stream.plainBody.count + bytes.count > plainHTTPMaxBodyBytes {
+                stream.plainBodyTooLarge = true
+                stream.plainBody = []
+            } else {
+                stream.plainBody.append(contentsOf: bytes)
+            }
+            return
+        }
         guard let stream = streams[streamID], stream.phase == .awaitingRequest || stream.phase == .running else {
             session.consume(streamID: streamID, bytes: bytes.count)
             return
@@ -247,6 +330,10 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
     private func endOfInput(_ stream: ServerStream) {
         if stream.reader.pendingBytes > 0 {
             return fail(stream, RPCError(.internal, "the request ended inside a message (\(stream.reader.pendingBytes) stray bytes)"))
+        }
+        if stream.plain {
+            if stream.phase == .awaitingRequest { startPlain(stream) }
+            return
         }
         switch stream.phase {
         case .awaitingRequest:
@@ -339,6 +426,12 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
             return 0
         }
         let (count, end) = outbound.read(into: buffer)
+        if stream.plain, end != nil {
+            // A plain response ends with its last DATA frame: no trailers.
+            flags |= HTTP2Data.eof
+            stream.phase = .done
+            return count
+        }
         if let end {
             flags |= HTTP2Data.eof | HTTP2Data.noEndStream
             var trailers: [(String, String)] = []

@@ -25,6 +25,12 @@ final class ServerStream {
     /// A problem found while reading headers, reported once they are complete.
     var headerError: (code: RPCStatusCode, message: String, httpStatus: String)?
 
+    /// A plain HTTP request (not gRPC): its headers as sent, its body, the handler it goes to.
+    var plain = false
+    var rawHeaders: [(name: String, value: String)] = []
+    var plainBody: [UInt8] = []
+    var plainBodyTooLarge = false
+
     var handler: MethodHandler?
     var reader: LengthPrefixedMessageReader
     /// The single request of a unary or server-streaming call.

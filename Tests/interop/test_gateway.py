@@ -462,7 +462,7 @@ def test_webhook_deliveries_are_verified_filtered_deduplicated_and_recorded(slip
     assert other.service["id"] != svc
 
 
-def test_event_streams_need_a_token_and_tls_offers_h2_and_http11(slipway):
+def test_event_streams_and_webhooks_over_http11_and_http2_and_tls_alpn(slipway):
     s = slipway
     status, body = sse(s.url("/v1/events?environment_id=env_x"))
     assert status == 401 and body[0]["error"]["code"] == "UNAUTHENTICATED"
@@ -470,6 +470,16 @@ def test_event_streams_need_a_token_and_tls_offers_h2_and_http11(slipway):
     assert status == 404
     with urllib.request.urlopen(s.url("/healthz"), timeout=5) as response:
         assert json.loads(response.read()) == {"status": "SERVING"}
+
+    # A webhook over HTTP/2 without TLS (prior knowledge), as an HTTP/2 client may send it.
+    p = Project(s, "h2-hooks")
+    environment = p.environment
+    body = json.dumps({"zen": "hi"})
+    signature = "sha256=" + hmac.new(p.webhook["secret"].encode(), body.encode(), hashlib.sha256).hexdigest()
+    h2 = subprocess.run(["curl", "-sS", "--http2-prior-knowledge", "-w", "\n%{http_code} %{http_version}", "-X", "POST", "-d", body,
+                         "-H", "X-GitHub-Event: ping", "-H", "X-GitHub-Delivery: h2-1", "-H", f"X-Hub-Signature-256: {signature}",
+                         s.url(f"/webhooks/{p.service['id']}")], capture_output=True, text=True, timeout=30)
+    assert h2.stdout.splitlines()[-1] == "200 2" and "DELIVERY_IGNORED" in h2.stdout, h2.stdout + h2.stderr
 
     # A gateway with TLS: gRPC over h2 (grpcio) and HTTP/1.1 (webhooks, events) on one port, by ALPN.
     directory = tempfile.mkdtemp(prefix="slipway-gw-tls-")
@@ -487,6 +497,18 @@ def test_event_streams_need_a_token_and_tls_offers_h2_and_http11(slipway):
             from slipway.api.v1 import api_pb2_grpc
             who = api_pb2_grpc.SlipwayStub(channel).WhoAmI(s.api.WhoAmIRequest(), metadata=s.md(), timeout=10)
             assert who.role == s.api.ADMIN
+        # curl and browsers pick h2 by ALPN: plain HTTP/2 requests (not gRPC) reach the same handlers.
+        health = subprocess.run(["curl", "-sS", "--http2", "--cacert", cert, "-w", "\n%{http_version}", "--connect-to", f"localhost:{port}:127.0.0.1:{port}",
+                                 f"https://localhost:{port}/healthz"], capture_output=True, text=True, timeout=30)
+        assert [line for line in health.stdout.splitlines() if line] == ['{"status":"SERVING"}', "2"], health.stdout + health.stderr
+        events = subprocess.run(["curl", "-sS", "-N", "--http2", "--max-time", "3", "--cacert", cert, "--connect-to", f"localhost:{port}:127.0.0.1:{port}",
+                                 "-H", f"Authorization: Bearer {s.admin}", f"https://localhost:{port}/v1/events?environment_id={environment}"],
+                                capture_output=True, text=True, timeout=30)
+        assert "event: status" in events.stdout and '"kind":"EVENT_SNAPSHOT_END"' in events.stdout, events.stdout + events.stderr
+        denied = subprocess.run(["curl", "-sS", "--http2", "--cacert", cert, "-w", "\n%{http_code} %{http_version}", "--connect-to",
+                                 f"localhost:{port}:127.0.0.1:{port}", f"https://localhost:{port}/v1/events?environment_id={environment}"],
+                                capture_output=True, text=True, timeout=30)
+        assert denied.stdout.splitlines()[-1] == "401 2" and "UNAUTHENTICATED" in denied.stdout
         for offered, chosen in [(["h2", "http/1.1"], "h2"), (["http/1.1"], "http/1.1")]:
             context = ssl.create_default_context(cafile=cert)
             context.set_alpn_protocols(offered)

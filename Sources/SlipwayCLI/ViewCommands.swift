@@ -115,6 +115,7 @@ struct LogsCommand: AsyncParsableCommand {
     @Option(help: "Only lines of this instance.") var instance: String?
     @Option(help: "Only lines at this level or above: trace, debug, info, warn, error.") var level: String?
     @Option(help: "Start after this sequence number (a cursor from an earlier run).") var afterSeq: UInt64?
+    @Flag(help: "With -f and a service: only the instances' lines, not its new deployments' lines.") var noDeployments = false
 
     func run() async throws {
         try await withGateway(client) { gateway, out in
@@ -150,7 +151,7 @@ struct LogsCommand: AsyncParsableCommand {
                 guard follow else { throw CLIError.usage("name a service, or follow the whole environment with -f") }
                 request.environmentId = try await target.environment(gateway).id
             }
-            let print = { (line: Slipway_Logs_V1_LogLine) in
+            let print = { @Sendable (line: Slipway_Logs_V1_LogLine) in
                 if out.json { return out.emit(JSON.line(line)) }
                 var prefix = ""
                 if !line.step.isEmpty { prefix = out.paint("[\(line.step)] ", .gray) }
@@ -159,13 +160,49 @@ struct LogsCommand: AsyncParsableCommand {
                 out.line(prefix + text)
             }
             if follow {
-                try await gateway.stream(API.TailLogs.self, request) { response in
-                    switch response.item {
-                    case .line(let line)?: print(line)
-                    case .dropped(let dropped)?: if !out.json { out.line(out.paint("… \(dropped.count) lines removed by retention", .yellow)) }
-                    case nil: break
+                let tail = { @Sendable (request: Slipway_Api_V1_LogsRequest) async throws in
+                    try await gateway.stream(API.TailLogs.self, request) { response in
+                        switch response.item {
+                        case .line(let line)?: print(line)
+                        case .dropped(let dropped)?: if !out.json { out.line(out.paint("… \(dropped.count) lines removed by retention", .yellow)) }
+                        case nil: break
+                        }
+                        return true
                     }
-                    return true
+                }
+                guard !request.serviceId.isEmpty, !noDeployments else { return try await tail(request) }
+                // A service's logs also show its deployments as they happen: each new deployment's
+                // lines about this service (build output, steps), beside the instances' lines.
+                let service = request.serviceId
+                let environment = try await target.environment(gateway).id
+                let instances = request
+                let lines = filter
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    group.addTask { try await tail(instances) }
+                    group.addTask {
+                        var watch = Slipway_Pipeline_V1_WatchRequest()
+                        watch.environmentId = environment
+                        var live = false
+                        var followed: Set<String> = []
+                        try await withThrowingTaskGroup(of: Void.self) { deployments in
+                            try await gateway.stream(API.Watch.self, watch) { event in
+                                if event.kind == .eventSnapshotEnd { live = true }
+                                guard live, event.serviceId == service, !event.deploymentId.isEmpty, !followed.contains(event.deploymentId) else { return true }
+                                followed.insert(event.deploymentId)
+                                var deploymentLogs = Slipway_Api_V1_LogsRequest()
+                                deploymentLogs.deploymentId = event.deploymentId
+                                var only = lines
+                                only.serviceId = service
+                                deploymentLogs.filter = only
+                                if !out.json { out.line(out.paint("── deployment \(event.deploymentId)", .bold)) }
+                                deployments.addTask { try await tail(deploymentLogs) }
+                                return true
+                            }
+                            deployments.cancelAll()
+                        }
+                    }
+                    try await group.next()
+                    group.cancelAll()
                 }
                 return
             }

@@ -21,7 +21,12 @@ final class Ownership: Sendable {
         var environments: [String: Owner] = [:]
         var services: [String: String] = [:]  // service -> environment
         var deployments: [String: String] = [:]  // deployment -> environment
+        /// When each scope ("" for the platform) was last walked: unknown ids within
+        /// ``walkInterval`` of a walk answer NOT_FOUND without another.
+        var walked: [String: ContinuousClock.Instant] = [:]
     }
+
+    static let walkInterval = Duration.seconds(2)
 
     init(pipeline: RPCClient) {
         self.pipeline = pipeline
@@ -43,7 +48,7 @@ final class Ownership: Sendable {
     func project(_ id: String, for principal: Principal) async throws -> Owner {
         try checkID(id, "project_id")
         var organization = known.withLock { $0.projects[id] }
-        if organization == nil {
+        if organization == nil, shouldWalk(principal) {
             try await refresh(principal)
             organization = known.withLock { $0.projects[id] }
         }
@@ -56,7 +61,7 @@ final class Ownership: Sendable {
     func environment(_ id: String, for principal: Principal) async throws -> Owner {
         try checkID(id, "environment_id")
         var owner = known.withLock { $0.environments[id] }
-        if owner == nil {
+        if owner == nil, shouldWalk(principal) {
             try await refresh(principal)
             owner = known.withLock { $0.environments[id] }
         }
@@ -106,6 +111,16 @@ final class Ownership: Sendable {
     /// The environments known in an organization (after ``refresh(_:)``).
     func environments(in organization: String) -> [String: Owner] {
         known.withLock { $0.environments.filter { $0.value.organizationID == organization } }
+    }
+
+    /// Whether an unknown id is worth a walk: not when the same scope was walked moments ago
+    /// (a token sending made-up ids costs the pipeline one walk per interval, not one per call).
+    private func shouldWalk(_ principal: Principal, now: ContinuousClock.Instant = .now) -> Bool {
+        known.withLock { known in
+            if let last = known.walked[principal.organizationID], now - last < Self.walkInterval { return false }
+            known.walked[principal.organizationID] = now
+            return true
+        }
     }
 
     /// Walks the organizations the principal may see: their projects and environments.

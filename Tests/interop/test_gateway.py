@@ -259,7 +259,11 @@ def test_push_rollout_broken_build_rollback_stop_restart_delete(slipway):
     route = s.json("service", "show", "hello", *p.target)
     assert route["url"] == f"https://hello-prod.localhost:{s.https_port}/"
 
-    # 2. A second push rolls out under continuous load: no request fails.
+    # 2. A second push rolls out under continuous load: no request fails. `slipway logs -f` shows it
+    # happen: the new deployment's lines for the service, then its new instance's.
+    follower = subprocess.Popen([os.path.join(BIN_DIR, "slipway"), "logs", "hello", "-f", *p.target], env=s.env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1)
     traffic, load = Traffic(s, p.host), H2Load(s, p.host)
     traffic.start()
     load.start()
@@ -270,8 +274,28 @@ def test_push_rollout_broken_build_rollback_stop_restart_delete(slipway):
     finally:
         traffic.stop()
         load.stop()
+        time.sleep(1)
+        follower.terminate()
+        followed, _ = follower.communicate(timeout=10)
+    assert f"── deployment {answer['deployment_id']}" in followed, followed
+    after = followed[followed.index(f"── deployment {answer['deployment_id']}"):]
+    assert "BUILD" in after and "listening on port" in after, followed
     assert traffic.failures == [] and traffic.ok > 10, traffic.failures[:5]
     assert (load.failed, load.errored, load.non2xx) == (0, 0, 0) and load.rounds >= 1, load.outputs[:1]
+
+    # Deploy from a registry, for CI: a container service running the image the first push built
+    # follows a new tag when DeployImage names that image (and only then).
+    image, tag = ended["services"][0]["image"].split("@")[0].rsplit(":", 1)
+    p.cli("service", "create", "mirror", "--image", image, "--tag", tag, "--port", "8080:public", "--health-path", "/health", "--auto-deploy", "on")
+    second = s.json("history", "hello", "--limit", "1", *p.target)[0]["services"][0]["image"].split("@")[0].rsplit(":", 1)[1]
+    organization = next(o["id"] for o in s.json("org", "list") if o["name"] == "flow")
+    nothing = s.stub.DeployImage(s.api.DeployImageRequest(image=image + "-other", tag=second, organization_id=organization), metadata=s.md())
+    assert list(nothing.deployed) == []
+    mirrored = s.stub.DeployImage(s.api.DeployImageRequest(image=image, tag=second, organization_id=organization), metadata=s.md())
+    assert [d.service_id for d in mirrored.deployed] == [s.json("service", "show", "mirror", *p.target)["id"]]
+    p.watch(mirrored.deployed[0].deployment.deployment_id)
+    assert through_load_balancer(s, "mirror-prod.localhost", "/version.txt") == (200, "two\n")
+    assert "DELETED" in p.cli("delete", "mirror").stdout
 
     # 3. A broken commit fails at build; the running version keeps serving.
     _, answer = p.push({"Dockerfile": "ARG BASE\nFROM ${BASE}\nRUN exit 3\n", "www/version.txt": "broken\n"}, "broken")
@@ -317,11 +341,12 @@ def test_push_rollout_broken_build_rollback_stop_restart_delete(slipway):
     assert "build" in text and (" ms" in text or " s" in text)
 
     # 7. Delete: the service, its instances and its route are gone; its history stays.
+    before = len(s.json("history", "--limit", "100", *p.target))
     deleted = s.json("delete", "hello", *p.target)
     assert deleted["status"] == "DELETED"
     status, body = p.get("/version.txt")
     assert status is None and "UNRECOGNIZED_NAME" in body, (status, body)
-    assert len(s.json("history", "--limit", "50", *p.target)) == len(history) + 1
+    assert len(s.json("history", "--limit", "100", *p.target)) == before + 1
 
 
 def test_tokens_are_scoped_by_role_and_rate(slipway):

@@ -183,22 +183,37 @@ struct LogsCommand: AsyncParsableCommand {
                         var watch = Slipway_Pipeline_V1_WatchRequest()
                         watch.environmentId = environment
                         var live = false
-                        var followed: Set<String> = []
-                        try await withThrowingTaskGroup(of: Void.self) { deployments in
-                            try await gateway.stream(API.Watch.self, watch) { event in
-                                if event.kind == .eventSnapshotEnd { live = true }
-                                guard live, event.serviceId == service, !event.deploymentId.isEmpty, !followed.contains(event.deploymentId) else { return true }
-                                followed.insert(event.deploymentId)
-                                var deploymentLogs = Slipway_Api_V1_LogsRequest()
-                                deploymentLogs.deploymentId = event.deploymentId
-                                var only = lines
-                                only.serviceId = service
-                                deploymentLogs.filter = only
-                                if !out.json { out.line(out.paint("── deployment \(event.deploymentId)", .bold)) }
-                                deployments.addTask { try await tail(deploymentLogs) }
+                        var followed: [String: Task<Void, Never>] = [:]
+                        defer { for task in followed.values { task.cancel() } }
+                        try await gateway.stream(API.Watch.self, watch) { event in
+                            if event.kind == .eventSnapshotEnd { live = true }
+                            guard live, !event.deploymentId.isEmpty else { return true }
+                            if event.kind == .eventDeploymentEnded, let task = followed[event.deploymentId] {
+                                // Its last lines are in by now or a moment later; then its stream is let go.
+                                Task {
+                                    try? await Task.sleep(for: .seconds(2))
+                                    task.cancel()
+                                }
                                 return true
                             }
-                            deployments.cancelAll()
+                            guard event.serviceId == service, followed[event.deploymentId] == nil else { return true }
+                            var deploymentLogs = Slipway_Api_V1_LogsRequest()
+                            deploymentLogs.deploymentId = event.deploymentId
+                            var only = lines
+                            only.serviceId = service
+                            only.instanceId = ""  // deployment lines have no instance
+                            deploymentLogs.filter = only
+                            if !out.json { out.line(out.paint("── deployment \(event.deploymentId)", .bold)) }
+                            followed[event.deploymentId] = Task {
+                                do {
+                                    try await tail(deploymentLogs)
+                                } catch is CancellationError {
+                                } catch let error as CLIError where error.message.contains("cancelled") {
+                                } catch {
+                                    FileHandle.standardError.write(Data("error: following deployment \(event.deploymentId): \(error)\n".utf8))
+                                }
+                            }
+                            return true
                         }
                     }
                     try await group.next()

@@ -56,6 +56,7 @@ struct HTTPFrontend: Sendable {
                 while let (head, request) = try await Self.readRequest(&iterator, limit: webhooks.maxBodyBytes) {
                     let response = HTTP1Response(outbound: outbound, version: head.version)
                     try await handle(request, response.writer)
+                    try await response.sendHead()
                     try await outbound.write(.end(nil))
                     // Event streams, refused bodies and clients that asked end the connection.
                     guard head.isKeepAlive, !request.bodyTooLarge, response.hadLength else { return }
@@ -83,20 +84,25 @@ struct HTTPFrontend: Sendable {
             PlainHTTPResponseWriter(
                 start: { status, headers in self.state.withLock { if $0.head == nil { $0.head = (status, headers) } } },
                 write: { bytes in
-                    let head = self.state.withLock { state -> (Int, [(String, String)])? in
-                        guard !state.sent else { return nil }
-                        state.sent = true
-                        let head = state.head ?? (200, [])
-                        state.length = head.1.contains { $0.0 == "content-length" }
-                        return head
-                    }
-                    if let (status, headers) = head {
-                        var fields = HTTPHeaders(headers)
-                        fields.replaceOrAdd(name: "connection", value: fields.contains(name: "content-length") ? "keep-alive" : "close")
-                        try await self.outbound.write(.head(HTTPResponseHead(version: self.version, status: .init(statusCode: status), headers: fields)))
-                    }
+                    try await self.sendHead()
                     try await self.outbound.write(.body(.byteBuffer(ByteBuffer(bytes: bytes))))
                 })
+        }
+
+        /// Sends the head unless it went already (callers write one at a time: the event stream
+        /// writes its first line before its tasks start).
+        func sendHead() async throws {
+            let head = state.withLock { state -> (Int, [(String, String)])? in
+                guard !state.sent else { return nil }
+                state.sent = true
+                let head = state.head ?? (200, [("content-length", "0")])
+                state.length = head.1.contains { $0.0 == "content-length" }
+                return head
+            }
+            guard let (status, headers) = head else { return }
+            var fields = HTTPHeaders(headers)
+            fields.replaceOrAdd(name: "connection", value: fields.contains(name: "content-length") ? "keep-alive" : "close")
+            try await outbound.write(.head(HTTPResponseHead(version: version, status: .init(statusCode: status), headers: fields)))
         }
     }
 
@@ -147,6 +153,10 @@ struct HTTPFrontend: Sendable {
             return try await stream(request, writer)
         }
         let (status, object) = await respond(request)
+        if request.method == "HEAD" {
+            // The head a GET would have, without its body.
+            return writer.start(status: status, headers: [("content-type", "application/json")])
+        }
         try await Self.writeJSON(status, object, to: writer)
     }
 

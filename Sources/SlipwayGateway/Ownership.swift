@@ -15,6 +15,8 @@ final class Ownership: Sendable {
 
     let pipeline: RPCClient
     private let known = Mutex(Known())
+    /// Walks running, by scope.
+    private let walks = Mutex<[String: Task<Void, any Error>]>([:])
 
     private struct Known {
         var projects: [String: String] = [:]  // project -> organization
@@ -49,7 +51,7 @@ final class Ownership: Sendable {
         try checkID(id, "project_id")
         var organization = known.withLock { $0.projects[id] }
         if organization == nil, shouldWalk(principal) {
-            try await refresh(principal)
+            try await walk(principal)
             organization = known.withLock { $0.projects[id] }
         }
         guard let organization, principal.covers(organizationID: organization, projectID: id) else {
@@ -62,7 +64,7 @@ final class Ownership: Sendable {
         try checkID(id, "environment_id")
         var owner = known.withLock { $0.environments[id] }
         if owner == nil, shouldWalk(principal) {
-            try await refresh(principal)
+            try await walk(principal)
             owner = known.withLock { $0.environments[id] }
         }
         guard let owner, principal.covers(organizationID: owner.organizationID, projectID: owner.projectID) else {
@@ -113,14 +115,27 @@ final class Ownership: Sendable {
         known.withLock { $0.environments.filter { $0.value.organizationID == organization } }
     }
 
-    /// Whether an unknown id is worth a walk: not when the same scope was walked moments ago
+    /// Whether an unknown id is worth a walk: not when the same scope finished a walk moments ago
     /// (a token sending made-up ids costs the pipeline one walk per interval, not one per call).
     private func shouldWalk(_ principal: Principal, now: ContinuousClock.Instant = .now) -> Bool {
         known.withLock { known in
-            if let last = known.walked[principal.organizationID], now - last < Self.walkInterval { return false }
-            known.walked[principal.organizationID] = now
-            return true
+            guard let last = known.walked[principal.organizationID] else { return true }
+            return now - last >= Self.walkInterval
         }
+    }
+
+    /// Walks the principal's scope, sharing a walk already running for it.
+    private func walk(_ principal: Principal) async throws {
+        let scope = principal.organizationID
+        let task = walks.withLock { walks -> Task<Void, any Error> in
+            if let running = walks[scope] { return running }
+            let task = Task { try await self.refresh(principal) }
+            walks[scope] = task
+            return task
+        }
+        defer { walks.withLock { if $0[scope] == task { $0[scope] = nil } } }
+        try await task.value
+        known.withLock { $0.walked[scope] = .now }
     }
 
     /// Walks the organizations the principal may see: their projects and environments.

@@ -20,9 +20,12 @@ final class OutboundMessages: Sendable {
         var initialMetadata = Metadata()
         /// A plain HTTP response's status and headers (instead of gRPC's).
         var plainHead: (status: Int, headers: [(String, String)])?
+        /// A plain HTTP response broke off after its head: the stream is reset, not ended.
+        var aborted = false
         /// Set when the stream can no longer send: writes fail with it.
         var failure: RPCError?
-        var waiter: CheckedContinuation<Void, any Error>?
+        /// Writers waiting for room, by id (usually one; a plain HTTP stream can have several).
+        var waiters: [Int: CheckedContinuation<Void, any Error>] = [:]
         var waiterID = 0
         /// An event-loop wake-up is already scheduled.
         var notified = false
@@ -99,6 +102,26 @@ final class OutboundMessages: Sendable {
         state.withLock { if $0.plainHead == nil { $0.plainHead = (status, headers) } }
     }
 
+    /// Replaces a plain HTTP head that was not sent (an error before any body).
+    func replacePlainHead(status: Int, headers: [(String, String)]) {
+        state.withLock { $0.plainHead = (status, headers) }
+    }
+
+    /// Breaks off a plain HTTP response: the stream is reset so the client sees it incomplete.
+    func abort() {
+        let mustNotify = state.withLock { state -> Bool in
+            guard state.end == nil, state.failure == nil else { return false }
+            state.aborted = true
+            state.end = .endStream
+            let mustNotify = !state.notified
+            state.notified = true
+            return mustNotify
+        }
+        if mustNotify { notify() }
+    }
+
+    var isAborted: Bool { state.withLock { $0.aborted } }
+
     /// The plain HTTP head set so far.
     var plainHead: (status: Int, headers: [(String, String)])? { state.withLock { $0.plainHead } }
 
@@ -107,15 +130,14 @@ final class OutboundMessages: Sendable {
         state.withLock { $0.initialMetadata = metadata }
     }
 
-    /// The stream is gone: fail the waiting writer and every later write.
+    /// The stream is gone: fail the waiting writers and every later write.
     func fail(_ error: RPCError) {
-        let waiter = state.withLock { state -> CheckedContinuation<Void, any Error>? in
+        let waiters = state.withLock { state -> [Int: CheckedContinuation<Void, any Error>] in
             if state.failure == nil { state.failure = error }
-            let waiter = state.waiter
-            state.waiter = nil
-            return waiter
+            defer { state.waiters = [:] }
+            return state.waiters
         }
-        waiter?.resume(throwing: error)
+        for waiter in waiters.values { waiter.resume(throwing: error) }
     }
 
     private func waitForRoom() async throws {
@@ -129,18 +151,13 @@ final class OutboundMessages: Sendable {
                     if let failure = state.failure { return .failure(failure) }
                     if Task.isCancelled { return .failure(CancellationError()) }
                     if state.pending.readableBytes <= highWatermark / 2 { return .success(()) }
-                    state.waiter = continuation
+                    state.waiters[id] = continuation
                     return nil
                 }
                 if let result { continuation.resume(with: result) }
             }
         } onCancel: {
-            let waiter = state.withLock { state -> CheckedContinuation<Void, any Error>? in
-                guard state.waiterID == id else { return nil }
-                let waiter = state.waiter
-                state.waiter = nil
-                return waiter
-            }
+            let waiter = state.withLock { $0.waiters.removeValue(forKey: id) }
             waiter?.resume(throwing: CancellationError())
         }
     }
@@ -158,7 +175,7 @@ final class OutboundMessages: Sendable {
     /// Copies queued bytes into nghttp2's frame buffer. Returns the count and whether the queue is
     /// now drained with the stream ended (`end`).
     func read(into buffer: UnsafeMutableRawBufferPointer) -> (count: Int, end: OutboundEnd?) {
-        let (count, end, waiter) = state.withLock { state -> (Int, OutboundEnd?, CheckedContinuation<Void, any Error>?) in
+        let (count, end, waiters) = state.withLock { state -> (Int, OutboundEnd?, [Int: CheckedContinuation<Void, any Error>]) in
             let count = min(buffer.count, state.pending.readableBytes)
             if count > 0 {
                 state.pending.readWithUnsafeReadableBytes { source in
@@ -175,15 +192,15 @@ final class OutboundMessages: Sendable {
                     }
                 }
             }
-            var waiter: CheckedContinuation<Void, any Error>?
-            if state.pending.readableBytes <= highWatermark / 2 {
-                waiter = state.waiter
-                state.waiter = nil
+            var waiters: [Int: CheckedContinuation<Void, any Error>] = [:]
+            if !state.waiters.isEmpty, state.pending.readableBytes <= highWatermark / 2 {
+                waiters = state.waiters
+                state.waiters = [:]
             }
             let end = state.pending.readableBytes == 0 ? state.end : nil
-            return (count, end, waiter)
+            return (count, end, waiters)
         }
-        waiter?.resume()
+        for waiter in waiters.values { waiter.resume() }
         return (count, end)
     }
 }

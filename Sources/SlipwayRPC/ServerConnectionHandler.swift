@@ -1,6 +1,7 @@
 import CNGHTTP2
 import Logging
 import NIOCore
+import Synchronization
 
 /// Serves gRPC calls on one HTTP/2 connection: the bridge between NIO's bytes and nghttp2's session.
 ///
@@ -13,6 +14,8 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
     private let limits: RPCLimits
     private let logger: Logger
     private var streams: [Int32: ServerStream] = [:]
+    /// Plain HTTP request bodies held on this connection.
+    private var plainBuffered = 0
     private var peer = "unknown"
     private var draining = false
     private var graceTimer: Scheduled<Void>?
@@ -63,9 +66,16 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
     func outboundReady(_ streamID: Int32) {
         guard let stream = streams[streamID], let outbound = stream.outbound else { return }
         let (hasData, end, initialMetadata) = outbound.clearNotified()
-        if stream.plain, !stream.headersSent {
+        if stream.plain, outbound.isAborted {
+            if stream.headersSent {
+                session.resetStream(streamID, errorCode: HTTP2ErrorCode.internalError)
+                stream.phase = .done
+            } else {
+                refusePlain(stream, status: 500)
+            }
+        } else if stream.plain, !stream.headersSent {
             guard hasData || end != nil else { return }
-            let head = outbound.plainHead ?? (end.map { if case .status(let code, _, _) = $0, code != .ok { (503, []) } else { (200, []) } } ?? (200, []))
+            let head = outbound.plainHead ?? (200, [])
             session.submitResponse(streamID: streamID, headers: [(":status", String(head.status))] + head.headers, hasBody: hasData)
             stream.headersSent = true
             if !hasData { stream.phase = .done }
@@ -110,6 +120,17 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
     /// Ends a running call with `error` (deadline, protocol violation): its handler is cancelled.
     private func fail(_ stream: ServerStream, _ error: RPCError) {
         guard stream.phase != .done else { return }
+        if stream.plain {
+            // Never a gRPC status on a plain response: 503 before its head, a reset after.
+            if stream.headersSent {
+                session.resetStream(stream.id, errorCode: HTTP2ErrorCode.internalError)
+                stream.phase = .done
+            } else {
+                refusePlain(stream, status: 503)
+            }
+            stream.cancel(error)
+            return
+        }
         if let outbound = stream.outbound, stream.headersSent || stream.phase == .running {
             outbound.finish(.status(code: error.code, message: error.message, metadata: error.metadata))
             stream.task?.cancel()
@@ -199,16 +220,7 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
         let id = stream.id
         let eventLoop = context.eventLoop
-        let outbound = OutboundMessages(
-            allocator: context.channel.allocator, highWatermark: limits.outboundHighWatermark,
-            maxMessageSize: limits.maxMessageSize
-        ) {
-            if eventLoop.inEventLoop {
-                loopBound.value.outboundReady(id)
-            } else {
-                eventLoop.execute { loopBound.value.outboundReady(id) }
-            }
-        }
+        let outbound = makeOutbound(id)
         var deadline: ContinuousClock.Instant?
         if let nanos = stream.timeoutNanos {
             deadline = ContinuousClock.now.advanced(by: .nanoseconds(nanos))
@@ -230,6 +242,22 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
         }
     }
 
+    /// A response queue whose writers wake this connection to send.
+    private func makeOutbound(_ id: Int32) -> OutboundMessages {
+        let context = self.context!
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let eventLoop = context.eventLoop
+        return OutboundMessages(
+            allocator: context.channel.allocator, highWatermark: limits.outboundHighWatermark, maxMessageSize: limits.maxMessageSize
+        ) {
+            if eventLoop.inEventLoop {
+                loopBound.value.outboundReady(id)
+            } else {
+                eventLoop.execute { loopBound.value.outboundReady(id) }
+            }
+        }
+    }
+
     // MARK: Plain HTTP requests
 
     /// A request that is not gRPC, for the plain HTTP handler: its body is collected, then the
@@ -241,60 +269,90 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
             stream.phase = .done
             return
         }
-        let context = self.context!
-        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        let id = stream.id
-        let eventLoop = context.eventLoop
+        let eventLoop = context!.eventLoop
         stream.plain = true
-        stream.outbound = OutboundMessages(
-            allocator: context.channel.allocator, highWatermark: limits.outboundHighWatermark, maxMessageSize: limits.maxMessageSize
-        ) {
-            if eventLoop.inEventLoop {
-                loopBound.value.outboundReady(id)
-            } else {
-                eventLoop.execute { loopBound.value.outboundReady(id) }
-            }
-        }
+        stream.outbound = makeOutbound(stream.id)
         stream.phase = .awaitingRequest
+        if let length = stream.rawHeaders.first(where: { $0.name == "content-length" }).flatMap({ Int($0.value) }), length > plainHTTPMaxBodyBytes {
+            return refusePlain(stream, status: 413)
+        }
+        // The body must arrive within this time (a stream that never ends would hold its buffer).
+        stream.deadlineTimer = eventLoop.assumeIsolated().scheduleTask(in: Self.plainBodyTimeout) { [weak self, weak stream] in
+            guard let self, let stream, stream.phase == .awaitingRequest else { return }
+            self.refusePlain(stream, status: 408)
+        }
+    }
+
+    /// How long a plain request's body may take to arrive.
+    static let plainBodyTimeout = TimeAmount.seconds(30)
+
+    /// Answers a plain request with a bodiless status and stops its upload (RST_STREAM NO_ERROR).
+    private func refusePlain(_ stream: ServerStream, status: Int) {
+        plainBuffered -= stream.plainBody.count
+        stream.plainBody = []
+        if !stream.headersSent {
+            session.submitResponse(streamID: stream.id, headers: [(":status", String(status))], hasBody: false)
+            stream.headersSent = true
+        }
+        stream.phase = .done
+        stream.deadlineTimer?.cancel()
+        scheduleFlush()
+        // Reset once the response has gone out (a reset first would close the stream and drop it).
+        let id = stream.id
+        context?.eventLoop.assumeIsolated().execute { [weak self] in
+            guard let self, self.streams[id] != nil else { return }
+            self.session.resetStream(id, errorCode: HTTP2ErrorCode.noError)
+            self.flush()
+        }
     }
 
     private func startPlain(_ stream: ServerStream) {
+        stream.deadlineTimer?.cancel()
+        plainBuffered -= stream.plainBody.count
         stream.phase = .running
         guard let handler = plainHTTP, let outbound = stream.outbound else { return }
         let request = PlainHTTPRequest(
             method: stream.method, target: stream.path, headers: stream.rawHeaders, body: stream.plainBody, bodyTooLarge: stream.plainBodyTooLarge)
         stream.plainBody = []
+        let wrote = Mutex(false)
         let writer = PlainHTTPResponseWriter(
             start: { status, headers in outbound.setPlainHead(status: status, headers: headers) },
             write: { bytes in
-                if outbound.plainHead == nil { outbound.setPlainHead(status: 200, headers: []) }
+                wrote.withLock { $0 = true }
                 try await outbound.writeRaw(bytes)
             })
         let logger = self.logger
         stream.task = Task {
             do {
                 try await handler(request, writer)
+                outbound.finish(.endStream)
             } catch {
                 logger.debug("plain HTTP handler failed", metadata: ["path": "\(request.target)", "error": "\(error)"])
-                if outbound.plainHead == nil {
-                    outbound.setPlainHead(status: 500, headers: [("content-type", "text/plain")])
-                    try? await outbound.writeRaw(Array("\(error)\n".utf8))
+                if wrote.withLock({ $0 }) {
+                    outbound.abort()  // the client must not take a cut body for a whole one
+                } else {
+                    let text = Array("\(error)\n".utf8)
+                    outbound.replacePlainHead(status: 500, headers: [("content-type", "text/plain"), ("content-length", String(text.count))])
+                    try? await outbound.writeRaw(text)
+                    outbound.finish(.endStream)
                 }
             }
-            outbound.finish(.endStream)
         }
     }
 
     func session(_ session: HTTP2Session, didReceiveData bytes: UnsafeRawBufferPointer, streamID: Int32) {
         if let stream = streams[streamID], stream.plain {
             session.consume(streamID: streamID, bytes: bytes.count)
-            guard stream.phase == .awaitingRequest, !stream.plainBodyTooLarge else { return }
+            guard stream.phase == .awaitingRequest else { return }
             if stream.plainBody.count + bytes.count > plainHTTPMaxBodyBytes {
-                stream.plainBodyTooLarge = true
-                stream.plainBody = []
-            } else {
-                stream.plainBody.append(contentsOf: bytes)
+                return refusePlain(stream, status: 413)
             }
+            // Bodies buffered on one connection: at most two requests' worth.
+            if plainBuffered + bytes.count > 2 * plainHTTPMaxBodyBytes {
+                return refusePlain(stream, status: 503)
+            }
+            plainBuffered += bytes.count
+            stream.plainBody.append(contentsOf: bytes)
             return
         }
         guard let stream = streams[streamID], stream.phase == .awaitingRequest || stream.phase == .running else {
@@ -412,6 +470,10 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
     func session(_ session: HTTP2Session, didCloseStream streamID: Int32, errorCode: UInt32) {
         guard let stream = streams.removeValue(forKey: streamID) else { return }
         lastActivity = .now()
+        if stream.plain {
+            plainBuffered -= stream.plainBody.count
+            stream.plainBody = []
+        }
         if stream.phase != .done || errorCode != HTTP2ErrorCode.noError {
             stream.cancel(RPCError(.cancelled, "the client cancelled the call"))
         } else {

@@ -117,10 +117,12 @@ class Project:
 
     def __init__(self, s, name, **service_flags):
         self.s, self.name = s, name
-        self.target = ["--org", name, "--project", "web", "--env", "prod"]
+        # Each its own environment name: default domains are <service>-<environment>.localhost,
+        # the same across organizations (see the note on issue 8).
+        self.target = ["--org", name, "--project", "web", "--env", name]
         s.cli("org", "create", name)
         s.cli("project", "create", "web", "--org", name)
-        s.cli("env", "create", "prod", "--org", name, "--project", "web")
+        s.cli("env", "create", name, "--org", name, "--project", "web")
         self.bare = os.path.join(s.data, "git", f"{name}.git")
         os.makedirs(self.bare)
         local.git(self.bare, "init", "--quiet", "--bare", "--initial-branch", "main")
@@ -139,7 +141,7 @@ class Project:
         local.git(os.path.dirname(self.work), "clone", "--quiet", self.bare, self.work)
         local.git(self.work, "checkout", "--quiet", "-B", "main")
         subprocess.run(["cp", "-r", os.path.join(ROOT, "examples", "hello", "."), self.work], check=True)
-        self.host = f"hello-prod.localhost"
+        self.host = f"hello-{name}.localhost"
 
     def cli(self, *args, **kwargs):
         return self.s.cli(*args, *self.target, **kwargs)
@@ -257,12 +259,15 @@ def test_push_rollout_broken_build_rollback_stop_restart_delete(slipway):
     kinds = [e["data"]["kind"] for e in status_events["events"]]
     assert status_events["status"] == 200 and "EVENT_SNAPSHOT_END" in kinds and "EVENT_DEPLOYMENT_ENDED" in kinds, kinds
     route = s.json("service", "show", "hello", *p.target)
-    assert route["url"] == f"https://hello-prod.localhost:{s.https_port}/"
+    assert route["url"] == f"https://hello-flow.localhost:{s.https_port}/"
 
     # 2. A second push rolls out under continuous load: no request fails. `slipway logs -f` shows it
     # happen: the new deployment's lines for the service, then its new instance's.
     follower = subprocess.Popen([os.path.join(BIN_DIR, "slipway"), "logs", "hello", "-f", *p.target], env=s.env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    followed = []
+    reader = threading.Thread(target=lambda: followed.extend(iter(follower.stdout.readline, "")))
+    reader.start()
     time.sleep(1)
     traffic, load = Traffic(s, p.host), H2Load(s, p.host)
     traffic.start()
@@ -274,12 +279,18 @@ def test_push_rollout_broken_build_rollback_stop_restart_delete(slipway):
     finally:
         traffic.stop()
         load.stop()
-        time.sleep(1)
+
+    def rollout_seen():
+        text = "".join(followed)
+        marker = f"── deployment {answer['deployment_id']}"
+        return marker in text and "BUILD" in text.split(marker, 1)[1] and "listening on port" in text.split(marker, 1)[1]
+
+    try:
+        local.wait_until(rollout_seen, 20, "slipway logs -f did not show the deployment and the new instance")
+    finally:
         follower.terminate()
-        followed, _ = follower.communicate(timeout=10)
-    assert f"── deployment {answer['deployment_id']}" in followed, followed
-    after = followed[followed.index(f"── deployment {answer['deployment_id']}"):]
-    assert "BUILD" in after and "listening on port" in after, followed
+        follower.wait(10)
+        reader.join(10)
     assert traffic.failures == [] and traffic.ok > 10, traffic.failures[:5]
     assert (load.failed, load.errored, load.non2xx) == (0, 0, 0) and load.rounds >= 1, load.outputs[:1]
 
@@ -294,7 +305,7 @@ def test_push_rollout_broken_build_rollback_stop_restart_delete(slipway):
     mirrored = s.stub.DeployImage(s.api.DeployImageRequest(image=image, tag=second, organization_id=organization), metadata=s.md())
     assert [d.service_id for d in mirrored.deployed] == [s.json("service", "show", "mirror", *p.target)["id"]]
     p.watch(mirrored.deployed[0].deployment.deployment_id)
-    assert through_load_balancer(s, "mirror-prod.localhost", "/version.txt") == (200, "two\n")
+    assert through_load_balancer(s, "mirror-flow.localhost", "/version.txt") == (200, "two\n")
     assert "DELETED" in p.cli("delete", "mirror").stdout
 
     # 3. A broken commit fails at build; the running version keeps serving.
@@ -505,6 +516,18 @@ def test_event_streams_and_webhooks_over_http11_and_http2_and_tls_alpn(slipway):
                          "-H", "X-GitHub-Event: ping", "-H", "X-GitHub-Delivery: h2-1", "-H", f"X-Hub-Signature-256: {signature}",
                          s.url(f"/webhooks/{p.service['id']}")], capture_output=True, text=True, timeout=30)
     assert h2.stdout.splitlines()[-1] == "200 2" and "DELIVERY_IGNORED" in h2.stdout, h2.stdout + h2.stderr
+    # Over the limit: 413 at once (from content-length), the upload stopped; HEAD has no body.
+    big = os.path.join(s.data, "big.json")
+    with open(big, "wb") as f:
+        f.write(b"x" * (6 * 1024 * 1024))
+    refused = subprocess.run(["curl", "-sS", "--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code} %{http_version}", "-X", "POST",
+                              "--data-binary", f"@{big}", "-H", "X-GitHub-Event: push", s.url(f"/webhooks/{p.service['id']}")],
+                             capture_output=True, text=True, timeout=30)
+    assert refused.stdout == "413 2", refused.stdout + refused.stderr
+    head = subprocess.run(["curl", "-sS", "--http2-prior-knowledge", "-I", s.url("/healthz")], capture_output=True, text=True, timeout=30)
+    assert head.returncode == 0 and head.stdout.startswith("HTTP/2 200"), head.stdout + head.stderr
+    with urllib.request.urlopen(s.url("/healthz"), timeout=5) as response:  # the same connection-level handler over HTTP/1.1
+        assert response.status == 200
 
     # A gateway with TLS: gRPC over h2 (grpcio) and HTTP/1.1 (webhooks, events) on one port, by ALPN.
     directory = tempfile.mkdtemp(prefix="slipway-gw-tls-")

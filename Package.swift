@@ -181,7 +181,7 @@ let serviceDependencies: [String: [Target.Dependency]] = [
     ],
     "SlipwayGateway": [
         .product(name: "GRDB", package: "GRDB.swift"), .product(name: "Crypto", package: "swift-crypto"),
-        .product(name: "NIOHTTP1", package: "swift-nio"),
+        .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "NIOSSL", package: "swift-nio-ssl"),
     ],
     "SlipwayNetwork": ["SlipwayProcess", .product(name: "Crypto", package: "swift-crypto"), .product(name: "X509", package: "swift-certificates")],
 ]

@@ -101,6 +101,11 @@ public actor CertificateManager {
         return record
     }
 
+    /// The private key of a certificate (0600 on disk), empty if there is none.
+    public func keyPEM(_ id: String) -> String {
+        FileManager.default.contents(atPath: "\(directory)/\(id).key").map { String(decoding: $0, as: UTF8.self) } ?? ""
+    }
+
     public func chainPEM(_ id: String) -> String {
         FileManager.default.contents(atPath: "\(directory)/\(id).crt").map { String(decoding: $0, as: UTF8.self) } ?? ""
     }

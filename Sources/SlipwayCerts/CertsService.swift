@@ -40,6 +40,18 @@ struct CertsService: RPCService {
             }
             return await Self.message(try await Self.mapped { try await manager.revoke(id: request.id, reason: Int(request.reason)) }, manager)
         }
+        router.unary(API.GetKeyPair.self) { request, _ in
+            let record = try await Self.mapped { try await manager.record(request.id) }
+            guard record.state == .issued else {
+                throw RPCError(.failedPrecondition, "certificate \(request.id) is not issued (\(record.state)): \(record.reason)")
+            }
+            var pair = Slipway_Certs_V1_KeyPair()
+            pair.id = record.id
+            pair.certificateChainPem = await manager.chainPEM(record.id)
+            pair.privateKeyPem = await manager.keyPEM(record.id)
+            pair.notAfterUnixMillis = Int64(record.notAfter * 1000)
+            return pair
+        }
         router.unary(API.GetLocalCA.self) { _, _ in
             var response = Slipway_Certs_V1_LocalCA()
             response.certificatePem = manager.localCA.certificatePEM

@@ -2,14 +2,24 @@ import ArgumentParser
 import Foundation
 import Logging
 import ServiceLifecycle
+import NIOSSL
+import SlipwayProtos
 import SlipwayRPC
 import SlipwayServiceKit
+import Synchronization
 
 /// The gateway's own flags. Defaults are in the README.
 public struct GatewayOptions: ParsableArguments, Sendable {
     @Option(help: "PEM certificate chain for TLS on the gateway's port (ALPN h2 and http/1.1); without it the port is plaintext.")
     var gatewayTlsCert: String?
     @Option(help: "PEM private key of --gateway-tls-cert.") var gatewayTlsKey: String?
+    @Option(help: """
+        Serve TLS with a certificate for this name from slipway-certs (the local CA for local names, ACME \
+        otherwise), renewed by slipway-certs and picked up without a restart. Instead of --gateway-tls-cert/key.
+        """)
+    var gatewayTlsDomain: String?
+    @Option(help: "Seconds between checks for a renewed --gateway-tls-domain certificate (default 3600).")
+    var gatewayTlsRefreshSeconds: Int?
     @Option(help: "The gateway's address as git hosts reach it, for webhook URLs (default http[s]://<listen>).")
     var gatewayPublicUrl: String?
     @Option(help: "Requests per second per API token unless the token sets its own (default 50; bursts up to twice that).")
@@ -24,12 +34,27 @@ public struct GatewayOptions: ParsableArguments, Sendable {
 /// streams, forwarding to the internal services.
 public struct GatewayComponent: PlatformComponent {
     let options: GatewayOptions
+    /// Where a --gateway-tls-domain certificate comes from, and the server it is reloaded into.
+    let tlsRenewal = TLSRenewal()
 
     public init(options: GatewayOptions = GatewayOptions()) {
         self.options = options
     }
 
-    public func serverTLS() throws -> RPCServer.TLS? {
+    public func attach(_ server: RPCServer) {
+        tlsRenewal.server.withLock { $0 = server }
+    }
+
+    public func serverTLS(configuration: ServiceConfiguration, logger: Logger) async throws -> RPCServer.TLS? {
+        if let domain = options.gatewayTlsDomain {
+            guard options.gatewayTlsCert == nil, options.gatewayTlsKey == nil else {
+                throw ConfigurationError("--gateway-tls-domain takes its certificate from slipway-certs: leave out --gateway-tls-cert/--gateway-tls-key")
+            }
+            let certs = configuration.directory[.certs]
+            let source = CertificateSource(domain: domain, client: RPCClient(host: certs.host, port: certs.port), logger: logger)
+            tlsRenewal.source.withLock { $0 = source }
+            return try await source.first()
+        }
         switch (options.gatewayTlsCert, options.gatewayTlsKey) {
         case (nil, nil): return nil
         case (let cert?, let key?):
@@ -57,7 +82,7 @@ public struct GatewayComponent: PlatformComponent {
         let logs = RPCClient(host: logsAddress.host, port: logsAddress.port)
         let networkAddress = configuration.directory[.network]
         let network = RPCClient(host: networkAddress.host, port: networkAddress.port)
-        let scheme = options.gatewayTlsCert == nil ? "http" : "https"
+        let scheme = options.gatewayTlsCert == nil && options.gatewayTlsDomain == nil ? "http" : "https"
         let publicURL = options.gatewayPublicUrl ?? "\(scheme)://\(configuration.listen.host):\(configuration.listen.port)"
         let webhooks = WebhookReceiver(store: store, pipeline: pipeline, publicURL: publicURL, maxBodyBytes: maxBody, logger: logger)
         let service = GatewayService(auth: auth, ownership: Ownership(pipeline: pipeline), pipeline: pipeline, logs: logs, network: network, webhooks: webhooks, logger: logger)
@@ -67,7 +92,85 @@ public struct GatewayComponent: PlatformComponent {
         router.plainHTTP = frontend.plainHandler
         router.plainHTTPMaxBodyBytes = maxBody
         logger.info("gateway ready", metadata: ["webhooks": "\(publicURL)/webhooks/<service id>", "admin-token": "\(directory)/admin-token"])
-        return [ResumeDeliveries(webhooks: webhooks)]
+        var background: [any Service] = [ResumeDeliveries(webhooks: webhooks)]
+        if options.gatewayTlsDomain != nil {
+            let interval = try positiveOption(options.gatewayTlsRefreshSeconds, "gateway-tls-refresh-seconds") ?? 3600
+            background.append(TLSRefresh(renewal: tlsRenewal, interval: .seconds(interval), logger: logger))
+        }
+        return background
+    }
+}
+
+/// The gateway's certificate from slipway-certs: issued (or the valid one) at start, then checked
+/// every interval and reloaded into the server when slipway-certs has renewed it.
+final class TLSRenewal: Sendable {
+    let source = Mutex<CertificateSource?>(nil)
+    let server = Mutex<RPCServer?>(nil)
+}
+
+struct CertificateSource: Sendable {
+    typealias Certs = Slipway_Certs_V1_Certs
+    let domain: String
+    let client: RPCClient
+    let logger: Logger
+
+    /// Issues (or finds) the certificate and returns it with its key; waits up to a minute for
+    /// slipway-certs to answer (the platform's services start together).
+    func first() async throws -> RPCServer.TLS {
+        let deadline = ContinuousClock.now + .seconds(60)
+        while true {
+            do {
+                return try await fetch().tls
+            } catch let error as RPCError where error.code == .unavailable && ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(500))
+            } catch let error as RPCError {
+                throw ConfigurationError("no certificate for --gateway-tls-domain \(domain) from slipway-certs: \(error.message)")
+            }
+        }
+    }
+
+    /// The current certificate with its key, and its chain's text (what tells a renewal).
+    func fetch() async throws -> (tls: RPCServer.TLS, chain: String) {
+        var issue = Slipway_Certs_V1_IssueRequest()
+        issue.domains = [domain]
+        let certificate = try await client.unary(Certs.Issue.self, issue, options: CallOptions(timeout: .seconds(300)))
+        guard certificate.state == .certificateIssued else {
+            throw RPCError(.failedPrecondition, "the certificate for \(domain) is not issued: \(certificate.reason)")
+        }
+        var key = Slipway_Certs_V1_CertificateKey()
+        key.id = certificate.id
+        let pair = try await client.unary(Certs.GetKeyPair.self, key)
+        let tls = RPCServer.TLS(
+            certificateChain: try NIOSSLCertificate.fromPEMBytes(Array(pair.certificateChainPem.utf8)),
+            privateKey: try NIOSSLPrivateKey(bytes: Array(pair.privateKeyPem.utf8), format: .pem))
+        return (tls, pair.certificateChainPem)
+    }
+}
+
+struct TLSRefresh: Service {
+    let renewal: TLSRenewal
+    let interval: Duration
+    let logger: Logger
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown {
+            var served: String?
+            while !Task.isCancelled {
+                if let source = renewal.source.withLock({ $0 }), let server = renewal.server.withLock({ $0 }) {
+                    do {
+                        let (tls, chain) = try await source.fetch()
+                        if let served, chain != served {
+                            try server.reloadTLS(tls)
+                            logger.notice("serving the renewed certificate", metadata: ["domain": "\(source.domain)"])
+                        }
+                        served = chain
+                    } catch {
+                        logger.warning("cannot check the gateway's certificate", metadata: ["domain": "\(source.domain)", "error": "\(error)"])
+                    }
+                }
+                try? await Task.sleep(for: interval)
+            }
+        }
     }
 }
 

@@ -47,6 +47,8 @@ public final class RPCServer: Service, Sendable {
     private let logger: Logger
     private let group: any EventLoopGroup
     private let state = Mutex(State())
+    /// The TLS context new connections get (replaced by ``reloadTLS(_:)``).
+    private let sslContext = Mutex<NIOSSLContext?>(nil)
     private let bound: EventLoopPromise<SocketAddress>
 
     private struct State {
@@ -79,17 +81,34 @@ public final class RPCServer: Service, Sendable {
         get async throws { try await bound.futureResult.get() }
     }
 
+    private func makeContext(_ tls: TLS) throws -> NIOSSLContext {
+        var configuration = TLSConfiguration.makeServerConfiguration(
+            certificateChain: tls.certificateChain.map { .certificate($0) }, privateKey: .privateKey(tls.privateKey))
+        configuration.applicationProtocols = http1 == nil ? ["h2"] : ["h2", "http/1.1"]
+        if let roots = tls.trustRoots {
+            configuration.trustRoots = roots
+            configuration.certificateVerification = .noHostnameVerification
+        }
+        return try NIOSSLContext(configuration: configuration)
+    }
+
+    /// Serves a new certificate and key from the next connection on (a renewed certificate);
+    /// connections already open keep theirs. The server must have started with TLS.
+    public func reloadTLS(_ tls: TLS) throws {
+        let context = try makeContext(tls)
+        let replaced = sslContext.withLock { current -> Bool in
+            guard current != nil else { return false }
+            current = context
+            return true
+        }
+        guard replaced else { throw RPCServerError(message: "the server was started without TLS; it cannot switch to TLS") }
+    }
+
     /// Serves until graceful shutdown (SIGTERM through a `ServiceGroup`) or cancellation.
     public func run() async throws {
-        let sslContext = try tls.map { tls -> NIOSSLContext in
-            var configuration = TLSConfiguration.makeServerConfiguration(
-                certificateChain: tls.certificateChain.map { .certificate($0) }, privateKey: .privateKey(tls.privateKey))
-            configuration.applicationProtocols = self.http1 == nil ? ["h2"] : ["h2", "http/1.1"]
-            if let roots = tls.trustRoots {
-                configuration.trustRoots = roots
-                configuration.certificateVerification = .noHostnameVerification
-            }
-            return try NIOSSLContext(configuration: configuration)
+        if let tls {
+            let context = try makeContext(tls)
+            sslContext.withLock { $0 = context }
         }
         let handlers = self.handlers
         let limits = self.limits
@@ -107,8 +126,8 @@ public final class RPCServer: Service, Sendable {
                 .childChannelOption(.writeBufferWaterMark, value: .init(low: 256 * 1024, high: 1024 * 1024))
                 .childChannelInitializer { [self] channel in
                     channel.eventLoop.makeCompletedFuture {
-                        if let sslContext {
-                            try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: sslContext))
+                        if let context = self.sslContext.withLock({ $0 }) {
+                            try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: context))
                         }
                         let addHTTP2 = { (channel: any Channel) throws in
                             try channel.pipeline.syncOperations.addHandler(

@@ -12,12 +12,15 @@ public protocol PlatformComponent: Sendable {
     /// The RPC limits of the service's server (defaults unless the service needs others).
     var rpcLimits: RPCLimits { get }
     /// TLS for the service's port; nil: plaintext (h2c), the default inside the platform.
-    func serverTLS() throws -> RPCServer.TLS?
+    func serverTLS(configuration: ServiceConfiguration, logger: Logger) async throws -> RPCServer.TLS?
+    /// The server, once made (a component that renews its certificate reloads it there).
+    func attach(_ server: RPCServer)
 }
 
 extension PlatformComponent {
     public var rpcLimits: RPCLimits { RPCLimits() }
-    public func serverTLS() throws -> RPCServer.TLS? { nil }
+    public func serverTLS(configuration: ServiceConfiguration, logger: Logger) async throws -> RPCServer.TLS? { nil }
+    public func attach(_ server: RPCServer) {}
 }
 
 /// Runs one platform service: an RPC server with health and reflection, its component, and
@@ -40,8 +43,9 @@ public enum ServiceRunner {
         let health = router.registerStandardServices()
 
         let server = RPCServer(
-            host: configuration.listen.host, port: configuration.listen.port, router: router, tls: try component.serverTLS(),
-            limits: component.rpcLimits, logger: logger)
+            host: configuration.listen.host, port: configuration.listen.port, router: router,
+            tls: try await component.serverTLS(configuration: configuration, logger: logger), limits: component.rpcLimits, logger: logger)
+        component.attach(server)
         let group = ServiceGroup(
             configuration: .init(
                 services: [.init(service: server)] + background.map { .init(service: $0) } + [.init(service: HealthShutdownMarker(health: health))],

@@ -574,6 +574,46 @@ def test_event_streams_and_webhooks_over_http11_and_http2_and_tls_alpn(slipway):
         gateway.wait(20)
 
 
+def served_certificate(port, name, ca_file):
+    """The DER certificate a TLS server on 127.0.0.1:port presents for `name`, verified with ca_file."""
+    context = ssl.create_default_context(cafile=ca_file)
+    context.set_alpn_protocols(["h2"])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname=name) as tls:
+            return tls.getpeercert(binary_form=True)
+
+
+def test_a_gateway_serves_tls_with_a_certificate_from_slipway_certs_and_picks_up_its_renewal(slipway):
+    s = slipway
+    (certs_pb, certs_grpc), = local.protos("slipway/certs/v1/certs.proto")
+    port = local.free_port()
+    directory = tempfile.mkdtemp(prefix="slipway-gw-certs-")
+    gateway = subprocess.Popen(
+        [os.path.join(BIN_DIR, "slipway-gateway"), "--listen", f"127.0.0.1:{port}", "--data-dir", s.data,
+         "--gateway-tls-domain", "api.localhost", "--gateway-tls-refresh-seconds", "1"],
+        env=s.env, stdout=subprocess.DEVNULL, stderr=open(os.path.join(directory, "gateway.log"), "wb"))
+    try:
+        local.wait_until(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, 60, "the gateway did not listen")
+        # The local CA signed it (api.localhost is a local name); grpcio trusts that CA only.
+        with open(s.local_ca, "rb") as f:
+            credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
+        with grpc.secure_channel(f"127.0.0.1:{port}", credentials, options=[("grpc.ssl_target_name_override", "api.localhost")]) as channel:
+            from slipway.api.v1 import api_pb2_grpc
+            assert api_pb2_grpc.SlipwayStub(channel).WhoAmI(s.api.WhoAmIRequest(), metadata=s.md(), timeout=10).role == s.api.ADMIN
+        first = served_certificate(port, "api.localhost", s.local_ca)
+        # slipway-certs renews it; the gateway serves the new one without a restart.
+        with grpc.insecure_channel(f"127.0.0.1:{s.ports['certs']}") as channel:
+            certs = certs_grpc.CertsStub(channel)
+            issued = next(c for c in certs.ListCertificates(certs_pb.ListCertificatesRequest()).certificates if list(c.domains) == ["api.localhost"])
+            renewed = certs.Renew(certs_pb.CertificateKey(id=issued.id), timeout=60)
+            assert renewed.state == certs_pb.CERTIFICATE_ISSUED and renewed.serial != issued.serial
+        local.wait_until(lambda: served_certificate(port, "api.localhost", s.local_ca) != first, 20, "the renewed certificate was not served")
+        assert gateway.poll() is None
+    finally:
+        gateway.terminate()
+        gateway.wait(20)
+
+
 @pytest.mark.parametrize("victim", SERVICES)
 def test_a_service_killed_mid_deployment_restarts_and_the_deployment_ends_cleanly(slipway, victim):
     s = slipway

@@ -80,6 +80,7 @@ static inline const ProtobufCMessageDescriptor *slipway__certs__v1__certificate_
 static inline const ProtobufCMessageDescriptor *slipway__certs__v1__list_certificates_request__descriptor_ptr(void) { return &slipway__certs__v1__list_certificates_request__descriptor; }
 static inline const ProtobufCMessageDescriptor *slipway__certs__v1__list_certificates_response__descriptor_ptr(void) { return &slipway__certs__v1__list_certificates_response__descriptor; }
 static inline const ProtobufCMessageDescriptor *slipway__certs__v1__revoke_request__descriptor_ptr(void) { return &slipway__certs__v1__revoke_request__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__certs__v1__key_pair__descriptor_ptr(void) { return &slipway__certs__v1__key_pair__descriptor; }
 static inline const ProtobufCMessageDescriptor *slipway__certs__v1__local_carequest__descriptor_ptr(void) { return &slipway__certs__v1__local_carequest__descriptor; }
 static inline const ProtobufCMessageDescriptor *slipway__certs__v1__local_ca__descriptor_ptr(void) { return &slipway__certs__v1__local_ca__descriptor; }
 static inline const ProtobufCMessageDescriptor *slipway__cluster__v1__http_check__descriptor_ptr(void) { return &slipway__cluster__v1__http_check__descriptor; }

@@ -277,6 +277,51 @@ void   slipway__certs__v1__revoke_request__free_unpacked
   assert(message->base.descriptor == &slipway__certs__v1__revoke_request__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   slipway__certs__v1__key_pair__init
+                     (Slipway__Certs__V1__KeyPair         *message)
+{
+  static const Slipway__Certs__V1__KeyPair init_value = SLIPWAY__CERTS__V1__KEY_PAIR__INIT;
+  *message = init_value;
+}
+size_t slipway__certs__v1__key_pair__get_packed_size
+                     (const Slipway__Certs__V1__KeyPair *message)
+{
+  assert(message->base.descriptor == &slipway__certs__v1__key_pair__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t slipway__certs__v1__key_pair__pack
+                     (const Slipway__Certs__V1__KeyPair *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &slipway__certs__v1__key_pair__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t slipway__certs__v1__key_pair__pack_to_buffer
+                     (const Slipway__Certs__V1__KeyPair *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &slipway__certs__v1__key_pair__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Slipway__Certs__V1__KeyPair *
+       slipway__certs__v1__key_pair__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Slipway__Certs__V1__KeyPair *)
+     protobuf_c_message_unpack (&slipway__certs__v1__key_pair__descriptor,
+                                allocator, len, data);
+}
+void   slipway__certs__v1__key_pair__free_unpacked
+                     (Slipway__Certs__V1__KeyPair *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &slipway__certs__v1__key_pair__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   slipway__certs__v1__local_carequest__init
                      (Slipway__Certs__V1__LocalCARequest         *message)
 {
@@ -757,6 +802,83 @@ const ProtobufCMessageDescriptor slipway__certs__v1__revoke_request__descriptor 
   (ProtobufCMessageInit) slipway__certs__v1__revoke_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
+static const ProtobufCFieldDescriptor slipway__certs__v1__key_pair__field_descriptors[4] =
+{
+  {
+    "id",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Certs__V1__KeyPair, id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "certificate_chain_pem",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Certs__V1__KeyPair, certificate_chain_pem),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "private_key_pem",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Certs__V1__KeyPair, private_key_pem),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "not_after_unix_millis",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_INT64,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Certs__V1__KeyPair, not_after_unix_millis),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned slipway__certs__v1__key_pair__field_indices_by_name[] = {
+  1,   /* field[1] = certificate_chain_pem */
+  0,   /* field[0] = id */
+  3,   /* field[3] = not_after_unix_millis */
+  2,   /* field[2] = private_key_pem */
+};
+static const ProtobufCIntRange slipway__certs__v1__key_pair__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 4 }
+};
+const ProtobufCMessageDescriptor slipway__certs__v1__key_pair__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "slipway.certs.v1.KeyPair",
+  "KeyPair",
+  "Slipway__Certs__V1__KeyPair",
+  "slipway.certs.v1",
+  sizeof(Slipway__Certs__V1__KeyPair),
+  4,
+  slipway__certs__v1__key_pair__field_descriptors,
+  slipway__certs__v1__key_pair__field_indices_by_name,
+  1,  slipway__certs__v1__key_pair__number_ranges,
+  (ProtobufCMessageInit) slipway__certs__v1__key_pair__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
 #define slipway__certs__v1__local_carequest__field_descriptors NULL
 #define slipway__certs__v1__local_carequest__field_indices_by_name NULL
 #define slipway__certs__v1__local_carequest__number_ranges NULL
@@ -903,7 +1025,7 @@ const ProtobufCEnumDescriptor slipway__certs__v1__certificate_state__descriptor 
   slipway__certs__v1__certificate_state__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
-static const ProtobufCMethodDescriptor slipway__certs__v1__certs__method_descriptors[6] =
+static const ProtobufCMethodDescriptor slipway__certs__v1__certs__method_descriptors[7] =
 {
   { "Issue", &slipway__certs__v1__issue_request__descriptor, &slipway__certs__v1__certificate__descriptor },
   { "GetCertificate", &slipway__certs__v1__certificate_key__descriptor, &slipway__certs__v1__certificate__descriptor },
@@ -911,9 +1033,11 @@ static const ProtobufCMethodDescriptor slipway__certs__v1__certs__method_descrip
   { "Renew", &slipway__certs__v1__certificate_key__descriptor, &slipway__certs__v1__certificate__descriptor },
   { "Revoke", &slipway__certs__v1__revoke_request__descriptor, &slipway__certs__v1__certificate__descriptor },
   { "GetLocalCA", &slipway__certs__v1__local_carequest__descriptor, &slipway__certs__v1__local_ca__descriptor },
+  { "GetKeyPair", &slipway__certs__v1__certificate_key__descriptor, &slipway__certs__v1__key_pair__descriptor },
 };
 const unsigned slipway__certs__v1__certs__method_indices_by_name[] = {
   1,        /* GetCertificate */
+  6,        /* GetKeyPair */
   5,        /* GetLocalCA */
   0,        /* Issue */
   2,        /* ListCertificates */
@@ -927,7 +1051,7 @@ const ProtobufCServiceDescriptor slipway__certs__v1__certs__descriptor =
   "Certs",
   "Slipway__Certs__V1__Certs",
   "slipway.certs.v1",
-  6,
+  7,
   slipway__certs__v1__certs__method_descriptors,
   slipway__certs__v1__certs__method_indices_by_name
 };
@@ -978,6 +1102,14 @@ void slipway__certs__v1__certs__get_local_ca(ProtobufCService *service,
 {
   assert(service->descriptor == &slipway__certs__v1__certs__descriptor);
   service->invoke(service, 5, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+}
+void slipway__certs__v1__certs__get_key_pair(ProtobufCService *service,
+                                             const Slipway__Certs__V1__CertificateKey *input,
+                                             Slipway__Certs__V1__KeyPair_Closure closure,
+                                             void *closure_data)
+{
+  assert(service->descriptor == &slipway__certs__v1__certs__descriptor);
+  service->invoke(service, 6, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__certs__v1__certs__init (Slipway__Certs__V1__Certs_Service *service,
                                       Slipway__Certs__V1__Certs_ServiceDestroy destroy)

@@ -21,6 +21,7 @@ typedef struct Slipway__Certs__V1__CertificateKey Slipway__Certs__V1__Certificat
 typedef struct Slipway__Certs__V1__ListCertificatesRequest Slipway__Certs__V1__ListCertificatesRequest;
 typedef struct Slipway__Certs__V1__ListCertificatesResponse Slipway__Certs__V1__ListCertificatesResponse;
 typedef struct Slipway__Certs__V1__RevokeRequest Slipway__Certs__V1__RevokeRequest;
+typedef struct Slipway__Certs__V1__KeyPair Slipway__Certs__V1__KeyPair;
 typedef struct Slipway__Certs__V1__LocalCARequest Slipway__Certs__V1__LocalCARequest;
 typedef struct Slipway__Certs__V1__LocalCA Slipway__Certs__V1__LocalCA;
 
@@ -158,6 +159,26 @@ struct  Slipway__Certs__V1__RevokeRequest
 #define SLIPWAY__CERTS__V1__REVOKE_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&slipway__certs__v1__revoke_request__descriptor) \
     , {0,NULL}, 0 }
+
+
+/*
+ * A certificate with its private key, for a platform service that serves TLS itself (the gateway's
+ * own name). Internal: only platform services reach this API.
+ */
+struct  Slipway__Certs__V1__KeyPair
+{
+  ProtobufCMessage base;
+  ProtobufCBinaryData id;
+  /*
+   * The leaf first, then intermediates.
+   */
+  ProtobufCBinaryData certificate_chain_pem;
+  ProtobufCBinaryData private_key_pem;
+  int64_t not_after_unix_millis;
+};
+#define SLIPWAY__CERTS__V1__KEY_PAIR__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&slipway__certs__v1__key_pair__descriptor) \
+    , {0,NULL}, {0,NULL}, {0,NULL}, 0 }
 
 
 struct  Slipway__Certs__V1__LocalCARequest
@@ -298,6 +319,25 @@ Slipway__Certs__V1__RevokeRequest *
 void   slipway__certs__v1__revoke_request__free_unpacked
                      (Slipway__Certs__V1__RevokeRequest *message,
                       ProtobufCAllocator *allocator);
+/* Slipway__Certs__V1__KeyPair methods */
+void   slipway__certs__v1__key_pair__init
+                     (Slipway__Certs__V1__KeyPair         *message);
+size_t slipway__certs__v1__key_pair__get_packed_size
+                     (const Slipway__Certs__V1__KeyPair   *message);
+size_t slipway__certs__v1__key_pair__pack
+                     (const Slipway__Certs__V1__KeyPair   *message,
+                      uint8_t             *out);
+size_t slipway__certs__v1__key_pair__pack_to_buffer
+                     (const Slipway__Certs__V1__KeyPair   *message,
+                      ProtobufCBuffer     *buffer);
+Slipway__Certs__V1__KeyPair *
+       slipway__certs__v1__key_pair__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   slipway__certs__v1__key_pair__free_unpacked
+                     (Slipway__Certs__V1__KeyPair *message,
+                      ProtobufCAllocator *allocator);
 /* Slipway__Certs__V1__LocalCARequest methods */
 void   slipway__certs__v1__local_carequest__init
                      (Slipway__Certs__V1__LocalCARequest         *message);
@@ -356,6 +396,9 @@ typedef void (*Slipway__Certs__V1__ListCertificatesResponse_Closure)
 typedef void (*Slipway__Certs__V1__RevokeRequest_Closure)
                  (const Slipway__Certs__V1__RevokeRequest *message,
                   void *closure_data);
+typedef void (*Slipway__Certs__V1__KeyPair_Closure)
+                 (const Slipway__Certs__V1__KeyPair *message,
+                  void *closure_data);
 typedef void (*Slipway__Certs__V1__LocalCARequest_Closure)
                  (const Slipway__Certs__V1__LocalCARequest *message,
                   void *closure_data);
@@ -393,6 +436,10 @@ struct Slipway__Certs__V1__Certs_Service
                        const Slipway__Certs__V1__LocalCARequest *input,
                        Slipway__Certs__V1__LocalCA_Closure closure,
                        void *closure_data);
+  void (*get_key_pair)(Slipway__Certs__V1__Certs_Service *service,
+                       const Slipway__Certs__V1__CertificateKey *input,
+                       Slipway__Certs__V1__KeyPair_Closure closure,
+                       void *closure_data);
 };
 typedef void (*Slipway__Certs__V1__Certs_ServiceDestroy)(Slipway__Certs__V1__Certs_Service *);
 void slipway__certs__v1__certs__init (Slipway__Certs__V1__Certs_Service *service,
@@ -406,7 +453,8 @@ void slipway__certs__v1__certs__init (Slipway__Certs__V1__Certs_Service *service
       function_prefix__ ## list_certificates,\
       function_prefix__ ## renew,\
       function_prefix__ ## revoke,\
-      function_prefix__ ## get_local_ca  }
+      function_prefix__ ## get_local_ca,\
+      function_prefix__ ## get_key_pair  }
 void slipway__certs__v1__certs__issue(ProtobufCService *service,
                                       const Slipway__Certs__V1__IssueRequest *input,
                                       Slipway__Certs__V1__Certificate_Closure closure,
@@ -431,6 +479,10 @@ void slipway__certs__v1__certs__get_local_ca(ProtobufCService *service,
                                              const Slipway__Certs__V1__LocalCARequest *input,
                                              Slipway__Certs__V1__LocalCA_Closure closure,
                                              void *closure_data);
+void slipway__certs__v1__certs__get_key_pair(ProtobufCService *service,
+                                             const Slipway__Certs__V1__CertificateKey *input,
+                                             Slipway__Certs__V1__KeyPair_Closure closure,
+                                             void *closure_data);
 
 /* --- descriptors --- */
 
@@ -442,6 +494,7 @@ extern const ProtobufCMessageDescriptor slipway__certs__v1__certificate_key__des
 extern const ProtobufCMessageDescriptor slipway__certs__v1__list_certificates_request__descriptor;
 extern const ProtobufCMessageDescriptor slipway__certs__v1__list_certificates_response__descriptor;
 extern const ProtobufCMessageDescriptor slipway__certs__v1__revoke_request__descriptor;
+extern const ProtobufCMessageDescriptor slipway__certs__v1__key_pair__descriptor;
 extern const ProtobufCMessageDescriptor slipway__certs__v1__local_carequest__descriptor;
 extern const ProtobufCMessageDescriptor slipway__certs__v1__local_ca__descriptor;
 extern const ProtobufCServiceDescriptor slipway__certs__v1__certs__descriptor;

@@ -31,14 +31,15 @@ var targets: [Target] = [
     .target(name: "CProtocPlugin", dependencies: ["CProtobufC"]),
     .executableTarget(
         name: "protoc-gen-slipway-swift",
-        dependencies: ["CProtocPlugin", "CProtobufC"],
+        dependencies: ["CProtocPlugin", "CProtobufC", "SlipwayProtobuf"],
         swiftSettings: strict
     ),
 
     // Protobuf runtime for generated Swift types, and the generated code itself (see scripts/generate-protos.sh).
     .target(name: "SlipwayProtobuf", dependencies: ["CProtobufC"], swiftSettings: strict),
     .target(name: "CSlipwayProtos", dependencies: ["CProtobufC"]),
-    .target(name: "SlipwayProtos", dependencies: ["CSlipwayProtos", "SlipwayProtobuf", "CProtobufC"], swiftSettings: strict),
+    // Generated: messages (*.pb.swift) and, per service, a ServiceProtocol and a typed Client (*.rpc.swift).
+    .target(name: "SlipwayProtos", dependencies: ["CSlipwayProtos", "SlipwayProtobuf", "CProtobufC", "SlipwayRPC"], swiftSettings: strict),
 
     // The RPC layer: gRPC wire protocol on nghttp2.
     .target(
@@ -105,7 +106,7 @@ var targets: [Target] = [
         swiftSettings: strict
     ),
 
-    // Benchmark peer for ../shared/bench (raw-bytes echo).
+    // Benchmark peer for scripts/bench-rpc.sh (Benchmarks/grpc-swift-echo is the anchor).
     .executableTarget(
         name: "slipway-echo",
         dependencies: ["SlipwayServiceKit", "SlipwayRPC", .product(name: "ArgumentParser", package: "swift-argument-parser")] + nio,
@@ -162,7 +163,7 @@ var targets: [Target] = [
     .testTarget(name: "SlipwayProtobufTests", dependencies: ["SlipwayProtos", "SlipwayProtobuf"], swiftSettings: strict),
     .testTarget(
         name: "SlipwayRPCTests",
-        dependencies: ["SlipwayRPC", "SlipwayRPCServices", "SlipwayProtos", "SlipwayServiceKit", "SlipwayRPCTestSupport"] + nio,
+        dependencies: ["SlipwayRPC", "SlipwayRPCServices", "SlipwayProtos", "SlipwayProtobuf", "SlipwayServiceKit", "SlipwayRPCTestSupport"] + nio,
         swiftSettings: strict
     ),
 ]

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# RPC benchmark: slipway-echo against the grpc-swift-2 anchor (../shared/bench), same machine, same run,
+# RPC benchmark: slipway-echo against the grpc-swift-2 anchor (Benchmarks/grpc-swift-echo), same machine, same run,
 # alternating A B A B with h2load. Prints a Markdown table of ratios for BENCHMARKS.md.
 #   ROUNDS=3 UNARY_N=200000 STREAM_N=1000000 scripts/bench-rpc.sh
-# ANCHOR_BIN: a built EchoAnchor (default: build ../shared/bench/grpc-swift-echo in /tmp, ~7 min once).
+# ANCHOR_BIN: a built EchoAnchor (default: build a copy of Benchmarks/grpc-swift-echo in /tmp, ~7 min once).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH=/opt/swift/usr/bin:$PATH
@@ -18,7 +18,9 @@ if [ -z "${ANCHOR_BIN:-}" ]; then
   ANCHOR_BIN=/tmp/grpc-swift-echo/.build/release/EchoAnchor
   if [ ! -x "$ANCHOR_BIN" ]; then
     echo "building the grpc-swift-2 anchor (once, several minutes)..." >&2
-    rm -rf /tmp/grpc-swift-echo && cp -r ../shared/bench/grpc-swift-echo /tmp/grpc-swift-echo
+    # Built in a copy outside the repository (sources only), so its .build/ and Package.resolved stay out of the tree.
+    rm -rf /tmp/grpc-swift-echo && mkdir /tmp/grpc-swift-echo
+    cp -r Benchmarks/grpc-swift-echo/Package.swift Benchmarks/grpc-swift-echo/Sources /tmp/grpc-swift-echo/
     (cd /tmp/grpc-swift-echo && swift build -c release >&2)
   fi
 fi

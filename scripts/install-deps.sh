@@ -7,7 +7,7 @@
 set -euo pipefail
 
 what=${1:-build}
-APT_BUILD=(pkg-config libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler libprotobuf-dev openssl)
+APT_BUILD=(pkg-config libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler libprotobuf-dev libprotoc-dev openssl)
 # What the builder runs: git, buildah, skopeo, the distribution registry, and busybox-static for
 # the offline base image (scripts/seed-base-images.sh).
 APT_RUN=(git curl buildah skopeo docker-registry busybox-static runc umoci nginx-light)

@@ -17,7 +17,7 @@ extension DeploymentLogWriter {
 }
 
 extension Slipway_Builder_V1_Step {
-    /// The step's name as ARCHITECTURE.md and the deployment history spell it.
+    /// The step's name as docs/architecture.md and the deployment history spell it.
     var name: String {
         switch self {
         case .gitClone: "GIT_CLONE"

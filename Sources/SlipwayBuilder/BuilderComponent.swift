@@ -5,7 +5,7 @@ import ServiceLifecycle
 import SlipwayRPC
 import SlipwayServiceKit
 
-/// The builder's limits and where it pushes. Every limit has a flag; defaults are documented in the README.
+/// The builder's limits and where it pushes. Every limit has a flag; defaults are documented in docs/limits.md.
 public struct BuilderConfiguration: Sendable {
     /// The registry images are pushed to (and mirrored into) unless a request names another.
     /// Credentials come from SLIPWAY_BUILDER_REGISTRY_USERNAME / _PASSWORD, never from flags.

@@ -32,10 +32,11 @@ public struct ClientOptions: ParsableArguments, Sendable {
             address.removeFirst("http://".count)
         }
         address = address.trimmingCharacters(in: CharacterSet(charactersIn: "/"))
-        guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else {
+        guard let parsed = ServiceAddress(parsing: address) else {
             throw CLIError.usage("--gateway \(address) is not HOST:PORT")
         }
-        let host = String(address[..<colon])
+        let host = parsed.host
+        let port = parsed.port
         var secret = token ?? environment["SLIPWAY_TOKEN"]
         if secret == nil {
             let file = (resolvedDataDir as NSString).appendingPathComponent("gateway/admin-token")
@@ -88,7 +89,7 @@ public struct GatewayClient: Sendable {
     func close() async { await client.close() }
 }
 
-/// What a command reports on failure, with the exit code scripts rely on (README).
+/// What a command reports on failure, with the exit code scripts rely on (docs/cli.md).
 public struct CLIError: Error, CustomStringConvertible {
     public var message: String
     public var exitCode: Int32

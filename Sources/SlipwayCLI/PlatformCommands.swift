@@ -169,8 +169,8 @@ struct UpCommand: AsyncParsableCommand {
 
     /// grpc.health.v1 status of a service, polled for up to 30 s.
     static func health(_ address: String) async -> String {
-        guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else { return "bad address" }
-        let client = RPCClient(host: String(address[..<colon]), port: port)
+        guard let parsed = ServiceAddress(parsing: address) else { return "bad address" }
+        let client = RPCClient(host: parsed.host, port: parsed.port)
         defer { Task { await client.close() } }
         var status = "no answer"
         let deadline = ContinuousClock.now + .seconds(30)

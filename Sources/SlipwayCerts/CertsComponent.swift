@@ -5,7 +5,7 @@ import ServiceLifecycle
 import SlipwayRPC
 import SlipwayServiceKit
 
-/// The certs service's own flags. Defaults are in the README.
+/// The certs service's own flags. Defaults are in docs/limits.md and docs/operations.md.
 public struct CertsOptions: ParsableArguments, Sendable {
     @Option(help: """
         ACME directory for public names: letsencrypt, letsencrypt-staging, or a URL (pebble: https://127.0.0.1:14000/dir). \

@@ -52,7 +52,7 @@ public final class ApplicationLogs: Sendable {
     var retiredDirectory: String { directory + "/retired" }
 
     /// Called before an instance starts: from now on its output is shipped.
-    public func register(_ instanceID: String, workload: LocalCluster.Workload) {
+    public func register(_ instanceID: String, workload: Workload) {
         let path = statePath(instanceID)
         guard !FileManager.default.fileExists(atPath: path) else { return }
         save(instanceID, Shipped(environmentID: workload.environmentID, serviceID: workload.serviceID))

@@ -2,106 +2,105 @@ import SlipwayProtos
 import SlipwayRPC
 
 /// `slipway.cluster.v1.Cluster` over the local driver.
-struct ClusterService: RPCService {
-    typealias API = Slipway_Cluster_V1_Cluster
-
+struct ClusterService: Slipway_Cluster_V1_Cluster.ServiceProtocol {
     let cluster: any ClusterDriver
 
-    func register(with router: inout RPCRouter) {
-        router.addFiles([Slipway_Cluster_V1_Cluster_proto.descriptor])
-        let cluster = self.cluster
-        router.unary(API.Deploy.self) { request, _ in
-            var spec = LocalCluster.DeploySpec(workload: try Self.workload(request.workload), image: request.image)
-            spec.insecureRegistry = request.insecureRegistry
-            spec.environment = request.environment
-            spec.replicas = request.replicas == 0 ? 1 : Int(request.replicas)
-            if request.cpuMillicores > 0 { spec.cpuMillicores = Int(request.cpuMillicores) }
-            if request.memoryMib > 0 { spec.memoryMiB = Int(request.memoryMib) }
-            if let readiness = request.readiness {
-                switch readiness.check {
-                case .http(let http)?: spec.readiness = try Self.check(http: http)
-                case .grpc(let grpc)?: spec.readiness = try Self.check(grpc: grpc)
-                case .exec(let exec)?: spec.readiness = try Self.check(exec: exec, "readiness.exec")
-                case .tcp?, nil: spec.readiness = .tcp
-                }
-                if readiness.periodMillis > 0 { spec.checkPeriod = .milliseconds(Int(readiness.periodMillis)) }
-                if readiness.timeoutMillis > 0 { spec.checkTimeout = .milliseconds(Int(readiness.timeoutMillis)) }
+
+    func deploy(request: Slipway_Cluster_V1_DeployRequest, context: ServerContext) async throws -> Slipway_Cluster_V1_DeployResponse {
+        var spec = DeploySpec(workload: try Self.workload(request.workload), image: request.image)
+        spec.insecureRegistry = request.insecureRegistry
+        spec.environment = request.environment
+        spec.replicas = request.replicas == 0 ? 1 : Int(request.replicas)
+        if request.cpuMillicores > 0 { spec.cpuMillicores = Int(request.cpuMillicores) }
+        if request.memoryMib > 0 { spec.memoryMiB = Int(request.memoryMib) }
+        if let readiness = request.readiness {
+            switch readiness.check {
+            case .http(let http)?: spec.readiness = try Self.check(http: http)
+            case .grpc(let grpc)?: spec.readiness = try Self.check(grpc: grpc)
+            case .exec(let exec)?: spec.readiness = try Self.check(exec: exec, "readiness.exec")
+            case .tcp?, nil: spec.readiness = .tcp
             }
-            if request.readyTimeoutSeconds > 0 { spec.readyTimeout = .seconds(Int(request.readyTimeoutSeconds)) }
-            if request.stopGraceSeconds > 0 { spec.stopGrace = .seconds(Int(request.stopGraceSeconds)) }
-            if !request.command.isEmpty { spec.command = request.command }
-            spec.isPublic = request.public
-            switch request.strategy?.kind {
-            case .rolling(let rolling)?:
-                guard rolling.maxSurge <= 50, rolling.maxUnavailable <= 50, rolling.maxSurge > 0 || rolling.maxUnavailable > 0 else {
-                    throw RPCError(.invalidArgument, "strategy.rolling: max_surge and max_unavailable are 0 to 50 and not both 0")
-                }
-                spec.strategy = .rolling(maxSurge: Int(rolling.maxSurge), maxUnavailable: Int(rolling.maxUnavailable))
-            case .recreate?: spec.strategy = .recreate
-            case nil: spec.strategy = nil
-            }
-            if let liveness = request.liveness {
-                let check: LocalCluster.Readiness
-                switch liveness.check {
-                case .http(let http)?: check = try Self.check(http: http)
-                case .grpc(let grpc)?: check = try Self.check(grpc: grpc)
-                case .exec(let exec)?: check = try Self.check(exec: exec, "liveness.exec")
-                case .tcp?: check = .tcp
-                case nil: throw RPCError(.invalidArgument, "liveness.check is required (http, tcp, grpc or exec)")
-                }
-                var probe = LocalCluster.Liveness(check: check)
-                probe.initialDelay = Double(liveness.initialDelaySeconds)
-                if liveness.periodSeconds > 0 { probe.period = Double(liveness.periodSeconds) }
-                if liveness.timeoutSeconds > 0 { probe.timeout = Double(liveness.timeoutSeconds) }
-                if liveness.failureThreshold > 0 { probe.failureThreshold = Int(liveness.failureThreshold) }
-                spec.liveness = probe
-            }
-            var response = Slipway_Cluster_V1_DeployResponse()
-            response.instances = try await Self.mapped { try await cluster.deploy(spec) }.map { Self.instance($0, running: true) }
-            return response
+            if readiness.periodMillis > 0 { spec.checkPeriod = .milliseconds(Int(readiness.periodMillis)) }
+            if readiness.timeoutMillis > 0 { spec.checkTimeout = .milliseconds(Int(readiness.timeoutMillis)) }
         }
-        router.unary(API.Stop.self) { request, _ in
-            let stopped = try await Self.mapped { try await cluster.stop(try Self.workload(request.workload), grace: Self.grace(request)) }
-            var response = Slipway_Cluster_V1_InstancesResponse()
-            response.instances = stopped.map { Self.instance($0, running: false) }
-            return response
-        }
-        router.unary(API.Delete.self) { request, _ in
-            let deleted = try await Self.mapped { try await cluster.delete(try Self.workload(request.workload), grace: Self.grace(request)) }
-            var response = Slipway_Cluster_V1_InstancesResponse()
-            response.instances = deleted.map { Self.instance($0, running: false) }
-            return response
-        }
-        router.serverStreaming(API.Watch.self) { request, writer, _ in
-            // Subscribed before the snapshot is read: no change falls between the two.
-            let (id, changes) = await cluster.watch()
-            defer { Task { await cluster.unwatch(id) } }
-            let wanted = { (status: LocalCluster.WorkloadStatus) in
-                request.environmentId.isEmpty || status.workload.environmentID == request.environmentId
+        if request.readyTimeoutSeconds > 0 { spec.readyTimeout = .seconds(Int(request.readyTimeoutSeconds)) }
+        if request.stopGraceSeconds > 0 { spec.stopGrace = .seconds(Int(request.stopGraceSeconds)) }
+        if !request.command.isEmpty { spec.command = request.command }
+        spec.isPublic = request.public
+        switch request.strategy?.kind {
+        case .rolling(let rolling)?:
+            guard rolling.maxSurge <= 50, rolling.maxUnavailable <= 50, rolling.maxSurge > 0 || rolling.maxUnavailable > 0 else {
+                throw RPCError(.invalidArgument, "strategy.rolling: max_surge and max_unavailable are 0 to 50 and not both 0")
             }
-            for status in await cluster.statuses() where wanted(status) {
-                var event = Slipway_Cluster_V1_WatchEvent()
-                event.event = .workload(Self.workloadStatus(status))
-                try await writer.write(event)
-            }
-            var end = Slipway_Cluster_V1_WatchEvent()
-            end.event = .snapshotEnd(true)
-            try await writer.write(end)
-            for await status in changes where wanted(status) {
-                var event = Slipway_Cluster_V1_WatchEvent()
-                event.event = .workload(Self.workloadStatus(status))
-                try await writer.write(event)
-            }
+            spec.strategy = .rolling(maxSurge: Int(rolling.maxSurge), maxUnavailable: Int(rolling.maxUnavailable))
+        case .recreate?: spec.strategy = .recreate
+        case nil: spec.strategy = nil
         }
-        router.unary(API.ListInstances.self) { request, _ in
-            let instances = try await Self.mapped { try await cluster.instances(try Self.workload(request.workload)) }
-            var response = Slipway_Cluster_V1_InstancesResponse()
-            response.instances = instances.map { Self.instance($0.0, running: $0.running) }
-            return response
+        if let liveness = request.liveness {
+            let check: Readiness
+            switch liveness.check {
+            case .http(let http)?: check = try Self.check(http: http)
+            case .grpc(let grpc)?: check = try Self.check(grpc: grpc)
+            case .exec(let exec)?: check = try Self.check(exec: exec, "liveness.exec")
+            case .tcp?: check = .tcp
+            case nil: throw RPCError(.invalidArgument, "liveness.check is required (http, tcp, grpc or exec)")
+            }
+            var probe = Liveness(check: check)
+            probe.initialDelay = Double(liveness.initialDelaySeconds)
+            if liveness.periodSeconds > 0 { probe.period = Double(liveness.periodSeconds) }
+            if liveness.timeoutSeconds > 0 { probe.timeout = Double(liveness.timeoutSeconds) }
+            if liveness.failureThreshold > 0 { probe.failureThreshold = Int(liveness.failureThreshold) }
+            spec.liveness = probe
+        }
+        var response = Slipway_Cluster_V1_DeployResponse()
+        response.instances = try await cluster.deploy(spec).map { Self.instance($0, running: true) }
+        return response
+    }
+
+    func stop(request: Slipway_Cluster_V1_WorkloadRequest, context: ServerContext) async throws -> Slipway_Cluster_V1_InstancesResponse {
+        let stopped = try await cluster.stop(try Self.workload(request.workload), grace: Self.grace(request))
+        var response = Slipway_Cluster_V1_InstancesResponse()
+        response.instances = stopped.map { Self.instance($0, running: false) }
+        return response
+    }
+
+    func delete(request: Slipway_Cluster_V1_WorkloadRequest, context: ServerContext) async throws -> Slipway_Cluster_V1_InstancesResponse {
+        let deleted = try await cluster.delete(try Self.workload(request.workload), grace: Self.grace(request))
+        var response = Slipway_Cluster_V1_InstancesResponse()
+        response.instances = deleted.map { Self.instance($0, running: false) }
+        return response
+    }
+
+    func watch(request: Slipway_Cluster_V1_WatchRequest, response writer: ResponseWriter<Slipway_Cluster_V1_WatchEvent>, context: ServerContext) async throws {
+        // Subscribed before the snapshot is read: no change falls between the two.
+        let (id, changes) = await cluster.watch()
+        defer { Task { await cluster.unwatch(id) } }
+        let wanted = { (status: WorkloadStatus) in
+            request.environmentId.isEmpty || status.workload.environmentID == request.environmentId
+        }
+        for status in await cluster.statuses() where wanted(status) {
+            var event = Slipway_Cluster_V1_WatchEvent()
+            event.event = .workload(Self.workloadStatus(status))
+            try await writer.write(event)
+        }
+        var end = Slipway_Cluster_V1_WatchEvent()
+        end.event = .snapshotEnd(true)
+        try await writer.write(end)
+        for await status in changes where wanted(status) {
+            var event = Slipway_Cluster_V1_WatchEvent()
+            event.event = .workload(Self.workloadStatus(status))
+            try await writer.write(event)
         }
     }
 
-    static func check(http: Slipway_Cluster_V1_HttpCheck) throws -> LocalCluster.Readiness {
+    func listInstances(request: Slipway_Cluster_V1_WorkloadRequest, context: ServerContext) async throws -> Slipway_Cluster_V1_InstancesResponse {
+        let instances = try await cluster.instances(try Self.workload(request.workload))
+        var response = Slipway_Cluster_V1_InstancesResponse()
+        response.instances = instances.map { Self.instance($0.0, running: $0.running) }
+        return response
+    }
+
+    static func check(http: Slipway_Cluster_V1_HttpCheck) throws -> Readiness {
         let path = http.path.isEmpty ? "/" : http.path
         // It goes into a request line: no spaces or control characters.
         guard path.hasPrefix("/"), path.utf8.count <= 1024, path.utf8.allSatisfy({ $0 > 32 && $0 < 127 }) else {
@@ -110,12 +109,12 @@ struct ClusterService: RPCService {
         return .http(path: path)
     }
 
-    static func check(grpc: Slipway_Cluster_V1_GrpcCheck) throws -> LocalCluster.Readiness {
+    static func check(grpc: Slipway_Cluster_V1_GrpcCheck) throws -> Readiness {
         guard grpc.service.utf8.count <= 256 else { throw RPCError(.invalidArgument, "grpc.service must be at most 256 bytes") }
         return .grpc(service: grpc.service)
     }
 
-    static func check(exec: Slipway_Cluster_V1_ExecCheck, _ field: String) throws -> LocalCluster.Readiness {
+    static func check(exec: Slipway_Cluster_V1_ExecCheck, _ field: String) throws -> Readiness {
         guard !exec.command.isEmpty, exec.command.count <= 64, exec.command.allSatisfy({ $0.utf8.count <= 4096 }) else {
             throw RPCError(.invalidArgument, "\(field).command must have 1 to 64 arguments of at most 4 KiB")
         }
@@ -126,12 +125,12 @@ struct ClusterService: RPCService {
         request.stopGraceSeconds == 0 ? .seconds(10) : .seconds(Int(request.stopGraceSeconds))
     }
 
-    static func workload(_ message: Slipway_Cluster_V1_Workload?) throws(LocalCluster.Failure) -> LocalCluster.Workload {
-        guard let message else { throw LocalCluster.Failure(kind: .invalid, description: "workload is required") }
-        return LocalCluster.Workload(environmentID: message.environmentId, serviceID: message.serviceId, serviceName: message.serviceName)
+    static func workload(_ message: Slipway_Cluster_V1_Workload?) throws(ClusterFailure) -> Workload {
+        guard let message else { throw ClusterFailure(kind: .invalid, description: "workload is required") }
+        return Workload(environmentID: message.environmentId, serviceID: message.serviceId, serviceName: message.serviceName)
     }
 
-    static func workloadStatus(_ status: LocalCluster.WorkloadStatus) -> Slipway_Cluster_V1_WorkloadStatus {
+    static func workloadStatus(_ status: WorkloadStatus) -> Slipway_Cluster_V1_WorkloadStatus {
         var message = Slipway_Cluster_V1_WorkloadStatus()
         var workload = Slipway_Cluster_V1_Workload()
         workload.environmentId = status.workload.environmentID
@@ -143,7 +142,7 @@ struct ClusterService: RPCService {
         return message
     }
 
-    static func runningStatus(_ status: LocalCluster.RunningStatus) -> Slipway_Cluster_V1_RunningStatus {
+    static func runningStatus(_ status: RunningStatus) -> Slipway_Cluster_V1_RunningStatus {
         switch status {
         case .starting: .starting
         case .running: .running
@@ -154,13 +153,13 @@ struct ClusterService: RPCService {
         }
     }
 
-    static func instance(status: LocalCluster.InstanceStatus) -> Slipway_Cluster_V1_Instance {
+    static func instance(status: InstanceStatus) -> Slipway_Cluster_V1_Instance {
         var message = instance(status.instance, running: status.running)
         message.runningStatus = runningStatus(status.status)
         return message
     }
 
-    static func instance(_ instance: LocalCluster.Instance, running: Bool) -> Slipway_Cluster_V1_Instance {
+    static func instance(_ instance: Instance, running: Bool) -> Slipway_Cluster_V1_Instance {
         var message = Slipway_Cluster_V1_Instance()
         message.id = instance.id
         message.address = instance.address
@@ -174,25 +173,27 @@ struct ClusterService: RPCService {
         message.runningStatus = running ? .running : (instance.exitedAt != nil ? .error : .stopped)
         return message
     }
+}
 
-    static func mapped<T: Sendable>(_ body: () async throws -> T) async throws -> T {
-        do {
-            return try await body()
-        } catch let failure as LocalCluster.Failure {
-            switch failure.kind {
-            case .invalid: throw RPCError(.invalidArgument, failure.description)
-            case .notReady: throw RPCError(.failedPrecondition, failure.description)
-            case .runtime: throw RPCError(.internal, failure.description)
-            }
-        } catch let error as KubernetesError {
-            // The API server's answer, as it gave it.
-            switch error.code {
-            case 400, 422: throw RPCError(.invalidArgument, "Kubernetes: \(error)")
-            case 403, 401: throw RPCError(.permissionDenied, "Kubernetes: \(error)")
-            case 404: throw RPCError(.notFound, "Kubernetes: \(error)")
-            case 409: throw RPCError(.failedPrecondition, "Kubernetes: \(error)")
-            default: throw RPCError(.unavailable, "Kubernetes: \(error)")
-            }
+extension ClusterFailure: RPCErrorConvertible {
+    public var rpcError: RPCError {
+        switch kind {
+        case .invalid: RPCError(.invalidArgument, description)
+        case .notReady: RPCError(.failedPrecondition, description)
+        case .runtime: RPCError(.internal, description)
+        }
+    }
+}
+
+extension KubernetesError: RPCErrorConvertible {
+    /// The API server's answer, as it gave it.
+    public var rpcError: RPCError {
+        switch code {
+        case 400, 422: RPCError(.invalidArgument, "Kubernetes: \(self)")
+        case 403, 401: RPCError(.permissionDenied, "Kubernetes: \(self)")
+        case 404: RPCError(.notFound, "Kubernetes: \(self)")
+        case 409: RPCError(.failedPrecondition, "Kubernetes: \(self)")
+        default: RPCError(.unavailable, "Kubernetes: \(self)")
         }
     }
 }

@@ -1,23 +1,7 @@
 import Foundation
 
-/// Running status (ARCHITECTURE.md) of instances and workloads, and the watchers that follow it.
+/// Running status (docs/architecture.md) of instances and workloads, and the watchers that follow it.
 extension LocalCluster {
-    public enum RunningStatus: String, Sendable, Equatable {
-        case starting, running, warning, error, stopping, stopped
-    }
-
-    public struct InstanceStatus: Sendable, Equatable {
-        public var instance: Instance
-        public var running: Bool
-        public var status: RunningStatus
-    }
-
-    public struct WorkloadStatus: Sendable, Equatable {
-        public var workload: Workload
-        public var status: RunningStatus
-        public var instances: [InstanceStatus]
-    }
-
     /// Every workload as it is now.
     public func statuses() async -> [WorkloadStatus] {
         let running = Set(((try? await runtime.list()) ?? []).filter { $0.status == .running }.map(\.id))

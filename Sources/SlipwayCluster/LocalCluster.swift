@@ -16,111 +16,6 @@ import Glibc
 /// are started (as pending) and when they become current, so a cluster service killed mid-deploy
 /// removes the pending ones on restart and keeps the current ones (they run on without it).
 public actor LocalCluster {
-    public struct Workload: Sendable, Equatable, Codable {
-        public var environmentID: String
-        public var serviceID: String
-        public var serviceName: String
-
-        public init(environmentID: String, serviceID: String, serviceName: String) {
-            self.environmentID = environmentID
-            self.serviceID = serviceID
-            self.serviceName = serviceName
-        }
-    }
-
-    /// A check of an instance, for readiness or liveness.
-    public enum Readiness: Sendable, Equatable, Codable {
-        /// GET path answers 2xx or 3xx.
-        case http(path: String)
-        /// The port accepts connections.
-        case tcp
-        /// `grpc.health.v1.Health/Check` for `service` ("" = the server as a whole) answers SERVING.
-        case grpc(service: String)
-        /// The command, run inside the instance (`runc exec`), exits 0.
-        case exec(command: [String])
-    }
-
-    /// How a deploy replaces the instances (Kubernetes' Deployment strategies).
-    public enum Strategy: Sendable, Equatable {
-        /// At most replicas + `maxSurge` instances at once, at least replicas - `maxUnavailable`
-        /// serving (absolute numbers).
-        case rolling(maxSurge: Int, maxUnavailable: Int)
-        /// Every old instance stops before the new ones start (nothing serves in between).
-        case recreate
-    }
-
-    /// Kubernetes' liveness probe: checked every `period` once `initialDelay` has passed since the
-    /// instance started; after `failureThreshold` failures in a row it is killed and started again
-    /// (with the crash-loop backoff), its last exit saying why.
-    public struct Liveness: Sendable, Equatable, Codable {
-        public var check: Readiness
-        public var initialDelay: Double = 0
-        public var period: Double = 10
-        public var timeout: Double = 1
-        public var failureThreshold = 3
-
-        public init(check: Readiness) {
-            self.check = check
-        }
-    }
-
-    public struct DeploySpec: Sendable {
-        public var workload: Workload
-        public var image: String
-        public var insecureRegistry = false
-        public var environment: [String: String] = [:]
-        public var replicas = 1
-        public var cpuMillicores: Int?
-        public var memoryMiB: Int?
-        public var readiness: Readiness = .tcp
-        public var checkPeriod: Duration = .milliseconds(100)
-        public var checkTimeout: Duration = .seconds(1)
-        public var readyTimeout: Duration = .seconds(60)
-        public var stopGrace: Duration = .seconds(10)
-        public var command: [String]?
-        /// Reached through the load balancer: traffic moves to the new instances (and drains from
-        /// the old ones) before the old ones stop.
-        public var isPublic = false
-        public var liveness: Liveness?
-        /// Nil: every new instance at once, then the old ones go (a rolling update with max surge =
-        /// replicas, max unavailable = 0).
-        public var strategy: Strategy?
-
-        public init(workload: Workload, image: String) {
-            self.workload = workload
-            self.image = image
-        }
-    }
-
-    public struct Instance: Sendable, Equatable, Codable {
-        public var id: String
-        public var port: Int
-        public var image: String
-        /// Times the supervisor has started it again after it exited.
-        public var restarts: Int? = nil
-        /// When the supervisor saw it exited (Unix seconds), until it starts it again.
-        public var exitedAt: Double? = nil
-        /// How its last run ended, for a person: "exited with status 3", "killed by signal 9
-        /// (OOMKilled: …)", or that the status could not be read.
-        public var lastExit: String? = nil
-        public var lastExitAt: Double? = nil
-        /// Its last run was killed by the kernel for going over its memory limit.
-        public var oomKilled: Bool? = nil
-        /// When its current run started (Unix seconds; nil: at deploy, before this was recorded).
-        public var startedAt: Double? = nil
-        /// Exits in a row without a run of ``LocalCluster/healthyRun``: the backoff's exponent.
-        public var crashes: Int? = nil
-        /// Where it runs when not on this machine (a pod's IP); nil: loopback.
-        public var host: String? = nil
-        public var address: String { "\(host ?? "127.0.0.1"):\(port)" }
-
-        /// When it will be started again: 1 s after its first exit, then 2, 4, … up to
-        /// ``LocalCluster/maxBackoff`` (CrashLoopBackOff); back to 1 s after a run of 10 minutes.
-        public var nextRestartAt: Double? {
-            exitedAt.map { $0 + min(LocalCluster.maxBackoff, pow(2, Double(crashes ?? restarts ?? 0))) }
-        }
-    }
-
     /// What is on disk for a workload.
     struct Record: Codable, Equatable {
         var workload: Workload
@@ -136,12 +31,6 @@ public actor LocalCluster {
         /// Replaced by a deploy, being stopped: removed at start if the service died meanwhile.
         var retiring: [Instance]? = nil
         var liveness: Liveness? = nil
-    }
-
-    public struct Failure: Error, CustomStringConvertible, Equatable {
-        public enum Kind: Sendable { case invalid, notReady, runtime }
-        public var kind: Kind
-        public var description: String
     }
 
     public static let maxReplicas = 50
@@ -209,7 +98,7 @@ public actor LocalCluster {
 
     // MARK: Deploy
 
-    public func deploy(_ spec: DeploySpec) async throws(Failure) -> [Instance] {
+    public func deploy(_ spec: DeploySpec) async throws(ClusterFailure) -> [Instance] {
         try Self.validate(spec.workload)
         await turns.acquire(spec.workload.serviceID)
         defer { turns.release(spec.workload.serviceID) }
@@ -223,16 +112,16 @@ public actor LocalCluster {
         }
     }
 
-    private func deployHoldingLock(_ spec: DeploySpec) async throws(Failure) -> [Instance] {
+    private func deployHoldingLock(_ spec: DeploySpec) async throws(ClusterFailure) -> [Instance] {
         guard (1...Self.maxReplicas).contains(spec.replicas) else {
-            throw Failure(kind: .invalid, description: "replicas must be 1 to \(Self.maxReplicas), got \(spec.replicas)")
+            throw ClusterFailure(kind: .invalid, description: "replicas must be 1 to \(Self.maxReplicas), got \(spec.replicas)")
         }
-        guard !spec.image.isEmpty else { throw Failure(kind: .invalid, description: "image is required") }
+        guard !spec.image.isEmpty else { throw ClusterFailure(kind: .invalid, description: "image is required") }
         if spec.isPublic && traffic == nil {
-            throw Failure(kind: .invalid, description: "this cluster service routes no traffic (started with --cluster-traffic none): deploy it with public = false")
+            throw ClusterFailure(kind: .invalid, description: "this cluster service routes no traffic (started with --cluster-traffic none): deploy it with public = false")
         }
         if case .rolling(let surge, let unavailable)? = spec.strategy, surge < 0 || unavailable < 0 || surge + unavailable == 0 {
-            throw Failure(kind: .invalid, description: "rolling update: max_surge and max_unavailable must not both be 0 (nothing could move)")
+            throw ClusterFailure(kind: .invalid, description: "rolling update: max_surge and max_unavailable must not both be 0 (nothing could move)")
         }
         var record = (try? load(spec.workload.serviceID)) ?? Record(workload: spec.workload)
         record.workload = spec.workload
@@ -243,7 +132,7 @@ public actor LocalCluster {
         do {
             pulled = try await runtime.pull(spec.image, insecure: insecure)
         } catch {
-            throw Failure(kind: .runtime, description: "\(error)")
+            throw ClusterFailure(kind: .runtime, description: "\(error)")
         }
         // A workload stopped on purpose has no instance serving: its stopped ones are not part of
         // the rollout (never routed to, never started again), and go once the deploy succeeds.
@@ -309,8 +198,8 @@ public actor LocalCluster {
                 recovered = false
             }
             try? save(record)
-            if let failure = error as? Failure { throw failure }
-            throw Failure(kind: .runtime, description: "\(error)")
+            if let failure = error as? ClusterFailure { throw failure }
+            throw ClusterFailure(kind: .runtime, description: "\(error)")
         }
         // Done: the old ones were stopped along the way; now they go for good.
         record.current = rollout.ready
@@ -318,7 +207,7 @@ public actor LocalCluster {
         do {
             try save(record)
         } catch {
-            throw Failure(kind: .runtime, description: "cannot record the new instances: \(error)")
+            throw ClusterFailure(kind: .runtime, description: "cannot record the new instances: \(error)")
         }
         for instance in rollout.parked + stoppedBefore { try? await Self.remove(instance.id, runtime, applicationLogs) }
         record.retiring = nil
@@ -410,7 +299,7 @@ public actor LocalCluster {
         do {
             try await traffic.route(spec.workload, to: (rollout.old + rollout.ready).map(\.address), drain: spec.stopGrace)
         } catch {
-            throw Failure(kind: .runtime, description: "the load balancer did not take the change: \(error)")
+            throw ClusterFailure(kind: .runtime, description: "the load balancer did not take the change: \(error)")
         }
     }
 
@@ -423,10 +312,10 @@ public actor LocalCluster {
             }
             guard let state = try await runtime.state(instance.id), state.status == .running else {
                 let output = (try? String(contentsOfFile: runtime.stderrPath(instance.id), encoding: .utf8)).map { String($0.suffix(300)) } ?? ""
-                throw Failure(kind: .notReady, description: "instance \(instance.id) exited before it was ready\(output.isEmpty ? "" : ": \(output)")")
+                throw ClusterFailure(kind: .notReady, description: "instance \(instance.id) exited before it was ready\(output.isEmpty ? "" : ": \(output)")")
             }
             guard ContinuousClock.now < deadline else {
-                throw Failure(kind: .notReady, description: "instance \(instance.id) was not ready in time: \(lastError)")
+                throw ClusterFailure(kind: .notReady, description: "instance \(instance.id) was not ready in time: \(lastError)")
             }
             try await Task.sleep(for: spec.checkPeriod)
         }
@@ -435,7 +324,7 @@ public actor LocalCluster {
     // MARK: Stop, delete, list
 
     /// Stops the workload's instances (kept on record as stopped, so a restart can deploy again).
-    public func stop(_ workload: Workload, grace: Duration) async throws(Failure) -> [Instance] {
+    public func stop(_ workload: Workload, grace: Duration) async throws(ClusterFailure) -> [Instance] {
         try Self.validate(workload)
         await turns.acquire(workload.serviceID)
         defer { turns.release(workload.serviceID) }
@@ -452,7 +341,7 @@ public actor LocalCluster {
         return record.current
     }
 
-    public func delete(_ workload: Workload, grace: Duration) async throws(Failure) -> [Instance] {
+    public func delete(_ workload: Workload, grace: Duration) async throws(ClusterFailure) -> [Instance] {
         try Self.validate(workload)
         await turns.acquire(workload.serviceID)
         defer { turns.release(workload.serviceID) }
@@ -469,17 +358,17 @@ public actor LocalCluster {
 
     /// Takes a routed workload out of the load balancer (requests in flight finish) before its
     /// instances stop.
-    private func unroute(_ record: Record) async throws(Failure) {
+    private func unroute(_ record: Record) async throws(ClusterFailure) {
         guard record.routed == true, let traffic else { return }
         do {
             try await traffic.route(record.workload, to: [], drain: .seconds(30))
         } catch {
-            throw Failure(kind: .runtime, description: "the load balancer did not let go of \(record.workload.serviceName): \(error)")
+            throw ClusterFailure(kind: .runtime, description: "the load balancer did not let go of \(record.workload.serviceName): \(error)")
         }
     }
 
     /// The workload's current instances and whether each runs.
-    public func instances(_ workload: Workload) async throws(Failure) -> [(Instance, running: Bool)] {
+    public func instances(_ workload: Workload) async throws(ClusterFailure) -> [(Instance, running: Bool)] {
         try Self.validate(workload)
         guard let record = try? load(workload.serviceID) else { return [] }
         var result: [(Instance, running: Bool)] = []
@@ -490,145 +379,6 @@ public actor LocalCluster {
         return result
     }
 
-    // MARK: Supervision
-
-    /// How often ``supervise(every:)`` looks at the instances.
-    public static let supervisionPeriod: Duration = .milliseconds(500)
-
-    /// Runs ``superviseOnce(now:)`` until cancelled.
-    public func supervise(every period: Duration = supervisionPeriod) async {
-        while !Task.isCancelled {
-            if !recovered { _ = try? await recover() }
-            await superviseOnce()
-            await checkLiveness()
-            await publishChanges()
-            try? await Task.sleep(for: period)
-        }
-    }
-
-    /// One look at every workload not stopped on purpose: an instance that has exited is noted, and
-    /// started again once its backoff has passed.
-    public func superviseOnce(now: Date = Date()) async {
-        guard let states = try? await runtime.list() else { return }
-        let running = Set(states.filter { $0.status == .running }.map(\.id))
-        let files = (try? FileManager.default.contentsOfDirectory(atPath: directory + "/workloads")) ?? []
-        for file in files where file.hasSuffix(".json") {
-            let serviceID = String(file.dropLast(5))
-            guard let peek = try? load(serviceID), peek.stopped != true,
-                  peek.current.contains(where: { !running.contains($0.id) || $0.exitedAt != nil })
-            else { continue }
-            await turns.acquire(serviceID)
-            defer { turns.release(serviceID) }
-            // Read again under the lock: a deploy may have replaced them meanwhile (and started new
-            // instances the first listing did not show).
-            guard var record = try? load(serviceID), record.stopped != true else { continue }
-            let running = record == peek ? running : Set(((try? await runtime.list()) ?? []).filter { $0.status == .running }.map(\.id))
-            let time = now.timeIntervalSince1970
-            for index in record.current.indices {
-                var instance = record.current[index]
-                if running.contains(instance.id) {
-                    instance.exitedAt = nil
-                } else if instance.exitedAt == nil {
-                    instance.exitedAt = time
-                    noteExit(&instance, at: time, memoryMiB: record.memoryMiB)
-                    logger.warning("instance exited", metadata: [
-                        "instance": "\(instance.id)", "restarts": "\(instance.restarts ?? 0)", "exit": "\(instance.lastExit ?? "")",
-                    ])
-                } else if let due = instance.nextRestartAt, due <= time {
-                    do {
-                        _ = try await runtime.restart(instance.id)
-                        instance.restarts = (instance.restarts ?? 0) + 1
-                        instance.crashes = (instance.crashes ?? 0) + 1
-                        instance.startedAt = time
-                        instance.exitedAt = nil
-                    } catch {
-                        logger.error("cannot restart an instance", metadata: ["instance": "\(instance.id)", "error": "\(error)"])
-                    }
-                }
-                record.current[index] = instance
-            }
-            try? save(record)
-        }
-    }
-
-    // MARK: Liveness
-
-    /// Runs the liveness checks that are due (all at once); an instance whose check failed
-    /// `failureThreshold` times in a row is stopped with the reason as its last exit, and the
-    /// supervisor starts it again after its backoff.
-    public func checkLiveness(now: Date = Date()) async {
-        let time = now.timeIntervalSince1970
-        let files = (try? FileManager.default.contentsOfDirectory(atPath: directory + "/workloads")) ?? []
-        var due: [(serviceID: String, instance: Instance, liveness: Liveness)] = []
-        for file in files where file.hasSuffix(".json") {
-            guard let record = try? load(String(file.dropLast(5))), record.stopped != true, let liveness = record.liveness else { continue }
-            for instance in record.current where instance.exitedAt == nil {
-                let started = instance.startedAt ?? 0
-                guard time - started >= liveness.initialDelay, time - (lastLivenessCheck[instance.id] ?? 0) >= liveness.period else { continue }
-                due.append((record.workload.serviceID, instance, liveness))
-            }
-        }
-        // Forget instances that are gone.
-        let live = Set(due.map(\.instance.id))
-        lastLivenessCheck = lastLivenessCheck.filter { live.contains($0.key) || time - $0.value < 3600 }
-        livenessFailures = livenessFailures.filter { lastLivenessCheck[$0.key] != nil }
-        guard !due.isEmpty else { return }
-        for item in due { lastLivenessCheck[item.instance.id] = time }
-        let runtime = self.runtime
-        let results = await withTaskGroup(of: (String, Probe.Result).self, returning: [String: Probe.Result].self) { group in
-            for item in due {
-                group.addTask {
-                    (item.instance.id, await Probe.check(item.liveness.check, instance: item.instance, runtime: runtime, timeout: .milliseconds(Int(item.liveness.timeout * 1000))))
-                }
-            }
-            var results: [String: Probe.Result] = [:]
-            for await (id, result) in group { results[id] = result }
-            return results
-        }
-        for item in due {
-            guard case .failure(let reason)? = results[item.instance.id] else {
-                livenessFailures[item.instance.id] = nil
-                continue
-            }
-            let failures = (livenessFailures[item.instance.id] ?? 0) + 1
-            livenessFailures[item.instance.id] = failures
-            guard failures >= item.liveness.failureThreshold else { continue }
-            livenessFailures[item.instance.id] = nil
-            await turns.acquire(item.serviceID)
-            defer { turns.release(item.serviceID) }
-            guard var record = try? load(item.serviceID), record.stopped != true,
-                  let index = record.current.firstIndex(where: { $0.id == item.instance.id && $0.exitedAt == nil }) else { continue }
-            // On record first: the supervisor sees an exited instance with this reason and restarts it.
-            record.current[index].exitedAt = time
-            record.current[index].lastExitAt = time
-            record.current[index].oomKilled = false
-            record.current[index].lastExit = "killed: liveness check failed \(failures) times in a row (\(reason))"
-            try? save(record)
-            logger.warning("liveness check failed; restarting", metadata: ["instance": "\(item.instance.id)", "reason": "\(reason)"])
-            try? await runtime.stop(item.instance.id, grace: .seconds(10))
-        }
-    }
-
-    /// A run of this long counts as healthy: the next exit starts the backoff again at 1 s.
-    public static let healthyRun: TimeInterval = 600
-
-    /// Reads how the run ended (its status, reaped; the kernel's OOM kill count of its cgroup).
-    private func noteExit(_ instance: inout Instance, at time: Double, memoryMiB: Int?) {
-        let exit = runtime.reap(instance.id)
-        let oom = (runtime.oomKills(instance.id) ?? 0) > 0
-        instance.oomKilled = oom
-        instance.lastExitAt = time
-        var reason: String
-        switch exit {
-        case .exited(let code)?: reason = "exited with status \(code)"
-        case .signaled(let signal)?: reason = "killed by signal \(signal)\(signal == 9 ? " (SIGKILL)" : signal == 15 ? " (SIGTERM)" : "")"
-        case nil: reason = "exited (its status was not readable: it ended while another cluster-service process ran)"
-        }
-        if oom { reason += "; OOMKilled: the kernel killed it for going over its \(memoryMiB.map { "\($0) MiB " } ?? "")memory limit" }
-        instance.lastExit = reason
-        if let started = instance.startedAt, time - started >= Self.healthyRun { instance.crashes = 0 }
-    }
-
     // MARK: One change of a workload at a time
 
     /// The actor is reentrant: while a deploy awaits its instances, another call for the same
@@ -636,10 +386,10 @@ public actor LocalCluster {
     /// (in order); different workloads do not wait for each other.
     let turns = Turns()
     var watchers: [UUID: AsyncStream<WorkloadStatus>.Continuation] = [:]
-    private var livenessFailures: [String: Int] = [:]
+    var livenessFailures: [String: Int] = [:]
     /// An unfinished deploy's instances could not be put right yet.
-    private var recovered = true
-    private var lastLivenessCheck: [String: Double] = [:]
+    var recovered = true
+    var lastLivenessCheck: [String: Double] = [:]
     var published: [String: WorkloadStatus] = [:]
 
     /// Removes an instance; its output first moves aside, to be shipped to its end.
@@ -651,7 +401,7 @@ public actor LocalCluster {
     // MARK: Helpers
 
     /// Runs `body` for every instance at once (their grace periods overlap); the first failure is reported.
-    static func each(_ instances: [Instance], _ body: @escaping @Sendable (Instance) async throws -> Void) async throws(Failure) {
+    static func each(_ instances: [Instance], _ body: @escaping @Sendable (Instance) async throws -> Void) async throws(ClusterFailure) {
         let failures = await withTaskGroup(of: String?.self, returning: [String].self) { group in
             for instance in instances {
                 group.addTask {
@@ -665,36 +415,36 @@ public actor LocalCluster {
             }
             return await group.reduce(into: []) { if let failure = $1 { $0.append(failure) } }
         }
-        if let first = failures.first { throw Failure(kind: .runtime, description: "cannot stop \(first)") }
+        if let first = failures.first { throw ClusterFailure(kind: .runtime, description: "cannot stop \(first)") }
     }
 
-    private func path(_ serviceID: String) -> String { directory + "/workloads/" + serviceID + ".json" }
+    func path(_ serviceID: String) -> String { directory + "/workloads/" + serviceID + ".json" }
 
     func load(_ serviceID: String) throws -> Record {
         try JSONDecoder().decode(Record.self, from: Data(contentsOf: URL(fileURLWithPath: path(serviceID))))
     }
 
     /// Written to a temporary file, flushed and renamed: a crash leaves the old record or the new one.
-    private func save(_ record: Record) throws {
+    func save(_ record: Record) throws {
         do {
             try AtomicFile.write(try JSONEncoder().encode(record), to: path(record.workload.serviceID))
         } catch let failure as AtomicFile.Failure {
-            throw Failure(kind: .runtime, description: failure.description)
+            throw ClusterFailure(kind: .runtime, description: failure.description)
         }
     }
 
-    static func validate(_ workload: Workload) throws(Failure) {
+    static func validate(_ workload: Workload) throws(ClusterFailure) {
         for (value, field) in [(workload.environmentID, "environment_id"), (workload.serviceID, "service_id")] {
             // What the logs service accepts in a stream key, so application logs can always be stored.
             guard !value.isEmpty, value.utf8.count <= 128,
                   value != ".", value != "..",
                   value.utf8.allSatisfy({ ($0 >= 65 && $0 <= 90) || ($0 >= 97 && $0 <= 122) || ($0 >= 48 && $0 <= 57) || $0 == 46 || $0 == 95 || $0 == 45 }) else {
-                throw Failure(kind: .invalid, description: "workload.\(field) must be 1 to 128 of A-Z, a-z, 0-9, '.', '_' and '-'")
+                throw ClusterFailure(kind: .invalid, description: "workload.\(field) must be 1 to 128 of A-Z, a-z, 0-9, '.', '_' and '-'")
             }
         }
         let name = workload.serviceName.utf8
         guard !name.isEmpty, name.count <= 40, name.allSatisfy({ ($0 >= 97 && $0 <= 122) || ($0 >= 48 && $0 <= 57) || $0 == 45 }), name.first! >= 97 else {
-            throw Failure(kind: .invalid, description: "workload.service_name must be a DNS label of at most 40 characters, got \"\(workload.serviceName.prefix(60))\"")
+            throw ClusterFailure(kind: .invalid, description: "workload.service_name must be a DNS label of at most 40 characters, got \"\(workload.serviceName.prefix(60))\"")
         }
     }
 
@@ -717,7 +467,7 @@ public actor LocalCluster {
         let bound = withUnsafeMutablePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
         }
-        guard bound else { throw Failure(kind: .runtime, description: "no free loopback port") }
+        guard bound else { throw ClusterFailure(kind: .runtime, description: "no free loopback port") }
         return Int(UInt16(bigEndian: address.sin_port))
     }
 }

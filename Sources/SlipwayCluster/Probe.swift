@@ -15,7 +15,7 @@ enum Probe {
         case failure(String)
     }
 
-    static func check(_ check: LocalCluster.Readiness, instance: LocalCluster.Instance, runtime: LocalRuntime, timeout: Duration) async -> Result {
+    static func check(_ check: Readiness, instance: Instance, runtime: LocalRuntime, timeout: Duration) async -> Result {
         switch check {
         case .tcp, .http:
             return await self.check(port: instance.port, readiness: check, timeout: timeout)
@@ -26,7 +26,7 @@ enum Probe {
         }
     }
 
-    static func check(port: Int, readiness: LocalCluster.Readiness, timeout: Duration) async -> Result {
+    static func check(port: Int, readiness: Readiness, timeout: Duration) async -> Result {
         await withCheckedContinuation { continuation in
             Thread.detachNewThread {
                 continuation.resume(returning: run(port: port, readiness: readiness, timeout: timeout))
@@ -56,7 +56,7 @@ enum Probe {
         }
     }
 
-    static func run(port: Int, readiness: LocalCluster.Readiness, timeout: Duration) -> Result {
+    static func run(port: Int, readiness: Readiness, timeout: Duration) -> Result {
         let deadline = ContinuousClock.now + timeout
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { return .failure("cannot open a socket") }

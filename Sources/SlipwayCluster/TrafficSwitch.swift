@@ -5,7 +5,7 @@ import SlipwayRPC
 public protocol TrafficSwitch: Sendable {
     /// Sends the workload's traffic to `addresses` (none: to no instance); returns once requests in
     /// flight to the previous ones have finished, or `drain` passed.
-    func route(_ workload: LocalCluster.Workload, to addresses: [String], drain: Duration) async throws
+    func route(_ workload: Workload, to addresses: [String], drain: Duration) async throws
 }
 
 /// The network service's load balancer (`slipway.network.v1.Network/SetBackends`).
@@ -16,7 +16,7 @@ public struct NetworkTrafficSwitch: TrafficSwitch {
         self.client = client
     }
 
-    public func route(_ workload: LocalCluster.Workload, to addresses: [String], drain: Duration) async throws {
+    public func route(_ workload: Workload, to addresses: [String], drain: Duration) async throws {
         var key = Slipway_Network_V1_RouteKey()
         key.environmentId = workload.environmentID
         key.serviceId = workload.serviceID

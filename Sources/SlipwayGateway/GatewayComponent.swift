@@ -8,7 +8,7 @@ import SlipwayRPC
 import SlipwayServiceKit
 import Synchronization
 
-/// The gateway's own flags. Defaults are in the README.
+/// The gateway's own flags. Defaults are in docs/limits.md and docs/operations.md.
 public struct GatewayOptions: ParsableArguments, Sendable {
     @Option(help: "PEM certificate chain for TLS on the gateway's port (ALPN h2 and http/1.1); without it the port is plaintext.")
     var gatewayTlsCert: String?
@@ -85,7 +85,7 @@ public struct GatewayComponent: PlatformComponent {
         let scheme = options.gatewayTlsCert == nil && options.gatewayTlsDomain == nil ? "http" : "https"
         let publicURL = options.gatewayPublicUrl ?? "\(scheme)://\(configuration.listen.host):\(configuration.listen.port)"
         let webhooks = WebhookReceiver(store: store, pipeline: pipeline, publicURL: publicURL, maxBodyBytes: maxBody, logger: logger)
-        let service = GatewayService(auth: auth, ownership: Ownership(pipeline: pipeline), pipeline: pipeline, logs: logs, network: network, webhooks: webhooks, logger: logger)
+        let service = GatewayService(auth: auth, ownership: Ownership(pipeline: pipeline), pipeline: .init(wrapping: pipeline), logs: .init(wrapping: logs), network: .init(wrapping: network), webhooks: webhooks, logger: logger)
         router.register(service)
         let frontend = HTTPFrontend(service: service, webhooks: webhooks, logger: logger)
         router.http1 = frontend.initializer

@@ -228,7 +228,7 @@ struct HTTPFrontend: Sendable {
             let merged = (tail.stream?.deploymentId.isEmpty ?? true) && (tail.stream?.serviceId.isEmpty ?? true)
             let logs = service.logs
             source = { emit in
-                try await logs.serverStreaming(Slipway_Logs_V1_Logs.Tail.self, tail) { responses in
+                try await logs.tail(tail) { responses in
                     for try await response in responses { try await emit(ServerSentEvents.event(response, idByTimestamp: merged)) }
                 }
             }
@@ -241,7 +241,7 @@ struct HTTPFrontend: Sendable {
             let pipeline = service.pipeline
             let request = watch
             source = { emit in
-                try await pipeline.serverStreaming(Slipway_Pipeline_V1_Pipeline.Watch.self, request) { events in
+                try await pipeline.watch(request) { events in
                     for try await event in events { try await emit(ServerSentEvents.event(event)) }
                 }
             }

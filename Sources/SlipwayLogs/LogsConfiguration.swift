@@ -1,4 +1,4 @@
-/// The logs service's limits and retention policy. Every value is documented in README.md ("Logs service").
+/// The logs service's limits and retention policy. Every value is documented in docs/limits.md.
 public struct LogsConfiguration: Sendable {
     /// Longest line text stored as one line, in bytes; longer text is split into parts (`continued`).
     public var maxLineBytes = 16 * 1024

@@ -4,9 +4,7 @@ import SlipwayRPC
 import Synchronization
 
 /// `slipway.logs.v1.Logs`: Append, Tail, Query and ListStreams over the store.
-struct LogsService: RPCService {
-    typealias API = Slipway_Logs_V1_Logs
-
+struct LogsService: Slipway_Logs_V1_Logs.ServiceProtocol {
     let store: LogStore
     let logger: Logger
     private let subscribers = SubscriberCount()
@@ -16,32 +14,35 @@ struct LogsService: RPCService {
         self.logger = logger
     }
 
-    func register(with router: inout RPCRouter) {
-        router.addFiles([Slipway_Logs_V1_Logs_proto.descriptor])
-        router.bidirectional(API.Append.self) { requests, writer, _ in
-            for try await batch in requests {
-                try await writer.write(try await append(batch))
-            }
+    func append(
+        request batches: RequestStream<Slipway_Logs_V1_AppendRequest>, response: ResponseWriter<Slipway_Logs_V1_AppendResponse>, context: ServerContext
+    ) async throws {
+        for try await batch in batches {
+            try await response.write(try await append(batch))
         }
-        // Tail's responses are written pre-encoded (each line's TailResponse bytes are shared by every
-        // subscriber): the output type is raw bytes with the same wire form.
-        router.serverStreaming(API.Tail.path, Slipway_Logs_V1_TailRequest.self, RawBytes.self) { request, writer, _ in
-            try await tail(request, writer)
-        }
-        router.unary(API.Query.self) { request, _ in try await query(request) }
-        router.unaryOnEventLoop(API.ListStreams.self) { _, _ in
-            var response = Slipway_Logs_V1_ListStreamsResponse()
-            response.streams = store.allStreams.map { stream in
-                var info = Slipway_Logs_V1_StreamInfo()
-                info.stream = stream.id.key
-                let segments = stream.segments
-                info.firstSeq = segments.first?.firstSeq ?? 0
-                info.lastSeq = stream.lastSeq
-                info.bytes = UInt64(segments.reduce(0) { $0 + $1.bytes })
-                return info
-            }.sorted { ($0.stream?.environmentId ?? "", $0.stream?.deploymentId ?? "", $0.stream?.serviceId ?? "") < ($1.stream?.environmentId ?? "", $1.stream?.deploymentId ?? "", $1.stream?.serviceId ?? "") }
-            return response
-        }
+    }
+
+    /// Tail's responses are written pre-encoded: each line's TailResponse bytes are shared by every subscriber.
+    func tail(request: Slipway_Logs_V1_TailRequest, response: ResponseWriter<Slipway_Logs_V1_TailResponse>, context: ServerContext) async throws {
+        try await tail(request, response.preEncoded)
+    }
+
+    func query(request: Slipway_Logs_V1_QueryRequest, context: ServerContext) async throws -> Slipway_Logs_V1_QueryResponse {
+        try await query(request)
+    }
+
+    func listStreams(request: Slipway_Logs_V1_ListStreamsRequest, context: ServerContext) async throws -> Slipway_Logs_V1_ListStreamsResponse {
+        var response = Slipway_Logs_V1_ListStreamsResponse()
+        response.streams = store.allStreams.map { stream in
+            var info = Slipway_Logs_V1_StreamInfo()
+            info.stream = stream.id.key
+            let segments = stream.segments
+            info.firstSeq = segments.first?.firstSeq ?? 0
+            info.lastSeq = stream.lastSeq
+            info.bytes = UInt64(segments.reduce(0) { $0 + $1.bytes })
+            return info
+        }.sorted { ($0.stream?.environmentId ?? "", $0.stream?.deploymentId ?? "", $0.stream?.serviceId ?? "") < ($1.stream?.environmentId ?? "", $1.stream?.deploymentId ?? "", $1.stream?.serviceId ?? "") }
+        return response
     }
 
     // MARK: Append

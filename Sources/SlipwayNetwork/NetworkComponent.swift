@@ -6,7 +6,7 @@ import ServiceLifecycle
 import SlipwayRPC
 import SlipwayServiceKit
 
-/// The network service's own flags. Defaults are in the README.
+/// The network service's own flags. Defaults are in docs/limits.md and docs/operations.md.
 public struct NetworkOptions: ParsableArguments, Sendable {
     @Option(help: "Where the load balancer takes HTTP (ACME challenges, redirects to HTTPS), HOST:PORT (default 127.0.0.1:80).")
     var networkHttpListen: String?

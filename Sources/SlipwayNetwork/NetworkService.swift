@@ -3,111 +3,108 @@ import SlipwayProtos
 import SlipwayRPC
 
 /// `slipway.network.v1.Network` over the load balancer.
-struct NetworkService: RPCService {
-    typealias API = Slipway_Network_V1_Network
-
+struct NetworkService: Slipway_Network_V1_Network.ServiceProtocol {
     let loadBalancer: LoadBalancer
     let checker: DomainChecker?
 
-    func register(with router: inout RPCRouter) {
-        router.addFiles([Slipway_Network_V1_Network_proto.descriptor])
-        let loadBalancer = self.loadBalancer
-        let checker = self.checker
-        router.unary(API.SetRoute.self) { request, _ in
-            guard let message = request.route, let key = message.key else { throw RPCError(.invalidArgument, "route.key is required") }
-            try Self.validate(key)
-            var route = NetworkState.Route(
-                environmentID: key.environmentId, serviceID: key.serviceId, serviceName: message.serviceName, environmentName: message.environmentName)
-            route.customDomains = message.customDomains.map { $0.lowercased() }
-            route.pathPrefix = message.pathPrefix
-            switch message.protocol {
-            case .http: route.upstream = .http
-            case .grpc: route.upstream = .grpc
-            case .http2: route.upstream = .http2
-            case .unrecognized(let value): throw RPCError(.invalidArgument, "route.protocol \(value) is not a known UpstreamProtocol")
-            }
-            let stored = try await Self.mapped { try await loadBalancer.setRoute(route) }
-            if let checker, !stored.customDomains.isEmpty {
-                // Checked at once, so the answer says where each custom domain stands.
-                try? await Self.check(stored, checker: checker, loadBalancer: loadBalancer)
-            }
-            return await Self.status(try await Self.mapped { try await loadBalancer.route(key: stored.key) }, loadBalancer)
+
+    func setRoute(request: Slipway_Network_V1_SetRouteRequest, context: ServerContext) async throws -> Slipway_Network_V1_RouteStatus {
+        guard let message = request.route, let key = message.key else { throw RPCError(.invalidArgument, "route.key is required") }
+        try Self.validate(key)
+        var route = NetworkState.Route(
+            environmentID: key.environmentId, serviceID: key.serviceId, serviceName: message.serviceName, environmentName: message.environmentName)
+        route.customDomains = message.customDomains.map { $0.lowercased() }
+        route.pathPrefix = message.pathPrefix
+        switch message.protocol {
+        case .http: route.upstream = .http
+        case .grpc: route.upstream = .grpc
+        case .http2: route.upstream = .http2
+        case .unrecognized(let value): throw RPCError(.invalidArgument, "route.protocol \(value) is not a known UpstreamProtocol")
         }
-        router.unary(API.SetBackends.self) { request, _ in
-            guard let key = request.key else { throw RPCError(.invalidArgument, "key is required") }
-            try Self.validate(key)
-            let routeKey = NetworkState.Route.key(environmentID: key.environmentId, serviceID: key.serviceId)
-            let reload = try await Self.mapped { try await loadBalancer.setBackends(key: routeKey, backends: request.addresses) }
-            let timeout = Duration.seconds(Int(request.drainTimeoutSeconds == 0 ? 30 : min(request.drainTimeoutSeconds, 600)))
-            _ = await loadBalancer.nginx.drain(reload, timeout: timeout)
-            guard let route = await loadBalancer.state.routes[routeKey] else {
-                // Backends of a route not set yet: kept for it, nothing routed.
-                var status = Slipway_Network_V1_RouteStatus()
-                var route = Slipway_Network_V1_Route()
-                route.key = key
-                status.route = route
-                status.backends = request.addresses
-                return status
-            }
-            return await Self.status(route, loadBalancer)
+        let stored = try await loadBalancer.setRoute(route)
+        if let checker, !stored.customDomains.isEmpty {
+            // Checked at once, so the answer says where each custom domain stands.
+            try? await Self.check(stored, checker: checker, loadBalancer: loadBalancer)
         }
-        router.unary(API.DeleteRoute.self) { key, _ in
-            try Self.validate(key)
-            let route = try await Self.mapped {
-                try await loadBalancer.deleteRoute(key: NetworkState.Route.key(environmentID: key.environmentId, serviceID: key.serviceId))
-            }
-            return await Self.status(route, loadBalancer)
+        return await Self.status(try await loadBalancer.route(key: stored.key), loadBalancer)
+    }
+
+    func setBackends(request: Slipway_Network_V1_SetBackendsRequest, context: ServerContext) async throws -> Slipway_Network_V1_RouteStatus {
+        guard let key = request.key else { throw RPCError(.invalidArgument, "key is required") }
+        try Self.validate(key)
+        let routeKey = NetworkState.Route.key(environmentID: key.environmentId, serviceID: key.serviceId)
+        let reload = try await loadBalancer.setBackends(key: routeKey, backends: request.addresses)
+        let timeout = Duration.seconds(Int(request.drainTimeoutSeconds == 0 ? 30 : min(request.drainTimeoutSeconds, 600)))
+        _ = await loadBalancer.nginx.drain(reload, timeout: timeout)
+        guard let route = await loadBalancer.state.routes[routeKey] else {
+            // Backends of a route not set yet: kept for it, nothing routed.
+            var status = Slipway_Network_V1_RouteStatus()
+            var route = Slipway_Network_V1_Route()
+            route.key = key
+            status.route = route
+            status.backends = request.addresses
+            return status
         }
-        router.unary(API.GetRoute.self) { key, _ in
-            try Self.validate(key)
-            let route = try await Self.mapped {
-                try await loadBalancer.route(key: NetworkState.Route.key(environmentID: key.environmentId, serviceID: key.serviceId))
-            }
-            return await Self.status(route, loadBalancer)
-        }
-        router.unary(API.ListRoutes.self) { request, _ in
-            var response = Slipway_Network_V1_ListRoutesResponse()
-            let routes = await loadBalancer.state.routes.values
-                .filter { request.environmentId.isEmpty || $0.environmentID == request.environmentId }
-                .sorted { $0.key < $1.key }
-            for route in routes { response.routes.append(await Self.status(route, loadBalancer)) }
-            return response
-        }
-        router.unary(API.CheckDomains.self) { key, _ in
-            try Self.validate(key)
-            let routeKey = NetworkState.Route.key(environmentID: key.environmentId, serviceID: key.serviceId)
-            let route = try await Self.mapped { try await loadBalancer.route(key: routeKey) }
-            guard let checker else { throw RPCError(.failedPrecondition, "no DNS resolver is configured (--network-dns-resolver)") }
-            try await Self.mapped { try await Self.check(route, checker: checker, loadBalancer: loadBalancer) }
-            return await Self.status(try await Self.mapped { try await loadBalancer.route(key: routeKey) }, loadBalancer)
-        }
-        router.unary(API.InstallCertificate.self) { request, _ in
-            let certificate = try await Self.mapped {
-                try await loadBalancer.installCertificate(chainPEM: request.certificateChainPem, keyPEM: request.privateKeyPem)
-            }
-            var response = Slipway_Network_V1_InstallCertificateResponse()
-            response.domains = certificate.domains
-            response.notAfterUnixMillis = Int64(certificate.notAfter * 1000)
-            return response
-        }
-        router.unary(API.PresentChallenge.self) { request, _ in
-            try await Self.mapped { try await loadBalancer.presentChallenge(token: request.token, keyAuthorization: request.keyAuthorization) }
-            return Slipway_Network_V1_ChallengeResponse()
-        }
-        router.unary(API.CleanUpChallenge.self) { request, _ in
-            try await Self.mapped { try await loadBalancer.cleanUpChallenge(token: request.token) }
-            return Slipway_Network_V1_ChallengeResponse()
-        }
-        router.unary(API.GetLoadBalancer.self) { _, _ in
-            var response = Slipway_Network_V1_LoadBalancerStatus()
-            let settings = await loadBalancer.settings
-            response.httpAddress = settings.httpListen
-            response.httpsAddress = settings.httpsListen
-            response.baseDomain = settings.baseDomain
-            response.masterPid = loadBalancer.nginx.masterPID() ?? 0
-            response.reloads = await loadBalancer.reloads
-            return response
-        }
+        return await Self.status(route, loadBalancer)
+    }
+
+    func deleteRoute(request key: Slipway_Network_V1_RouteKey, context: ServerContext) async throws -> Slipway_Network_V1_RouteStatus {
+        try Self.validate(key)
+        let route = try await loadBalancer.deleteRoute(key: NetworkState.Route.key(environmentID: key.environmentId, serviceID: key.serviceId))
+        return await Self.status(route, loadBalancer)
+    }
+
+    func getRoute(request key: Slipway_Network_V1_RouteKey, context: ServerContext) async throws -> Slipway_Network_V1_RouteStatus {
+        try Self.validate(key)
+        let route = try await loadBalancer.route(key: NetworkState.Route.key(environmentID: key.environmentId, serviceID: key.serviceId))
+        return await Self.status(route, loadBalancer)
+    }
+
+    func listRoutes(request: Slipway_Network_V1_ListRoutesRequest, context: ServerContext) async throws -> Slipway_Network_V1_ListRoutesResponse {
+        var response = Slipway_Network_V1_ListRoutesResponse()
+        let routes = await loadBalancer.state.routes.values
+            .filter { request.environmentId.isEmpty || $0.environmentID == request.environmentId }
+            .sorted { $0.key < $1.key }
+        for route in routes { response.routes.append(await Self.status(route, loadBalancer)) }
+        return response
+    }
+
+    func checkDomains(request key: Slipway_Network_V1_RouteKey, context: ServerContext) async throws -> Slipway_Network_V1_RouteStatus {
+        try Self.validate(key)
+        let routeKey = NetworkState.Route.key(environmentID: key.environmentId, serviceID: key.serviceId)
+        let route = try await loadBalancer.route(key: routeKey)
+        guard let checker else { throw RPCError(.failedPrecondition, "no DNS resolver is configured (--network-dns-resolver)") }
+        try await Self.check(route, checker: checker, loadBalancer: loadBalancer)
+        return await Self.status(try await loadBalancer.route(key: routeKey), loadBalancer)
+    }
+
+    func installCertificate(request: Slipway_Network_V1_InstallCertificateRequest, context: ServerContext) async throws -> Slipway_Network_V1_InstallCertificateResponse {
+        let certificate = try await loadBalancer.installCertificate(chainPEM: request.certificateChainPem, keyPEM: request.privateKeyPem)
+        var response = Slipway_Network_V1_InstallCertificateResponse()
+        response.domains = certificate.domains
+        response.notAfterUnixMillis = Int64(certificate.notAfter * 1000)
+        return response
+    }
+
+    func presentChallenge(request: Slipway_Network_V1_ChallengeRequest, context: ServerContext) async throws -> Slipway_Network_V1_ChallengeResponse {
+        try await loadBalancer.presentChallenge(token: request.token, keyAuthorization: request.keyAuthorization)
+        return Slipway_Network_V1_ChallengeResponse()
+    }
+
+    func cleanUpChallenge(request: Slipway_Network_V1_ChallengeRequest, context: ServerContext) async throws -> Slipway_Network_V1_ChallengeResponse {
+        try await loadBalancer.cleanUpChallenge(token: request.token)
+        return Slipway_Network_V1_ChallengeResponse()
+    }
+
+    func getLoadBalancer(request: Slipway_Network_V1_LoadBalancerRequest, context: ServerContext) async throws -> Slipway_Network_V1_LoadBalancerStatus {
+        var response = Slipway_Network_V1_LoadBalancerStatus()
+        let settings = await loadBalancer.settings
+        response.httpAddress = settings.httpListen
+        response.httpsAddress = settings.httpsListen
+        response.baseDomain = settings.baseDomain
+        response.masterPid = loadBalancer.nginx.masterPID() ?? 0
+        response.reloads = await loadBalancer.reloads
+        return response
     }
 
     /// Checks the route's custom domains and records what was found.
@@ -177,20 +174,19 @@ struct NetworkService: RPCService {
         message.url = "\(tls ? "https" : "http")://\(defaultDomain)\(port == defaultPort ? "" : ":\(port)")\(route.pathPrefix == "/" ? "/" : route.pathPrefix + "/")"
         return message
     }
+}
 
-    static func mapped<T: Sendable>(_ body: () async throws -> T) async throws -> T {
-        do {
-            return try await body()
-        } catch let failure as LoadBalancer.Failure {
-            switch failure.kind {
-            case .invalid: throw RPCError(.invalidArgument, failure.description)
-            case .notFound: throw RPCError(.notFound, failure.description)
-            case .conflict: throw RPCError(.failedPrecondition, failure.description)
-            case .refused: throw RPCError(.failedPrecondition, failure.description)
-            case .internalError: throw RPCError(.internal, failure.description)
-            }
-        } catch let invalid as RouteValidation.Invalid {
-            throw RPCError(.invalidArgument, invalid.description)
+extension LoadBalancer.Failure: RPCErrorConvertible {
+    public var rpcError: RPCError {
+        switch kind {
+        case .invalid: RPCError(.invalidArgument, description)
+        case .notFound: RPCError(.notFound, description)
+        case .conflict, .refused: RPCError(.failedPrecondition, description)
+        case .internalError: RPCError(.internal, description)
         }
     }
+}
+
+extension RouteValidation.Invalid: RPCErrorConvertible {
+    public var rpcError: RPCError { RPCError(.invalidArgument, description) }
 }

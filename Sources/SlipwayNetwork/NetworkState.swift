@@ -1,4 +1,5 @@
 import Foundation
+import SlipwayRPC
 
 /// Everything the load balancer's configuration is made from. Written to disk before nginx is told
 /// (``LoadBalancer``), so a restarted network service renders the same configuration again.
@@ -138,13 +139,11 @@ public enum RouteValidation {
     /// HOST:PORT with an IPv4 address, a bracketed IPv6 address or a DNS name.
     public static func backend(_ value: String) throws(Invalid) {
         let invalid = Invalid(description: "address \"\(value)\" must be HOST:PORT (IPv4, [IPv6] or a DNS name, port 1-65535)")
-        guard let colon = value.lastIndex(of: ":"), let port = Int(value[value.index(after: colon)...]), (1...65535).contains(port) else {
-            throw invalid
-        }
-        let host = value[..<colon]
-        if host.hasPrefix("[") && host.hasSuffix("]") {
-            guard host.dropFirst().dropLast().utf8.allSatisfy({ ($0 >= 48 && $0 <= 57) || ($0 >= 97 && $0 <= 102) || ($0 >= 65 && $0 <= 70) || $0 == 58 || $0 == 46 }),
-                  host.count > 2 else { throw invalid }
+        guard !value.hasPrefix(":"), let address = ServiceAddress(parsing: value), address.port >= 1 else { throw invalid }
+        let host = address.host
+        if value.hasPrefix("[") {
+            guard host.utf8.allSatisfy({ ($0 >= 48 && $0 <= 57) || ($0 >= 97 && $0 <= 102) || ($0 >= 65 && $0 <= 70) || $0 == 58 || $0 == 46 }),
+                  !host.isEmpty else { throw invalid }
             return
         }
         let labels = host.split(separator: ".", omittingEmptySubsequences: false)

@@ -1,4 +1,4 @@
-/// What a deployment does to a service (ARCHITECTURE.md: DEPLOY, RESTART, STOP, DELETE).
+/// What a deployment does to a service (docs/architecture.md: DEPLOY, RESTART, STOP, DELETE).
 public enum ServiceAction: String, Sendable, CaseIterable, Codable {
     case deploy = "DEPLOY"
     case restart = "RESTART"
@@ -156,7 +156,7 @@ public enum DeploymentStatus: String, Sendable, CaseIterable, Codable {
     }
 }
 
-/// The running status of a service's instances, independent of its deployments (ARCHITECTURE.md).
+/// The running status of a service's instances, independent of its deployments (docs/architecture.md).
 public enum RunningStatus: String, Sendable, CaseIterable, Codable {
     case starting = "STARTING"
     case running = "RUNNING"

@@ -1,6 +1,6 @@
 import Foundation
 
-/// organization → project → environment → service (ARCHITECTURE.md, Qovery's names).
+/// organization → project → environment → service (docs/architecture.md, Qovery's names).
 public struct Organization: Sendable, Equatable, Codable {
     public var id: String
     public var name: String
@@ -96,7 +96,7 @@ public struct ManagedService: Sendable, Equatable {
     public var secrets: [String: String]
 }
 
-/// Where a deployment came from (ARCHITECTURE.md).
+/// Where a deployment came from (docs/architecture.md).
 public enum DeploymentOrigin: String, Sendable, Codable, CaseIterable {
     case api = "API", cli = "CLI", git = "GIT", console = "CONSOLE"
 }

@@ -5,7 +5,7 @@ import ServiceLifecycle
 import SlipwayRPC
 import SlipwayServiceKit
 
-/// The pipeline's own flags. Every limit has one; defaults are in the README.
+/// The pipeline's own flags. Every limit has one; defaults are in docs/limits.md.
 public struct PipelineOptions: ParsableArguments, Sendable {
     @Option(help: """
         Collaborators to simulate instead of calling, comma-separated: builder, cluster, network, certs, or none \

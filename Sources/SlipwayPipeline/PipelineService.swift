@@ -3,234 +3,215 @@ import SlipwayProtos
 import SlipwayRPC
 
 /// `slipway.pipeline.v1.Pipeline`: the model, actions, history and Watch.
-struct PipelineService: RPCService {
-    typealias API = Slipway_Pipeline_V1_Pipeline
-
+struct PipelineService: Slipway_Pipeline_V1_Pipeline.ServiceProtocol {
     let engine: PipelineEngine
     var store: PipelineStore { engine.store }
 
-    /// Limits of the API (README).
+    /// Limits of the API (docs/limits.md).
     static let maxIdempotencyKeyBytes = 200
     static let maxTriggeredByBytes = 200
     static let maxServicesPerEnvironment = 200
     static let maxSecretBytes = 64 * 1024
 
-    func register(with router: inout RPCRouter) {
-        router.addFiles([Slipway_Pipeline_V1_Pipeline_proto.descriptor])
-        let store = self.store
-        let engine = self.engine
+    func createOrganization(request: Slipway_Pipeline_V1_CreateOrganizationRequest, context: ServerContext) async throws -> Slipway_Pipeline_V1_Organization {
+        try Proto.checkName(request.name, "name")
+        let organization = try store.createOrganization(name: request.name)
+        var message = Slipway_Pipeline_V1_Organization()
+        message.id = organization.id
+        message.name = organization.name
+        return message
+    }
 
-        router.unary(API.CreateOrganization.self) { request, _ in
-            try await mapped {
-                try Proto.checkName(request.name, "name")
-                let organization = try store.createOrganization(name: request.name)
-                var message = Slipway_Pipeline_V1_Organization()
-                message.id = organization.id
-                message.name = organization.name
-                return message
-            }
+    func listOrganizations(request: Slipway_Pipeline_V1_ListOrganizationsRequest, context: ServerContext) async throws -> Slipway_Pipeline_V1_ListOrganizationsResponse {
+        var response = Slipway_Pipeline_V1_ListOrganizationsResponse()
+        response.organizations = try store.organizations().map { organization in
+            var message = Slipway_Pipeline_V1_Organization()
+            message.id = organization.id
+            message.name = organization.name
+            return message
         }
-        router.unary(API.ListOrganizations.self) { _, _ in
-            try await mapped {
-                var response = Slipway_Pipeline_V1_ListOrganizationsResponse()
-                response.organizations = try store.organizations().map { organization in
-                    var message = Slipway_Pipeline_V1_Organization()
-                    message.id = organization.id
-                    message.name = organization.name
-                    return message
-                }
-                return response
-            }
-        }
-        router.unary(API.CreateProject.self) { request, _ in
-            try await mapped {
-                try Proto.checkID(request.organizationId, "organization_id")
-                try Proto.checkName(request.name, "name")
-                return Self.project(try store.createProject(organizationID: request.organizationId, name: request.name))
-            }
-        }
-        router.unary(API.ListProjects.self) { request, _ in
-            try await mapped {
-                try Proto.checkID(request.organizationId, "organization_id")
-                var response = Slipway_Pipeline_V1_ListProjectsResponse()
-                response.projects = try store.projects(organizationID: request.organizationId).map(Self.project)
-                return response
-            }
-        }
-        router.unary(API.CreateEnvironment.self) { request, _ in
-            try await mapped {
-                try Proto.checkID(request.projectId, "project_id")
-                try Proto.checkName(request.name, "name")
-                return Self.environment(try store.createEnvironment(projectID: request.projectId, name: request.name))
-            }
-        }
-        router.unary(API.ListEnvironments.self) { request, _ in
-            try await mapped {
-                try Proto.checkID(request.projectId, "project_id")
-                var response = Slipway_Pipeline_V1_ListEnvironmentsResponse()
-                response.environments = try store.environments(projectID: request.projectId).map(Self.environment)
-                return response
-            }
-        }
-        router.unary(API.CreateService.self) { request, _ in
-            try await mapped {
-                try Proto.checkID(request.environmentId, "environment_id")
-                try Proto.checkServiceName(request.name)
-                let spec = try Proto.spec(request.config)
-                try Self.checkSecrets(request.secrets)
-                if try store.serviceSummaries(environmentID: request.environmentId).count >= Self.maxServicesPerEnvironment {
-                    throw RPCError(.resourceExhausted, "environment \(request.environmentId) already has \(Self.maxServicesPerEnvironment) services (the limit)")
-                }
-                let service = try store.createService(environmentID: request.environmentId, name: request.name, configuration: spec, secrets: request.secrets)
-                return Proto.service(service, state: try? store.serviceState(service.id))
-            }
-        }
-        router.unary(API.UpdateService.self) { request, _ in
-            try await mapped {
-                try Proto.checkID(request.serviceId, "service_id")
-                let spec = try Proto.spec(request.config)
-                try Self.checkSecrets(request.secrets)
-                let current = try store.service(request.serviceId)
-                guard try !store.isDeleted(serviceID: current.id) else { throw PipelineStore.Failure.notFound("service \(request.serviceId)") }
-                try store.updateService(current.id, configuration: spec, secrets: request.replaceSecrets ? request.secrets : current.secrets)
-                return Proto.service(try store.service(current.id), state: try? store.serviceState(current.id))
-            }
-        }
-        router.unary(API.GetService.self) { request, _ in
-            try await mapped {
-                try Proto.checkID(request.serviceId, "service_id")
-                return Proto.service(try store.service(request.serviceId), state: try store.serviceState(request.serviceId))
-            }
-        }
-        router.unary(API.ListServices.self) { request, _ in
-            try await mapped {
-                try Proto.checkID(request.environmentId, "environment_id")
-                let states = Dictionary(uniqueKeysWithValues: try store.serviceStates(environmentID: request.environmentId).map { ($0.serviceID, $0) })
-                var response = Slipway_Pipeline_V1_ListServicesResponse()
-                response.services = try store.services(environmentID: request.environmentId).map { Proto.service($0, state: states[$0.id]) }
-                return response
-            }
-        }
+        return response
+    }
 
-        // Actions
-        router.unary(API.Deploy.self) { request, _ in
-            try await mapped {
-                var submission = try Self.submission(request.environmentId, .deploy, request.serviceIds, request.trigger)
-                for (serviceID, version) in request.versions {
-                    guard request.serviceIds.isEmpty || request.serviceIds.contains(serviceID) else {
-                        throw Proto.invalid("versions names service \(serviceID), which is not in service_ids")
-                    }
-                    guard version.utf8.count <= 256, !version.contains(" ") else { throw Proto.invalid("versions[\(serviceID)] is not a commit, tag or image tag") }
-                }
-                submission.versions = request.versions
-                return Self.accepted(try await engine.submit(submission))
-            }
-        }
-        router.unary(API.Redeploy.self) { request, _ in
-            try await mapped {
-                var submission = try Self.submission(request.environmentId, .deploy, request.serviceIds, request.trigger)
-                // What each service runs now: its latest release's commit (applications) or tag.
-                let ids = request.serviceIds.isEmpty ? try store.services(environmentID: request.environmentId).map(\.id) : request.serviceIds
-                for id in ids {
-                    if let release = try store.releases(serviceID: id, limit: 1).first, !release.commit.isEmpty {
-                        submission.versions[id] = release.commit
-                    }
-                }
-                return Self.accepted(try await engine.submit(submission))
-            }
-        }
-        for (method, action) in [(API.Restart.path, ServiceAction.restart), (API.Stop.path, .stop), (API.Delete.path, .delete)] {
-            router.unary(method, Slipway_Pipeline_V1_ActionRequest.self, Slipway_Pipeline_V1_ActionResponse.self) { request, _ in
-                try await mapped {
-                    Self.accepted(try await engine.submit(try Self.submission(request.environmentId, action, request.serviceIds, request.trigger)))
-                }
-            }
-        }
-        router.unary(API.Rollback.self) { request, _ in
-            try await mapped {
-                try Proto.checkID(request.serviceId, "service_id")
-                try Proto.checkID(request.releaseId, "release_id")
-                let service = try store.service(request.serviceId)
-                let release = try store.release(request.releaseId)
-                guard release.serviceID == service.id else {
-                    throw Proto.invalid("release \(release.id) belongs to service \(release.serviceID), not \(service.id)")
-                }
-                var submission = try Self.submission(service.environmentID, .deploy, [service.id], request.trigger)
-                submission.rollbackReleaseID = release.id
-                submission.versions[service.id] = release.commit
-                return Self.accepted(try await engine.submit(submission))
-            }
-        }
-        router.unary(API.Cancel.self) { request, _ in
-            try await mapped {
-                try Proto.checkID(request.deploymentId, "deployment_id")
-                let record = try await engine.cancel(request.deploymentId)
-                var response = Slipway_Pipeline_V1_CancelResponse()
-                response.deployment = Proto.deployment(record, steps: try store.steps(deploymentID: record.id))
-                return response
-            }
-        }
+    func createProject(request: Slipway_Pipeline_V1_CreateProjectRequest, context: ServerContext) async throws -> Slipway_Pipeline_V1_Project {
+        try Proto.checkID(request.organizationId, "organization_id")
+        try Proto.checkName(request.name, "name")
+        return Self.project(try store.createProject(organizationID: request.organizationId, name: request.name))
+    }
 
-        // History and statuses
-        router.unary(API.GetDeployment.self) { request, _ in
-            try await mapped {
-                try Proto.checkID(request.deploymentId, "deployment_id")
-                return Proto.deployment(try store.deployment(request.deploymentId), steps: try store.steps(deploymentID: request.deploymentId))
+    func listProjects(request: Slipway_Pipeline_V1_ListProjectsRequest, context: ServerContext) async throws -> Slipway_Pipeline_V1_ListProjectsResponse {
+        try Proto.checkID(request.organizationId, "organization_id")
+        var response = Slipway_Pipeline_V1_ListProjectsResponse()
+        response.projects = try store.projects(organizationID: request.organizationId).map(Self.project)
+        return response
+    }
+
+    func createEnvironment(request: Slipway_Pipeline_V1_CreateEnvironmentRequest, context: ServerContext) async throws -> Slipway_Pipeline_V1_Environment {
+        try Proto.checkID(request.projectId, "project_id")
+        try Proto.checkName(request.name, "name")
+        return Self.environment(try store.createEnvironment(projectID: request.projectId, name: request.name))
+    }
+
+    func listEnvironments(request: Slipway_Pipeline_V1_ListEnvironmentsRequest, context: ServerContext) async throws -> Slipway_Pipeline_V1_ListEnvironmentsResponse {
+        try Proto.checkID(request.projectId, "project_id")
+        var response = Slipway_Pipeline_V1_ListEnvironmentsResponse()
+        response.environments = try store.environments(projectID: request.projectId).map(Self.environment)
+        return response
+    }
+
+    func createService(request: Slipway_Pipeline_V1_CreateServiceRequest, context: ServerContext) async throws -> Slipway_Pipeline_V1_Service {
+        try Proto.checkID(request.environmentId, "environment_id")
+        try Proto.checkServiceName(request.name)
+        let spec = try Proto.spec(request.config)
+        try Self.checkSecrets(request.secrets)
+        if try store.serviceSummaries(environmentID: request.environmentId).count >= Self.maxServicesPerEnvironment {
+            throw RPCError(.resourceExhausted, "environment \(request.environmentId) already has \(Self.maxServicesPerEnvironment) services (the limit)")
+        }
+        let service = try store.createService(environmentID: request.environmentId, name: request.name, configuration: spec, secrets: request.secrets)
+        return Proto.service(service, state: try? store.serviceState(service.id))
+    }
+
+    func updateService(request: Slipway_Pipeline_V1_UpdateServiceRequest, context: ServerContext) async throws -> Slipway_Pipeline_V1_Service {
+        try Proto.checkID(request.serviceId, "service_id")
+        let spec = try Proto.spec(request.config)
+        try Self.checkSecrets(request.secrets)
+        let current = try store.service(request.serviceId)
+        guard try !store.isDeleted(serviceID: current.id) else { throw PipelineStore.Failure.notFound("service \(request.serviceId)") }
+        try store.updateService(current.id, configuration: spec, secrets: request.replaceSecrets ? request.secrets : current.secrets)
+        return Proto.service(try store.service(current.id), state: try? store.serviceState(current.id))
+    }
+
+    func getService(request: Slipway_Pipeline_V1_GetServiceRequest, context: ServerContext) async throws -> Slipway_Pipeline_V1_Service {
+        try Proto.checkID(request.serviceId, "service_id")
+        return Proto.service(try store.service(request.serviceId), state: try store.serviceState(request.serviceId))
+    }
+
+    func listServices(request: Slipway_Pipeline_V1_ListServicesRequest, context: ServerContext) async throws -> Slipway_Pipeline_V1_ListServicesResponse {
+        try Proto.checkID(request.environmentId, "environment_id")
+        let states = Dictionary(uniqueKeysWithValues: try store.serviceStates(environmentID: request.environmentId).map { ($0.serviceID, $0) })
+        var response = Slipway_Pipeline_V1_ListServicesResponse()
+        response.services = try store.services(environmentID: request.environmentId).map { Proto.service($0, state: states[$0.id]) }
+        return response
+    }
+
+    // MARK: Actions
+
+    func deploy(request: Slipway_Pipeline_V1_DeployRequest, context: ServerContext) async throws -> Slipway_Pipeline_V1_ActionResponse {
+        var submission = try Self.submission(request.environmentId, .deploy, request.serviceIds, request.trigger)
+        for (serviceID, version) in request.versions {
+            guard request.serviceIds.isEmpty || request.serviceIds.contains(serviceID) else {
+                throw Proto.invalid("versions names service \(serviceID), which is not in service_ids")
+            }
+            guard version.utf8.count <= 256, !version.contains(" ") else { throw Proto.invalid("versions[\(serviceID)] is not a commit, tag or image tag") }
+        }
+        submission.versions = request.versions
+        return Self.accepted(try await engine.submit(submission))
+    }
+
+    func redeploy(request: Slipway_Pipeline_V1_ActionRequest, context: ServerContext) async throws -> Slipway_Pipeline_V1_ActionResponse {
+        var submission = try Self.submission(request.environmentId, .deploy, request.serviceIds, request.trigger)
+        // What each service runs now: its latest release's commit (applications) or tag.
+        let ids = request.serviceIds.isEmpty ? try store.services(environmentID: request.environmentId).map(\.id) : request.serviceIds
+        for id in ids {
+            if let release = try store.releases(serviceID: id, limit: 1).first, !release.commit.isEmpty {
+                submission.versions[id] = release.commit
             }
         }
-        router.unary(API.ListDeployments.self) { request, _ in
-            try await mapped {
-                try Proto.checkID(request.environmentId, "environment_id")
-                _ = try store.environment(request.environmentId)
-                guard request.pageSize <= 500 else { throw Proto.invalid("page_size must be at most 500, got \(request.pageSize)") }
-                let action: ServiceAction? = request.action == .actionUnspecified ? nil : Proto.action(request.action)
-                if request.action != .actionUnspecified, action == nil { throw Proto.invalid("action \(request.action.rawValue) is not DEPLOY, RESTART, STOP or DELETE") }
-                if !request.pageToken.isEmpty {
-                    guard let previous = try? store.deployment(request.pageToken), previous.environmentID == request.environmentId else {
-                        throw Proto.invalid("page_token is not one this environment's history returned")
-                    }
-                }
-                let size = request.pageSize == 0 ? 20 : Int(request.pageSize)
-                let records = try store.history(
-                    environmentID: request.environmentId, action: action, serviceID: request.serviceId.isEmpty ? nil : request.serviceId,
-                    limit: size + 1, after: request.pageToken.isEmpty ? nil : request.pageToken)
-                var response = Slipway_Pipeline_V1_ListDeploymentsResponse()
-                response.deployments = try records.prefix(size).map { Proto.deployment($0, steps: try store.steps(deploymentID: $0.id)) }
-                if records.count > size { response.nextPageToken = records[size - 1].id }
-                return response
+        return Self.accepted(try await engine.submit(submission))
+    }
+
+    func restart(request: Slipway_Pipeline_V1_ActionRequest, context: ServerContext) async throws -> Slipway_Pipeline_V1_ActionResponse {
+        try await act(.restart, request)
+    }
+
+    func stop(request: Slipway_Pipeline_V1_ActionRequest, context: ServerContext) async throws -> Slipway_Pipeline_V1_ActionResponse {
+        try await act(.stop, request)
+    }
+
+    func delete(request: Slipway_Pipeline_V1_ActionRequest, context: ServerContext) async throws -> Slipway_Pipeline_V1_ActionResponse {
+        try await act(.delete, request)
+    }
+
+    private func act(_ action: ServiceAction, _ request: Slipway_Pipeline_V1_ActionRequest) async throws -> Slipway_Pipeline_V1_ActionResponse {
+        Self.accepted(try await engine.submit(try Self.submission(request.environmentId, action, request.serviceIds, request.trigger)))
+    }
+
+    func rollback(request: Slipway_Pipeline_V1_RollbackRequest, context: ServerContext) async throws -> Slipway_Pipeline_V1_ActionResponse {
+        try Proto.checkID(request.serviceId, "service_id")
+        try Proto.checkID(request.releaseId, "release_id")
+        let service = try store.service(request.serviceId)
+        let release = try store.release(request.releaseId)
+        guard release.serviceID == service.id else {
+            throw Proto.invalid("release \(release.id) belongs to service \(release.serviceID), not \(service.id)")
+        }
+        var submission = try Self.submission(service.environmentID, .deploy, [service.id], request.trigger)
+        submission.rollbackReleaseID = release.id
+        submission.versions[service.id] = release.commit
+        return Self.accepted(try await engine.submit(submission))
+    }
+
+    func cancel(request: Slipway_Pipeline_V1_CancelRequest, context: ServerContext) async throws -> Slipway_Pipeline_V1_CancelResponse {
+        try Proto.checkID(request.deploymentId, "deployment_id")
+        let record = try await engine.cancel(request.deploymentId)
+        var response = Slipway_Pipeline_V1_CancelResponse()
+        response.deployment = Proto.deployment(record, steps: try store.steps(deploymentID: record.id))
+        return response
+    }
+
+    // MARK: History and statuses
+
+    func getDeployment(request: Slipway_Pipeline_V1_GetDeploymentRequest, context: ServerContext) async throws -> Slipway_Pipeline_V1_Deployment {
+        try Proto.checkID(request.deploymentId, "deployment_id")
+        return Proto.deployment(try store.deployment(request.deploymentId), steps: try store.steps(deploymentID: request.deploymentId))
+    }
+
+    func listDeployments(request: Slipway_Pipeline_V1_ListDeploymentsRequest, context: ServerContext) async throws -> Slipway_Pipeline_V1_ListDeploymentsResponse {
+        try Proto.checkID(request.environmentId, "environment_id")
+        _ = try store.environment(request.environmentId)
+        guard request.pageSize <= 500 else { throw Proto.invalid("page_size must be at most 500, got \(request.pageSize)") }
+        let action: ServiceAction? = request.action == .actionUnspecified ? nil : Proto.action(request.action)
+        if request.action != .actionUnspecified, action == nil { throw Proto.invalid("action \(request.action.rawValue) is not DEPLOY, RESTART, STOP or DELETE") }
+        if !request.pageToken.isEmpty {
+            guard let previous = try? store.deployment(request.pageToken), previous.environmentID == request.environmentId else {
+                throw Proto.invalid("page_token is not one this environment's history returned")
             }
         }
-        router.unary(API.ListReleases.self) { request, _ in
-            try await mapped {
-                try Proto.checkID(request.serviceId, "service_id")
-                _ = try store.service(request.serviceId)
-                guard request.pageSize <= 500 else { throw Proto.invalid("page_size must be at most 500, got \(request.pageSize)") }
-                var response = Slipway_Pipeline_V1_ListReleasesResponse()
-                response.releases = try store.releases(serviceID: request.serviceId, limit: request.pageSize == 0 ? 20 : Int(request.pageSize)).map(Proto.release)
-                return response
-            }
-        }
-        router.unary(API.GetEnvironmentStatus.self) { request, _ in
-            try await mapped {
-                try Proto.checkID(request.environmentId, "environment_id")
-                let states = try store.serviceStates(environmentID: request.environmentId)
-                let queue = await engine.queue(of: request.environmentId)
-                var response = Slipway_Pipeline_V1_EnvironmentStatus()
-                response.environmentId = request.environmentId
-                if let rollup = StatusRollup.deployment(states.compactMap(\.deploymentStatus)) { response.deploymentStatus = Proto.status(rollup) }
-                if let rollup = StatusRollup.running(states.compactMap(\.runningStatus)) { response.runningStatus = Proto.running(rollup) }
-                response.services = states.map(Self.serviceStatus)
-                response.runningDeploymentId = queue.running ?? ""
-                response.queuedDeploymentIds = queue.waiting
-                return response
-            }
-        }
-        router.serverStreaming(API.Watch.self) { request, writer, _ in
-            try await mapped {
-                try Proto.checkID(request.environmentId, "environment_id")
-                try await Self.watch(request, store: store, hub: engine.hub, writer: writer)
-            }
-        }
+        let size = request.pageSize == 0 ? 20 : Int(request.pageSize)
+        let records = try store.history(
+            environmentID: request.environmentId, action: action, serviceID: request.serviceId.isEmpty ? nil : request.serviceId,
+            limit: size + 1, after: request.pageToken.isEmpty ? nil : request.pageToken)
+        var response = Slipway_Pipeline_V1_ListDeploymentsResponse()
+        response.deployments = try records.prefix(size).map { Proto.deployment($0, steps: try store.steps(deploymentID: $0.id)) }
+        if records.count > size { response.nextPageToken = records[size - 1].id }
+        return response
+    }
+
+    func listReleases(request: Slipway_Pipeline_V1_ListReleasesRequest, context: ServerContext) async throws -> Slipway_Pipeline_V1_ListReleasesResponse {
+        try Proto.checkID(request.serviceId, "service_id")
+        _ = try store.service(request.serviceId)
+        guard request.pageSize <= 500 else { throw Proto.invalid("page_size must be at most 500, got \(request.pageSize)") }
+        var response = Slipway_Pipeline_V1_ListReleasesResponse()
+        response.releases = try store.releases(serviceID: request.serviceId, limit: request.pageSize == 0 ? 20 : Int(request.pageSize)).map(Proto.release)
+        return response
+    }
+
+    func getEnvironmentStatus(request: Slipway_Pipeline_V1_GetEnvironmentStatusRequest, context: ServerContext) async throws -> Slipway_Pipeline_V1_EnvironmentStatus {
+        try Proto.checkID(request.environmentId, "environment_id")
+        let states = try store.serviceStates(environmentID: request.environmentId)
+        let queue = await engine.queue(of: request.environmentId)
+        var response = Slipway_Pipeline_V1_EnvironmentStatus()
+        response.environmentId = request.environmentId
+        if let rollup = StatusRollup.deployment(states.compactMap(\.deploymentStatus)) { response.deploymentStatus = Proto.status(rollup) }
+        if let rollup = StatusRollup.running(states.compactMap(\.runningStatus)) { response.runningStatus = Proto.running(rollup) }
+        response.services = states.map(Self.serviceStatus)
+        response.runningDeploymentId = queue.running ?? ""
+        response.queuedDeploymentIds = queue.waiting
+        return response
+    }
+
+    func watch(request: Slipway_Pipeline_V1_WatchRequest, response writer: ResponseWriter<Slipway_Pipeline_V1_StatusEvent>, context: ServerContext) async throws {
+        try Proto.checkID(request.environmentId, "environment_id")
+        try await Self.watch(request, store: store, hub: engine.hub, writer: writer)
     }
 
     // MARK: Watch
@@ -335,25 +316,26 @@ struct PipelineService: RPCService {
     }
 }
 
-/// Runs a handler, turning the store's and the engine's errors into gRPC statuses a caller can act on.
-func mapped<T: Sendable>(_ body: () async throws -> T) async throws -> T {
-    do {
-        return try await body()
-    } catch let error as RPCError {
-        throw error
-    } catch let error as PipelineStore.Failure {
-        switch error {
-        case .notFound: throw RPCError(.notFound, error.description)
-        case .alreadyExists: throw RPCError(.alreadyExists, error.description)
-        case .invalidTransition: throw RPCError(.failedPrecondition, error.description)
+extension PipelineStore.Failure: RPCErrorConvertible {
+    public var rpcError: RPCError {
+        switch self {
+        case .notFound: RPCError(.notFound, description)
+        case .alreadyExists: RPCError(.alreadyExists, description)
+        case .invalidTransition: RPCError(.failedPrecondition, description)
         }
-    } catch let error as PipelineError {
-        switch error {
-        case .invalidArgument: throw RPCError(.invalidArgument, error.description)
-        case .failedPrecondition: throw RPCError(.failedPrecondition, error.description)
-        case .resourceExhausted: throw RPCError(.resourceExhausted, error.description)
-        }
-    } catch let error as StatusHub.Overflow {
-        throw RPCError(.resourceExhausted, error.description)
     }
+}
+
+extension PipelineError: RPCErrorConvertible {
+    public var rpcError: RPCError {
+        switch self {
+        case .invalidArgument: RPCError(.invalidArgument, description)
+        case .failedPrecondition: RPCError(.failedPrecondition, description)
+        case .resourceExhausted: RPCError(.resourceExhausted, description)
+        }
+    }
+}
+
+extension StatusHub.Overflow: RPCErrorConvertible {
+    public var rpcError: RPCError { RPCError(.resourceExhausted, description) }
 }

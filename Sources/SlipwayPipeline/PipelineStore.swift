@@ -373,7 +373,7 @@ public final class PipelineStore: Sendable {
 
     // MARK: Steps and history
 
-    /// The steps of a service's deployment (ARCHITECTURE.md).
+    /// The steps of a service's deployment (docs/architecture.md).
     public enum Step: String, Sendable, CaseIterable, Codable {
         case gitClone = "GIT_CLONE", build = "BUILD", mirrorImage = "MIRROR_IMAGE", deployment = "DEPLOYMENT"
         case routerDeployment = "ROUTER_DEPLOYMENT", certificate = "CERTIFICATE"

@@ -126,7 +126,7 @@ public enum Grpc_Health_V1_Health_proto {
             "grpc.health.v1.Health.Check",
             "grpc.health.v1.Health.Watch",
         ],
-        serializedDescriptor: ProtoBase64.decode("""
+        serializedDescriptor: Base64.decode("""
         ChtncnBjL2hlYWx0aC92MS9oZWFsdGgucHJvdG8SDmdycGMuaGVhbHRoLnYxIi4KEkhlYWx0aENoZWNrUmVxdWVzdBIYCgdzZXJ2
         aWNlGAEgASgJUgdzZXJ2aWNlIrEBChNIZWFsdGhDaGVja1Jlc3BvbnNlEkkKBnN0YXR1cxgBIAEoDjIxLmdycGMuaGVhbHRoLnYx
         LkhlYWx0aENoZWNrUmVzcG9uc2UuU2VydmluZ1N0YXR1c1IGc3RhdHVzIk8KDVNlcnZpbmdTdGF0dXMSCwoHVU5LTk9XThAAEgsK
@@ -167,6 +167,6 @@ public enum Grpc_Health_V1_Health_proto {
         IGNhbGwuICBJZiBhdCBzb21lCiBmdXR1cmUgcG9pbnQsIHRoZSBzZXJ2aW5nIHN0YXR1cyBvZiB0aGUgc2VydmljZSBiZWNvbWVz
         IGtub3duLCB0aGUKIHNlcnZlciB3aWxsIHNlbmQgYSBuZXcgbWVzc2FnZSB3aXRoIHRoZSBzZXJ2aWNlJ3Mgc2VydmluZyBzdGF0
         dXMuCgoMCgUGAAIBARIDPgYLCgwKBQYAAgECEgM+DB4KDAoFBgACAQYSAz4pLwoMCgUGAAIBAxIDPjBDYgZwcm90bzM=
-        """)
+        """, skippingLineBreaks: true) ?? []
     )
 }

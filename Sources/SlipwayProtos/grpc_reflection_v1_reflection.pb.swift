@@ -254,7 +254,7 @@ public enum Grpc_Reflection_V1_Reflection_proto {
             "grpc.reflection.v1.ServerReflection",
             "grpc.reflection.v1.ServerReflection.ServerReflectionInfo",
         ],
-        serializedDescriptor: ProtoBase64.decode("""
+        serializedDescriptor: Base64.decode("""
         CiNncnBjL3JlZmxlY3Rpb24vdjEvcmVmbGVjdGlvbi5wcm90bxISZ3JwYy5yZWZsZWN0aW9uLnYxIvMCChdTZXJ2ZXJSZWZsZWN0
         aW9uUmVxdWVzdBISCgRob3N0GAEgASgJUgRob3N0EioKEGZpbGVfYnlfZmlsZW5hbWUYAyABKAlIAFIOZmlsZUJ5RmlsZW5hbWUS
         NgoWZmlsZV9jb250YWluaW5nX3N5bWJvbBgEIAEoCUgAUhRmaWxlQ29udGFpbmluZ1N5bWJvbBJiChlmaWxlX2NvbnRhaW5pbmdf
@@ -358,6 +358,6 @@ public enum Grpc_Reflection_V1_Reflection_proto {
         cnJvciBjb2RlcyBkZWZpbmVkIGluIGdycGM6OlN0YXR1c0NvZGUuCgoNCgUEBwIABRIEjwECBwoNCgUEBwIAARIEjwEIEgoNCgUE
         BwIAAxIEjwEVFgoMCgQEBwIBEgSQAQIbCg0KBQQHAgEFEgSQAQIICg0KBQQHAgEBEgSQAQkWCg0KBQQHAgEDEgSQARkaYgZwcm90
         bzM=
-        """)
+        """, skippingLineBreaks: true) ?? []
     )
 }

@@ -254,7 +254,7 @@ public enum Grpc_Reflection_V1alpha_Reflection_proto {
             "grpc.reflection.v1alpha.ServerReflection",
             "grpc.reflection.v1alpha.ServerReflection.ServerReflectionInfo",
         ],
-        serializedDescriptor: ProtoBase64.decode("""
+        serializedDescriptor: Base64.decode("""
         CihncnBjL3JlZmxlY3Rpb24vdjFhbHBoYS9yZWZsZWN0aW9uLnByb3RvEhdncnBjLnJlZmxlY3Rpb24udjFhbHBoYSL4AgoXU2Vy
         dmVyUmVmbGVjdGlvblJlcXVlc3QSEgoEaG9zdBgBIAEoCVIEaG9zdBIqChBmaWxlX2J5X2ZpbGVuYW1lGAMgASgJSABSDmZpbGVC
         eUZpbGVuYW1lEjYKFmZpbGVfY29udGFpbmluZ19zeW1ib2wYBCABKAlIAFIUZmlsZUNvbnRhaW5pbmdTeW1ib2wSZwoZZmlsZV9j
@@ -359,6 +359,6 @@ public enum Grpc_Reflection_V1alpha_Reflection_proto {
         aXMgZmllbGQgdXNlcyB0aGUgZXJyb3IgY29kZXMgZGVmaW5lZCBpbiBncnBjOjpTdGF0dXNDb2RlLgoKDQoFBAcCAAUSBJABAgcK
         DQoFBAcCAAESBJABCBIKDQoFBAcCAAMSBJABFRYKDAoEBAcCARIEkQECGwoNCgUEBwIBBRIEkQECCAoNCgUEBwIBARIEkQEJFgoN
         CgUEBwIBAxIEkQEZGmIGcHJvdG8z
-        """)
+        """, skippingLineBreaks: true) ?? []
     )
 }

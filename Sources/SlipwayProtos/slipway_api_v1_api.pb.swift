@@ -1159,7 +1159,7 @@ public enum Slipway_Api_V1_Api_proto {
             "slipway.api.v1.Slipway.CreateWebhook",
             "slipway.api.v1.Slipway.ListDeliveries",
         ],
-        serializedDescriptor: ProtoBase64.decode("""
+        serializedDescriptor: Base64.decode("""
         ChhzbGlwd2F5L2FwaS92MS9hcGkucHJvdG8SDnNsaXB3YXkuYXBpLnYxGiJzbGlwd2F5L3BpcGVsaW5lL3YxL3BpcGVsaW5lLnBy
         b3RvGhpzbGlwd2F5L2xvZ3MvdjEvbG9ncy5wcm90byLPAgoFVG9rZW4SDgoCaWQYASABKAlSAmlkEhIKBG5hbWUYAiABKAlSBG5h
         bWUSJwoPb3JnYW5pemF0aW9uX2lkGAMgASgJUg5vcmdhbml6YXRpb25JZBIdCgpwcm9qZWN0X2lkGAQgASgJUglwcm9qZWN0SWQS
@@ -1399,6 +1399,6 @@ public enum Slipway_Api_V1_Api_proto {
         BgACHRIEjgICSgoNCgUGAAIdARIEjgIGDwoNCgUGAAIdAhIEjgIQIAoNCgUGAAIdAxIEjgIrSAoYCgQGAAIeEgSRAgI8GgogV2Vi
         aG9va3MKCg0KBQYAAh4BEgSRAgYTCg0KBQYAAh4CEgSRAhQoCg0KBQYAAh4DEgSRAjM6CgwKBAYAAh8SBJICAk0KDQoFBgACHwES
         BJICBhQKDQoFBgACHwISBJICFSoKDQoFBgACHwMSBJICNUtiBnByb3RvMw==
-        """)
+        """, skippingLineBreaks: true) ?? []
     )
 }

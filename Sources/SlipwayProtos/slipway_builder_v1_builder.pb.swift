@@ -744,7 +744,7 @@ public enum Slipway_Builder_V1_Builder_proto {
             "slipway.builder.v1.Builder.Cancel",
             "slipway.builder.v1.Builder.ResolveCommit",
         ],
-        serializedDescriptor: ProtoBase64.decode("""
+        serializedDescriptor: Base64.decode("""
         CiBzbGlwd2F5L2J1aWxkZXIvdjEvYnVpbGRlci5wcm90bxISc2xpcHdheS5idWlsZGVyLnYxIvABCglHaXRTb3VyY2USEAoDdXJs
         GAEgASgJUgN1cmwSFgoGY29tbWl0GAIgASgJUgZjb21taXQSEAoDcmVmGAMgASgJUgNyZWYSHgoKc3VibW9kdWxlcxgEIAEoCFIK
         c3VibW9kdWxlcxJBCgtodHRwc190b2tlbhgFIAEoCzIeLnNsaXB3YXkuYnVpbGRlci52MS5IdHRwc1Rva2VuSABSCmh0dHBzVG9r
@@ -901,6 +901,6 @@ public enum Slipway_Builder_V1_Builder_proto {
         AgIBEgTFAQYMCg0KBQYAAgICEgTFAQ0aCg0KBQYAAgIDEgTFASUzCk0KBAYAAgMSBMcBAkoaPyBUaGUgY29tbWl0IGEgYnJhbmNo
         LCB0YWcgb3IgdGhlIGRlZmF1bHQgYnJhbmNoIHBvaW50cyBhdCBub3cuCgoNCgUGAAIDARIExwEGEwoNCgUGAAIDAhIExwEUKAoN
         CgUGAAIDAxIExwEzSGIGcHJvdG8z
-        """)
+        """, skippingLineBreaks: true) ?? []
     )
 }

@@ -414,7 +414,7 @@ public enum Slipway_Certs_V1_Certs_proto {
             "slipway.certs.v1.Certs.GetLocalCA",
             "slipway.certs.v1.Certs.GetKeyPair",
         ],
-        serializedDescriptor: ProtoBase64.decode("""
+        serializedDescriptor: Base64.decode("""
         ChxzbGlwd2F5L2NlcnRzL3YxL2NlcnRzLnByb3RvEhBzbGlwd2F5LmNlcnRzLnYxIoIECgtDZXJ0aWZpY2F0ZRIOCgJpZBgBIAEo
         CVICaWQSGAoHZG9tYWlucxgCIAMoCVIHZG9tYWlucxIwCgZpc3N1ZXIYAyABKA4yGC5zbGlwd2F5LmNlcnRzLnYxLklzc3VlclIG
         aXNzdWVyEjgKBXN0YXRlGAQgASgOMiIuc2xpcHdheS5jZXJ0cy52MS5DZXJ0aWZpY2F0ZVN0YXRlUgVzdGF0ZRIWCgZyZWFzb24Y
@@ -497,6 +497,6 @@ public enum Slipway_Certs_V1_Certs_proto {
         YwYQCgwKBQYAAgUCEgNjER8KDAoFBgACBQMSA2MqMQpaCgQGAAIGEgNlAjMaTSBBbiBpc3N1ZWQgY2VydGlmaWNhdGUgYW5kIGl0
         cyBrZXkgKEZBSUxFRF9QUkVDT05ESVRJT04gdW50aWwgaXQgaXMgaXNzdWVkKS4KCgwKBQYAAgYBEgNlBhAKDAoFBgACBgISA2UR
         HwoMCgUGAAIGAxIDZSoxYgZwcm90bzM=
-        """)
+        """, skippingLineBreaks: true) ?? []
     )
 }

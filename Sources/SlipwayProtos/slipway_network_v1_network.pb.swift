@@ -562,7 +562,7 @@ public enum Slipway_Network_V1_Network_proto {
             "slipway.network.v1.Network.CleanUpChallenge",
             "slipway.network.v1.Network.GetLoadBalancer",
         ],
-        serializedDescriptor: ProtoBase64.decode("""
+        serializedDescriptor: Base64.decode("""
         CiBzbGlwd2F5L25ldHdvcmsvdjEvbmV0d29yay5wcm90bxISc2xpcHdheS5uZXR3b3JrLnYxIlAKCFJvdXRlS2V5EiUKDmVudmly
         b25tZW50X2lkGAEgASgJUg1lbnZpcm9ubWVudElkEh0KCnNlcnZpY2VfaWQYAiABKAlSCXNlcnZpY2VJZCKPAgoFUm91dGUSLgoD
         a2V5GAEgASgLMhwuc2xpcHdheS5uZXR3b3JrLnYxLlJvdXRlS2V5UgNrZXkSIQoMc2VydmljZV9uYW1lGAIgASgJUgtzZXJ2aWNl
@@ -682,6 +682,6 @@ public enum Slipway_Network_V1_Network_proto {
         EgSIARkyCg0KBQYAAgYDEgSIAT1XCgwKBAYAAgcSBIkBAkUKDQoFBgACBwESBIkBBhYKDQoFBgACBwISBIkBFycKDQoFBgACBwMS
         BIkBMkMKDAoEBgACCBIEigECRQoNCgUGAAIIARIEigEGFgoNCgUGAAIIAhIEigEXJwoNCgUGAAIIAxIEigEyQwoMCgQGAAIJEgSL
         AQJICg0KBQYAAgkBEgSLAQYVCg0KBQYAAgkCEgSLARYpCg0KBQYAAgkDEgSLATRGYgZwcm90bzM=
-        """)
+        """, skippingLineBreaks: true) ?? []
     )
 }

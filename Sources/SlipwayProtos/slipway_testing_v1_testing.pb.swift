@@ -563,7 +563,7 @@ public enum Slipway_Testing_V1_Testing_proto {
             "slipway.testing.v1.TestService.ClientStream",
             "slipway.testing.v1.TestService.Bidi",
         ],
-        serializedDescriptor: ProtoBase64.decode("""
+        serializedDescriptor: Base64.decode("""
         CiBzbGlwd2F5L3Rlc3RpbmcvdjEvdGVzdGluZy5wcm90bxISc2xpcHdheS50ZXN0aW5nLnYxIjkKBVBvaW50EgwKAXgYASABKAVS
         AXgSDAoBeRgCIAEoBVIBeRIUCgVsYWJlbBgDIAEoCVIFbGFiZWwixxgKCEFsbFR5cGVzEhcKB2ZfaW50MzIYASABKAVSBmZJbnQz
         MhIXCgdmX2ludDY0GAIgASgDUgZmSW50NjQSGQoIZl91aW50MzIYAyABKA1SB2ZVaW50MzISGQoIZl91aW50NjQYBCABKARSB2ZV
@@ -717,6 +717,6 @@ public enum Slipway_Testing_V1_Testing_proto {
         DQoFBgACAgESBJ4BBhIKDQoFBgACAgUSBJ4BExkKDQoFBgACAgISBJ4BGiUKDQoFBgACAgMSBJ4BMDwKDAoEBgACAxIEnwECPQoN
         CgUGAAIDARIEnwEGCgoNCgUGAAIDBRIEnwELEQoNCgUGAAIDAhIEnwESHQoNCgUGAAIDBhIEnwEoLgoNCgUGAAIDAxIEnwEvO2IG
         cHJvdG8z
-        """)
+        """, skippingLineBreaks: true) ?? []
     )
 }

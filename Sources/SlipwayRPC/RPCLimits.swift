@@ -1,4 +1,4 @@
-/// The explicit limits of the RPC layer. Every one is documented in README.md ("RPC limits").
+/// The explicit limits of the RPC layer. Every one is documented in docs/limits.md.
 public struct RPCLimits: Sendable, Hashable {
     /// Largest message accepted or sent, in bytes (payload, without the 5-byte prefix).
     /// A larger one ends the call with `RESOURCE_EXHAUSTED`. Default 4 MiB, as in gRPC.

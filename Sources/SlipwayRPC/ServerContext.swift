@@ -47,6 +47,12 @@ public struct MessageWriter<Message: Sendable>: Sendable {
     }
 }
 
+extension MessageWriter {
+    /// The same stream, written with messages already in their wire form: for one encoding shared
+    /// by many writers (a log line sent to every subscriber).
+    public var preEncoded: MessageWriter<RawBytes> { MessageWriter<RawBytes>(outbound: outbound) { $0.bytes } }
+}
+
 /// The messages of a streaming call in order (requests on a server, responses on a client).
 /// Iteration ends when the peer ends its side; it throws the call's error status.
 public struct MessageStream<Message: Sendable>: AsyncSequence, Sendable {

@@ -6,7 +6,7 @@ import Synchronization
 ///
 /// The empty service name is the server as a whole. Services registered on the server are SERVING
 /// once it starts; on shutdown every status turns NOT_SERVING before connections drain.
-public final class HealthService: RPCService {
+public final class HealthService: Grpc_Health_V1_Health.ServiceProtocol {
     public typealias Status = Grpc_Health_V1_HealthCheckResponse.ServingStatus
 
     private struct State {
@@ -45,33 +45,33 @@ public final class HealthService: RPCService {
         state.withLock { $0.statuses[service] }
     }
 
-    public func register(with router: inout RPCRouter) {
-        router.addFiles([Grpc_Health_V1_Health_proto.descriptor])
-        router.unaryOnEventLoop(Grpc_Health_V1_Health.Check.self) { [self] request, _ in
-            guard let status = status(of: request.service) else {
-                throw RPCError(.notFound, "unknown service \"\(request.service)\"; this server knows: \(knownServices())")
-            }
+    public func check(request: Grpc_Health_V1_HealthCheckRequest, context: ServerContext) throws -> Grpc_Health_V1_HealthCheckResponse {
+        guard let status = status(of: request.service) else {
+            throw RPCError(.notFound, "unknown service \"\(request.service)\"; this server knows: \(knownServices())")
+        }
+        var response = Grpc_Health_V1_HealthCheckResponse()
+        response.status = status
+        return response
+    }
+
+    public func watch(
+        request: Grpc_Health_V1_HealthCheckRequest, response writer: ResponseWriter<Grpc_Health_V1_HealthCheckResponse>, context: ServerContext
+    ) async throws {
+        let (stream, continuation) = AsyncStream<Status>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        let id = state.withLock { state -> Int in
+            let id = state.nextWatcher
+            state.nextWatcher += 1
+            state.watchers[id] = (request.service, continuation)
+            continuation.yield(state.statuses[request.service] ?? .serviceUnknown)
+            return id
+        }
+        defer { _ = state.withLock { $0.watchers.removeValue(forKey: id) } }
+        var last: Status?
+        for await status in stream where status != last {
+            last = status
             var response = Grpc_Health_V1_HealthCheckResponse()
             response.status = status
-            return response
-        }
-        router.serverStreaming(Grpc_Health_V1_Health.Watch.self) { [self] request, writer, _ in
-            let (stream, continuation) = AsyncStream<Status>.makeStream(bufferingPolicy: .bufferingNewest(1))
-            let id = state.withLock { state -> Int in
-                let id = state.nextWatcher
-                state.nextWatcher += 1
-                state.watchers[id] = (request.service, continuation)
-                continuation.yield(state.statuses[request.service] ?? .serviceUnknown)
-                return id
-            }
-            defer { _ = state.withLock { $0.watchers.removeValue(forKey: id) } }
-            var last: Status?
-            for await status in stream where status != last {
-                last = status
-                var response = Grpc_Health_V1_HealthCheckResponse()
-                response.status = status
-                try await writer.write(response)
-            }
+            try await writer.write(response)
         }
     }
 

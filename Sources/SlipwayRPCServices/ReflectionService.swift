@@ -19,16 +19,29 @@ public struct ReflectionService: RPCService {
     }
 
     public func register(with router: inout RPCRouter) {
-        let index = self.index
-        router.bidirectional(Grpc_Reflection_V1_ServerReflection.ServerReflectionInfo.self) { requests, writer, _ in
-            for try await request in requests {
-                try await writer.write(ReflectionV1.response(to: request, index: index))
-            }
+        router.register(V1(index: index))
+        router.register(V1alpha(index: index))
+    }
+
+    struct V1: Grpc_Reflection_V1_ServerReflection.ServiceProtocol {
+        let index: ReflectionIndex
+
+        func serverReflectionInfo(
+            request: RequestStream<Grpc_Reflection_V1_ServerReflectionRequest>,
+            response: ResponseWriter<Grpc_Reflection_V1_ServerReflectionResponse>, context: ServerContext
+        ) async throws {
+            for try await message in request { try await response.write(ReflectionV1.response(to: message, index: index)) }
         }
-        router.bidirectional(Grpc_Reflection_V1alpha_ServerReflection.ServerReflectionInfo.self) { requests, writer, _ in
-            for try await request in requests {
-                try await writer.write(ReflectionV1alpha.response(to: request, index: index))
-            }
+    }
+
+    struct V1alpha: Grpc_Reflection_V1alpha_ServerReflection.ServiceProtocol {
+        let index: ReflectionIndex
+
+        func serverReflectionInfo(
+            request: RequestStream<Grpc_Reflection_V1alpha_ServerReflectionRequest>,
+            response: ResponseWriter<Grpc_Reflection_V1alpha_ServerReflectionResponse>, context: ServerContext
+        ) async throws {
+            for try await message in request { try await response.write(ReflectionV1alpha.response(to: message, index: index)) }
         }
     }
 }

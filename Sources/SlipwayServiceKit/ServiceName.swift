@@ -1,3 +1,5 @@
+import SlipwayRPC
+
 /// The seven platform services, in port order (gateway on 7000 through logs on 7006).
 public enum ServiceName: String, Sendable, CaseIterable {
     case gateway, pipeline, builder, network, cluster, certs, logs
@@ -10,29 +12,6 @@ public enum ServiceName: String, Sendable, CaseIterable {
 
     /// The environment variable overriding where it listens (and where the others reach it).
     public var listenVariable: String { "SLIPWAY_\(rawValue.uppercased())_LISTEN" }
-}
-
-/// A `HOST:PORT` address.
-public struct ServiceAddress: Sendable, Hashable, CustomStringConvertible {
-    public var host: String
-    public var port: Int
-
-    public init(host: String, port: Int) {
-        self.host = host
-        self.port = port
-    }
-
-    /// Parses `HOST:PORT`, `[V6]:PORT` or `:PORT` (loopback); nil when malformed.
-    public init?(parsing text: String) {
-        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),
-              (0...65535).contains(port) else { return nil }
-        var host = String(text[..<colon])
-        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        self.host = host.isEmpty ? "127.0.0.1" : host
-        self.port = port
-    }
-
-    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
 }
 
 /// Where each service listens: defaults, then `SLIPWAY_<NAME>_LISTEN`, then flags.

@@ -57,6 +57,7 @@ public struct ServiceOptions: ParsableArguments, Sendable {
 }
 
 import Logging
+import SlipwayRPC
 
 /// A service's resolved configuration.
 public struct ServiceConfiguration: Sendable {

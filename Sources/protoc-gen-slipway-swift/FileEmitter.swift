@@ -1,3 +1,5 @@
+import SlipwayProtobuf
+
 /// Emits the Swift source of one .proto file.
 struct FileEmitter {
     let registry: TypeRegistry
@@ -57,36 +59,15 @@ struct FileEmitter {
                 try out.block("symbols: [", closing: "],") { (out: inout CodeWriter) throws(GeneratorError) in
                     for symbol in Self.symbols(file) { out.line("\(symbol.swiftLiteral),") }
                 }
-                out.line("serializedDescriptor: ProtoBase64.decode(\"\"\"")
+                out.line("serializedDescriptor: Base64.decode(\"\"\"")
                 let base64 = Array(Base64.encode(file.serializedDescriptor))
                 var start = 0
                 while start < base64.count {
                     out.line(String(base64[start..<min(start + 100, base64.count)]))
                     start += 100
                 }
-                out.line("\"\"\")")
+                out.line("\"\"\", skippingLineBreaks: true) ?? []")
             }
         }
-    }
-}
-
-/// Standard base64 with padding (the runtime's `ProtoBase64.decode` reads it back).
-enum Base64 {
-    static func encode(_ bytes: [UInt8]) -> String {
-        let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
-        var output = ""
-        var index = 0
-        while index < bytes.count {
-            let count = min(3, bytes.count - index)
-            var triple = UInt32(bytes[index]) << 16
-            if count > 1 { triple |= UInt32(bytes[index + 1]) << 8 }
-            if count > 2 { triple |= UInt32(bytes[index + 2]) }
-            output.append(alphabet[Int(triple >> 18 & 63)])
-            output.append(alphabet[Int(triple >> 12 & 63)])
-            output.append(count > 1 ? alphabet[Int(triple >> 6 & 63)] : "=")
-            output.append(count > 2 ? alphabet[Int(triple & 63)] : "=")
-            index += 3
-        }
-        return output
     }
 }

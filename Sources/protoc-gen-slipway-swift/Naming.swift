@@ -48,6 +48,19 @@ enum Naming {
         return name
     }
 
+    /// The Swift function name of an RPC: `CreateOrganization` → `createOrganization`, `GetURL` → `getURL`.
+    static func function(_ method: String) -> String {
+        guard let first = method.first else { return method }
+        let name = first.lowercased() + method.dropFirst()
+        return swiftKeywords.contains(name) ? "`\(name)`" : name
+    }
+
+    /// The generated RPC file's name: `grpc/health/v1/health.proto` → `grpc_health_v1_health.rpc.swift`.
+    static func rpcOutputFile(_ path: String) -> String {
+        let stem = path.hasSuffix(".proto") ? String(path.dropLast(6)) : path
+        return stem.replacingAll("/", with: "_") + ".rpc.swift"
+    }
+
     /// The Swift prefix for a package: `grpc.health.v1` → `Grpc_Health_V1_`.
     static func packagePrefix(_ package: String) -> String {
         package.isEmpty ? "" : package.split(separator: ".").map { upperCamel(String($0)) }.joined(separator: "_") + "_"

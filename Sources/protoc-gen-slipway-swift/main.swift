@@ -44,6 +44,10 @@ func generate(_ request: UnsafeMutablePointer<Google__Protobuf__Compiler__CodeGe
     for name in wanted {
         guard let file = files.first(where: { $0.name == name }) else { throw GeneratorError("\(name) is not in the request") }
         outputs.append((Naming.outputFile(name), try FileEmitter(registry: registry).emit(file)))
+        if !file.services.isEmpty {
+            let byName = Dictionary(files.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+            outputs.append((Naming.rpcOutputFile(name), try RPCEmitter(registry: registry, files: byName).emit(file)))
+        }
     }
     return outputs
 }

@@ -4,7 +4,7 @@ import ServiceLifecycle
 import SlipwayRPC
 import SlipwayServiceKit
 
-/// The benchmark peer of ../shared/bench: raw-bytes echo methods served by Slipway's RPC layer.
+/// The benchmark peer for scripts/bench-rpc.sh (Benchmarks/grpc-swift-echo is the anchor): raw-bytes echo methods served by Slipway's RPC layer.
 ///
 /// - `/bench.Echo/Unary`: returns the request bytes.
 /// - `/bench.Echo/Stream`: the request is a 4-byte big-endian count N; replies with N messages of 100 bytes.

@@ -42,10 +42,10 @@ import Testing
         if let failure { throw failure }
     }
 
-    static let workload = LocalCluster.Workload(environmentID: "env_test", serviceID: "svc_hello", serviceName: "hello")
+    static let workload = Workload(environmentID: "env_test", serviceID: "svc_hello", serviceName: "hello")
 
-    static func spec(_ fixture: Fixture, replicas: Int = 1, environment: [String: String] = [:]) -> LocalCluster.DeploySpec {
-        var spec = LocalCluster.DeploySpec(workload: workload, image: fixture.image)
+    static func spec(_ fixture: Fixture, replicas: Int = 1, environment: [String: String] = [:]) -> DeploySpec {
+        var spec = DeploySpec(workload: workload, image: fixture.image)
         spec.replicas = replicas
         spec.environment = environment
         spec.readiness = .http(path: "/health")
@@ -78,7 +78,7 @@ import Testing
             var broken = Self.spec(fixture)
             broken.readiness = .http(path: "/missing")
             broken.readyTimeout = .milliseconds(800)
-            let error = await #expect(throws: LocalCluster.Failure.self) { try await fixture.cluster.deploy(broken) }
+            let error = await #expect(throws: ClusterFailure.self) { try await fixture.cluster.deploy(broken) }
             #expect(error?.kind == .notReady)
             #expect(error?.description.hasSuffix("was not ready in time: GET /missing answered 404") == true)
             #expect(try await LocalRuntimeTests.get(good[0].port, "/health") != nil)
@@ -87,7 +87,7 @@ import Testing
             // A command that exits: reported at once with what it wrote, the old one still serves.
             var crashing = Self.spec(fixture)
             crashing.command = ["/bin/sh", "-c", "echo 'cannot open database' >&2; exit 3"]
-            let crashed = await #expect(throws: LocalCluster.Failure.self) { try await fixture.cluster.deploy(crashing) }
+            let crashed = await #expect(throws: ClusterFailure.self) { try await fixture.cluster.deploy(crashing) }
             #expect(crashed?.description.contains("exited before it was ready") == true)
             #expect(crashed?.description.contains("cannot open database") == true)
             #expect(try await LocalRuntimeTests.get(good[0].port, "/health") != nil)
@@ -99,13 +99,13 @@ import Testing
             let running = try await fixture.cluster.deploy(Self.spec(fixture))
             // A deploy the service did not finish (killed): its pending instance is on record and running.
             var record = LocalCluster.Record(workload: Self.workload, current: running)
-            let orphan = LocalCluster.Instance(id: "hello-orphan", port: try LocalCluster.freePort(), image: fixture.image)
+            let orphan = Instance(id: "hello-orphan", port: try LocalCluster.freePort(), image: fixture.image)
             var orphanSpec = LocalRuntime.InstanceSpec(id: orphan.id, image: fixture.image, port: orphan.port)
             orphanSpec.insecureRegistry = true
             _ = try await fixture.cluster.runtime.start(orphanSpec)
             record.pending = [orphan]
             // And one it had replaced and was stopping when it was killed.
-            let replaced = LocalCluster.Instance(id: "hello-replaced", port: try LocalCluster.freePort(), image: fixture.image)
+            let replaced = Instance(id: "hello-replaced", port: try LocalCluster.freePort(), image: fixture.image)
             var replacedSpec = LocalRuntime.InstanceSpec(id: replaced.id, image: fixture.image, port: replaced.port)
             replacedSpec.insecureRegistry = true
             _ = try await fixture.cluster.runtime.start(replacedSpec)
@@ -135,7 +135,7 @@ import Testing
             let cluster = fixture.cluster
             let specs = (1...3).map { Self.spec(fixture, environment: ["VERSION": "\($0)"]) }
             // Three at once: each must see the instances of the one before it, and stop them.
-            let results = await withTaskGroup(of: [LocalCluster.Instance]?.self, returning: [[LocalCluster.Instance]].self) { group in
+            let results = await withTaskGroup(of: [Instance]?.self, returning: [[Instance]].self) { group in
                 for spec in specs { group.addTask { try? await cluster.deploy(spec) } }
                 return await group.reduce(into: []) { if let instances = $1 { $0.append(instances) } }
             }
@@ -154,7 +154,7 @@ import Testing
             spec.readiness = .tcp
             let instance = try #require(try await fixture.cluster.deploy(spec).first)
             let cluster = fixture.cluster
-            func current() async throws -> LocalCluster.Instance { try #require(try await cluster.instances(Self.workload).first?.0) }
+            func current() async throws -> Instance { try #require(try await cluster.instances(Self.workload).first?.0) }
             func waitExited() async throws {
                 let deadline = ContinuousClock.now + .seconds(10)
                 while try await cluster.runtime.state(instance.id)?.status == .running {
@@ -225,7 +225,7 @@ import Testing
             // A watcher saw it running, then in error.
             _ = try await cluster.stop(Self.workload, grace: .milliseconds(100))
             await cluster.unwatch(watcher)
-            var seen: [LocalCluster.RunningStatus] = []
+            var seen: [RunningStatus] = []
             for await change in changes { seen.append(change.status) }
             #expect(seen.first == .running)
             #expect(seen.contains(.error))
@@ -240,7 +240,7 @@ import Testing
             var spec = Self.spec(fixture)
             spec.command = ["/bin/sh", "-c", "httpd -p 0.0.0.0:$PORT -h /app/www; sleep 0.5; touch /app/ready; while true; do sleep 1; done"]
             spec.readiness = .exec(command: ["/bin/sh", "-c", "test -f /app/ready"])
-            var liveness = LocalCluster.Liveness(check: .exec(command: ["/bin/sh", "-c", "test ! -f /app/www/sick"]))
+            var liveness = Liveness(check: .exec(command: ["/bin/sh", "-c", "test ! -f /app/www/sick"]))
             liveness.period = 1
             liveness.failureThreshold = 2
             spec.liveness = liveness
@@ -270,7 +270,7 @@ import Testing
             var never = Self.spec(fixture)
             never.readiness = .exec(command: ["/bin/sh", "-c", "test -f /nonexistent"])
             never.readyTimeout = .seconds(1)
-            let error = await #expect(throws: LocalCluster.Failure.self) { try await cluster.deploy(never) }
+            let error = await #expect(throws: ClusterFailure.self) { try await cluster.deploy(never) }
             #expect(error?.description.contains("exec `/bin/sh -c test -f /nonexistent` exited with status 1") == true)
         }
     }
@@ -288,7 +288,7 @@ import Testing
             run.cancel()
         }
         let port = try await server.listeningAddress.port!
-        let instance = LocalCluster.Instance(id: "probe", port: port, image: "none")
+        let instance = Instance(id: "probe", port: port, image: "none")
         let runtime = try LocalRuntime(directory: FileManager.default.temporaryDirectory.appendingPathComponent("slipway-probe-\(UUID().uuidString)").path)
         #expect(await Probe.check(.grpc(service: ""), instance: instance, runtime: runtime, timeout: .seconds(2)) == .success)
         #expect(await Probe.check(.grpc(service: "shop.Cart"), instance: instance, runtime: runtime, timeout: .seconds(2)) == .success)
@@ -338,7 +338,7 @@ import Testing
             // One extra at a time, none unavailable: never more than 4, never fewer than 3.
             var rolling = Self.spec(fixture, replicas: 3, environment: ["VERSION": "2"])
             rolling.strategy = .rolling(maxSurge: 1, maxUnavailable: 0)
-            var second: [LocalCluster.Instance] = []
+            var second: [Instance] = []
             let seen = try await Self.watching(cluster, old: Set(first.map(\.id))) {
                 second = try await cluster.deploy(rolling)
             }
@@ -351,7 +351,7 @@ import Testing
             // None extra, one unavailable at a time: never more than 3, never fewer than 2.
             var tight = Self.spec(fixture, replicas: 3, environment: ["VERSION": "3"])
             tight.strategy = .rolling(maxSurge: 0, maxUnavailable: 1)
-            var third: [LocalCluster.Instance] = []
+            var third: [Instance] = []
             let tightSeen = try await Self.watching(cluster, old: Set(second.map(\.id))) {
                 third = try await cluster.deploy(tight)
             }
@@ -361,7 +361,7 @@ import Testing
             // Recreate: the old ones are gone before a new one runs.
             var recreate = Self.spec(fixture, replicas: 2, environment: ["VERSION": "4"])
             recreate.strategy = .recreate
-            var fourth: [LocalCluster.Instance] = []
+            var fourth: [Instance] = []
             let recreateSeen = try await Self.watching(cluster, old: Set(third.map(\.id))) {
                 fourth = try await cluster.deploy(recreate)
             }
@@ -373,7 +373,7 @@ import Testing
             broken.strategy = .rolling(maxSurge: 0, maxUnavailable: 1)
             broken.readiness = .http(path: "/missing")
             broken.readyTimeout = .seconds(1)
-            await #expect(throws: LocalCluster.Failure.self) { try await cluster.deploy(broken) }
+            await #expect(throws: ClusterFailure.self) { try await cluster.deploy(broken) }
             let after = try await cluster.instances(Self.workload)
             #expect(after.map(\.0.id).sorted() == fourth.map(\.id).sorted())
             let deadline = ContinuousClock.now + .seconds(10)
@@ -391,12 +391,12 @@ import Testing
         let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("slipway-cluster-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: scratch) }
         let cluster = try LocalCluster(directory: scratch, logger: Logger(label: "test"))
-        var spec = LocalCluster.DeploySpec(workload: .init(environmentID: "e", serviceID: "s", serviceName: "Bad_Name"), image: "x")
-        var error = await #expect(throws: LocalCluster.Failure.self) { try await cluster.deploy(spec) }
+        var spec = DeploySpec(workload: .init(environmentID: "e", serviceID: "s", serviceName: "Bad_Name"), image: "x")
+        var error = await #expect(throws: ClusterFailure.self) { try await cluster.deploy(spec) }
         #expect(error?.kind == .invalid && error?.description.contains("service_name") == true)
         spec.workload.serviceName = "ok"
         spec.replicas = 51
-        error = await #expect(throws: LocalCluster.Failure.self) { try await cluster.deploy(spec) }
+        error = await #expect(throws: ClusterFailure.self) { try await cluster.deploy(spec) }
         #expect(error?.description.contains("replicas") == true)
         #expect(LocalRuntime.pullReference("127.0.0.1:5000/env/web:abc@sha256:00") == "127.0.0.1:5000/env/web@sha256:00")
         #expect(LocalRuntime.pullReference("127.0.0.1:5000/env/web:abc") == "127.0.0.1:5000/env/web:abc")

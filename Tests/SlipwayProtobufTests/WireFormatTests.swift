@@ -121,7 +121,12 @@ import Testing
 @Test func base64RoundTrips() {
     for count in 0..<10 {
         let bytes = (0..<count).map { UInt8($0 * 37 & 0xFF) }
-        #expect(ProtoBase64.decode(ProtoBase64.encode(bytes)) == bytes)
+        #expect(Base64.decode(Base64.encode(bytes)) == bytes)
     }
-    #expect(ProtoBase64.encode(Array("Man".utf8)) == "TWFu")
+    #expect(Base64.encode(Array("Man".utf8)) == "TWFu")
+    #expect(Base64.decode("TW!u") == nil)
+    #expect(Base64.decode("TW\nFu") == nil)
+    #expect(Base64.decode("TW\nFu", skippingLineBreaks: true) == Array("Man".utf8))
+    #expect(Base64.decode("_-8") == [0xFF, 0xEF])
+    #expect(Base64.decode("/+8=") == [0xFF, 0xEF])
 }

@@ -13,9 +13,9 @@ import Synchronization
 /// - `ClientStream`: one response: texts joined by commas, `index` = number of requests,
 ///   `payload` = total payload bytes as decimal text.
 /// - `Bidi`: one response per request, same index; a request with `fail_code` ends the call.
-public final class TestService: RPCService {
-    typealias Request = Slipway_Testing_V1_TestRequest
-    typealias Response = Slipway_Testing_V1_TestResponse
+public final class TestService: Slipway_Testing_V1_TestService.ServiceProtocol {
+    public typealias Request = Slipway_Testing_V1_TestRequest
+    public typealias Response = Slipway_Testing_V1_TestResponse
 
     private let cancelled = Atomic<Int>(0)
 
@@ -24,65 +24,65 @@ public final class TestService: RPCService {
     /// How many handlers saw their call cancelled.
     public var cancelledCount: Int { cancelled.load(ordering: .relaxed) }
 
-    public func register(with router: inout RPCRouter) {
-        router.addFiles([Slipway_Testing_V1_Testing_proto.descriptor])
-        router.unary(Slipway_Testing_V1_TestService.Unary.self) { [self] request, context in
-            if request.text == "__cancelled_count" {
-                var response = Response()
-                response.index = Int32(cancelledCount)
-                return response
-            }
-            echoMetadata(context)
-            try await observingCancellation { try await delay(request.delayMs) }
-            try fail(request)
+    public func unary(request: Request, context: ServerContext) async throws -> Response {
+        if request.text == "__cancelled_count" {
             var response = Response()
-            response.text = request.text
-            response.payload = request.payload
+            response.index = Int32(cancelledCount)
             return response
         }
-        router.serverStreaming(Slipway_Testing_V1_TestService.ServerStream.self) { [self] request, writer, context in
-            echoMetadata(context)
-            try await observingCancellation {
-                for index in 0..<Int(request.count) {
-                    if index > 0 { try await delay(request.delayMs) }
-                    var response = Response()
-                    response.text = request.text
-                    response.index = Int32(index)
-                    response.payload = request.payload
-                    try await writer.write(response)
-                }
+        echoMetadata(context)
+        try await observingCancellation { try await delay(request.delayMs) }
+        try fail(request)
+        var response = Response()
+        response.text = request.text
+        response.payload = request.payload
+        return response
+    }
+
+    public func serverStream(request: Request, response writer: ResponseWriter<Response>, context: ServerContext) async throws {
+        echoMetadata(context)
+        try await observingCancellation {
+            for index in 0..<Int(request.count) {
+                if index > 0 { try await delay(request.delayMs) }
+                var response = Response()
+                response.text = request.text
+                response.index = Int32(index)
+                response.payload = request.payload
+                try await writer.write(response)
             }
-            try fail(request)
         }
-        router.clientStreaming(Slipway_Testing_V1_TestService.ClientStream.self) { [self] requests, context in
-            echoMetadata(context)
-            var texts: [String] = []
-            var bytes = 0
+        try fail(request)
+    }
+
+    public func clientStream(request requests: RequestStream<Request>, context: ServerContext) async throws -> Response {
+        echoMetadata(context)
+        var texts: [String] = []
+        var bytes = 0
+        for try await request in requests {
+            try fail(request)
+            texts.append(request.text)
+            bytes += request.payload.count
+        }
+        var response = Response()
+        response.text = texts.joined(separator: ",")
+        response.index = Int32(texts.count)
+        response.payload = Array(String(bytes).utf8)
+        return response
+    }
+
+    public func bidi(request requests: RequestStream<Request>, response writer: ResponseWriter<Response>, context: ServerContext) async throws {
+        echoMetadata(context)
+        var index: Int32 = 0
+        try await observingCancellation {
             for try await request in requests {
                 try fail(request)
-                texts.append(request.text)
-                bytes += request.payload.count
-            }
-            var response = Response()
-            response.text = texts.joined(separator: ",")
-            response.index = Int32(texts.count)
-            response.payload = Array(String(bytes).utf8)
-            return response
-        }
-        router.bidirectional(Slipway_Testing_V1_TestService.Bidi.self) { [self] requests, writer, context in
-            echoMetadata(context)
-            var index: Int32 = 0
-            try await observingCancellation {
-                for try await request in requests {
-                    try fail(request)
-                    try await delay(request.delayMs)
-                    var response = Response()
-                    response.text = request.text
-                    response.index = index
-                    response.payload = request.payload
-                    try await writer.write(response)
-                    index += 1
-                }
+                try await delay(request.delayMs)
+                var response = Response()
+                response.text = request.text
+                response.index = index
+                response.payload = request.payload
+                try await writer.write(response)
+                index += 1
             }
         }
     }

@@ -1,4 +1,5 @@
 import NIOCore
+import SlipwayProtobuf
 import Testing
 
 @testable import SlipwayRPC

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import SlipwayRPC
 
 @testable import SlipwayServiceKit
 

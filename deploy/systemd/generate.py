@@ -39,7 +39,7 @@ def unit(name, what, flags, extra):
         "",
         "[Service]",
         "Type=exec",
-        "# SLIPWAY_DATA_DIR, SLIPWAY_LOG_LEVEL, SLIPWAY_<NAME>_LISTEN … (README: Services).",
+        "# SLIPWAY_DATA_DIR, SLIPWAY_LOG_LEVEL, SLIPWAY_<NAME>_LISTEN … (docs/operations.md: The services).",
         "EnvironmentFile=-/etc/slipway/slipway.env",
         "ExecStart=" + " ".join([f"/usr/local/bin/slipway-{name}", "--data-dir /var/lib/slipway"] + flags),
         "Restart=on-failure",

@@ -17,9 +17,9 @@ public actor KubernetesCluster: ClusterDriver {
     let logs: RPCClient?
     let logger: Logger
     let interval: Duration
-    private var workloads: [String: LocalCluster.Workload] = [:]
-    private var watchers: [UUID: AsyncStream<LocalCluster.WorkloadStatus>.Continuation] = [:]
-    private var published: [String: LocalCluster.WorkloadStatus] = [:]
+    private var workloads: [String: Workload] = [:]
+    private var watchers: [UUID: AsyncStream<WorkloadStatus>.Continuation] = [:]
+    private var published: [String: WorkloadStatus] = [:]
     /// Per pod: the timestamp of the last log line shipped (RFC 3339, nanoseconds as 9 digits).
     private var logCursors: [String: String] = [:]
 
@@ -31,7 +31,7 @@ public actor KubernetesCluster: ClusterDriver {
         self.logger = logger
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         if let data = FileManager.default.contents(atPath: directory + "/kubernetes-workloads.json") {
-            workloads = try JSONDecoder().decode([String: LocalCluster.Workload].self, from: data)
+            workloads = try JSONDecoder().decode([String: Workload].self, from: data)
         }
         if let data = FileManager.default.contents(atPath: directory + "/kubernetes-log-cursors.json") {
             logCursors = (try? JSONDecoder().decode([String: String].self, from: data)) ?? [:]
@@ -40,7 +40,7 @@ public actor KubernetesCluster: ClusterDriver {
 
     /// What the manifests are made from: the deploy's spec in Kubernetes' terms. Every variable goes
     /// to the Secret (the cluster API does not tell variables from secrets).
-    static func input(_ spec: LocalCluster.DeploySpec) -> KubernetesManifests.Input {
+    static func input(_ spec: DeploySpec) -> KubernetesManifests.Input {
         var input = KubernetesManifests.Input(workload: spec.workload, environmentName: spec.workload.environmentID, image: spec.image)
         input.secrets = spec.environment
         input.replicas = spec.replicas
@@ -67,7 +67,7 @@ public actor KubernetesCluster: ClusterDriver {
         return input
     }
 
-    static func probe(_ check: LocalCluster.Readiness) -> KubernetesManifests.Probe {
+    static func probe(_ check: Readiness) -> KubernetesManifests.Probe {
         switch check {
         case .http(let path): .http(path: path)
         case .tcp: .tcp
@@ -76,13 +76,13 @@ public actor KubernetesCluster: ClusterDriver {
         }
     }
 
-    static func input(_ workload: LocalCluster.Workload) -> KubernetesManifests.Input {
+    static func input(_ workload: Workload) -> KubernetesManifests.Input {
         KubernetesManifests.Input(workload: workload, environmentName: workload.environmentID, image: "")
     }
 
     // MARK: ClusterDriver
 
-    public func deploy(_ spec: LocalCluster.DeploySpec) async throws -> [LocalCluster.Instance] {
+    public func deploy(_ spec: DeploySpec) async throws -> [Instance] {
         try LocalCluster.validate(spec.workload)
         workloads[spec.workload.serviceID] = spec.workload
         try saveWorkloads()
@@ -90,12 +90,12 @@ public actor KubernetesCluster: ClusterDriver {
             _ = try await driver.deploy(Self.input(spec), timeout: spec.readyTimeout)
         } catch let error as KubernetesError where ["Timeout", "ProgressDeadlineExceeded"].contains(error.reason) {
             // Not ready: the rollout's own failure. Other errors are the API server's (mapped by the RPC layer).
-            throw LocalCluster.Failure(kind: .notReady, description: "\(error)")
+            throw ClusterFailure(kind: .notReady, description: "\(error)")
         }
         return try await instances(spec.workload).map(\.0)
     }
 
-    public func stop(_ workload: LocalCluster.Workload, grace: Duration) async throws -> [LocalCluster.Instance] {
+    public func stop(_ workload: Workload, grace: Duration) async throws -> [Instance] {
         try LocalCluster.validate(workload)
         let before = try await instances(workload).map(\.0)
         do {
@@ -106,7 +106,7 @@ public actor KubernetesCluster: ClusterDriver {
         return before
     }
 
-    public func delete(_ workload: LocalCluster.Workload, grace: Duration) async throws -> [LocalCluster.Instance] {
+    public func delete(_ workload: Workload, grace: Duration) async throws -> [Instance] {
         try LocalCluster.validate(workload)
         let before = (try? await instances(workload).map(\.0)) ?? []
         try await driver.delete(Self.input(workload))
@@ -115,29 +115,29 @@ public actor KubernetesCluster: ClusterDriver {
         return before
     }
 
-    public func instances(_ workload: LocalCluster.Workload) async throws -> [(LocalCluster.Instance, running: Bool)] {
+    public func instances(_ workload: Workload) async throws -> [(Instance, running: Bool)] {
         try await podObjects(workload).map { pod in
             let status = KubernetesStatus.pod(pod)
             return (Self.instance(pod, status), status.status == .running)
         }
     }
 
-    public func statuses() async -> [LocalCluster.WorkloadStatus] {
-        var result: [LocalCluster.WorkloadStatus] = []
+    public func statuses() async -> [WorkloadStatus] {
+        var result: [WorkloadStatus] = []
         for workload in workloads.values.sorted(by: { $0.serviceID < $1.serviceID }) {
             guard let pods = try? await podObjects(workload) else { continue }
             let read = pods.map(KubernetesStatus.pod)
             let instances = zip(pods, read).map { pod, status in
-                LocalCluster.InstanceStatus(instance: Self.instance(pod, status), running: status.status == .running, status: status.status)
+                InstanceStatus(instance: Self.instance(pod, status), running: status.status == .running, status: status.status)
             }
-            result.append(LocalCluster.WorkloadStatus(workload: workload, status: KubernetesStatus.workload(read), instances: instances))
+            result.append(WorkloadStatus(workload: workload, status: KubernetesStatus.workload(read), instances: instances))
         }
         return result
     }
 
-    public func watch() -> (id: UUID, changes: AsyncStream<LocalCluster.WorkloadStatus>) {
+    public func watch() -> (id: UUID, changes: AsyncStream<WorkloadStatus>) {
         let id = UUID()
-        let (stream, continuation) = AsyncStream<LocalCluster.WorkloadStatus>.makeStream(bufferingPolicy: .bufferingNewest(LocalCluster.maxWatchBuffer))
+        let (stream, continuation) = AsyncStream<WorkloadStatus>.makeStream(bufferingPolicy: .bufferingNewest(LocalCluster.maxWatchBuffer))
         watchers[id] = continuation
         return (id, stream)
     }
@@ -194,7 +194,7 @@ public actor KubernetesCluster: ClusterDriver {
 
     /// One batch of a pod's lines; on acknowledgement the pod's cursor moves past them. False when
     /// it was not sent (tried again at the next pass).
-    private func ship(_ lines: [(timestamp: String, text: String)], pod name: String, workload: LocalCluster.Workload, logs: RPCClient) async -> Bool {
+    private func ship(_ lines: [(timestamp: String, text: String)], pod name: String, workload: Workload, logs: RPCClient) async -> Bool {
         var batch = Slipway_Logs_V1_AppendRequest()
         batch.batchId = 1
         batch.lines = lines.map { line in
@@ -233,15 +233,15 @@ public actor KubernetesCluster: ClusterDriver {
 
     // MARK: Helpers
 
-    private func podObjects(_ workload: LocalCluster.Workload) async throws -> [[String: Any]] {
+    private func podObjects(_ workload: Workload) async throws -> [[String: Any]] {
         let input = Self.input(workload)
         let selector = KubernetesManifests.selector(input).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
         return try await driver.client.list(apiVersion: "v1", kind: "Pod", namespace: KubernetesManifests.namespace(for: workload.environmentID), labelSelector: selector)
     }
 
     /// A pod as an instance: its name, `podIP:8080`, image, restarts and last exit.
-    static func instance(_ pod: [String: Any], _ status: KubernetesStatus.Pod) -> LocalCluster.Instance {
-        var instance = LocalCluster.Instance(id: status.name, port: 8080, image: image(pod))
+    static func instance(_ pod: [String: Any], _ status: KubernetesStatus.Pod) -> Instance {
+        var instance = Instance(id: status.name, port: 8080, image: image(pod))
         instance.host = (pod["status"] as? [String: Any])?["podIP"] as? String
         instance.restarts = status.restarts
         instance.lastExit = status.lastExit

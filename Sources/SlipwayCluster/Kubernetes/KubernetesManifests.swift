@@ -15,7 +15,7 @@ public enum KubernetesManifests {
     }
 
     public struct Input: Sendable {
-        public var workload: LocalCluster.Workload
+        public var workload: Workload
         /// The environment's name, for the namespace's labels.
         public var environmentName: String
         public var image: String
@@ -39,7 +39,7 @@ public enum KubernetesManifests {
         public var recreate = false
         public var maxUnavailable = "0"
 
-        public init(workload: LocalCluster.Workload, environmentName: String, image: String) {
+        public init(workload: Workload, environmentName: String, image: String) {
             self.workload = workload
             self.environmentName = environmentName
             self.image = image

@@ -42,7 +42,7 @@ public enum KubernetesStatus {
 
     public struct Pod: Sendable, Equatable {
         public var name: String
-        public var status: LocalCluster.RunningStatus
+        public var status: RunningStatus
         /// Why, when it is not simply running (CrashLoopBackOff, ImagePullBackOff, …, with the
         /// kubelet's message).
         public var reason: String
@@ -85,7 +85,7 @@ public enum KubernetesStatus {
 
     /// A workload from its pods: RUNNING when all run, WARNING when some do, ERROR when none does
     /// and some are in error, STARTING otherwise; STOPPED without pods.
-    public static func workload(_ pods: [Pod]) -> LocalCluster.RunningStatus {
+    public static func workload(_ pods: [Pod]) -> RunningStatus {
         guard !pods.isEmpty else { return .stopped }
         let running = pods.filter { $0.status == .running }.count
         if running == pods.count { return .running }

@@ -46,7 +46,7 @@ typedef enum _Slipway__Cluster__V1__InstanceStatus {
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(SLIPWAY__CLUSTER__V1__INSTANCE_STATUS)
 } Slipway__Cluster__V1__InstanceStatus;
 /*
- * Running status of an instance and of a workload (ARCHITECTURE.md).
+ * Running status of an instance and of a workload (docs/architecture.md).
  */
 typedef enum _Slipway__Cluster__V1__RunningStatus {
   SLIPWAY__CLUSTER__V1__RUNNING_STATUS__RUNNING_STATUS_UNSPECIFIED = 0,

@@ -142,7 +142,7 @@ struct  Slipway__Logs__V1__AppendRequest
 
 
 /*
- * The batch is durable: every line is on disk (see the fsync policy in the README).
+ * The batch is durable: every line is on disk (see the fsync policy in docs/services.md).
  */
 struct  Slipway__Logs__V1__AppendResponse
 {

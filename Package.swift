@@ -163,7 +163,10 @@ var targets: [Target] = [
     .testTarget(name: "SlipwayProtobufTests", dependencies: ["SlipwayProtos", "SlipwayProtobuf"], swiftSettings: strict),
     .testTarget(
         name: "SlipwayRPCTests",
-        dependencies: ["SlipwayRPC", "SlipwayRPCServices", "SlipwayProtos", "SlipwayProtobuf", "SlipwayServiceKit", "SlipwayRPCTestSupport"] + nio,
+        dependencies: [
+            "SlipwayRPC", "SlipwayRPCServices", "SlipwayProtos", "SlipwayProtobuf", "SlipwayServiceKit", "SlipwayRPCTestSupport",
+            .product(name: "NIOEmbedded", package: "swift-nio"),
+        ] + nio,
         swiftSettings: strict
     ),
 ]

@@ -149,24 +149,13 @@ public actor LocalCluster {
                 record.routed = true
                 try save(record)
             }
-            switch spec.strategy ?? .rolling(maxSurge: spec.replicas, maxUnavailable: 0) {
-            case .recreate:
-                // Everything old goes first (no instance serves meanwhile), then the new ones start.
-                try await park(rollout.old.count, &rollout, &record, spec)
-                try await startBatch(spec.replicas, &rollout, &record, spec, pulled: pulled, insecure: insecure)
-                try await route(rollout, spec)
-            case .rolling(let surge, let unavailable):
-                while rollout.ready.count < spec.replicas {
-                    let room = spec.replicas + surge - (rollout.old.count + rollout.ready.count)
-                    if room <= 0 {
-                        // No room for a new one: old ones go first, as many as may be unavailable.
-                        try await park(min(rollout.old.count, max(1, unavailable)), &rollout, &record, spec)
-                        continue
-                    }
-                    try await startBatch(min(room, spec.replicas - rollout.ready.count), &rollout, &record, spec, pulled: pulled, insecure: insecure)
-                    // Traffic to the new ones, away from the old ones beyond the count, in one change.
-                    let excess = max(0, rollout.old.count + rollout.ready.count - spec.replicas)
-                    try await park(min(excess, rollout.old.count), &rollout, &record, spec)
+            var plan = RolloutPlan(replicas: spec.replicas, strategy: spec.strategy, old: rollout.old.count)
+            steps: while true {
+                switch plan.next() {
+                case .stopOld(let count): try await park(count, &rollout, &record, spec)
+                case .startNew(let count): try await startBatch(count, &rollout, &record, spec, pulled: pulled, insecure: insecure)
+                case .route: try await route(rollout, spec)
+                case .done: break steps
                 }
             }
         } catch {

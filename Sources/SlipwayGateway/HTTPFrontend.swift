@@ -38,7 +38,7 @@ struct HTTPFrontend: Sendable {
             try channel.pipeline.syncOperations.addHandlers(IdleStateHandler(allTimeout: Self.idleTimeout), CloseWhenIdle())
             try channel.pipeline.syncOperations.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: true)
             let connection = try Connection(wrappingChannelSynchronously: channel)
-            Task { await self.serve(connection) }
+            return { await self.serve(connection) }
         }
     }
 

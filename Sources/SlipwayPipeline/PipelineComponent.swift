@@ -101,7 +101,16 @@ public struct PipelineComponent: PlatformComponent {
             "network": shown(.network, networkAddress), "certs": shown(.certs, certsAddress),
             "logs": "\(logsAddress)", "durability": "\(configuration.durability.rawValue)",
         ])
-        return [LogShipperService(shipper: shipper)]
+        return [LogShipperService(shipper: shipper), EngineWatchdog(engine: engine)]
+    }
+}
+
+/// The engine's watchdog (step time limits) for the life of the service.
+struct EngineWatchdog: Service {
+    let engine: PipelineEngine
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown { await engine.runWatchdog() }
     }
 }
 

@@ -82,7 +82,6 @@ public actor PipelineEngine {
 
     /// How often the watchdog looks for steps past their time limit.
     static let watchdogPeriod: Duration = .milliseconds(250)
-    private var watchdog: Task<Void, Never>?
 
     nonisolated let store: PipelineStore
     /// Environments never change once created (no rename): read once.
@@ -113,13 +112,6 @@ public actor PipelineEngine {
     /// status and a reason; a deployment interrupted that way skips what it had not started; one
     /// that was between stages resumes; waiting ones run in their order.
     public func start() throws {
-        watchdog = watchdog ?? Task { [weak self] in
-            while !Task.isCancelled {
-                try? await Task.sleep(for: Self.watchdogPeriod)
-                guard let engine = self else { return }
-                await engine.cancelLateSteps()
-            }
-        }
         let reason = "interrupted: the pipeline stopped while this step ran (restarted at \(ISO8601DateFormatter().string(from: Date())))"
         let interrupted = Set(try store.recoverAfterCrash(reason: reason))
         for deploymentID in interrupted {
@@ -294,8 +286,14 @@ public actor PipelineEngine {
         }
     }
 
-    deinit {
-        watchdog?.cancel()
+    /// The watchdog: every ``watchdogPeriod`` it cancels the services whose running step is past
+    /// its time limit, until the calling task is cancelled. It runs as a `Service` of the service
+    /// group (``EngineWatchdog``), so it lives exactly as long as the service.
+    public func runWatchdog() async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: Self.watchdogPeriod)
+            cancelLateSteps()
+        }
     }
 
     private func isCanceled(_ deploymentID: String) -> Bool {

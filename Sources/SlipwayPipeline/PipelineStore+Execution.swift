@@ -126,7 +126,7 @@ extension PipelineStore {
         Prepared(
             now: Date().timeIntervalSince1970, releaseID: change.release.map { _ in Self.newID("rel") },
             release: try change.release.map { draft in
-                (try draft.configurationJSON ?? Self.encode(draft.configuration), try draft.sealedSecrets ?? seal(draft.secrets))
+                (try draft.configurationJSON ?? Self.encode(draft.configuration), try draft.sealedSecrets ?? sealer.seal(draft.secrets))
             })
     }
 
@@ -277,7 +277,7 @@ extension PipelineStore {
             id: row["id"], serviceID: row["service_id"], deploymentID: row["deployment_id"],
             createdAt: Date(timeIntervalSince1970: row["created_at"]), commit: row["commit_sha"], image: row["image"],
             configuration: try JSONDecoder().decode(ServiceSpec.self, from: Data((row["configuration"] as String).utf8)),
-            secrets: try open(row["secrets"]))
+            secrets: try sealer.open(row["secrets"]))
     }
 
     // MARK: Listings and statuses

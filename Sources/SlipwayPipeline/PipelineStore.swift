@@ -1,4 +1,3 @@
-import Crypto
 import Foundation
 import SlipwayServiceKit
 import GRDB
@@ -27,9 +26,8 @@ public final class PipelineStore: Sendable {
     let database: DatabaseQueue
     /// Changes waiting to be written together (``recordGrouped(_:announce:)``).
     let group = Mutex(ChangeGroup())
-    /// The 256-bit key secrets are sealed with (bytes: SymmetricKey is not Sendable).
-    private let sealingKeyBytes: Data
-    private var sealingKey: SymmetricKey { SymmetricKey(data: sealingKeyBytes) }
+    /// Seals and opens the services' secrets (its key is `<directory>/secrets.key`).
+    let sealer: SecretSealer
 
     public enum Durability: String, Sendable, CaseIterable {
         /// Every commit is in the write-ahead log, handed to the OS (survives a killed process).
@@ -42,7 +40,7 @@ public final class PipelineStore: Sendable {
     /// `<directory>/secrets.key` (0600), and brings the schema up to date.
     public init(directory: String, durability: Durability = .normal) throws {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        sealingKeyBytes = try Self.loadOrCreateKey(at: directory + "/secrets.key")
+        sealer = try SecretSealer(keyFile: directory + "/secrets.key")
         var configuration = Configuration()
         configuration.prepareDatabase { db in
             try db.execute(sql: "PRAGMA synchronous = \(durability == .full ? "FULL" : "NORMAL")")
@@ -143,7 +141,7 @@ public final class PipelineStore: Sendable {
 
     public func createService(environmentID: String, name: String, configuration: ServiceSpec, secrets: [String: String] = [:]) throws -> ManagedService {
         let service = ManagedService(id: Self.newID("svc"), environmentID: environmentID, name: name, configuration: configuration, secrets: secrets)
-        let sealed = try seal(secrets)
+        let sealed = try sealer.seal(secrets)
         let json = try Self.encode(configuration)
         try write("service \(name)") { db in
             try Self.require(db, "environment", environmentID)
@@ -154,7 +152,7 @@ public final class PipelineStore: Sendable {
     }
 
     public func updateService(_ id: String, configuration: ServiceSpec, secrets: [String: String]) throws {
-        let sealed = try seal(secrets)
+        let sealed = try sealer.seal(secrets)
         let json = try Self.encode(configuration)
         try write("service \(id)") { db in
             try db.cachedStatement(sql: "UPDATE service SET configuration = ?, secrets = ? WHERE id = ?").execute(arguments: [json, sealed, id])
@@ -175,7 +173,7 @@ public final class PipelineStore: Sendable {
         let sealed: Data = row["secrets"]
         let service = ManagedService(
             id: row["id"], environmentID: row["environment_id"], name: row["name"],
-            configuration: try JSONDecoder().decode(ServiceSpec.self, from: Data(json.utf8)), secrets: try open(sealed))
+            configuration: try JSONDecoder().decode(ServiceSpec.self, from: Data(json.utf8)), secrets: try sealer.open(sealed))
         return (service, json, sealed, row["deleted_at"] as Double? != nil)
     }
 
@@ -449,34 +447,6 @@ public final class PipelineStore: Sendable {
             return try String.fetchAll(db.cachedStatement(sql: sql), arguments: arguments)
         }
         return try ids.map(deployment)
-    }
-
-    // MARK: Secrets
-
-    /// Secrets as AES-GCM sealed JSON (nonce + ciphertext + tag); the key never leaves the data dir.
-    func seal(_ secrets: [String: String]) throws -> Data {
-        try AES.GCM.seal(try JSONEncoder().encode(secrets), using: sealingKey).combined!
-    }
-
-    func open(_ sealed: Data) throws -> [String: String] {
-        try JSONDecoder().decode([String: String].self, from: try AES.GCM.open(AES.GCM.SealedBox(combined: sealed), using: sealingKey))
-    }
-
-    static func loadOrCreateKey(at path: String) throws -> Data {
-        if let data = FileManager.default.contents(atPath: path) {
-            guard data.count == 32 else { throw Failure.invalidTransition("\(path) is not a 256-bit key: restore it from a backup or remove the data directory") }
-            return data
-        }
-        let key = SymmetricKey(size: .bits256)
-        let data = key.withUnsafeBytes { Data($0) }
-        // Created 0600 under a temporary name, flushed, then renamed and the directory flushed:
-        // a crash never leaves a half key, and no other user can read it even for a moment.
-        do {
-            try AtomicFile.write(data, to: path)
-        } catch {
-            throw Failure.invalidTransition(error.description)
-        }
-        return data
     }
 
     // MARK: Helpers

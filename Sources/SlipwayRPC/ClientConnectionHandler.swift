@@ -32,7 +32,6 @@ final class ClientConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
 
     override func idleTimeoutExpired() {
         stopAccepting()
-        super.idleTimeoutExpired()
     }
 
     private func stopAccepting() {
@@ -58,18 +57,21 @@ final class ClientConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
             headers.append(("grpc-timeout", GRPCTimeout.format(nanoseconds: timeout.nanoseconds)))
         }
         headers += options.metadata.wireHeaders()
-        guard let id = session.submitRequest(headers: headers) else {
-            stream.finish(RPCError(.unavailable, "cannot open a stream to \(authority) (too many streams or connection closing)"), trailers: [:])
+        let id: Int32
+        do {
+            id = try session.submitRequest(headers: headers)
+        } catch {
+            stream.finish(RPCError(.unavailable, "cannot open a stream to \(authority) (\(error)); retry the call"), trailers: [:])
             return
         }
         stream.id = id
         idBox.set(id)
         streams[id] = stream
-        lastActivity = .now()
+        streamOpened()
         if let timeout = options.timeout, let context {
             stream.deadlineTimer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout.timeAmount) { [weak self, weak stream] in
                 guard let self, let stream, !stream.finished else { return }
-                self.session.resetStream(stream.id, errorCode: HTTP2ErrorCode.cancel)
+                self.reset(stream.id)
                 stream.finish(RPCError(.deadlineExceeded, "deadline of \(timeout) exceeded calling \(path)"), trailers: [:])
                 self.scheduleFlush()
             }
@@ -80,7 +82,7 @@ final class ClientConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
     /// Cancels a call: RST_STREAM(CANCEL) to the server.
     func cancel(_ streamID: Int32, _ error: RPCError) {
         guard let stream = streams[streamID], !stream.finished else { return }
-        session.resetStream(streamID, errorCode: HTTP2ErrorCode.cancel)
+        reset(streamID)
         stream.finish(error, trailers: [:])
         scheduleFlush()
     }
@@ -90,7 +92,8 @@ final class ClientConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
         _ = stream.outbound.clearNotified()
         if stream.dataDeferred {
             stream.dataDeferred = false
-            session.resumeData(streamID: streamID)
+            // False: nghttp2 has closed the stream meanwhile, nothing is waiting to be resumed.
+            guard session.resumeData(streamID: streamID) else { return }
         }
         scheduleFlush()
     }
@@ -99,7 +102,7 @@ final class ClientConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
         guard let stream = streams[streamID] else { return }
         stream.inbound.windowReleased()
         stream.holdingWindow = false
-        session.consume(streamID: streamID, bytes: stream.windowOwed)
+        consume(streamID, stream.windowOwed)
         stream.windowOwed = 0
         scheduleFlush()
     }
@@ -123,7 +126,7 @@ final class ClientConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
         stream.headerBlocks += 1
         if stream.headerBlocks == 1 {
             if let error = responseHeadersError(stream) {
-                session.resetStream(streamID, errorCode: HTTP2ErrorCode.cancel)
+                reset(streamID)
                 stream.finish(error, trailers: [:])
                 return
             }
@@ -177,21 +180,21 @@ final class ClientConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
 
     func session(_ session: HTTP2Session, didReceiveData bytes: UnsafeRawBufferPointer, streamID: Int32) {
         guard let stream = streams[streamID], !stream.finished else {
-            session.consume(streamID: streamID, bytes: bytes.count)
+            consume(streamID, bytes.count)
             return
         }
         stream.reader.append(bytes)
         if stream.holdingWindow {
             stream.windowOwed += bytes.count
         } else {
-            session.consume(streamID: streamID, bytes: bytes.count)
+            consume(streamID, bytes.count)
         }
         do {
             while let message = try stream.reader.next() {
                 if !stream.inbound.push(message) { stream.holdingWindow = true }
             }
         } catch {
-            session.resetStream(streamID, errorCode: HTTP2ErrorCode.cancel)
+            reset(streamID)
             stream.finish(error, trailers: [:])
         }
     }
@@ -203,6 +206,7 @@ final class ClientConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
 
     func session(_ session: HTTP2Session, didCloseStream streamID: Int32, errorCode: UInt32) {
         guard let stream = streams.removeValue(forKey: streamID) else { return }
+        defer { streamClosed() }
         if !stream.finished {
             let error: RPCError = switch errorCode {
             case HTTP2ErrorCode.refusedStream: RPCError(.unavailable, "the server refused the stream; retry the call")
@@ -234,9 +238,20 @@ final class ClientConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
 
     func session(_ session: HTTP2Session, didReceiveGoAway lastStreamID: Int32, errorCode: UInt32) {
         stopAccepting()
+        goAwayReceived()
     }
 
-    func sessionDidReceivePingAck(_ session: HTTP2Session) {
-        pingAcknowledged()
+    func sessionDidReceivePingAck(_ session: HTTP2Session, opaque: UInt64) {
+        pingAcknowledged(opaque: opaque)
+    }
+
+    /// RST_STREAM(CANCEL); a session that cannot send it is failed.
+    private func reset(_ streamID: Int32) {
+        do { try session.resetStream(streamID, errorCode: HTTP2ErrorCode.cancel) } catch { sessionFailed(error) }
+    }
+
+    /// Returns flow-control window to the server; a session that cannot is failed.
+    private func consume(_ streamID: Int32, _ bytes: Int) {
+        do { try session.consume(streamID: streamID, bytes: bytes) } catch { sessionFailed(error) }
     }
 }

@@ -1,8 +1,9 @@
 import NIOCore
 
 /// The NIO side of one HTTP/2 connection, shared by servers and clients: feeds received bytes to
-/// nghttp2, writes what it produces (once per batch, while the channel is writable), and runs the
-/// keepalive and idle timers. Subclasses handle the streams. Confined to the channel's event loop.
+/// nghttp2, writes what it produces (once per batch, while the channel is writable), and carries out
+/// what ``ConnectionStateMachine`` decides about keepalive, idle timeout and graceful shutdown (one
+/// timer per purpose). Subclasses handle the streams. Confined to the channel's event loop.
 class HTTP2ConnectionHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
@@ -10,35 +11,46 @@ class HTTP2ConnectionHandler: ChannelInboundHandler {
     let session: HTTP2Session
     let timings: ConnectionTimings
     private(set) var context: ChannelHandlerContext?
-    /// Last time a frame arrived or a stream opened or closed.
-    var lastActivity = NIODeadline.now()
+    /// Last time bytes arrived (the keepalive timer checks it when it fires).
+    private var lastActivity = NIODeadline.now()
     private var inRead = false
+    private var inSend = false
     private var flushScheduled = false
+    private var started = false
     private var output = ByteBufferAllocator().buffer(capacity: 0)
-    private var maintenance: Scheduled<Void>?
-    private var pingSentAt: NIODeadline?
+    private(set) var lifecycle: ConnectionStateMachine
+    private var timers: [ConnectionStateMachine.Timer: Scheduled<Void>] = [:]
 
     init(role: HTTP2Session.Role, limits: RPCLimits, timings: ConnectionTimings) {
         self.session = HTTP2Session(role: role, limits: limits)
         self.timings = timings
+        self.lifecycle = ConnectionStateMachine(role: role == .server ? .server : .client, timings: timings)
     }
 
     // MARK: Hooks for subclasses
 
-    /// Whether any call is open (idle timeout counts only without one).
+    /// Whether any call is open.
     var hasOpenStreams: Bool { false }
-    /// Whether the connection should close once its streams are done (after GOAWAY).
-    var closesWhenStreamsEnd: Bool { false }
     /// The channel became usable.
     func connectionDidStart(context: ChannelHandlerContext) {}
     /// The connection is gone or unusable: fail whatever is open.
     func connectionDidEnd(_ error: RPCError) {}
-    /// No call for the idle timeout: by default GOAWAY and close.
-    func idleTimeoutExpired() {
-        session.submitGoAway(errorCode: HTTP2ErrorCode.noError)
-        flush()
-        context?.close(promise: nil)
-    }
+    /// The connection is about to close on purpose (keepalive unanswered, shutdown grace over):
+    /// end open calls with `error`, telling the peer where it still can be told.
+    func failOpenStreams(_ error: RPCError) { connectionDidEnd(error) }
+    /// No call for the idle timeout; GOAWAY and close follow.
+    func idleTimeoutExpired() {}
+
+    /// Subclasses report each stream they start serving and each that closes (idle timeout and
+    /// draining count them).
+    func streamOpened() { perform(lifecycle.streamOpened()) }
+    func streamClosed() { perform(lifecycle.streamClosed()) }
+    /// Begins a graceful shutdown (server: shutdown notice, PING, final GOAWAY; client: GOAWAY).
+    func shutdownGracefully() { perform(lifecycle.shutdownRequested()) }
+    /// The peer sent GOAWAY.
+    func goAwayReceived() { perform(lifecycle.goAwayReceived()) }
+    /// A PING acknowledgement arrived with `opaque` data.
+    func pingAcknowledged(opaque: UInt64) { perform(lifecycle.pingAcknowledged(ConnectionStateMachine.Ping(rawValue: opaque))) }
 
     // MARK: NIO events
 
@@ -54,10 +66,12 @@ class HTTP2ConnectionHandler: ChannelInboundHandler {
     }
 
     private func start(context: ChannelHandlerContext) {
-        guard maintenance == nil else { return }
+        guard !started else { return }
+        started = true
+        lastActivity = context.eventLoop.now
         connectionDidStart(context: context)
         flush()
-        scheduleTick()
+        perform(lifecycle.started())
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -81,7 +95,7 @@ class HTTP2ConnectionHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let buffer = unwrapInboundIn(data)
-        lastActivity = .now()
+        lastActivity = context.eventLoop.now
         inRead = true
         let failure = buffer.withUnsafeReadableBytes { session.receive($0) }
         inRead = false
@@ -103,8 +117,7 @@ class HTTP2ConnectionHandler: ChannelInboundHandler {
     }
 
     private func end(_ error: RPCError) {
-        maintenance?.cancel()
-        maintenance = nil
+        perform(lifecycle.ended())
         connectionDidEnd(error)
     }
 
@@ -114,9 +127,12 @@ class HTTP2ConnectionHandler: ChannelInboundHandler {
     /// Never runs inside `mem_recv` (nghttp2 forbids it): reads end with `channelReadComplete`.
     func flush() {
         flushScheduled = false
-        guard let context, !inRead else { return }
+        guard let context, !inRead, !inSend else { return }
         while context.channel.isWritable {
-            guard session.send(into: &output, limit: 256 * 1024) else {
+            inSend = true
+            let sent = session.send(into: &output, limit: 256 * 1024)
+            inSend = false
+            guard sent else {
                 context.close(promise: nil)
                 return
             }
@@ -127,7 +143,7 @@ class HTTP2ConnectionHandler: ChannelInboundHandler {
         context.flush()
         if !session.wantsRead && !session.wantsWrite {
             context.close(promise: nil)
-        } else if closesWhenStreamsEnd && !hasOpenStreams && !session.wantsWrite {
+        } else if lifecycle.state == .closed && !session.wantsWrite {
             context.close(promise: nil)
         }
     }
@@ -139,39 +155,61 @@ class HTTP2ConnectionHandler: ChannelInboundHandler {
         context.eventLoop.assumeIsolated().execute { self.flush() }
     }
 
-    // MARK: Keepalive and idle
+    // MARK: Lifecycle actions
 
-    /// Runs `tick` once a second while the connection lives.
-    private func scheduleTick() {
-        guard let context else { return }
-        maintenance = context.eventLoop.assumeIsolated().scheduleTask(in: .seconds(1)) { [weak self] in
-            guard let self, self.maintenance != nil else { return }
-            self.tick()
-            if self.maintenance != nil { self.scheduleTick() }
+    /// Carries out what the lifecycle decided.
+    func perform(_ actions: [ConnectionStateMachine.Action]) {
+        guard !actions.isEmpty else { return }
+        var close = false
+        for action in actions {
+            switch action {
+            case .schedule(let timer, let delay):
+                timers[timer]?.cancel()
+                guard let context else { continue }
+                timers[timer] = context.eventLoop.assumeIsolated().scheduleTask(in: delay.timeAmount) { [weak self] in
+                    guard let self else { return }
+                    self.timers[timer] = nil
+                    let now = self.context?.eventLoop.now ?? .now()
+                    self.perform(self.lifecycle.timerFired(timer, sinceActivity: (now - self.lastActivity).duration))
+                }
+            case .cancel(let timer):
+                timers.removeValue(forKey: timer)?.cancel()
+            case .sendPing(let ping):
+                do { try session.submitPing(opaque: ping.rawValue) } catch { return sessionFailed(error) }
+            case .sendShutdownNotice:
+                do { try session.submitShutdownNotice() } catch { return sessionFailed(error) }
+            case .sendGoAway:
+                do { try session.submitGoAway(errorCode: HTTP2ErrorCode.noError) } catch { return sessionFailed(error) }
+            case .failOpenStreams(let error):
+                failOpenStreams(error)
+            case .notifyIdle:
+                idleTimeoutExpired()
+            case .close:
+                close = true
+            }
         }
-    }
-
-    private func tick() {
-        guard let context else { return }
-        let now = NIODeadline.now()
-        if let sent = pingSentAt, now - sent > timings.keepaliveTimeout.timeAmount {
-            end(RPCError(.unavailable, "the peer stopped answering keepalive PINGs"))
-            context.close(promise: nil)
+        if inRead || inSend {
+            // nghttp2 forbids sending from inside mem_recv or mem_send: finish on the next loop turn.
+            context?.eventLoop.assumeIsolated().execute { [weak self] in self?.finishActions(close: close) }
             return
         }
-        if let idle = timings.idleTimeout, !hasOpenStreams, now - lastActivity > idle.timeAmount {
-            idleTimeoutExpired()
-            return
-        }
-        if let interval = timings.keepaliveInterval, pingSentAt == nil, now - lastActivity > interval.timeAmount {
-            pingSentAt = now
-            session.submitPing()
-            flush()
-        }
+        finishActions(close: close)
     }
 
-    /// A PING acknowledgement arrived: the peer is alive.
-    func pingAcknowledged() {
-        pingSentAt = nil
+    private func finishActions(close: Bool) {
+        flush()
+        if close { context?.close(promise: nil) }
     }
+
+    /// nghttp2 refused a connection-level call (out of memory, or a state it should never be in):
+    /// the connection cannot go on.
+    func sessionFailed(_ error: HTTP2SessionError) {
+        end(RPCError(.internal, "HTTP/2 session failed: \(error)"))
+        context?.close(promise: nil)
+    }
+}
+
+extension TimeAmount {
+    /// As a `Duration`.
+    var duration: Duration { .nanoseconds(nanoseconds) }
 }

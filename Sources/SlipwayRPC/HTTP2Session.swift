@@ -19,8 +19,8 @@ protocol HTTP2SessionDelegate: AnyObject {
     func session(_ session: HTTP2Session, readDataFor streamID: Int32, into buffer: UnsafeMutableRawBufferPointer, flags: inout UInt32) -> Int
     /// GOAWAY received.
     func session(_ session: HTTP2Session, didReceiveGoAway lastStreamID: Int32, errorCode: UInt32)
-    /// A PING acknowledgement arrived.
-    func sessionDidReceivePingAck(_ session: HTTP2Session)
+    /// A PING acknowledgement arrived, with the opaque data of the PING it answers.
+    func sessionDidReceivePingAck(_ session: HTTP2Session, opaque: UInt64)
 }
 
 /// An nghttp2 session: one HTTP/2 connection's framing state, confined to one event loop.
@@ -36,12 +36,12 @@ final class HTTP2Session {
 
     init(role: Role, limits: RPCLimits) {
         var callbacks: OpaquePointer?
-        nghttp2_session_callbacks_new(&callbacks)
+        Self.require(nghttp2_session_callbacks_new(&callbacks), "nghttp2_session_callbacks_new")
         defer { nghttp2_session_callbacks_del(callbacks) }
         HTTP2Session.installCallbacks(callbacks)
 
         var option: OpaquePointer?
-        nghttp2_option_new(&option)
+        Self.require(nghttp2_option_new(&option), "nghttp2_option_new")
         defer { nghttp2_option_del(option) }
         // The application consumes flow-control window as messages are read: backpressure to the peer.
         nghttp2_option_set_no_auto_window_update(option, 1)
@@ -50,8 +50,8 @@ final class HTTP2Session {
 
         let userData = Unmanaged.passUnretained(self).toOpaque()
         switch role {
-        case .server: nghttp2_session_server_new2(&raw, callbacks, userData, option)
-        case .client: nghttp2_session_client_new2(&raw, callbacks, userData, option)
+        case .server: Self.require(nghttp2_session_server_new2(&raw, callbacks, userData, option), "nghttp2_session_server_new2")
+        case .client: Self.require(nghttp2_session_client_new2(&raw, callbacks, userData, option), "nghttp2_session_client_new2")
         }
 
         var settings = [
@@ -62,8 +62,20 @@ final class HTTP2Session {
         if role == .client {
             settings.append(nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_ENABLE_PUSH.rawValue), value: 0))
         }
-        nghttp2_submit_settings(raw, UInt8(NGHTTP2_FLAG_NONE.rawValue), settings, settings.count)
-        nghttp2_session_set_local_window_size(raw, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0, Int32(limits.connectionWindow))
+        Self.require(nghttp2_submit_settings(raw, UInt8(NGHTTP2_FLAG_NONE.rawValue), settings, settings.count), "nghttp2_submit_settings")
+        Self.require(
+            nghttp2_session_set_local_window_size(raw, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0, Int32(limits.connectionWindow)),
+            "nghttp2_session_set_local_window_size")
+    }
+
+    /// Set-up calls fail only when memory runs out or the arguments are wrong (a bug here): both fatal.
+    private static func require(_ rv: Int32, _ call: String) {
+        precondition(rv == 0, "\(call) failed: \(String(cString: nghttp2_strerror(rv)))")
+    }
+
+    /// Turns an nghttp2 return code into a thrown ``HTTP2SessionError``.
+    private static func check(_ rv: Int32, _ call: String) throws(HTTP2SessionError) {
+        if rv < 0 { throw HTTP2SessionError(call: call, code: rv) }
     }
 
     deinit {
@@ -93,62 +105,68 @@ final class HTTP2Session {
     var wantsRead: Bool { nghttp2_session_want_read(raw) != 0 }
     var wantsWrite: Bool { nghttp2_session_want_write(raw) != 0 }
 
-    /// Submits a HEADERS block. `dataProvider` true attaches our data source (the body follows);
-    /// false ends the stream with the headers.
-    func submitResponse(streamID: Int32, headers: [(String, String)], hasBody: Bool) {
-        withNameValues(headers) { nva, count in
+    /// Submits a HEADERS block. `hasBody` true attaches our data source (the body follows); false
+    /// ends the stream with the headers.
+    func submitResponse(streamID: Int32, headers: [(String, String)], hasBody: Bool) throws(HTTP2SessionError) {
+        let rv = withNameValues(headers) { nva, count in
             if hasBody {
                 var provider = HTTP2Session.dataProvider
-                _ = nghttp2_submit_response(raw, streamID, nva, count, &provider)
-            } else {
-                _ = nghttp2_submit_response(raw, streamID, nva, count, nil)
+                return nghttp2_submit_response(raw, streamID, nva, count, &provider)
             }
+            return nghttp2_submit_response(raw, streamID, nva, count, nil)
         }
+        try Self.check(rv, "nghttp2_submit_response")
     }
 
     /// Submits trailers (a HEADERS block with END_STREAM).
-    func submitTrailers(streamID: Int32, headers: [(String, String)]) {
-        withNameValues(headers) { nva, count in
-            _ = nghttp2_submit_trailer(raw, streamID, nva, count)
-        }
+    func submitTrailers(streamID: Int32, headers: [(String, String)]) throws(HTTP2SessionError) {
+        try Self.check(withNameValues(headers) { nva, count in nghttp2_submit_trailer(raw, streamID, nva, count) }, "nghttp2_submit_trailer")
     }
 
-    /// Opens a client stream with our data source for the body; returns the stream id or nil.
-    func submitRequest(headers: [(String, String)]) -> Int32? {
-        withNameValues(headers) { nva, count in
+    /// Opens a client stream with our data source for the body; returns the stream id.
+    func submitRequest(headers: [(String, String)]) throws(HTTP2SessionError) -> Int32 {
+        let id = withNameValues(headers) { nva, count in
             var provider = HTTP2Session.dataProvider
-            let id = nghttp2_submit_request(raw, nil, nva, count, &provider, nil)
-            return id > 0 ? id : nil
+            return nghttp2_submit_request(raw, nil, nva, count, &provider, nil)
         }
+        try Self.check(id, "nghttp2_submit_request")
+        return id
     }
 
-    func resumeData(streamID: Int32) {
-        _ = nghttp2_session_resume_data(raw, streamID)
+    /// Resumes a stream whose data source deferred. False: the stream is gone or had nothing
+    /// deferred (NGHTTP2_ERR_INVALID_ARGUMENT), so there is nothing to resume.
+    func resumeData(streamID: Int32) -> Bool {
+        nghttp2_session_resume_data(raw, streamID) == 0
     }
 
-    func consume(streamID: Int32, bytes: Int) {
+    /// Gives `bytes` of flow-control window back to the peer (stream and connection).
+    func consume(streamID: Int32, bytes: Int) throws(HTTP2SessionError) {
         guard bytes > 0 else { return }
-        _ = nghttp2_session_consume(raw, streamID, bytes)
+        try Self.check(nghttp2_session_consume(raw, streamID, bytes), "nghttp2_session_consume")
     }
 
-    func resetStream(_ streamID: Int32, errorCode: UInt32) {
-        _ = nghttp2_submit_rst_stream(raw, UInt8(NGHTTP2_FLAG_NONE.rawValue), streamID, errorCode)
+    func resetStream(_ streamID: Int32, errorCode: UInt32) throws(HTTP2SessionError) {
+        try Self.check(nghttp2_submit_rst_stream(raw, UInt8(NGHTTP2_FLAG_NONE.rawValue), streamID, errorCode), "nghttp2_submit_rst_stream")
     }
 
-    func submitPing() {
-        _ = nghttp2_submit_ping(raw, UInt8(NGHTTP2_FLAG_NONE.rawValue), nil)
+    /// A PING carrying `opaque` (big-endian), echoed in its acknowledgement.
+    func submitPing(opaque: UInt64) throws(HTTP2SessionError) {
+        var data = opaque.bigEndian
+        let rv = withUnsafeBytes(of: &data) { nghttp2_submit_ping(raw, UInt8(NGHTTP2_FLAG_NONE.rawValue), $0.baseAddress!.assumingMemoryBound(to: UInt8.self)) }
+        try Self.check(rv, "nghttp2_submit_ping")
     }
 
-    /// First step of a graceful shutdown: tells the client no new streams will be accepted soon.
-    func submitShutdownNotice() {
-        _ = nghttp2_submit_shutdown_notice(raw)
+    /// First step of a graceful shutdown (servers): GOAWAY with the largest stream id, so the
+    /// client opens no more streams while the ones already on their way are still served.
+    func submitShutdownNotice() throws(HTTP2SessionError) {
+        try Self.check(nghttp2_submit_shutdown_notice(raw), "nghttp2_submit_shutdown_notice")
     }
 
     /// GOAWAY with the last stream this side processed.
-    func submitGoAway(errorCode: UInt32, message: String = "") {
+    func submitGoAway(errorCode: UInt32, message: String = "") throws(HTTP2SessionError) {
         let last = nghttp2_session_get_last_proc_stream_id(raw)
         var bytes = Array(message.utf8)
-        _ = nghttp2_submit_goaway(raw, UInt8(NGHTTP2_FLAG_NONE.rawValue), last, errorCode, &bytes, bytes.count)
+        try Self.check(nghttp2_submit_goaway(raw, UInt8(NGHTTP2_FLAG_NONE.rawValue), last, errorCode, &bytes, bytes.count), "nghttp2_submit_goaway")
     }
 
     /// Builds an `nghttp2_nv` array over one contiguous scratch buffer (nghttp2 copies on submit).
@@ -216,7 +234,10 @@ extension HTTP2Session {
                 let goaway = frame!.pointee.goaway
                 session.delegate?.session(session, didReceiveGoAway: goaway.last_stream_id, errorCode: goaway.error_code)
             case NGHTTP2_PING.rawValue:
-                if UInt32(hd.flags) & NGHTTP2_FLAG_ACK.rawValue != 0 { session.delegate?.sessionDidReceivePingAck(session) }
+                if UInt32(hd.flags) & NGHTTP2_FLAG_ACK.rawValue != 0 {
+                    let opaque = withUnsafeBytes(of: frame!.pointee.ping.opaque_data) { $0.loadUnaligned(as: UInt64.self) }
+                    session.delegate?.sessionDidReceivePingAck(session, opaque: UInt64(bigEndian: opaque))
+                }
             default:
                 break
             }
@@ -233,6 +254,13 @@ extension HTTP2Session {
             return 0
         }
     }
+}
+
+/// An nghttp2 call that failed: which one, and nghttp2's own words for the code.
+struct HTTP2SessionError: Error, CustomStringConvertible {
+    var call: String
+    var code: Int32
+    var description: String { "\(call): \(String(cString: nghttp2_strerror(code)))" }
 }
 
 /// HTTP/2 error codes used here (RFC 9113 section 7).

@@ -2,7 +2,9 @@ import NIOCore
 
 /// Sets up a connection's pipeline for HTTP/1.1 requests (webhooks, Server-Sent Events) on a
 /// server that also speaks gRPC; called on the channel's event loop, adds handlers synchronously.
-public typealias HTTP1Initializer = @Sendable (any Channel) throws -> Void
+/// Returns what serves the connection: the server runs it in a task it owns (and waits for), so no
+/// HTTP/1.1 connection outlives the server.
+public typealias HTTP1Initializer = @Sendable (any Channel) throws -> @Sendable () async -> Void
 
 /// Tells HTTP/2 from HTTP/1.1 by the first bytes a client sends (after TLS, if any): the HTTP/2
 /// connection preface starts with `PRI * HTTP/2.0`; anything else is taken as an HTTP/1.1 request.
@@ -19,7 +21,14 @@ final class ProtocolSniffer: ChannelInboundHandler, RemovableChannelHandler {
     /// How long a new connection may take to say which protocol it speaks.
     static let timeout = TimeAmount.seconds(30)
 
-    init(http2: @escaping (any Channel) throws -> Void, http1: @escaping HTTP1Initializer) {
+    /// Runs an HTTP/1.1 connection's serving in a task the server owns.
+    private let spawn: @Sendable (@escaping @Sendable () async -> Void) -> Void
+
+    init(
+        http2: @escaping (any Channel) throws -> Void, http1: @escaping HTTP1Initializer,
+        spawn: @escaping @Sendable (@escaping @Sendable () async -> Void) -> Void
+    ) {
+        self.spawn = spawn
         self.http2 = http2
         self.http1 = http1
     }
@@ -47,7 +56,7 @@ final class ProtocolSniffer: ChannelInboundHandler, RemovableChannelHandler {
                 try http2(context.channel)
             } else {
                 try context.pipeline.syncOperations.addHandler(CloseOnGracefulShutdown())
-                try http1(context.channel)
+                spawn(try http1(context.channel))
             }
         } catch {
             context.fireErrorCaught(error)

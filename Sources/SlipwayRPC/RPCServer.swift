@@ -46,6 +46,8 @@ public final class RPCServer: Service, Sendable {
     private let timings: ConnectionTimings
     private let logger: Logger
     private let group: any EventLoopGroup
+    /// Every call's handler task: `run` returns only once they have all ended.
+    private let handlerTasks = HandlerTasks()
     private let state = Mutex(State())
     /// The TLS context new connections get (replaced by ``reloadTLS(_:)``).
     private let sslContext = Mutex<NIOSSLContext?>(nil)
@@ -117,6 +119,7 @@ public final class RPCServer: Service, Sendable {
         let http1 = self.http1
         let plainHTTP = self.plainHTTP
         let plainHTTPMaxBodyBytes = self.plainHTTPMaxBodyBytes
+        let tasks = self.handlerTasks
         let channel: any Channel
         do {
             channel = try await ServerBootstrap(group: group)
@@ -133,10 +136,11 @@ public final class RPCServer: Service, Sendable {
                             try channel.pipeline.syncOperations.addHandler(
                                 ServerConnectionHandler(
                                     handlers: handlers, plainHTTP: plainHTTP, plainHTTPMaxBodyBytes: plainHTTPMaxBodyBytes, limits: limits,
-                                    timings: timings, logger: logger))
+                                    timings: timings, tasks: tasks, logger: logger))
                         }
                         if let http1 {
-                            try channel.pipeline.syncOperations.addHandler(ProtocolSniffer(http2: addHTTP2, http1: http1))
+                            try channel.pipeline.syncOperations.addHandler(
+                                ProtocolSniffer(http2: addHTTP2, http1: http1, spawn: { body in _ = tasks.spawn(body) }))
                         } else {
                             try addHTTP2(channel)
                         }
@@ -165,6 +169,9 @@ public final class RPCServer: Service, Sendable {
         // The listener is closed; wait for connections to drain (each bounded by its grace period).
         let open = state.withLock { Array($0.connections.values) }
         for connection in open { try? await connection.closeFuture.get() }
+        // Every connection is closed and its calls cancelled: wait until each handler has returned.
+        handlerTasks.cancelAll()
+        await handlerTasks.waitForAll()
         logger.info("stopped serving gRPC")
     }
 

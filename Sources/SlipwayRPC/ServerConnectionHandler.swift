@@ -13,17 +13,18 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
     private let plainHTTPMaxBodyBytes: Int
     private let limits: RPCLimits
     private let logger: Logger
+    /// Where the handlers' tasks are registered (the server awaits them all).
+    private let tasks: HandlerTasks
     private var streams: [Int32: ServerStream] = [:]
     /// Plain HTTP request bodies held on this connection.
     private var plainBuffered = 0
     private var peer = "unknown"
-    private var draining = false
-    private var graceTimer: Scheduled<Void>?
 
     init(
         handlers: [String: MethodHandler], plainHTTP: PlainHTTPHandler? = nil, plainHTTPMaxBodyBytes: Int = 0, limits: RPCLimits,
-        timings: ConnectionTimings, logger: Logger
+        timings: ConnectionTimings, tasks: HandlerTasks = HandlerTasks(), logger: Logger
     ) {
+        self.tasks = tasks
         self.handlers = handlers
         self.plainHTTP = plainHTTP
         self.plainHTTPMaxBodyBytes = plainHTTPMaxBodyBytes
@@ -36,7 +37,6 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
     // MARK: Connection events
 
     override var hasOpenStreams: Bool { !streams.isEmpty }
-    override var closesWhenStreamsEnd: Bool { draining }
 
     override func connectionDidStart(context: ChannelHandlerContext) {
         peer = context.channel.remoteAddress?.description ?? "unknown"
@@ -44,19 +44,18 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
 
     override func connectionDidEnd(_ error: RPCError) {
         if error.code == .internal { logger.debug("closing connection", metadata: ["peer": "\(peer)", "error": "\(error.message)"]) }
-        graceTimer?.cancel()
         let open = streams
         streams.removeAll()
         for stream in open.values { stream.cancel(RPCError(.unavailable, "the connection closed")) }
     }
 
-    override func idleTimeoutExpired() {
-        beginGracefulShutdown()
+    override func failOpenStreams(_ error: RPCError) {
+        for stream in streams.values { fail(stream, error) }
     }
 
     override func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is GracefulShutdownEvent {
-            beginGracefulShutdown()
+            shutdownGracefully()
         } else {
             context.fireUserInboundEventTriggered(event)
         }
@@ -68,7 +67,7 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
         let (hasData, end, initialMetadata) = outbound.clearNotified()
         if stream.plain, outbound.isAborted {
             if stream.headersSent {
-                session.resetStream(streamID, errorCode: HTTP2ErrorCode.internalError)
+                reset(stream, HTTP2ErrorCode.internalError)
                 stream.phase = .done
             } else {
                 refusePlain(stream, status: 500)
@@ -76,26 +75,24 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
         } else if stream.plain, !stream.headersSent {
             guard hasData || end != nil else { return }
             let head = outbound.plainHead ?? (200, [])
-            session.submitResponse(streamID: streamID, headers: [(":status", String(head.status))] + head.headers, hasBody: hasData)
-            stream.headersSent = true
+            respond(stream, [(":status", String(head.status))] + head.headers, hasBody: hasData)
             if !hasData { stream.phase = .done }
         } else if !stream.headersSent {
             if !hasData, case .status(let code, let message, let metadata)? = end {
                 // Trailers-only response.
                 var headers = [(":status", "200"), ("content-type", "application/grpc")]
                 headers += statusHeaders(code: code, message: message, metadata: metadata)
-                session.submitResponse(streamID: streamID, headers: headers, hasBody: false)
-                stream.headersSent = true
+                respond(stream, headers, hasBody: false)
                 stream.phase = .done
             } else if hasData || end != nil {
                 var headers = [(":status", "200"), ("content-type", "application/grpc")]
                 headers += initialMetadata.wireHeaders()
-                session.submitResponse(streamID: streamID, headers: headers, hasBody: true)
-                stream.headersSent = true
+                respond(stream, headers, hasBody: true)
             }
         } else if stream.dataDeferred {
             stream.dataDeferred = false
-            session.resumeData(streamID: streamID)
+            // False: nghttp2 has closed the stream meanwhile, nothing is waiting to be resumed.
+            guard session.resumeData(streamID: streamID) else { return }
         }
         scheduleFlush()
     }
@@ -107,12 +104,40 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
         return headers
     }
 
+    /// Submits the response headers; when nghttp2 refuses them, the call cannot be answered and
+    /// is reset instead.
+    private func respond(_ stream: ServerStream, _ headers: [(String, String)], hasBody: Bool) {
+        stream.headersSent = true
+        do {
+            try session.submitResponse(streamID: stream.id, headers: headers, hasBody: hasBody)
+        } catch {
+            logger.debug("cannot send response headers; resetting the stream", metadata: ["peer": "\(peer)", "stream": "\(stream.id)", "error": "\(error)"])
+            abandon(stream)
+        }
+    }
+
+    /// Resets a stream; a session that cannot even do that is failed.
+    private func reset(_ stream: ServerStream, _ code: UInt32) {
+        do { try session.resetStream(stream.id, errorCode: code) } catch { sessionFailed(error) }
+    }
+
+    /// Returns flow-control window to the peer; a session that cannot is failed.
+    private func consume(_ streamID: Int32, _ bytes: Int) {
+        do { try session.consume(streamID: streamID, bytes: bytes) } catch { sessionFailed(error) }
+    }
+
+    /// A call nghttp2 will not let us answer: reset it and stop its handler.
+    private func abandon(_ stream: ServerStream) {
+        stream.phase = .done
+        reset(stream, HTTP2ErrorCode.internalError)
+        stream.cancel(RPCError(.internal, "the response could not be sent"))
+    }
+
     /// Refuses a call before any handler ran, with a trailers-only response.
     private func refuse(_ stream: ServerStream, code: RPCStatusCode, message: String, httpStatus: String = "200") {
         var headers = [(":status", httpStatus), ("content-type", "application/grpc")]
         headers += statusHeaders(code: code, message: message, metadata: [:])
-        session.submitResponse(streamID: stream.id, headers: headers, hasBody: false)
-        stream.headersSent = true
+        respond(stream, headers, hasBody: false)
         stream.phase = .done
         stream.cancel(RPCError(code, message))
     }
@@ -123,7 +148,7 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
         if stream.plain {
             // Never a gRPC status on a plain response: 503 before its head, a reset after.
             if stream.headersSent {
-                session.resetStream(stream.id, errorCode: HTTP2ErrorCode.internalError)
+                reset(stream, HTTP2ErrorCode.internalError)
                 stream.phase = .done
             } else {
                 refusePlain(stream, status: 503)
@@ -150,6 +175,7 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
         } else {
             stream = ServerStream(id: streamID, maxMessageSize: limits.maxMessageSize, allocator: context!.channel.allocator)
             streams[streamID] = stream
+            streamOpened()
         }
         guard stream.phase == .headers else { return }  // trailers from a client carry nothing we use
         stream.headerBytes += name.utf8.count + value.utf8.count + 32
@@ -195,10 +221,9 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
 
     /// Request headers are complete: route the call and prepare its state.
     private func accept(_ stream: ServerStream) {
-        lastActivity = .now()
-        if draining {
+        if !lifecycle.acceptsStreams {
             stream.phase = .done
-            session.resetStream(stream.id, errorCode: HTTP2ErrorCode.refusedStream)
+            reset(stream, HTTP2ErrorCode.refusedStream)
             return
         }
         if plainHTTP != nil, stream.method != "POST" || !stream.contentType.hasPrefix("application/grpc") {
@@ -264,8 +289,7 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
     /// handler runs with a writer for a plain response.
     private func acceptPlain(_ stream: ServerStream) {
         if let error = stream.headerError, error.code == .resourceExhausted {
-            session.submitResponse(streamID: stream.id, headers: [(":status", "431")], hasBody: false)
-            stream.headersSent = true
+            respond(stream, [(":status", "431")], hasBody: false)
             stream.phase = .done
             return
         }
@@ -291,8 +315,7 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
         plainBuffered -= stream.plainBody.count
         stream.plainBody = []
         if !stream.headersSent {
-            session.submitResponse(streamID: stream.id, headers: [(":status", String(status))], hasBody: false)
-            stream.headersSent = true
+            respond(stream, [(":status", String(status))], hasBody: false)
         }
         stream.phase = .done
         stream.deadlineTimer?.cancel()
@@ -300,8 +323,8 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
         // Reset once the response has gone out (a reset first would close the stream and drop it).
         let id = stream.id
         context?.eventLoop.assumeIsolated().execute { [weak self] in
-            guard let self, self.streams[id] != nil else { return }
-            self.session.resetStream(id, errorCode: HTTP2ErrorCode.noError)
+            guard let self, let stream = self.streams[id] else { return }
+            self.reset(stream, HTTP2ErrorCode.noError)
             self.flush()
         }
     }
@@ -322,7 +345,7 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
                 try await outbound.writeRaw(bytes)
             })
         let logger = self.logger
-        stream.task = Task {
+        stream.task = tasks.spawn {
             do {
                 try await handler(request, writer)
                 outbound.finish(.endStream)
@@ -342,7 +365,7 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
 
     func session(_ session: HTTP2Session, didReceiveData bytes: UnsafeRawBufferPointer, streamID: Int32) {
         if let stream = streams[streamID], stream.plain {
-            session.consume(streamID: streamID, bytes: bytes.count)
+            consume(streamID, bytes.count)
             guard stream.phase == .awaitingRequest else { return }
             if stream.plainBody.count + bytes.count > plainHTTPMaxBodyBytes {
                 return refusePlain(stream, status: 413)
@@ -356,14 +379,14 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
             return
         }
         guard let stream = streams[streamID], stream.phase == .awaitingRequest || stream.phase == .running else {
-            session.consume(streamID: streamID, bytes: bytes.count)
+            consume(streamID, bytes.count)
             return
         }
         stream.reader.append(bytes)
         if stream.holdingWindow {
             stream.windowOwed += bytes.count
         } else {
-            session.consume(streamID: streamID, bytes: bytes.count)
+            consume(streamID, bytes.count)
         }
         do {
             while let message = try stream.reader.next() {
@@ -421,14 +444,15 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
             }
             return
         }
-        stream.task = Self.spawn(handler, request: request, inbound: stream.inbound, outbound: outbound, context: context)
+        stream.task = Self.spawn(handler, request: request, inbound: stream.inbound, outbound: outbound, context: context, tasks: tasks)
     }
 
     /// Runs an async handler in its own task (one per call, never one per message).
     private static func spawn(
-        _ handler: MethodHandler, request: ByteBuffer?, inbound: InboundMessages?, outbound: OutboundMessages, context: ServerContext
+        _ handler: MethodHandler, request: ByteBuffer?, inbound: InboundMessages?, outbound: OutboundMessages, context: ServerContext,
+        tasks: HandlerTasks
     ) -> Task<Void, Never> {
-        Task {
+        tasks.spawn {
             await run(outbound, context) {
                 switch handler {
                 case .unary(let body):
@@ -469,7 +493,7 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
 
     func session(_ session: HTTP2Session, didCloseStream streamID: Int32, errorCode: UInt32) {
         guard let stream = streams.removeValue(forKey: streamID) else { return }
-        lastActivity = .now()
+        defer { streamClosed() }
         if stream.plain {
             plainBuffered -= stream.plainBody.count
             stream.plainBody = []
@@ -479,7 +503,6 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
         } else {
             stream.deadlineTimer?.cancel()
         }
-        if draining && streams.isEmpty { scheduleFlush() }
     }
 
     func session(_ session: HTTP2Session, readDataFor streamID: Int32, into buffer: UnsafeMutableRawBufferPointer, flags: inout UInt32) -> Int {
@@ -500,8 +523,13 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
             if case .status(let code, let message, let metadata) = end {
                 trailers = statusHeaders(code: code, message: message, metadata: metadata)
             }
-            session.submitTrailers(streamID: streamID, headers: trailers)
             stream.phase = .done
+            do {
+                try session.submitTrailers(streamID: streamID, headers: trailers)
+            } catch {
+                logger.debug("cannot send trailers; resetting the stream", metadata: ["peer": "\(peer)", "stream": "\(streamID)", "error": "\(error)"])
+                reset(stream, HTTP2ErrorCode.internalError)
+            }
             stream.deadlineTimer?.cancel()
             return count
         }
@@ -513,11 +541,11 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
     }
 
     func session(_ session: HTTP2Session, didReceiveGoAway lastStreamID: Int32, errorCode: UInt32) {
-        draining = true
+        goAwayReceived()
     }
 
-    func sessionDidReceivePingAck(_ session: HTTP2Session) {
-        pingAcknowledged()
+    func sessionDidReceivePingAck(_ session: HTTP2Session, opaque: UInt64) {
+        pingAcknowledged(opaque: opaque)
     }
 
     /// The reader of a request stream caught up: return the held-back window to the client.
@@ -525,30 +553,10 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
         guard let stream = streams[streamID] else { return }
         stream.inbound?.windowReleased()
         stream.holdingWindow = false
-        session.consume(streamID: streamID, bytes: stream.windowOwed)
+        consume(streamID, stream.windowOwed)
         stream.windowOwed = 0
         scheduleFlush()
     }
-
-    // MARK: Connection management
-
-    /// GOAWAY: refuse new calls, let in-flight ones finish within the grace period, then cancel them.
-    func beginGracefulShutdown() {
-        guard !draining, let context else { return }
-        draining = true
-        session.submitGoAway(errorCode: HTTP2ErrorCode.noError)
-        graceTimer = context.eventLoop.assumeIsolated().scheduleTask(in: timings.shutdownGracePeriod.timeAmount) { [weak self] in
-            guard let self, let context = self.context else { return }
-            for stream in self.streams.values {
-                self.fail(stream, RPCError(.unavailable, "the server is shutting down"))
-            }
-            self.flush()
-            context.close(promise: nil)
-        }
-        flush()
-    }
-
-    /// Once a second: idle timeout and keepalive.
 }
 
 /// Sent through a server connection's pipeline to start its graceful shutdown.

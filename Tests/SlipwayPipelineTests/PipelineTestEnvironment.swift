@@ -43,6 +43,7 @@ struct PipelineTestEnvironment: Sendable {
             let engine = PipelineEngine(
                 store: store, collaborators: Collaborators(images: fake, cluster: fake, network: fake, certs: fake), logs: shipper, limits: limits, logger: logger)
             try await engine.start()
+            group.addTask { await engine.runWatchdog() }
             var router = RPCRouter()
             router.register(PipelineService(engine: engine))
             let server = RPCServer(host: "127.0.0.1", port: 0, router: router, logger: logger)
@@ -62,6 +63,7 @@ struct PipelineTestEnvironment: Sendable {
             await logs.close()
             server.shutdown()
             logsServer.shutdown()
+            group.cancelAll()  // the watchdog runs until cancelled
             try await group.waitForAll()
             if let failure { throw failure }
         }

@@ -1,58 +1,38 @@
 import Synchronization
 
 /// The handler tasks of one server. Every call's handler (and each HTTP/1.1 connection's serving)
-/// runs in a task registered here, and `RPCServer.run` returns only once all of them have ended:
-/// no handler outlives the server that started it. (A task of its own per call, rather than a child of a task group, because a single
-/// call must be cancellable on its own when its client resets it or its deadline passes, which a
-/// task group's children are not.)
+/// runs in a task counted here, and `RPCServer.run` returns only once all of them have ended: no
+/// handler outlives the server that started it. (A task of its own per call, rather than a child
+/// of a task group, because a single call must be cancellable on its own when its client resets it
+/// or its deadline passes, which a task group's children are not; its connection cancels it.)
+/// Costs one atomic add and one subtract per call.
 final class HandlerTasks: Sendable {
-    private struct State {
-        var next = 0
-        var running: [Int: Task<Void, Never>] = [:]
-        var waiters: [CheckedContinuation<Void, Never>] = []
-    }
-
-    private let state = Mutex(State())
+    private let running = Atomic<Int>(0)
+    private let waiters = Mutex<[CheckedContinuation<Void, Never>]>([])
 
     /// How many handlers run now.
-    var count: Int { state.withLock { $0.running.count } }
+    var count: Int { running.load(ordering: .acquiring) }
 
-    /// Starts `body` in a task of its own, registered until it returns.
+    /// Starts `body` in a task of its own, counted until it returns.
     func spawn(_ body: @escaping @Sendable () async -> Void) -> Task<Void, Never> {
-        // Registered under the lock, so the task's own removal (which takes it) comes after.
-        state.withLock { state in
-            let id = state.next
-            state.next += 1
-            let task = Task {
-                await body()
-                self.finished(id)
-            }
-            state.running[id] = task
-            return task
+        running.add(1, ordering: .relaxed)
+        return Task {
+            await body()
+            self.finished()
         }
     }
 
-    private func finished(_ id: Int) {
-        let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
-            state.running[id] = nil
-            guard state.running.isEmpty else { return [] }
-            defer { state.waiters = [] }
-            return state.waiters
-        }
-        for waiter in waiters { waiter.resume() }
-    }
-
-    /// Cancels every running handler.
-    func cancelAll() {
-        for task in state.withLock({ Array($0.running.values) }) { task.cancel() }
+    private func finished() {
+        guard running.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 else { return }
+        for waiter in waiters.withLock({ waiters in defer { waiters = [] }; return waiters }) { waiter.resume() }
     }
 
     /// Returns once no handler runs.
     func waitForAll() async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let idle = state.withLock { state -> Bool in
-                guard !state.running.isEmpty else { return true }
-                state.waiters.append(continuation)
+            let idle = waiters.withLock { waiters -> Bool in
+                guard running.load(ordering: .acquiring) > 0 else { return true }
+                waiters.append(continuation)
                 return false
             }
             if idle { continuation.resume() }

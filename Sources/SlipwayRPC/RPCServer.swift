@@ -170,7 +170,6 @@ public final class RPCServer: Service, Sendable {
         let open = state.withLock { Array($0.connections.values) }
         for connection in open { try? await connection.closeFuture.get() }
         // Every connection is closed and its calls cancelled: wait until each handler has returned.
-        handlerTasks.cancelAll()
         await handlerTasks.waitForAll()
         logger.info("stopped serving gRPC")
     }

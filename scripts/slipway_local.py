@@ -44,15 +44,24 @@ def free_port():
     Tests restart services on the port they had; a port the kernel hands out for port 0 comes from
     the ephemeral range, where any outgoing connection (a service calling the registry, grpcio) may
     take it while the service is down. Ports below that range are only taken by explicit binds.
+    Nothing binds the port until its server starts, so two calls could find the same free port (a
+    test once gave nginx one port for both HTTP and HTTPS): a port is never handed out twice by one
+    process.
     """
     for port in random.sample(range(20000, 32000), 200):
+        if port in _handed_out:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _handed_out.add(port)
             return port
     raise RuntimeError("no free port between 20000 and 32000")
+
+
+_handed_out = set()
 
 
 def wait_until(condition, timeout, what):

@@ -65,32 +65,28 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
     func outboundReady(_ streamID: Int32) {
         guard let stream = streams[streamID], let outbound = stream.outbound else { return }
         let (hasData, end, initialMetadata) = outbound.clearNotified()
-        if stream.plain, outbound.isAborted {
-            if stream.headersSent {
-                reset(stream, HTTP2ErrorCode.internalError)
-                stream.phase = .done
-            } else {
-                refusePlain(stream, status: 500)
-            }
-        } else if stream.plain, !stream.headersSent {
-            guard hasData || end != nil else { return }
+        var statusOnly = false
+        if case .status? = end { statusOnly = true }
+        switch stream.machine.responseReady(hasData: hasData, ended: end != nil, statusOnly: statusOnly, aborted: stream.machine.isPlain && outbound.isAborted) {
+        case .none:
+            if stream.machine.isPlain && !stream.machine.headersSent { return }
+        case .trailersOnly:
+            guard case .status(let code, let message, let metadata)? = end else { return }
+            var headers = [(":status", "200"), ("content-type", "application/grpc")]
+            headers += statusHeaders(code: code, message: message, metadata: metadata)
+            respond(stream, headers, hasBody: false)
+        case .grpcHeaders:
+            var headers = [(":status", "200"), ("content-type", "application/grpc")]
+            headers += initialMetadata.wireHeaders()
+            respond(stream, headers, hasBody: true)
+        case .plainHead(let hasBody):
             let head = outbound.plainHead ?? (200, [])
-            respond(stream, [(":status", String(head.status))] + head.headers, hasBody: hasData)
-            if !hasData { stream.phase = .done }
-        } else if !stream.headersSent {
-            if !hasData, case .status(let code, let message, let metadata)? = end {
-                // Trailers-only response.
-                var headers = [(":status", "200"), ("content-type", "application/grpc")]
-                headers += statusHeaders(code: code, message: message, metadata: metadata)
-                respond(stream, headers, hasBody: false)
-                stream.phase = .done
-            } else if hasData || end != nil {
-                var headers = [(":status", "200"), ("content-type", "application/grpc")]
-                headers += initialMetadata.wireHeaders()
-                respond(stream, headers, hasBody: true)
-            }
-        } else if stream.dataDeferred {
-            stream.dataDeferred = false
+            respond(stream, [(":status", String(head.status))] + head.headers, hasBody: hasBody)
+        case .reset:
+            reset(stream, HTTP2ErrorCode.internalError)
+        case .refusePlain(let status):
+            refusePlain(stream, status: status)
+        case .resume:
             // False: nghttp2 has closed the stream meanwhile, nothing is waiting to be resumed.
             guard session.resumeData(streamID: streamID) else { return }
         }
@@ -107,7 +103,6 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
     /// Submits the response headers; when nghttp2 refuses them, the call cannot be answered and
     /// is reset instead.
     private func respond(_ stream: ServerStream, _ headers: [(String, String)], hasBody: Bool) {
-        stream.headersSent = true
         do {
             try session.submitResponse(streamID: stream.id, headers: headers, hasBody: hasBody)
         } catch {
@@ -128,7 +123,7 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
 
     /// A call nghttp2 will not let us answer: reset it and stop its handler.
     private func abandon(_ stream: ServerStream) {
-        stream.phase = .done
+        stream.machine.refused()
         reset(stream, HTTP2ErrorCode.internalError)
         stream.cancel(RPCError(.internal, "the response could not be sent"))
     }
@@ -137,31 +132,28 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
     private func refuse(_ stream: ServerStream, code: RPCStatusCode, message: String, httpStatus: String = "200") {
         var headers = [(":status", httpStatus), ("content-type", "application/grpc")]
         headers += statusHeaders(code: code, message: message, metadata: [:])
+        stream.machine.refused()
         respond(stream, headers, hasBody: false)
-        stream.phase = .done
         stream.cancel(RPCError(code, message))
     }
 
-    /// Ends a running call with `error` (deadline, protocol violation): its handler is cancelled.
+    /// Ends a call with `error` (deadline, protocol violation, shutdown): its handler is cancelled.
     private func fail(_ stream: ServerStream, _ error: RPCError) {
-        guard stream.phase != .done else { return }
-        if stream.plain {
-            // Never a gRPC status on a plain response: 503 before its head, a reset after.
-            if stream.headersSent {
-                reset(stream, HTTP2ErrorCode.internalError)
-                stream.phase = .done
-            } else {
-                refusePlain(stream, status: 503)
-            }
-            stream.cancel(error)
+        switch stream.machine.failed() {
+        case .none:
             return
-        }
-        if let outbound = stream.outbound, stream.headersSent || stream.phase == .running {
-            outbound.finish(.status(code: error.code, message: error.message, metadata: error.metadata))
+        case .reset:
+            // Never a gRPC status on a plain response: a reset after its head.
+            reset(stream, HTTP2ErrorCode.internalError)
+            stream.cancel(error)
+        case .refusePlain:
+            refusePlain(stream, status: 503)
+            stream.cancel(error)
+        case .status:
+            stream.outbound?.finish(.status(code: error.code, message: error.message, metadata: error.metadata))
             stream.task?.cancel()
             stream.inbound?.finish(error)
-            stream.phase = .done
-        } else {
+        case .refuse:
             refuse(stream, code: error.code, message: error.message)
         }
     }
@@ -177,7 +169,7 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
             streams[streamID] = stream
             streamOpened()
         }
-        guard stream.phase == .headers else { return }  // trailers from a client carry nothing we use
+        guard stream.machine.request == .headers else { return }  // trailers from a client carry nothing we use
         stream.headerBytes += name.utf8.count + value.utf8.count + 32
         if stream.headerBytes > limits.maxHeaderListSize {
             if stream.headerError == nil {
@@ -213,7 +205,7 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
 
     func session(_ session: HTTP2Session, didReceiveHeadersOn streamID: Int32, endStream: Bool) {
         guard let stream = streams[streamID] else { return }
-        if stream.phase == .headers {
+        if stream.machine.request == .headers {
             accept(stream)
         }
         if endStream { endOfInput(stream) }
@@ -222,7 +214,7 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
     /// Request headers are complete: route the call and prepare its state.
     private func accept(_ stream: ServerStream) {
         if !lifecycle.acceptsStreams {
-            stream.phase = .done
+            stream.machine.refused()
             reset(stream, HTTP2ErrorCode.refusedStream)
             return
         }
@@ -257,14 +249,12 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
         stream.handler = handler
         stream.outbound = outbound
         stream.context = ServerContext(path: stream.path, metadata: stream.metadata, deadline: deadline, peer: peer, outbound: outbound)
-        if handler.takesSingleRequest {
-            stream.phase = .awaitingRequest
-        } else {
+        if !handler.takesSingleRequest {
             stream.inbound = InboundMessages(windowHoldback: limits.initialStreamWindow) {
                 eventLoop.execute { loopBound.value.releaseWindow(id) }
             }
-            startHandler(stream)
         }
+        if stream.machine.acceptedCall(singleRequest: handler.takesSingleRequest) { startHandler(stream) }
     }
 
     /// A response queue whose writers wake this connection to send.
@@ -289,20 +279,19 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
     /// handler runs with a writer for a plain response.
     private func acceptPlain(_ stream: ServerStream) {
         if let error = stream.headerError, error.code == .resourceExhausted {
+            stream.machine.refused()
             respond(stream, [(":status", "431")], hasBody: false)
-            stream.phase = .done
             return
         }
         let eventLoop = context!.eventLoop
-        stream.plain = true
+        stream.machine.acceptedPlain()
         stream.outbound = makeOutbound(stream.id)
-        stream.phase = .awaitingRequest
         if let length = stream.rawHeaders.first(where: { $0.name == "content-length" }).flatMap({ Int($0.value) }), length > plainHTTPMaxBodyBytes {
             return refusePlain(stream, status: 413)
         }
         // The body must arrive within this time (a stream that never ends would hold its buffer).
         stream.deadlineTimer = eventLoop.assumeIsolated().scheduleTask(in: Self.plainBodyTimeout) { [weak self, weak stream] in
-            guard let self, let stream, stream.phase == .awaitingRequest else { return }
+            guard let self, let stream, stream.machine.awaitsPlainBody else { return }
             self.refusePlain(stream, status: 408)
         }
     }
@@ -314,10 +303,11 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
     private func refusePlain(_ stream: ServerStream, status: Int) {
         plainBuffered -= stream.plainBody.count
         stream.plainBody = []
-        if !stream.headersSent {
+        let sendStatus = !stream.machine.headersSent
+        stream.machine.refused()
+        if sendStatus {
             respond(stream, [(":status", String(status))], hasBody: false)
         }
-        stream.phase = .done
         stream.deadlineTimer?.cancel()
         scheduleFlush()
         // Reset once the response has gone out (a reset first would close the stream and drop it).
@@ -332,7 +322,6 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
     private func startPlain(_ stream: ServerStream) {
         stream.deadlineTimer?.cancel()
         plainBuffered -= stream.plainBody.count
-        stream.phase = .running
         guard let handler = plainHTTP, let outbound = stream.outbound else { return }
         let request = PlainHTTPRequest(
             method: stream.method, target: stream.path, headers: stream.rawHeaders, body: stream.plainBody, bodyTooLarge: stream.plainBodyTooLarge)
@@ -364,9 +353,9 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
     }
 
     func session(_ session: HTTP2Session, didReceiveData bytes: UnsafeRawBufferPointer, streamID: Int32) {
-        if let stream = streams[streamID], stream.plain {
+        if let stream = streams[streamID], stream.machine.isPlain {
             consume(streamID, bytes.count)
-            guard stream.phase == .awaitingRequest else { return }
+            guard stream.machine.awaitsPlainBody else { return }
             if stream.plainBody.count + bytes.count > plainHTTPMaxBodyBytes {
                 return refusePlain(stream, status: 413)
             }
@@ -378,7 +367,7 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
             stream.plainBody.append(contentsOf: bytes)
             return
         }
-        guard let stream = streams[streamID], stream.phase == .awaitingRequest || stream.phase == .running else {
+        guard let stream = streams[streamID], stream.machine.readsData else {
             consume(streamID, bytes.count)
             return
         }
@@ -390,11 +379,13 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
         }
         do {
             while let message = try stream.reader.next() {
-                if let inbound = stream.inbound {
-                    if !inbound.push(message) { stream.holdingWindow = true }
-                } else {
-                    stream.requestCount += 1
-                    if stream.requestCount == 1 { stream.request = message }
+                switch stream.machine.messageReceived() {
+                case .deliver:
+                    if stream.inbound?.push(message) == false { stream.holdingWindow = true }
+                case .keepAsRequest:
+                    stream.request = message
+                case .drop:
+                    break
                 }
             }
         } catch {
@@ -409,28 +400,16 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
 
     /// The client half-closed: start a single-request handler, or end the request stream.
     private func endOfInput(_ stream: ServerStream) {
-        if stream.reader.pendingBytes > 0 {
-            return fail(stream, RPCError(.internal, "the request ended inside a message (\(stream.reader.pendingBytes) stray bytes)"))
-        }
-        if stream.plain {
-            if stream.phase == .awaitingRequest { startPlain(stream) }
-            return
-        }
-        switch stream.phase {
-        case .awaitingRequest:
-            guard stream.requestCount == 1 else {
-                return fail(stream, RPCError(.unimplemented, "\(stream.path) takes exactly one request message, got \(stream.requestCount)"))
-            }
-            startHandler(stream)
-        case .running:
-            stream.inbound?.finish(nil)
-        case .headers, .done:
-            break
+        switch stream.machine.endOfInput(strayBytes: stream.reader.pendingBytes, path: stream.path) {
+        case .none: break
+        case .startHandler: startHandler(stream)
+        case .startPlain: startPlain(stream)
+        case .finishRequests: stream.inbound?.finish(nil)
+        case .fail(let error): fail(stream, error)
         }
     }
 
     private func startHandler(_ stream: ServerStream) {
-        stream.phase = .running
         guard let handler = stream.handler, let outbound = stream.outbound, let context = stream.context else { return }
         let request = stream.request
         stream.request = nil
@@ -494,11 +473,11 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
     func session(_ session: HTTP2Session, didCloseStream streamID: Int32, errorCode: UInt32) {
         guard let stream = streams.removeValue(forKey: streamID) else { return }
         defer { streamClosed() }
-        if stream.plain {
+        if stream.machine.isPlain {
             plainBuffered -= stream.plainBody.count
             stream.plainBody = []
         }
-        if stream.phase != .done || errorCode != HTTP2ErrorCode.noError {
+        if stream.machine.closed(errorCode: errorCode) {
             stream.cancel(RPCError(.cancelled, "the client cancelled the call"))
         } else {
             stream.deadlineTimer?.cancel()
@@ -511,33 +490,30 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
             return 0
         }
         let (count, end) = outbound.read(into: buffer)
-        if stream.plain, end != nil {
+        switch stream.machine.dataRequested(count: count, ended: end != nil) {
+        case .send:
+            return count
+        case .deferred:
+            return HTTP2Data.deferred
+        case .end(trailers: false):
             // A plain response ends with its last DATA frame: no trailers.
             flags |= HTTP2Data.eof
-            stream.phase = .done
             return count
-        }
-        if let end {
+        case .end(trailers: true):
             flags |= HTTP2Data.eof | HTTP2Data.noEndStream
             var trailers: [(String, String)] = []
-            if case .status(let code, let message, let metadata) = end {
+            if case .status(let code, let message, let metadata)? = end {
                 trailers = statusHeaders(code: code, message: message, metadata: metadata)
             }
-            stream.phase = .done
+            stream.deadlineTimer?.cancel()
             do {
                 try session.submitTrailers(streamID: streamID, headers: trailers)
             } catch {
                 logger.debug("cannot send trailers; resetting the stream", metadata: ["peer": "\(peer)", "stream": "\(streamID)", "error": "\(error)"])
                 reset(stream, HTTP2ErrorCode.internalError)
             }
-            stream.deadlineTimer?.cancel()
             return count
         }
-        if count == 0 {
-            stream.dataDeferred = true
-            return HTTP2Data.deferred
-        }
-        return count
     }
 
     func session(_ session: HTTP2Session, didReceiveGoAway lastStreamID: Int32, errorCode: UInt32) {

@@ -1,21 +1,12 @@
 import NIOCore
 
-/// One call on a server connection: request parsing state, the handler's task, response progress.
-/// Confined to the connection's event loop.
+/// One call on a server connection: its protocol state (``ServerStreamStateMachine``), what its
+/// request headers said, and its resources: the handler's task, the message queues both ways, the
+/// deadline timer. Confined to the connection's event loop.
 final class ServerStream {
-    enum Phase {
-        /// Receiving request headers.
-        case headers
-        /// Request accepted, handler not started (single-request methods wait for END_STREAM).
-        case awaitingRequest
-        /// Handler running.
-        case running
-        /// Status submitted (or the call was refused): nothing more to do but wait for close.
-        case done
-    }
-
     let id: Int32
-    var phase = Phase.headers
+    /// Where the request and the response are.
+    var machine = ServerStreamStateMachine()
     var path = ""
     var method = ""
     var contentType = ""
@@ -25,8 +16,7 @@ final class ServerStream {
     /// A problem found while reading headers, reported once they are complete.
     var headerError: (code: RPCStatusCode, message: String, httpStatus: String)?
 
-    /// A plain HTTP request (not gRPC): its headers as sent, its body, the handler it goes to.
-    var plain = false
+    /// A plain HTTP request (not gRPC): its headers as sent, its body.
     var rawHeaders: [(name: String, value: String)] = []
     var plainBody: [UInt8] = []
     var plainBodyTooLarge = false
@@ -35,17 +25,12 @@ final class ServerStream {
     var reader: LengthPrefixedMessageReader
     /// The single request of a unary or server-streaming call.
     var request: ByteBuffer?
-    var requestCount = 0
     var inbound: InboundMessages?
     var outbound: OutboundMessages?
     var context: ServerContext?
     var task: Task<Void, Never>?
     var deadlineTimer: Scheduled<Void>?
 
-    /// Response HEADERS submitted.
-    var headersSent = false
-    /// nghttp2's data source for this stream returned DEFERRED: resume it when data arrives.
-    var dataDeferred = false
     /// Window held back from the peer while the reader is behind.
     var windowOwed = 0
     var holdingWindow = false

@@ -24,7 +24,8 @@ struct ConnectionStateMachine {
 
     /// One timer per purpose, each scheduled and cancelled by the actions.
     enum Timer: Hashable, CaseIterable {
-        /// No stream for the idle timeout.
+        /// No stream for the idle timeout (checked against the last call's end when it fires, so
+        /// calls opening and closing never touch the timer).
         case idle
         /// Time to send a keepalive PING (checked against the last activity when it fires).
         case keepalive
@@ -80,7 +81,7 @@ struct ConnectionStateMachine {
 
     mutating func streamOpened() -> [Action] {
         openStreams += 1
-        return openStreams == 1 && timings.idleTimeout != nil ? [.cancel(.idle)] : []
+        return []
     }
 
     mutating func streamClosed() -> [Action] {
@@ -89,7 +90,7 @@ struct ConnectionStateMachine {
         guard openStreams == 0 else { return [] }
         switch state {
         case .active, .quiescing:
-            return timings.idleTimeout.map { [.schedule(.idle, $0)] } ?? []
+            return []
         case .draining:
             return closing()
         case .closed:
@@ -97,11 +98,15 @@ struct ConnectionStateMachine {
         }
     }
 
+    /// `sinceActivity`: for the idle timer, the time since the last call ended (or the connection
+    /// started); for the keepalive timer, since bytes last arrived.
     mutating func timerFired(_ timer: Timer, sinceActivity: Duration) -> [Action] {
         guard state != .closed else { return [] }
         switch timer {
         case .idle:
-            guard openStreams == 0, timings.idleTimeout != nil else { return [] }
+            guard let idle = timings.idleTimeout else { return [] }
+            if openStreams > 0 { return [.schedule(.idle, idle)] }
+            if sinceActivity < idle { return [.schedule(.idle, idle - sinceActivity)] }
             state = .closed
             return [.notifyIdle, .sendGoAway, .close] + cancelAll(except: .idle)
         case .keepalive:

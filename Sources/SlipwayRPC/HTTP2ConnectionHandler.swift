@@ -13,6 +13,8 @@ class HTTP2ConnectionHandler: ChannelInboundHandler {
     private(set) var context: ChannelHandlerContext?
     /// Last time bytes arrived (the keepalive timer checks it when it fires).
     private var lastActivity = NIODeadline.now()
+    /// Last time a call ended, or the connection started (the idle timer checks it when it fires).
+    private var lastStreamEnd = NIODeadline.now()
     private var inRead = false
     private var inSend = false
     private var flushScheduled = false
@@ -44,7 +46,10 @@ class HTTP2ConnectionHandler: ChannelInboundHandler {
     /// Subclasses report each stream they start serving and each that closes (idle timeout and
     /// draining count them).
     func streamOpened() { perform(lifecycle.streamOpened()) }
-    func streamClosed() { perform(lifecycle.streamClosed()) }
+    func streamClosed() {
+        if let context { lastStreamEnd = context.eventLoop.now }
+        perform(lifecycle.streamClosed())
+    }
     /// Begins a graceful shutdown (server: shutdown notice, PING, final GOAWAY; client: GOAWAY).
     func shutdownGracefully() { perform(lifecycle.shutdownRequested()) }
     /// The peer sent GOAWAY.
@@ -69,6 +74,7 @@ class HTTP2ConnectionHandler: ChannelInboundHandler {
         guard !started else { return }
         started = true
         lastActivity = context.eventLoop.now
+        lastStreamEnd = context.eventLoop.now
         connectionDidStart(context: context)
         flush()
         perform(lifecycle.started())
@@ -170,7 +176,8 @@ class HTTP2ConnectionHandler: ChannelInboundHandler {
                     guard let self else { return }
                     self.timers[timer] = nil
                     let now = self.context?.eventLoop.now ?? .now()
-                    self.perform(self.lifecycle.timerFired(timer, sinceActivity: (now - self.lastActivity).duration))
+                    let since = timer == .idle ? self.lastStreamEnd : self.lastActivity
+                    self.perform(self.lifecycle.timerFired(timer, sinceActivity: (now - since).duration))
                 }
             case .cancel(let timer):
                 timers.removeValue(forKey: timer)?.cancel()

@@ -17,16 +17,18 @@ import Testing
         return timings
     }
 
-    @Test func startSchedulesIdleAndKeepaliveTimersAndStreamsMoveTheIdleTimer() {
+    @Test func startSchedulesIdleAndKeepaliveTimersAndCallsNeverTouchThem() {
         var machine = Machine(role: .server, timings: Self.timings())
         #expect(machine.started() == [.schedule(.idle, .seconds(300)), .schedule(.keepalive, .seconds(60))])
-        #expect(machine.streamOpened() == [.cancel(.idle)])
         #expect(machine.streamOpened() == [])
+        #expect(machine.streamOpened() == [])
+        #expect(machine.openStreams == 2)
         #expect(machine.streamClosed() == [])
-        #expect(machine.streamClosed() == [.schedule(.idle, .seconds(300))])
+        #expect(machine.streamClosed() == [])
         #expect(machine.openStreams == 0)
         // A close the machine never saw opened changes nothing.
         #expect(machine.streamClosed() == [])
+        #expect(machine.openStreams == 0)
     }
 
     @Test func noTimersWhenTheyAreOff() {
@@ -51,11 +53,14 @@ import Testing
         #expect(machine.shutdownRequested() == [])
     }
 
-    @Test func idleTimerFiringWhileACallIsOpenDoesNothing() {
+    @Test func theIdleTimerWaitsWhileACallIsOpenAndForTheRestAfterTheLastOneEnded() {
         var machine = Machine(role: .server, timings: Self.timings())
         _ = machine.started()
         _ = machine.streamOpened()
-        #expect(machine.timerFired(.idle, sinceActivity: .seconds(400)) == [])
+        #expect(machine.timerFired(.idle, sinceActivity: .seconds(400)) == [.schedule(.idle, .seconds(300))])
+        _ = machine.streamClosed()
+        // The last call ended 100 s ago: 200 s are left.
+        #expect(machine.timerFired(.idle, sinceActivity: .seconds(100)) == [.schedule(.idle, .seconds(200))])
         #expect(machine.state == .active)
     }
 

@@ -36,14 +36,14 @@ public final class ApplicationLogs: Sendable {
 
     let directory: String
     let runtime: LocalRuntime
-    let client: RPCClient
+    let client: Slipway_Logs_V1_Logs.Client
     let logger: Logger
     let interval: Duration
 
     public init(directory: String, runtime: LocalRuntime, client: RPCClient, interval: Duration = .milliseconds(200), logger: Logger) throws {
         self.directory = directory
         self.runtime = runtime
-        self.client = client
+        self.client = .init(wrapping: client)
         self.interval = interval
         self.logger = logger
         try FileManager.default.createDirectory(atPath: directory + "/retired", withIntermediateDirectories: true)
@@ -101,7 +101,7 @@ public final class ApplicationLogs: Sendable {
             while true {
                 let page: Slipway_Logs_V1_QueryResponse
                 do {
-                    page = try await client.unary(Slipway_Logs_V1_Logs.Query.self, request)
+                    page = try await client.query(request)
                 } catch let error as RPCError where error.code == .notFound {
                     break
                 }
@@ -198,7 +198,7 @@ public final class ApplicationLogs: Sendable {
         batch.batchId = 1
         batch.lines = lines
         let request = batch
-        try await client.bidirectional(Slipway_Logs_V1_Logs.Append.self, requests: { writer in
+        try await client.append(requests: { writer in
             try await writer.write(request)
         }, responses: { responses in
             var acknowledged = false

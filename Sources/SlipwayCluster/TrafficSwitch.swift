@@ -10,10 +10,10 @@ public protocol TrafficSwitch: Sendable {
 
 /// The network service's load balancer (`slipway.network.v1.Network/SetBackends`).
 public struct NetworkTrafficSwitch: TrafficSwitch {
-    let client: RPCClient
+    let client: Slipway_Network_V1_Network.Client
 
     public init(client: RPCClient) {
-        self.client = client
+        self.client = .init(wrapping: client)
     }
 
     public func route(_ workload: Workload, to addresses: [String], drain: Duration) async throws {
@@ -24,6 +24,6 @@ public struct NetworkTrafficSwitch: TrafficSwitch {
         request.key = key
         request.addresses = addresses
         request.drainTimeoutSeconds = UInt32(max(1, min(600, drain.components.seconds)))
-        _ = try await client.unary(Slipway_Network_V1_Network.SetBackends.self, request, options: CallOptions(timeout: drain + .seconds(30)))
+        _ = try await client.setBackends(request, options: CallOptions(timeout: drain + .seconds(30)))
     }
 }

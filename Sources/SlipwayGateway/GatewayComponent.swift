@@ -51,7 +51,7 @@ public struct GatewayComponent: PlatformComponent {
                 throw ConfigurationError("--gateway-tls-domain takes its certificate from slipway-certs: leave out --gateway-tls-cert/--gateway-tls-key")
             }
             let certs = configuration.directory[.certs]
-            let source = CertificateSource(domain: domain, client: RPCClient(host: certs.host, port: certs.port), logger: logger)
+            let source = CertificateSource(domain: domain, client: .init(wrapping: RPCClient(host: certs.host, port: certs.port)), logger: logger)
             tlsRenewal.source.withLock { $0 = source }
             return try await source.first()
         }
@@ -111,7 +111,7 @@ final class TLSRenewal: Sendable {
 struct CertificateSource: Sendable {
     typealias Certs = Slipway_Certs_V1_Certs
     let domain: String
-    let client: RPCClient
+    let client: Slipway_Certs_V1_Certs.Client
     let logger: Logger
 
     /// Issues (or finds) the certificate and returns it with its key; waits up to a minute for
@@ -133,13 +133,13 @@ struct CertificateSource: Sendable {
     func fetch() async throws -> (tls: RPCServer.TLS, chain: String) {
         var issue = Slipway_Certs_V1_IssueRequest()
         issue.domains = [domain]
-        let certificate = try await client.unary(Certs.Issue.self, issue, options: CallOptions(timeout: .seconds(300)))
+        let certificate = try await client.issue(issue, options: CallOptions(timeout: .seconds(300)))
         guard certificate.state == .certificateIssued else {
             throw RPCError(.failedPrecondition, "the certificate for \(domain) is not issued: \(certificate.reason)")
         }
         var key = Slipway_Certs_V1_CertificateKey()
         key.id = certificate.id
-        let pair = try await client.unary(Certs.GetKeyPair.self, key)
+        let pair = try await client.getKeyPair(key)
         let tls = RPCServer.TLS(
             certificateChain: try NIOSSLCertificate.fromPEMBytes(Array(pair.certificateChainPem.utf8)),
             privateKey: try NIOSSLPrivateKey(bytes: Array(pair.privateKeyPem.utf8), format: .pem))

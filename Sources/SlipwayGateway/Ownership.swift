@@ -13,7 +13,7 @@ final class Ownership: Sendable {
         var projectID: String
     }
 
-    let pipeline: RPCClient
+    let pipeline: Slipway_Pipeline_V1_Pipeline.Client
     private let known = Mutex(Known())
     /// Walks running, by scope.
     private let walks = Mutex<[String: Task<Void, any Error>]>([:])
@@ -31,7 +31,7 @@ final class Ownership: Sendable {
     static let walkInterval = Duration.seconds(2)
 
     init(pipeline: RPCClient) {
-        self.pipeline = pipeline
+        self.pipeline = .init(wrapping: pipeline)
     }
 
     func remember(project: String, organization: String) {
@@ -80,7 +80,7 @@ final class Ownership: Sendable {
         if environment == nil {
             var request = Slipway_Pipeline_V1_GetServiceRequest()
             request.serviceId = id
-            let service = try await pipeline.unary(Pipeline.GetService.self, request)
+            let service = try await pipeline.getService(request)
             environment = service.environmentId
             remember(service: id, environment: service.environmentId)
         }
@@ -98,7 +98,7 @@ final class Ownership: Sendable {
         if environment == nil {
             var request = Slipway_Pipeline_V1_GetDeploymentRequest()
             request.deploymentId = id
-            let deployment = try await pipeline.unary(Pipeline.GetDeployment.self, request)
+            let deployment = try await pipeline.getDeployment(request)
             environment = deployment.environmentId
             known.withLock { $0.deployments[id] = deployment.environmentId }
         }
@@ -142,7 +142,7 @@ final class Ownership: Sendable {
     func refresh(_ principal: Principal) async throws {
         var organizations: [String] = []
         if principal.isPlatform {
-            organizations = try await pipeline.unary(Pipeline.ListOrganizations.self, .init()).organizations.map(\.id)
+            organizations = try await pipeline.listOrganizations(.init()).organizations.map(\.id)
         } else {
             organizations = [principal.organizationID]
         }
@@ -151,7 +151,7 @@ final class Ownership: Sendable {
             projectsRequest.organizationId = organization
             let projects: [Slipway_Pipeline_V1_Project]
             do {
-                projects = try await pipeline.unary(Pipeline.ListProjects.self, projectsRequest).projects
+                projects = try await pipeline.listProjects(projectsRequest).projects
             } catch let error as RPCError where error.code == .notFound {
                 continue
             }
@@ -159,7 +159,7 @@ final class Ownership: Sendable {
                 remember(project: project.id, organization: organization)
                 var request = Slipway_Pipeline_V1_ListEnvironmentsRequest()
                 request.projectId = project.id
-                for environment in try await pipeline.unary(Pipeline.ListEnvironments.self, request).environments {
+                for environment in try await pipeline.listEnvironments(request).environments {
                     remember(environment: environment.id, owner: Owner(organizationID: organization, projectID: project.id))
                 }
             }

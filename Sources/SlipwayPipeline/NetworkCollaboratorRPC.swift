@@ -7,10 +7,10 @@ import SlipwayRPC
 public struct NetworkCollaboratorRPC: NetworkCollaborator {
     typealias API = Slipway_Network_V1_Network
 
-    let client: RPCClient
+    let client: API.Client
 
     public init(client: RPCClient) {
-        self.client = client
+        self.client = API.Client(wrapping: client)
     }
 
     public func route(_ work: ServiceWork) async throws {
@@ -22,12 +22,12 @@ public struct NetworkCollaboratorRPC: NetworkCollaborator {
         if work.service.configuration.ports.first(where: \.isPublic)?.kind == .grpc { route.protocol = .grpc }
         var request = Slipway_Network_V1_SetRouteRequest()
         request.route = route
-        _ = try await stepCall { try await client.unary(API.SetRoute.self, request) }
+        _ = try await stepCall { try await client.setRoute(request) }
     }
 
     public func removeRoutes(_ work: ServiceWork) async throws {
         do {
-            _ = try await client.unary(API.DeleteRoute.self, Self.key(work))
+            _ = try await client.deleteRoute(Self.key(work))
         } catch let error as RPCError where error.code == .notFound {
             // Never routed, or already removed: nothing to do.
         } catch let error as RPCError where error.code != .cancelled {
@@ -47,16 +47,16 @@ public struct NetworkCollaboratorRPC: NetworkCollaborator {
 /// default domain (the local CA signs `*.localhost`), and one for its custom domains whose DNS points
 /// at the load balancer. Custom domains still pending are named in the step's failure.
 public struct CertificateCollaboratorRPC: CertificateCollaborator {
-    let network: RPCClient
-    let certs: RPCClient
+    let network: Slipway_Network_V1_Network.Client
+    let certs: Slipway_Certs_V1_Certs.Client
 
     public init(network: RPCClient, certs: RPCClient) {
-        self.network = network
-        self.certs = certs
+        self.network = .init(wrapping: network)
+        self.certs = .init(wrapping: certs)
     }
 
     public func certificate(_ work: ServiceWork) async throws {
-        let status = try await stepCall { try await network.unary(Slipway_Network_V1_Network.GetRoute.self, NetworkCollaboratorRPC.key(work)) }
+        let status = try await stepCall { try await network.getRoute(NetworkCollaboratorRPC.key(work)) }
         try await issue([status.defaultDomain])
         let custom = status.domains.filter { $0.domain != status.defaultDomain }
         let verified = custom.filter { $0.state == .domainVerified }.map(\.domain)
@@ -72,7 +72,7 @@ public struct CertificateCollaboratorRPC: CertificateCollaborator {
         var request = Slipway_Certs_V1_IssueRequest()
         request.domains = domains
         let certificate = try await stepCall {
-            try await certs.unary(Slipway_Certs_V1_Certs.Issue.self, request, options: CallOptions(timeout: .seconds(300)))
+            try await certs.issue(request, options: CallOptions(timeout: .seconds(300)))
         }
         guard certificate.state == .certificateIssued else {
             throw StepFailure("certificate for \(domains.joined(separator: ", ")) not issued: \(certificate.reason)")

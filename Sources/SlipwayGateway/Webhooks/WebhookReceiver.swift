@@ -13,14 +13,14 @@ final class WebhookReceiver: Sendable {
     typealias Outcome = Slipway_Api_V1_DeliveryOutcome
 
     let store: GatewayStore
-    let pipeline: RPCClient
+    let pipeline: Slipway_Pipeline_V1_Pipeline.Client
     let publicURL: String
     let maxBodyBytes: Int
     let logger: Logger
 
     init(store: GatewayStore, pipeline: RPCClient, publicURL: String, maxBodyBytes: Int, logger: Logger) {
         self.store = store
-        self.pipeline = pipeline
+        self.pipeline = .init(wrapping: pipeline)
         self.publicURL = publicURL
         self.maxBodyBytes = maxBodyBytes
         self.logger = logger
@@ -156,7 +156,7 @@ final class WebhookReceiver: Sendable {
         get.serviceId = record.serviceID
         let service: Slipway_Pipeline_V1_Service
         do {
-            service = try await pipeline.unary(Pipeline.GetService.self, get)
+            service = try await pipeline.getService(get)
         } catch let error as RPCError where error.code == .notFound {
             return ignored("service \(record.serviceID) does not exist")
         }
@@ -190,7 +190,7 @@ final class WebhookReceiver: Sendable {
         trigger.triggeredBy = "webhook:\(record.id)"
         trigger.idempotencyKey = "webhook:\(record.serviceID):\(record.provider):\(record.deliveryID)"
         deploy.trigger = trigger
-        let accepted = try await pipeline.unary(Pipeline.Deploy.self, deploy)
+        let accepted = try await pipeline.deploy(deploy)
         return Answer(
             status: 202, outcome: .deliveryDeployed,
             reason: "deploying \(record.commit.prefix(12)) of \(branch)\(accepted.duplicate ? " (already requested)" : "")\(note)",

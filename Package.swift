@@ -106,7 +106,7 @@ var targets: [Target] = [
         swiftSettings: strict
     ),
 
-    // Benchmark peer for scripts/bench-rpc.sh (Benchmarks/grpc-swift-echo is the anchor).
+    // Benchmark peer for scripts/bench-rpc.sh; the peer it is measured against is a package of its own under Benchmarks/.
     .executableTarget(
         name: "slipway-echo",
         dependencies: ["SlipwayServiceKit", "SlipwayRPC", .product(name: "ArgumentParser", package: "swift-argument-parser")] + nio,

@@ -20,7 +20,6 @@ final class ClientConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
 
     // MARK: Connection events
 
-    override var hasOpenStreams: Bool { !streams.isEmpty }
 
     override func connectionDidEnd(_ error: RPCError) {
         stopAccepting()

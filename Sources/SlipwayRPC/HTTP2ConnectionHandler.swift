@@ -31,8 +31,6 @@ class HTTP2ConnectionHandler: ChannelInboundHandler {
 
     // MARK: Hooks for subclasses
 
-    /// Whether any call is open.
-    var hasOpenStreams: Bool { false }
     /// The channel became usable.
     func connectionDidStart(context: ChannelHandlerContext) {}
     /// The connection is gone or unusable: fail whatever is open.
@@ -177,7 +175,7 @@ class HTTP2ConnectionHandler: ChannelInboundHandler {
                     self.timers[timer] = nil
                     let now = self.context?.eventLoop.now ?? .now()
                     let since = timer == .idle ? self.lastStreamEnd : self.lastActivity
-                    self.perform(self.lifecycle.timerFired(timer, sinceActivity: (now - since).duration))
+                    self.perform(self.lifecycle.timerFired(timer, sinceActivity: Duration(now - since)))
                 }
             case .cancel(let timer):
                 timers.removeValue(forKey: timer)?.cancel()
@@ -214,9 +212,4 @@ class HTTP2ConnectionHandler: ChannelInboundHandler {
         end(RPCError(.internal, "HTTP/2 session failed: \(error)"))
         context?.close(promise: nil)
     }
-}
-
-extension TimeAmount {
-    /// As a `Duration`.
-    var duration: Duration { .nanoseconds(nanoseconds) }
 }

@@ -43,7 +43,8 @@ public struct RPCRouter: Sendable {
     /// HTTP/2 requests that are not gRPC (content-type not application/grpc), e.g. a browser or curl
     /// after ALPN chose h2; nil: they get 415.
     public var plainHTTP: PlainHTTPHandler?
-    /// The largest plain HTTP request body kept (the handler sees `bodyTooLarge` beyond).
+    /// The largest plain HTTP/2 request body accepted; a larger one is answered 413 before the
+    /// handler runs.
     public var plainHTTPMaxBodyBytes = 4 * 1024 * 1024
 
     public init() {}

@@ -36,7 +36,6 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
 
     // MARK: Connection events
 
-    override var hasOpenStreams: Bool { !streams.isEmpty }
 
     override func connectionDidStart(context: ChannelHandlerContext) {
         peer = context.channel.remoteAddress?.description ?? "unknown"
@@ -324,7 +323,7 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
         plainBuffered -= stream.plainBody.count
         guard let handler = plainHTTP, let outbound = stream.outbound else { return }
         let request = PlainHTTPRequest(
-            method: stream.method, target: stream.path, headers: stream.rawHeaders, body: stream.plainBody, bodyTooLarge: stream.plainBodyTooLarge)
+            method: stream.method, target: stream.path, headers: stream.rawHeaders, body: stream.plainBody)
         stream.plainBody = []
         let wrote = Mutex(false)
         let writer = PlainHTTPResponseWriter(

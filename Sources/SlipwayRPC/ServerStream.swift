@@ -19,7 +19,6 @@ final class ServerStream {
     /// A plain HTTP request (not gRPC): its headers as sent, its body.
     var rawHeaders: [(name: String, value: String)] = []
     var plainBody: [UInt8] = []
-    var plainBodyTooLarge = false
 
     var handler: MethodHandler?
     var reader: LengthPrefixedMessageReader

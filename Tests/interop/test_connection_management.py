@@ -11,7 +11,7 @@ import h2.connection
 import h2.events
 import pytest
 
-from conftest import Process, binary
+from conftest import LogsServer, Process, binary
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # + empty SETTINGS
 
@@ -80,6 +80,55 @@ def test_peer_that_answers_ping_stays_connected():
         assert pings >= 2
     finally:
         server.stop()
+
+
+def frames(data):
+    """(type, flags, stream id, payload) of each whole frame in `data`."""
+    found, offset = [], 0
+    while offset + 9 <= len(data):
+        length = int.from_bytes(data[offset:offset + 3], "big")
+        stream = int.from_bytes(data[offset + 5:offset + 9], "big") & 0x7FFFFFFF
+        found.append((data[offset + 3], data[offset + 4], stream, data[offset + 9:offset + 9 + length]))
+        offset += 9 + length
+    return found
+
+
+def test_a_client_that_never_answers_cannot_hold_a_graceful_shutdown(logs_pb):
+    """As an attacker: open a call that never ends (a live-only Tail), then never read again, so the
+    shutdown notice's PING is never answered. SIGTERM must still end the service within the quiesce
+    wait (1 s) and the grace period (10 s), exit 0, and tell the client in order: the notice (GOAWAY
+    with the largest stream id), the final GOAWAY naming its stream, and a status for its call."""
+    server = LogsServer()
+    sock = None
+    try:
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        request = logs_pb[0].TailRequest(stream=logs_pb[0].StreamKey(environment_id="env-hostile", deployment_id="dep-1"), live_only=True)
+        body = request.SerializeToString()
+        conn.send_headers(1, [(":method", "POST"), (":scheme", "http"), (":path", "/slipway.logs.v1.Logs/Tail"),
+                              (":authority", server.address), ("content-type", "application/grpc"), ("te", "trailers")])
+        conn.send_data(1, b"\0" + len(body).to_bytes(4, "big") + body, end_stream=True)
+        sock.sendall(conn.data_to_send())
+        # The call is open (the server is waiting for lines); from now on this client reads nothing.
+        assert server.alive()
+
+        started = time.monotonic()
+        server.proc.terminate()
+        code = server.proc.wait(timeout=30)
+        elapsed = time.monotonic() - started
+        assert code == 0, f"exit status {code}: {server.log()[-2000:]}"
+        assert elapsed < 20, f"the shutdown took {elapsed:.1f} s with a client that never answers"
+
+        received = frames(read_until_closed(sock, 10))
+        goaways = [int.from_bytes(payload[:4], "big") & 0x7FFFFFFF for kind, _, _, payload in received if kind == 7]
+        assert goaways[:2] == [0x7FFFFFFF, 1], f"GOAWAY last-stream ids {goaways}: expected the notice, then the final one naming stream 1"
+        assert any(kind == 1 and stream == 1 and flags & 0x1 for kind, flags, stream, _ in received), \
+            "the open call got no status (HEADERS with END_STREAM) before the connection closed"
+    finally:
+        if sock is not None:
+            sock.close()
+        server.cleanup()
 
 
 def test_idle_connection_gets_goaway_and_client_reconnects(testing_pb):

@@ -48,6 +48,7 @@ var targets: [Target] = [
             "CNGHTTP2", "SlipwayProtobuf",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "NIOTLS", package: "swift-nio"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ] + nio,
         swiftSettings: strict
@@ -56,14 +57,19 @@ var targets: [Target] = [
     // Services every server carries: grpc.health.v1 and server reflection (v1 and v1alpha).
     .target(name: "SlipwayRPCServices", dependencies: ["SlipwayRPC", "SlipwayProtos", "SlipwayProtobuf"] + nio, swiftSettings: strict),
 
-    // What every service executable shares: configuration, logging, lifecycle.
+    // What every service executable shares: configuration, logging, lifecycle, and the platform's
+    // trust (platform CA, service identities, mutual TLS, the access table).
     .target(
         name: "SlipwayServiceKit",
         dependencies: [
-            "SlipwayRPC", "SlipwayRPCServices", "SlipwayProtos",
+            "SlipwayRPC", "SlipwayRPCServices", "SlipwayProtos", "SlipwayProtobuf",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "X509", package: "swift-certificates"),
+            .product(name: "SwiftASN1", package: "swift-asn1"),
         ] + nio,
         swiftSettings: strict
     ),
@@ -159,7 +165,15 @@ var targets: [Target] = [
         swiftSettings: strict
     ),
     .testTarget(name: "SlipwayNetworkTests", dependencies: ["SlipwayNetwork", "SlipwayProcess", "SlipwayTestSupport"], swiftSettings: strict),
-    .testTarget(name: "SlipwayServiceKitTests", dependencies: ["SlipwayServiceKit"], swiftSettings: strict),
+    .testTarget(
+        name: "SlipwayServiceKitTests",
+        dependencies: [
+            "SlipwayServiceKit", "SlipwayRPC", "SlipwayRPCServices", "SlipwayProtos", "SlipwayProtobuf",
+            .product(name: "X509", package: "swift-certificates"), .product(name: "SwiftASN1", package: "swift-asn1"),
+            .product(name: "Logging", package: "swift-log"), .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            .product(name: "Crypto", package: "swift-crypto"), .product(name: "NIOSSL", package: "swift-nio-ssl"),
+        ],
+        swiftSettings: strict),
     .testTarget(name: "SlipwayProtobufTests", dependencies: ["SlipwayProtos", "SlipwayProtobuf"], swiftSettings: strict),
     .testTarget(
         name: "SlipwayRPCTests",
@@ -212,9 +226,10 @@ for (executable, library) in services {
 targets.append(.target(
     name: "SlipwayCLI",
     dependencies: [
-        "SlipwayRPC", "SlipwayProtos", "SlipwayProtobuf", "CSlipwaySpawn",
+        "SlipwayRPC", "SlipwayProtos", "SlipwayProtobuf", "CSlipwaySpawn", "SlipwayServiceKit",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "NIOSSL", package: "swift-nio-ssl"),
+        .product(name: "X509", package: "swift-certificates"),
     ],
     swiftSettings: strict))
 targets.append(.executableTarget(name: "slipway", dependencies: ["SlipwayCLI"], swiftSettings: strict))

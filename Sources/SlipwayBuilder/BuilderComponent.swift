@@ -64,7 +64,7 @@ public struct BuilderComponent: PlatformComponent {
 
     public func setUp(configuration service: ServiceConfiguration, logger: Logger, router: inout RPCRouter) async throws -> [any Service] {
         let logsAddress = service.directory[.logs]
-        let logs = RPCClient(host: logsAddress.host, port: logsAddress.port)
+        let logs = service.client(for: .logs)
         let builder = try Builder(configuration: configuration, stateDirectory: try service.stateDirectory(), logsClient: logs, logger: logger)
         router.register(BuilderService(builder: builder))
         logger.info("builder ready", metadata: ["registry": "\(configuration.registry.host)", "logs": "\(logsAddress)", "max_concurrent": "\(configuration.maxConcurrentBuilds)"])

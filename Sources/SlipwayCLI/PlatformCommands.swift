@@ -6,6 +6,7 @@ import FoundationNetworking
 #endif
 import SlipwayProtos
 import SlipwayRPC
+import SlipwayServiceKit
 
 /// The local platform's processes: the registry and the seven services, each started detached
 /// with its pid in `<data>/run/<name>.pid` and its output in `<data>/logs/<name>.log`.
@@ -103,6 +104,15 @@ struct UpCommand: AsyncParsableCommand {
         guard let registryBinary = Self.which("docker-registry") else {
             throw CLIError.failed("docker-registry is not installed (apt-get install docker-registry; make demo installs it)")
         }
+        // The platform CA and every service's identity, before any service starts (they refuse to
+        // start without one): internal calls are mutual TLS.
+        let pki = PlatformPKI(dataDirectory: data)
+        try pki.prepare()
+        let operatorIdentity = try ServiceIdentity.load(
+            .operator,
+            paths: .init(
+                identityDirectory: pki.identityDirectory(.operator), caCertificate: pki.caCertificatePath, revocationList: nil,
+                renewedDirectory: pki.identityDirectory(.operator)))
         let registryPID = try platform.start("registry", registryBinary, ["serve", data + "/registry/config.yml"])
         try await Self.waitForRegistry(registryAddress, log: "\(platform.logDir)/registry.log")
 
@@ -119,7 +129,7 @@ struct UpCommand: AsyncParsableCommand {
         var healthy = true
         for (index, name) in Platform.services.enumerated() {
             let address = environment["SLIPWAY_\(name.uppercased())_LISTEN"] ?? "127.0.0.1:\(7000 + index)"
-            let status = await Self.health(address)
+            let status = await Self.health(address, service: ServiceName(rawValue: name)!, identity: operatorIdentity)
             healthy = healthy && status == "SERVING"
             rows.append(["slipway-\(name)", address, String(pids[name] ?? 0), status == "SERVING" ? out.paint(status, .green) : out.paint(status, .red), "\(platform.logDir)/\(name).log"])
             report.append(["service": "slipway-\(name)", "address": address, "pid": Int(pids[name] ?? 0), "health": status])
@@ -131,6 +141,7 @@ struct UpCommand: AsyncParsableCommand {
             out.emit([
                 "data_dir": data, "services": report, "registry": registryAddress, "load_balancer": ["http": httpListen, "https": httpsListen],
                 "local_ca": caFile, "admin_token_file": tokenFile, "gateway": "127.0.0.1:7000", "healthy": healthy,
+                "platform_ca": pki.caCertificatePath, "operator_identity": pki.identityDirectory(.operator),
             ] as [String: Any])
         } else {
             out.table(["COMPONENT", "ADDRESS", "PID", "HEALTH", "LOG"], rows)
@@ -138,6 +149,7 @@ struct UpCommand: AsyncParsableCommand {
             out.line("load balancer (nginx)  http://\(httpListen)  https://\(httpsListen)")
             out.line("gateway API            127.0.0.1:7000 (gRPC; webhooks and event streams over HTTP/1.1 on the same port)")
             out.line("admin token            \(tokenFile)")
+            out.line("platform CA            \(pki.caCertificatePath) (internal calls: mutual TLS; operator identity in \(pki.identityDirectory(.operator)))")
             out.line("local CA               \(caFile)")
             out.line("  trust it: cp \(caFile) /usr/local/share/ca-certificates/slipway-local-ca.crt && update-ca-certificates")
             out.line("data directory         \(data)")
@@ -167,10 +179,11 @@ struct UpCommand: AsyncParsableCommand {
         throw CLIError.failed("the registry did not answer on \(address) (see \(log))")
     }
 
-    /// grpc.health.v1 status of a service, polled for up to 30 s.
-    static func health(_ address: String) async -> String {
+    /// grpc.health.v1 status of a service, polled for up to 30 s; internal services are asked as
+    /// the operator (mutual TLS), the gateway's public port as anyone.
+    static func health(_ address: String, service: ServiceName, identity: ServiceIdentity) async -> String {
         guard let parsed = ServiceAddress(parsing: address) else { return "bad address" }
-        let client = RPCClient(host: parsed.host, port: parsed.port)
+        let client = service == .gateway ? RPCClient(host: parsed.host, port: parsed.port) : identity.client(for: service, at: parsed)
         defer { Task { await client.close() } }
         var status = "no answer"
         let deadline = ContinuousClock.now + .seconds(30)

@@ -68,18 +68,31 @@ public actor CertificateManager {
     /// Backoff after failed attempts: 1 min, 2, 4, … up to 6 h.
     public var maxBackoff: TimeInterval = 6 * 3600
 
-    public init(directory: String, installer: any CertificateInstaller, acme: ACMESettings?, localLifetime: TimeInterval? = nil, logger: Logger) throws {
+    /// Local-CA certificates signed by a CA that was since replaced: reissued at the next renewal pass.
+    private var signedByReplacedCA: Set<String> = []
+
+    public init(
+        directory: String, installer: any CertificateInstaller, acme: ACMESettings?, localLifetime: TimeInterval? = nil,
+        localSuffixes: [String] = LocalCA.defaultSuffixes, logger: Logger
+    ) throws {
         self.directory = directory
         self.installer = installer
         self.acme = acme
         self.logger = logger
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         chmod(directory, 0o700)
-        var localCA = try LocalCA.loadOrCreate(directory: directory)
+        var localCA = try LocalCA.loadOrCreate(directory: directory, suffixes: localSuffixes)
         if let localLifetime { localCA.leafLifetime = localLifetime }
         self.localCA = localCA
         if let data = FileManager.default.contents(atPath: directory + "/certificates.json") {
             records = try JSONDecoder().decode([String: Record].self, from: data)
+        }
+        if localCA.replacedUnconstrained {
+            let stale = Set(records.values.filter { $0.issuer == .localCA && $0.state == .issued }.map(\.id))
+            signedByReplacedCA = stale
+            logger.warning(
+                "replaced the local CA by one limited to its suffixes (X.509 name constraints); trust the new one",
+                metadata: ["local_ca": "\(localCA.certificatePath)", "suffixes": "\(localCA.suffixes.joined(separator: ","))", "reissuing": "\(stale.count)"])
         }
     }
 
@@ -119,6 +132,9 @@ public actor CertificateManager {
         }
         for domain in domains { try Self.validate(domain) }
         let issuer = requested ?? (domains.allSatisfy(Self.isLocalOnly) ? .localCA : .acme)
+        if issuer == .localCA, let refusal = localCA.refusal(for: domains) {
+            throw Failure(kind: .invalid, description: refusal)
+        }
         if issuer == .acme {
             guard acme != nil else {
                 throw Failure(kind: .unavailable, description: "no ACME directory is configured (--certs-acme-directory); \(domains.joined(separator: ", ")) needs a public CA")
@@ -144,7 +160,7 @@ public actor CertificateManager {
     public func renewDue(now: Date = Date()) async -> Int {
         let due = records.values.filter { record in
             switch record.state {
-            case .issued: return now.timeIntervalSince1970 >= record.renewAt
+            case .issued: return now.timeIntervalSince1970 >= record.renewAt || signedByReplacedCA.contains(record.id)
             case .failed: return now.timeIntervalSince1970 >= record.nextAttempt
             case .pending: return true  // interrupted by a restart
             case .revoked: return false
@@ -155,6 +171,7 @@ public actor CertificateManager {
             if let current = records[record.id], current == record {
                 logger.info("renewing", metadata: ["certificate": "\(record.id)", "domains": "\(record.domains.joined(separator: ","))", "state": "\(record.state)"])
                 _ = await attempt(id: record.id, domains: record.domains, issuer: record.issuer)
+                signedByReplacedCA.remove(record.id)
             }
             turns.release(record.id)
         }

@@ -18,6 +18,10 @@ public struct CertsOptions: ParsableArguments, Sendable {
     @Option(help: "Seconds between renewal checks (default 3600).") var certsRenewCheckInterval: Int?
     @Option(help: "Lifetime of the local CA's certificates in seconds (default 7776000, 90 days); renewed after two thirds.")
     var certsLocalLifetimeSeconds: Int?
+    @Option(help: "More DNS suffixes the local CA may sign, comma-separated (always: localhost, test, internal). Its certificate carries them as X.509 name constraints.")
+    var certsLocalCaSuffixes: String?
+    @Option(help: "The platform CA's key, to renew the services' identity certificates (env SLIPWAY_PLATFORM_CA_KEY, default <data-dir>/pki/ca.key).")
+    var platformCaKey: String?
 
     public init() {}
 }
@@ -51,14 +55,45 @@ public struct CertsComponent: PlatformComponent {
         }
         let interval = try positiveOption(options.certsRenewCheckInterval, "certs-renew-check-interval") ?? 3600
         let network = configuration.directory[.network]
-        let installer = NetworkInstaller(client: RPCClient(host: network.host, port: network.port))
+        let installer = NetworkInstaller(client: configuration.client(for: .network))
         let lifetime = try positiveOption(options.certsLocalLifetimeSeconds, "certs-local-lifetime-seconds").map(TimeInterval.init)
-        let manager = try CertificateManager(directory: try configuration.stateDirectory(), installer: installer, acme: acme, localLifetime: lifetime, logger: logger)
-        router.register(CertsService(manager: manager))
+        var suffixes = LocalCA.defaultSuffixes
+        for suffix in (options.certsLocalCaSuffixes ?? "").split(separator: ",") {
+            let name = suffix.trimmingCharacters(in: CharacterSet(charactersIn: " .")).lowercased()
+            guard !name.isEmpty, name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "." }) else {
+                throw ValidationError("--certs-local-ca-suffixes: \"\(suffix)\" is not a DNS suffix")
+            }
+            suffixes.append(name)
+        }
+        let manager = try CertificateManager(
+            directory: try configuration.stateDirectory(), installer: installer, acme: acme, localLifetime: lifetime, localSuffixes: suffixes, logger: logger)
+        let platformCA = try loadPlatformCA(configuration: configuration, logger: logger)
+        router.register(CertsService(manager: manager, platformCA: platformCA))
         logger.info("certs ready", metadata: [
             "local_ca": "\(manager.localCA.certificatePath)", "acme": "\(acme?.directory.absoluteString ?? "none")", "network": "\(network)",
         ])
         return [Renewals(manager: manager, interval: .seconds(interval))]
+    }
+}
+
+extension CertsComponent {
+    /// The platform CA with its key, if this slipway-certs holds it (it renews everyone's identity).
+    func loadPlatformCA(configuration: ServiceConfiguration, logger: Logger) throws -> PlatformCA? {
+        guard let trust = configuration.trust else { return nil }
+        let keyPath = options.platformCaKey ?? ProcessInfo.processInfo.environment["SLIPWAY_PLATFORM_CA_KEY"]
+            ?? PlatformPKI(dataDirectory: configuration.dataDirectory).caKeyPath
+        guard FileManager.default.fileExists(atPath: keyPath) else {
+            logger.warning("no platform CA key: the services' identity certificates cannot be renewed here", metadata: ["expected": "\(keyPath)"])
+            return nil
+        }
+        return try PlatformPKI.loadCA(certificatePath: trust.caCertificate, keyPath: keyPath)
+    }
+
+    /// slipway-certs renews its own identity with the key it holds.
+    public func identitySigner(configuration: ServiceConfiguration, logger: Logger) throws -> IdentitySigner? {
+        guard let ca = try loadPlatformCA(configuration: configuration, logger: logger) else { return nil }
+        let identity = PlatformIdentity(configuration.service)
+        return { csr, lifetime in try ca.issue(identity, csrDER: csr, lifetime: lifetime).serializeAsPEM().pemString + "\n" }
     }
 }
 

@@ -1,11 +1,38 @@
 import Foundation
+import X509
 import SlipwayProtos
 import SlipwayRPC
+import SlipwayServiceKit
 
 /// `slipway.certs.v1.Certs` over the certificate manager.
 struct CertsService: Slipway_Certs_V1_Certs.ServiceProtocol {
 
     let manager: CertificateManager
+    /// The platform CA with its key, when this service holds it.
+    var platformCA: PlatformCA?
+
+    func renewIdentity(request: Slipway_Certs_V1_RenewIdentityRequest, context: ServerContext) async throws -> Slipway_Certs_V1_IdentityCertificate {
+        guard let platformCA else {
+            throw RPCError(.failedPrecondition, "this slipway-certs does not hold the platform CA key (--platform-ca-key); identities cannot be renewed here")
+        }
+        guard let caller = context.caller, let identity = PlatformIdentity(uri: caller), identity.isKnown else {
+            throw RPCError(.unauthenticated, "identity renewal needs the caller's platform client certificate")
+        }
+        guard request.lifetimeSeconds >= 0 else { throw RPCError(.invalidArgument, "lifetime_seconds must not be negative, got \(request.lifetimeSeconds)") }
+        let longest = PlatformCA.defaultIdentityLifetime
+        let lifetime = request.lifetimeSeconds == 0 ? longest : min(longest, .seconds(request.lifetimeSeconds))
+        let certificate: X509.Certificate
+        do {
+            certificate = try platformCA.issue(identity, csrDER: request.csrDer, lifetime: lifetime)
+        } catch let error as TrustError {
+            throw RPCError(.invalidArgument, error.description)
+        }
+        var response = Slipway_Certs_V1_IdentityCertificate()
+        response.certificatePem = try certificate.serializeAsPEM().pemString + "\n"
+        response.caPem = platformCA.certificatePEM
+        response.notAfterUnixMillis = Int64(certificate.notValidAfter.timeIntervalSince1970 * 1000)
+        return response
+    }
 
     func issue(request: Slipway_Certs_V1_IssueRequest, context: ServerContext) async throws -> Slipway_Certs_V1_Certificate {
         let issuer: CertificateManager.Issuer? = switch request.issuer {

@@ -4,22 +4,49 @@ import SlipwayServiceKit
 import SwiftASN1
 import X509
 
-/// The platform's own certificate authority, for names no public CA signs (`*.localhost`, `*.test`,
+/// The apps' certificate authority, for names no public CA signs (`*.localhost`, `*.test`,
 /// `*.internal`): created once (P-256, 10 years), kept in the certs state directory (key 0600), and
-/// trusted by whoever runs `slipway` locally (``trustInstructions``).
+/// trusted by whoever runs `slipway` locally (``trustInstructions``). Because people add it to their
+/// trust stores, it is limited to its suffixes twice: X.509 name constraints in its certificate (a
+/// verifier refuses anything else it signed), and ``issue(domains:now:)`` refuses other names.
 public struct LocalCA: Sendable {
     public let certificatePEM: String
     public let certificatePath: String
     private let keyPEM: String
+    /// The DNS suffixes it may sign (each name is a suffix or ends with `.` + one).
+    public let suffixes: [String]
+    /// Whether an older CA without these constraints was replaced at load.
+    public private(set) var replacedUnconstrained = false
+
+    /// The suffixes unless the operator adds others (`--certs-local-ca-suffixes`).
+    public static let defaultSuffixes = ["localhost", "test", "internal"]
 
     /// Lifetime of the certificates it issues: short, like a public CA's, so renewal is routine.
     public var leafLifetime: TimeInterval = 90 * 24 * 3600
 
-    public static func loadOrCreate(directory: String) throws -> LocalCA {
+    /// Whether the CA may sign `domain` (lower-case; a leading `*.` is a wildcard under it).
+    public func permits(_ domain: String) -> Bool {
+        let name = domain.hasPrefix("*.") ? String(domain.dropFirst(2)) : domain
+        return suffixes.contains { name == $0 || name.hasSuffix("." + $0) }
+    }
+
+    public static func loadOrCreate(directory: String, suffixes: [String] = defaultSuffixes) throws -> LocalCA {
         let certificatePath = directory + "/local-ca.crt"
         let keyPath = directory + "/local-ca.key"
+        let suffixes = Array(Set(suffixes.map { $0.lowercased().trimmingCharacters(in: CharacterSet(charactersIn: ".")) })).sorted()
+        var replaced = false
         if let certificate = FileManager.default.contents(atPath: certificatePath), let key = FileManager.default.contents(atPath: keyPath) {
-            return LocalCA(certificatePEM: String(decoding: certificate, as: UTF8.self), certificatePath: certificatePath, keyPEM: String(decoding: key, as: UTF8.self))
+            let pem = String(decoding: certificate, as: UTF8.self)
+            let constraints = (try? Certificate(pemEncoded: pem)).flatMap { try? $0.extensions.nameConstraints }
+            if let constraints, Array(constraints.permittedDNSDomains).sorted() == suffixes {
+                return LocalCA(certificatePEM: pem, certificatePath: certificatePath, keyPEM: String(decoding: key, as: UTF8.self), suffixes: suffixes)
+            }
+            // A CA without these constraints (older, or other suffixes) is set aside, not reused:
+            // whoever trusts it would trust any name it signs.
+            let stamp = Int(Date().timeIntervalSince1970)
+            try? FileManager.default.moveItem(atPath: certificatePath, toPath: "\(certificatePath).replaced-\(stamp)")
+            try? FileManager.default.moveItem(atPath: keyPath, toPath: "\(keyPath).replaced-\(stamp)")
+            replaced = true
         }
         let key = P256.Signing.PrivateKey()
         let name = try DistinguishedName {
@@ -40,6 +67,7 @@ public struct LocalCA: Sendable {
             extensions: try Certificate.Extensions {
                 Critical(BasicConstraints.isCertificateAuthority(maxPathLength: 0))
                 Critical(KeyUsage(keyCertSign: true, cRLSign: true))
+                Critical(NameConstraints(permittedDNSDomains: suffixes))
                 SubjectKeyIdentifier(hash: publicKey)
             },
             issuerPrivateKey: Certificate.PrivateKey(key))
@@ -47,11 +75,29 @@ public struct LocalCA: Sendable {
         // The key first: a certificate on disk always has its key.
         try AtomicFile.write(key.pemRepresentation + "\n", to: keyPath, mode: 0o600)
         try AtomicFile.write(pem, to: certificatePath, mode: 0o644)
-        return LocalCA(certificatePEM: pem, certificatePath: certificatePath, keyPEM: key.pemRepresentation)
+        var ca = LocalCA(certificatePEM: pem, certificatePath: certificatePath, keyPEM: key.pemRepresentation, suffixes: suffixes)
+        ca.replacedUnconstrained = replaced
+        return ca
+    }
+
+    init(certificatePEM: String, certificatePath: String, keyPEM: String, suffixes: [String]) {
+        self.certificatePEM = certificatePEM
+        self.certificatePath = certificatePath
+        self.keyPEM = keyPEM
+        self.suffixes = suffixes
+    }
+
+    /// Why the CA will not sign these names; nil when it will.
+    public func refusal(for domains: [String]) -> String? {
+        let outside = domains.filter { !permits($0) }
+        guard !outside.isEmpty else { return nil }
+        return "the local CA signs only names under \(suffixes.map { "." + $0 }.joined(separator: ", ")); "
+            + "\(outside.joined(separator: ", ")) \(outside.count == 1 ? "is" : "are") not: use a public CA (--certs-acme-directory) or add the suffix (--certs-local-ca-suffixes)"
     }
 
     /// A server certificate for `domains` with a new key: (chain PEM — leaf then the CA —, key PEM).
     public func issue(domains: [String], now: Date = Date()) throws -> (chain: String, key: String) {
+        if let refusal = refusal(for: domains) { throw LocalCAError(description: refusal) }
         let caKey = try P256.Signing.PrivateKey(pemRepresentation: keyPEM)
         let ca = try Certificate(pemEncoded: certificatePEM)
         let key = P256.Signing.PrivateKey()
@@ -87,4 +133,9 @@ public struct LocalCA: Sendable {
         Browsers: import it as an authority (Firefox: Settings → Certificates → Authorities → Import).
         """
     }
+}
+
+/// A name the local CA may not sign.
+public struct LocalCAError: Error, CustomStringConvertible {
+    public var description: String
 }

@@ -37,8 +37,7 @@ public struct ClusterComponent: PlatformComponent {
         var traffic: (any TrafficSwitch)?
         switch options.clusterTraffic ?? "network" {
         case "network":
-            let network = configuration.directory[.network]
-            traffic = NetworkTrafficSwitch(client: RPCClient(host: network.host, port: network.port))
+            traffic = NetworkTrafficSwitch(client: configuration.client(for: .network))
         case "none":
             traffic = nil
         case let other:
@@ -49,7 +48,7 @@ public struct ClusterComponent: PlatformComponent {
         if !ProcessTree.becomeSubreaper() { logger.warning("cannot become a child subreaper: exit statuses of instances will be unknown") }
         let logs = configuration.directory[.logs]
         let cluster = try LocalCluster(
-            directory: try configuration.stateDirectory(), traffic: traffic, logs: RPCClient(host: logs.host, port: logs.port), logger: logger)
+            directory: try configuration.stateDirectory(), traffic: traffic, logs: configuration.client(for: .logs), logger: logger)
         try await cluster.recover()
         router.register(ClusterService(cluster: cluster))
         logger.info("cluster ready", metadata: [
@@ -77,7 +76,7 @@ extension ClusterComponent {
         let logs = configuration.directory[.logs]
         let cluster = try KubernetesCluster(
             driver: KubernetesDriver(client: try KubernetesClient(kubernetes), logger: logger), directory: try configuration.stateDirectory(),
-            logs: RPCClient(host: logs.host, port: logs.port), logger: logger)
+            logs: configuration.client(for: .logs), logger: logger)
         router.register(ClusterService(cluster: cluster))
         logger.info("cluster ready", metadata: ["driver": "kubernetes", "server": "\(kubernetes.server.absoluteString)", "logs": "\(logs)"])
         return [KubernetesWatcher(cluster: cluster)]

@@ -41,6 +41,9 @@ public struct GatewayComponent: PlatformComponent {
         self.options = options
     }
 
+    /// The gateway's port is the public API: its own TLS (or none) and token checks.
+    public var servesPublicAPI: Bool { true }
+
     public func attach(_ server: RPCServer) {
         tlsRenewal.server.withLock { $0 = server }
     }
@@ -50,8 +53,7 @@ public struct GatewayComponent: PlatformComponent {
             guard options.gatewayTlsCert == nil, options.gatewayTlsKey == nil else {
                 throw ConfigurationError("--gateway-tls-domain takes its certificate from slipway-certs: leave out --gateway-tls-cert/--gateway-tls-key")
             }
-            let certs = configuration.directory[.certs]
-            let source = CertificateSource(domain: domain, client: .init(wrapping: RPCClient(host: certs.host, port: certs.port)), logger: logger)
+            let source = CertificateSource(domain: domain, client: .init(wrapping: configuration.client(for: .certs)), logger: logger)
             tlsRenewal.source.withLock { $0 = source }
             return try await source.first()
         }
@@ -76,12 +78,9 @@ public struct GatewayComponent: PlatformComponent {
         let auth = Authenticator(store: store, defaultRateLimit: rate, maxStreamsPerToken: streams)
         try Bootstrap.ensureAdminToken(store: store, file: directory + "/admin-token", logger: logger)
 
-        let pipelineAddress = configuration.directory[.pipeline]
-        let logsAddress = configuration.directory[.logs]
-        let pipeline = RPCClient(host: pipelineAddress.host, port: pipelineAddress.port)
-        let logs = RPCClient(host: logsAddress.host, port: logsAddress.port)
-        let networkAddress = configuration.directory[.network]
-        let network = RPCClient(host: networkAddress.host, port: networkAddress.port)
+        let pipeline = configuration.client(for: .pipeline)
+        let logs = configuration.client(for: .logs)
+        let network = configuration.client(for: .network)
         let scheme = options.gatewayTlsCert == nil && options.gatewayTlsDomain == nil ? "http" : "https"
         let publicURL = options.gatewayPublicUrl ?? "\(scheme)://\(configuration.listen.host):\(configuration.listen.port)"
         let webhooks = WebhookReceiver(store: store, pipeline: pipeline, publicURL: publicURL, maxBodyBytes: maxBody, logger: logger)

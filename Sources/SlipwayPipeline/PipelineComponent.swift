@@ -75,21 +75,16 @@ public struct PipelineComponent: PlatformComponent {
     public func setUp(configuration service: ServiceConfiguration, logger: Logger, router: inout RPCRouter) async throws -> [any Service] {
         let store = try PipelineStore(directory: try service.stateDirectory(), durability: configuration.durability)
         let simulated = SimulatedCollaborators(stepDelay: configuration.simulatedStepDelay)
-        let builderAddress = service.directory[.builder]
         let images: any ImageCollaborator =
-            configuration.simulated.contains(.builder) ? simulated : BuilderCollaborator(client: RPCClient(host: builderAddress.host, port: builderAddress.port))
-        let clusterAddress = service.directory[.cluster]
+            configuration.simulated.contains(.builder) ? simulated : BuilderCollaborator(client: service.client(for: .builder))
         let cluster: any ClusterCollaborator =
-            configuration.simulated.contains(.cluster) ? simulated : ClusterCollaboratorRPC(client: RPCClient(host: clusterAddress.host, port: clusterAddress.port))
-        let networkAddress = service.directory[.network]
-        let networkClient = RPCClient(host: networkAddress.host, port: networkAddress.port)
+            configuration.simulated.contains(.cluster) ? simulated : ClusterCollaboratorRPC(client: service.client(for: .cluster))
+        let networkClient = service.client(for: .network)
         let network: any NetworkCollaborator = configuration.simulated.contains(.network) ? simulated : NetworkCollaboratorRPC(client: networkClient)
-        let certsAddress = service.directory[.certs]
         let certs: any CertificateCollaborator = configuration.simulated.contains(.certs)
-            ? simulated : CertificateCollaboratorRPC(network: networkClient, certs: RPCClient(host: certsAddress.host, port: certsAddress.port))
+            ? simulated : CertificateCollaboratorRPC(network: networkClient, certs: service.client(for: .certs))
         let collaborators = Collaborators(images: images, cluster: cluster, network: network, certs: certs)
-        let logsAddress = service.directory[.logs]
-        let shipper = LogShipper(client: RPCClient(host: logsAddress.host, port: logsAddress.port), logger: logger)
+        let shipper = LogShipper(client: service.client(for: .logs), logger: logger)
         let engine = PipelineEngine(store: store, collaborators: collaborators, logs: shipper, limits: configuration.limits, logger: logger)
         try await engine.start()
         router.register(PipelineService(engine: engine))
@@ -97,9 +92,9 @@ public struct PipelineComponent: PlatformComponent {
             configuration.simulated.contains(collaborator) ? "simulated" : "\(address)"
         }
         logger.info("pipeline ready", metadata: [
-            "builder": shown(.builder, builderAddress), "cluster": shown(.cluster, clusterAddress),
-            "network": shown(.network, networkAddress), "certs": shown(.certs, certsAddress),
-            "logs": "\(logsAddress)", "durability": "\(configuration.durability.rawValue)",
+            "builder": shown(.builder, service.directory[.builder]), "cluster": shown(.cluster, service.directory[.cluster]),
+            "network": shown(.network, service.directory[.network]), "certs": shown(.certs, service.directory[.certs]),
+            "logs": "\(service.directory[.logs])", "durability": "\(configuration.durability.rawValue)",
         ])
         return [LogShipperService(shipper: shipper), EngineWatchdog(engine: engine)]
     }

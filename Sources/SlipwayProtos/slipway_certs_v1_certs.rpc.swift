@@ -29,6 +29,9 @@ extension Slipway_Certs_V1_Certs {
 
         /// `slipway.certs.v1.Certs/GetKeyPair` (unary).
         func getKeyPair(request: Slipway_Certs_V1_CertificateKey, context: ServerContext) async throws -> Slipway_Certs_V1_KeyPair
+
+        /// `slipway.certs.v1.Certs/RenewIdentity` (unary).
+        func renewIdentity(request: Slipway_Certs_V1_RenewIdentityRequest, context: ServerContext) async throws -> Slipway_Certs_V1_IdentityCertificate
     }
 
     /// A client of `slipway.certs.v1.Certs` over a connection of an `RPCClient`.
@@ -74,6 +77,11 @@ extension Slipway_Certs_V1_Certs {
         public func getKeyPair(_ request: Slipway_Certs_V1_CertificateKey, options: CallOptions = CallOptions()) async throws -> Slipway_Certs_V1_KeyPair {
             try await rpc.unary(Slipway_Certs_V1_Certs.GetKeyPair.self, request, options: options)
         }
+
+        /// Calls `slipway.certs.v1.Certs/RenewIdentity` (unary).
+        public func renewIdentity(_ request: Slipway_Certs_V1_RenewIdentityRequest, options: CallOptions = CallOptions()) async throws -> Slipway_Certs_V1_IdentityCertificate {
+            try await rpc.unary(Slipway_Certs_V1_Certs.RenewIdentity.self, request, options: options)
+        }
     }
 }
 
@@ -88,5 +96,6 @@ extension Slipway_Certs_V1_Certs.ServiceProtocol {
         router.unary(Slipway_Certs_V1_Certs.Revoke.self) { request, context in try await self.revoke(request: request, context: context) }
         router.unary(Slipway_Certs_V1_Certs.GetLocalCA.self) { request, context in try await self.getLocalCA(request: request, context: context) }
         router.unary(Slipway_Certs_V1_Certs.GetKeyPair.self) { request, context in try await self.getKeyPair(request: request, context: context) }
+        router.unary(Slipway_Certs_V1_Certs.RenewIdentity.self) { request, context in try await self.renewIdentity(request: request, context: context) }
     }
 }

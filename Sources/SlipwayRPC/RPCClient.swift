@@ -54,7 +54,9 @@ public final class RPCClient: Sendable {
 
     public let host: String
     public let port: Int
-    private let tls: TLS?
+    /// The TLS each new connection uses (read at every connect: a renewed certificate is used from
+    /// the next connection on); nil: plaintext h2c.
+    private let tls: (@Sendable () -> TLS)?
     private let limits: RPCLimits
     private let timings: ConnectionTimings
     private let group: any EventLoopGroup
@@ -62,6 +64,20 @@ public final class RPCClient: Sendable {
 
     public init(
         host: String, port: Int, tls: TLS? = nil, limits: RPCLimits = RPCLimits(),
+        timings: ConnectionTimings = ConnectionTimings(), group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+    ) {
+        self.host = host
+        self.port = port
+        if let tls { self.tls = { tls } } else { self.tls = nil }
+        self.limits = limits
+        self.timings = timings
+        self.group = group
+    }
+
+    /// A client whose TLS is read at each new connection, so that renewed client certificates are
+    /// presented without rebuilding the client.
+    public init(
+        host: String, port: Int, tls: @escaping @Sendable () -> TLS, limits: RPCLimits = RPCLimits(),
         timings: ConnectionTimings = ConnectionTimings(), group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
     ) {
         self.host = host
@@ -123,7 +139,7 @@ public final class RPCClient: Sendable {
         let authority = "\(host):\(port)"
         let limits = self.limits
         let timings = self.timings
-        let tls = self.tls
+        let tls = self.tls?()
         let host = self.host
         let eventLoop = group.next()
         let bootstrap = ClientBootstrap(group: eventLoop)

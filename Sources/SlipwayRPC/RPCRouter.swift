@@ -46,8 +46,14 @@ public struct RPCRouter: Sendable {
     /// The largest plain HTTP/2 request body accepted; a larger one is answered 413 before the
     /// handler runs.
     public var plainHTTPMaxBodyBytes = 4 * 1024 * 1024
+    /// Who may call which method, by client certificate; nil: whoever reaches the port. Calls outside
+    /// it end with PERMISSION_DENIED (UNAUTHENTICATED without a certificate) before any handler runs.
+    public var accessPolicy: AccessPolicy?
 
     public init() {}
+
+    /// Every registered method's `:path`.
+    public var methodPaths: [String] { handlers.keys.sorted() }
 
     /// Registers every method of `service`.
     public mutating func register(_ service: some RPCService) {

@@ -20,11 +20,19 @@ public final class RPCServer: Service, Sendable {
         public var certificateChain: [NIOSSLCertificate]
         public var privateKey: NIOSSLPrivateKey
         public var trustRoots: NIOSSLTrustRoots?
+        /// Decides on each client certificate in place of the chain check against `trustRoots`,
+        /// and names the caller (``ServerContext/caller``). With it, a client must present a
+        /// certificate, and, unless the server also speaks HTTP/1.1, negotiate `h2` with ALPN.
+        public var verifyClient: ClientCertificateVerifier?
 
-        public init(certificateChain: [NIOSSLCertificate], privateKey: NIOSSLPrivateKey, trustRoots: NIOSSLTrustRoots? = nil) {
+        public init(
+            certificateChain: [NIOSSLCertificate], privateKey: NIOSSLPrivateKey, trustRoots: NIOSSLTrustRoots? = nil,
+            verifyClient: ClientCertificateVerifier? = nil
+        ) {
             self.certificateChain = certificateChain
             self.privateKey = privateKey
             self.trustRoots = trustRoots
+            self.verifyClient = verifyClient
         }
 
         /// Loads PEM files.
@@ -49,8 +57,9 @@ public final class RPCServer: Service, Sendable {
     /// Every call's handler task: `run` returns only once they have all ended.
     private let handlerTasks = HandlerTasks()
     private let state = Mutex(State())
-    /// The TLS context new connections get (replaced by ``reloadTLS(_:)``).
-    private let sslContext = Mutex<NIOSSLContext?>(nil)
+    /// The TLS context new connections get, with its client check (replaced by ``reloadTLS(_:)``).
+    private let sslContext = Mutex<(context: NIOSSLContext, verifyClient: ClientCertificateVerifier?)?>(nil)
+    private let accessPolicy: AccessPolicy?
     private let bound: EventLoopPromise<SocketAddress>
 
     private struct State {
@@ -71,6 +80,7 @@ public final class RPCServer: Service, Sendable {
         self.plainHTTPMaxBodyBytes = router.plainHTTPMaxBodyBytes
         self.tls = tls
         self.http1 = http1 ?? router.http1
+        self.accessPolicy = router.accessPolicy
         self.limits = limits
         self.timings = timings
         self.logger = logger
@@ -90,6 +100,8 @@ public final class RPCServer: Service, Sendable {
         if let roots = tls.trustRoots {
             configuration.trustRoots = roots
             configuration.certificateVerification = .noHostnameVerification
+        } else if tls.verifyClient != nil {
+            configuration.certificateVerification = .noHostnameVerification
         }
         return try NIOSSLContext(configuration: configuration)
     }
@@ -100,7 +112,7 @@ public final class RPCServer: Service, Sendable {
         let context = try makeContext(tls)
         let replaced = sslContext.withLock { current -> Bool in
             guard current != nil else { return false }
-            current = context
+            current = (context, tls.verifyClient)
             return true
         }
         guard replaced else { throw RPCServerError(message: "the server was started without TLS; it cannot switch to TLS") }
@@ -110,8 +122,9 @@ public final class RPCServer: Service, Sendable {
     public func run() async throws {
         if let tls {
             let context = try makeContext(tls)
-            sslContext.withLock { $0 = context }
+            sslContext.withLock { $0 = (context, tls.verifyClient) }
         }
+        let accessPolicy = self.accessPolicy
         let handlers = self.handlers
         let limits = self.limits
         let timings = self.timings
@@ -129,14 +142,23 @@ public final class RPCServer: Service, Sendable {
                 .childChannelOption(.writeBufferWaterMark, value: .init(low: 256 * 1024, high: 1024 * 1024))
                 .childChannelInitializer { [self] channel in
                     channel.eventLoop.makeCompletedFuture {
-                        if let context = self.sslContext.withLock({ $0 }) {
-                            try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: context))
+                        var authentication: PeerAuthentication?
+                        if let (context, verifyClient) = self.sslContext.withLock({ $0 }) {
+                            if let verifyClient {
+                                let peer = PeerAuthentication()
+                                authentication = peer
+                                try channel.pipeline.syncOperations.addHandler(
+                                    NIOSSLServerHandler(context: context, customVerificationCallback: peer.verificationCallback(verifyClient)))
+                                try channel.pipeline.syncOperations.addHandler(TLSPeerGate(authentication: peer, requireHTTP2: http1 == nil, logger: logger))
+                            } else {
+                                try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: context))
+                            }
                         }
-                        let addHTTP2 = { (channel: any Channel) throws in
+                        let addHTTP2 = { [authentication] (channel: any Channel) throws in
                             try channel.pipeline.syncOperations.addHandler(
                                 ServerConnectionHandler(
                                     handlers: handlers, plainHTTP: plainHTTP, plainHTTPMaxBodyBytes: plainHTTPMaxBodyBytes, limits: limits,
-                                    timings: timings, tasks: tasks, logger: logger))
+                                    timings: timings, tasks: tasks, accessPolicy: accessPolicy, peer: authentication, logger: logger))
                         }
                         if let http1 {
                             try channel.pipeline.syncOperations.addHandler(

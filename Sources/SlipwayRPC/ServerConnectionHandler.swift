@@ -19,12 +19,19 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
     /// Plain HTTP request bodies held on this connection.
     private var plainBuffered = 0
     private var peer = "unknown"
+    /// Who may call what; nil: anyone who reaches the port.
+    private let accessPolicy: AccessPolicy?
+    /// The client certificate's verdict, when the server authenticates its clients.
+    private let authentication: PeerAuthentication?
 
     init(
         handlers: [String: MethodHandler], plainHTTP: PlainHTTPHandler? = nil, plainHTTPMaxBodyBytes: Int = 0, limits: RPCLimits,
-        timings: ConnectionTimings, tasks: HandlerTasks = HandlerTasks(), logger: Logger
+        timings: ConnectionTimings, tasks: HandlerTasks = HandlerTasks(), accessPolicy: AccessPolicy? = nil, peer: PeerAuthentication? = nil,
+        logger: Logger
     ) {
         self.tasks = tasks
+        self.accessPolicy = accessPolicy
+        self.authentication = peer
         self.handlers = handlers
         self.plainHTTP = plainHTTP
         self.plainHTTPMaxBodyBytes = plainHTTPMaxBodyBytes
@@ -232,6 +239,11 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
         guard let handler = handlers[stream.path] else {
             return refuse(stream, code: .unimplemented, message: "unknown method \(stream.path)")
         }
+        let caller = authentication?.identity
+        if let accessPolicy, let denial = accessPolicy.decide(caller: caller, path: stream.path) {
+            logger.notice("denied a call", metadata: ["peer": "\(peer)", "caller": "\(caller ?? "none")", "method": "\(stream.path)"])
+            return refuse(stream, code: denial.code, message: denial.message)
+        }
         let context = self.context!
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
         let id = stream.id
@@ -247,7 +259,7 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
         }
         stream.handler = handler
         stream.outbound = outbound
-        stream.context = ServerContext(path: stream.path, metadata: stream.metadata, deadline: deadline, peer: peer, outbound: outbound)
+        stream.context = ServerContext(path: stream.path, metadata: stream.metadata, deadline: deadline, peer: peer, caller: caller, outbound: outbound)
         if !handler.takesSingleRequest {
             stream.inbound = InboundMessages(windowHoldback: limits.initialStreamWindow) {
                 eventLoop.execute { loopBound.value.releaseWindow(id) }

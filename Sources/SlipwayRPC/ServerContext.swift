@@ -11,11 +11,15 @@ public final class ServerContext: Sendable {
     public let deadline: ContinuousClock.Instant?
     /// The peer's address, for logs.
     public let peer: String
+    /// Who is calling, as its client certificate names it (`spiffe://slipway/<name>`); nil on a
+    /// server that does not authenticate its clients.
+    public let caller: String?
     private let trailing = Mutex(Metadata())
     let outbound: OutboundMessages
 
-    init(path: String, metadata: Metadata, deadline: ContinuousClock.Instant?, peer: String, outbound: OutboundMessages) {
+    init(path: String, metadata: Metadata, deadline: ContinuousClock.Instant?, peer: String, caller: String? = nil, outbound: OutboundMessages) {
         self.path = path
+        self.caller = caller
         self.metadata = metadata
         self.deadline = deadline
         self.peer = peer

@@ -15,12 +15,19 @@ public protocol PlatformComponent: Sendable {
     func serverTLS(configuration: ServiceConfiguration, logger: Logger) async throws -> RPCServer.TLS?
     /// The server, once made (a component that renews its certificate reloads it there).
     func attach(_ server: RPCServer)
+    /// Whether the port is the platform's public API (the gateway: its own TLS and token checks);
+    /// every other service's port takes only mutual TLS from platform identities, per the access table.
+    var servesPublicAPI: Bool { get }
+    /// How this service's identity certificate is renewed; nil: through slipway-certs.
+    func identitySigner(configuration: ServiceConfiguration, logger: Logger) throws -> IdentitySigner?
 }
 
 extension PlatformComponent {
     public var rpcLimits: RPCLimits { RPCLimits() }
     public func serverTLS(configuration: ServiceConfiguration, logger: Logger) async throws -> RPCServer.TLS? { nil }
     public func attach(_ server: RPCServer) {}
+    public var servesPublicAPI: Bool { false }
+    public func identitySigner(configuration: ServiceConfiguration, logger: Logger) throws -> IdentitySigner? { nil }
 }
 
 /// Runs one platform service: an RPC server with health and reflection, its component, and
@@ -38,17 +45,49 @@ public enum ServiceRunner {
     /// Runs a service with an already resolved configuration (tests start services this way).
     public static func run(configuration: ServiceConfiguration, component: some PlatformComponent, logger: Logger) async throws {
         _ = try configuration.stateDirectory()
+        var configuration = configuration
+        if let trust = configuration.trust {
+            let identity = try ServiceIdentity.load(PlatformIdentity(configuration.service), paths: trust)
+            configuration.identity = identity
+            logger.info(
+                "platform identity", metadata: ["identity": "\(identity.identity.uri)", "serial": "\(identity.certificate.serialNumber.hex)",
+                "not-after": "\(identity.certificate.notValidAfter)", "ca": "\(trust.caCertificate)"])
+        }
         var router = RPCRouter()
         let background = try await component.setUp(configuration: configuration, logger: logger, router: &router)
         let health = router.registerStandardServices()
 
+        var tls = try await component.serverTLS(configuration: configuration, logger: logger)
+        let isInternal = !component.servesPublicAPI
+        if isInternal, let identity = configuration.identity {
+            router.accessPolicy = AccessTable.policy(for: configuration.service, methods: router.methodPaths)
+            tls = identity.serverTLS()
+        }
         let server = RPCServer(
             host: configuration.listen.host, port: configuration.listen.port, router: router,
-            tls: try await component.serverTLS(configuration: configuration, logger: logger), limits: component.rpcLimits, logger: logger)
+            tls: tls, limits: component.rpcLimits, logger: logger)
         component.attach(server)
+        var services: [any Service] = [server] + background + [HealthShutdownMarker(health: health)]
+        if let identity = configuration.identity {
+            let signer = try component.identitySigner(configuration: configuration, logger: logger)
+                ?? IdentityRenewal.throughCerts(configuration.client(for: .certs))
+            services.append(
+                IdentityRenewal(
+                    identity: identity, sign: signer,
+                    renewed: {
+                        guard isInternal else { return }
+                        do { try server.reloadTLS(identity.serverTLS()) } catch { logger.error("cannot serve the renewed certificate", metadata: ["error": "\(error)"]) }
+                    }, logger: logger))
+        }
+        if let address = configuration.healthListen {
+            // Health alone, in plaintext, for probes that cannot present a certificate.
+            var probes = RPCRouter()
+            probes.register(health)
+            services.append(RPCServer(host: address.host, port: address.port, router: probes, logger: logger))
+        }
         let group = ServiceGroup(
             configuration: .init(
-                services: [.init(service: server)] + background.map { .init(service: $0) } + [.init(service: HealthShutdownMarker(health: health))],
+                services: services.map { .init(service: $0) },
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
         logger.info("starting", metadata: ["listen": "\(configuration.listen)", "data-dir": "\(configuration.dataDirectory)"])

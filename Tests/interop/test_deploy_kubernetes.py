@@ -3,8 +3,11 @@ for the Kubernetes version the Swift tests validate against), and the objects fi
 the seven services has a Deployment and a Service on its --listen port, every --X-address reaches a
 Service that exists on that port, every flag is one the binary takes and every service is told where
 the peers it calls are (both read from Sources), the stateful ones keep their data on a claim, only
-the gateway is exposed, and slipway-cluster's service account may do what the Kubernetes driver does.
-No API server is needed (none runs here).
+the gateway is exposed, and slipway-cluster's service account may do what the Kubernetes driver does
+and nothing more. The platform trust boundary: each Deployment mounts its own identity Secret and no
+other's (only slipway-certs the platform CA), probes go to the plaintext health port, no container is
+privileged, and the NetworkPolicies deny by default and admit each service's port from exactly its
+callers in the access table. No API server is needed (none runs here).
 """
 import os
 import re
@@ -24,6 +27,31 @@ DATA_DIR = "/var/lib/slipway"
 # In port order, as ServiceName: gateway on 7000 through logs on 7006.
 SERVICES = ["gateway", "pipeline", "builder", "network", "cluster", "certs", "logs"]
 PORTS = {name: 7000 + i for i, name in enumerate(SERVICES)}
+# --health-listen: grpc.health.v1 alone, in plaintext, for the kubelet's probes (no client certificate).
+HEALTH_PORTS = {name: port + 100 for name, port in PORTS.items()}
+# Who calls whom (the access table, Sources/SlipwayServiceKit/Trust/AccessTable.swift): the services
+# whose pods a service's NetworkPolicy admits on its main port. Every service calls certs (identity
+# renewal). The gateway has no internal caller: its port is the public API (PUBLIC).
+CALLERS = {
+    "gateway": set(),
+    "pipeline": {"gateway"},
+    "builder": {"pipeline"},
+    "network": {"gateway", "pipeline", "cluster", "certs"},
+    "cluster": {"pipeline"},
+    "certs": {"gateway", "pipeline", "builder", "network", "cluster", "logs"},
+    "logs": {"gateway", "pipeline", "builder", "cluster"},
+}
+# Ports admitted from outside the namespace, each by one policy an overlay can replace:
+# (service, container port name) -> NetworkPolicy.
+PUBLIC = {("gateway", "grpc"): "slipway-gateway-public",
+          ("network", "http"): "slipway-network-public", ("network", "https"): "slipway-network-public"}
+# The identity Secrets `slipway pki kubernetes-secrets` makes (never in the repository).
+IDENTITY_SECRET = "slipway-{}-identity"
+PLATFORM_CA_SECRET = "slipway-platform-ca"
+# What slipway-builder holds (builder.yaml): CAP_SYS_ADMIN inside its own user namespace, and the
+# capabilities buildah gives RUN steps (containers.conf default_capabilities).
+BUILDER_CAPABILITIES = {"SYS_ADMIN", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "NET_BIND_SERVICE",
+                        "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT"}
 # Services whose data must outlive their pod (a PersistentVolumeClaim at DATA_DIR, one replica,
 # Recreate so two pods never share it): pipeline's SQLite, logs' segments, certs' keys, the gateway's
 # tokens, the network's routes and certificates, the cluster's record of what it deployed.
@@ -219,8 +247,7 @@ def test_each_service_has_a_deployment_and_a_service_on_its_port(objects, servic
     assert port in [p["containerPort"] for p in c.get("ports", [])], f"{where}: no containerPort {port}"
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         grpc = (c.get(probe) or {}).get("grpc")
-        assert grpc is not None, f"{where}: no gRPC {probe} (grpc.health.v1)"
-        assert grpc.get("port") == port, f"{where}: {probe} on port {grpc.get('port')}, the service listens on {port}"
+        assert grpc is not None, f"{where}: no gRPC {probe} (grpc.health.v1; its port: test_every_probe_uses_the_health_port)"
     resources = c.get("resources") or {}
     for kind in ("requests", "limits"):
         for resource in ("cpu", "memory"):
@@ -267,7 +294,9 @@ def declared_flags(service):
             text = f.read()
         # Each @Option/@Flag is followed by its `var`, before the next one.
         for match in re.finditer(r"@(Option|Flag)\b(.*?)\bvar\s+(\w+)", text, re.S):
-            name = "--" + re.sub(r"(?<!^)([A-Z])", r"-\1", match.group(3)).lower()
+            # ArgumentParser's spelling: a word starts at a capital after a lower-case letter or digit, or
+            # at the last capital of a run followed by a lower-case one (platformCAKey: --platform-ca-key).
+            name = "--" + re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "-", match.group(3)).lower()
             names.add(name)
             if match.group(1) == "Flag" and "prefixedNo" in match.group(2):
                 names.add("--no-" + name[2:])
@@ -336,26 +365,273 @@ def test_only_the_gateway_is_exposed_on_443(objects):
     assert (443, PORTS["gateway"]) in service_ports(objects, "gateway"), "Service slipway-gateway does not take 443 to the gateway's 7000"
 
 
-def test_only_the_builder_is_privileged(objects):
+def pod_containers(d):
+    """Every container of the Deployment's pods, init and ephemeral ones included."""
+    spec = d["spec"]["template"]["spec"]
+    return [c for key in ("initContainers", "containers", "ephemeralContainers") for c in spec.get(key) or []]
+
+
+def test_no_container_is_privileged(objects):
     for service in SERVICES:
         d = deployment(objects, service)
-        pod, security = d["spec"]["template"]["spec"], container(d).get("securityContext") or {}
-        if service == "builder":
-            assert security.get("privileged") is True, "slipway-builder runs buildah (chroot isolation): it needs privileged"
-        else:
-            where = f"Deployment slipway-{service}"
-            assert not security.get("privileged"), f"{where} is privileged"
-            assert security.get("allowPrivilegeEscalation") is False, f"{where}: allowPrivilegeEscalation must be false"
-            assert (pod.get("securityContext") or {}).get("runAsNonRoot") is True or security.get("runAsNonRoot") is True, \
-                f"{where}: runAsNonRoot must be true"
-            assert "ALL" in ((security.get("capabilities") or {}).get("drop") or []), f"{where}: capabilities must drop ALL"
-            seccomp = ((pod.get("securityContext") or {}).get("seccompProfile") or security.get("seccompProfile") or {}).get("type")
-            assert seccomp == "RuntimeDefault", f"{where}: seccompProfile must be RuntimeDefault, not {seccomp}"
-            assert security.get("readOnlyRootFilesystem") is True, f"{where}: readOnlyRootFilesystem must be true"
+        pod = d["spec"]["template"]["spec"]
+        pod_security = pod.get("securityContext") or {}
+        where = f"Deployment slipway-{service}"
+        for key in ("hostNetwork", "hostPID", "hostIPC"):
+            assert not pod.get(key), f"{where}: {key}"
+        host_paths = [v["name"] for v in pod.get("volumes", []) if "hostPath" in v]
+        assert not host_paths, f"{where}: hostPath volumes {host_paths}"
+        seccomp = (pod_security.get("seccompProfile") or {}).get("type")
+        for c in pod_containers(d):
+            security, name = c.get("securityContext") or {}, f"{where}, container {c['name']}"
+            assert not security.get("privileged"), f"{name} is privileged"
+            assert (security.get("seccompProfile") or {}).get("type", seccomp) == "RuntimeDefault", \
+                f"{name}: seccompProfile must be RuntimeDefault"
+            assert security.get("procMount", "Default") == "Default", f"{name}: procMount {security.get('procMount')}"
+            capabilities = security.get("capabilities") or {}
+            assert "ALL" in (capabilities.get("drop") or []), f"{name}: capabilities must drop ALL"
+            added = set(capabilities.get("add") or [])
+            if service == "builder" and c is container(d):
+                # buildah: CAP_SYS_ADMIN and the RUN steps' capabilities, inside the pod's own user
+                # namespace only, AppArmor unconfined (the default profiles deny mount(2)).
+                assert added <= BUILDER_CAPABILITIES, f"{name} adds {sorted(added - BUILDER_CAPABILITIES)}, beyond what buildah needs"
+                continue
+            assert not added, f"{name} adds capabilities {sorted(added)}"
+            assert security.get("allowPrivilegeEscalation") is False, f"{name}: allowPrivilegeEscalation must be false"
+            assert security.get("readOnlyRootFilesystem") is True, f"{name}: readOnlyRootFilesystem must be true"
+            assert (security.get("appArmorProfile") or {}).get("type") != "Unconfined", f"{name}: AppArmor unconfined"
+            if service != "builder":
+                assert pod_security.get("runAsNonRoot") is True or security.get("runAsNonRoot") is True, f"{name}: runAsNonRoot must be true"
+
+    # Root with CAP_SYS_ADMIN is safe only as root of a user namespace of the pod's own: hostUsers
+    # false, and an init container that refuses to go on where the runtime did not honour it.
+    builder = deployment(objects, "builder")["spec"]["template"]["spec"]
+    assert builder.get("hostUsers") is False, "slipway-builder adds CAP_SYS_ADMIN: it must run in a user namespace (hostUsers: false)"
+    checks = [c for c in builder.get("initContainers") or [] if "/proc/self/uid_map" in " ".join(c.get("command", []) + c.get("args", []))]
+    assert checks, "slipway-builder: no init container checks /proc/self/uid_map (fail closed when hostUsers: false is ignored)"
     namespace = find(objects, "Namespace", NAMESPACE, namespace=None)
     enforce = (namespace["metadata"].get("labels") or {}).get("pod-security.kubernetes.io/enforce")
-    assert enforce == "privileged", \
-        f"Namespace {NAMESPACE}: pod-security.kubernetes.io/enforce is {enforce!r}: the privileged builder would not be admitted"
+    assert enforce == "privileged", (f"Namespace {NAMESPACE}: pod-security.kubernetes.io/enforce is {enforce!r}: the builder's "
+                                     "CAP_SYS_ADMIN and AppArmor Unconfined are beyond `baseline`, it would not be admitted")
+
+
+# --- identities and probes ---------------------------------------------------------------------------
+
+def secret_references(d):
+    """{secret name: [volume names]} of every Secret the Deployment's pods reference (volumes, env)."""
+    spec, found = d["spec"]["template"]["spec"], {}
+    for v in spec.get("volumes", []):
+        names = [v["secret"]["secretName"]] if "secret" in v else []
+        names += [s["secret"]["name"] for s in (v.get("projected") or {}).get("sources", []) if "secret" in s]
+        for name in names:
+            found.setdefault(name, []).append(v["name"])
+    for c in pod_containers(d):
+        for e in c.get("env", []):
+            ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+            if ref:
+                found.setdefault(ref["name"], [])
+        for e in c.get("envFrom", []):
+            if "secretRef" in e:
+                found.setdefault(e["secretRef"]["name"], [])
+    return found
+
+
+def mount_of(c, volume, where):
+    mounts = [m for m in c.get("volumeMounts", []) if m["name"] == volume]
+    assert len(mounts) == 1, f"{where}: volume {volume} is mounted {len(mounts)} times"
+    assert mounts[0].get("readOnly") is True, f"{where}: volume {volume} must be mounted readOnly"
+    assert not mounts[0].get("subPath"), f"{where}: a subPath mount of a Secret never sees its updates"
+    return mounts[0]["mountPath"]
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_deployment_mounts_its_own_identity_and_no_other(objects, service):
+    d = deployment(objects, service)
+    c, where = container(d), f"Deployment slipway-{service}"
+    secrets = secret_references(d)
+    own = IDENTITY_SECRET.format(service)
+    assert own in secrets and len(secrets[own]) == 1, f"{where} does not mount Secret {own} (one volume): its identity"
+    directory = mount_of(c, secrets[own][0], where)
+    assert flag(c, "--identity-dir", where) == directory, f"{where}: --identity-dir must be where {own} is mounted, {directory}"
+    platform_ca = [v for f, v in flags(c) if f == "--platform-ca"]
+    assert all(v.startswith(directory + "/") for v in platform_ca), f"{where}: --platform-ca {platform_ca} is not in the identity directory"
+    others = sorted(s for s in secrets if re.fullmatch(IDENTITY_SECRET.format(r"[a-z]+"), s) and s != own)
+    assert not others, f"{where} references {others}: another service's identity"
+    for other in pod_containers(d):
+        if other is not c:
+            assert not [m for m in other.get("volumeMounts", []) if m["name"] in secrets[own]], \
+                f"{where}: container {other['name']} mounts the identity too"
+    key = [v for f, v in flags(c) if f == "--platform-ca-key"]
+    if service == "certs":
+        assert PLATFORM_CA_SECRET in secrets and len(secrets[PLATFORM_CA_SECRET]) == 1, \
+            f"{where} does not mount Secret {PLATFORM_CA_SECRET}: it renews the other identities"
+        ca_directory = mount_of(c, secrets[PLATFORM_CA_SECRET][0], where)
+        assert key == [ca_directory + "/tls.key"], f"{where}: --platform-ca-key must be {ca_directory}/tls.key, not {key}"
+    else:
+        assert PLATFORM_CA_SECRET not in secrets, f"{where} references {PLATFORM_CA_SECRET}: only slipway-certs holds the CA key"
+        assert not key, f"{where} passes --platform-ca-key: only slipway-certs holds the CA key"
+
+
+def test_no_key_is_kept_in_the_manifests(objects):
+    kept = [f"{file}: Secret {o['metadata']['name']}" for file, o in objects if o["kind"] == "Secret"]
+    assert not kept, f"Secrets in deploy/kubernetes (slipway pki kubernetes-secrets makes them): {kept}"
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_every_probe_uses_the_health_port(objects, service):
+    d = deployment(objects, service)
+    c, health, where = container(d), HEALTH_PORTS[service], f"Deployment slipway-{service}"
+    assert flag(c, "--health-listen", where) == f"0.0.0.0:{health}", f"{where}: --health-listen must be 0.0.0.0:{health}"
+    assert container_port(c, "health") == health, f"{where}: no containerPort {health} named `health`"
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        grpc = (c.get(probe) or {}).get("grpc")
+        assert grpc is not None, f"{where}: no gRPC {probe}"
+        assert grpc.get("port") == health, \
+            f"{where}: {probe} on port {grpc.get('port')}: the kubelet has no client certificate, so the health port {health}"
+    for other in pod_containers(d):
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            action = other.get(probe) or {}
+            port = (action.get("grpc") or action.get("httpGet") or action.get("tcpSocket") or {}).get("port")
+            assert port in (None, health, "health"), f"{where}, container {other['name']}: {probe} on port {port}, not the health port"
+
+
+# --- network policies ------------------------------------------------------------------------------
+
+def selects(selector, labels):
+    """Whether a label selector (matchLabels, matchExpressions) selects these labels; {} selects all."""
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for e in selector.get("matchExpressions") or []:
+        key, values = e["key"], e.get("values") or []
+        if {"In": key not in labels or labels[key] not in values, "NotIn": key in labels and labels[key] in values,
+                "Exists": key not in labels, "DoesNotExist": key in labels}[e["operator"]]:
+            return False
+    return True
+
+
+def namespace_labels(objects):
+    namespace = find(objects, "Namespace", NAMESPACE, namespace=None)
+    return {**(namespace["metadata"].get("labels") or {}), "kubernetes.io/metadata.name": NAMESPACE}
+
+
+def pod_labels(objects, service):
+    return deployment(objects, service)["spec"]["template"]["metadata"].get("labels") or {}
+
+
+def ingress_peers(objects, service, port_name):
+    """[(policy, peer)] admitted to the named port of slipway-<service>'s pods; peer None is every source."""
+    labels, c = pod_labels(objects, service), container(deployment(objects, service))
+    number = container_port(c, port_name)
+    assert number is not None, f"slipway-{service} has no port named {port_name}"
+    peers = []
+    for _, policy in objects:
+        if policy["kind"] != "NetworkPolicy" or policy["metadata"].get("namespace") != NAMESPACE:
+            continue
+        spec = policy["spec"]
+        if "Ingress" not in (spec.get("policyTypes") or ["Ingress"]) or not selects(spec.get("podSelector") or {}, labels):
+            continue
+        for rule in spec.get("ingress") or []:
+            ports = rule.get("ports") or [{}]
+            if not any(p.get("protocol", "TCP") == "TCP" and (
+                    "port" not in p or p["port"] == port_name or p["port"] == number
+                    or (isinstance(p["port"], int) and p["port"] <= number <= p.get("endPort", p["port"]))) for p in ports):
+                continue
+            for peer in rule.get("from") or [None]:
+                peers.append((policy["metadata"]["name"], peer))
+    return peers
+
+
+def admitted_services(objects, peers):
+    """The platform services whose pods these peers admit (a peer None, every source, admits all)."""
+    ns = namespace_labels(objects)
+    admitted = set()
+    for _, peer in peers:
+        for caller in SERVICES:
+            if peer is None or ("ipBlock" not in peer and selects(peer.get("namespaceSelector") or {}, ns)
+                                and ("namespaceSelector" in peer or "podSelector" in peer)
+                                and selects(peer.get("podSelector") or {}, pod_labels(objects, caller))):
+                admitted.add(caller)
+    return admitted
+
+
+def test_a_default_deny_policy_exists(objects):
+    deny = [o["metadata"]["name"] for _, o in objects
+            if o["kind"] == "NetworkPolicy" and o["metadata"].get("namespace") == NAMESPACE
+            and o["spec"].get("podSelector") == {} and "Ingress" in (o["spec"].get("policyTypes") or [])
+            and not o["spec"].get("ingress")]
+    assert deny, (f"no NetworkPolicy in {NAMESPACE} selects every pod (podSelector: {{}}) with policyTypes [Ingress] and no "
+                  "ingress rule: a pod no other policy selects would take connections from anywhere")
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_network_policy_admits_exactly_the_callers(objects, service):
+    where = f"slipway-{service}"
+    # The main port: the callers of the access table, by their pods' labels, and nobody else.
+    peers = ingress_peers(objects, service, "grpc")
+    public = PUBLIC.get((service, "grpc"))
+    internal = [(policy, peer) for policy, peer in peers if policy != public]
+    broad = [(policy, peer) for policy, peer in internal if peer is None or "ipBlock" in peer or "namespaceSelector" in peer]
+    assert not broad, f"{where}: port grpc is admitted beyond the platform's own pods: {broad}"
+    admitted = admitted_services(objects, internal)
+    assert admitted == CALLERS[service], (f"{where}: NetworkPolicies admit port grpc from {sorted(admitted)}, the access table "
+                                          f"says {sorted(CALLERS[service])} (missing {sorted(CALLERS[service] - admitted)}, "
+                                          f"extra {sorted(admitted - CALLERS[service])})")
+    # The health port: every source (the kubelet's probes).
+    assert any(peer is None for _, peer in ingress_peers(objects, service, "health")), \
+        f"{where}: the health port is not open to every source (the kubelet's probes)"
+    # Ports open from outside: only through their own policy, which an overlay can replace.
+    for (exposed, port_name), policy_name in PUBLIC.items():
+        if exposed != service:
+            continue
+        from_public = [peer for policy, peer in ingress_peers(objects, service, port_name) if policy == policy_name]
+        assert from_public, f"{where}: NetworkPolicy {policy_name} does not admit port {port_name}"
+    for port in container(deployment(objects, service)).get("ports", []):
+        if port.get("name") not in ("grpc", "health") and (service, port.get("name")) not in PUBLIC:
+            pytest.fail(f"{where}: port {port.get('name')} has no decided policy (add it to PUBLIC or to a caller rule)")
+        if (service, port.get("name")) in PUBLIC and port.get("name") != "grpc":
+            others = {policy for policy, _ in ingress_peers(objects, service, port["name"])} - {PUBLIC[(service, port["name"])]}
+            assert not others, f"{where}: port {port['name']} is also admitted by {sorted(others)}"
+
+
+def test_every_network_policy_selects_a_platform_pod(objects):
+    for file, o in objects:
+        if o["kind"] != "NetworkPolicy":
+            continue
+        selector = o["spec"].get("podSelector")
+        assert selector is not None, f"{file}: NetworkPolicy {o['metadata']['name']} has no podSelector"
+        assert any(selects(selector, pod_labels(objects, s)) for s in SERVICES), \
+            f"{file}: NetworkPolicy {o['metadata']['name']} selects no platform pod ({selector})"
+
+
+def access_table_callers():
+    """Callers per service as Sources/SlipwayServiceKit/Trust/AccessTable.swift has them, or None."""
+    path = os.path.join(ROOT, "Sources", "SlipwayServiceKit", "Trust", "AccessTable.swift")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        text = f.read()
+    rows = text[text.index("rows: [ServiceName: [Row]]"):]
+    callers, current = {s: set() for s in SERVICES}, None
+    for line in rows.splitlines():
+        block = re.match(r"\s*\.(\w+): \[\s*$", line)
+        if block:
+            current = block.group(1)
+            continue
+        row = re.search(r"\brow\(\s*[\w.]+?\.self\s*((?:,\s*\.\w+\s*)*)\)", line)
+        if row and current:
+            callers[current] |= set(re.findall(r"\.(\w+)", row.group(1)))
+    # Identity renewal is open to every platform identity.
+    if "RenewIdentity.path" in text[:text.index("rows: [ServiceName: [Row]]")]:
+        callers["certs"] |= set(SERVICES) - {"certs"}
+    return callers
+
+
+def test_the_callers_are_the_access_table(objects):
+    table = access_table_callers()
+    if table is None:
+        pytest.skip("no Sources/SlipwayServiceKit/Trust/AccessTable.swift")
+    assert table == CALLERS, (f"CALLERS (the NetworkPolicies) and AccessTable.swift differ: "
+                              f"{ {s: (sorted(CALLERS[s]), sorted(table[s])) for s in SERVICES if CALLERS[s] != table[s]} }")
 
 
 # --- slipway-cluster and the API server --------------------------------------------------------------
@@ -401,3 +677,6 @@ def test_the_cluster_drives_kubernetes_with_its_service_account(objects):
     assert not missing, f"{account} lacks what the Kubernetes driver does: {missing}"
     wildcards = [r for r in rules if "*" in r.get("apiGroups", []) + r.get("resources", []) + r.get("verbs", [])]
     assert not wildcards, f"{account}: grant what the driver needs, not wildcards: {wildcards}"
+    extra = sorted({(g, res, v) for r in rules for g in r.get("apiGroups", []) for res in r.get("resources", [])
+                    for v in r.get("verbs", [])} - set(DRIVER_NEEDS))
+    assert not extra, f"{account} may do more than the Kubernetes driver does: {extra}"

@@ -412,6 +412,96 @@ void   slipway__certs__v1__local_ca__free_unpacked
   assert(message->base.descriptor == &slipway__certs__v1__local_ca__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   slipway__certs__v1__renew_identity_request__init
+                     (Slipway__Certs__V1__RenewIdentityRequest         *message)
+{
+  static const Slipway__Certs__V1__RenewIdentityRequest init_value = SLIPWAY__CERTS__V1__RENEW_IDENTITY_REQUEST__INIT;
+  *message = init_value;
+}
+size_t slipway__certs__v1__renew_identity_request__get_packed_size
+                     (const Slipway__Certs__V1__RenewIdentityRequest *message)
+{
+  assert(message->base.descriptor == &slipway__certs__v1__renew_identity_request__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t slipway__certs__v1__renew_identity_request__pack
+                     (const Slipway__Certs__V1__RenewIdentityRequest *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &slipway__certs__v1__renew_identity_request__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t slipway__certs__v1__renew_identity_request__pack_to_buffer
+                     (const Slipway__Certs__V1__RenewIdentityRequest *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &slipway__certs__v1__renew_identity_request__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Slipway__Certs__V1__RenewIdentityRequest *
+       slipway__certs__v1__renew_identity_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Slipway__Certs__V1__RenewIdentityRequest *)
+     protobuf_c_message_unpack (&slipway__certs__v1__renew_identity_request__descriptor,
+                                allocator, len, data);
+}
+void   slipway__certs__v1__renew_identity_request__free_unpacked
+                     (Slipway__Certs__V1__RenewIdentityRequest *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &slipway__certs__v1__renew_identity_request__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   slipway__certs__v1__identity_certificate__init
+                     (Slipway__Certs__V1__IdentityCertificate         *message)
+{
+  static const Slipway__Certs__V1__IdentityCertificate init_value = SLIPWAY__CERTS__V1__IDENTITY_CERTIFICATE__INIT;
+  *message = init_value;
+}
+size_t slipway__certs__v1__identity_certificate__get_packed_size
+                     (const Slipway__Certs__V1__IdentityCertificate *message)
+{
+  assert(message->base.descriptor == &slipway__certs__v1__identity_certificate__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t slipway__certs__v1__identity_certificate__pack
+                     (const Slipway__Certs__V1__IdentityCertificate *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &slipway__certs__v1__identity_certificate__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t slipway__certs__v1__identity_certificate__pack_to_buffer
+                     (const Slipway__Certs__V1__IdentityCertificate *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &slipway__certs__v1__identity_certificate__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Slipway__Certs__V1__IdentityCertificate *
+       slipway__certs__v1__identity_certificate__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Slipway__Certs__V1__IdentityCertificate *)
+     protobuf_c_message_unpack (&slipway__certs__v1__identity_certificate__descriptor,
+                                allocator, len, data);
+}
+void   slipway__certs__v1__identity_certificate__free_unpacked
+                     (Slipway__Certs__V1__IdentityCertificate *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &slipway__certs__v1__identity_certificate__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 static const ProtobufCFieldDescriptor slipway__certs__v1__certificate__field_descriptors[12] =
 {
   {
@@ -961,6 +1051,121 @@ const ProtobufCMessageDescriptor slipway__certs__v1__local_ca__descriptor =
   (ProtobufCMessageInit) slipway__certs__v1__local_ca__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
+static const ProtobufCFieldDescriptor slipway__certs__v1__renew_identity_request__field_descriptors[2] =
+{
+  {
+    "csr_der",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Certs__V1__RenewIdentityRequest, csr_der),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "lifetime_seconds",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_INT64,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Certs__V1__RenewIdentityRequest, lifetime_seconds),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned slipway__certs__v1__renew_identity_request__field_indices_by_name[] = {
+  0,   /* field[0] = csr_der */
+  1,   /* field[1] = lifetime_seconds */
+};
+static const ProtobufCIntRange slipway__certs__v1__renew_identity_request__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor slipway__certs__v1__renew_identity_request__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "slipway.certs.v1.RenewIdentityRequest",
+  "RenewIdentityRequest",
+  "Slipway__Certs__V1__RenewIdentityRequest",
+  "slipway.certs.v1",
+  sizeof(Slipway__Certs__V1__RenewIdentityRequest),
+  2,
+  slipway__certs__v1__renew_identity_request__field_descriptors,
+  slipway__certs__v1__renew_identity_request__field_indices_by_name,
+  1,  slipway__certs__v1__renew_identity_request__number_ranges,
+  (ProtobufCMessageInit) slipway__certs__v1__renew_identity_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor slipway__certs__v1__identity_certificate__field_descriptors[3] =
+{
+  {
+    "certificate_pem",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Certs__V1__IdentityCertificate, certificate_pem),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "ca_pem",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Certs__V1__IdentityCertificate, ca_pem),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "not_after_unix_millis",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_INT64,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Certs__V1__IdentityCertificate, not_after_unix_millis),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned slipway__certs__v1__identity_certificate__field_indices_by_name[] = {
+  1,   /* field[1] = ca_pem */
+  0,   /* field[0] = certificate_pem */
+  2,   /* field[2] = not_after_unix_millis */
+};
+static const ProtobufCIntRange slipway__certs__v1__identity_certificate__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 3 }
+};
+const ProtobufCMessageDescriptor slipway__certs__v1__identity_certificate__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "slipway.certs.v1.IdentityCertificate",
+  "IdentityCertificate",
+  "Slipway__Certs__V1__IdentityCertificate",
+  "slipway.certs.v1",
+  sizeof(Slipway__Certs__V1__IdentityCertificate),
+  3,
+  slipway__certs__v1__identity_certificate__field_descriptors,
+  slipway__certs__v1__identity_certificate__field_indices_by_name,
+  1,  slipway__certs__v1__identity_certificate__number_ranges,
+  (ProtobufCMessageInit) slipway__certs__v1__identity_certificate__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
 static const ProtobufCEnumValue slipway__certs__v1__issuer__enum_values_by_number[3] =
 {
   { "ISSUER_AUTO", "SLIPWAY__CERTS__V1__ISSUER__ISSUER_AUTO", 0 },
@@ -1025,7 +1230,7 @@ const ProtobufCEnumDescriptor slipway__certs__v1__certificate_state__descriptor 
   slipway__certs__v1__certificate_state__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
-static const ProtobufCMethodDescriptor slipway__certs__v1__certs__method_descriptors[7] =
+static const ProtobufCMethodDescriptor slipway__certs__v1__certs__method_descriptors[8] =
 {
   { "Issue", &slipway__certs__v1__issue_request__descriptor, &slipway__certs__v1__certificate__descriptor },
   { "GetCertificate", &slipway__certs__v1__certificate_key__descriptor, &slipway__certs__v1__certificate__descriptor },
@@ -1034,6 +1239,7 @@ static const ProtobufCMethodDescriptor slipway__certs__v1__certs__method_descrip
   { "Revoke", &slipway__certs__v1__revoke_request__descriptor, &slipway__certs__v1__certificate__descriptor },
   { "GetLocalCA", &slipway__certs__v1__local_carequest__descriptor, &slipway__certs__v1__local_ca__descriptor },
   { "GetKeyPair", &slipway__certs__v1__certificate_key__descriptor, &slipway__certs__v1__key_pair__descriptor },
+  { "RenewIdentity", &slipway__certs__v1__renew_identity_request__descriptor, &slipway__certs__v1__identity_certificate__descriptor },
 };
 const unsigned slipway__certs__v1__certs__method_indices_by_name[] = {
   1,        /* GetCertificate */
@@ -1042,6 +1248,7 @@ const unsigned slipway__certs__v1__certs__method_indices_by_name[] = {
   0,        /* Issue */
   2,        /* ListCertificates */
   3,        /* Renew */
+  7,        /* RenewIdentity */
   4         /* Revoke */
 };
 const ProtobufCServiceDescriptor slipway__certs__v1__certs__descriptor =
@@ -1051,7 +1258,7 @@ const ProtobufCServiceDescriptor slipway__certs__v1__certs__descriptor =
   "Certs",
   "Slipway__Certs__V1__Certs",
   "slipway.certs.v1",
-  7,
+  8,
   slipway__certs__v1__certs__method_descriptors,
   slipway__certs__v1__certs__method_indices_by_name
 };
@@ -1110,6 +1317,14 @@ void slipway__certs__v1__certs__get_key_pair(ProtobufCService *service,
 {
   assert(service->descriptor == &slipway__certs__v1__certs__descriptor);
   service->invoke(service, 6, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+}
+void slipway__certs__v1__certs__renew_identity(ProtobufCService *service,
+                                               const Slipway__Certs__V1__RenewIdentityRequest *input,
+                                               Slipway__Certs__V1__IdentityCertificate_Closure closure,
+                                               void *closure_data)
+{
+  assert(service->descriptor == &slipway__certs__v1__certs__descriptor);
+  service->invoke(service, 7, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__certs__v1__certs__init (Slipway__Certs__V1__Certs_Service *service,
                                       Slipway__Certs__V1__Certs_ServiceDestroy destroy)

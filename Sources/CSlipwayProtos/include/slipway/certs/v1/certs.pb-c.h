@@ -24,6 +24,8 @@ typedef struct Slipway__Certs__V1__RevokeRequest Slipway__Certs__V1__RevokeReque
 typedef struct Slipway__Certs__V1__KeyPair Slipway__Certs__V1__KeyPair;
 typedef struct Slipway__Certs__V1__LocalCARequest Slipway__Certs__V1__LocalCARequest;
 typedef struct Slipway__Certs__V1__LocalCA Slipway__Certs__V1__LocalCA;
+typedef struct Slipway__Certs__V1__RenewIdentityRequest Slipway__Certs__V1__RenewIdentityRequest;
+typedef struct Slipway__Certs__V1__IdentityCertificate Slipway__Certs__V1__IdentityCertificate;
 
 
 /* --- enums --- */
@@ -205,6 +207,43 @@ struct  Slipway__Certs__V1__LocalCA
     , {0,NULL}, {0,NULL}, {0,NULL} }
 
 
+/*
+ * A platform service's request for a new identity certificate (mutual TLS between services). The
+ * identity is the caller's, as its current client certificate names it; the request only carries
+ * the new key.
+ */
+struct  Slipway__Certs__V1__RenewIdentityRequest
+{
+  ProtobufCMessage base;
+  /*
+   * A PKCS#10 certificate signing request (DER) over the new key; its subject is not used.
+   */
+  ProtobufCBinaryData csr_der;
+  /*
+   * How long the new certificate should live, in seconds (capped at 30 days; 0: 30 days).
+   */
+  int64_t lifetime_seconds;
+};
+#define SLIPWAY__CERTS__V1__RENEW_IDENTITY_REQUEST__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&slipway__certs__v1__renew_identity_request__descriptor) \
+    , {0,NULL}, 0 }
+
+
+struct  Slipway__Certs__V1__IdentityCertificate
+{
+  ProtobufCMessage base;
+  /*
+   * The new certificate (PEM), then the platform CA's (PEM).
+   */
+  ProtobufCBinaryData certificate_pem;
+  ProtobufCBinaryData ca_pem;
+  int64_t not_after_unix_millis;
+};
+#define SLIPWAY__CERTS__V1__IDENTITY_CERTIFICATE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&slipway__certs__v1__identity_certificate__descriptor) \
+    , {0,NULL}, {0,NULL}, 0 }
+
+
 /* Slipway__Certs__V1__Certificate methods */
 void   slipway__certs__v1__certificate__init
                      (Slipway__Certs__V1__Certificate         *message);
@@ -376,6 +415,44 @@ Slipway__Certs__V1__LocalCA *
 void   slipway__certs__v1__local_ca__free_unpacked
                      (Slipway__Certs__V1__LocalCA *message,
                       ProtobufCAllocator *allocator);
+/* Slipway__Certs__V1__RenewIdentityRequest methods */
+void   slipway__certs__v1__renew_identity_request__init
+                     (Slipway__Certs__V1__RenewIdentityRequest         *message);
+size_t slipway__certs__v1__renew_identity_request__get_packed_size
+                     (const Slipway__Certs__V1__RenewIdentityRequest   *message);
+size_t slipway__certs__v1__renew_identity_request__pack
+                     (const Slipway__Certs__V1__RenewIdentityRequest   *message,
+                      uint8_t             *out);
+size_t slipway__certs__v1__renew_identity_request__pack_to_buffer
+                     (const Slipway__Certs__V1__RenewIdentityRequest   *message,
+                      ProtobufCBuffer     *buffer);
+Slipway__Certs__V1__RenewIdentityRequest *
+       slipway__certs__v1__renew_identity_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   slipway__certs__v1__renew_identity_request__free_unpacked
+                     (Slipway__Certs__V1__RenewIdentityRequest *message,
+                      ProtobufCAllocator *allocator);
+/* Slipway__Certs__V1__IdentityCertificate methods */
+void   slipway__certs__v1__identity_certificate__init
+                     (Slipway__Certs__V1__IdentityCertificate         *message);
+size_t slipway__certs__v1__identity_certificate__get_packed_size
+                     (const Slipway__Certs__V1__IdentityCertificate   *message);
+size_t slipway__certs__v1__identity_certificate__pack
+                     (const Slipway__Certs__V1__IdentityCertificate   *message,
+                      uint8_t             *out);
+size_t slipway__certs__v1__identity_certificate__pack_to_buffer
+                     (const Slipway__Certs__V1__IdentityCertificate   *message,
+                      ProtobufCBuffer     *buffer);
+Slipway__Certs__V1__IdentityCertificate *
+       slipway__certs__v1__identity_certificate__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   slipway__certs__v1__identity_certificate__free_unpacked
+                     (Slipway__Certs__V1__IdentityCertificate *message,
+                      ProtobufCAllocator *allocator);
 /* --- per-message closures --- */
 
 typedef void (*Slipway__Certs__V1__Certificate_Closure)
@@ -404,6 +481,12 @@ typedef void (*Slipway__Certs__V1__LocalCARequest_Closure)
                   void *closure_data);
 typedef void (*Slipway__Certs__V1__LocalCA_Closure)
                  (const Slipway__Certs__V1__LocalCA *message,
+                  void *closure_data);
+typedef void (*Slipway__Certs__V1__RenewIdentityRequest_Closure)
+                 (const Slipway__Certs__V1__RenewIdentityRequest *message,
+                  void *closure_data);
+typedef void (*Slipway__Certs__V1__IdentityCertificate_Closure)
+                 (const Slipway__Certs__V1__IdentityCertificate *message,
                   void *closure_data);
 
 /* --- services --- */
@@ -440,6 +523,10 @@ struct Slipway__Certs__V1__Certs_Service
                        const Slipway__Certs__V1__CertificateKey *input,
                        Slipway__Certs__V1__KeyPair_Closure closure,
                        void *closure_data);
+  void (*renew_identity)(Slipway__Certs__V1__Certs_Service *service,
+                         const Slipway__Certs__V1__RenewIdentityRequest *input,
+                         Slipway__Certs__V1__IdentityCertificate_Closure closure,
+                         void *closure_data);
 };
 typedef void (*Slipway__Certs__V1__Certs_ServiceDestroy)(Slipway__Certs__V1__Certs_Service *);
 void slipway__certs__v1__certs__init (Slipway__Certs__V1__Certs_Service *service,
@@ -454,7 +541,8 @@ void slipway__certs__v1__certs__init (Slipway__Certs__V1__Certs_Service *service
       function_prefix__ ## renew,\
       function_prefix__ ## revoke,\
       function_prefix__ ## get_local_ca,\
-      function_prefix__ ## get_key_pair  }
+      function_prefix__ ## get_key_pair,\
+      function_prefix__ ## renew_identity  }
 void slipway__certs__v1__certs__issue(ProtobufCService *service,
                                       const Slipway__Certs__V1__IssueRequest *input,
                                       Slipway__Certs__V1__Certificate_Closure closure,
@@ -483,6 +571,10 @@ void slipway__certs__v1__certs__get_key_pair(ProtobufCService *service,
                                              const Slipway__Certs__V1__CertificateKey *input,
                                              Slipway__Certs__V1__KeyPair_Closure closure,
                                              void *closure_data);
+void slipway__certs__v1__certs__renew_identity(ProtobufCService *service,
+                                               const Slipway__Certs__V1__RenewIdentityRequest *input,
+                                               Slipway__Certs__V1__IdentityCertificate_Closure closure,
+                                               void *closure_data);
 
 /* --- descriptors --- */
 
@@ -497,6 +589,8 @@ extern const ProtobufCMessageDescriptor slipway__certs__v1__revoke_request__desc
 extern const ProtobufCMessageDescriptor slipway__certs__v1__key_pair__descriptor;
 extern const ProtobufCMessageDescriptor slipway__certs__v1__local_carequest__descriptor;
 extern const ProtobufCMessageDescriptor slipway__certs__v1__local_ca__descriptor;
+extern const ProtobufCMessageDescriptor slipway__certs__v1__renew_identity_request__descriptor;
+extern const ProtobufCMessageDescriptor slipway__certs__v1__identity_certificate__descriptor;
 extern const ProtobufCServiceDescriptor slipway__certs__v1__certs__descriptor;
 
 PROTOBUF_C__END_DECLS

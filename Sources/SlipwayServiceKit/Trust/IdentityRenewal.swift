@@ -1,0 +1,67 @@
+import Crypto
+import Foundation
+import Logging
+import ServiceLifecycle
+import SlipwayProtos
+import SlipwayRPC
+
+/// Signs a renewal: the certificate (PEM) for a CSR, valid for the lifetime asked.
+public typealias IdentitySigner = @Sendable (_ csrDER: [UInt8], _ lifetime: Duration) async throws -> String
+
+/// Renews the service's identity certificate once two thirds of its life have passed, without a
+/// restart: the new certificate is written next to the service's state, then served from the next
+/// connection on (server and clients). A failed renewal is retried while the old one still lives.
+struct IdentityRenewal: Service {
+    let identity: ServiceIdentity
+    let sign: IdentitySigner
+    let renewed: @Sendable () -> Void
+    let logger: Logger
+
+    func run() async throws {
+        try await cancelWhenGracefulShutdown {
+            var failures = 0
+            while !Task.isCancelled {
+                let certificate = identity.certificate
+                let life = max(1, certificate.notValidAfter.timeIntervalSince(certificate.notValidBefore) - PlatformCA.backdating)
+                let due = certificate.notValidAfter.addingTimeInterval(-life / 3)
+                var wait = due.timeIntervalSinceNow
+                if failures > 0 {
+                    // Retry soon, but not in a loop: a tenth of what is left, between 1 s and 5 min.
+                    wait = min(300, max(1, certificate.notValidAfter.timeIntervalSinceNow / 10))
+                }
+                if wait > 0 { try await Task.sleep(for: .milliseconds(Int64(min(wait, 3600) * 1000))) }
+                guard identity.certificate.renewalDue() else { continue }
+                do {
+                    let request = try identity.renewalRequest()
+                    let pem = try await sign(request.csr, identity.lifetime)
+                    try identity.install(certificatePEM: pem, key: request.key)
+                    renewed()
+                    failures = 0
+                    let next = identity.certificate
+                    logger.info(
+                        "renewed the platform identity certificate",
+                        metadata: ["identity": "\(identity.identity.uri)", "serial": "\(next.serialNumber.hex)", "not-after": "\(next.notValidAfter)"])
+                } catch is CancellationError {
+                    return
+                } catch {
+                    failures += 1
+                    logger.error(
+                        "cannot renew the platform identity certificate; retrying",
+                        metadata: ["identity": "\(identity.identity.uri)", "expires": "\(identity.certificate.notValidAfter)", "error": "\(error)"])
+                }
+            }
+        }
+    }
+
+    /// Renewal through slipway-certs, which holds the platform CA's key; the caller is authenticated
+    /// by its current certificate.
+    static func throughCerts(_ client: RPCClient) -> IdentitySigner {
+        let certs = Slipway_Certs_V1_Certs.Client(wrapping: client)
+        return { csr, lifetime in
+            var request = Slipway_Certs_V1_RenewIdentityRequest()
+            request.csrDer = csr
+            request.lifetimeSeconds = lifetime.components.seconds
+            return try await certs.renewIdentity(request, options: CallOptions(timeout: .seconds(30))).certificatePem
+        }
+    }
+}

@@ -226,7 +226,8 @@ for (executable, library) in services {
 targets.append(.target(
     name: "SlipwayCLI",
     dependencies: [
-        "SlipwayRPC", "SlipwayProtos", "SlipwayProtobuf", "CSlipwaySpawn", "SlipwayServiceKit",
+        "SlipwayRPC", "SlipwayProtos", "SlipwayProtobuf", "CSlipwaySpawn", "SlipwayServiceKit", "SlipwayHTTP",
+        .product(name: "NIOHTTP1", package: "swift-nio"),
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "NIOSSL", package: "swift-nio-ssl"),
         .product(name: "X509", package: "swift-certificates"),
@@ -241,7 +242,7 @@ targets.append(.testTarget(
     swiftSettings: strict))
 
 // Fan-out benchmark of slipway-logs against Redis pub/sub (scripts/bench-logs.sh).
-targets.append(.executableTarget(name: "slipway-logs-bench", dependencies: ["SlipwayRPC", "SlipwayProtos", .product(name: "ArgumentParser", package: "swift-argument-parser")] + nio, path: "Benchmarks/LogsBench", swiftSettings: strict))
+targets.append(.executableTarget(name: "slipway-logs-bench", dependencies: ["SlipwayRPC", "SlipwayProtos", "SlipwayServiceKit", .product(name: "ArgumentParser", package: "swift-argument-parser")] + nio, path: "Benchmarks/LogsBench", swiftSettings: strict))
 
 let package = Package(
     name: "Slipway",

@@ -21,8 +21,6 @@ import threading
 import time
 import uuid
 
-import grpc
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import slipway_local as local  # noqa: E402
 
@@ -37,6 +35,9 @@ registry_host = f"127.0.0.1:{registry_port}"
 logs_data = os.path.join(root, "logs")
 os.makedirs(logs_data)
 logs = local.start_service(bin_dir, "logs", logs_data, logs_port)
+# The platform CA is the one made in the logs' data directory: each round's builder (a fresh data
+# directory) presents its identity from there, so that it and slipway-logs trust each other (mutual TLS).
+builder_identity = os.path.join(logs_data, "pki", "identities", "builder")
 
 results = {"cold": [], "rebuild": [], "skip": [], "cancel": []}
 rebuild_steps = {}  # step name -> [ms], from the builder's own step events
@@ -69,9 +70,10 @@ try:
         data = os.path.join(root, f"builder-{round_}")
         os.makedirs(data)
         port = local.free_port()
-        builder = local.start_service(bin_dir, "builder", data, port, "--builder-registry", registry_host, "--logs-address", f"127.0.0.1:{logs_port}")
+        builder = local.start_service(bin_dir, "builder", data, port, "--builder-registry", registry_host, "--logs-address", f"127.0.0.1:{logs_port}",
+                                      "--identity-dir", builder_identity)
         try:
-            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with local.platform_channel(logs_data, f"127.0.0.1:{port}", "builder") as channel:
                 stub = pb_grpc.BuilderStub(channel)
                 repo = os.path.join(root, f"repo-{round_}")
                 local.example_repository(repo)

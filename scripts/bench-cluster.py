@@ -16,8 +16,6 @@ import sys
 import tempfile
 import time
 
-import grpc
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import slipway_local as local  # noqa: E402
 
@@ -36,7 +34,7 @@ subprocess.run(["buildah", *storage, "bud", "--isolation", "chroot", "--tls-veri
 subprocess.run(["buildah", *storage, "push", "--tls-verify=false", image_name], check=True, capture_output=True)
 cluster = local.start_service(bin_dir, "cluster", data, cluster_port)
 try:
-    stub = pb_grpc.ClusterStub(grpc.insecure_channel(f"127.0.0.1:{cluster_port}"))
+    stub = pb_grpc.ClusterStub(local.platform_channel(data, f"127.0.0.1:{cluster_port}", "cluster"))  # mutual TLS, as the operator
     workload = pb.Workload(environment_id="bench", service_id="svc_bench", service_name="hello")
 
     def deploy(replicas):

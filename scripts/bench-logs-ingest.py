@@ -16,6 +16,8 @@ import grpc
 from grpc_tools import protoc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import slipway_local as local  # noqa: E402
 bin_dir = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, ".build", "release")
 out = tempfile.mkdtemp()
 assert protoc.main(["protoc", f"-I{ROOT}/protos", f"--python_out={out}", f"--grpc_python_out={out}", "slipway/logs/v1/logs.proto"]) == 0
@@ -27,9 +29,11 @@ data = tempfile.mkdtemp(prefix="slipway-ingest-", dir=os.environ.get("BENCH_DIR"
 with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
+# slipway-logs takes only mutual TLS: its identity (and the operator's, presented here) first.
+local.prepare_pki(bin_dir, data)
 proc = subprocess.Popen([os.path.join(bin_dir, "slipway-logs"), "--listen", f"127.0.0.1:{port}", "--data-dir", data], stderr=subprocess.DEVNULL)
 try:
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    channel = local.platform_channel(data, f"127.0.0.1:{port}", "logs")
     grpc.channel_ready_future(channel).result(timeout=20)
     stub = pbg.LogsStub(channel)
     key = pb.StreamKey(environment_id="bench", service_id="ingest")

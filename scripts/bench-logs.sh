@@ -38,6 +38,7 @@ fi
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 swift build -c release --scratch-path "$SCRATCH_PATH" --product slipway-logs >&2
 swift build -c release --scratch-path "$SCRATCH_PATH" --product slipway-logs-bench >&2
+swift build -c release --scratch-path "$SCRATCH_PATH" --product slipway >&2
 BIN=$SCRATCH_PATH/release
 BENCH=$BIN/slipway-logs-bench
 
@@ -54,6 +55,8 @@ wait_port() {
 
 LOGS_PORT=$(free_port)
 mkdir -p "$WORK/data"
+# Every platform port is mutual TLS: the service's identity, and the operator's for the bench.
+"$BIN/slipway" pki init --data-dir "$WORK/data" >/dev/null
 "$BIN/slipway-logs" --listen "127.0.0.1:$LOGS_PORT" --data-dir "$WORK/data" --log-level warning 2>"$WORK/slipway-logs.log" &
 LOGS_PID=$!; pids+=("$LOGS_PID")
 REDIS_PORT=$(free_port)
@@ -71,7 +74,7 @@ run() {  # run SYSTEM LOAD ROUND
   local shape=(--rate 0 --batch 100)
   [ "$load" = paced ] && shape=(--rate "$RATE" --batch "$PACED_BATCH")
   if [ "$system" = slipway ]; then
-    out=$(timeout 600 "$BENCH" slipway --address "127.0.0.1:$LOGS_PORT" --server-pid "$LOGS_PID" --connections "$CONNECTIONS" "${COMMON[@]}" "${shape[@]}")
+    out=$(timeout 600 "$BENCH" slipway --address "127.0.0.1:$LOGS_PORT" --data-dir "$WORK/data" --server-pid "$LOGS_PID" --connections "$CONNECTIONS" "${COMMON[@]}" "${shape[@]}")
   else
     out=$(timeout 600 "$BENCH" redis --address "127.0.0.1:$REDIS_PORT" --server-pid "$REDIS_PID" "${COMMON[@]}" "${shape[@]}")
   fi
@@ -91,10 +94,11 @@ kill "$LOGS_PID"; wait "$LOGS_PID" || true
 # Idle subscribers on a fresh slipway-logs.
 IDLE_PORT=$(free_port)
 mkdir -p "$WORK/idle-data"
+"$BIN/slipway" pki init --data-dir "$WORK/idle-data" >/dev/null
 "$BIN/slipway-logs" --listen "127.0.0.1:$IDLE_PORT" --data-dir "$WORK/idle-data" --log-level warning 2>"$WORK/slipway-logs-idle.log" &
 IDLE_PID=$!; pids+=("$IDLE_PID")
 wait_port "$IDLE_PORT"
-IDLE_OUT=$(timeout 600 "$BENCH" idle --address "127.0.0.1:$IDLE_PORT" --server-pid "$IDLE_PID" --subscribers "$IDLE")
+IDLE_OUT=$(timeout 600 "$BENCH" idle --address "127.0.0.1:$IDLE_PORT" --data-dir "$WORK/idle-data" --server-pid "$IDLE_PID" --subscribers "$IDLE")
 echo "idle: $IDLE_OUT" >&2
 
 python3 - "$WORK/results" "$IDLE_OUT" "$ROUNDS" "$SUBSCRIBERS" "$RATE" "$PACED_BATCH" <<'PY'

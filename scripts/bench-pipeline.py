@@ -24,8 +24,6 @@ import sys
 import tempfile
 import time
 
-import grpc
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import slipway_local as local  # noqa: E402
 
@@ -46,7 +44,7 @@ pipeline = local.start_service(bin_dir, "pipeline", data, port, "--logs-address"
                                "--pipeline-max-parallel", "4",
                                "--pipeline-durability", durability)
 try:
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    channel = local.platform_channel(data, f"127.0.0.1:{port}", "pipeline")  # mutual TLS, as the operator
     stub = pb_grpc.PipelineStub(channel)
     org = stub.CreateOrganization(pb.CreateOrganizationRequest(name="bench"))
     project = stub.CreateProject(pb.CreateProjectRequest(organization_id=org.id, name="bench"))

@@ -52,7 +52,8 @@ failed = True
 try:
     slipway("up", "--registry", registry, "--http-listen", f"127.0.0.1:{http_port}", "--https-listen", f"127.0.0.1:{https_port}")
     subprocess.run([os.path.join(local.ROOT, "scripts", "seed-base-images.sh"), registry], check=True, stdout=subprocess.DEVNULL,
-                   env={**os.environ, "SLIPWAY_SEED_STORAGE": os.path.join(data, "seed")})
+                   env={**os.environ, "SLIPWAY_SEED_STORAGE": os.path.join(data, "seed"),
+                                                                  "REGISTRY_AUTH_FILE": os.path.join(data, "registry", "auth.json")})
     bare, work = os.path.join(data, "hello.git"), os.path.join(data, "hello")
     os.makedirs(bare)
     local.git(bare, "init", "--quiet", "--bare", "--initial-branch", "main")

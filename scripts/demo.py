@@ -51,7 +51,8 @@ def names(*args):
 run("up", "--data-dir", data, "--http-listen", os.environ.get("SLIPWAY_HTTP_LISTEN", "127.0.0.1:80"),
     "--https-listen", os.environ.get("SLIPWAY_HTTPS_LISTEN", "127.0.0.1:443"))
 subprocess.run([os.path.join(local.ROOT, "scripts", "seed-base-images.sh"), registry], check=True,
-               env={**os.environ, "SLIPWAY_SEED_STORAGE": os.path.join(data, "seed")}, stdout=subprocess.DEVNULL)
+               env={**os.environ, "SLIPWAY_SEED_STORAGE": os.path.join(data, "seed"),
+                                                                  "REGISTRY_AUTH_FILE": os.path.join(data, "registry", "auth.json")}, stdout=subprocess.DEVNULL)
 
 bare = os.path.join(data, "demo", "hello.git")
 if "demo" not in names("org", "list"):

@@ -8,11 +8,12 @@ set -euo pipefail
 
 what=${1:-build}
 APT_BUILD=(pkg-config libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler libprotobuf-dev libprotoc-dev openssl)
-# What the builder runs: git, buildah, skopeo, the distribution registry, and busybox-static for
-# the offline base image (scripts/seed-base-images.sh).
-APT_RUN=(git curl buildah skopeo docker-registry busybox-static runc umoci nginx-light)
-APT_TEST=(nghttp2-client python3-pip apache2-utils openssh-server pebble)
-PIP_TEST=(grpcio grpcio-health-checking grpcio-reflection grpcio-tools h2 pytest kubernetes-validate)
+# What the builder runs: git, buildah, skopeo, the distribution registry (with apache2-utils'
+# htpasswd for its bcrypt password file), and busybox-static for the offline base image
+# (scripts/seed-base-images.sh).
+APT_RUN=(git curl buildah skopeo docker-registry apache2-utils busybox-static runc umoci nginx-light)
+APT_TEST=(nghttp2-client python3-pip openssh-server pebble)
+PIP_TEST=(grpcio grpcio-health-checking grpcio-reflection grpcio-tools h2 pytest kubernetes-validate cryptography)
 
 need=()
 packages=("${APT_BUILD[@]}")
@@ -46,6 +47,7 @@ if [ "$what" = test ]; then
   python3 -c "import h2" 2>/dev/null || need+=(h2)
   python3 -c "import pytest" 2>/dev/null || need+=(pytest)
   python3 -c "import kubernetes_validate" 2>/dev/null || need+=(kubernetes-validate)
+  python3 -c "import cryptography" 2>/dev/null || need+=(cryptography)
 fi
 if [ "$what" = test ] || [ "$what" = demo ]; then
   if [ "${#need[@]}" -gt 0 ]; then

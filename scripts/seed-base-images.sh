@@ -4,6 +4,8 @@
 # with --debian.
 #   scripts/seed-base-images.sh [--debian] [REGISTRY]      REGISTRY defaults to 127.0.0.1:5000 (plain HTTP)
 # Images are skipped when the registry already has them. Needs buildah and busybox-static (root).
+# A registry that wants credentials (slipway up's does): REGISTRY_AUTH_FILE=<data>/registry/auth.json,
+# the containers-auth.json that buildah reads too.
 set -euo pipefail
 
 debian=0
@@ -22,7 +24,12 @@ CONF
 export CONTAINERS_REGISTRIES_CONF="$work/registries.conf"
 buildah=(buildah --storage-driver vfs --root "$storage/storage" --runroot "$storage/run")
 
-has() { curl -sf -o /dev/null -H 'Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json' "http://$registry/v2/$1/manifests/$2"; }
+curl_auth=()
+if [ -n "${REGISTRY_AUTH_FILE:-}" ]; then
+  login=$(python3 -c 'import base64, json, sys; a = json.load(open(sys.argv[1]))["auths"]; print(base64.b64decode(a[sys.argv[2]]["auth"]).decode())' "$REGISTRY_AUTH_FILE" "$registry")
+  curl_auth=(-u "$login")
+fi
+has() { curl -sf "${curl_auth[@]}" -o /dev/null -H 'Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json' "http://$registry/v2/$1/manifests/$2"; }
 
 # sed reads all of busybox's output (no SIGPIPE under pipefail) and keeps line 1's version.
 busybox_version=$(/bin/busybox 2>&1 | sed -n '1s/^BusyBox v\([0-9.]*\).*/\1/p')

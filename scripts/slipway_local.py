@@ -93,8 +93,42 @@ def start_registry(directory, port):
     return proc
 
 
+def prepare_pki(bin_dir, data):
+    """The platform CA and every identity under <data>/pki (`slipway pki init`, as `slipway up` does):
+    services refuse to start without their identity."""
+    subprocess.run([os.path.join(bin_dir, "slipway"), "pki", "init", "--data-dir", data], check=True, stdout=subprocess.DEVNULL)
+
+
+def issue_identity(bin_dir, data, name, out, *args):
+    """`slipway pki issue NAME --out OUT`: a certificate for any identity name (known or not)."""
+    subprocess.run([os.path.join(bin_dir, "slipway"), "pki", "issue", name, "--data-dir", data, "--out", out, *args],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return out
+
+
+def platform_credentials(data, identity="operator", directory=None):
+    """grpcio channel credentials presenting a platform identity (default: the operator, who may call
+    every method) and trusting only the platform CA."""
+    import grpc
+
+    directory = directory or os.path.join(data, "pki", "identities", identity)
+    with open(os.path.join(data, "pki", "ca.crt"), "rb") as ca, open(os.path.join(directory, "tls.key"), "rb") as key, \
+            open(os.path.join(directory, "tls.crt"), "rb") as cert:
+        return grpc.ssl_channel_credentials(ca.read(), key.read(), cert.read())
+
+
+def platform_channel(data, address, service, identity="operator", options=(), directory=None):
+    """A grpcio channel to an internal service (mutual TLS): `service` is its name (pipeline, logs, ...),
+    whose certificate the server must present (DNS name slipway-<service>)."""
+    import grpc
+
+    return grpc.secure_channel(address, platform_credentials(data, identity, directory),
+                               options=[("grpc.ssl_target_name_override", f"slipway-{service}"), *options])
+
+
 def start_service(bin_dir, name, data, port, *args, env=None):
-    """slipway-<name> on 127.0.0.1:port; returns once it accepts connections."""
+    """slipway-<name> on 127.0.0.1:port (its identity prepared first); returns once it accepts connections."""
+    prepare_pki(bin_dir, data)
     proc = subprocess.Popen([os.path.join(bin_dir, f"slipway-{name}"), "--listen", f"127.0.0.1:{port}", "--data-dir", data, *args],
                             stdout=subprocess.DEVNULL, stderr=open(os.path.join(data, f"{name}.log"), "ab"), env=env)
 

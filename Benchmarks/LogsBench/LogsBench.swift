@@ -4,6 +4,7 @@ import NIOCore
 import NIOPosix
 import SlipwayProtos
 import SlipwayRPC
+import SlipwayServiceKit
 import Synchronization
 
 // Fan-out benchmark of slipway-logs against Redis pub/sub (scripts/bench-logs.sh drives it).
@@ -29,6 +30,7 @@ struct LogsBench: AsyncParsableCommand {
 
 struct LoadOptions: ParsableArguments {
     @Option(help: "HOST:PORT of the server under test.") var address: String
+    @Option(help: "slipway-logs' data directory: the bench presents its operator identity (mutual TLS).") var dataDir: String?
     @Option(help: "Pid of the server process, for its RSS (/proc/PID/status).") var serverPid: Int?
     @Option(help: "Subscribers.") var subscribers = 1000
     @Option(help: "Seconds the writer writes.") var duration = 10.0
@@ -91,8 +93,8 @@ struct SlipwayFanOut: AsyncParsableCommand {
         key.environmentId = "bench"
         key.serviceId = "fanout-\(UInt64(Date().timeIntervalSince1970 * 1000))"
         let streamKey = key
-        let writerClient = RPCClient(host: host, port: port)
-        let clients = (0..<max(1, connections)).map { _ in RPCClient(host: host, port: port) }
+        let writerClient = try logsClient(host: host, port: port, dataDir: load.dataDir)
+        let clients = try (0..<max(1, connections)).map { _ in try logsClient(host: host, port: port, dataDir: load.dataDir) }
         let appender = try await Appender(client: writerClient, key: key, lineBytes: load.lineBytes)
 
         // Warm-up: the subscribers start after this line and must all have received the next one.
@@ -353,6 +355,7 @@ struct IdleSubscribers: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "idle", abstract: "Many idle Tail subscribers: the server's memory.")
 
     @Option(help: "HOST:PORT of slipway-logs.") var address: String
+    @Option(help: "slipway-logs' data directory: the bench presents its operator identity (mutual TLS).") var dataDir: String?
     @Option(help: "Pid of the server process, for its RSS.") var serverPid: Int?
     @Option(help: "Idle subscribers.") var subscribers = 10_000
     @Option(help: "Subscribers per client connection (the server allows 256 streams per connection).") var perConnection = 200
@@ -368,11 +371,11 @@ struct IdleSubscribers: AsyncParsableCommand {
         key.environmentId = "bench"
         key.serviceId = "idle-\(UInt64(Date().timeIntervalSince1970 * 1000))"
         let streamKey = key
-        let writerClient = RPCClient(host: host, port: port)
+        let writerClient = try logsClient(host: host, port: port, dataDir: dataDir)
         let appender = try await Appender(client: writerClient, key: key, lineBytes: 100)
         let first = try await appender.append(count: 1).last
         let before = serverMemory(pid: serverPid)
-        let clients = (0..<(subscribers + perConnection - 1) / perConnection).map { _ in RPCClient(host: host, port: port) }
+        let clients = try (0..<(subscribers + perConnection - 1) / perConnection).map { _ in try logsClient(host: host, port: port, dataDir: dataDir) }
         let recorders = (0..<subscribers).map { _ in Recorder() }
         let errors = ErrorLog()
         let started = ContinuousClock.now
@@ -410,4 +413,17 @@ struct IdleSubscribers: AsyncParsableCommand {
         await writerClient.close()
         for client in clients { await client.close() }
     }
+}
+
+/// A client of slipway-logs: as the operator over mutual TLS when given the platform's data
+/// directory (every platform service's port), plaintext otherwise.
+func logsClient(host: String, port: Int, dataDir: String?) throws -> RPCClient {
+    guard let dataDir else { return RPCClient(host: host, port: port) }
+    let pki = PlatformPKI(dataDirectory: dataDir)
+    let identity = try ServiceIdentity.load(
+        .operator,
+        paths: .init(
+            identityDirectory: pki.identityDirectory(.operator), caCertificate: pki.caCertificatePath, revocationList: nil,
+            renewedDirectory: pki.identityDirectory(.operator)))
+    return identity.client(for: .logs, at: ServiceAddress(host: host, port: port))
 }

@@ -148,7 +148,14 @@ struct ValidatedMirror: Sendable {
         }
         self.sourceRegistry = sourceRegistry
         targetRegistry = try ValidatedBuild.registry(request.registry, default: defaultRegistry)
-        if source.host == targetRegistry.host { self.sourceRegistry.insecure = targetRegistry.insecure }
+        // From the platform registry itself: its own transport and, unless the request gave others, its credentials.
+        if source.host == targetRegistry.host {
+            self.sourceRegistry.insecure = targetRegistry.insecure
+            if self.sourceRegistry.username.isEmpty {
+                self.sourceRegistry.username = targetRegistry.username
+                self.sourceRegistry.password = targetRegistry.password
+            }
+        }
         let repository = request.repository.isEmpty ? source.repository : request.repository
         guard ImageReference.isValidRepository(repository) else {
             throw RPCError(.invalidArgument, "repository \"\(repository)\" is not a valid image name")

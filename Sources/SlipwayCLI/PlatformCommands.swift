@@ -5,6 +5,8 @@ import Foundation
 import FoundationNetworking
 #endif
 import SlipwayProtos
+import NIOHTTP1
+import SlipwayHTTP
 import SlipwayRPC
 import SlipwayServiceKit
 
@@ -36,10 +38,11 @@ struct Platform {
         return state != "Z" && state != "X"
     }
 
-    func start(_ name: String, _ executable: String, _ arguments: [String]) throws -> pid_t {
+    func start(_ name: String, _ executable: String, _ arguments: [String], environment extra: [String: String] = [:]) throws -> pid_t {
         if let running = pid(name) { return running }
         let argv = ([executable] + arguments).map { strdup($0) } + [nil]
-        let envp = ProcessInfo.processInfo.environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        let environment = ProcessInfo.processInfo.environment.merging(extra) { _, new in new }
+        let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
         defer {
             argv.forEach { free($0) }
             envp.forEach { free($0) }
@@ -92,12 +95,15 @@ struct UpCommand: AsyncParsableCommand {
         }
         let registryAddress = registry ?? environment["SLIPWAY_REGISTRY"] ?? "127.0.0.1:5000"
 
-        // The registry images are built into and run from.
+        // The registry images are built into and run from. Only the builder (push, base images)
+        // and the cluster (pull) hold its credentials; anonymous pull, push and delete are refused.
+        let registryLogin = try RegistryLogin.loadOrCreate(directory: data + "/registry", registry: registryAddress)
         let config = """
             version: 0.1
             log: { level: warn }
             storage: { filesystem: { rootdirectory: \(data)/registry/data }, delete: { enabled: true } }
             http: { addr: \(registryAddress) }
+            auth: { htpasswd: { realm: slipway, path: \(registryLogin.htpasswdPath) } }
 
             """
         try config.write(toFile: data + "/registry/config.yml", atomically: true, encoding: .utf8)
@@ -120,9 +126,14 @@ struct UpCommand: AsyncParsableCommand {
         for (index, name) in Platform.services.enumerated() {
             var arguments = ["--data-dir", data]
             if environment["SLIPWAY_\(name.uppercased())_LISTEN"] == nil { arguments += ["--listen", "127.0.0.1:\(7000 + index)"] }
-            if name == "builder" { arguments += ["--builder-registry", registryAddress] }
+            var environment: [String: String] = [:]
+            if name == "builder" {
+                arguments += ["--builder-registry", registryAddress]
+                environment = ["SLIPWAY_BUILDER_REGISTRY_USERNAME": registryLogin.username, "SLIPWAY_BUILDER_REGISTRY_PASSWORD": registryLogin.password]
+            }
+            if name == "cluster" { arguments += ["--cluster-registry-auth-file", registryLogin.authFilePath] }
             if name == "network" { arguments += ["--network-http-listen", httpListen, "--network-https-listen", httpsListen] }
-            pids[name] = try platform.start(name, "\(bin)/slipway-\(name)", arguments)
+            pids[name] = try platform.start(name, "\(bin)/slipway-\(name)", arguments, environment: environment)
         }
         var rows: [[String]] = []
         var report: [[String: Any]] = []
@@ -142,6 +153,7 @@ struct UpCommand: AsyncParsableCommand {
                 "data_dir": data, "services": report, "registry": registryAddress, "load_balancer": ["http": httpListen, "https": httpsListen],
                 "local_ca": caFile, "admin_token_file": tokenFile, "gateway": "127.0.0.1:7000", "healthy": healthy,
                 "platform_ca": pki.caCertificatePath, "operator_identity": pki.identityDirectory(.operator),
+                "registry_auth_file": registryLogin.authFilePath,
             ] as [String: Any])
         } else {
             out.table(["COMPONENT", "ADDRESS", "PID", "HEALTH", "LOG"], rows)
@@ -150,6 +162,7 @@ struct UpCommand: AsyncParsableCommand {
             out.line("gateway API            127.0.0.1:7000 (gRPC; webhooks and event streams over HTTP/1.1 on the same port)")
             out.line("admin token            \(tokenFile)")
             out.line("platform CA            \(pki.caCertificatePath) (internal calls: mutual TLS; operator identity in \(pki.identityDirectory(.operator)))")
+            out.line("registry credentials   \(registryLogin.authFilePath) (builder and cluster only; REGISTRY_AUTH_FILE for buildah/skopeo)")
             out.line("local CA               \(caFile)")
             out.line("  trust it: cp \(caFile) /usr/local/share/ca-certificates/slipway-local-ca.crt && update-ca-certificates")
             out.line("data directory         \(data)")
@@ -169,8 +182,9 @@ struct UpCommand: AsyncParsableCommand {
     static func waitForRegistry(_ address: String, log: String) async throws {
         let deadline = ContinuousClock.now + .seconds(15)
         while ContinuousClock.now < deadline {
-            if let url = URL(string: "http://\(address)/v2/"), let (_, response) = try? await URLSession.shared.data(from: url),
-                (response as? HTTPURLResponse)?.statusCode == 200
+            // 401: up, and asking for credentials. (Not URLSession: it waits forever on a 401 challenge.)
+            if let url = URL(string: "http://\(address)/v2/"),
+                let response = try? await HTTPClient(timeout: .seconds(2)).send(.GET, url), [200, 401].contains(response.status)
             {
                 return
             }
@@ -245,5 +259,50 @@ struct DownCommand: AsyncParsableCommand {
             print("stopped nginx (pid \(pid))")
         }
         print("platform stopped")
+    }
+}
+
+/// The registry's one account: generated at the first `slipway up` (a random password), kept as
+/// an htpasswd file for the registry (bcrypt, by apache2-utils' htpasswd) and a containers-auth.json
+/// for the tools that pull and push (0600).
+struct RegistryLogin {
+    let username: String
+    let password: String
+    let htpasswdPath: String
+    let authFilePath: String
+
+    static func loadOrCreate(directory: String, registry: String) throws -> RegistryLogin {
+        let authFile = directory + "/auth.json"
+        let htpasswd = directory + "/htpasswd"
+        let username = "slipway"
+        var password: String?
+        if let data = FileManager.default.contents(atPath: authFile),
+            let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let auths = json["auths"] as? [String: Any],
+            let entry = auths.values.first as? [String: Any], let auth = entry["auth"] as? String,
+            let decoded = Data(base64Encoded: auth).map({ String(decoding: $0, as: UTF8.self) }), decoded.hasPrefix(username + ":")
+        {
+            password = String(decoded.dropFirst(username.count + 1))
+        }
+        let secret = password ?? (0..<24).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+        // Rewritten each time: the registry's address may have changed.
+        let auth = Data("\(username):\(secret)".utf8).base64EncodedString()
+        let json = try JSONSerialization.data(withJSONObject: ["auths": [registry: ["auth": auth]]], options: [.sortedKeys, .prettyPrinted])
+        try AtomicFile.write(json, to: authFile, mode: 0o600)
+        if password == nil || !FileManager.default.fileExists(atPath: htpasswd) {
+            guard let tool = UpCommand.which("htpasswd") else {
+                throw CLIError.failed("htpasswd is not installed (apt-get install apache2-utils; make demo installs it): the registry needs a bcrypt password file")
+            }
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: tool)
+            process.arguments = ["-Bbn", username, secret]
+            let pipe = Pipe()
+            process.standardOutput = pipe
+            try process.run()
+            let line = pipe.fileHandleForReading.readDataToEndOfFile()
+            process.waitUntilExit()
+            guard process.terminationStatus == 0, !line.isEmpty else { throw CLIError.failed("htpasswd failed (exit \(process.terminationStatus))") }
+            try AtomicFile.write(line, to: htpasswd, mode: 0o600)
+        }
+        return RegistryLogin(username: username, password: secret, htpasswdPath: htpasswd, authFilePath: authFile)
     }
 }

@@ -15,6 +15,8 @@ public struct ClusterOptions: ParsableArguments, Sendable {
     @Option(help: "kubeconfig of the Kubernetes driver (default: $KUBECONFIG, else ~/.kube/config; in a pod: its service account).")
     var clusterKubeconfig: String?
     @Option(help: "Context of the kubeconfig (default: its current-context).") var clusterKubeContext: String?
+    @Option(help: "Registry credentials for pulling the apps' images, a containers-auth.json (env SLIPWAY_CLUSTER_REGISTRY_AUTH_FILE; slipway up writes one for its registry).")
+    var clusterRegistryAuthFile: String?
 
     public init() {}
 }
@@ -48,7 +50,8 @@ public struct ClusterComponent: PlatformComponent {
         if !ProcessTree.becomeSubreaper() { logger.warning("cannot become a child subreaper: exit statuses of instances will be unknown") }
         let logs = configuration.directory[.logs]
         let cluster = try LocalCluster(
-            directory: try configuration.stateDirectory(), traffic: traffic, logs: configuration.client(for: .logs), logger: logger)
+            directory: try configuration.stateDirectory(), traffic: traffic, logs: configuration.client(for: .logs),
+            registryAuthFile: try registryAuthFile(), logger: logger)
         try await cluster.recover()
         router.register(ClusterService(cluster: cluster))
         logger.info("cluster ready", metadata: [
@@ -61,6 +64,15 @@ public struct ClusterComponent: PlatformComponent {
 }
 
 extension ClusterComponent {
+    /// The pull credentials file, checked readable at start.
+    func registryAuthFile() throws -> String? {
+        guard let path = options.clusterRegistryAuthFile ?? ProcessInfo.processInfo.environment["SLIPWAY_CLUSTER_REGISTRY_AUTH_FILE"] else { return nil }
+        guard FileManager.default.isReadableFile(atPath: path) else {
+            throw ValidationError("--cluster-registry-auth-file: cannot read \(path)")
+        }
+        return path
+    }
+
     func setUpKubernetes(configuration: ServiceConfiguration, logger: Logger, router: inout RPCRouter) async throws -> [any Service] {
         let environment = ProcessInfo.processInfo.environment
         let kubernetes: KubernetesClient.Configuration
@@ -76,7 +88,8 @@ extension ClusterComponent {
         let logs = configuration.directory[.logs]
         let cluster = try KubernetesCluster(
             driver: KubernetesDriver(client: try KubernetesClient(kubernetes), logger: logger), directory: try configuration.stateDirectory(),
-            logs: configuration.client(for: .logs), logger: logger)
+            logs: configuration.client(for: .logs), pullCredentials: try registryAuthFile().flatMap { FileManager.default.contents(atPath: $0) },
+            logger: logger)
         router.register(ClusterService(cluster: cluster))
         logger.info("cluster ready", metadata: ["driver": "kubernetes", "server": "\(kubernetes.server.absoluteString)", "logs": "\(logs)"])
         return [KubernetesWatcher(cluster: cluster)]

@@ -47,10 +47,10 @@ public actor LocalCluster {
     public nonisolated let applicationLogs: ApplicationLogs?
 
     /// `logs`: the logs service, where the instances' output goes (nil: it stays in their files).
-    public init(directory: String, traffic: (any TrafficSwitch)? = nil, logs: RPCClient? = nil, logger: Logger) throws {
+    public init(directory: String, traffic: (any TrafficSwitch)? = nil, logs: RPCClient? = nil, registryAuthFile: String? = nil, logger: Logger) throws {
         self.directory = directory
         self.traffic = traffic
-        let runtime = try LocalRuntime(directory: directory)
+        let runtime = try LocalRuntime(directory: directory, registryAuthFile: registryAuthFile)
         self.runtime = runtime
         self.applicationLogs = try logs.map { try ApplicationLogs(directory: directory + "/applogs", runtime: runtime, client: $0, logger: logger) }
         self.logger = logger

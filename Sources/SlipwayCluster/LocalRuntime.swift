@@ -59,9 +59,12 @@ public final class LocalRuntime: Sendable {
     public let directory: String
     var layout: String { directory + "/images" }
     var runcRoot: String { directory + "/runc" }
+    /// Credentials for pulls (containers-auth.json: each registry's own, sent to it alone); nil: anonymous.
+    public let registryAuthFile: String?
 
-    public init(directory: String) throws {
+    public init(directory: String, registryAuthFile: String? = nil) throws {
         self.directory = directory
+        self.registryAuthFile = registryAuthFile
         for path in [directory + "/images", directory + "/instances", directory + "/runc"] {
             try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
         }
@@ -80,6 +83,7 @@ public final class LocalRuntime: Sendable {
         let name = Self.layoutName(image)
         var arguments = ["copy", "--quiet"]
         if insecure { arguments.append("--src-tls-verify=false") }
+        if let registryAuthFile { arguments += ["--src-authfile", registryAuthFile] }
         arguments += ["docker://\(Self.pullReference(image))", "oci:\(layout):\(name)"]
         try await tool("/usr/bin/skopeo", arguments, "pulling \(image)")
         return name

@@ -18,6 +18,12 @@ struct Echo: AsyncParsableCommand {
     @Option(help: "Where unary handlers run: 'event-loop' (inline, never blocks) or 'async' (a task per call).")
     var unaryHandlers = "event-loop"
 
+    @Option(help: "Serve TLS (ALPN h2) with this certificate (PEM); with --tls-key.")
+    var tlsCert: String?
+
+    @Option(help: "The TLS certificate's key (PEM).")
+    var tlsKey: String?
+
     func run() async throws {
         guard let address = ServiceAddress(parsing: listen) else {
             throw ValidationError("--listen \(listen) is not HOST:PORT")
@@ -39,7 +45,13 @@ struct Echo: AsyncParsableCommand {
             let payload = RawBytes([UInt8](repeating: 0x61, count: 100))
             for _ in 0..<count { try await writer.write(payload) }
         }
-        let server = RPCServer(host: address.host, port: address.port, router: router, logger: logger)
+        var tls: RPCServer.TLS?
+        switch (tlsCert, tlsKey) {
+        case (nil, nil): tls = nil
+        case (let cert?, let key?): tls = try RPCServer.TLS(certificatePath: cert, keyPath: key)
+        default: throw ValidationError("--tls-cert and --tls-key go together")
+        }
+        let server = RPCServer(host: address.host, port: address.port, router: router, tls: tls, logger: logger)
         try await ServiceGroup(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger).run()
     }
 }

@@ -42,6 +42,18 @@ import Testing
         #expect((container["readinessProbe"] as? [String: Any])?["grpc"] as? [String: AnyHashable] == ["port": 8080, "service": "shop.Cart"])
         #expect(((container["livenessProbe"] as? [String: Any])?["exec"] as? [String: [String]]) == ["command": ["/bin/check", "--quick"]])
         #expect(((withProbes["spec"] as? [String: Any])?["strategy"] as? [String: String]) == ["type": "Recreate"])
+        // With the platform registry's credentials: the namespace's pull Secret, named by the pods.
+        var pulling = Self.input()
+        pulling.pullCredentials = Data(#"{"auths":{"registry.example.com":{"auth":"c2xpcHdheTpzZWNyZXQ="}}}"#.utf8)
+        let pullObjects = KubernetesManifests.all(pulling)
+        let (pullValid, pullOutput) = try await Self.validate(pullObjects)
+        #expect(pullValid, "\(pullOutput)")
+        let pullSecret = try #require(pullObjects.first { ($0["type"] as? String) == "kubernetes.io/dockerconfigjson" })
+        #expect(((pullSecret["metadata"] as? [String: Any])?["name"] as? String) == KubernetesManifests.pullSecretName)
+        #expect((pullSecret["data"] as? [String: String])?[".dockerconfigjson"] == pulling.pullCredentials!.base64EncodedString())
+        let pullingSpec = (((KubernetesManifests.deployment(pulling)["spec"] as? [String: Any])?["template"] as? [String: Any])?["spec"] as? [String: Any])
+        #expect((pullingSpec?["imagePullSecrets"] as? [[String: String]]) == [["name": "slipway-registry"]])
+        #expect(KubernetesManifests.all(Self.input()).allSatisfy { ($0["type"] as? String) != "kubernetes.io/dockerconfigjson" })
         // The validator is really looking: a field Kubernetes does not know is refused.
         var deployment = KubernetesManifests.deployment(Self.input())
         var spec = deployment["spec"] as! [String: Any]

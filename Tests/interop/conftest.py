@@ -16,7 +16,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
-from slipway_local import free_port  # noqa: E402,F401  (re-exported for the tests)
+from slipway_local import free_port, platform_channel, prepare_pki  # noqa: E402,F401  (re-exported for the tests)
 BIN_DIR = os.environ.get("SLIPWAY_BIN_DIR", os.path.join(ROOT, ".build", "debug"))
 
 
@@ -62,7 +62,11 @@ def logs_pb():
 
 
 class LogsServer:
-    """slipway-logs on a free port over a data directory it may share with a later instance."""
+    """slipway-logs on a free port over a data directory it may share with a later instance.
+
+    Its port takes only mutual TLS: the platform CA and identities are made under
+    <data_dir>/pki before it starts (kept across restarts), and `channel()` opens a grpcio channel
+    presenting one of them (the operator by default, who may call every method)."""
 
     def __init__(self, data_dir=None, flags=()):
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="slipway-logs-")
@@ -74,6 +78,7 @@ class LogsServer:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.stderr = open(os.path.join(self.data_dir, f"stderr-{self.port}.log"), "w")
+        prepare_pki(BIN_DIR, self.data_dir)
         self.proc = subprocess.Popen(
             [binary("slipway-logs"), "--listen", self.address, "--data-dir", self.data_dir] + self.flags,
             stdout=subprocess.DEVNULL, stderr=self.stderr)
@@ -83,7 +88,7 @@ class LogsServer:
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.address) as channel:
+        with self.channel() as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
                 if self.proc.poll() is not None:
@@ -97,6 +102,16 @@ class LogsServer:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"slipway-logs is not SERVING after {timeout} s: {self.log()[-2000:]}")
                 time.sleep(0.05)
+
+    def channel(self, identity="operator", options=()):
+        """A grpcio channel to this server over mutual TLS, presenting `identity`'s platform
+        certificate (<data_dir>/pki/identities/<identity>) and checking the server is slipway-logs."""
+        return platform_channel(self.data_dir, self.address, "logs", identity=identity, options=options)
+
+    def credentials(self, identity="operator"):
+        """(ca.crt, tls.crt, tls.key) paths of `identity`, for clients that do TLS themselves."""
+        directory = os.path.join(self.data_dir, "pki", "identities", identity)
+        return (os.path.join(self.data_dir, "pki", "ca.crt"), os.path.join(directory, "tls.crt"), os.path.join(directory, "tls.key"))
 
     def log(self):
         with open(self.stderr.name) as f:

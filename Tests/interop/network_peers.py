@@ -11,8 +11,6 @@ import threading
 import time
 import urllib.parse
 
-import grpc
-
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "scripts"))
 import slipway_local as local  # noqa: E402
 
@@ -54,7 +52,9 @@ class Backend:
 
 
 class Network:
-    """slipway-network (real executable) with its own nginx on free ports."""
+    """slipway-network (real executable) with its own nginx on free ports. Its gRPC port takes only
+    mutual TLS: the tests call it as the operator (identities under its data directory, which
+    services that call it share, so that they hold identities from the same platform CA)."""
 
     def __init__(self, pbs, *args, data=None):
         self.pb, self.pb_grpc = pbs
@@ -67,7 +67,7 @@ class Network:
         from conftest import BIN_DIR
 
         self.proc = local.start_service(BIN_DIR, "network", self.data, self.port, *self.args)
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self.channel = local.platform_channel(self.data, f"127.0.0.1:{self.port}", "network")
         self.stub = self.pb_grpc.NetworkStub(self.channel)
 
     def kill9(self):

@@ -1,6 +1,7 @@
 """slipway-builder as a user's client sees it: grpcio (an independent gRPC implementation) drives the
 real executable, which fetches with git, builds with buildah, pushes to a real docker-registry and
-streams its output to the real slipway-logs.
+streams its output to the real slipway-logs. Both services take only mutual TLS: grpcio presents the
+operator's platform certificate, the builder its own to slipway-logs.
 """
 import os
 import signal
@@ -41,6 +42,11 @@ def platform(pbs):
     local.stop(state["builder"], logs, registry)
 
 
+def builder_channel(state):
+    """grpcio to slipway-builder as the operator (mutual TLS)."""
+    return local.platform_channel(state["data"], f"127.0.0.1:{state['builder_port']}", "builder")
+
+
 def processes_containing(text):
     found = []
     for entry in os.listdir("/proc"):
@@ -70,7 +76,7 @@ def test_build_with_grpcio_pushes_the_image_and_streams_its_log(pbs, platform):
     commit = local.example_repository(repo)
     build_id = f"interop-{uuid.uuid4().hex[:8]}"
 
-    with grpc.insecure_channel(f"127.0.0.1:{state['builder_port']}") as channel:
+    with builder_channel(state) as channel:
         events, result = local.build(builder_grpc.BuilderStub(channel), builder_pb,
                                      local.build_request(builder_pb, build_id, repo, state["registry"], image="interop/hello"))
     assert result.outcome == builder_pb.BUILD_SUCCEEDED, result.message
@@ -86,7 +92,7 @@ def test_build_with_grpcio_pushes_the_image_and_streams_its_log(pbs, platform):
     assert urllib.request.urlopen(request).headers["Docker-Content-Digest"] == result.image.digest
 
     # The deployment's log stream holds buildah's output, tagged with the step, through to the push.
-    with grpc.insecure_channel(f"127.0.0.1:{logs_port}") as channel:
+    with local.platform_channel(state["data"], f"127.0.0.1:{logs_port}", "logs") as channel:
         tail = logs_grpc.LogsStub(channel).Tail(logs_pb.TailRequest(
             stream=logs_pb.StreamKey(environment_id="demo", deployment_id=build_id), after_seq=0), timeout=30)
         lines = []
@@ -106,7 +112,7 @@ def test_a_client_that_cancels_its_call_stops_the_build(pbs, platform):
     marker = f"slipway-interop-{uuid.uuid4().hex[:8]}"
     repo, _ = slow_repository(state, "slow", marker)
 
-    with grpc.insecure_channel(f"127.0.0.1:{state['builder_port']}") as channel:
+    with builder_channel(state) as channel:
         call = builder_grpc.BuilderStub(channel).Build(local.build_request(builder_pb, f"slow-{marker}", repo, state["registry"], image="interop/slow"))
         for event in call:
             if event.WhichOneof("event") == "step" and event.step.step == builder_pb.BUILD and event.step.state == builder_pb.STEP_STARTED:
@@ -124,7 +130,7 @@ def test_builder_killed_mid_build_restarts_clean_and_builds(pbs, platform):
     marker = f"slipway-kill-{uuid.uuid4().hex[:8]}"
     repo, slow_commit = slow_repository(state, "killed", marker)
 
-    with grpc.insecure_channel(f"127.0.0.1:{state['builder_port']}") as channel:
+    with builder_channel(state) as channel:
         call = builder_grpc.BuilderStub(channel).Build(local.build_request(builder_pb, f"killed-{marker}", repo, state["registry"], image="interop/killed"))
         local.wait_until(lambda: processes_containing(marker), 60, "the slow RUN step did not start")
         state["builder"].send_signal(signal.SIGKILL)
@@ -143,7 +149,7 @@ def test_builder_killed_mid_build_restarts_clean_and_builds(pbs, platform):
     assert os.listdir(work) == []
     fixed = local.commit(repo, "fixed", {"Dockerfile": open(os.path.join(local.ROOT, "examples", "hello", "Dockerfile")).read()})
     assert fixed != slow_commit
-    with grpc.insecure_channel(f"127.0.0.1:{state['builder_port']}") as channel:
+    with builder_channel(state) as channel:
         _, result = local.build(builder_grpc.BuilderStub(channel), builder_pb,
                                 local.build_request(builder_pb, f"after-{marker}", repo, state["registry"], image="interop/killed"))
     assert result.outcome == builder_pb.BUILD_SUCCEEDED, result.message

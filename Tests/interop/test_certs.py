@@ -28,11 +28,13 @@ def pbs():
 
 
 class Certs:
-    """slipway-certs (real executable) pointed at a network service."""
+    """slipway-certs (real executable) pointed at a network service. It runs over the network's data
+    directory (its state in <data>/certs): the two hold identities from one platform CA, which their
+    mutual-TLS calls (certs installs certificates through the network) need."""
 
     def __init__(self, pbs, network, *args, data=None):
         self.pb, self.pb_grpc = pbs[2], pbs[3]
-        self.data = data or tempfile.mkdtemp(prefix="slipway-certs-")
+        self.data = data or network.data
         self.port = local.free_port()
         self.args = ["--network-address", f"127.0.0.1:{network.port}", *args]
         self.start()
@@ -41,7 +43,7 @@ class Certs:
         from conftest import BIN_DIR
 
         self.proc = local.start_service(BIN_DIR, "certs", self.data, self.port, *self.args)
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self.channel = local.platform_channel(self.data, f"127.0.0.1:{self.port}", "certs")
         self.stub = self.pb_grpc.CertsStub(self.channel)
 
     def stop(self):

@@ -7,6 +7,8 @@ killed, when the logs service is down for a while, when the instance is replaced
 on SIGTERM included), or when the cluster's record of what it shipped is behind the logs service.
 
 Real parts: docker-registry (seeded busybox), runc through slipway-cluster, slipway-logs, grpcio.
+Both services take only mutual TLS (their identities under the shared data directory); grpcio calls
+them as the operator.
 """
 import json
 import os
@@ -55,12 +57,12 @@ class Platform:
 
     def start_logs(self):
         self.logs = local.start_service(self.bin, "logs", self.data, self.logs_port)
-        self.logs_stub = self.lgrpc.LogsStub(grpc.insecure_channel(f"127.0.0.1:{self.logs_port}"))
+        self.logs_stub = self.lgrpc.LogsStub(local.platform_channel(self.data, f"127.0.0.1:{self.logs_port}", "logs"))
 
     def start_cluster(self):
         self.cluster = local.start_service(self.bin, "cluster", self.data, self.cluster_port, "--cluster-traffic", "none",
                                            "--logs-address", f"127.0.0.1:{self.logs_port}")
-        self.cluster_stub = self.cgrpc.ClusterStub(grpc.insecure_channel(f"127.0.0.1:{self.cluster_port}"))
+        self.cluster_stub = self.cgrpc.ClusterStub(local.platform_channel(self.data, f"127.0.0.1:{self.cluster_port}", "cluster"))
 
     def kill9(self, proc):
         proc.send_signal(signal.SIGKILL)
@@ -318,7 +320,7 @@ current-context: recorded
                                   "--logs-address", f"127.0.0.1:{logs_port}")
     try:
         (cpb, cgrpc), (lpb, lgrpc) = local.protos("slipway/cluster/v1/cluster.proto", "slipway/logs/v1/logs.proto")
-        stub = cgrpc.ClusterStub(grpc.insecure_channel(f"127.0.0.1:{cluster_port}"))
+        stub = cgrpc.ClusterStub(local.platform_channel(data, f"127.0.0.1:{cluster_port}", "cluster"))
         workload = cpb.Workload(environment_id="env_4f2a9c", service_id="svc_81be", service_name="web")
         deployed = stub.Deploy(cpb.DeployRequest(
             workload=workload, image="registry.example/web@sha256:0123", replicas=2, environment={"MODE": "production"},
@@ -346,7 +348,7 @@ current-context: recorded
         events.cancel()
 
         # The pod's log reaches the logs service, with the pod as the instance.
-        logs_stub = lgrpc.LogsStub(grpc.insecure_channel(f"127.0.0.1:{logs_port}"))
+        logs_stub = lgrpc.LogsStub(local.platform_channel(data, f"127.0.0.1:{logs_port}", "logs"))
         request = lpb.QueryRequest(stream=lpb.StreamKey(environment_id="env_4f2a9c", service_id="svc_81be"), page_size=100)
 
         def shipped():

@@ -1,6 +1,7 @@
 """Keepalive, idle timeout and TLS, against a server configured for them."""
 import os
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -40,10 +41,26 @@ def read_until_closed(sock, limit):
     sock.settimeout(limit)
     received = b""
     while True:
-        chunk = sock.recv(65536)
+        try:
+            chunk = sock.recv(65536)
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError):
+            return received  # a TLS peer that closed without (or with) close_notify
         if not chunk:
             return received
         received += chunk
+
+
+def platform_tls_connection(server, identity="operator"):
+    """A TCP connection to a LogsServer wrapped in mutual TLS as slipway's services require it: the
+    client presents `identity`'s platform certificate, offers ALPN h2 only, and checks the server is
+    slipway-logs against the platform CA. Returns the connected, handshaken socket."""
+    ca, cert, key = server.credentials(identity)
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+    context.load_cert_chain(cert, key)
+    context.set_alpn_protocols(["h2"])
+    sock = context.wrap_socket(socket.create_connection(("127.0.0.1", server.port)), server_hostname="slipway-logs")
+    assert sock.selected_alpn_protocol() == "h2", sock.selected_alpn_protocol()
+    return sock
 
 
 def test_peer_that_never_answers_ping_is_disconnected():
@@ -101,12 +118,12 @@ def test_a_client_that_never_answers_cannot_hold_a_graceful_shutdown(logs_pb):
     server = LogsServer()
     sock = None
     try:
-        sock = socket.create_connection(("127.0.0.1", server.port))
+        sock = platform_tls_connection(server)
         conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
         conn.initiate_connection()
         request = logs_pb[0].TailRequest(stream=logs_pb[0].StreamKey(environment_id="env-hostile", deployment_id="dep-1"), live_only=True)
         body = request.SerializeToString()
-        conn.send_headers(1, [(":method", "POST"), (":scheme", "http"), (":path", "/slipway.logs.v1.Logs/Tail"),
+        conn.send_headers(1, [(":method", "POST"), (":scheme", "https"), (":path", "/slipway.logs.v1.Logs/Tail"),
                               (":authority", server.address), ("content-type", "application/grpc"), ("te", "trailers")])
         conn.send_data(1, b"\0" + len(body).to_bytes(4, "big") + body, end_stream=True)
         sock.sendall(conn.data_to_send())

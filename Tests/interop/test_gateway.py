@@ -48,8 +48,10 @@ class Slipway:
         (self.api, api_grpc), (self.pb, _), (self.logs_pb, _) = local.protos(
             "slipway/api/v1/api.proto", "slipway/pipeline/v1/pipeline.proto", "slipway/logs/v1/logs.proto")
         self.up_output = self.up()
+        # `slipway up`'s registry wants credentials: the containers-auth.json it wrote (builder and cluster use it too).
         subprocess.run([os.path.join(ROOT, "scripts", "seed-base-images.sh"), self.registry], check=True, stdout=subprocess.DEVNULL,
-                       env={**os.environ, "SLIPWAY_SEED_STORAGE": os.path.join(self.data, "seed")})
+                       env={**os.environ, "SLIPWAY_SEED_STORAGE": os.path.join(self.data, "seed"),
+                            "REGISTRY_AUTH_FILE": os.path.join(self.data, "registry", "auth.json")})
         with open(os.path.join(self.data, "gateway", "admin-token")) as f:
             self.admin = f.read().strip()
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.ports['gateway']}")
@@ -602,7 +604,8 @@ def test_a_gateway_serves_tls_with_a_certificate_from_slipway_certs_and_picks_up
             assert api_pb2_grpc.SlipwayStub(channel).WhoAmI(s.api.WhoAmIRequest(), metadata=s.md(), timeout=10).role == s.api.ADMIN
         first = served_certificate(port, "api.localhost", s.local_ca)
         # slipway-certs renews it; the gateway serves the new one without a restart.
-        with grpc.insecure_channel(f"127.0.0.1:{s.ports['certs']}") as channel:
+        # (slipway-certs takes only mutual TLS: called as the operator, whose identity `slipway up` made.)
+        with local.platform_channel(s.data, f"127.0.0.1:{s.ports['certs']}", "certs") as channel:
             certs = certs_grpc.CertsStub(channel)
             issued = next(c for c in certs.ListCertificates(certs_pb.ListCertificatesRequest()).certificates if list(c.domains) == ["api.localhost"])
             renewed = certs.Renew(certs_pb.CertificateKey(id=issued.id), timeout=60)

@@ -35,8 +35,9 @@ def server():
     srv.cleanup()
 
 
-def make_channel(address):
-    return grpc.insecure_channel(address, options=[
+def make_channel(server):
+    """A channel to `server` (a LogsServer) as the operator, over mutual TLS."""
+    return server.channel(options=[
         ("grpc.max_receive_message_length", 16 * 1024 * 1024),
         ("grpc.max_send_message_length", 16 * 1024 * 1024),
     ])
@@ -44,7 +45,7 @@ def make_channel(address):
 
 @pytest.fixture
 def channel(server):
-    with make_channel(server.address) as ch:
+    with make_channel(server) as ch:
         yield ch
 
 
@@ -211,8 +212,8 @@ def query_all(stub, pb, key, page_size=1000, **kw):
     raise AssertionError("Query never ended")
 
 
-def health_status(address):
-    with grpc.insecure_channel(address) as ch:
+def health_status(server):
+    with server.channel() as ch:
         return health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5).status
 
 
@@ -237,7 +238,7 @@ def streams_by_key(stub, pb):
 def test_reflection_lists_logs_service(server):
     from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-    with grpc.insecure_channel(server.address) as ch:
+    with server.channel() as ch:
         assert "slipway.logs.v1.Logs" in set(ProtoReflectionDescriptorDatabase(ch).get_services())
 
 
@@ -585,7 +586,7 @@ def test_slow_subscriber_gets_everything_and_does_not_slow_the_writer(logs_pb):
     pb = logs_pb
     srv = LogsServer(flags=["--logs-window-lines", "100"])
     try:
-        with make_channel(srv.address) as ch:
+        with make_channel(srv) as ch:
             stub = pb[1].LogsStub(ch)
             key = app_key(pb)
             appender = Appender(stub, pb)
@@ -619,7 +620,7 @@ def test_slow_subscriber_gets_everything_and_does_not_slow_the_writer(logs_pb):
             slow.cancel()
             assert_contiguous(seqs, 1, 20_001)
             assert texts[1:] == [f"l{i} " + "x" * 80 for i in range(20_000)]
-            assert health_status(srv.address) == health_pb2.HealthCheckResponse.SERVING
+            assert health_status(srv) == health_pb2.HealthCheckResponse.SERVING
     finally:
         srv.cleanup()
 
@@ -640,7 +641,7 @@ def test_kill9_during_appends_keeps_every_acknowledged_line(logs_pb):
         errors = []
 
         def writer():
-            ch = make_channel(srv.address)
+            ch = make_channel(srv)
             try:
                 appender = Appender(pb[1].LogsStub(ch), pb, timeout=120)
                 b = 0
@@ -669,7 +670,7 @@ def test_kill9_during_appends_keeps_every_acknowledged_line(logs_pb):
         last_acked = max(acked)
 
         srv.start()  # same data directory
-        with make_channel(srv.address) as ch:
+        with make_channel(srv) as ch:
             stub = pb[1].LogsStub(ch)
             lines = query_all(stub, pb, key)
             stored = {l.seq: l.text for l in lines}
@@ -702,12 +703,12 @@ def test_sigterm_then_restart_keeps_lines(logs_pb):
     srv = LogsServer()
     try:
         key = dep_key(pb)
-        with make_channel(srv.address) as ch:
+        with make_channel(srv) as ch:
             append_texts(pb[1].LogsStub(ch), pb, key, [f"t{i}" for i in range(250)])
         srv.stop()
         assert srv.proc.returncode == 0, f"SIGTERM exit code {srv.proc.returncode}"
         srv.start()
-        with make_channel(srv.address) as ch:
+        with make_channel(srv) as ch:
             stub = pb[1].LogsStub(ch)
             assert [l.text for l in query_all(stub, pb, key)] == [f"t{i}" for i in range(250)]
             assert append_texts(stub, pb, key, ["next"]) == (251, 251)
@@ -722,7 +723,7 @@ def test_retention_keeps_last_deployments_per_service(logs_pb):
     pb = logs_pb
     srv = LogsServer(flags=["--logs-retention-deployments-per-service", "2", "--logs-retention-interval", "1"])
     try:
-        with make_channel(srv.address) as ch:
+        with make_channel(srv) as ch:
             stub = pb[1].LogsStub(ch)
             deployments = [dep_key(pb, "prod", f"d{i}") for i in range(1, 5)]
             for k in deployments:  # created (and last written) in this order: d1 oldest
@@ -745,7 +746,7 @@ def test_retention_keeps_last_deployments_per_service(logs_pb):
             d5 = dep_key(pb, "prod", "d5")
             append_texts(stub, pb, d5, ["d5"])
             poll(lambda: prod_deployments() == ["d4", "d5"], 30, f"only d4, d5 left (have {prod_deployments()})", every=0.2)
-            assert health_status(srv.address) == health_pb2.HealthCheckResponse.SERVING
+            assert health_status(srv) == health_pb2.HealthCheckResponse.SERVING
     finally:
         srv.cleanup()
 
@@ -754,7 +755,7 @@ def test_retention_by_age_and_dropped_marker(logs_pb):
     pb = logs_pb
     srv = LogsServer(flags=["--logs-retention-max-age", "2", "--logs-retention-interval", "1", "--logs-segment-bytes", "4096"])
     try:
-        with make_channel(srv.address) as ch:
+        with make_channel(srv) as ch:
             stub = pb[1].LogsStub(ch)
             key = app_key(pb)
             # Old lines over many small segments.
@@ -821,7 +822,7 @@ def test_retention_by_total_bytes(logs_pb):
     pb = logs_pb
     srv = LogsServer(flags=["--logs-retention-max-bytes", "40000", "--logs-retention-interval", "1", "--logs-segment-bytes", "4096"])
     try:
-        with make_channel(srv.address) as ch:
+        with make_channel(srv) as ch:
             stub = pb[1].LogsStub(ch)
             key = app_key(pb)
             _, last = append_texts(stub, pb, key, [f"line {i} " + "z" * 90 for i in range(2000)], batch=50)
@@ -919,7 +920,7 @@ def test_bad_stream_key_is_invalid_argument(server, stub, logs_pb, name, fields,
     expect_status(INVALID, lambda: list(stub.Append(iter([P.AppendRequest(batch_id=1, lines=[P.LogLine(stream=key, text="x")])]), timeout=10)), field)
     expect_status(INVALID, lambda: next(stub.Tail(P.TailRequest(stream=key, after_seq=0), timeout=10)), field)
     expect_status(INVALID, lambda: stub.Query(P.QueryRequest(stream=key), timeout=10), field)
-    assert health_status(server.address) == health_pb2.HealthCheckResponse.SERVING
+    assert health_status(server) == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_valid_edge_ids_are_accepted(stub, logs_pb):
@@ -950,7 +951,7 @@ def test_bad_requests_give_statuses_and_the_service_stays_up(server, stub, logs_
     expect_status(INVALID, lambda: next(stub.Tail(P.TailRequest(after_seq=0), timeout=10)), "stream")
     expect_status(INVALID, lambda: stub.Query(P.QueryRequest(), timeout=10), "stream")
     # Undecodable bytes on every method: an error status, not a crash.
-    with grpc.insecure_channel(server.address) as raw_channel:
+    with server.channel() as raw_channel:
         for method in ["Query", "ListStreams", "Tail"]:
             if method == "Tail":
                 raw = raw_channel.unary_stream(f"/slipway.logs.v1.Logs/{method}")
@@ -962,7 +963,7 @@ def test_bad_requests_give_statuses_and_the_service_stays_up(server, stub, logs_
                 call()
             assert info.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.INTERNAL), info.value
     # Still serving and still working.
-    assert health_status(server.address) == health_pb2.HealthCheckResponse.SERVING
+    assert health_status(server) == health_pb2.HealthCheckResponse.SERVING
     assert server.alive()
     assert append_texts(stub, pb, key, ["still here"])[0] >= 2
     assert streams_by_key(stub, pb)[key_tuple(key)].last_seq >= 2

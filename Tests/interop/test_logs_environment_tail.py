@@ -1,18 +1,13 @@
 """slipway-logs: an environment-wide tail merges every service's lines in timestamp order, live, and
 resumes exactly from the last timestamp seen."""
-import os
-import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
-import time
 
 import grpc
 import pytest
 
-from conftest import ROOT, binary, free_port
+from conftest import ROOT, LogsServer
 
 
 @pytest.fixture(scope="module")
@@ -29,27 +24,18 @@ def logs_api():
 
 @pytest.fixture(scope="module")
 def logs_server():
-    port = free_port()
-    data = tempfile.mkdtemp(prefix="slipway-logs-data-")
-    proc = subprocess.Popen([binary("slipway-logs"), "--listen", f"127.0.0.1:{port}", "--data-dir", data], stderr=subprocess.DEVNULL)
-    address = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            assert time.monotonic() < deadline, "slipway-logs did not start"
-            time.sleep(0.05)
-    yield address
-    proc.terminate()
-    assert proc.wait(timeout=20) == 0
-    shutil.rmtree(data, ignore_errors=True)
+    """slipway-logs (mutual TLS: its platform identities under its data directory) until the module ends."""
+    server = LogsServer(tempfile.mkdtemp(prefix="slipway-logs-data-"))
+    yield server
+    server.stop()
+    code, log = server.proc.returncode, server.log()
+    server.cleanup()
+    assert code == 0, f"slipway-logs exited with {code} on SIGTERM: {log[-2000:]}"
 
 
 def test_environment_tail_merges_services_in_timestamp_order(logs_server, logs_api):
     pb, grpc_pb = logs_api
-    stub = grpc_pb.LogsStub(grpc.insecure_channel(logs_server))
+    stub = grpc_pb.LogsStub(logs_server.channel())
 
     def key(service):
         return pb.StreamKey(environment_id="prod", service_id=service)
@@ -104,7 +90,7 @@ def test_environment_tail_merges_services_in_timestamp_order(logs_server, logs_a
 
 def test_environment_tail_rejects_after_seq(logs_server, logs_api):
     pb, grpc_pb = logs_api
-    stub = grpc_pb.LogsStub(grpc.insecure_channel(logs_server))
+    stub = grpc_pb.LogsStub(logs_server.channel())
     with pytest.raises(grpc.RpcError) as info:
         list(stub.Tail(pb.TailRequest(stream=pb.StreamKey(environment_id="prod"), after_seq=3), timeout=5))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -3,6 +3,8 @@ executable. The crash tests kill -9 the process at every step boundary and check
 restart, every deployment either resumes or ends with a reason: there the collaborators are simulated
 (--pipeline-simulate), each step taking --pipeline-simulated-step-ms. The last tests deploy a real
 git repository through the real builder, registry, cluster, network (nginx) and certs services.
+Every service takes only mutual TLS: they run over one data directory whose platform CA issued all
+their identities, and grpcio calls them as the operator.
 """
 import http.client
 import os
@@ -53,7 +55,7 @@ class Platform:
 
     def start(self):
         self.pipeline = local.start_service(self.bin, "pipeline", self.data, self.port, *self.args)
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self.channel = local.platform_channel(self.data, f"127.0.0.1:{self.port}", "pipeline")
         self.stub = self.pb_grpc.PipelineStub(self.channel)
 
     def kill9(self):
@@ -302,7 +304,7 @@ def test_an_application_is_fetched_and_built_by_the_real_builder(with_builder):
 
     # The deployment's log holds the pipeline's lines and the builder's, in one stream.
     stream = p.logs_pb.StreamKey(environment_id=env, deployment_id=first.id)
-    with grpc.insecure_channel(f"127.0.0.1:{p.logs_port}") as channel:
+    with local.platform_channel(p.data, f"127.0.0.1:{p.logs_port}", "logs") as channel:
         lines = p.logs_grpc.LogsStub(channel).Query(p.logs_pb.QueryRequest(stream=stream, page_size=1000)).lines
     texts = [line.text for line in lines]
     assert texts[0] == "DEPLOY of hello requested by interop (API)"
@@ -344,7 +346,7 @@ def with_cluster(pbs):
                         "--network-address", f"127.0.0.1:{network_port}", "--certs-address", f"127.0.0.1:{certs_port}",
                         "--pipeline-simulate", "none", "--pipeline-step-timeout", "30", data=data, logs=(logs_port, logs))
     (cluster_pb, cluster_grpc), = local.protos("slipway/cluster/v1/cluster.proto")
-    channel = grpc.insecure_channel(f"127.0.0.1:{cluster_port}")
+    channel = local.platform_channel(data, f"127.0.0.1:{cluster_port}", "cluster")
     platform.cluster = (cluster_pb, cluster_grpc.ClusterStub(channel))
     platform.https_port = https_port
     platform.local_ca = os.path.join(data, "certs", "local-ca.crt")

@@ -23,8 +23,14 @@ public actor KubernetesCluster: ClusterDriver {
     /// Per pod: the timestamp of the last log line shipped (RFC 3339, nanoseconds as 9 digits).
     private var logCursors: [String: String] = [:]
 
-    public init(driver: KubernetesDriver, directory: String, logs: RPCClient?, interval: Duration = .seconds(2), logger: Logger) throws {
+    /// The platform registry's credentials, given to each environment namespace as its pull Secret.
+    let pullCredentials: Data?
+
+    public init(
+        driver: KubernetesDriver, directory: String, logs: RPCClient?, pullCredentials: Data? = nil, interval: Duration = .seconds(2), logger: Logger
+    ) throws {
         self.driver = driver
+        self.pullCredentials = pullCredentials
         self.directory = directory
         self.logs = logs
         self.interval = interval
@@ -87,7 +93,9 @@ public actor KubernetesCluster: ClusterDriver {
         workloads[spec.workload.serviceID] = spec.workload
         try saveWorkloads()
         do {
-            _ = try await driver.deploy(Self.input(spec), timeout: spec.readyTimeout)
+            var input = Self.input(spec)
+            input.pullCredentials = pullCredentials
+            _ = try await driver.deploy(input, timeout: spec.readyTimeout)
         } catch let error as KubernetesError where ["Timeout", "ProgressDeadlineExceeded"].contains(error.reason) {
             // Not ready: the rollout's own failure. Other errors are the API server's (mapped by the RPC layer).
             throw ClusterFailure(kind: .notReady, description: "\(error)")

@@ -38,6 +38,9 @@ public enum KubernetesManifests {
         /// Every old pod goes before a new one starts (the Recreate strategy) instead of a rolling update.
         public var recreate = false
         public var maxUnavailable = "0"
+        /// Credentials for the platform registry (a `.dockerconfigjson`, the containers-auth.json
+        /// `slipway up` writes): the namespace's pull Secret, named by the pods. nil: anonymous pulls.
+        public var pullCredentials: Data?
 
         public init(workload: Workload, environmentName: String, image: String) {
             self.workload = workload
@@ -90,6 +93,21 @@ public enum KubernetesManifests {
         ]
     }
 
+    /// The environment namespace's pull Secret (shared by its services; a service's delete leaves it).
+    public static let pullSecretName = "slipway-registry"
+
+    public static func pullSecret(_ input: Input) -> [String: Any]? {
+        guard let credentials = input.pullCredentials else { return nil }
+        return [
+            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
+            "metadata": [
+                "name": pullSecretName, "namespace": namespace(for: input.workload.environmentID),
+                "labels": ["app.kubernetes.io/managed-by": "slipway"],
+            ],
+            "data": [".dockerconfigjson": credentials.base64EncodedString()],
+        ]
+    }
+
     public static func configMap(_ input: Input) -> [String: Any] {
         ["apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata(input, name: "\(input.workload.serviceName)-config"), "data": input.variables]
     }
@@ -132,6 +150,8 @@ public enum KubernetesManifests {
         ]
         if let readiness = input.readiness { container["readinessProbe"] = probe(readiness, input) }
         if let liveness = input.liveness { container["livenessProbe"] = probe(liveness, input) }
+        var podSpec: [String: Any] = ["containers": [container], "terminationGracePeriodSeconds": 30]
+        if input.pullCredentials != nil { podSpec["imagePullSecrets"] = [["name": pullSecretName]] }
         let strategy: [String: Any] = input.recreate
             ? ["type": "Recreate"]
             : ["type": "RollingUpdate", "rollingUpdate": ["maxSurge": intOrString(input.maxSurge), "maxUnavailable": intOrString(input.maxUnavailable)]]
@@ -144,7 +164,7 @@ public enum KubernetesManifests {
                 "strategy": strategy,
                 "template": [
                     "metadata": ["labels": labels(input)],
-                    "spec": ["containers": [container], "terminationGracePeriodSeconds": 30],
+                    "spec": podSpec,
                 ],
             ],
         ]
@@ -164,7 +184,7 @@ public enum KubernetesManifests {
 
     /// Every object, in the order they are applied.
     public static func all(_ input: Input) -> [[String: Any]] {
-        [namespaceObject(input), configMap(input), secret(input), deployment(input), service(input)]
+        [namespaceObject(input)] + (pullSecret(input).map { [$0] } ?? []) + [configMap(input), secret(input), deployment(input), service(input)]
     }
 
     public static func json(_ object: [String: Any]) throws -> Data {

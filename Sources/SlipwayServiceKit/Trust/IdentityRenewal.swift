@@ -18,6 +18,14 @@ struct IdentityRenewal: Service {
     let logger: Logger
 
     func run() async throws {
+        do {
+            try await renewForever()
+        } catch is CancellationError {
+            // Graceful shutdown: nothing to finish.
+        }
+    }
+
+    private func renewForever() async throws {
         try await cancelWhenGracefulShutdown {
             var failures = 0
             while !Task.isCancelled {

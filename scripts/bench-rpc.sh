@@ -86,7 +86,8 @@ for round in $(seq 1 "$ROUNDS"); do
     results[$name-c16-$round]=$(unary "$port" 16 16)
     results[$name-c1-$round]=$(unary "$port" 1 1)
     results[$name-stream-$round]=$(stream "$port")
-    echo "round $round $name: unary c16m16 ${results[$name-c16-$round]} | c1m1 ${results[$name-c1-$round]} | stream ${results[$name-stream-$round]} msg/s" >&2
+    label=$name; [ "$TLS" = 1 ] && [ "$name" = ours-async ] && label=ours-plaintext
+    echo "round $round $label: unary c16m16 ${results[$name-c16-$round]} | c1m1 ${results[$name-c1-$round]} | stream ${results[$name-stream-$round]} msg/s" >&2
   done
 done
 

@@ -8,7 +8,8 @@ import SlipwayServiceKit
 /// The builder's limits and where it pushes. Every limit has a flag; defaults are documented in docs/limits.md.
 public struct BuilderConfiguration: Sendable {
     /// The registry images are pushed to (and mirrored into) unless a request names another.
-    /// Credentials come from SLIPWAY_BUILDER_REGISTRY_USERNAME / _PASSWORD, never from flags.
+    /// Credentials come from a containers-auth.json (--builder-registry-auth-file) or
+    /// SLIPWAY_BUILDER_REGISTRY_USERNAME / _PASSWORD, never from flags.
     var registry = RegistryTarget(host: "127.0.0.1:5000", insecure: true)
     /// More registries reached over plain HTTP (base images of local registries).
     var insecureRegistries: [String] = []
@@ -26,6 +27,8 @@ public struct BuilderOptions: ParsableArguments, Sendable {
     @Option(help: "Registry to push images to, HOST:PORT (default 127.0.0.1:5000).") var builderRegistry: String?
     @Flag(inversion: .prefixedNo, help: "Reach the registry over plain HTTP (default: yes for a loopback registry).") var builderRegistryInsecure: Bool?
     @Option(help: "More registries to reach over plain HTTP (repeatable), HOST:PORT.") var builderInsecureRegistry: [String] = []
+    @Option(help: "The push registry's credentials: a containers-auth.json with an entry for it (env SLIPWAY_BUILDER_REGISTRY_AUTH_FILE; slipway up writes one).")
+    var builderRegistryAuthFile: String?
     @Option(help: "Builds that run at once (default 2); later ones queue.") var builderMaxConcurrent: Int?
     @Option(help: "Builds that may wait for a slot (default 100); beyond, RESOURCE_EXHAUSTED.") var builderMaxQueued: Int?
     @Option(help: "Seconds a build may run (default 1800) unless the request sets its own limit.") var builderTimeout: Int?
@@ -33,6 +36,18 @@ public struct BuilderOptions: ParsableArguments, Sendable {
     @Option(help: "Largest repository accepted, in bytes (default 2 GiB).") var builderMaxRepositoryBytes: Int64?
 
     public init() {}
+
+    /// The user and password a containers-auth.json holds for `registry`.
+    static func login(authFile path: String, registry: String) throws -> (String, String) {
+        guard let data = FileManager.default.contents(atPath: path) else { throw ValidationError("--builder-registry-auth-file: cannot read \(path)") }
+        guard let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let auths = json["auths"] as? [String: Any],
+            let entry = auths[registry] as? [String: Any], let auth = entry["auth"] as? String,
+            let decoded = Data(base64Encoded: auth).map({ String(decoding: $0, as: UTF8.self) }), let colon = decoded.firstIndex(of: ":")
+        else {
+            throw ValidationError("--builder-registry-auth-file: \(path) has no \"auths\" entry with user:password for \(registry)")
+        }
+        return (String(decoded[..<colon]), String(decoded[decoded.index(after: colon)...]))
+    }
 
     public func configuration(environment: [String: String] = ProcessInfo.processInfo.environment) throws -> BuilderConfiguration {
         var configuration = BuilderConfiguration()
@@ -44,6 +59,9 @@ public struct BuilderOptions: ParsableArguments, Sendable {
         if let insecure = builderRegistryInsecure { configuration.registry.insecure = insecure }
         configuration.registry.username = environment["SLIPWAY_BUILDER_REGISTRY_USERNAME"] ?? ""
         configuration.registry.password = environment["SLIPWAY_BUILDER_REGISTRY_PASSWORD"] ?? ""
+        if let path = builderRegistryAuthFile ?? environment["SLIPWAY_BUILDER_REGISTRY_AUTH_FILE"] {
+            (configuration.registry.username, configuration.registry.password) = try Self.login(authFile: path, registry: configuration.registry.host)
+        }
         configuration.insecureRegistries = builderInsecureRegistry
         if let value = try positiveOption(builderMaxConcurrent, "builder-max-concurrent") { configuration.maxConcurrentBuilds = value }
         if let value = try positiveOption(builderMaxQueued, "builder-max-queued") { configuration.maxQueuedBuilds = value }

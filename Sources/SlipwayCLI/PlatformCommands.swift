@@ -38,11 +38,10 @@ struct Platform {
         return state != "Z" && state != "X"
     }
 
-    func start(_ name: String, _ executable: String, _ arguments: [String], environment extra: [String: String] = [:]) throws -> pid_t {
+    func start(_ name: String, _ executable: String, _ arguments: [String]) throws -> pid_t {
         if let running = pid(name) { return running }
         let argv = ([executable] + arguments).map { strdup($0) } + [nil]
-        let environment = ProcessInfo.processInfo.environment.merging(extra) { _, new in new }
-        let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        let envp = ProcessInfo.processInfo.environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
         defer {
             argv.forEach { free($0) }
             envp.forEach { free($0) }
@@ -126,14 +125,10 @@ struct UpCommand: AsyncParsableCommand {
         for (index, name) in Platform.services.enumerated() {
             var arguments = ["--data-dir", data]
             if environment["SLIPWAY_\(name.uppercased())_LISTEN"] == nil { arguments += ["--listen", "127.0.0.1:\(7000 + index)"] }
-            var environment: [String: String] = [:]
-            if name == "builder" {
-                arguments += ["--builder-registry", registryAddress]
-                environment = ["SLIPWAY_BUILDER_REGISTRY_USERNAME": registryLogin.username, "SLIPWAY_BUILDER_REGISTRY_PASSWORD": registryLogin.password]
-            }
+            if name == "builder" { arguments += ["--builder-registry", registryAddress, "--builder-registry-auth-file", registryLogin.authFilePath] }
             if name == "cluster" { arguments += ["--cluster-registry-auth-file", registryLogin.authFilePath] }
             if name == "network" { arguments += ["--network-http-listen", httpListen, "--network-https-listen", httpsListen] }
-            pids[name] = try platform.start(name, "\(bin)/slipway-\(name)", arguments, environment: environment)
+            pids[name] = try platform.start(name, "\(bin)/slipway-\(name)", arguments)
         }
         var rows: [[String]] = []
         var report: [[String: Any]] = []
@@ -214,6 +209,24 @@ struct UpCommand: AsyncParsableCommand {
             try? await Task.sleep(for: .milliseconds(200))
         }
         return status
+    }
+}
+
+/// `slipway registry-login`: the registry account `slipway up` makes, for set-ups that start the
+/// registry another way (systemd units).
+struct RegistryLoginCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "registry-login",
+        abstract: "Create (or keep) the platform registry's account: <data>/registry/htpasswd for the registry, auth.json for the builder and cluster.")
+    @OptionGroup var data: DataDirectoryOption
+    @Option(help: "The registry's address, HOST:PORT (the key in auth.json).") var registry = "127.0.0.1:5000"
+
+    func run() async throws {
+        let directory = data.path + "/registry"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let login = try RegistryLogin.loadOrCreate(directory: directory, registry: registry)
+        print("htpasswd   \(login.htpasswdPath)  (the registry's auth: htpasswd: path)")
+        print("auth.json  \(login.authFilePath)  (--builder-registry-auth-file, --cluster-registry-auth-file)")
     }
 }
 

@@ -233,3 +233,20 @@ import Testing
         #expect(GitCommand.classify(denied, url: "https://h/x.git").reason == .authenticationFailed)
     }
 }
+
+@Suite struct BuilderRegistryLoginTests {
+    @Test func theAuthFileGivesThePushRegistrysLoginAndSaysWhatIsMissing() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("auth-\(UUID().uuidString).json").path
+        let auth = Data("slipway:s3cr:et".utf8).base64EncodedString()
+        try Data(#"{"auths":{"127.0.0.1:5000":{"auth":"\#(auth)"}}}"#.utf8).write(to: URL(fileURLWithPath: path))
+        let configuration = try BuilderOptions.parse(["--builder-registry", "127.0.0.1:5000", "--builder-registry-auth-file", path]).configuration(environment: [:])
+        #expect(configuration.registry.username == "slipway")
+        #expect(configuration.registry.password == "s3cr:et")
+        #expect {
+            try BuilderOptions.parse(["--builder-registry", "10.0.0.1:5000", "--builder-registry-auth-file", path]).configuration(environment: [:])
+        } throws: { "\($0)".contains("no \"auths\" entry with user:password for 10.0.0.1:5000") }
+        #expect {
+            try BuilderOptions.parse(["--builder-registry-auth-file", path + ".missing"]).configuration(environment: [:])
+        } throws: { "\($0)".contains("cannot read") }
+    }
+}

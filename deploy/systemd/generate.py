@@ -14,12 +14,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SERVICES = [
     ("logs", "log ingest, storage, fan-out", [], {}),
     ("pipeline", "projects, environments, services, deployments, history", [], {}),
-    ("builder", "git fetch, image build and push", ["--builder-registry 127.0.0.1:5000"], {}),
+    ("builder", "git fetch, image build and push",
+     ["--builder-registry 127.0.0.1:5000", "--builder-registry-auth-file /var/lib/slipway/registry/auth.json"], {}),
     ("network", "load balancer (nginx), routes, domains",
      ["--network-http-listen 0.0.0.0:80", "--network-https-listen 0.0.0.0:443"],
      {"KillMode": "process",
       "comment": "# nginx (its child) keeps serving while the service restarts: only the service itself is stopped."}),
-    ("cluster", "runs the releases (runc), supervision, application logs", [],
+    ("cluster", "runs the releases (runc), supervision, application logs", ["--cluster-registry-auth-file /var/lib/slipway/registry/auth.json"],
      {"KillMode": "process", "Delegate": "yes",
       "comment": "# The apps (runc containers, its descendants) keep running while the service restarts; it adopts them.\n"
                  "# runc makes a cgroup per instance under the delegated tree."}),

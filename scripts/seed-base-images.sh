@@ -27,7 +27,10 @@ buildah=(buildah --storage-driver vfs --root "$storage/storage" --runroot "$stor
 curl_auth=()
 if [ -n "${REGISTRY_AUTH_FILE:-}" ]; then
   login=$(python3 -c 'import base64, json, sys; a = json.load(open(sys.argv[1]))["auths"]; print(base64.b64decode(a[sys.argv[2]]["auth"]).decode())' "$REGISTRY_AUTH_FILE" "$registry")
-  curl_auth=(-u "$login")
+  # A curl config file, not -u: the password stays off the command line.
+  printf 'user = "%s"\n' "$login" > "$work/curl-auth"
+  chmod 600 "$work/curl-auth"
+  curl_auth=(-K "$work/curl-auth")
 fi
 has() { curl -sf "${curl_auth[@]}" -o /dev/null -H 'Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json' "http://$registry/v2/$1/manifests/$2"; }
 

@@ -148,10 +148,13 @@ struct ValidatedMirror: Sendable {
         }
         self.sourceRegistry = sourceRegistry
         targetRegistry = try ValidatedBuild.registry(request.registry, default: defaultRegistry)
-        // From the platform registry itself: its own transport and, unless the request gave others, its credentials.
+        // From the platform registry itself: its own transport and, unless the request gave others,
+        // its credentials, for the requesting environment's own images only (`<environment id>/…`):
+        // the platform's login must not copy one tenant's image into another's repository.
         if source.host == targetRegistry.host {
             self.sourceRegistry.insecure = targetRegistry.insecure
-            if self.sourceRegistry.username.isEmpty {
+            let own = source.repository.lowercased().hasPrefix((request.context?.environmentId ?? "").lowercased() + "/")
+            if self.sourceRegistry.username.isEmpty, own {
                 self.sourceRegistry.username = targetRegistry.username
                 self.sourceRegistry.password = targetRegistry.password
             }

@@ -69,15 +69,29 @@ struct PKIIssue: AsyncParsableCommand {
 
 struct PKIRevoke: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "revoke", abstract: "Revoke a platform certificate: every platform service refuses it from its next handshake on.")
-    @Argument(help: "The certificate (PEM file) to revoke.") var certificate: String
+        commandName: "revoke",
+        abstract: "Revoke a platform certificate, or every certificate of an identity issued until now (a stolen key); services refuse it within seconds.")
+    @Argument(help: "The certificate (PEM file) to revoke.") var certificate: String?
+    @Option(help: "Revoke every certificate of this identity issued until now, renewals included; `slipway pki init` then issues it a new one.")
+    var identity: String?
     @OptionGroup var data: DataDirectoryOption
     @Option(help: "Why, for the revocation list.") var reason: String = ""
 
     func run() async throws {
+        let pki = PlatformPKI(dataDirectory: data.path)
+        if let identity {
+            guard certificate == nil else { throw CLIError.usage("give a certificate or --identity, not both") }
+            guard PlatformIdentity.isValidName(identity) else { throw CLIError.usage("\"\(identity)\" is not an identity name") }
+            try pki.revokeAll(of: PlatformIdentity(name: identity), reason: reason)
+            // Certificates count whole seconds: the next one issued must come after the cutoff second.
+            try await Task.sleep(for: .seconds(2))
+            print("revoked every certificate of spiffe://slipway/\(identity) issued until now, in \(pki.revocationListPath)")
+            print("issue it a new one: slipway pki init --data-dir \(data.path) (then restart slipway-\(identity))")
+            return
+        }
+        guard let certificate else { throw CLIError.usage("give the certificate to revoke, or --identity NAME") }
         guard let text = FileManager.default.contents(atPath: certificate) else { throw CLIError.usage("cannot read \(certificate)") }
         let parsed = try Certificate(pemEncoded: String(decoding: text, as: UTF8.self))
-        let pki = PlatformPKI(dataDirectory: data.path)
         let serial = try pki.revoke(parsed, reason: reason)
         print("revoked serial \(serial) (\(parsed.platformIdentityURIs.joined(separator: ", "))) in \(pki.revocationListPath)")
     }

@@ -307,10 +307,15 @@ struct RegistryLogin {
             }
             let process = Process()
             process.executableURL = URL(fileURLWithPath: tool)
-            process.arguments = ["-Bbn", username, secret]
+            // The password on standard input (-i), never on a command line another user can read.
+            process.arguments = ["-iBn", username]
             let pipe = Pipe()
+            let input = Pipe()
             process.standardOutput = pipe
+            process.standardInput = input
             try process.run()
+            input.fileHandleForWriting.write(Data((secret + "\n").utf8))
+            try input.fileHandleForWriting.close()
             let line = pipe.fileHandleForReading.readDataToEndOfFile()
             process.waitUntilExit()
             guard process.terminationStatus == 0, !line.isEmpty else { throw CLIError.failed("htpasswd failed (exit \(process.terminationStatus))") }

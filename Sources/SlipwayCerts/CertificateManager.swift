@@ -87,9 +87,11 @@ public actor CertificateManager {
         if let data = FileManager.default.contents(atPath: directory + "/certificates.json") {
             records = try JSONDecoder().decode([String: Record].self, from: data)
         }
-        if localCA.replacedUnconstrained {
-            let stale = Set(records.values.filter { $0.issuer == .localCA && $0.state == .issued }.map(\.id))
-            signedByReplacedCA = stale
+        // Certificates of a CA that was since replaced are reissued at the next renewal pass (found
+        // again at every start: a restart in the middle of the pass loses nothing).
+        let stale = Set(records.values.filter { $0.issuer == .localCA && $0.state == .issued && !localCA.signed(chainPEMFile(directory, $0.id)) }.map(\.id))
+        signedByReplacedCA = stale
+        if localCA.replacedUnconstrained || !stale.isEmpty {
             logger.warning(
                 "replaced the local CA by one limited to its suffixes (X.509 name constraints); trust the new one",
                 metadata: ["local_ca": "\(localCA.certificatePath)", "suffixes": "\(localCA.suffixes.joined(separator: ","))", "reissuing": "\(stale.count)"])
@@ -131,11 +133,14 @@ public actor CertificateManager {
             throw Failure(kind: .invalid, description: "domains: between 1 and \(maxDomains) names, got \(domains.count)")
         }
         for domain in domains { try Self.validate(domain) }
-        let issuer = requested ?? (domains.allSatisfy(Self.isLocalOnly) ? .localCA : .acme)
+        let issuer = requested ?? (domains.allSatisfy(localCA.permits) ? .localCA : .acme)
         if issuer == .localCA, let refusal = localCA.refusal(for: domains) {
             throw Failure(kind: .invalid, description: refusal)
         }
         if issuer == .acme {
+            if acme == nil, requested == nil, let local = domains.first(where: { Self.isLocalOnly($0) && !localCA.permits($0) }) {
+                throw Failure(kind: .invalid, description: localCA.refusal(for: [local])!)
+            }
             guard acme != nil else {
                 throw Failure(kind: .unavailable, description: "no ACME directory is configured (--certs-acme-directory); \(domains.joined(separator: ", ")) needs a public CA")
             }
@@ -302,4 +307,9 @@ struct LoadBalancerResponder: ACMEChallengeResponder {
     func cleanUp(token: String) async throws {
         try await installer.cleanUpChallenge(token: token)
     }
+}
+
+/// The chain file of certificate `id` in `directory` (empty when there is none).
+func chainPEMFile(_ directory: String, _ id: String) -> String {
+    FileManager.default.contents(atPath: "\(directory)/\(id).crt").map { String(decoding: $0, as: UTF8.self) } ?? ""
 }

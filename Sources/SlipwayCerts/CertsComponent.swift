@@ -60,7 +60,7 @@ public struct CertsComponent: PlatformComponent {
         var suffixes = LocalCA.defaultSuffixes
         for suffix in (options.certsLocalCaSuffixes ?? "").split(separator: ",") {
             let name = suffix.trimmingCharacters(in: CharacterSet(charactersIn: " .")).lowercased()
-            guard !name.isEmpty, name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "." }) else {
+            guard !name.isEmpty, name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == ".") }) else {
                 throw ValidationError("--certs-local-ca-suffixes: \"\(suffix)\" is not a DNS suffix")
             }
             suffixes.append(name)
@@ -68,7 +68,7 @@ public struct CertsComponent: PlatformComponent {
         let manager = try CertificateManager(
             directory: try configuration.stateDirectory(), installer: installer, acme: acme, localLifetime: lifetime, localSuffixes: suffixes, logger: logger)
         let platformCA = try loadPlatformCA(configuration: configuration, logger: logger)
-        router.register(CertsService(manager: manager, platformCA: platformCA))
+        router.register(CertsService(manager: manager, platformCA: platformCA, logger: logger))
         logger.info("certs ready", metadata: [
             "local_ca": "\(manager.localCA.certificatePath)", "acme": "\(acme?.directory.absoluteString ?? "none")", "network": "\(network)",
         ])

@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import X509
 import SlipwayProtos
 import SlipwayRPC
@@ -10,6 +11,8 @@ struct CertsService: Slipway_Certs_V1_Certs.ServiceProtocol {
     let manager: CertificateManager
     /// The platform CA with its key, when this service holds it.
     var platformCA: PlatformCA?
+    /// Where issued identity certificates are recorded (serials, for revocation).
+    var logger: Logger?
 
     func renewIdentity(request: Slipway_Certs_V1_RenewIdentityRequest, context: ServerContext) async throws -> Slipway_Certs_V1_IdentityCertificate {
         guard let platformCA else {
@@ -17,6 +20,13 @@ struct CertsService: Slipway_Certs_V1_Certs.ServiceProtocol {
         }
         guard let caller = context.caller, let identity = PlatformIdentity(uri: caller), identity.isKnown else {
             throw RPCError(.unauthenticated, "identity renewal needs the caller's platform client certificate")
+        }
+        // Only when the caller's own certificate is due (two thirds of its life): a stolen key cannot
+        // mint itself fresh certificates at will (and `slipway pki revoke --identity` cuts them all).
+        if let der = context.callerCertificate, let current = try? X509.Certificate(derEncoded: der), !current.renewalDue() {
+            let life = current.notValidAfter.timeIntervalSince(current.notValidBefore) - PlatformCA.backdating
+            let due = current.notValidAfter.addingTimeInterval(-life / 3)
+            throw RPCError(.failedPrecondition, "\(caller)'s certificate is not due for renewal before \(due) (two thirds of its life)")
         }
         guard request.lifetimeSeconds >= 0 else { throw RPCError(.invalidArgument, "lifetime_seconds must not be negative, got \(request.lifetimeSeconds)") }
         let longest = PlatformCA.defaultIdentityLifetime
@@ -27,6 +37,9 @@ struct CertsService: Slipway_Certs_V1_Certs.ServiceProtocol {
         } catch let error as TrustError {
             throw RPCError(.invalidArgument, error.description)
         }
+        logger?.info(
+            "issued a platform identity certificate",
+            metadata: ["identity": "\(identity.uri)", "serial": "\(certificate.serialNumber.hex)", "not-after": "\(certificate.notValidAfter)"])
         var response = Slipway_Certs_V1_IdentityCertificate()
         response.certificatePem = try certificate.serializeAsPEM().pemString + "\n"
         response.caPem = platformCA.certificatePEM

@@ -18,6 +18,15 @@ public struct LocalCA: Sendable {
     /// Whether an older CA without these constraints was replaced at load.
     public private(set) var replacedUnconstrained = false
 
+    /// Whether this CA signed `certificatePEM`'s leaf (false for a chain of a replaced CA).
+    public func signed(_ chainPEM: String) -> Bool {
+        guard let end = chainPEM.range(of: "-----END CERTIFICATE-----"),
+            let leaf = try? Certificate(pemEncoded: String(chainPEM[..<end.upperBound])),
+            let ca = try? Certificate(pemEncoded: certificatePEM)
+        else { return false }
+        return leaf.issuer == ca.subject && ca.publicKey.isValidSignature(leaf.signature, for: leaf)
+    }
+
     /// The suffixes unless the operator adds others (`--certs-local-ca-suffixes`).
     public static let defaultSuffixes = ["localhost", "test", "internal"]
 
@@ -38,14 +47,15 @@ public struct LocalCA: Sendable {
         if let certificate = FileManager.default.contents(atPath: certificatePath), let key = FileManager.default.contents(atPath: keyPath) {
             let pem = String(decoding: certificate, as: UTF8.self)
             let constraints = (try? Certificate(pemEncoded: pem)).flatMap { try? $0.extensions.nameConstraints }
-            if let constraints, Array(constraints.permittedDNSDomains).sorted() == suffixes {
+            if let constraints, Array(constraints.permittedDNSDomains).sorted() == suffixes, constraints.excludedIPRanges.count == 2 {
                 return LocalCA(certificatePEM: pem, certificatePath: certificatePath, keyPEM: String(decoding: key, as: UTF8.self), suffixes: suffixes)
             }
-            // A CA without these constraints (older, or other suffixes) is set aside, not reused:
-            // whoever trusts it would trust any name it signs.
+            // A CA without these constraints (older, or other suffixes) is not reused: whoever trusts
+            // it would trust any name it signs. Its key is destroyed; its certificate is kept beside,
+            // to tell which one to remove from trust stores.
             let stamp = Int(Date().timeIntervalSince1970)
-            try? FileManager.default.moveItem(atPath: certificatePath, toPath: "\(certificatePath).replaced-\(stamp)")
-            try? FileManager.default.moveItem(atPath: keyPath, toPath: "\(keyPath).replaced-\(stamp)")
+            try FileManager.default.moveItem(atPath: certificatePath, toPath: "\(certificatePath).replaced-\(stamp)")
+            try FileManager.default.removeItem(atPath: keyPath)
             replaced = true
         }
         let key = P256.Signing.PrivateKey()
@@ -67,7 +77,11 @@ public struct LocalCA: Sendable {
             extensions: try Certificate.Extensions {
                 Critical(BasicConstraints.isCertificateAuthority(maxPathLength: 0))
                 Critical(KeyUsage(keyCertSign: true, cRLSign: true))
-                Critical(NameConstraints(permittedDNSDomains: suffixes))
+                // Names under its suffixes only, and no IP address at all (0.0.0.0/0 and ::/0 excluded).
+                Critical(
+                    NameConstraints(
+                        permittedDNSDomains: suffixes,
+                        excludedIPRanges: [ASN1OctetString(contentBytes: [UInt8](repeating: 0, count: 8)[...]), ASN1OctetString(contentBytes: [UInt8](repeating: 0, count: 32)[...])]))
                 SubjectKeyIdentifier(hash: publicKey)
             },
             issuerPrivateKey: Certificate.PrivateKey(key))

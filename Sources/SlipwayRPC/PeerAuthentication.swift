@@ -17,26 +17,58 @@ public typealias ClientCertificateVerifier = @Sendable (_ leafDER: [UInt8]) -> P
 
 /// One connection's authenticated peer, filled in during the TLS handshake (event loop only).
 final class PeerAuthentication {
-    var identity: String?
-    var refusal: String?
+    private(set) var identity: String?
+    private(set) var refusal: String?
+    /// The client's leaf certificate (DER), for handlers that need more than the identity.
+    private(set) var certificate: [UInt8]?
+    private let verify: ClientCertificateVerifier
+    private var verifiedAt = NIODeadline.now()
+
+    /// A connection lives longer than a certificate's validity or its revocation: its certificate is
+    /// checked again before a call when the last check is older than this.
+    static let recheckInterval = TimeAmount.seconds(5)
+
+    init(verify: @escaping ClientCertificateVerifier) { self.verify = verify }
+
+    /// Decides on the leaf; records the verdict.
+    @discardableResult
+    func check(_ der: [UInt8]) -> Bool {
+        certificate = der
+        verifiedAt = .now()
+        switch verify(der) {
+        case .accepted(let identity):
+            self.identity = identity
+            return true
+        case .refused(let reason):
+            identity = nil
+            refusal = reason
+            return false
+        }
+    }
+
+    /// Before a call: the identity, checked again if the last check is stale (expired or revoked
+    /// since the handshake); nil with ``refusal`` set when it no longer holds.
+    func currentIdentity() -> String? {
+        if let certificate, identity != nil, NIODeadline.now() - verifiedAt > Self.recheckInterval { check(certificate) }
+        return identity
+    }
 
     /// NIOSSL's custom verification: our verifier decides, and its verdict is kept for the log.
-    func verificationCallback(_ verify: @escaping ClientCertificateVerifier) -> NIOSSLCustomVerificationCallback {
+    func verificationCallback() -> NIOSSLCustomVerificationCallback {
         { [self] certificates, promise in
             guard let leaf = certificates.first, let der = try? leaf.toDERBytes() else {
                 refusal = "the client presented no certificate"
                 promise.succeed(.failed)
                 return
             }
-            switch verify(der) {
-            case .accepted(let identity):
-                self.identity = identity
-                promise.succeed(.certificateVerified)
-            case .refused(let reason):
-                refusal = reason
-                promise.succeed(.failed)
-            }
+            promise.succeed(check(der) ? .certificateVerified : .failed)
         }
+    }
+
+    /// A resumed TLS session skips the verification callback: check the certificate the session carries.
+    func checkResumed(_ leaf: NIOSSLCertificate?) {
+        guard identity == nil, refusal == nil, let der = try? leaf?.toDERBytes() else { return }
+        check(der)
     }
 }
 
@@ -65,6 +97,19 @@ final class TLSPeerGate: ChannelInboundHandler, RemovableChannelHandler {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case TLSUserEvent.handshakeCompleted(let negotiated) = event {
+            if authentication.identity == nil, let tls = try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self) {
+                authentication.checkResumed(tls.peerCertificate)
+            }
+            if authentication.identity == nil {
+                logger.warning(
+                    "refused a connection",
+                    metadata: [
+                        "peer": "\(context.channel.remoteAddress?.description ?? "unknown")",
+                        "cause": "\(authentication.refusal ?? "no verified client certificate (a resumed session without one?)")",
+                    ])
+                context.close(promise: nil)
+                return
+            }
             if requireHTTP2, negotiated != "h2" {
                 logger.warning(
                     "refused a connection",

@@ -145,10 +145,10 @@ public final class RPCServer: Service, Sendable {
                         var authentication: PeerAuthentication?
                         if let (context, verifyClient) = self.sslContext.withLock({ $0 }) {
                             if let verifyClient {
-                                let peer = PeerAuthentication()
+                                let peer = PeerAuthentication(verify: verifyClient)
                                 authentication = peer
                                 try channel.pipeline.syncOperations.addHandler(
-                                    NIOSSLServerHandler(context: context, customVerificationCallback: peer.verificationCallback(verifyClient)))
+                                    NIOSSLServerHandler(context: context, customVerificationCallback: peer.verificationCallback()))
                                 try channel.pipeline.syncOperations.addHandler(TLSPeerGate(authentication: peer, requireHTTP2: http1 == nil, logger: logger))
                             } else {
                                 try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: context))

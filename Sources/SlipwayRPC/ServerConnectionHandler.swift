@@ -239,7 +239,13 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
         guard let handler = handlers[stream.path] else {
             return refuse(stream, code: .unimplemented, message: "unknown method \(stream.path)")
         }
-        let caller = authentication?.identity
+        let caller = authentication?.currentIdentity()
+        if let authentication, caller == nil {
+            // Its certificate expired or was revoked since the handshake.
+            let reason = authentication.refusal ?? "no verified client certificate"
+            logger.warning("refused a call", metadata: ["peer": "\(peer)", "method": "\(stream.path)", "cause": "\(reason)"])
+            return refuse(stream, code: .unauthenticated, message: "the connection's client certificate no longer holds: \(reason)")
+        }
         if let accessPolicy, let denial = accessPolicy.decide(caller: caller, path: stream.path) {
             logger.notice("denied a call", metadata: ["peer": "\(peer)", "caller": "\(caller ?? "none")", "method": "\(stream.path)"])
             return refuse(stream, code: denial.code, message: denial.message)
@@ -259,7 +265,9 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
         }
         stream.handler = handler
         stream.outbound = outbound
-        stream.context = ServerContext(path: stream.path, metadata: stream.metadata, deadline: deadline, peer: peer, caller: caller, outbound: outbound)
+        stream.context = ServerContext(
+            path: stream.path, metadata: stream.metadata, deadline: deadline, peer: peer, caller: caller,
+            callerCertificate: authentication?.certificate, outbound: outbound)
         if !handler.takesSingleRequest {
             stream.inbound = InboundMessages(windowHoldback: limits.initialStreamWindow) {
                 eventLoop.execute { loopBound.value.releaseWindow(id) }

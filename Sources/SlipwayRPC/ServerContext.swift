@@ -14,12 +14,18 @@ public final class ServerContext: Sendable {
     /// Who is calling, as its client certificate names it (`spiffe://slipway/<name>`); nil on a
     /// server that does not authenticate its clients.
     public let caller: String?
+    /// The caller's client certificate (DER), when the server authenticates its clients.
+    public let callerCertificate: [UInt8]?
     private let trailing = Mutex(Metadata())
     let outbound: OutboundMessages
 
-    init(path: String, metadata: Metadata, deadline: ContinuousClock.Instant?, peer: String, caller: String? = nil, outbound: OutboundMessages) {
+    init(
+        path: String, metadata: Metadata, deadline: ContinuousClock.Instant?, peer: String, caller: String? = nil,
+        callerCertificate: [UInt8]? = nil, outbound: OutboundMessages
+    ) {
         self.path = path
         self.caller = caller
+        self.callerCertificate = callerCertificate
         self.metadata = metadata
         self.deadline = deadline
         self.peer = peer

@@ -14,8 +14,9 @@ public enum AtomicFile {
 
     public static func write(_ data: some DataProtocol, to path: String, mode: mode_t = 0o600) throws(Failure) {
         let bytes = Array(data)
-        let temporary = path + ".new"
-        let fd = open(temporary, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, mode)
+        // A name of its own: two writers of one file never write into each other's temporary file.
+        let temporary = path + ".new-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        let fd = open(temporary, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, mode)
         guard fd >= 0 else { throw Failure(description: "cannot create \(temporary): \(String(cString: strerror(errno)))") }
         // open's mode is filtered by the umask; make it exact.
         fchmod(fd, mode)

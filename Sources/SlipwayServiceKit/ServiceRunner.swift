@@ -60,6 +60,10 @@ public enum ServiceRunner {
         var tls = try await component.serverTLS(configuration: configuration, logger: logger)
         let isInternal = !component.servesPublicAPI
         if isInternal, let identity = configuration.identity {
+            // Plain HTTP and HTTP/1.1 do not go through the access policy: an internal port serves neither.
+            guard router.plainHTTP == nil, router.http1 == nil else {
+                throw ConfigurationError("slipway-\(configuration.service.rawValue) serves plain HTTP on an internal port, which the access table cannot guard")
+            }
             router.accessPolicy = AccessTable.policy(for: configuration.service, methods: router.methodPaths)
             tls = identity.serverTLS()
         }

@@ -243,3 +243,37 @@ func der(_ certificate: Certificate) throws -> [UInt8] {
         }
     }
 }
+
+@Suite struct RevocationTests {
+    @Test func theListTakesSerialsAndWholeIdentitiesWhateverTheLineEndings() {
+        let entries = RevocationList.parse("00ab:CD  # one\r\nidentity spiffe://slipway/gateway 1700000000 # stolen\r\nnot hex here\n\n  0ff\n")
+        #expect(entries.serials == ["abcd", "ff"])
+        #expect(entries.issuedBefore == ["spiffe://slipway/gateway": Date(timeIntervalSince1970: 1_700_000_000)])
+    }
+
+    @Test func revokingAnIdentityRefusesItsCertificatesUntilThenAndNotLaterOnes() throws {
+        let pki = try temporaryPKI()
+        try pki.prepare()
+        let ca = try pki.loadCA()
+        let verifier = PeerVerifier(ca: ca.certificate, revocationListPath: pki.revocationListPath)
+        let key = Certificate.PublicKey(P256.Signing.PrivateKey().publicKey)
+        let now = Date()
+        let stolen = try ca.issue(PlatformIdentity(.gateway), publicKey: key, lifetime: .seconds(3600), now: now - 10)
+        let other = try ca.issue(PlatformIdentity(.pipeline), publicKey: key, lifetime: .seconds(3600), now: now - 10)
+        try pki.revokeAll(of: PlatformIdentity(.gateway), reason: "key stolen", now: now)
+        guard case .refused(let reason) = verifier.verify(leafDER: try der(stolen)) else { Issue.record("a revoked identity was accepted"); return }
+        #expect(reason.contains("revocation"))
+        #expect(verifier.verify(leafDER: try der(other)) == .accepted(identity: "spiffe://slipway/pipeline"))
+        let reissued = try ca.issue(PlatformIdentity(.gateway), publicKey: key, lifetime: .seconds(3600), now: now + 3)
+        #expect(verifier.verify(leafDER: try der(reissued), now: now + 4) == .accepted(identity: "spiffe://slipway/gateway"))
+        // `prepare` (slipway pki init) reissues the revoked identity.
+        #expect(try pki.prepare(now: now + 2).contains(PlatformIdentity(.gateway)))
+    }
+
+    @Test func aCAKeyWithoutItsCertificateIsNeverReplacedSilently() throws {
+        let pki = try temporaryPKI()
+        try pki.prepare()
+        try FileManager.default.removeItem(atPath: pki.caCertificatePath)
+        #expect { try pki.prepare() } throws: { "\($0)".contains("exists without") }
+    }
+}

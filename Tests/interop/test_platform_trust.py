@@ -405,6 +405,10 @@ def test_the_local_ca_signs_only_its_suffixes(platform):
                 stub.Issue(certs_pb.IssueRequest(domains=[name], issuer=certs_pb.ISSUER_LOCAL_CA), timeout=30)
             assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT, name
             assert "the local CA signs only names under" in failure.value.details() and name in failure.value.details()
+        # A local name outside the suffixes, issuer left to the service: refused, saying how to allow it.
+        with pytest.raises(grpc.RpcError) as failure:
+            stub.Issue(certs_pb.IssueRequest(domains=["printer.lan"]), timeout=30)
+        assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "--certs-local-ca-suffixes" in failure.value.details()
         issued = stub.Issue(certs_pb.IssueRequest(domains=["trust.test"], issuer=certs_pb.ISSUER_LOCAL_CA), timeout=30)
         assert issued.state == certs_pb.CERTIFICATE_ISSUED, issued
         local_ca = stub.GetLocalCA(certs_pb.LocalCARequest(), timeout=5)
@@ -412,8 +416,69 @@ def test_the_local_ca_signs_only_its_suffixes(platform):
     constraints = ca.extensions.get_extension_for_class(x509.NameConstraints)
     assert constraints.critical
     assert sorted(n.value for n in constraints.value.permitted_subtrees) == ["internal", "localhost", "test"]
+    # No IP address at all: every IPv4 and IPv6 range is excluded.
+    assert sorted(str(n.value) for n in constraints.value.excluded_subtrees) == ["0.0.0.0/0", "::/0"]
     assert platform.serving("certs")
 
 
 def test_up_prints_where_the_platform_ca_lives(platform):
     assert f"platform CA            {platform.data}/pki/ca.crt" in platform.up_output
+
+
+def test_a_certificate_is_renewed_only_when_due(platform):
+    """RenewIdentity mints a certificate for the caller's own identity only when the caller's
+    certificate is two thirds through its life: a stolen key cannot refresh itself at will."""
+    certs_pb, certs_grpc = local.protos("slipway/certs/v1/certs.proto")[0]
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "anything")]))
+           .sign(key, hashes.SHA256()))
+    request = certs_pb.RenewIdentityRequest(csr_der=csr.public_bytes(serialization.Encoding.DER), lifetime_seconds=3600)
+    with platform.channel("certs", "gateway") as channel:
+        with pytest.raises(grpc.RpcError) as failure:
+            certs_grpc.CertsStub(channel).RenewIdentity(request, timeout=10)
+    assert failure.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "spiffe://slipway/gateway's certificate is not due for renewal" in failure.value.details()
+    # Due (a 3-second certificate, two seconds in): renewed, for the caller's identity whatever the CSR says.
+    short = os.path.join(platform.data, "short-gateway")
+    platform.cli("pki", "issue", "gateway", "--out", short, "--lifetime-seconds", "3")
+    local.wait_until(lambda: x509.load_pem_x509_certificate(open(os.path.join(short, "tls.crt"), "rb").read())
+                     .not_valid_after_utc - datetime.datetime.now(datetime.timezone.utc) < datetime.timedelta(seconds=1), 10,
+                     "the short certificate did not come due")
+    with platform.channel("certs", "gateway", directory=short) as channel:
+        renewed = certs_grpc.CertsStub(channel).RenewIdentity(request, timeout=10)
+    certificate = x509.load_pem_x509_certificate(renewed.certificate_pem.encode())
+    uris = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.UniformResourceIdentifier)
+    assert uris == ["spiffe://slipway/gateway"]
+    assert certificate.public_key().public_numbers() == key.public_key().public_numbers()
+    wait_for_log(platform, "certs", ("issued a platform identity certificate", "spiffe://slipway/gateway"))
+
+
+def test_revoking_an_identity_cuts_its_open_connections_and_pki_init_reissues_it(platform):
+    """`slipway pki revoke --identity operator`: a connection opened before keeps no power (its
+    next call, within the recheck interval, is refused), new handshakes are refused, and
+    `slipway pki init` issues the identity a new certificate that works."""
+    copy = os.path.join(platform.data, "operator-before")
+    shutil.copytree(os.path.join(platform.data, "pki", "identities", "operator"), copy)
+    channel = platform.channel("logs", directory=copy)
+    stub = health_pb2_grpc.HealthStub(channel)
+    assert stub.Check(health_pb2.HealthCheckRequest(), timeout=5).status == 1
+    platform.cli("pki", "revoke", "--identity", "operator", "--reason", "test: key stolen")
+
+    def refused():
+        try:
+            stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+            return False
+        except grpc.RpcError as error:
+            assert error.code() == grpc.StatusCode.UNAUTHENTICATED, error
+            assert "no longer holds" in error.details() and "revocation" in error.details()
+            return True
+
+    local.wait_until(refused, 15, "the open connection kept working after its identity was revoked")
+    channel.close()
+    with platform.channel("logs", directory=copy) as fresh:
+        with pytest.raises(grpc.RpcError):
+            health_pb2_grpc.HealthStub(fresh).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    wait_for_log(platform, "logs", ("refused a TLS handshake", "revocation"))
+    assert "operator" in platform.cli("pki", "init").stdout
+    assert platform.serving("logs")

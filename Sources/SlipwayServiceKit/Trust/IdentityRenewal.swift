@@ -34,8 +34,11 @@ struct IdentityRenewal: Service {
                 let due = certificate.notValidAfter.addingTimeInterval(-life / 3)
                 var wait = due.timeIntervalSinceNow
                 if failures > 0 {
-                    // Retry soon, but not in a loop: a tenth of what is left, between 1 s and 5 min.
-                    wait = min(300, max(1, certificate.notValidAfter.timeIntervalSinceNow / 10))
+                    // Retry soon, but not in a loop: a tenth of what is left, between 1 s and 5 min;
+                    // every 5 min once expired (certs refuses an expired certificate: a person must
+                    // run `slipway pki init`, as the error log says).
+                    let left = certificate.notValidAfter.timeIntervalSinceNow
+                    wait = left <= 0 ? 300 : min(300, max(1, left / 10))
                 }
                 if wait > 0 { try await Task.sleep(for: .milliseconds(Int64(min(wait, 3600) * 1000))) }
                 guard identity.certificate.renewalDue() else { continue }
@@ -44,7 +47,8 @@ struct IdentityRenewal: Service {
                     let pem = try await sign(request.csr, identity.lifetime)
                     try identity.install(certificatePEM: pem, key: request.key)
                     renewed()
-                    failures = 0
+                    // A certificate due at once (the signer's clock far behind) counts as a failure: no busy loop.
+                    failures = identity.certificate.renewalDue() ? failures + 1 : 0
                     let next = identity.certificate
                     logger.info(
                         "renewed the platform identity certificate",
@@ -53,8 +57,11 @@ struct IdentityRenewal: Service {
                     return
                 } catch {
                     failures += 1
+                    let expired = identity.certificate.notValidAfter < Date()
                     logger.error(
-                        "cannot renew the platform identity certificate; retrying",
+                        expired
+                            ? "the platform identity certificate expired and cannot be renewed: run `slipway pki init` (or re-apply the Secret) and restart"
+                            : "cannot renew the platform identity certificate; retrying",
                         metadata: ["identity": "\(identity.identity.uri)", "expires": "\(identity.certificate.notValidAfter)", "error": "\(error)"])
                 }
             }

@@ -38,10 +38,15 @@ public final class PeerVerifier: Sendable {
             return .refused(reason: "the certificate of \(holder) expired at \(leaf.notValidAfter); renew it (slipway pki init)")
         }
         let serial = leaf.serialNumber.hex
-        if let revocations, revocations.contains(serial) {
-            return .refused(reason: "the certificate of \(holder) (serial \(serial)) is revoked")
+        if let revocations,
+            let revoked = revocations.refusal(serial: serial, identities: leaf.platformIdentityURIs, issued: leaf.notValidBefore + PlatformCA.backdating)
+        {
+            return .refused(reason: "the certificate of \(holder) \(revoked)")
         }
-        if let usage = try? leaf.extensions.extendedKeyUsage, !usage.contains(.clientAuth) {
+        if case .isCertificateAuthority? = (try? leaf.extensions.basicConstraints) ?? nil {
+            return .refused(reason: "the certificate of \(holder) is a CA's, not a leaf's")
+        }
+        guard let usage = try? leaf.extensions.extendedKeyUsage, usage.contains(.clientAuth) else {
             return .refused(reason: "the certificate of \(holder) is not for TLS clients (no clientAuth extended key usage)")
         }
         let uris = leaf.platformIdentityURIs
@@ -55,31 +60,69 @@ public final class PeerVerifier: Sendable {
     }
 }
 
-/// The revoked serial numbers, re-read when the file changes (a stat per handshake).
+/// What is revoked, re-read when the file changes (a stat per check). Two kinds of lines, `#`
+/// starting a comment:
+///
+///     3f9a…                                        one certificate, by serial (hex)
+///     identity spiffe://slipway/gateway 1796000000  every certificate of the identity issued at or
+///                                                   before that Unix time (a stolen key: its
+///                                                   renewals too); issue a new one afterwards
 final class RevocationList: Sendable {
     let path: String
-    private let state = Mutex<(stamp: [Int], serials: Set<String>)>(([], []))
+    private let state = Mutex<(stamp: [Int], entries: Entries)>(([], Entries()))
+
+    struct Entries: Sendable, Equatable {
+        var serials: Set<String> = []
+        /// Identity URI -> certificates issued at or before this time are revoked.
+        var issuedBefore: [String: Date] = [:]
+    }
 
     init(path: String) { self.path = path }
 
-    func contains(_ serial: String) -> Bool {
+    /// Why the certificate is revoked; nil when it is not.
+    func refusal(serial: String, identities: [String], issued: Date) -> String? {
+        let entries = current()
+        if entries.serials.contains(Self.normalized(serial)) { return "(serial \(serial)) is revoked" }
+        for identity in identities {
+            if let cutoff = entries.issuedBefore[identity], issued <= cutoff {
+                return "was issued before \(identity)'s revocation at \(cutoff) (every certificate of it issued until then is revoked)"
+            }
+        }
+        return nil
+    }
+
+    func contains(_ serial: String) -> Bool { current().serials.contains(Self.normalized(serial)) }
+
+    private func current() -> Entries {
         var info = stat()
         let stamp = stat(path, &info) == 0 ? [Int(info.st_mtim.tv_sec), Int(info.st_mtim.tv_nsec), Int(info.st_size), Int(info.st_ino)] : []
         return state.withLock { state in
-            if state.stamp != stamp {
-                state.stamp = stamp
-                state.serials = Self.parse((try? String(contentsOfFile: path, encoding: .utf8)) ?? "")
+            guard state.stamp != stamp else { return state.entries }
+            if stamp.isEmpty {
+                state = (stamp, Entries())
+            } else if let text = try? String(contentsOfFile: path, encoding: .utf8) {
+                state = (stamp, Self.parse(text))
             }
-            return state.serials.contains(Self.normalized(serial))
+            // Unreadable for now (a file-descriptor limit, a permission): keep what was known and
+            // read again at the next check.
+            return state.entries
         }
     }
 
-    static func parse(_ text: String) -> Set<String> {
-        Set(text.split(separator: "\n").compactMap { line in
-            let serial = line.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first?
-                .trimmingCharacters(in: .whitespaces).lowercased().replacingOccurrences(of: ":", with: "") ?? ""
-            return serial.isEmpty ? nil : normalized(serial)
-        })
+    static func parse(_ text: String) -> Entries {
+        var entries = Entries()
+        for line in text.split(whereSeparator: \.isNewline) {
+            let content = line.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
+            let words = content.split(whereSeparator: \.isWhitespace).map(String.init)
+            if words.count == 3, words[0] == "identity", let seconds = Double(words[2]) {
+                let cutoff = Date(timeIntervalSince1970: seconds)
+                entries.issuedBefore[words[1]] = max(entries.issuedBefore[words[1]] ?? cutoff, cutoff)
+            } else if words.count == 1 {
+                let serial = words[0].lowercased().replacingOccurrences(of: ":", with: "")
+                if !serial.isEmpty, serial.allSatisfy(\.isHexDigit) { entries.serials.insert(normalized(serial)) }
+            }
+        }
+        return entries
     }
 
     /// Hex without leading zeros: DER's sign byte and other tools' padding do not matter.

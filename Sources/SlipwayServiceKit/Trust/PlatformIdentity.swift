@@ -36,10 +36,10 @@ public struct PlatformIdentity: Hashable, Sendable, CustomStringConvertible, Com
     /// address it connects to: `slipway-<name>`.
     public var serverName: String { "slipway-\(name)" }
 
-    /// DNS names in the identity's certificate: the server name, its Kubernetes Service names in
-    /// the `slipway` namespace, and localhost.
+    /// DNS names in the identity's certificate: the server name and its Kubernetes Service names in
+    /// the `slipway` namespace.
     public var dnsNames: [String] {
-        [serverName, "\(serverName).slipway.svc", "\(serverName).slipway.svc.cluster.local", "localhost"]
+        [serverName, "\(serverName).slipway.svc", "\(serverName).slipway.svc.cluster.local"]
     }
 
     /// Lower-case letters, digits and dashes, 1 to 63 characters (a DNS label).

@@ -149,6 +149,9 @@ public final class ServiceIdentity: Sendable {
     public func install(certificatePEM: String, key: P256.Signing.PrivateKey) throws {
         let certificate = try Certificate(pemEncoded: certificatePEM)
         try Self.check(certificate, is: identity, issuedBy: verifier.ca, now: Date())
+        guard certificate.notValidBefore <= Date() + 60 else {
+            throw TrustError("the renewed certificate is not valid before \(certificate.notValidBefore): the signer's clock is ahead of ours")
+        }
         guard certificate.publicKey == Certificate.PublicKey(key.publicKey) else { throw TrustError("the renewed certificate is not for the requested key") }
         try FileManager.default.createDirectory(atPath: renewedDirectory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         try AtomicFile.write(key.pemRepresentation + "\n", to: renewedDirectory + "/tls.key", mode: 0o600)

@@ -17,6 +17,8 @@ public struct ClusterOptions: ParsableArguments, Sendable {
     @Option(help: "Context of the kubeconfig (default: its current-context).") var clusterKubeContext: String?
     @Option(help: "Registry credentials for pulling the apps' images, a containers-auth.json (env SLIPWAY_CLUSTER_REGISTRY_AUTH_FILE; slipway up writes one for its registry).")
     var clusterRegistryAuthFile: String?
+    @Flag(help: "A missing --cluster-registry-auth-file means anonymous pulls, with a warning (an optional Kubernetes Secret), instead of an error.")
+    var clusterRegistryAuthOptional = false
 
     public init() {}
 }
@@ -65,9 +67,13 @@ public struct ClusterComponent: PlatformComponent {
 
 extension ClusterComponent {
     /// The pull credentials file, checked readable at start.
-    func registryAuthFile() throws -> String? {
+    func registryAuthFile(logger: Logger? = nil) throws -> String? {
         guard let path = options.clusterRegistryAuthFile ?? ProcessInfo.processInfo.environment["SLIPWAY_CLUSTER_REGISTRY_AUTH_FILE"] else { return nil }
         guard FileManager.default.isReadableFile(atPath: path) else {
+            if options.clusterRegistryAuthOptional, !FileManager.default.fileExists(atPath: path) {
+                logger?.warning("no registry credentials: the apps' images are pulled anonymously", metadata: ["expected": "\(path)"])
+                return nil
+            }
             throw ValidationError("--cluster-registry-auth-file: cannot read \(path)")
         }
         return path
@@ -88,7 +94,7 @@ extension ClusterComponent {
         let logs = configuration.directory[.logs]
         let cluster = try KubernetesCluster(
             driver: KubernetesDriver(client: try KubernetesClient(kubernetes), logger: logger), directory: try configuration.stateDirectory(),
-            logs: configuration.client(for: .logs), pullCredentials: try registryAuthFile().flatMap { FileManager.default.contents(atPath: $0) },
+            logs: configuration.client(for: .logs), pullCredentials: try registryAuthFile(logger: logger).flatMap { FileManager.default.contents(atPath: $0) },
             logger: logger)
         router.register(ClusterService(cluster: cluster))
         logger.info("cluster ready", metadata: ["driver": "kubernetes", "server": "\(kubernetes.server.absoluteString)", "logs": "\(logs)"])

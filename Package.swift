@@ -76,6 +76,12 @@ var targets: [Target] = [
 
     // Child processes in their own session with line-by-line output, tree kill, crash ledger (builder, cluster).
     .target(name: "SlipwayProcess", dependencies: ["CSlipwaySpawn"], swiftSettings: strict),
+    // Workload isolation on one machine: bridges, network namespaces, nftables, user namespaces and
+    // the hardened OCI config, for the cluster's instances and the builder's RUN steps.
+    .target(
+        name: "SlipwayIsolation",
+        dependencies: ["SlipwayProcess", "SlipwayServiceKit", .product(name: "Crypto", package: "swift-crypto"), .product(name: "Logging", package: "swift-log")],
+        swiftSettings: strict),
 
     // A small HTTP/1.1 client (one request per connection, bounded body, deadline, TLS with chosen roots).
     .target(
@@ -149,7 +155,7 @@ var targets: [Target] = [
     ),
     .testTarget(
         name: "SlipwayClusterTests",
-        dependencies: ["SlipwayCluster", "SlipwayProcess", "SlipwayRegistry", "SlipwayTestSupport", "SlipwayRPC", "SlipwayRPCServices", .product(name: "Logging", package: "swift-log")],
+        dependencies: ["SlipwayCluster", "SlipwayIsolation", "SlipwayServiceKit", "SlipwayProcess", "SlipwayRegistry", "SlipwayTestSupport", "SlipwayRPC", "SlipwayRPCServices", .product(name: "Logging", package: "swift-log")],
         // Responses recorded from real Kubernetes API servers (Fixtures/kubernetes/SOURCES.md), read by path.
         exclude: ["Fixtures"],
         swiftSettings: strict
@@ -187,9 +193,9 @@ var targets: [Target] = [
 
 /// What a service library needs beyond the common set.
 let serviceDependencies: [String: [Target.Dependency]] = [
-    "SlipwayBuilder": ["SlipwayRegistry", "SlipwayProcess", .product(name: "Crypto", package: "swift-crypto")],
+    "SlipwayBuilder": ["SlipwayRegistry", "SlipwayProcess", "SlipwayIsolation", .product(name: "Crypto", package: "swift-crypto")],
     "SlipwayCluster": [
-        "SlipwayProcess", "SlipwayHTTP", .product(name: "Crypto", package: "swift-crypto"), .product(name: "Yams", package: "Yams"),
+        "SlipwayProcess", "SlipwayIsolation", "SlipwayHTTP", .product(name: "Crypto", package: "swift-crypto"), .product(name: "Yams", package: "Yams"),
         .product(name: "NIOSSL", package: "swift-nio-ssl"), .product(name: "NIOHTTP1", package: "swift-nio"),
     ],
     "SlipwayPipeline": [.product(name: "GRDB", package: "GRDB.swift"), .product(name: "Crypto", package: "swift-crypto")],
@@ -218,7 +224,7 @@ for (executable, library) in services {
         swiftSettings: strict))
     targets.append(.executableTarget(name: executable, dependencies: [
             .target(name: library), "SlipwayServiceKit", .product(name: "ArgumentParser", package: "swift-argument-parser"),
-        ],
+        ] + (executable == "slipway-builder" ? ["SlipwayIsolation"] : []),
         swiftSettings: strict))
 }
 
@@ -226,7 +232,8 @@ for (executable, library) in services {
 targets.append(.target(
     name: "SlipwayCLI",
     dependencies: [
-        "SlipwayRPC", "SlipwayProtos", "SlipwayProtobuf", "CSlipwaySpawn", "SlipwayServiceKit", "SlipwayHTTP",
+        "SlipwayRPC", "SlipwayProtos", "SlipwayProtobuf", "CSlipwaySpawn", "SlipwayServiceKit", "SlipwayHTTP", "SlipwayIsolation",
+        .product(name: "Logging", package: "swift-log"),
         .product(name: "NIOHTTP1", package: "swift-nio"),
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "NIOSSL", package: "swift-nio-ssl"),

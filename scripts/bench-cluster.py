@@ -3,6 +3,7 @@
 registry, through the real slipway-cluster (local driver: skopeo, umoci, runc).
 
     python3 scripts/bench-cluster.py [BIN_DIR] [ROUNDS]     (default .build/release, 10 rounds)
+    SLIPWAY_CLUSTER_FLAGS="--cluster-isolation off" ...       (flags for slipway-cluster: the same without isolation)
 
 Per round, a Deploy of one replica (readiness: GET /health), then a Deploy of 10 replicas replacing
 it. The first Deploy of all pulls the image into the cluster's layout (reported apart as "cold");
@@ -26,13 +27,8 @@ rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 10
 data = tempfile.mkdtemp(prefix="slipway-bench-cluster-")
 registry_port, cluster_port = local.free_port(), local.free_port()
 registry = local.start_registry(os.path.join(data, "registry"), registry_port)
-image_name = f"127.0.0.1:{registry_port}/bench/hello:1"
-storage = ["--storage-driver", "vfs", "--root", os.path.join(data, "containers"), "--runroot", os.path.join(data, "run")]
-subprocess.run(["buildah", *storage, "bud", "--isolation", "chroot", "--tls-verify=false",
-                "--build-arg", f"BASE=127.0.0.1:{registry_port}/slipway/busybox:latest", "-t", image_name,
-                os.path.join(local.ROOT, "examples", "hello")], check=True, capture_output=True)
-subprocess.run(["buildah", *storage, "push", "--tls-verify=false", image_name], check=True, capture_output=True)
-cluster = local.start_service(bin_dir, "cluster", data, cluster_port)
+image_name = local.push_example_image(data, registry_port)
+cluster = local.start_service(bin_dir, "cluster", data, cluster_port, *os.environ.get("SLIPWAY_CLUSTER_FLAGS", "").split())
 try:
     stub = pb_grpc.ClusterStub(local.platform_channel(data, f"127.0.0.1:{cluster_port}", "cluster"))  # mutual TLS, as the operator
     workload = pb.Workload(environment_id="bench", service_id="svc_bench", service_name="hello")

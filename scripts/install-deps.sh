@@ -10,8 +10,8 @@ what=${1:-build}
 APT_BUILD=(pkg-config libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler libprotobuf-dev libprotoc-dev openssl)
 # What the builder runs: git, buildah, skopeo, the distribution registry (with apache2-utils'
 # htpasswd for its bcrypt password file), and busybox-static for the offline base image
-# (scripts/seed-base-images.sh).
-APT_RUN=(git curl buildah skopeo docker-registry apache2-utils busybox-static runc umoci nginx-light)
+# (scripts/seed-base-images.sh); iproute2 and nftables isolate the apps and builds.
+APT_RUN=(git curl buildah skopeo docker-registry apache2-utils busybox-static runc umoci nginx-light iproute2 nftables)
 APT_TEST=(nghttp2-client python3-pip openssh-server pebble)
 PIP_TEST=(grpcio grpcio-health-checking grpcio-reflection grpcio-tools h2 pytest kubernetes-validate cryptography)
 

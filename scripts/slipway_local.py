@@ -2,6 +2,8 @@
 protos compiled by grpcio-tools, a docker-registry, the service executables, example repositories,
 and a Build call that collects its events.
 """
+import atexit
+import hashlib
 import os
 import random
 import shutil
@@ -126,9 +128,38 @@ def platform_channel(data, address, service, identity="operator", options=(), di
                                options=[("grpc.ssl_target_name_override", f"slipway-{service}"), *options])
 
 
+def isolation_tag(data, service):
+    """The tag in every name a service's isolation makes on the host (bridges, veths, namespaces,
+    the nftables table): a hash of its network state directory, as EnvironmentNetworks computes it."""
+    path = os.path.realpath(os.path.join(data, service, "network"))
+    return hashlib.sha256(path.encode()).hexdigest()[:4]
+
+
+def remove_isolation(tags):
+    """Removes what isolation made on the host for these tags (a test's services are gone, and its
+    data directory may be too): namespaces, veths, bridges, the nftables tables."""
+    for tag in tags:
+        for name in os.listdir("/var/run/netns") if os.path.isdir("/var/run/netns") else []:
+            if name.startswith(f"slipway-{tag}-"):
+                subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+        links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+        for line in links.splitlines():
+            name = line.split(":")[1].strip().split("@")[0]
+            if name.startswith((f"sv{tag}", f"sw{tag}")):
+                subprocess.run(["ip", "link", "delete", name], capture_output=True)
+        subprocess.run(["nft", "delete", "table", "inet", f"slipway_{tag}"], capture_output=True)
+
+
+def track_isolation(data):
+    """At exit, the cluster's and builder's isolation of this data directory go."""
+    atexit.register(remove_isolation, [isolation_tag(data, "cluster"), isolation_tag(data, "builder")])
+
+
 def start_service(bin_dir, name, data, port, *args, env=None):
     """slipway-<name> on 127.0.0.1:port (its identity prepared first); returns once it accepts connections."""
     prepare_pki(bin_dir, data)
+    if name in ("cluster", "builder"):
+        track_isolation(data)
     proc = subprocess.Popen([os.path.join(bin_dir, f"slipway-{name}"), "--listen", f"127.0.0.1:{port}", "--data-dir", data, *args],
                             stdout=subprocess.DEVNULL, stderr=open(os.path.join(data, f"{name}.log"), "ab"), env=env)
 
@@ -244,3 +275,15 @@ def self_signed_files(directory, *names, ips=()):
         c.write(cert_pem)
         k.write(key_pem)
     return cert, key
+
+
+def push_example_image(data, registry_port, image="bench/hello:1"):
+    """Builds examples/hello with buildah (storage under `data`) and pushes it to the registry on
+    127.0.0.1:registry_port as `image`; returns its full reference."""
+    reference = f"127.0.0.1:{registry_port}/{image}"
+    storage = ["--storage-driver", "vfs", "--root", os.path.join(data, "containers"), "--runroot", os.path.join(data, "run")]
+    subprocess.run(["buildah", *storage, "bud", "--isolation", "chroot", "--tls-verify=false",
+                    "--build-arg", f"BASE=127.0.0.1:{registry_port}/slipway/busybox:latest", "-t", reference,
+                    os.path.join(ROOT, "examples", "hello")], check=True, capture_output=True)
+    subprocess.run(["buildah", *storage, "push", "--tls-verify=false", reference], check=True, capture_output=True)
+    return reference

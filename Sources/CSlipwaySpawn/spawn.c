@@ -7,6 +7,7 @@
 #include <spawn.h>
 #include <sys/prctl.h>
 #include <unistd.h>
+#include <linux/falloc.h>
 
 /* A new session, default signal dispositions, an empty signal mask. */
 static void new_session_attributes(posix_spawnattr_t *attributes) {
@@ -33,6 +34,9 @@ int slipway_spawn(const char *file, char *const argv[], char *const envp[], cons
     posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
     posix_spawn_file_actions_adddup2(&actions, out[1], 1);
     posix_spawn_file_actions_adddup2(&actions, err[1], 2);
+    /* Nothing else of ours goes along (sockets of the service's connections among them), whether
+       or not whoever opened it asked for close-on-exec. */
+    posix_spawn_file_actions_addclosefrom_np(&actions, 3);
     if (cwd) posix_spawn_file_actions_addchdir_np(&actions, cwd);
 
     posix_spawnattr_t attributes;
@@ -63,6 +67,7 @@ int slipway_spawn_daemon(const char *file, char *const argv[], char *const envp[
     posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
     posix_spawn_file_actions_addopen(&actions, 1, log_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
     posix_spawn_file_actions_adddup2(&actions, 1, 2);
+    posix_spawn_file_actions_addclosefrom_np(&actions, 3);
 
     posix_spawnattr_t attributes;
     new_session_attributes(&attributes);
@@ -71,4 +76,8 @@ int slipway_spawn_daemon(const char *file, char *const argv[], char *const envp[
     posix_spawn_file_actions_destroy(&actions);
     posix_spawnattr_destroy(&attributes);
     return result;
+}
+
+int slipway_punch_hole(int fd, long long length) {
+    return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, (off_t)length);
 }

@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import Logging
+import SlipwayIsolation
 import SlipwayProcess
 import SlipwayProtos
 import SlipwayRPC
@@ -21,10 +22,13 @@ final class Builder: Sendable {
     let workDirectory: String
     let ledger: ProcessLedger
     let logger: Logger
+    /// How RUN steps are isolated (nil: chroot on the host's network, as root — trusted Dockerfiles only).
+    let isolation: BuildIsolation?
     private let active = Mutex<[String: ActiveBuild]>([:])
 
-    init(configuration: BuilderConfiguration, stateDirectory: String, logsClient: RPCClient?, logger: Logger) throws {
+    init(configuration: BuilderConfiguration, stateDirectory: String, logsClient: RPCClient?, isolation: BuildIsolation? = nil, logger: Logger) throws {
         self.configuration = configuration
+        self.isolation = isolation
         // Builds a crashed previous life left running (git and buildah outlive the service) are
         // stopped before anything else: their results went nowhere and they hold build slots' worth of CPU.
         self.ledger = try ProcessLedger(directory: stateDirectory + "/processes")
@@ -38,7 +42,11 @@ final class Builder: Sendable {
         self.logsClient = logsClient
         self.workDirectory = stateDirectory + "/work"
         self.logger = logger
-        // Work directories of builds that were running when the service last stopped.
+        // Work directories of builds that were running when the service last stopped, and the
+        // RUN steps their runtime left running (buildah was stopped above; its steps were not).
+        for build in (try? FileManager.default.contentsOfDirectory(atPath: workDirectory)) ?? [] {
+            RuntimeShim.stopContainers(directory: workDirectory + "/" + build + "/runtime")
+        }
         try? FileManager.default.removeItem(atPath: workDirectory)
         try FileManager.default.createDirectory(atPath: workDirectory, withIntermediateDirectories: true)
     }
@@ -62,6 +70,12 @@ final class Builder: Sendable {
 
     func build(_ request: Slipway_Builder_V1_BuildRequest, events: @escaping EventSink) async throws(RPCError) {
         let validated = try ValidatedBuild(request, defaultRegistry: configuration.registry)
+        if let asked = validated.network {
+            guard let isolation else {
+                throw RPCError(.failedPrecondition, "network \(asked.rawValue): this builder runs RUN steps unisolated on the host's network (--builder-isolation off); leave network unset")
+            }
+            _ = try isolation.network(for: asked)
+        }
         try await run(id: request.buildId, context: request.context ?? .init(), timeout: validated.timeout(default: configuration.buildTimeout), firstStep: .gitClone, events: events) { job in
             try await self.runBuild(validated, job)
         }
@@ -261,8 +275,24 @@ final class Builder: Sendable {
                 throw BuildFailure(.buildError, step: .build, "\(field) leads outside the repository (a symlink?) or does not exist at commit \(commit.prefix(12))")
             }
         }
-        let arguments = tools.buildArguments(context: context, dockerfile: source + "/" + build.dockerfileInRepository, tag: image.description, buildArgs: build.buildArgs, target: build.target)
-        let built = try await runTool("buildah", arguments, files: files, step: .build, job: job)
+        var isolationArguments = ["--isolation", "chroot"]
+        var attached: String?
+        if let isolation {
+            let network = (try? isolation.network(for: build.network)) ?? BuildIsolation.Network.none
+            (isolationArguments, attached) = try await isolation.prepare(
+                job: (job.workDirectory as NSString).lastPathComponent, directory: job.workDirectory + "/runtime", network: network)
+        }
+        let arguments = tools.buildArguments(
+            context: context, dockerfile: source + "/" + build.dockerfileInRepository, tag: image.description, buildArgs: build.buildArgs,
+            target: build.target, isolation: isolationArguments)
+        let built: ChildProcess.Termination
+        do throws(BuildFailure) {
+            built = try await runTool("buildah", arguments, files: files, step: .build, job: job)
+        } catch {
+            await endSteps(job, attached: attached)
+            throw error
+        }
+        await endSteps(job, attached: attached)
         guard built.succeeded else {
             throw BuildFailure(.buildError, step: .build, "the image build failed: \(Self.errorSummary(log.recentLines(12)))")
         }
@@ -299,6 +329,14 @@ final class Builder: Sendable {
     }
 
     /// Runs buildah or skopeo, its output going to the build log; cancellation kills it and throws.
+    /// After buildah: the build's steps (a cancelled or failed buildah may leave one running) and
+    /// its network go.
+    private func endSteps(_ job: Job, attached: String?) async {
+        guard let isolation else { return }
+        RuntimeShim.stopContainers(directory: job.workDirectory + "/runtime")
+        if let attached { await isolation.networks?.detach(attached) }
+    }
+
     private func runTool(_ tool: String, _ arguments: [String], files: ToolFiles, step: Slipway_Builder_V1_Step, job: Job) async throws(BuildFailure) -> ChildProcess.Termination {
         let log = job.log
         let termination: ChildProcess.Termination

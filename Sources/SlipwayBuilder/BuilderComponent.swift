@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import SlipwayIsolation
 import ServiceLifecycle
 import SlipwayRPC
 import SlipwayServiceKit
@@ -18,6 +19,10 @@ public struct BuilderConfiguration: Sendable {
     var buildTimeout: Duration = .seconds(1800)
     var fetchTimeout: Duration = .seconds(300)
     var maxRepositoryBytes: Int64 = 2 * 1024 * 1024 * 1024
+    /// How RUN steps reach the network (nil: `--builder-isolation off`, chroot on the host's network).
+    var runIsolation: BuildIsolation.Network? = .nat
+    /// Where the builds' bridge gets its subnet.
+    var networkPool = IPv4Network("10.88.0.0/16")!
 
     public init() {}
 }
@@ -34,6 +39,9 @@ public struct BuilderOptions: ParsableArguments, Sendable {
     @Option(help: "Seconds a build may run (default 1800) unless the request sets its own limit.") var builderTimeout: Int?
     @Option(help: "Seconds a git fetch may take (default 300).") var builderFetchTimeout: Int?
     @Option(help: "Largest repository accepted, in bytes (default 2 GiB).") var builderMaxRepositoryBytes: Int64?
+    @Option(help: "RUN steps of Dockerfiles: nat (default: a network namespace of their own with egress through NAT, a user namespace, hardened runc), none (the same without any network), off (chroot on the host's network as root: trusted Dockerfiles only).")
+    var builderIsolation: String?
+    @Option(help: "The IPv4 pool the builds' bridge takes its subnet from (default 10.88.0.0/16).") var builderNetworkPool: String?
 
     public init() {}
 
@@ -68,6 +76,18 @@ public struct BuilderOptions: ParsableArguments, Sendable {
         if let value = try positiveOption(builderTimeout, "builder-timeout") { configuration.buildTimeout = .seconds(value) }
         if let value = try positiveOption(builderFetchTimeout, "builder-fetch-timeout") { configuration.fetchTimeout = .seconds(value) }
         if let value = try positiveOption(builderMaxRepositoryBytes, "builder-max-repository-bytes") { configuration.maxRepositoryBytes = value }
+        switch builderIsolation ?? "nat" {
+        case "off": configuration.runIsolation = nil
+        case let value:
+            guard let network = BuildIsolation.Network(rawValue: value) else { throw ValidationError("--builder-isolation must be nat, none or off, got \"\(value)\"") }
+            configuration.runIsolation = network
+        }
+        if let pool = builderNetworkPool {
+            guard let parsed = IPv4Network(pool), (8...28).contains(parsed.prefixLength) else {
+                throw ValidationError("--builder-network-pool must be an IPv4 network a.b.c.d/8 to /28, got \"\(pool)\"")
+            }
+            configuration.networkPool = parsed
+        }
         return configuration
     }
 }
@@ -83,9 +103,36 @@ public struct BuilderComponent: PlatformComponent {
     public func setUp(configuration service: ServiceConfiguration, logger: Logger, router: inout RPCRouter) async throws -> [any Service] {
         let logsAddress = service.directory[.logs]
         let logs = service.client(for: .logs)
-        let builder = try Builder(configuration: configuration, stateDirectory: try service.stateDirectory(), logsClient: logs, logger: logger)
+        let directory = try service.stateDirectory()
+        let isolation = try await Self.isolation(configuration, directory: directory, logger: logger)
+        let builder = try Builder(configuration: configuration, stateDirectory: directory, logsClient: logs, isolation: isolation, logger: logger)
         router.register(BuilderService(builder: builder))
-        logger.info("builder ready", metadata: ["registry": "\(configuration.registry.host)", "logs": "\(logsAddress)", "max_concurrent": "\(configuration.maxConcurrentBuilds)"])
+        let runSteps = configuration.runIsolation?.rawValue ?? "off (chroot, host network)"
+        logger.info("builder ready", metadata: [
+            "registry": "\(configuration.registry.host)", "logs": "\(logsAddress)", "max_concurrent": "\(configuration.maxConcurrentBuilds)", "isolation": "\(runSteps)",
+        ])
         return []
+    }
+
+    /// The RUN steps' isolation, checked and its rules loaded (the service does not start without it).
+    static func isolation(_ configuration: BuilderConfiguration, directory: String, logger: Logger) async throws -> BuildIsolation? {
+        guard let network = configuration.runIsolation else {
+            logger.warning("build isolation is off: Dockerfile RUN steps run as root on the host's network and reach every local service")
+            return nil
+        }
+        let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        try LocalDirectories.searchable(directory + "/containers", owned: 3)
+        guard network == .nat else { return BuildIsolation(network: network, networks: nil, executable: executable) }
+        var settings = EnvironmentNetworks.Configuration()
+        settings.pool = configuration.networkPool
+        settings.hostIDBase = BuildIsolation.hostIDBase
+        settings.withoutIsolation = "run builds without a network (--builder-isolation none) or unisolated (--builder-isolation off)"
+        let networks: EnvironmentNetworks
+        do {
+            networks = try await EnvironmentNetworks.prepared(directory: directory + "/network", configuration: settings, logger: logger)
+        } catch {
+            throw ValidationError("cannot isolate builds: \(error.description)")
+        }
+        return BuildIsolation(network: network, networks: networks, executable: executable)
     }
 }

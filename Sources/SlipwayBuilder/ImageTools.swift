@@ -69,18 +69,18 @@ struct ToolFiles {
 }
 
 /// buildah and skopeo as the builder runs them: storage under the builder's state directory, the
-/// `vfs` driver and chroot isolation (what works as root without a daemon or fuse).
+/// `vfs` driver (what works as root without a daemon or fuse); RUN steps isolated by ``BuildIsolation``.
 struct ImageTools: Sendable {
     var storageRoot: String
     var storageDriver = "vfs"
-    var isolation = "chroot"
 
     var buildahGlobal: [String] {
         ["--storage-driver", storageDriver, "--root", storageRoot + "/storage", "--runroot", storageRoot + "/run"]
     }
 
-    func buildArguments(context: String, dockerfile: String, tag: String, buildArgs: [String: String], target: String) -> [String] {
-        var arguments = buildahGlobal + ["bud", "--isolation", isolation, "--layers", "--file", dockerfile, "--tag", tag]
+    /// `isolation`: how RUN steps run (``BuildIsolation``), e.g. `--isolation oci --runtime … --network …`.
+    func buildArguments(context: String, dockerfile: String, tag: String, buildArgs: [String: String], target: String, isolation: [String] = ["--isolation", "chroot"]) -> [String] {
+        var arguments = buildahGlobal + ["bud"] + isolation + ["--layers", "--file", dockerfile, "--tag", tag]
         for (key, value) in buildArgs.sorted(by: { $0.key < $1.key }) { arguments += ["--build-arg", "\(key)=\(value)"] }
         if !target.isEmpty { arguments += ["--target", target] }
         return arguments + [context]

@@ -14,6 +14,8 @@ struct ValidatedBuild: Sendable {
     var repository: String
     var registry: RegistryTarget
     var timeoutSeconds: UInt32
+    /// The RUN steps' network asked for (nil: the builder's default).
+    var network: BuildIsolation.Network?
 
     init(_ request: Slipway_Builder_V1_BuildRequest, defaultRegistry: RegistryTarget) throws(RPCError) {
         try Self.validateID(request.buildId)
@@ -42,6 +44,12 @@ struct ValidatedBuild: Sendable {
         }
         registry = try Self.registry(request.registry, default: defaultRegistry)
         timeoutSeconds = request.timeoutSeconds
+        switch request.network {
+        case .unspecified: network = nil
+        case .nat: network = .nat
+        case .none: network = BuildIsolation.Network.none
+        default: throw RPCError(.invalidArgument, "network: unknown value \(request.network); BUILD_NETWORK_NAT, BUILD_NETWORK_NONE or unset")
+        }
     }
 
     func timeout(default value: Duration) -> Duration {

@@ -133,6 +133,7 @@ struct ServiceConfigOptions: ParsableArguments, Sendable {
     @Option(help: "Directory of the repository to build in.") var rootPath: String?
     @Option(help: "Dockerfile, relative to --root-path.") var dockerfile: String?
     @Option(name: .customLong("build-arg"), help: "Build argument KEY=VALUE (repeatable).") var buildArgs: [String] = []
+    @Option(help: "Network of the Dockerfile's RUN steps: nat (egress only), none, or default (the builder's).") var buildNetwork: String?
     @Option(help: "Run this image (host/name) instead of building.") var image: String?
     @Option(help: "Tag of --image deployed by default.") var tag: String?
     @Option(name: .customLong("port"), help: "PORT[:public][:http|grpc|tcp] (repeatable), e.g. 8080:public.") var ports: [String] = []
@@ -178,8 +179,16 @@ struct ServiceConfigOptions: ParsableArguments, Sendable {
             if let rootPath { source.rootPath = rootPath }
             if let dockerfile { source.dockerfilePath = dockerfile }
             for (key, value) in try Self.pairs(buildArgs, "build-arg") { source.buildArgs[key] = value }
+            switch buildNetwork {
+            case nil: break
+            case "nat": source.buildNetwork = .nat
+            case "none": source.buildNetwork = .none
+            case "default": source.buildNetwork = .unspecified
+            case let other?: throw CLIError.usage("--build-network \(other): nat, none or default")
+            }
             config.source = .application(source)
         } else if case .container(var source)? = config.source {
+            if buildNetwork != nil { throw CLIError.usage("--build-network is for services built from git (--git)") }
             if let tag { source.tag = tag }
             config.source = .container(source)
         } else {

@@ -114,7 +114,9 @@ enum JSON {
         ]
         switch config.source {
         case .application(let git)?:
-            object["application"] = ["url": git.url, "branch": git.branch, "root_path": git.rootPath, "dockerfile_path": git.dockerfilePath, "build_args": git.buildArgs]
+            var application: [String: Any] = ["url": git.url, "branch": git.branch, "root_path": git.rootPath, "dockerfile_path": git.dockerfilePath, "build_args": git.buildArgs]
+            application["build_network"] = git.buildNetwork.protoName
+            object["application"] = application
         case .container(let container)?:
             object["container"] = ["image": container.image, "tag": container.tag]
         case nil: break

@@ -1,6 +1,8 @@
 import ArgumentParser
 import CSlipwaySpawn
 import Foundation
+import Logging
+import SlipwayIsolation
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif
@@ -264,6 +266,15 @@ struct DownCommand: AsyncParsableCommand {
                 delete.waitUntilExit()
             }
             if !ids.isEmpty { print("stopped \(ids.count) app instance(s)") }
+        }
+        // And their isolation (and the builds'): namespaces, bridges, the nftables tables.
+        for (service, what) in [("cluster", "the apps' networks"), ("builder", "the builds' network")] {
+            let networkDirectory = data + "/\(service)/network"
+            if FileManager.default.fileExists(atPath: networkDirectory + "/network.json"),
+               let networks = try? EnvironmentNetworks(directory: networkDirectory, logger: Logger(label: "slipway-down")) {
+                await networks.removeAll()
+                print("removed \(what) (nftables table inet \(networks.table))")
+            }
         }
         // So does the load balancer.
         if let text = try? String(contentsOfFile: data + "/network/nginx/nginx.pid", encoding: .utf8), let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)),

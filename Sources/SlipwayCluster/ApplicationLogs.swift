@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import SlipwayProcess
 import SlipwayProtos
 import SlipwayRPC
 import SlipwayServiceKit
@@ -15,6 +16,12 @@ import SlipwayServiceKit
 /// written finds, at start, where the logs service already is and resumes from there.
 /// A removed instance's files are moved to `<directory>/retired/` by the runtime and shipped to
 /// their end before they are deleted.
+///
+/// The files stay bounded on disk: once the logs service has acknowledged a prefix, its blocks are
+/// given back (a hole is punched: offsets stay valid, the instance keeps appending to the same
+/// file). What is not acknowledged yet is kept up to ``maxBacklogBytes`` per file; an instance that
+/// writes more while the logs service is away or behind loses its oldest unshipped output, and the
+/// stream says so with a line `[slipway] N bytes of stdout dropped: …` where they were.
 public final class ApplicationLogs: Sendable {
     struct Shipped: Codable, Equatable {
         var environmentID: String
@@ -33,15 +40,23 @@ public final class ApplicationLogs: Sendable {
     public static let maxLinesPerBatch = 500
     /// Bytes read from one file per pass.
     static let maxReadBytes = 256 * 1024
+    /// Unshipped output kept per file by default (`--cluster-output-backlog-mib`).
+    public static let defaultMaxBacklogBytes: UInt64 = 64 * 1024 * 1024
+    /// Acknowledged output is given back in whole blocks of this size.
+    static let releaseGranule: UInt64 = 64 * 1024
 
     let directory: String
     let runtime: LocalRuntime
     let client: Slipway_Logs_V1_Logs.Client
     let logger: Logger
     let interval: Duration
+    /// Unshipped bytes kept per file; beyond, the oldest are dropped (and the stream says so).
+    public let maxBacklogBytes: UInt64
 
-    public init(directory: String, runtime: LocalRuntime, client: RPCClient, interval: Duration = .milliseconds(200), logger: Logger) throws {
+    public init(directory: String, runtime: LocalRuntime, client: RPCClient, interval: Duration = .milliseconds(200),
+                maxBacklogBytes: UInt64 = ApplicationLogs.defaultMaxBacklogBytes, logger: Logger) throws {
         self.directory = directory
+        self.maxBacklogBytes = max(maxBacklogBytes, UInt64(Self.maxReadBytes))
         self.runtime = runtime
         self.client = .init(wrapping: client)
         self.interval = interval
@@ -68,8 +83,10 @@ public final class ApplicationLogs: Sendable {
                     try await recover()
                     recovered = true
                 }
-                try await shipOnce()
+                let more = try await shipOnce()
                 reported = false
+                // A file had more than one read's worth: go on at once.
+                if more { continue }
             } catch {
                 // An append may have been stored with its answer lost: find out before sending again.
                 recovered = false
@@ -122,48 +139,52 @@ public final class ApplicationLogs: Sendable {
     /// One pass over every instance: new complete lines are sent, acknowledged, then recorded. An
     /// instance the logs service refuses does not hold up the others; the first failure is thrown
     /// at the end of the pass.
-    func shipOnce() async throws {
+    /// Returns whether some file has more to read than one pass took.
+    @discardableResult
+    func shipOnce() async throws -> Bool {
         var failure: (any Error)?
+        var more = false
         for id in instanceIDs() {
             do {
-                try await ship(id)
+                if try await ship(id) { more = true }
             } catch {
                 failure = failure ?? error
             }
         }
         if let failure { throw failure }
+        return more
     }
 
-    private func ship(_ id: String) async throws {
-        guard var shipped = load(id) else { return }
+    private func ship(_ id: String) async throws -> Bool {
+        guard var shipped = load(id) else { return false }
         let live = FileManager.default.fileExists(atPath: runtime.instanceDirectory(id))
         let retired = !live && FileManager.default.fileExists(atPath: retiredPath(id, .stdout))
         guard live || retired else {
             // Registered but not started yet: wait. Removed without output kept: done.
             if shipped.retired == true { unlink(statePath(id)) }
-            return
+            return false
         }
         var lines: [Slipway_Logs_V1_LogLine] = []
         var next = shipped
+        var more = false
         for source in [Source.stdout, .stderr] {
             let path = live ? (source == .stdout ? runtime.stdoutPath(id) : runtime.stderrPath(id)) : retiredPath(id, source)
-            let offset = source == .stdout ? shipped.stdout : shipped.stderr
+            var offset = source == .stdout ? shipped.stdout : shipped.stderr
+            let size = Self.size(of: path)
+            if size > offset, size - offset > maxBacklogBytes {
+                // Too far behind: the oldest unshipped output goes, and the stream says so.
+                let skipTo = size - maxBacklogBytes / 2
+                let name = source == .stdout ? "stdout" : "stderr"
+                lines.append(line(shipped, id, source, "[slipway] \(skipTo - offset) bytes of \(name) dropped: the instance wrote more than the \(maxBacklogBytes / 1024 / 1024) MiB the cluster keeps unshipped while the logs service was away or behind", after: skipTo, level: .warn))
+                logger.warning("application output dropped: backlog over its limit", metadata: ["instance": "\(id)", "source": "\(name)", "bytes": "\(skipTo - offset)"])
+                offset = skipTo
+            }
             let (read, end) = Self.lines(in: path, from: offset, final: retired)
             for (text, after) in read {
-                var line = Slipway_Logs_V1_LogLine()
-                var key = Slipway_Logs_V1_StreamKey()
-                key.environmentId = shipped.environmentID
-                key.serviceId = shipped.serviceID
-                line.stream = key
-                line.instanceId = id
-                line.source = source == .stdout ? .stdout : .stderr
-                line.level = source == .stdout ? .info : .warn
-                line.text = text
-                line.sourceOffset = after
-                line.emittedNanos = Int64(Date().timeIntervalSince1970 * 1_000_000_000)
-                lines.append(line)
+                lines.append(line(shipped, id, source, text, after: after, level: source == .stdout ? .info : .warn))
             }
             if source == .stdout { next.stdout = end } else { next.stderr = end }
+            if size > end, size - end >= UInt64(Self.maxReadBytes) { more = true }
         }
         if !lines.isEmpty {
             next.sentAt = Date().timeIntervalSince1970
@@ -186,11 +207,46 @@ public final class ApplicationLogs: Sendable {
             shipped = next
             save(id, shipped)
         }
+        if live, !lines.isEmpty {
+            // Acknowledged and on record: the blocks go back to the file system.
+            FileSpace.release(runtime.stdoutPath(id), before: shipped.stdout, granule: Self.releaseGranule)
+            FileSpace.release(runtime.stderrPath(id), before: shipped.stderr, granule: Self.releaseGranule)
+        }
         if retired, lines.isEmpty {
             // Shipped to the end: the instance is gone for good.
             for source in [Source.stdout, .stderr] { unlink(retiredPath(id, source)) }
             unlink(statePath(id))
         }
+        return more
+    }
+
+    private func line(_ shipped: Shipped, _ id: String, _ source: Source, _ text: String, after: UInt64, level: Slipway_Logs_V1_Level) -> Slipway_Logs_V1_LogLine {
+        var line = Self.logLine(environmentID: shipped.environmentID, serviceID: shipped.serviceID, instanceID: id,
+                                source: source == .stdout ? .stdout : .stderr, level: level, text: text)
+        line.sourceOffset = after
+        line.emittedNanos = Int64(Date().timeIntervalSince1970 * 1_000_000_000)
+        return line
+    }
+
+    /// A line of an instance's output, labelled for the logs service.
+    static func logLine(environmentID: String, serviceID: String, instanceID: String, source: Slipway_Logs_V1_Source,
+                        level: Slipway_Logs_V1_Level, text: String) -> Slipway_Logs_V1_LogLine {
+        var line = Slipway_Logs_V1_LogLine()
+        var key = Slipway_Logs_V1_StreamKey()
+        key.environmentId = environmentID
+        key.serviceId = serviceID
+        line.stream = key
+        line.instanceId = instanceID
+        line.source = source
+        line.level = level
+        line.text = text
+        return line
+    }
+
+    static func size(of path: String) -> UInt64 {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return 0 }
+        return UInt64(info.st_size)
     }
 
     private func append(_ lines: [Slipway_Logs_V1_LogLine]) async throws {

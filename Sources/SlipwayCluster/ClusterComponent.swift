@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import ServiceLifecycle
+import SlipwayIsolation
 import SlipwayProcess
 import SlipwayRPC
 import SlipwayServiceKit
@@ -19,6 +20,14 @@ public struct ClusterOptions: ParsableArguments, Sendable {
     var clusterRegistryAuthFile: String?
     @Flag(help: "A missing --cluster-registry-auth-file means anonymous pulls, with a warning (an optional Kubernetes Secret), instead of an error.")
     var clusterRegistryAuthOptional = false
+    @Option(help: "Local driver: on (default) runs each instance in its own network and user namespaces behind nftables rules; off runs them on the host's network as the host's root (only for code you trust).")
+    var clusterIsolation: String?
+    @Option(help: "Local driver: the IPv4 pool the environments' subnets come from (default 10.89.0.0/16).")
+    var clusterNetworkPool: String?
+    @Option(help: "Local driver: prefix length of each environment's subnet (default 24: 253 instances per environment).")
+    var clusterSubnetLength: Int?
+    @Option(help: "Local driver: MiB of each instance's stdout or stderr kept while not yet acknowledged by the logs service (default 64); beyond, the oldest unshipped output is dropped and the log stream says so.")
+    var clusterOutputBacklogMib: Int?
 
     public init() {}
 }
@@ -51,13 +60,23 @@ public struct ClusterComponent: PlatformComponent {
         // exit status is read (and they are reaped) by the supervisor.
         if !ProcessTree.becomeSubreaper() { logger.warning("cannot become a child subreaper: exit statuses of instances will be unknown") }
         let logs = configuration.directory[.logs]
+        let directory = try configuration.stateDirectory()
+        var backlog = ApplicationLogs.defaultMaxBacklogBytes
+        if let mib = options.clusterOutputBacklogMib {
+            guard (1...4096).contains(mib) else { throw ValidationError("--cluster-output-backlog-mib must be 1 to 4096, got \(mib)") }
+            backlog = UInt64(mib) * 1024 * 1024
+        }
+        let network = try await isolation(directory: directory, logger: logger)
         let cluster = try LocalCluster(
-            directory: try configuration.stateDirectory(), traffic: traffic, logs: configuration.client(for: .logs),
-            registryAuthFile: try registryAuthFile(), logger: logger)
+            directory: directory, traffic: traffic, logs: configuration.client(for: .logs),
+            registryAuthFile: try registryAuthFile(), network: network, outputBacklogBytes: backlog, logger: logger)
         try await cluster.recover()
         router.register(ClusterService(cluster: cluster))
+        var isolationSummary = "off (host network)"
+        if let network { isolationSummary = "on, pool \(network.configuration.pool), nftables table inet \(network.table)" }
         logger.info("cluster ready", metadata: [
-            "driver": "local (runc)", "logs": "\(logs)", "traffic": "\(traffic == nil ? "none" : "network at \(configuration.directory[.network])")",
+            "driver": "local (runc)", "logs": "\(logs)",
+            "isolation": "\(isolationSummary)", "traffic": "\(traffic == nil ? "none" : "network at \(configuration.directory[.network])")",
         ])
         var services: [any Service] = [Supervisor(cluster: cluster)]
         if let applicationLogs = cluster.applicationLogs { services.append(LogShipping(logs: applicationLogs)) }
@@ -66,6 +85,33 @@ public struct ClusterComponent: PlatformComponent {
 }
 
 extension ClusterComponent {
+    /// The instances' isolation, checked and its rules loaded: the service does not start with
+    /// isolation asked for and missing (no instance runs half-isolated).
+    func isolation(directory: String, logger: Logger) async throws -> EnvironmentNetworks? {
+        switch options.clusterIsolation ?? "on" {
+        case "off":
+            logger.warning("instance isolation is off: apps run on the host's network as root and reach every local service")
+            return nil
+        case "on": break
+        case let other: throw ValidationError("--cluster-isolation must be on or off, got \"\(other)\"")
+        }
+        var settings = EnvironmentNetworks.Configuration()
+        if let pool = options.clusterNetworkPool {
+            guard let parsed = IPv4Network(pool), parsed.prefixLength >= 8, parsed.prefixLength <= 28 else {
+                throw ValidationError("--cluster-network-pool must be an IPv4 network a.b.c.d/8 to /28, got \"\(pool)\"")
+            }
+            settings.pool = parsed
+        }
+        if let length = options.clusterSubnetLength { settings.subnetLength = length }
+        let network: EnvironmentNetworks
+        do {
+            network = try await EnvironmentNetworks.prepared(directory: directory + "/network", configuration: settings, logger: logger)
+        } catch {
+            throw ValidationError("cannot isolate instances: \(error.description)")
+        }
+        return network
+    }
+
     /// The pull credentials file, checked readable at start.
     func registryAuthFile(logger: Logger? = nil) throws -> String? {
         guard let path = options.clusterRegistryAuthFile ?? ProcessInfo.processInfo.environment["SLIPWAY_CLUSTER_REGISTRY_AUTH_FILE"] else { return nil }

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import SlipwayIsolation
 import SlipwayRPC
 import SlipwayServiceKit
 
@@ -46,13 +47,22 @@ public actor LocalCluster {
     /// Ships the instances' output to the logs service; nil: it stays in their files.
     public nonisolated let applicationLogs: ApplicationLogs?
 
+    /// Isolated instances' networks (nil: instances share the host's network, unisolated).
+    public nonisolated let network: EnvironmentNetworks?
+    /// The port every isolated instance listens on (`PORT`), in its own network namespace — the
+    /// Kubernetes driver's too.
+    public static let isolatedPort = 8080
+
     /// `logs`: the logs service, where the instances' output goes (nil: it stays in their files).
-    public init(directory: String, traffic: (any TrafficSwitch)? = nil, logs: RPCClient? = nil, registryAuthFile: String? = nil, logger: Logger) throws {
+    /// `network`: isolation (nil: the host's network).
+    public init(directory: String, traffic: (any TrafficSwitch)? = nil, logs: RPCClient? = nil, registryAuthFile: String? = nil,
+                network: EnvironmentNetworks? = nil, outputBacklogBytes: UInt64 = ApplicationLogs.defaultMaxBacklogBytes, logger: Logger) throws {
         self.directory = directory
         self.traffic = traffic
-        let runtime = try LocalRuntime(directory: directory, registryAuthFile: registryAuthFile)
+        self.network = network
+        let runtime = try LocalRuntime(directory: directory, registryAuthFile: registryAuthFile, network: network)
         self.runtime = runtime
-        self.applicationLogs = try logs.map { try ApplicationLogs(directory: directory + "/applogs", runtime: runtime, client: $0, logger: logger) }
+        self.applicationLogs = try logs.map { try ApplicationLogs(directory: directory + "/applogs", runtime: runtime, client: $0, maxBacklogBytes: outputBacklogBytes, logger: logger) }
         self.logger = logger
         try FileManager.default.createDirectory(atPath: directory + "/workloads", withIntermediateDirectories: true)
     }
@@ -64,6 +74,15 @@ public actor LocalCluster {
     @discardableResult
     public func recover() async throws -> Bool {
         var complete = true
+        if let network {
+            // Addresses handed out to instances that never made it onto a record go back.
+            var known = Set<String>()
+            for file in try FileManager.default.contentsOfDirectory(atPath: directory + "/workloads") where file.hasSuffix(".json") {
+                guard let record = try? load(String(file.dropLast(5))) else { continue }
+                known.formUnion((record.current + record.pending + (record.retiring ?? [])).map(\.id))
+            }
+            await network.reconcile(keeping: known)
+        }
         for file in try FileManager.default.contentsOfDirectory(atPath: directory + "/workloads") where file.hasSuffix(".json") {
             guard var record = try? load(String(file.dropLast(5))) else { continue }
             // Killed while the replaced instances stopped: they go now.
@@ -219,15 +238,33 @@ public actor LocalCluster {
         // Ports are found one by one: one found twice in a batch is found again.
         var ports = Set((rollout.old + rollout.ready).map(\.port))
         for _ in 0..<count {
-            var port = try Self.freePort()
-            while !ports.insert(port).inserted { port = try Self.freePort() }
-            var instance = Instance(id: Self.newInstanceID(spec.workload.serviceName), port: port, image: spec.image)
+            let id = Self.newInstanceID(spec.workload.serviceName)
+            var instance: Instance
+            var isolation: LocalRuntime.Isolation?
+            if let network {
+                // Its address is on record (the network's) before the instance is.
+                let attachment: EnvironmentNetworks.Attachment
+                do {
+                    attachment = try await network.attach(id, environmentID: spec.workload.environmentID)
+                } catch {
+                    throw ClusterFailure(kind: .runtime, description: "cannot isolate instance \(id): \(error)")
+                }
+                instance = Instance(id: id, port: Self.isolatedPort, image: spec.image)
+                instance.host = attachment.address
+                isolation = LocalRuntime.Isolation(attachment: attachment, hosts: hostsFile(spec.workload.environmentID, own: instance), resolvConf: network.resolvConf())
+            } else {
+                var port = try Self.freePort()
+                while !ports.insert(port).inserted { port = try Self.freePort() }
+                instance = Instance(id: id, port: port, image: spec.image)
+            }
             instance.startedAt = Date().timeIntervalSince1970
             record.pending.append(instance)
             applicationLogs?.register(instance.id, workload: spec.workload)
             var instanceSpec = LocalRuntime.InstanceSpec(id: instance.id, image: spec.image, port: instance.port)
             instanceSpec.insecureRegistry = insecure
+            instanceSpec.isolation = isolation
             instanceSpec.environment = spec.environment
+            if isolation != nil { instanceSpec.environment[Self.internalHostVariable] = spec.workload.serviceName }
             instanceSpec.cpuMillicores = spec.cpuMillicores
             instanceSpec.memoryMiB = spec.memoryMiB
             instanceSpec.command = spec.command
@@ -341,6 +378,7 @@ public actor LocalCluster {
             try await Self.remove(instance.id, runtime, applicationLogs)
         }
         try? FileManager.default.removeItem(atPath: path(workload.serviceID))
+        if network != nil { refreshHosts(workload.environmentID) }
         await publishChanges()
         return record.current
     }
@@ -414,12 +452,14 @@ public actor LocalCluster {
     }
 
     /// Written to a temporary file, flushed and renamed: a crash leaves the old record or the new one.
+    /// Isolated instances of its environment then learn who serves now (``refreshHosts(_:)``).
     func save(_ record: Record) throws {
         do {
             try AtomicFile.write(try JSONEncoder().encode(record), to: path(record.workload.serviceID))
         } catch let failure as AtomicFile.Failure {
             throw ClusterFailure(kind: .runtime, description: failure.description)
         }
+        if network != nil { refreshHosts(record.workload.environmentID) }
     }
 
     static func validate(_ workload: Workload) throws(ClusterFailure) {

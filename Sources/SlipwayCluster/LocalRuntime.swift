@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import SlipwayIsolation
 import SlipwayProcess
 import SlipwayServiceKit
 
@@ -12,8 +13,10 @@ import Glibc
 /// `umoci` (whiteouts and ownership handled), and run detached by `runc` under its own state root,
 /// so a restarted cluster service finds its instances again (`runc list`).
 ///
-/// Instances share the host's network namespace and listen on the loopback port they get in
-/// `PORT`; their stdout and stderr go to files in the instance directory, which outlive this
+/// Isolated instances (``InstanceSpec/isolation``, the default of the cluster service) run in a
+/// network namespace and a user namespace of their own, hardened by ``InstanceHardening``; without
+/// isolation they share the host's network namespace and listen on the loopback port they get in
+/// `PORT`. Their stdout and stderr go to files in the instance directory, which outlive this
 /// process (the container keeps them open).
 public final class LocalRuntime: Sendable {
     /// What one instance runs.
@@ -32,11 +35,27 @@ public final class LocalRuntime: Sendable {
         public var memoryMiB: Int?
         public var cpuMillicores: Int?
         public var readOnlyRootfs = false
+        /// Its own network and user namespaces (nil: the host's network, root is the host's root).
+        public var isolation: Isolation?
 
         public init(id: String, image: String, port: Int) {
             self.id = id
             self.image = image
             self.port = port
+        }
+    }
+
+    /// Where an isolated instance is attached and what it is told about its neighbours.
+    public struct Isolation: Sendable, Equatable {
+        public var attachment: EnvironmentNetworks.Attachment
+        /// Its `/etc/hosts` (rewritten in place as its environment changes: ``writeHosts(_:_:)``).
+        public var hosts: String
+        public var resolvConf: String
+
+        public init(attachment: EnvironmentNetworks.Attachment, hosts: String, resolvConf: String) {
+            self.attachment = attachment
+            self.hosts = hosts
+            self.resolvConf = resolvConf
         }
     }
 
@@ -61,13 +80,18 @@ public final class LocalRuntime: Sendable {
     var runcRoot: String { directory + "/runc" }
     /// Credentials for pulls (containers-auth.json: each registry's own, sent to it alone); nil: anonymous.
     public let registryAuthFile: String?
+    /// Isolated instances' networks: their namespaces go when they are removed.
+    public let network: EnvironmentNetworks?
 
-    public init(directory: String, registryAuthFile: String? = nil) throws {
+    public init(directory: String, registryAuthFile: String? = nil, network: EnvironmentNetworks? = nil) throws {
         self.directory = directory
         self.registryAuthFile = registryAuthFile
+        self.network = network
         for path in [directory + "/images", directory + "/instances", directory + "/runc"] {
             try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
         }
+        // The cluster's directory and the data directory above it.
+        if network != nil { try LocalDirectories.searchable(directory + "/instances", owned: 3) }
     }
 
     public func instanceDirectory(_ id: String) -> String { directory + "/instances/" + id }
@@ -119,7 +143,18 @@ public final class LocalRuntime: Sendable {
         }
         try FileManager.default.createDirectory(atPath: instance, withIntermediateDirectories: true)
         let bundle = instance + "/bundle"
-        try await tool("/usr/bin/umoci", ["unpack", "--image", "\(layout):\(name)", bundle], "unpacking \(spec.image)")
+        var unpack = ["unpack", "--image", "\(layout):\(name)"]
+        if let isolation = spec.isolation {
+            // Owned by the environment's unprivileged range: root inside owns its files.
+            let map = "0:\(isolation.attachment.hostID):\(EnvironmentNetworks.idRange)"
+            unpack += ["--uid-map", map, "--gid-map", map]
+            try FileManager.default.createDirectory(atPath: instance + "/etc", withIntermediateDirectories: true)
+            try writeHosts(spec.id, isolation.hosts)
+            try Data(isolation.resolvConf.utf8).write(to: URL(fileURLWithPath: instance + "/etc/resolv.conf"))
+        }
+        try await tool("/usr/bin/umoci", unpack + [bundle], "unpacking \(spec.image)")
+        // umoci makes the bundle 0700; the instance's root (another uid) must pass through it.
+        if spec.isolation != nil { chmod(bundle, 0o711) }
         try configure(bundle: bundle, spec)
         return try await run(spec.id)
     }
@@ -137,17 +172,51 @@ public final class LocalRuntime: Sendable {
 
     private func run(_ id: String) async throws -> InstanceState {
         let instance = instanceDirectory(id)
+        // An isolated instance is created, its network namespace (runc's, owned by its user
+        // namespace) connected, and only then started: the app never runs without its network.
+        let isolated = await network?.attachment(id) != nil
+        let command = isolated ? "create" : "run --detach"
         // runc's own stdio become the container's: files, so they outlive runc and this process.
-        try await tool("/bin/sh", [
-            "-c", "exec /usr/sbin/runc --root \"$1\" run --detach --pid-file \"$2\" --bundle \"$3\" \"$4\" >>\"$5\" 2>>\"$6\" </dev/null",
+        let (termination, _) = try await ChildProcess("/bin/sh", [
+            "-c", "exec /usr/sbin/runc --root \"$1\" \(command) --pid-file \"$2\" --bundle \"$3\" \"$4\" >>\"$5\" 2>>\"$6\" </dev/null",
             "sh", runcRoot, instance + "/pid", instance + "/bundle", id, stdoutPath(id), stderrPath(id),
-        ], "starting \(id)")
+        ]).output()
+        guard termination.succeeded else {
+            // runc's complaint went to the instance's stderr.
+            let said = (try? String(contentsOfFile: stderrPath(id), encoding: .utf8)).map { String($0.suffix(400)) } ?? ""
+            throw Failure("starting \(id) failed: \(said.trimmingCharacters(in: .whitespacesAndNewlines))")
+        }
+        if isolated, let network {
+            do {
+                let text = (try? String(contentsOfFile: instance + "/pid", encoding: .utf8)) ?? ""
+                guard let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) else { throw Failure("runc created \(id) without a pid file") }
+                try await network.wire(id, pid: pid)
+                try await tool("/usr/sbin/runc", ["--root", runcRoot, "start", id], "starting \(id)")
+            } catch {
+                _ = try? await ChildProcess("/usr/sbin/runc", ["--root", runcRoot, "delete", "--force", id]).output()
+                _ = reap(id)
+                throw error
+            }
+        }
         guard let state = try await state(id) else { throw Failure("instance \(id) did not start (see \(stderrPath(id)))") }
         return state
     }
 
+    /// Replaces an isolated instance's `/etc/hosts` in place (its bind mount keeps the inode).
+    public func writeHosts(_ id: String, _ content: String) throws {
+        let path = instanceDirectory(id) + "/etc/hosts"
+        let fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o644)
+        guard fd >= 0 else { throw Failure("cannot write \(path): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        let bytes = Array(content.utf8)
+        let written = bytes.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) }
+        guard written == bytes.count, ftruncate(fd, off_t(bytes.count)) == 0 else {
+            throw Failure("cannot write \(path): \(String(cString: strerror(errno)))")
+        }
+    }
+
     /// The OCI runtime config: the image's own (command, environment, working directory, user)
-    /// with this instance's environment, PORT, limits and the host network.
+    /// with this instance's environment, PORT, limits, and the host network or its isolation.
     func configure(bundle: String, _ spec: InstanceSpec) throws {
         let path = bundle + "/config.json"
         guard var config = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any],
@@ -167,7 +236,7 @@ public final class LocalRuntime: Sendable {
         var root = config["root"] as? [String: Any] ?? ["path": "rootfs"]
         root["readonly"] = spec.readOnlyRootfs
         config["root"] = root
-        // The host's network: instances listen on their own loopback port.
+        // Unisolated, the host's network: instances listen on their own loopback port.
         linux["namespaces"] = (linux["namespaces"] as? [[String: Any]] ?? []).filter { $0["type"] as? String != "network" }
         var resources = linux["resources"] as? [String: Any] ?? [:]
         if let memory = spec.memoryMiB { resources["memory"] = ["limit": memory * 1024 * 1024] }
@@ -176,6 +245,12 @@ public final class LocalRuntime: Sendable {
         // A cgroup of its own at a known place: its OOM kill count is read when it exits.
         linux["cgroupsPath"] = "/slipway/\(spec.id)"
         config["linux"] = linux
+        if let isolation = spec.isolation {
+            let etc = instanceDirectory(spec.id) + "/etc"
+            InstanceHardening.apply(
+                to: &config, namespacePath: nil, hostID: isolation.attachment.hostID,
+                files: [(etc + "/hosts", "/etc/hosts"), (etc + "/resolv.conf", "/etc/resolv.conf")])
+        }
         try JSONSerialization.data(withJSONObject: config, options: [.sortedKeys]).write(to: URL(fileURLWithPath: path))
     }
 
@@ -278,6 +353,7 @@ public final class LocalRuntime: Sendable {
     /// Stops it if needed and removes its directory.
     public func remove(_ id: String) async throws {
         try await stop(id, grace: .zero)
+        await network?.detach(id)
         try? FileManager.default.removeItem(atPath: instanceDirectory(id))
     }
 

@@ -18,25 +18,25 @@ enum Probe {
     static func check(_ check: Readiness, instance: Instance, runtime: LocalRuntime, timeout: Duration) async -> Result {
         switch check {
         case .tcp, .http:
-            return await self.check(port: instance.port, readiness: check, timeout: timeout)
+            return await self.check(host: instance.host ?? "127.0.0.1", port: instance.port, readiness: check, timeout: timeout)
         case .grpc(let service):
-            return await grpcHealth(port: instance.port, service: service, timeout: timeout)
+            return await grpcHealth(host: instance.host ?? "127.0.0.1", port: instance.port, service: service, timeout: timeout)
         case .exec(let command):
             return await runtime.exec(instance.id, command, timeout: timeout)
         }
     }
 
-    static func check(port: Int, readiness: Readiness, timeout: Duration) async -> Result {
+    static func check(host: String = "127.0.0.1", port: Int, readiness: Readiness, timeout: Duration) async -> Result {
         await withCheckedContinuation { continuation in
             Thread.detachNewThread {
-                continuation.resume(returning: run(port: port, readiness: readiness, timeout: timeout))
+                continuation.resume(returning: run(host: host, port: port, readiness: readiness, timeout: timeout))
             }
         }
     }
 
     /// `grpc.health.v1.Health/Check` over cleartext HTTP/2, as Kubernetes' gRPC probe does.
-    static func grpcHealth(port: Int, service: String, timeout: Duration) async -> Result {
-        let client = RPCClient(host: "127.0.0.1", port: port)
+    static func grpcHealth(host: String = "127.0.0.1", port: Int, service: String, timeout: Duration) async -> Result {
+        let client = RPCClient(host: host, port: port)
         defer { Task { await client.close() } }
         var request = Grpc_Health_V1_HealthCheckRequest()
         request.service = service
@@ -56,14 +56,14 @@ enum Probe {
         }
     }
 
-    static func run(port: Int, readiness: Readiness, timeout: Duration) -> Result {
+    static func run(host: String = "127.0.0.1", port: Int, readiness: Readiness, timeout: Duration) -> Result {
         let deadline = ContinuousClock.now + timeout
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { return .failure("cannot open a socket") }
         defer { close(fd) }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_addr.s_addr = inet_addr(host)
         address.sin_port = UInt16(port).bigEndian
         let connected = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
@@ -76,7 +76,7 @@ enum Probe {
         guard error == 0 else { return .failure("connect to port \(port): \(String(cString: strerror(error)))") }
         guard case .http(let path) = readiness else { return .success }
 
-        let request = Array("GET \(path) HTTP/1.0\r\nHost: 127.0.0.1:\(port)\r\nUser-Agent: slipway-probe\r\n\r\n".utf8)
+        let request = Array("GET \(path) HTTP/1.0\r\nHost: \(host):\(port)\r\nUser-Agent: slipway-probe\r\n\r\n".utf8)
         var sent = 0
         while sent < request.count {
             guard wait(fd, Int16(POLLOUT), until: deadline) else { return .failure("GET \(path) timed out") }

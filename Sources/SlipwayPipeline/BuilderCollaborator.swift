@@ -29,6 +29,11 @@ public struct BuilderCollaborator: ImageCollaborator {
         request.rootPath = source.rootPath
         request.dockerfilePath = source.dockerfilePath
         request.buildArgs = source.buildArgs
+        switch source.buildNetwork {
+        case nil: request.network = .unspecified
+        case .nat?: request.network = .nat
+        case .none?: request.network = .none
+        }
         request.repository = work.repository
         return try await run(API.Build.self, request, cloned: cloned)
     }

@@ -32,6 +32,10 @@ public struct ServiceSpec: Sendable, Equatable, Codable {
         public var rootPath: String = ""
         public var dockerfilePath: String = "Dockerfile"
         public var buildArgs: [String: String] = [:]
+        /// How the Dockerfile's RUN steps reach the network: nat or none (nil: the builder's default).
+        public var buildNetwork: BuildNetwork? = nil
+
+        public enum BuildNetwork: String, Sendable, Codable { case nat, none }
 
         public init(url: String, branch: String) {
             self.url = url

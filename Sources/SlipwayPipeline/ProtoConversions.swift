@@ -50,6 +50,12 @@ enum Proto {
             source.rootPath = git.rootPath
             source.dockerfilePath = git.dockerfilePath.isEmpty ? "Dockerfile" : git.dockerfilePath
             source.buildArgs = git.buildArgs
+            switch git.buildNetwork {
+            case .unspecified: source.buildNetwork = nil
+            case .nat: source.buildNetwork = .nat
+            case .none: source.buildNetwork = ServiceSpec.GitSource.BuildNetwork.none
+            default: throw invalid("config.application.build_network: unknown value \(git.buildNetwork); BUILD_NETWORK_NAT, BUILD_NETWORK_NONE or unset")
+            }
             spec = ServiceSpec(source: .application(source))
         case .container(let container)?:
             guard !container.image.isEmpty else { throw invalid("config.container.image is required") }
@@ -120,6 +126,11 @@ enum Proto {
             git.rootPath = source.rootPath
             git.dockerfilePath = source.dockerfilePath
             git.buildArgs = source.buildArgs
+            switch source.buildNetwork {
+            case nil: git.buildNetwork = .unspecified
+            case .nat?: git.buildNetwork = .nat
+            case .none?: git.buildNetwork = .none
+            }
             config.source = .application(git)
         case .container(let image, let tag):
             var container = Slipway_Pipeline_V1_ContainerSource()

@@ -88,6 +88,19 @@ import Testing
         withRoot.rootPath = "api"
         #expect(withRoot.imageTag(commit: commit, dockerfile: dockerfile) != tag)
     }
+
+    @Test func theRunStepsNetworkIsTheBuildersDefaultUnlessAskedAndOnlyWhatTheBuilderCanGive() throws {
+        var request = request()
+        #expect(try ValidatedBuild(request, defaultRegistry: RegistryTarget(host: "r")).network == nil)
+        request.network = .none
+        #expect(try ValidatedBuild(request, defaultRegistry: RegistryTarget(host: "r")).network == BuildIsolation.Network.none)
+
+        let withoutNetwork = BuildIsolation(network: .none, networks: nil, executable: "/bin/false")
+        #expect(try withoutNetwork.network(for: nil) == BuildIsolation.Network.none)
+        #expect(try withoutNetwork.network(for: BuildIsolation.Network.none) == BuildIsolation.Network.none)
+        let refused = #expect(throws: RPCError.self) { try withoutNetwork.network(for: .nat) }
+        #expect(refused?.code == .failedPrecondition && refused?.message.contains("--builder-isolation none") == true)
+    }
 }
 
 @Suite struct RegistryChallengeTests {
@@ -148,6 +161,15 @@ import Testing
         let termination = try await task.value
         #expect(termination.signal == SIGKILL)
         #expect(BuilderServiceTests.processes(containing: marker).isEmpty)
+    }
+
+    @Test func theChildGetsNoDescriptorOfOursBeyondItsStdio() async throws {
+        // A descriptor opened without close-on-exec, as a service's sockets may be.
+        let fd = open("/dev/null", O_RDONLY)
+        #expect(fd > 2)
+        defer { close(fd) }
+        let (_, lines) = try await ChildProcess("/bin/sh", ["-c", "ls /proc/$$/fd"]).output()
+        #expect(Set(lines) == ["0", "1", "2"], "got \(lines)")
     }
 
     @Test func aMissingExecutableIsAnError() async {

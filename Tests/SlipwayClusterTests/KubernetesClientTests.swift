@@ -187,7 +187,11 @@ import Testing
         #expect(message == "deployment \"nginx\" successfully rolled out")
         let applied = server.requests.filter { $0.method == "PATCH" }.map { String($0.path.split(separator: "?")[0]) }
         #expect(applied == [
-            "/api/v1/namespaces/slipway-env-4f2a9c", "/api/v1/namespaces/slipway-env-4f2a9c/configmaps/web-config",
+            "/api/v1/namespaces/slipway-env-4f2a9c",
+            "/apis/networking.k8s.io/v1/namespaces/slipway-env-4f2a9c/networkpolicies/slipway-environment",
+            "/api/v1/namespaces/slipway-env-4f2a9c/resourcequotas/slipway-environment",
+            "/api/v1/namespaces/slipway-env-4f2a9c/limitranges/slipway-environment",
+            "/api/v1/namespaces/slipway-env-4f2a9c/configmaps/web-config",
             "/api/v1/namespaces/slipway-env-4f2a9c/secrets/web-secrets", "/apis/apps/v1/namespaces/slipway-env-4f2a9c/deployments/web",
             "/api/v1/namespaces/slipway-env-4f2a9c/services/web",
         ])

@@ -27,6 +27,37 @@ import Testing
         try await KubernetesSchemas.validate(objects, encode: { try KubernetesManifests.json($0) })
     }
 
+    @Test func environmentsAreIsolatedAndPodsHardened() async throws {
+        var input = Self.input()
+        input.runAsNonRoot = true
+        let objects = KubernetesManifests.all(input)
+        let (valid, output) = try await Self.validate(objects)
+        #expect(valid, "\(output)")
+        let kinds = objects.compactMap { $0["kind"] as? String }
+        #expect(kinds.starts(with: ["Namespace", "NetworkPolicy", "ResourceQuota", "LimitRange"]), "\(kinds)")
+        // In: only the environment's own pods and the ingress controller; out: anything but the platform.
+        let policy = try #require(objects.first { $0["kind"] as? String == "NetworkPolicy" }?["spec"] as? [String: Any])
+        #expect(policy["policyTypes"] as? [String] == ["Ingress", "Egress"])
+        let from = try #require((policy["ingress"] as? [[String: Any]])?.first?["from"] as? [[String: Any]])
+        #expect(from.count == 2 && (from[1]["namespaceSelector"] as? [String: Any])?["matchLabels"] as? [String: String] == ["kubernetes.io/metadata.name": "ingress-nginx"])
+        let to = try #require((policy["egress"] as? [[String: Any]])?.first?["to"] as? [[String: Any]])
+        let notIn = (to[0]["namespaceSelector"] as? [String: Any])?["matchExpressions"] as? [[String: AnyHashable]]
+        #expect(notIn == [["key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["slipway"]]])
+        #expect((to[1]["ipBlock"] as? [String: AnyHashable]) == ["cidr": "0.0.0.0/0", "except": ["169.254.0.0/16"]])
+        let quota = try #require((objects.first { $0["kind"] as? String == "ResourceQuota" }?["spec"] as? [String: Any])?["hard"] as? [String: String])
+        #expect(quota["pods"] == "100" && quota["limits.memory"] == "32768Mi")
+        // The pod: RuntimeDefault seccomp, no token; the container: no escalation, no capabilities, not root.
+        let pod = try #require(((KubernetesManifests.deployment(input)["spec"] as? [String: Any])?["template"] as? [String: Any])?["spec"] as? [String: Any])
+        #expect((pod["securityContext"] as? [String: [String: String]]) == ["seccompProfile": ["type": "RuntimeDefault"]])
+        #expect(pod["automountServiceAccountToken"] as? Bool == false)
+        let security = try #require((pod["containers"] as? [[String: Any]])?.first?["securityContext"] as? [String: Any])
+        #expect(security["allowPrivilegeEscalation"] as? Bool == false && security["runAsNonRoot"] as? Bool == true)
+        #expect((security["capabilities"] as? [String: [String]]) == ["drop": ["ALL"]])
+        // An image that needs root is not told to run as non-root.
+        let rootPod = ((KubernetesManifests.deployment(Self.input())["spec"] as? [String: Any])?["template"] as? [String: Any])?["spec"] as? [String: Any]
+        #expect(((rootPod?["containers"] as? [[String: Any]])?.first?["securityContext"] as? [String: Any])?["runAsNonRoot"] == nil)
+    }
+
     @Test func everyObjectValidatesAgainstTheKubernetesSchemas() async throws {
         let (valid, output) = try await Self.validate(KubernetesManifests.all(Self.input()))
         #expect(valid, "\(output)")

@@ -61,11 +61,13 @@ def processes_containing(text):
 
 
 def slow_repository(state, name, marker):
-    """examples/hello with a last step that prints `marker` and sleeps: a build to stop midway."""
+    """examples/hello with a last step that sleeps, `marker` in its shell's command line: a build to
+    stop midway. (The sleep comes first: a shell may exec its last command, which would take the
+    marker out of the process list.)"""
     repo = os.path.join(state["data"], name)
     local.example_repository(repo)
     with open(os.path.join(repo, "Dockerfile"), "a") as f:
-        f.write(f"RUN echo {marker} && sleep 600\n")
+        f.write(f"RUN sleep 600 && echo {marker}\n")
     return repo, local.commit(repo, "slow")
 
 
@@ -153,3 +155,25 @@ def test_builder_killed_mid_build_restarts_clean_and_builds(pbs, platform):
         _, result = local.build(builder_grpc.BuilderStub(channel), builder_pb,
                                 local.build_request(builder_pb, f"after-{marker}", repo, state["registry"], image="interop/killed"))
     assert result.outcome == builder_pb.BUILD_SUCCEEDED, result.message
+
+
+def test_a_build_that_asks_for_no_network_gets_none(pbs, platform):
+    """Per service: BUILD_NETWORK_NONE leaves RUN steps with loopback only; the builder's default
+    (nat) gives them eth0 on the builds' bridge."""
+    builder_pb, builder_grpc, _, _ = pbs
+    state, _ = platform
+    repo = os.path.join(state["data"], "offline")
+    local.example_repository(repo)
+    with open(os.path.join(repo, "Dockerfile"), "a") as f:
+        f.write('RUN echo "interfaces: $(grep : /proc/net/dev | cut -d: -f1 | tr -d " " | tr "\\n" " ")" && test "$(grep -c : /proc/net/dev)" -eq 1\n')
+    local.commit(repo, "offline")
+    marker = uuid.uuid4().hex[:8]
+    with builder_channel(state) as channel:
+        stub = builder_grpc.BuilderStub(channel)
+        # The default first (a failed step leaves nothing in the layer cache for the next build).
+        events, result = local.build(stub, builder_pb, local.build_request(builder_pb, f"nat-{marker}", repo, state["registry"], image="interop/nat"))
+        assert result.outcome == builder_pb.BUILD_FAILED, result.message
+        request = local.build_request(builder_pb, f"none-{marker}", repo, state["registry"], image="interop/offline")
+        request.network = builder_pb.BUILD_NETWORK_NONE
+        _, result = local.build(stub, builder_pb, request)
+        assert result.outcome == builder_pb.BUILD_SUCCEEDED, result.message

@@ -5,6 +5,9 @@ Application logs: slipway-cluster ships every instance's stdout and stderr to sl
 by line with the instance id, and neither loses nor repeats a line when the cluster service is
 killed, when the logs service is down for a while, when the instance is replaced (its last words
 on SIGTERM included), or when the cluster's record of what it shipped is behind the logs service.
+The output files stay small on disk (acknowledged output is given back), and an instance that
+writes more than the backlog limit while the logs service is away loses its oldest unshipped
+output with a line saying so.
 
 Real parts: docker-registry (seeded busybox), runc through slipway-cluster, slipway-logs, grpcio.
 Both services take only mutual TLS (their identities under the shared data directory); grpcio calls
@@ -33,14 +36,15 @@ i=0
 while [ $i -lt {LINES} ]; do
   echo "out $i"; echo "err $i" >&2
   i=$((i+1))
-  if [ $((i % 50)) -eq 0 ]; then sleep 0.05; fi
+  if [ $((i % 50)) -eq 0 ]; then echo $i > /written; sleep 0.05; fi
 done
+echo $i > /written
 while true; do sleep 1 & wait $!; done
 """
 
 
 class Platform:
-    def __init__(self):
+    def __init__(self, *cluster_args):
         from conftest import BIN_DIR
 
         self.bin = BIN_DIR
@@ -48,6 +52,7 @@ class Platform:
         self.cgrpc, self.lgrpc = cgrpc, lgrpc
         self.data = tempfile.mkdtemp(prefix="slipway-applogs-")
         self.registry_port, self.cluster_port, self.logs_port = local.free_port(), local.free_port(), local.free_port()
+        self.cluster_args = cluster_args
         self.registry = local.start_registry(os.path.join(self.data, "registry"), self.registry_port)
         self.image = f"127.0.0.1:{self.registry_port}/slipway/busybox:latest"
         self.logs = self.cluster = None
@@ -61,7 +66,7 @@ class Platform:
 
     def start_cluster(self):
         self.cluster = local.start_service(self.bin, "cluster", self.data, self.cluster_port, "--cluster-traffic", "none",
-                                           "--logs-address", f"127.0.0.1:{self.logs_port}")
+                                           "--logs-address", f"127.0.0.1:{self.logs_port}", *self.cluster_args)
         self.cluster_stub = self.cgrpc.ClusterStub(local.platform_channel(self.data, f"127.0.0.1:{self.cluster_port}", "cluster"))
 
     def kill9(self, proc):
@@ -95,11 +100,12 @@ class Platform:
         return os.path.join(self.data, "cluster", "instances", instance, name)
 
     def printed(self, instance):
-        """Lines the instance has written to its stdout file so far."""
+        """Lines the instance says it has written so far (its /written; the output file cannot
+        tell: its shipped part reads as zeros once the cluster has given its blocks back)."""
         try:
-            with open(self.instance_file(instance)) as f:
-                return f.read().count("\n")
-        except OSError:
+            with open(self.instance_file(instance, "bundle/rootfs/written")) as f:
+                return int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
             return 0
 
     def close(self):
@@ -172,6 +178,55 @@ def test_every_line_arrives_once_through_kills_outages_and_replacement(platform)
     assert by_source(lines, "STDOUT") == expected("STDOUT", "out") + [("STDOUT", lines[-1][1])]
     assert by_source(lines, "STDERR") == expected("STDERR", "err")
     local.wait_until(lambda: len(p.lines(second)) == 2 * LINES, 60, "the new instance's lines did not all arrive")
+
+
+# Writes `burst N first` lines of about 100 bytes at start and `burst N second` on SIGHUP; /burst
+# names the last burst written to its end.
+BURSTS = """burst() { i=0; while [ $i -lt $1 ]; do echo "$2 $i ................................................................................"; i=$((i+1)); done; echo "$2 end"; echo "$2" > /burst; }
+trap 'burst 30000 second' HUP
+httpd -f -p $PORT &
+burst 8000 first
+while true; do sleep 1 & wait $!; done
+"""
+
+
+def allocated(path):
+    return os.stat(path).st_blocks * 512
+
+
+def test_output_files_stay_small_and_a_runaway_backlog_is_cut_with_a_marker():
+    p = Platform("--cluster-output-backlog-mib", "1")
+    try:
+        instance = p.deploy(BURSTS)
+        stdout = p.instance_file(instance)
+        # About 800 kB written (within the backlog limit) and shipped: the file keeps its size, but its
+        # acknowledged blocks are given back.
+        local.wait_until(lambda: ("STDOUT", "first end") in p.lines(instance), 60, "the first burst did not arrive")
+        lines = p.lines(instance)
+        assert [text.split()[1] for _, text in lines if text.startswith("first ")] == [str(i) for i in range(8000)] + ["end"]
+        assert os.path.getsize(stdout) > 700_000
+        local.wait_until(lambda: allocated(stdout) <= 128 * 1024, 10, f"the shipped output still takes {allocated(stdout)} bytes on disk")
+
+        # The logs service goes away; the instance writes 3 MB, past the 1 MiB backlog limit.
+        p.kill9(p.logs)
+        subprocess.run(["runc", "--root", os.path.join(p.data, "cluster", "runc"), "kill", instance, "HUP"], check=True)
+        burst = p.instance_file(instance, "bundle/rootfs/burst")
+        local.wait_until(lambda: open(burst).read() == "second\n", 60, "the second burst was not written")
+        p.start_logs()
+        local.wait_until(lambda: ("STDOUT", "second end") in p.lines(instance), 60, "the second burst's end did not arrive")
+        lines = p.lines(instance)
+        markers = [i for i, (_, text) in enumerate(lines) if text.startswith("[slipway] ")]
+        assert len(markers) == 1, [lines[i] for i in markers]
+        assert "bytes of stdout dropped" in lines[markers[0]][1] and "1 MiB" in lines[markers[0]][1], lines[markers[0]]
+        # Before the marker, the whole first burst; after it, the newest part of the second, in order
+        # (the first line after the cut may be the end of a cut line).
+        assert [text for _, text in lines[:markers[0]]] == [text for _, text in lines if text.startswith("first ")]
+        kept = [text.split()[1] for _, text in lines[markers[0] + 2:]]
+        assert kept[-1] == "end" and 4000 < len(kept) < 30000, len(kept)
+        assert kept[:-1] == [str(i) for i in range(int(kept[0]), 30000)]
+        local.wait_until(lambda: allocated(stdout) <= 128 * 1024, 10, f"the shipped output still takes {allocated(stdout)} bytes on disk")
+    finally:
+        p.close()
 
 
 def test_bad_deploys_are_refused_with_what_to_fix(platform):
@@ -330,7 +385,11 @@ current-context: recorded
 
         applied = [(path.split("?")[0], query) for method, path, _, _, _ in api.requests if method == "PATCH" for query in [path.split("?")[1]]]
         assert [path for path, _ in applied] == [
-            "/api/v1/namespaces/slipway-env-4f2a9c", "/api/v1/namespaces/slipway-env-4f2a9c/configmaps/web-config",
+            "/api/v1/namespaces/slipway-env-4f2a9c",
+            "/apis/networking.k8s.io/v1/namespaces/slipway-env-4f2a9c/networkpolicies/slipway-environment",
+            "/api/v1/namespaces/slipway-env-4f2a9c/resourcequotas/slipway-environment",
+            "/api/v1/namespaces/slipway-env-4f2a9c/limitranges/slipway-environment",
+            "/api/v1/namespaces/slipway-env-4f2a9c/configmaps/web-config",
             "/api/v1/namespaces/slipway-env-4f2a9c/secrets/web-secrets", "/apis/apps/v1/namespaces/slipway-env-4f2a9c/deployments/web",
             "/api/v1/namespaces/slipway-env-4f2a9c/services/web"]
         assert all(query == "fieldManager=slipway&force=true" for _, query in applied)
@@ -340,6 +399,8 @@ current-context: recorded
         assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
         container = deployment["spec"]["template"]["spec"]["containers"][0]
         assert container["image"] == "registry.example/web@sha256:0123" and container["readinessProbe"]["httpGet"]["path"] == "/health"
+        assert container["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+        assert deployment["spec"]["template"]["spec"]["securityContext"] == {"seccompProfile": {"type": "RuntimeDefault"}}
 
         # Watch: the workload from its pods.
         events = stub.Watch(cpb.WatchRequest(environment_id="env_4f2a9c"), timeout=30)

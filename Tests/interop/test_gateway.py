@@ -47,6 +47,7 @@ class Slipway:
         self.local_ca = os.path.join(self.data, "certs", "local-ca.crt")
         (self.api, api_grpc), (self.pb, _), (self.logs_pb, _) = local.protos(
             "slipway/api/v1/api.proto", "slipway/pipeline/v1/pipeline.proto", "slipway/logs/v1/logs.proto")
+        local.track_isolation(self.data)
         self.up_output = self.up()
         # `slipway up`'s registry wants credentials: the containers-auth.json it wrote (builder and cluster use it too).
         subprocess.run([os.path.join(ROOT, "scripts", "seed-base-images.sh"), self.registry], check=True, stdout=subprocess.DEVNULL,

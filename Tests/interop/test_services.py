@@ -2,6 +2,7 @@
 gracefully on SIGTERM. Every port but the gateway's public one takes only mutual TLS: the tests
 present the operator's platform certificate (`slipway pki init` makes it with the services')."""
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,7 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import BIN_DIR, binary, free_port
-from slipway_local import platform_channel, prepare_pki, stop_nginx
+from slipway_local import platform_channel, prepare_pki, stop_nginx, track_isolation
 
 SERVICES = ["gateway", "pipeline", "builder", "network", "cluster", "certs", "logs"]
 
@@ -49,6 +50,7 @@ def platform():
         env[f"SLIPWAY_{name.upper()}_LISTEN"] = addresses[name]
     env["SLIPWAY_DATA_DIR"] = data_dir
     prepare_pki(BIN_DIR, data_dir)  # as `slipway up` does: no service starts without its identity
+    track_isolation(data_dir)
     # The load balancer on free ports too (its defaults are 80 and 443).
     extra = {"network": ["--network-http-listen", f"127.0.0.1:{free_port()}", "--network-https-listen", f"127.0.0.1:{free_port()}"]}
     procs = {name: subprocess.Popen([binary(f"slipway-{name}"), *extra.get(name, [])], env=env, stderr=subprocess.PIPE, text=True)
@@ -118,7 +120,11 @@ def test_bad_configuration_is_a_clear_error(args, message, tmp_path):
     assert message in result.stderr, result.stderr
 
 
-def test_port_in_use_is_a_clear_error(tmp_path):
+def test_port_in_use_is_a_clear_error():
+    # Not pytest's tmp_path: its parent is 0700, and the builder's isolated builds need the data
+    # directory reachable by their mapped users (it says so and stops, as it should).
+    tmp_path = tempfile.mkdtemp(prefix="slipway-port-")
+    track_isolation(tmp_path)
     prepare_pki(BIN_DIR, str(tmp_path))  # so that the port, not a missing identity, is what stops it
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -126,5 +132,6 @@ def test_port_in_use_is_a_clear_error(tmp_path):
         port = taken.getsockname()[1]
         result = subprocess.run([binary("slipway-builder"), "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path)],
                                 capture_output=True, text=True, timeout=30)
+    shutil.rmtree(tmp_path, ignore_errors=True)
     assert result.returncode != 0
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr, result.stderr

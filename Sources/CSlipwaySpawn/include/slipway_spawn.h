@@ -19,4 +19,8 @@ int slipway_spawn_daemon(const char *file, char *const argv[], char *const envp[
    children, so it can read their exit status. Returns 0 or -1 with errno. */
 int slipway_become_subreaper(void);
 
+/* Gives back the blocks of the first `length` bytes of `fd` (fallocate with FALLOC_FL_PUNCH_HOLE |
+   FALLOC_FL_KEEP_SIZE: the size stays, reads there return zeros). Returns 0 or -1 with errno. */
+int slipway_punch_hole(int fd, long long length);
+
 #endif

@@ -129,6 +129,9 @@ public struct KubernetesClient: Sendable {
         "v1/Secret": ("/api/v1", "secrets", true),
         "v1/Service": ("/api/v1", "services", true),
         "v1/Pod": ("/api/v1", "pods", true),
+        "v1/ResourceQuota": ("/api/v1", "resourcequotas", true),
+        "v1/LimitRange": ("/api/v1", "limitranges", true),
+        "networking.k8s.io/v1/NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies", true),
         "apps/v1/Deployment": ("/apis/apps/v1", "deployments", true),
         "networking.k8s.io/v1/Ingress": ("/apis/networking.k8s.io/v1", "ingresses", true),
     ]

@@ -206,16 +206,8 @@ public actor KubernetesCluster: ClusterDriver {
         var batch = Slipway_Logs_V1_AppendRequest()
         batch.batchId = 1
         batch.lines = lines.map { line in
-            var message = Slipway_Logs_V1_LogLine()
-            var key = Slipway_Logs_V1_StreamKey()
-            key.environmentId = workload.environmentID
-            key.serviceId = workload.serviceID
-            message.stream = key
-            message.instanceId = name
-            message.source = .stdout
-            message.level = .info
-            message.text = line.text
-            return message
+            ApplicationLogs.logLine(environmentID: workload.environmentID, serviceID: workload.serviceID, instanceID: name,
+                                    source: .stdout, level: .info, text: line.text)
         }
         let request = batch
         do {

@@ -71,7 +71,8 @@ public struct KubernetesDriver: Sendable {
         let namespace = KubernetesManifests.namespace(for: input.workload.environmentID)
         for object in KubernetesManifests.all(input).reversed() {
             guard let kind = object["kind"] as? String, kind != "Namespace", let apiVersion = object["apiVersion"] as? String,
-                  let name = (object["metadata"] as? [String: Any])?["name"] as? String, name != KubernetesManifests.pullSecretName else { continue }
+                  let name = (object["metadata"] as? [String: Any])?["name"] as? String,
+                  name != KubernetesManifests.pullSecretName, name != KubernetesManifests.environmentObjectName else { continue }
             try await client.delete(apiVersion: apiVersion, kind: kind, namespace: namespace, name: name)
         }
     }

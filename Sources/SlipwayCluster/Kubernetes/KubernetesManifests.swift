@@ -41,6 +41,17 @@ public enum KubernetesManifests {
         /// Credentials for the platform registry (a `.dockerconfigjson`, the containers-auth.json
         /// `slipway up` writes): the namespace's pull Secret, named by the pods. nil: anonymous pulls.
         public var pullCredentials: Data?
+        /// The platform's namespace: the environment's pods may not open connections into it.
+        public var platformNamespace = "slipway"
+        /// The ingress controller's namespace: the only one besides the environment's own from
+        /// which its pods accept connections.
+        public var ingressNamespace = "ingress-nginx"
+        /// The image runs as a user other than root: Kubernetes refuses to start it as root.
+        public var runAsNonRoot = false
+        /// The environment's ResourceQuota: pods, and CPU (millicores) and memory (MiB) limits summed.
+        public var quotaPods = 100
+        public var quotaCPUMillicores = 16_000
+        public var quotaMemoryMiB = 32_768
 
         public init(workload: Workload, environmentName: String, image: String) {
             self.workload = workload
@@ -90,6 +101,62 @@ public enum KubernetesManifests {
                 "name": namespace(for: input.workload.environmentID),
                 "labels": ["app.kubernetes.io/managed-by": "slipway", "app.kubernetes.io/part-of": labelValue(input.environmentName)],
             ],
+        ]
+    }
+
+    /// The environment's own objects (NetworkPolicy, ResourceQuota, LimitRange), shared by its services.
+    public static let environmentObjectName = "slipway-environment"
+
+    /// Who may talk to the environment's pods, and to whom they may talk: connections in only from
+    /// the environment's own pods and the ingress controller; out to anything but the platform's
+    /// namespace (other namespaces, DNS, the outside).
+    public static func networkPolicy(_ input: Input) -> [String: Any] {
+        [
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": ["name": environmentObjectName, "namespace": namespace(for: input.workload.environmentID), "labels": ["app.kubernetes.io/managed-by": "slipway"]],
+            "spec": [
+                "podSelector": [String: Any](),
+                "policyTypes": ["Ingress", "Egress"],
+                "ingress": [[
+                    "from": [
+                        ["podSelector": [String: Any]()],
+                        ["namespaceSelector": ["matchLabels": ["kubernetes.io/metadata.name": input.ingressNamespace]]],
+                    ],
+                ]],
+                "egress": [[
+                    "to": [
+                        ["namespaceSelector": ["matchExpressions": [["key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": [input.platformNamespace]]]]],
+                        ["ipBlock": ["cidr": "0.0.0.0/0", "except": ["169.254.0.0/16"]]],
+                    ],
+                ]],
+            ],
+        ]
+    }
+
+    /// What the whole environment may use.
+    public static func resourceQuota(_ input: Input) -> [String: Any] {
+        [
+            "apiVersion": "v1", "kind": "ResourceQuota",
+            "metadata": ["name": environmentObjectName, "namespace": namespace(for: input.workload.environmentID), "labels": ["app.kubernetes.io/managed-by": "slipway"]],
+            "spec": ["hard": [
+                "pods": String(input.quotaPods),
+                "limits.cpu": "\(input.quotaCPUMillicores)m", "requests.cpu": "\(input.quotaCPUMillicores)m",
+                "limits.memory": "\(input.quotaMemoryMiB)Mi", "requests.memory": "\(input.quotaMemoryMiB)Mi",
+            ]],
+        ]
+    }
+
+    /// Defaults and bounds for a container that names no resources of its own.
+    public static func limitRange(_ input: Input) -> [String: Any] {
+        [
+            "apiVersion": "v1", "kind": "LimitRange",
+            "metadata": ["name": environmentObjectName, "namespace": namespace(for: input.workload.environmentID), "labels": ["app.kubernetes.io/managed-by": "slipway"]],
+            "spec": ["limits": [[
+                "type": "Container",
+                "default": ["cpu": "500m", "memory": "512Mi"],
+                "defaultRequest": ["cpu": "100m", "memory": "128Mi"],
+                "max": ["cpu": "\(input.quotaCPUMillicores)m", "memory": "\(input.quotaMemoryMiB)Mi"],
+            ]]],
         ]
     }
 
@@ -150,7 +217,15 @@ public enum KubernetesManifests {
         ]
         if let readiness = input.readiness { container["readinessProbe"] = probe(readiness, input) }
         if let liveness = input.liveness { container["livenessProbe"] = probe(liveness, input) }
-        var podSpec: [String: Any] = ["containers": [container], "terminationGracePeriodSeconds": 30]
+        var security: [String: Any] = ["allowPrivilegeEscalation": false, "capabilities": ["drop": ["ALL"]]]
+        if input.runAsNonRoot { security["runAsNonRoot"] = true }
+        container["securityContext"] = security
+        var podSpec: [String: Any] = [
+            "containers": [container], "terminationGracePeriodSeconds": 30,
+            "securityContext": ["seccompProfile": ["type": "RuntimeDefault"]],
+            // No API credentials in an app's pods.
+            "automountServiceAccountToken": false,
+        ]
         if input.pullCredentials != nil { podSpec["imagePullSecrets"] = [["name": pullSecretName]] }
         let strategy: [String: Any] = input.recreate
             ? ["type": "Recreate"]
@@ -184,7 +259,8 @@ public enum KubernetesManifests {
 
     /// Every object, in the order they are applied.
     public static func all(_ input: Input) -> [[String: Any]] {
-        [namespaceObject(input)] + (pullSecret(input).map { [$0] } ?? []) + [configMap(input), secret(input), deployment(input), service(input)]
+        [namespaceObject(input), networkPolicy(input), resourceQuota(input), limitRange(input)] + (pullSecret(input).map { [$0] } ?? [])
+            + [configMap(input), secret(input), deployment(input), service(input)]
     }
 
     public static func json(_ object: [String: Any]) throws -> Data {

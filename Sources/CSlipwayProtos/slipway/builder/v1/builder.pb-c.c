@@ -1130,7 +1130,7 @@ const ProtobufCMessageDescriptor slipway__builder__v1__build_request__build_args
   (ProtobufCMessageInit) slipway__builder__v1__build_request__build_args_entry__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor slipway__builder__v1__build_request__field_descriptors[10] =
+static const ProtobufCFieldDescriptor slipway__builder__v1__build_request__field_descriptors[11] =
 {
   {
     "build_id",
@@ -1252,6 +1252,18 @@ static const ProtobufCFieldDescriptor slipway__builder__v1__build_request__field
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "network",
+    11,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_ENUM,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Builder__V1__BuildRequest, network),
+    &slipway__builder__v1__build_network__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned slipway__builder__v1__build_request__field_indices_by_name[] = {
   5,   /* field[5] = build_args */
@@ -1259,6 +1271,7 @@ static const unsigned slipway__builder__v1__build_request__field_indices_by_name
   1,   /* field[1] = context */
   4,   /* field[4] = dockerfile_path */
   2,   /* field[2] = git */
+  10,   /* field[10] = network */
   8,   /* field[8] = registry */
   7,   /* field[7] = repository */
   3,   /* field[3] = root_path */
@@ -1268,7 +1281,7 @@ static const unsigned slipway__builder__v1__build_request__field_indices_by_name
 static const ProtobufCIntRange slipway__builder__v1__build_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 10 }
+  { 0, 11 }
 };
 const ProtobufCMessageDescriptor slipway__builder__v1__build_request__descriptor =
 {
@@ -1278,7 +1291,7 @@ const ProtobufCMessageDescriptor slipway__builder__v1__build_request__descriptor
   "Slipway__Builder__V1__BuildRequest",
   "slipway.builder.v1",
   sizeof(Slipway__Builder__V1__BuildRequest),
-  10,
+  11,
   slipway__builder__v1__build_request__field_descriptors,
   slipway__builder__v1__build_request__field_indices_by_name,
   1,  slipway__builder__v1__build_request__number_ranges,
@@ -1924,6 +1937,36 @@ const ProtobufCMessageDescriptor slipway__builder__v1__resolve_commit_response__
   1,  slipway__builder__v1__resolve_commit_response__number_ranges,
   (ProtobufCMessageInit) slipway__builder__v1__resolve_commit_response__init,
   NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCEnumValue slipway__builder__v1__build_network__enum_values_by_number[3] =
+{
+  { "BUILD_NETWORK_UNSPECIFIED", "SLIPWAY__BUILDER__V1__BUILD_NETWORK__BUILD_NETWORK_UNSPECIFIED", 0 },
+  { "BUILD_NETWORK_NAT", "SLIPWAY__BUILDER__V1__BUILD_NETWORK__BUILD_NETWORK_NAT", 1 },
+  { "BUILD_NETWORK_NONE", "SLIPWAY__BUILDER__V1__BUILD_NETWORK__BUILD_NETWORK_NONE", 2 },
+};
+static const ProtobufCIntRange slipway__builder__v1__build_network__value_ranges[] = {
+{0, 0},{0, 3}
+};
+static const ProtobufCEnumValueIndex slipway__builder__v1__build_network__enum_values_by_name[3] =
+{
+  { "BUILD_NETWORK_NAT", 1 },
+  { "BUILD_NETWORK_NONE", 2 },
+  { "BUILD_NETWORK_UNSPECIFIED", 0 },
+};
+const ProtobufCEnumDescriptor slipway__builder__v1__build_network__descriptor =
+{
+  PROTOBUF_C__ENUM_DESCRIPTOR_MAGIC,
+  "slipway.builder.v1.BuildNetwork",
+  "BuildNetwork",
+  "Slipway__Builder__V1__BuildNetwork",
+  "slipway.builder.v1",
+  3,
+  slipway__builder__v1__build_network__enum_values_by_number,
+  3,
+  slipway__builder__v1__build_network__enum_values_by_name,
+  1,
+  slipway__builder__v1__build_network__value_ranges,
+  NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
 static const ProtobufCEnumValue slipway__builder__v1__step__enum_values_by_number[5] =
 {

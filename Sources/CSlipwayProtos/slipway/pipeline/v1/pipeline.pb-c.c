@@ -2517,7 +2517,7 @@ const ProtobufCMessageDescriptor slipway__pipeline__v1__git_source__build_args_e
   (ProtobufCMessageInit) slipway__pipeline__v1__git_source__build_args_entry__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor slipway__pipeline__v1__git_source__field_descriptors[5] =
+static const ProtobufCFieldDescriptor slipway__pipeline__v1__git_source__field_descriptors[6] =
 {
   {
     "url",
@@ -2579,10 +2579,23 @@ static const ProtobufCFieldDescriptor slipway__pipeline__v1__git_source__field_d
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "build_network",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_ENUM,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Pipeline__V1__GitSource, build_network),
+    &slipway__pipeline__v1__build_network__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned slipway__pipeline__v1__git_source__field_indices_by_name[] = {
   1,   /* field[1] = branch */
   4,   /* field[4] = build_args */
+  5,   /* field[5] = build_network */
   3,   /* field[3] = dockerfile_path */
   2,   /* field[2] = root_path */
   0,   /* field[0] = url */
@@ -2590,7 +2603,7 @@ static const unsigned slipway__pipeline__v1__git_source__field_indices_by_name[]
 static const ProtobufCIntRange slipway__pipeline__v1__git_source__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 5 }
+  { 0, 6 }
 };
 const ProtobufCMessageDescriptor slipway__pipeline__v1__git_source__descriptor =
 {
@@ -2600,7 +2613,7 @@ const ProtobufCMessageDescriptor slipway__pipeline__v1__git_source__descriptor =
   "Slipway__Pipeline__V1__GitSource",
   "slipway.pipeline.v1",
   sizeof(Slipway__Pipeline__V1__GitSource),
-  5,
+  6,
   slipway__pipeline__v1__git_source__field_descriptors,
   slipway__pipeline__v1__git_source__field_indices_by_name,
   1,  slipway__pipeline__v1__git_source__number_ranges,
@@ -6007,6 +6020,36 @@ const ProtobufCMessageDescriptor slipway__pipeline__v1__status_event__descriptor
   1,  slipway__pipeline__v1__status_event__number_ranges,
   (ProtobufCMessageInit) slipway__pipeline__v1__status_event__init,
   NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCEnumValue slipway__pipeline__v1__build_network__enum_values_by_number[3] =
+{
+  { "BUILD_NETWORK_UNSPECIFIED", "SLIPWAY__PIPELINE__V1__BUILD_NETWORK__BUILD_NETWORK_UNSPECIFIED", 0 },
+  { "BUILD_NETWORK_NAT", "SLIPWAY__PIPELINE__V1__BUILD_NETWORK__BUILD_NETWORK_NAT", 1 },
+  { "BUILD_NETWORK_NONE", "SLIPWAY__PIPELINE__V1__BUILD_NETWORK__BUILD_NETWORK_NONE", 2 },
+};
+static const ProtobufCIntRange slipway__pipeline__v1__build_network__value_ranges[] = {
+{0, 0},{0, 3}
+};
+static const ProtobufCEnumValueIndex slipway__pipeline__v1__build_network__enum_values_by_name[3] =
+{
+  { "BUILD_NETWORK_NAT", 1 },
+  { "BUILD_NETWORK_NONE", 2 },
+  { "BUILD_NETWORK_UNSPECIFIED", 0 },
+};
+const ProtobufCEnumDescriptor slipway__pipeline__v1__build_network__descriptor =
+{
+  PROTOBUF_C__ENUM_DESCRIPTOR_MAGIC,
+  "slipway.pipeline.v1.BuildNetwork",
+  "BuildNetwork",
+  "Slipway__Pipeline__V1__BuildNetwork",
+  "slipway.pipeline.v1",
+  3,
+  slipway__pipeline__v1__build_network__enum_values_by_number,
+  3,
+  slipway__pipeline__v1__build_network__enum_values_by_name,
+  1,
+  slipway__pipeline__v1__build_network__value_ranges,
+  NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
 static const ProtobufCEnumValue slipway__pipeline__v1__port_protocol__enum_values_by_number[4] =
 {

@@ -36,6 +36,18 @@ typedef struct Slipway__Builder__V1__ResolveCommitResponse Slipway__Builder__V1_
 
 /* --- enums --- */
 
+typedef enum _Slipway__Builder__V1__BuildNetwork {
+  SLIPWAY__BUILDER__V1__BUILD_NETWORK__BUILD_NETWORK_UNSPECIFIED = 0,
+  /*
+   * A network namespace of the build's own, egress through NAT only.
+   */
+  SLIPWAY__BUILDER__V1__BUILD_NETWORK__BUILD_NETWORK_NAT = 1,
+  /*
+   * No network at all (loopback only).
+   */
+  SLIPWAY__BUILDER__V1__BUILD_NETWORK__BUILD_NETWORK_NONE = 2
+    PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(SLIPWAY__BUILDER__V1__BUILD_NETWORK)
+} Slipway__Builder__V1__BuildNetwork;
 typedef enum _Slipway__Builder__V1__Step {
   SLIPWAY__BUILDER__V1__STEP__STEP_UNSPECIFIED = 0,
   SLIPWAY__BUILDER__V1__STEP__GIT_CLONE = 1,
@@ -239,10 +251,16 @@ struct  Slipway__Builder__V1__BuildRequest
    * Whole-build limit. 0: the builder's default (--builder-timeout).
    */
   uint32_t timeout_seconds;
+  /*
+   * How RUN steps reach the network. Unspecified: the builder's default (--builder-isolation).
+   * FAILED_PRECONDITION when the builder cannot give it (isolation off, or nat asked of a builder
+   * started with none).
+   */
+  Slipway__Builder__V1__BuildNetwork network;
 };
 #define SLIPWAY__BUILDER__V1__BUILD_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&slipway__builder__v1__build_request__descriptor) \
-    , {0,NULL}, NULL, NULL, {0,NULL}, {0,NULL}, 0,NULL, {0,NULL}, {0,NULL}, NULL, 0 }
+    , {0,NULL}, NULL, NULL, {0,NULL}, {0,NULL}, 0,NULL, {0,NULL}, {0,NULL}, NULL, 0, SLIPWAY__BUILDER__V1__BUILD_NETWORK__BUILD_NETWORK_UNSPECIFIED }
 
 
 struct  Slipway__Builder__V1__MirrorRequest
@@ -838,6 +856,7 @@ void slipway__builder__v1__builder__resolve_commit(ProtobufCService *service,
 
 /* --- descriptors --- */
 
+extern const ProtobufCEnumDescriptor    slipway__builder__v1__build_network__descriptor;
 extern const ProtobufCEnumDescriptor    slipway__builder__v1__step__descriptor;
 extern const ProtobufCEnumDescriptor    slipway__builder__v1__step_state__descriptor;
 extern const ProtobufCEnumDescriptor    slipway__builder__v1__outcome__descriptor;

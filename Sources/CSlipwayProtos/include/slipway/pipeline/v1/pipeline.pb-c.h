@@ -74,6 +74,18 @@ typedef struct Slipway__Pipeline__V1__StatusEvent Slipway__Pipeline__V1__StatusE
 
 /* --- enums --- */
 
+typedef enum _Slipway__Pipeline__V1__BuildNetwork {
+  SLIPWAY__PIPELINE__V1__BUILD_NETWORK__BUILD_NETWORK_UNSPECIFIED = 0,
+  /*
+   * A network namespace of the build's own: egress through NAT only (not the platform, not the host, not other apps).
+   */
+  SLIPWAY__PIPELINE__V1__BUILD_NETWORK__BUILD_NETWORK_NAT = 1,
+  /*
+   * No network at all (loopback only).
+   */
+  SLIPWAY__PIPELINE__V1__BUILD_NETWORK__BUILD_NETWORK_NONE = 2
+    PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(SLIPWAY__PIPELINE__V1__BUILD_NETWORK)
+} Slipway__Pipeline__V1__BuildNetwork;
 typedef enum _Slipway__Pipeline__V1__PortProtocol {
   SLIPWAY__PIPELINE__V1__PORT_PROTOCOL__PORT_PROTOCOL_UNSPECIFIED = 0,
   SLIPWAY__PIPELINE__V1__PORT_PROTOCOL__HTTP = 1,
@@ -256,10 +268,15 @@ struct  Slipway__Pipeline__V1__GitSource
   ProtobufCBinaryData dockerfile_path;
   size_t n_build_args;
   Slipway__Pipeline__V1__GitSource__BuildArgsEntry **build_args;
+  /*
+   * How the Dockerfile's RUN steps reach the network. Unspecified: the builder's default
+   * (--builder-isolation, nat unless the operator chose otherwise).
+   */
+  Slipway__Pipeline__V1__BuildNetwork build_network;
 };
 #define SLIPWAY__PIPELINE__V1__GIT_SOURCE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&slipway__pipeline__v1__git_source__descriptor) \
-    , {0,NULL}, {0,NULL}, {0,NULL}, {0,NULL}, 0,NULL }
+    , {0,NULL}, {0,NULL}, {0,NULL}, {0,NULL}, 0,NULL, SLIPWAY__PIPELINE__V1__BUILD_NETWORK__BUILD_NETWORK_UNSPECIFIED }
 
 
 /*
@@ -2456,6 +2473,7 @@ void slipway__pipeline__v1__pipeline__watch(ProtobufCService *service,
 
 /* --- descriptors --- */
 
+extern const ProtobufCEnumDescriptor    slipway__pipeline__v1__build_network__descriptor;
 extern const ProtobufCEnumDescriptor    slipway__pipeline__v1__port_protocol__descriptor;
 extern const ProtobufCEnumDescriptor    slipway__pipeline__v1__deployment_status__descriptor;
 extern const ProtobufCEnumDescriptor    slipway__pipeline__v1__running_status__descriptor;

@@ -4,7 +4,7 @@ export PATH := /opt/swift/usr/bin:$(PATH)
 DATA_DIR ?= ./.slipway
 CONFIG ?= debug
 
-.PHONY: all build demo down test test-swift test-interop check-generated generate bench bench-builder bench-pipeline bench-cluster bench-push clean
+.PHONY: all build demo down test test-swift test-interop check-generated generate bench bench-builder bench-pipeline bench-cluster bench-push bench-isolation clean
 
 all: build
 
@@ -59,6 +59,11 @@ bench-pipeline:
 bench-cluster:
 	swift build -c release --product slipway-cluster
 	python3 scripts/bench-cluster.py .build/release
+
+## Isolation: requests/s through nginx to an instance over its veth vs over loopback (see BENCHMARKS.md).
+bench-isolation:
+	swift build -c release --product slipway-cluster
+	python3 scripts/bench-isolation.py .build/release 3
 
 ## Push-to-live: a commit to examples/hello → the new page over HTTPS through nginx (every real service).
 bench-push:

@@ -195,7 +195,7 @@ var targets: [Target] = [
 let serviceDependencies: [String: [Target.Dependency]] = [
     "SlipwayBuilder": ["SlipwayRegistry", "SlipwayProcess", "SlipwayIsolation", .product(name: "Crypto", package: "swift-crypto")],
     "SlipwayCluster": [
-        "SlipwayProcess", "SlipwayIsolation", "SlipwayHTTP", .product(name: "Crypto", package: "swift-crypto"), .product(name: "Yams", package: "Yams"),
+        "SlipwayProcess", "SlipwayIsolation", "SlipwayHTTP", "SlipwayRegistry", .product(name: "Crypto", package: "swift-crypto"), .product(name: "Yams", package: "Yams"),
         .product(name: "NIOSSL", package: "swift-nio-ssl"), .product(name: "NIOHTTP1", package: "swift-nio"),
     ],
     "SlipwayPipeline": [.product(name: "GRDB", package: "GRDB.swift"), .product(name: "Crypto", package: "swift-crypto")],

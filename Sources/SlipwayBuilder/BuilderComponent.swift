@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import SlipwayIsolation
+import SlipwayRegistry
 import ServiceLifecycle
 import SlipwayRPC
 import SlipwayServiceKit
@@ -48,13 +49,10 @@ public struct BuilderOptions: ParsableArguments, Sendable {
     /// The user and password a containers-auth.json holds for `registry`.
     static func login(authFile path: String, registry: String) throws -> (String, String) {
         guard let data = FileManager.default.contents(atPath: path) else { throw ValidationError("--builder-registry-auth-file: cannot read \(path)") }
-        guard let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let auths = json["auths"] as? [String: Any],
-            let entry = auths[registry] as? [String: Any], let auth = entry["auth"] as? String,
-            let decoded = Data(base64Encoded: auth).map({ String(decoding: $0, as: UTF8.self) }), let colon = decoded.firstIndex(of: ":")
-        else {
+        guard let credentials = RegistryClient.Credentials(authFile: data, host: registry) else {
             throw ValidationError("--builder-registry-auth-file: \(path) has no \"auths\" entry with user:password for \(registry)")
         }
-        return (String(decoded[..<colon]), String(decoded[decoded.index(after: colon)...]))
+        return (credentials.username, credentials.password)
     }
 
     public func configuration(environment: [String: String] = ProcessInfo.processInfo.environment) throws -> BuilderConfiguration {

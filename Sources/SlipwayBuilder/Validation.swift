@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import SlipwayProtos
+import SlipwayRegistry
 import SlipwayRPC
 
 /// A build request checked field by field; every refusal names the field and what to change.

@@ -16,6 +16,12 @@ public struct ClusterOptions: ParsableArguments, Sendable {
     @Option(help: "kubeconfig of the Kubernetes driver (default: $KUBECONFIG, else ~/.kube/config; in a pod: its service account).")
     var clusterKubeconfig: String?
     @Option(help: "Context of the kubeconfig (default: its current-context).") var clusterKubeContext: String?
+    @Option(help: "Kubernetes: the platform's namespace, which the environments' pods may not connect to (default slipway).")
+    var clusterKubePlatformNamespace: String?
+    @Option(help: "Kubernetes: the ingress controller's namespace, the only other one the environments' pods accept connections from (default ingress-nginx).")
+    var clusterKubeIngressNamespace: String?
+    @Option(help: "Kubernetes: the cluster's pod or service network, a.b.c.d/n, kept out of the pods' egress to \"anywhere\" (repeatable; set both where the network plugin matches pod addresses against ipBlock, as Calico and Cilium do).")
+    var clusterKubeInternalCidr: [String] = []
     @Option(help: "Registry credentials for pulling the apps' images, a containers-auth.json (env SLIPWAY_CLUSTER_REGISTRY_AUTH_FILE; slipway up writes one for its registry).")
     var clusterRegistryAuthFile: String?
     @Flag(help: "A missing --cluster-registry-auth-file means anonymous pulls, with a warning (an optional Kubernetes Secret), instead of an error.")
@@ -138,10 +144,17 @@ extension ClusterComponent {
             kubernetes = try KubernetesClient.Configuration.kubeconfig(String(decoding: data, as: UTF8.self), context: options.clusterKubeContext)
         }
         let logs = configuration.directory[.logs]
+        var boundaries = KubernetesCluster.Boundaries()
+        if let name = options.clusterKubePlatformNamespace { boundaries.platformNamespace = name }
+        if let name = options.clusterKubeIngressNamespace { boundaries.ingressNamespace = name }
+        for cidr in options.clusterKubeInternalCidr {
+            guard let network = IPv4Network(cidr) else { throw ValidationError("--cluster-kube-internal-cidr must be an IPv4 network a.b.c.d/n, got \"\(cidr)\"") }
+            boundaries.internalNetworks.append(network.description)
+        }
         let cluster = try KubernetesCluster(
             driver: KubernetesDriver(client: try KubernetesClient(kubernetes), logger: logger), directory: try configuration.stateDirectory(),
             logs: configuration.client(for: .logs), pullCredentials: try registryAuthFile(logger: logger).flatMap { FileManager.default.contents(atPath: $0) },
-            logger: logger)
+            boundaries: boundaries, logger: logger)
         router.register(ClusterService(cluster: cluster))
         logger.info("cluster ready", metadata: ["driver": "kubernetes", "server": "\(kubernetes.server.absoluteString)", "logs": "\(logs)"])
         return [KubernetesWatcher(cluster: cluster)]

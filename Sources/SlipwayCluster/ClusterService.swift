@@ -7,6 +7,7 @@ struct ClusterService: Slipway_Cluster_V1_Cluster.ServiceProtocol {
 
 
     func deploy(request: Slipway_Cluster_V1_DeployRequest, context: ServerContext) async throws -> Slipway_Cluster_V1_DeployResponse {
+        try Self.checkNumbers(request)
         var spec = DeploySpec(workload: try Self.workload(request.workload), image: request.image)
         spec.insecureRegistry = request.insecureRegistry
         spec.environment = request.environment
@@ -55,6 +56,38 @@ struct ClusterService: Slipway_Cluster_V1_Cluster.ServiceProtocol {
         var response = Slipway_Cluster_V1_DeployResponse()
         response.instances = try await cluster.deploy(spec).map { Self.instance($0, running: true) }
         return response
+    }
+
+    /// Bounds of a deploy's numbers (docs/limits.md, Cluster): a larger one is a mistake, and no
+    /// number may reach arithmetic that traps.
+    enum Limits {
+        static let cpuMillicores: UInt32 = 64_000
+        static let memoryMiB: UInt32 = 1_048_576
+        static let checkMillis: UInt32 = 3_600_000
+        static let readyTimeoutSeconds: UInt32 = 86_400
+        static let stopGraceSeconds: UInt32 = 3600
+        static let livenessSeconds: UInt32 = 3600
+        static let failureThreshold: UInt32 = 100
+    }
+
+    static func checkNumbers(_ request: Slipway_Cluster_V1_DeployRequest) throws(RPCError) {
+        var numbers: [(String, UInt32, UInt32)] = [
+            ("cpu_millicores", request.cpuMillicores, Limits.cpuMillicores), ("memory_mib", request.memoryMib, Limits.memoryMiB),
+            ("ready_timeout_seconds", request.readyTimeoutSeconds, Limits.readyTimeoutSeconds),
+            ("stop_grace_seconds", request.stopGraceSeconds, Limits.stopGraceSeconds),
+        ]
+        if let readiness = request.readiness {
+            numbers += [("readiness.period_millis", readiness.periodMillis, Limits.checkMillis), ("readiness.timeout_millis", readiness.timeoutMillis, Limits.checkMillis)]
+        }
+        if let liveness = request.liveness {
+            numbers += [
+                ("liveness.initial_delay_seconds", liveness.initialDelaySeconds, Limits.livenessSeconds), ("liveness.period_seconds", liveness.periodSeconds, Limits.livenessSeconds),
+                ("liveness.timeout_seconds", liveness.timeoutSeconds, Limits.livenessSeconds), ("liveness.failure_threshold", liveness.failureThreshold, Limits.failureThreshold),
+            ]
+        }
+        for (name, value, limit) in numbers where value > limit {
+            throw RPCError(.invalidArgument, "\(name) must be at most \(limit), got \(value)")
+        }
     }
 
     func stop(request: Slipway_Cluster_V1_WorkloadRequest, context: ServerContext) async throws -> Slipway_Cluster_V1_InstancesResponse {
@@ -121,8 +154,9 @@ struct ClusterService: Slipway_Cluster_V1_Cluster.ServiceProtocol {
         return .exec(command: exec.command)
     }
 
+    /// At most ``Limits/stopGraceSeconds`` (a longer grace is cut to it).
     static func grace(_ request: Slipway_Cluster_V1_WorkloadRequest) -> Duration {
-        request.stopGraceSeconds == 0 ? .seconds(10) : .seconds(Int(request.stopGraceSeconds))
+        request.stopGraceSeconds == 0 ? .seconds(10) : .seconds(Int(min(request.stopGraceSeconds, Limits.stopGraceSeconds)))
     }
 
     static func workload(_ message: Slipway_Cluster_V1_Workload?) throws(ClusterFailure) -> Workload {

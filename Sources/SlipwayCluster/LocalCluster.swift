@@ -217,7 +217,8 @@ public actor LocalCluster {
         } catch {
             throw ClusterFailure(kind: .runtime, description: "cannot record the new instances: \(error)")
         }
-        for instance in rollout.parked + stoppedBefore { try? await Self.remove(instance.id, runtime, applicationLogs) }
+        let (runtime, applicationLogs) = (runtime, applicationLogs)
+        try? await Self.each(rollout.parked + stoppedBefore) { instance in try await Self.remove(instance.id, runtime, applicationLogs) }
         record.retiring = nil
         try? save(record)
         return record.current

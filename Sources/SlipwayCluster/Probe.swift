@@ -102,7 +102,9 @@ enum Probe {
 
     private static func wait(_ fd: Int32, _ events: Int16, until deadline: ContinuousClock.Instant) -> Bool {
         let remaining = deadline - ContinuousClock.now
-        let millis = max(0, Int32(remaining.components.seconds * 1000 + remaining.components.attoseconds / 1_000_000_000_000_000))
+        // poll takes at most Int32.max ms: a longer timeout (a user's number) waits that long, it does not trap.
+        let seconds = min(remaining.components.seconds, Int64(Int32.max / 1000))
+        let millis = Int32(clamping: max(0, seconds * 1000 + remaining.components.attoseconds / 1_000_000_000_000_000))
         var descriptor = pollfd(fd: fd, events: events, revents: 0)
         return poll(&descriptor, 1, millis) == 1
     }

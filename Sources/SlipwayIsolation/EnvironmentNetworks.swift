@@ -234,28 +234,26 @@ public actor EnvironmentNetworks {
         try await bridgeUp(environment, attachment.subnet)
         let namespace = attachment.namespace, veth = veth(instanceID)
         await unwire(instanceID)
-        do {
-            if let pid {
-                try await run(configuration.ip, ["netns", "attach", namespace, String(pid)], "naming the network namespace of \(instanceID)")
-            } else {
-                try await run(configuration.ip, ["netns", "add", namespace], "creating the network namespace \(namespace)")
-            }
-            // The MAC follows from the address (as CNI's bridge plugin does): an address given
-            // again after its instance went is still right in the host's ARP cache.
-            try await run(configuration.ip, ["link", "add", veth, "type", "veth", "peer", "name", "eth0", "address", Self.mac(attachment.address), "netns", namespace],
-                          "creating the veth \(veth)")
-            try await run(configuration.ip, ["link", "set", veth, "master", environment.bridge, "up"], "plugging \(veth) into \(environment.bridge)")
-            let batch = """
+        // One shell for the five steps (each a process of its own would cost more than the rest of
+        // an instance's start): name the namespace, make the veth pair (the MAC follows from the
+        // address, as CNI's bridge plugin does, so an address given again is still right in the
+        // host's ARP cache), plug it into the bridge, address the inside.
+        let ip = configuration.ip
+        let name = pid.map { "netns attach \(namespace) \($0)" } ?? "netns add \(namespace)"
+        let script = """
+            set -e
+            '\(ip)' \(name)
+            '\(ip)' link add \(veth) type veth peer name eth0 address \(Self.mac(attachment.address)) netns \(namespace)
+            '\(ip)' link set \(veth) master \(environment.bridge) up
+            '\(ip)' -n \(namespace) -batch - <<'END'
             link set lo up
             addr add \(attachment.address)/\(attachment.subnet.prefixLength) dev eth0
             link set eth0 up
             route add default via \(attachment.gateway)
-
+            END
             """
-            let batchPath = (statePath as NSString).deletingLastPathComponent + "/\(namespace).ip"
-            try? Data(batch.utf8).write(to: URL(fileURLWithPath: batchPath))
-            defer { unlink(batchPath) }
-            try await run(configuration.ip, ["-n", namespace, "-batch", batchPath], "addressing \(namespace)")
+        do {
+            try await run("/bin/sh", ["-c", script], "connecting the network of \(instanceID) (\(namespace), \(veth) on \(environment.bridge))")
         } catch {
             await unwire(instanceID)
             throw error
@@ -274,8 +272,10 @@ public actor EnvironmentNetworks {
             let (termination, lines) = (try? await ChildProcess(configuration.ip, ["netns", "delete", namespace]).output()) ?? (.init(exitCode: nil, signal: nil), [])
             if !termination.succeeded { logger.warning("cannot delete a network namespace", metadata: ["namespace": "\(namespace)", "error": "\(lines.suffix(2))"]) }
         }
-        // Deleting one end deletes both; the namespace itself may outlive its name a moment.
-        _ = try? await ChildProcess(configuration.ip, ["link", "delete", veth(instanceID)]).output()
+        // Deleting one end deletes both, and the namespace going usually took the pair with it.
+        if FileManager.default.fileExists(atPath: "/sys/class/net/" + veth(instanceID)) {
+            _ = try? await ChildProcess(configuration.ip, ["link", "delete", veth(instanceID)]).output()
+        }
     }
 
     /// The instance's allocation, if it has one.

@@ -66,28 +66,34 @@ public struct ClusterCollaboratorRPC: ClusterCollaborator {
         request.workload = workload(work)
         request.image = image
         request.environment = configuration.environmentVariables.merging(work.service.secrets) { $1 }
-        request.replicas = UInt32(configuration.replicas)
-        request.cpuMillicores = UInt32(configuration.cpuMillicores)
-        request.memoryMib = UInt32(configuration.memoryMiB)
+        request.replicas = UInt32(clamping: configuration.replicas)
+        request.cpuMillicores = UInt32(clamping: configuration.cpuMillicores)
+        request.memoryMib = UInt32(clamping: configuration.memoryMiB)
         var readiness = Slipway_Cluster_V1_Readiness()
         if let probe = configuration.readinessProbe {
             readiness.check = Self.check(probe.kind, http: { .http($0) }, tcp: { .tcp($0) }, grpc: { .grpc($0) }, exec: { .exec($0) })
-            readiness.timeoutMillis = UInt32(probe.timeoutSeconds * 1000)
+            // Saturating: a configuration stored before its numbers were bounded must not trap here.
+            readiness.timeoutMillis = Self.clamped(Double(probe.timeoutSeconds) * 1000)
             // Ready within the probe's own patience: its initial delay plus failureThreshold periods.
-            request.readyTimeoutSeconds = UInt32(max(5, probe.initialDelaySeconds + probe.failureThreshold * probe.periodSeconds))
+            request.readyTimeoutSeconds = Self.clamped(max(5, Double(probe.initialDelaySeconds) + Double(probe.failureThreshold) * Double(probe.periodSeconds)))
         }
         request.readiness = readiness
         request.public = work.isPublic
         if let probe = configuration.livenessProbe {
             var liveness = Slipway_Cluster_V1_Liveness()
             liveness.check = Self.check(probe.kind, http: { .http($0) }, tcp: { .tcp($0) }, grpc: { .grpc($0) }, exec: { .exec($0) })
-            liveness.initialDelaySeconds = UInt32(probe.initialDelaySeconds)
-            liveness.periodSeconds = UInt32(probe.periodSeconds)
-            liveness.timeoutSeconds = UInt32(probe.timeoutSeconds)
-            liveness.failureThreshold = UInt32(probe.failureThreshold)
+            liveness.initialDelaySeconds = UInt32(clamping: probe.initialDelaySeconds)
+            liveness.periodSeconds = UInt32(clamping: probe.periodSeconds)
+            liveness.timeoutSeconds = UInt32(clamping: probe.timeoutSeconds)
+            liveness.failureThreshold = UInt32(clamping: probe.failureThreshold)
             request.liveness = liveness
         }
         return request
+    }
+
+    /// `value` within 0...UInt32.max.
+    static func clamped(_ value: Double) -> UInt32 {
+        value >= Double(UInt32.max) ? UInt32.max : value <= 0 ? 0 : UInt32(value)
     }
 
     /// A probe of the service's configuration as the cluster's check (readiness and liveness have

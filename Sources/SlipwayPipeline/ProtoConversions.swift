@@ -96,6 +96,14 @@ enum Proto {
         return spec
     }
 
+    /// Bounds of a service's numbers (docs/limits.md, Pipeline).
+    enum Limits {
+        /// A probe's initial delay, period and timeout.
+        static let probeSeconds: UInt32 = 3600
+        /// A probe's failure and success thresholds.
+        static let probeThreshold: UInt32 = 100
+    }
+
     static func probe(_ probe: Slipway_Pipeline_V1_Probe, _ field: String) throws(RPCError) -> ServiceSpec.Probe {
         let kind: ServiceSpec.Probe.Kind
         switch probe.kind {
@@ -106,6 +114,11 @@ enum Proto {
             guard !exec.command.isEmpty else { throw invalid("\(field).exec.command is empty") }
             kind = .exec(command: exec.command)
         case nil: throw invalid("\(field) needs a kind: http, tcp, grpc or exec")
+        }
+        for (name, value, limit) in [("initial_delay_seconds", probe.initialDelaySeconds, Limits.probeSeconds), ("period_seconds", probe.periodSeconds, Limits.probeSeconds),
+                                     ("timeout_seconds", probe.timeoutSeconds, Limits.probeSeconds), ("failure_threshold", probe.failureThreshold, Limits.probeThreshold),
+                                     ("success_threshold", probe.successThreshold, Limits.probeThreshold)] where value > limit {
+            throw invalid("\(field).\(name) must be at most \(limit), got \(value)")
         }
         var result = ServiceSpec.Probe(kind: kind)
         result.initialDelaySeconds = Int(probe.initialDelaySeconds)

@@ -14,6 +14,15 @@ public struct RegistryClient: Sendable {
             self.username = username
             self.password = password
         }
+
+        /// The user and password a containers-auth.json (`{"auths": {host: {"auth": base64(user:password)}}}`) holds for `host`.
+        public init?(authFile data: Data, host: String) {
+            guard let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let auths = json["auths"] as? [String: Any],
+                  let entry = auths[host] as? [String: Any], let auth = entry["auth"] as? String,
+                  let decoded = Data(base64Encoded: auth).map({ String(decoding: $0, as: UTF8.self) }), let colon = decoded.firstIndex(of: ":")
+            else { return nil }
+            self.init(username: String(decoded[..<colon]), password: String(decoded[decoded.index(after: colon)...]))
+        }
     }
 
     public struct Failure: Error, CustomStringConvertible, Sendable {
@@ -75,6 +84,37 @@ public struct RegistryClient: Sendable {
         guard response.status == 200 else { throw unexpected(response, "GET \(repository) tags") }
         struct Tags: Decodable { var tags: [String]? }
         return (try? JSONDecoder().decode(Tags.self, from: Data(response.body)))?.tags ?? []
+    }
+
+    /// The user an image runs as (its config's `User`, "" when unset: root), for
+    /// `repository:reference`; of an index (several platforms), its linux/amd64 image's.
+    public func imageUser(repository: String, reference: String) async throws(Failure) -> String {
+        var manifest = try await json("/v2/\(repository)/manifests/\(reference)", repository: repository, accept: Self.manifestTypes)
+        if let entries = manifest["manifests"] as? [[String: Any]] {
+            let chosen = entries.first { entry in
+                let platform = entry["platform"] as? [String: Any]
+                return platform?["os"] as? String == "linux" && platform?["architecture"] as? String == "amd64"
+            } ?? entries.first
+            guard let digest = chosen?["digest"] as? String else {
+                throw Failure(kind: .unexpected, description: "\(host): \(repository):\(reference) is an index without images")
+            }
+            manifest = try await json("/v2/\(repository)/manifests/\(digest)", repository: repository, accept: Self.manifestTypes)
+        }
+        guard let config = (manifest["config"] as? [String: Any])?["digest"] as? String else {
+            throw Failure(kind: .unexpected, description: "\(host): the manifest of \(repository):\(reference) names no config")
+        }
+        let image = try await json("/v2/\(repository)/blobs/\(config)", repository: repository, accept: "*/*")
+        return ((image["config"] as? [String: Any])?["User"] as? String) ?? ""
+    }
+
+    private func json(_ path: String, repository: String, accept: String) async throws(Failure) -> [String: Any] {
+        let response = try await authorized(.GET, path, scope: "repository:\(repository):pull", headers: ["Accept": accept])
+        if response.status == 404 { throw Failure(kind: .notFound, description: "\(host) has no \(path)") }
+        guard response.status == 200 else { throw unexpected(response, "GET \(path)") }
+        guard let object = try? JSONSerialization.jsonObject(with: Data(response.body)) as? [String: Any] else {
+            throw Failure(kind: .unexpected, description: "\(host): \(path) is not a JSON object")
+        }
+        return object
     }
 
     /// `GET /v2/`: reachable and the credentials (if any) accepted.

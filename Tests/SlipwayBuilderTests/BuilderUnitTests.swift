@@ -227,6 +227,7 @@ import Testing
     @Test func theAskpassHelperAnswersOnlyTheRepositorysHost() async throws {
         let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("slipway-askpass-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
         var source = Slipway_Builder_V1_GitSource()
         source.url = "https://git.example.com:8443/team/app.git"
         var token = Slipway_Builder_V1_HttpsToken()

@@ -239,7 +239,14 @@ def test_bad_deploys_are_refused_with_what_to_fix(platform):
         (dict(readiness=cpb.Readiness(exec=cpb.ExecCheck(command=[]))), "readiness.exec.command"),
         (dict(liveness=cpb.Liveness(period_seconds=1)), "liveness.check is required"),
         (dict(replicas=51), "replicas"),
+        # Numbers that once reached arithmetic which traps (a liveness timeout over 24 days stopped the service).
+        (dict(liveness=cpb.Liveness(tcp=cpb.TcpCheck(), timeout_seconds=4294967295)), "liveness.timeout_seconds must be at most 3600, got 4294967295"),
+        (dict(readiness=cpb.Readiness(tcp=cpb.TcpCheck(), timeout_millis=4294967295)), "readiness.timeout_millis must be at most 3600000"),
+        (dict(ready_timeout_seconds=4294967295), "ready_timeout_seconds must be at most 86400"),
+        (dict(stop_grace_seconds=4294967295), "stop_grace_seconds must be at most 3600"),
+        (dict(memory_mib=4294967295), "memory_mib must be at most 1048576"),
     ]
+    pid = p.cluster.pid
     for fields, words in bad:
         with pytest.raises(grpc.RpcError) as error:
             p.cluster_stub.Deploy(cpb.DeployRequest(workload=p.workload, image=p.image, **fields), timeout=30)
@@ -248,8 +255,9 @@ def test_bad_deploys_are_refused_with_what_to_fix(platform):
     with pytest.raises(grpc.RpcError) as error:
         p.cluster_stub.Deploy(cpb.DeployRequest(workload=cpb.Workload(environment_id="env logs", service_id="s", service_name="x"), image=p.image))
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "A-Z, a-z, 0-9" in error.value.details()
-    # Still up.
+    # Still up, the same process.
     assert p.cluster_stub.ListInstances(cpb.WorkloadRequest(workload=p.workload)).instances == []
+    assert p.cluster.poll() is None and p.cluster.pid == pid
 
 
 def test_watch_follows_a_crash_loop_with_the_exit_status(platform):
@@ -345,6 +353,18 @@ class RecordedAPIServer:
         self.httpd.server_close()
 
 
+def rbac_need(method, path):
+    """(API group, resource, verb) an API request needs (an apply may create: both are needed)."""
+    parts = path.split("?")[0].strip("/").split("/")
+    group, rest = ("", parts[2:]) if parts[0] == "api" else (parts[1], parts[3:])
+    if len(rest) <= 2:
+        resource, named = "namespaces", len(rest) == 2
+    else:
+        resource, named = rest[2] + ("/" + rest[4] if len(rest) > 4 else ""), len(rest) > 3
+    verb = {"PATCH": "patch", "DELETE": "delete"}.get(method) or ("get" if named else "list")
+    return group, resource, verb
+
+
 def test_the_kubernetes_driver_against_a_recorded_api_server():
     from conftest import BIN_DIR
 
@@ -393,6 +413,10 @@ current-context: recorded
             "/api/v1/namespaces/slipway-env-4f2a9c/secrets/web-secrets", "/apis/apps/v1/namespaces/slipway-env-4f2a9c/deployments/web",
             "/api/v1/namespaces/slipway-env-4f2a9c/services/web"]
         assert all(query == "fieldManager=slipway&force=true" for _, query in applied)
+        # deploy/kubernetes grants the cluster's service account all of it (and no more: checked there).
+        from test_deploy_kubernetes import DRIVER_NEEDS
+        needed = {rbac_need(method, path) for method, path, _, _, _ in api.requests}
+        assert needed <= set(DRIVER_NEEDS), f"the driver does what deploy/kubernetes does not grant: {sorted(needed - set(DRIVER_NEEDS))}"
         assert all(auth == "Bearer s3cret-token" for _, _, _, auth, _ in api.requests)
         deployment = json.loads(next(body for method, path, _, _, body in api.requests if method == "PATCH" and "/deployments/" in path))
         assert deployment["spec"]["replicas"] == 2

@@ -66,6 +66,8 @@ DRIVER_NEEDS = [
     *[("", resource, verb) for resource in ("configmaps", "secrets", "services") for verb in ("create", "patch", "delete")],
     *[("apps", "deployments", verb) for verb in ("get", "create", "patch", "delete")],
     ("apps", "deployments/scale", "patch"),
+    *[("", resource, verb) for resource in ("resourcequotas", "limitranges") for verb in ("create", "patch")],
+    ("networking.k8s.io", "networkpolicies", "create"), ("networking.k8s.io", "networkpolicies", "patch"),
     ("", "pods", "list"),
     ("", "pods/log", "get"),
 ]

@@ -227,15 +227,30 @@ def test_bad_requests_get_a_clear_status_and_the_service_stays_up(simulated):
         (lambda: p.stub.Watch(pb.WatchRequest()).next(), grpc.StatusCode.INVALID_ARGUMENT, "environment_id"),
         (lambda: p.stub.ListDeployments(pb.ListDeploymentsRequest(environment_id=env, page_size=501)), grpc.StatusCode.INVALID_ARGUMENT, "page_size"),
         (lambda: p.stub.CreateService(pb.CreateServiceRequest(environment_id=env, name="s", config=p.app(), secrets={"1BAD": "x"})), grpc.StatusCode.INVALID_ARGUMENT, "secrets"),
+        # Numbers that once reached arithmetic which traps (the readiness timeout × 1000 stopped the service at its next deploy).
+        (lambda: p.stub.CreateService(pb.CreateServiceRequest(environment_id=env, name="s", config=probed(p.app(), timeout_seconds=4294967295))),
+         grpc.StatusCode.INVALID_ARGUMENT, "config.readiness_probe.timeout_seconds must be at most 3600, got 4294967295"),
+        (lambda: p.stub.CreateService(pb.CreateServiceRequest(environment_id=env, name="s", config=probed(p.app(), period_seconds=4294967295, failure_threshold=4294967295))),
+         grpc.StatusCode.INVALID_ARGUMENT, "config.readiness_probe.period_seconds must be at most 3600"),
     ]
+    pid = p.pipeline.pid
     for call, code, text in cases:
         with pytest.raises(grpc.RpcError) as raised:
             call()
         assert raised.value.code() == code, (raised.value.code(), raised.value.details())
         assert text in raised.value.details(), raised.value.details()
-    # Still serving, nothing lost.
+    # Still serving, the same process, nothing lost.
     assert [s.name for s in p.stub.ListServices(pb.ListServicesRequest(environment_id=env)).services] == ["api"]
     assert p.wait_ended(p.deploy(env).deployment_id).status == pb.DEPLOYED
+    assert p.pipeline.poll() is None and p.pipeline.pid == pid
+
+
+def probed(config, **numbers):
+    """`config` with an HTTP readiness probe with these numbers."""
+    config.readiness_probe.http.path = "/health"
+    for name, value in numbers.items():
+        setattr(config.readiness_probe, name, value)
+    return config
 
 
 def test_watch_streams_status_changes_to_a_grpcio_client(simulated):

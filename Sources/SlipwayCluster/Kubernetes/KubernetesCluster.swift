@@ -1,4 +1,5 @@
 import Foundation
+import SlipwayRegistry
 import Logging
 import SlipwayProtos
 import SlipwayRPC
@@ -22,15 +23,27 @@ public actor KubernetesCluster: ClusterDriver {
     private var published: [String: WorkloadStatus] = [:]
     /// Per pod: the timestamp of the last log line shipped (RFC 3339, nanoseconds as 9 digits).
     private var logCursors: [String: String] = [:]
+    /// What the registry said of each image's user (up to 1,000 images; then it is asked again).
+    private var imageRunsAsNonRoot: [String: Bool] = [:]
 
     /// The platform registry's credentials, given to each environment namespace as its pull Secret.
     let pullCredentials: Data?
+    /// Where the environments' NetworkPolicy draws its lines.
+    public struct Boundaries: Sendable {
+        public var platformNamespace = "slipway"
+        public var ingressNamespace = "ingress-nginx"
+        public var internalNetworks: [String] = []
+        public init() {}
+    }
+    let boundaries: Boundaries
 
     public init(
-        driver: KubernetesDriver, directory: String, logs: RPCClient?, pullCredentials: Data? = nil, interval: Duration = .seconds(2), logger: Logger
+        driver: KubernetesDriver, directory: String, logs: RPCClient?, pullCredentials: Data? = nil, boundaries: Boundaries = Boundaries(),
+        interval: Duration = .seconds(2), logger: Logger
     ) throws {
         self.driver = driver
         self.pullCredentials = pullCredentials
+        self.boundaries = boundaries
         self.directory = directory
         self.logs = logs
         self.interval = interval
@@ -82,6 +95,32 @@ public actor KubernetesCluster: ClusterDriver {
         }
     }
 
+    /// Whether the image runs as a numeric user other than 0 (its config's `User`), so that its
+    /// pods can be told `runAsNonRoot` (the kubelet checks a number, not a name). False when it
+    /// does not or the registry cannot tell (the pods then run without that check; said in the log).
+    func runsAsNonRoot(_ spec: DeploySpec) async -> Bool {
+        if let known = imageRunsAsNonRoot[spec.image] { return known }
+        guard let reference = ImageReference(parsing: spec.image) else { return false }
+        let credentials = pullCredentials.flatMap { RegistryClient.Credentials(authFile: $0, host: reference.host) }
+        let client = RegistryClient(host: reference.host, insecure: spec.insecureRegistry || LocalCluster.isLoopback(spec.image),
+                                    credentials: credentials, timeout: .seconds(10))
+        do {
+            let nonRoot = Self.isNonRootUser(try await client.imageUser(repository: reference.repository, reference: reference.reference))
+            if imageRunsAsNonRoot.count >= 1000 { imageRunsAsNonRoot.removeAll() }
+            imageRunsAsNonRoot[spec.image] = nonRoot
+            return nonRoot
+        } catch {
+            logger.warning("cannot read the image's user: its pods run without runAsNonRoot", metadata: ["image": "\(spec.image)", "error": "\(error)"])
+            return false
+        }
+    }
+
+    /// `1000`, `1000:1000`: yes; `0`, `root`, `app`, "" (root): no.
+    static func isNonRootUser(_ user: String) -> Bool {
+        guard let uid = user.split(separator: ":", omittingEmptySubsequences: false).first.flatMap({ UInt32($0) }) else { return false }
+        return uid != 0
+    }
+
     static func input(_ workload: Workload) -> KubernetesManifests.Input {
         KubernetesManifests.Input(workload: workload, environmentName: workload.environmentID, image: "")
     }
@@ -95,6 +134,10 @@ public actor KubernetesCluster: ClusterDriver {
         do {
             var input = Self.input(spec)
             input.pullCredentials = pullCredentials
+            input.platformNamespace = boundaries.platformNamespace
+            input.ingressNamespace = boundaries.ingressNamespace
+            input.internalNetworks = boundaries.internalNetworks
+            input.runAsNonRoot = await runsAsNonRoot(spec)
             _ = try await driver.deploy(input, timeout: spec.readyTimeout)
         } catch let error as KubernetesError where ["Timeout", "ProgressDeadlineExceeded"].contains(error.reason) {
             // Not ready: the rollout's own failure. Other errors are the API server's (mapped by the RPC layer).

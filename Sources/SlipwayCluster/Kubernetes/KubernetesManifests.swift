@@ -46,6 +46,10 @@ public enum KubernetesManifests {
         /// The ingress controller's namespace: the only one besides the environment's own from
         /// which its pods accept connections.
         public var ingressNamespace = "ingress-nginx"
+        /// The cluster's pod and service networks (CIDRs): kept out of the egress rule's "anywhere"
+        /// (many network plugins match pod addresses against ipBlock, which would let the pods
+        /// reach the platform's by address).
+        public var internalNetworks: [String] = []
         /// The image runs as a user other than root: Kubernetes refuses to start it as root.
         public var runAsNonRoot = false
         /// The environment's ResourceQuota: pods, and CPU (millicores) and memory (MiB) limits summed.
@@ -126,7 +130,7 @@ public enum KubernetesManifests {
                 "egress": [[
                     "to": [
                         ["namespaceSelector": ["matchExpressions": [["key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": [input.platformNamespace]]]]],
-                        ["ipBlock": ["cidr": "0.0.0.0/0", "except": ["169.254.0.0/16"]]],
+                        ["ipBlock": ["cidr": "0.0.0.0/0", "except": ["169.254.0.0/16"] + input.internalNetworks]],
                     ],
                 ]],
             ],

@@ -251,7 +251,8 @@ public final class LocalRuntime: Sendable {
                 to: &config, namespacePath: nil, hostID: isolation.attachment.hostID,
                 files: [(etc + "/hosts", "/etc/hosts"), (etc + "/resolv.conf", "/etc/resolv.conf")])
         }
-        try JSONSerialization.data(withJSONObject: config, options: [.sortedKeys]).write(to: URL(fileURLWithPath: path))
+        // It holds the instance's secrets (its environment): runc reads it as root, nobody else may.
+        try AtomicFile.write(try JSONSerialization.data(withJSONObject: config, options: [.sortedKeys]), to: path, mode: 0o600)
     }
 
     /// The instance as runc sees it, nil when runc does not know it.
@@ -286,10 +287,13 @@ public final class LocalRuntime: Sendable {
     public func stop(_ id: String, grace: Duration) async throws {
         guard let current = try await state(id) else { return }
         if current.status == .running || current.status == .paused {
+            // Its init, as the kernel knows it now: gone once its /proc entry is (or is a zombie, or
+            // another process with its pid), which is what runc calls stopped, read without a runc per look.
+            let initProcess = Self.processStart(current.pid).map { (current.pid, $0) }
             _ = try await ChildProcess("/usr/sbin/runc", ["--root", runcRoot, "kill", id, "TERM"]).output()
-            if !(try await waitStopped(id, within: grace)) {
+            if !(try await waitStopped(id, initProcess, within: grace)) {
                 _ = try await ChildProcess("/usr/sbin/runc", ["--root", runcRoot, "kill", id, "KILL"]).output()
-                guard try await waitStopped(id, within: .seconds(10)) else { throw Failure("instance \(id) did not stop after SIGKILL") }
+                guard try await waitStopped(id, initProcess, within: .seconds(10)) else { throw Failure("instance \(id) did not stop after SIGKILL") }
             }
         }
         try await tool("/usr/sbin/runc", ["--root", runcRoot, "delete", "--force", id], "deleting \(id)")
@@ -360,13 +364,28 @@ public final class LocalRuntime: Sendable {
     /// How often a stopping instance is looked at.
     static let stopPoll: Duration = .milliseconds(20)
 
-    private func waitStopped(_ id: String, within limit: Duration) async throws -> Bool {
+    private func waitStopped(_ id: String, _ initProcess: (pid: Int32, start: UInt64)?, within limit: Duration) async throws -> Bool {
         let deadline = ContinuousClock.now + limit
         while true {
-            guard let state = try await state(id), state.status != .stopped else { return true }
+            if let initProcess {
+                if Self.processStart(initProcess.pid) != initProcess.start { return true }
+            } else {
+                guard let state = try await state(id), state.status != .stopped else { return true }
+            }
             if ContinuousClock.now >= deadline { return false }
             try await Task.sleep(for: Self.stopPoll)
         }
+    }
+
+    /// When process `pid` started (clock ticks since boot, /proc/<pid>/stat field 22); nil when
+    /// there is no such process or it has ended (a zombie).
+    static func processStart(_ pid: Int32) -> UInt64? {
+        guard pid > 0, let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return nil }
+        // After the command (in parentheses, which may hold spaces): state is field 3, start time field 22.
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        guard fields.count > 19, fields[0] != "Z", fields[0] != "X" else { return nil }
+        return UInt64(fields[19])
     }
 
     // MARK: Helpers

@@ -39,7 +39,9 @@ public final class PipelineStore: Sendable {
     /// Opens (creating if needed) `<directory>/pipeline.sqlite` and the secrets key
     /// `<directory>/secrets.key` (0600), and brings the schema up to date.
     public init(directory: String, durability: Durability = .normal) throws {
+        // The database holds the whole model (variables in clear): the directory is the owner's alone.
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        chmod(directory, 0o700)
         sealer = try SecretSealer(keyFile: directory + "/secrets.key")
         var configuration = Configuration()
         configuration.prepareDatabase { db in
@@ -48,6 +50,7 @@ public final class PipelineStore: Sendable {
         }
         database = try DatabaseQueue(path: directory + "/pipeline.sqlite", configuration: configuration)
         _ = try database.writeWithoutTransaction { db in try String.fetchOne(db, sql: "PRAGMA journal_mode = WAL") }
+        for file in ["pipeline.sqlite", "pipeline.sqlite-wal", "pipeline.sqlite-shm"] { chmod(directory + "/" + file, 0o600) }
         try Self.migrator.migrate(database)
     }
 

@@ -74,6 +74,9 @@ import Testing
         #expect(memoryLimit.trimmingCharacters(in: .whitespacesAndNewlines) == "\(64 * 1024 * 1024)")
         let cpuQuota = try String(contentsOfFile: try controller("cpu") + "/cpu.cfs_quota_us", encoding: .utf8)
         #expect(cpuQuota.trimmingCharacters(in: .whitespacesAndNewlines) == "25000")
+        // Its runtime config holds its secrets: the owner's alone.
+        let config = try FileManager.default.attributesOfItem(atPath: runtime.instanceDirectory("hello-1") + "/bundle/config.json")
+        #expect((config[.posixPermissions] as? NSNumber)?.intValue == 0o600)
         // Its output goes to the instance's files.
         #expect(try String(contentsOfFile: runtime.stdoutPath("hello-1"), encoding: .utf8).contains("listening on port \(port)"))
 

@@ -43,8 +43,10 @@ import Testing
         bytes += FileManager.default.contents(atPath: path + "/pipeline.sqlite-wal") ?? Data()
         #expect(bytes.range(of: Data("production".utf8)) != nil)
         #expect(bytes.range(of: Data("hunter2-secret".utf8)) == nil)
-        let attributes = try FileManager.default.attributesOfItem(atPath: path + "/secrets.key")
-        #expect((attributes[.posixPermissions] as? NSNumber)?.intValue == 0o600)
+        for (file, mode) in [("secrets.key", 0o600), ("pipeline.sqlite", 0o600), ("pipeline.sqlite-wal", 0o600), ("", 0o700)] {
+            let attributes = try FileManager.default.attributesOfItem(atPath: path + "/" + file)
+            #expect((attributes[.posixPermissions] as? NSNumber)?.intValue == mode, "\(file): \(String(describing: attributes[.posixPermissions]))")
+        }
         // Another key cannot open them.
         try Data(repeating: 7, count: 32).write(to: URL(fileURLWithPath: path + "/secrets.key"))
         let wrongKey = try PipelineStore(directory: path)

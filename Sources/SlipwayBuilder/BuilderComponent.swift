@@ -118,6 +118,12 @@ public struct BuilderComponent: PlatformComponent {
             logger.warning("build isolation is off: Dockerfile RUN steps run as root on the host's network and reach every local service")
             return nil
         }
+        do {
+            // RUN steps run in a user namespace whatever their network.
+            try InstanceHardening.checkUserNamespaces(alternative: "run builds unisolated (--builder-isolation off)")
+        } catch {
+            throw ValidationError("cannot isolate builds: \(error.description)")
+        }
         let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
         try LocalDirectories.searchable(directory + "/containers", owned: 3)
         guard network == .nat else { return BuildIsolation(network: network, networks: nil, executable: executable) }

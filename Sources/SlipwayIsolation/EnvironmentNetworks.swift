@@ -125,9 +125,10 @@ public actor EnvironmentNetworks {
         for (tool, package) in [(configuration.ip, "iproute2"), (configuration.nft, "nftables")] where !FileManager.default.isExecutableFile(atPath: tool) {
             throw Failure("network isolation needs \(tool), which is missing (apt-get install \(package)); or \(configuration.withoutIsolation)")
         }
-        let userNamespaces = (try? String(contentsOfFile: configuration.userNamespacesSysctl, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
-        guard let userNamespaces, let count = Int(userNamespaces), count > 0 else {
-            throw Failure("network isolation needs user namespaces, which this kernel does not offer (\(configuration.userNamespacesSysctl): \(userNamespaces ?? "missing")); or \(configuration.withoutIsolation)")
+        do {
+            try InstanceHardening.checkUserNamespaces(sysctl: configuration.userNamespacesSysctl, alternative: configuration.withoutIsolation)
+        } catch {
+            throw Failure("network \(error.description)")
         }
         guard FileManager.default.isWritableFile(atPath: configuration.ipForwardSysctl) else {
             throw Failure("network isolation needs to turn on IPv4 forwarding for the instances' NAT, and \(configuration.ipForwardSysctl) is not writable (run as root)")

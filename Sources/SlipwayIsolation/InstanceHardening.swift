@@ -11,6 +11,15 @@ public enum InstanceHardening {
         public init(_ description: String) { self.description = description }
     }
 
+    /// Whether the kernel offers user namespaces (`sysctl`: user.max_user_namespaces above 0); the
+    /// failure names the setting, what it reads, and `alternative` (how to do without).
+    public static func checkUserNamespaces(sysctl: String = "/proc/sys/user/max_user_namespaces", alternative: String) throws(Failure) {
+        let value = (try? String(contentsOfFile: sysctl, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+        guard let value, let count = Int(value), count > 0 else {
+            throw Failure("isolation needs user namespaces, which this kernel does not offer (\(sysctl): \(value ?? "missing")); or \(alternative)")
+        }
+    }
+
     /// Processes (threads included) one instance may have at once.
     public static let pidsLimit = 1024
 

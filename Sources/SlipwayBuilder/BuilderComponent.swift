@@ -81,8 +81,8 @@ public struct BuilderOptions: ParsableArguments, Sendable {
             configuration.runIsolation = network
         }
         if let pool = builderNetworkPool {
-            guard let parsed = IPv4Network(pool), (8...28).contains(parsed.prefixLength) else {
-                throw ValidationError("--builder-network-pool must be an IPv4 network a.b.c.d/8 to /28, got \"\(pool)\"")
+            guard let parsed = IPv4Network(pool: pool) else {
+                throw ValidationError("--builder-network-pool must be \(IPv4Network.poolRule), got \"\(pool)\"")
             }
             configuration.networkPool = parsed
         }

@@ -103,8 +103,8 @@ extension ClusterComponent {
         }
         var settings = EnvironmentNetworks.Configuration()
         if let pool = options.clusterNetworkPool {
-            guard let parsed = IPv4Network(pool), parsed.prefixLength >= 8, parsed.prefixLength <= 28 else {
-                throw ValidationError("--cluster-network-pool must be an IPv4 network a.b.c.d/8 to /28, got \"\(pool)\"")
+            guard let parsed = IPv4Network(pool: pool) else {
+                throw ValidationError("--cluster-network-pool must be \(IPv4Network.poolRule), got \"\(pool)\"")
             }
             settings.pool = parsed
         }

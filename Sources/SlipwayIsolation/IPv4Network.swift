@@ -4,6 +4,15 @@ public struct IPv4Network: Sendable, Equatable, Hashable, Codable, CustomStringC
     public let address: UInt32
     public let prefixLength: Int
 
+    /// What a pool of subnets (`--cluster-network-pool`, `--builder-network-pool`) must be.
+    public static let poolRule = "an IPv4 network a.b.c.d/8 to /28"
+
+    /// `text` as a pool of subnets: nil unless it follows ``poolRule``.
+    public init?(pool text: String) {
+        guard let network = IPv4Network(text), (8...28).contains(network.prefixLength) else { return nil }
+        self = network
+    }
+
     public init?(_ text: String) {
         let parts = text.split(separator: "/", omittingEmptySubsequences: false)
         guard parts.count == 2, let length = Int(parts[1]), (0...32).contains(length),

@@ -8,6 +8,8 @@ final class ClientConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
     private var streams: [Int32: ClientStream] = [:]
     /// GOAWAY received or the connection closed: new calls need another connection.
     private(set) var isAcceptingCalls = true
+    /// Why the connection ended (a refused TLS handshake, a reset), for calls that come later.
+    private var endReason: RPCError?
     /// Told when the connection stops accepting calls.
     var onStopAccepting: (() -> Void)?
 
@@ -22,6 +24,7 @@ final class ClientConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
 
 
     override func connectionDidEnd(_ error: RPCError) {
+        if endReason == nil { endReason = error }
         stopAccepting()
         let open = streams
         streams.removeAll()
@@ -45,7 +48,8 @@ final class ClientConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
     /// Opens a stream for a call. Fails the call when the connection cannot take it.
     func startCall(path: String, options: CallOptions, stream: ClientStream, idBox: StreamIDBox) {
         guard isAcceptingCalls, context != nil else {
-            stream.finish(RPCError(.unavailable, "the connection to \(authority) is closing; retry the call"), trailers: [:])
+            let why = endReason.map { "the connection to \(authority) ended (\($0.message)); retry the call" }
+            stream.finish(RPCError(.unavailable, why ?? "the connection to \(authority) is closing; retry the call"), trailers: [:])
             return
         }
         var headers = [

@@ -121,8 +121,10 @@ class HTTP2ConnectionHandler: ChannelInboundHandler {
     }
 
     private func end(_ error: RPCError) {
-        perform(lifecycle.ended())
+        // Open calls learn why first: ending the lifecycle can close the channel, and the
+        // channelInactive that follows would tell them only "closed".
         connectionDidEnd(error)
+        perform(lifecycle.ended())
     }
 
     // MARK: Sending

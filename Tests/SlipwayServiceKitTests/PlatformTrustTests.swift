@@ -8,6 +8,7 @@ import SlipwayProtobuf
 import SlipwayProtos
 import SlipwayRPC
 import SlipwayRPCServices
+import Synchronization
 import Testing
 import X509
 
@@ -219,20 +220,27 @@ func der(_ certificate: Certificate) throws -> [UInt8] {
         try pki.issue(PlatformIdentity(.logs), lifetime: .seconds(3))
         let ca = try pki.loadCA()
         try await withServer(pki, as: .logs) { address, server, identity in
-            let first = identity.certificate.serialNumber
+            let first = identity.certificate
             var logger = Logger(label: "renewal")
             logger.logLevel = .critical
+            // The signer gives the renewal an hour, so only the first certificate expires during the test.
+            let served = Mutex<Certificate.SerialNumber?>(nil)
             let renewal = IdentityRenewal(
-                identity: identity, sign: { csr, lifetime in try ca.issue(identity.identity, csrDER: csr, lifetime: lifetime).serializeAsPEM().pemString + "\n" },
-                renewed: { try? server.reloadTLS(identity.serverTLS()) }, logger: logger)
+                identity: identity, sign: { csr, _ in try ca.issue(identity.identity, csrDER: csr, lifetime: .seconds(3600)).serializeAsPEM().pemString + "\n" },
+                renewed: {
+                    try? server.reloadTLS(identity.serverTLS())
+                    served.withLock { $0 = identity.certificate.serialNumber }
+                }, logger: logger)
             let task = Task { try await renewal.run() }
             defer { task.cancel() }
-            // Two thirds into three seconds it renews; wait for it (bounded).
-            let deadline = ContinuousClock.now + .seconds(15)
-            while identity.certificate.serialNumber == first, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(50)) }
-            #expect(identity.certificate.serialNumber != first)
+            // Two thirds into three seconds it renews and the server reloads; wait for it (bounded).
+            let deadline = ContinuousClock.now + .seconds(30)
+            while served.withLock({ $0 }) == nil, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(50)) }
+            #expect(served.withLock { $0 } != nil && identity.certificate.serialNumber != first.serialNumber)
             #expect(FileManager.default.fileExists(atPath: pki.directory + "/renewed/logs/tls.crt"))
-            // The renewed certificate is what a new connection sees.
+            // Once the first certificate has expired, a call succeeds only if the server presents the renewed one.
+            while Date() <= first.notValidAfter, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(50)) }
+            #expect(Date() > first.notValidAfter)
             let pipeline = try ServiceIdentity.load(PlatformIdentity(.pipeline), paths: paths(pki, PlatformIdentity(.pipeline)))
             let client = pipeline.client(for: .logs, at: address)
             #expect(try await client.unary(Grpc_Health_V1_Health.Check.self, .init()).status == .serving)

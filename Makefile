@@ -4,7 +4,7 @@ export PATH := /opt/swift/usr/bin:$(PATH)
 DATA_DIR ?= ./.slipway
 CONFIG ?= debug
 
-.PHONY: all build demo down test test-swift test-interop check-generated generate bench bench-builder bench-pipeline bench-cluster bench-push bench-isolation clean
+.PHONY: all build demo down test test-swift test-fuzz-replay test-interop fuzz check-generated generate bench bench-builder bench-pipeline bench-cluster bench-push bench-isolation clean
 
 all: build
 
@@ -28,10 +28,20 @@ test:
 	scripts/install-deps.sh test
 	$(MAKE) check-generated
 	swift build --build-tests
-	$(MAKE) test-swift test-interop
+	$(MAKE) test-swift test-fuzz-replay test-interop
 
 test-swift:
 	swift test --skip-build
+
+## The fuzz targets' seed corpus (and the inputs of every crash fixed) through each target, unsanitized.
+FUZZ_TARGETS ?= grpc-framing http2-server protobuf webhooks nginx-config kubernetes-status dns-answer
+test-fuzz-replay:
+	for target in $(FUZZ_TARGETS); do .build/debug/slipway-fuzz $$target Tests/Fuzz/corpus/$$target || exit 1; done
+
+## libFuzzer on every target (FUZZ_SECONDS each, default 60; FUZZ_TARGETS to choose): scripts/fuzz.sh.
+fuzz:
+	scripts/install-deps.sh test >/dev/null
+	scripts/fuzz.sh
 
 test-interop:
 	SLIPWAY_BIN_DIR=.build/debug python3 -m pytest -q Tests/interop

@@ -139,6 +139,15 @@ var targets: [Target] = [
         swiftSettings: strict
     ),
 
+    // Fuzz targets (libFuzzer with `scripts/fuzz.sh`; without it, a replayer of the seed corpus that `make test` runs).
+    .executableTarget(
+        name: "slipway-fuzz",
+        dependencies: ["SlipwayRPC", "SlipwayProtos", "SlipwayGateway", "SlipwayNetwork", "SlipwayCluster"] + nio,
+        path: "Tests/Fuzz",
+        exclude: ["corpus", "make-seeds.py"],
+        swiftSettings: strict
+    ),
+
     // What several test targets share: a real docker-registry, test failures.
     .target(name: "SlipwayTestSupport", dependencies: ["SlipwayRegistry", "SlipwayProcess"] + nio, path: "Tests/SlipwayTestSupport", swiftSettings: strict),
 
@@ -243,7 +252,7 @@ targets.append(.target(
 targets.append(.executableTarget(name: "slipway", dependencies: ["SlipwayCLI"], swiftSettings: strict))
 targets.append(.testTarget(
     name: "SlipwayGatewayTests",
-    dependencies: ["SlipwayGateway", "SlipwayRPC", "SlipwayProtos", .product(name: "Crypto", package: "swift-crypto")],
+    dependencies: ["SlipwayGateway", "SlipwayRPC", "SlipwayProtos", .product(name: "Crypto", package: "swift-crypto"), .product(name: "GRDB", package: "GRDB.swift")],
     // Deliveries recorded from the git hosts (Fixtures/webhooks/SOURCES.md), read by path.
     exclude: ["Fixtures"],
     swiftSettings: strict))

@@ -50,7 +50,7 @@ def slipway(*args):
 
 failed = True
 try:
-    slipway("up", "--registry", registry, "--http-listen", f"127.0.0.1:{http_port}", "--https-listen", f"127.0.0.1:{https_port}")
+    slipway("up", "--registry", registry, "--local-sources", data, "--http-listen", f"127.0.0.1:{http_port}", "--https-listen", f"127.0.0.1:{https_port}")
     subprocess.run([os.path.join(local.ROOT, "scripts", "seed-base-images.sh"), registry], check=True, stdout=subprocess.DEVNULL,
                    env={**os.environ, "SLIPWAY_SEED_STORAGE": os.path.join(data, "seed"),
                                                                   "REGISTRY_AUTH_FILE": os.path.join(data, "registry", "auth.json")})

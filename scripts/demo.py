@@ -48,7 +48,9 @@ def names(*args):
     return [item["name"] for item in json.loads(run(*args, "-o", "json", capture=True).stdout)]
 
 
-run("up", "--data-dir", data, "--http-listen", os.environ.get("SLIPWAY_HTTP_LISTEN", "127.0.0.1:80"),
+# The demo's repository is a directory on this machine: the builder accepts paths under data/demo only.
+os.makedirs(os.path.join(data, "demo"), exist_ok=True)
+run("up", "--data-dir", data, "--local-sources", os.path.join(data, "demo"), "--http-listen", os.environ.get("SLIPWAY_HTTP_LISTEN", "127.0.0.1:80"),
     "--https-listen", os.environ.get("SLIPWAY_HTTPS_LISTEN", "127.0.0.1:443"))
 subprocess.run([os.path.join(local.ROOT, "scripts", "seed-base-images.sh"), registry], check=True,
                env={**os.environ, "SLIPWAY_SEED_STORAGE": os.path.join(data, "seed"),

@@ -160,6 +160,9 @@ def start_service(bin_dir, name, data, port, *args, env=None):
     prepare_pki(bin_dir, data)
     if name in ("cluster", "builder"):
         track_isolation(data)
+    if name == "builder" and "--builder-local-sources" not in args:
+        # Tests and benchmarks keep their git repositories in their scratch data directory.
+        args = (*args, "--builder-local-sources", os.path.realpath(data))
     proc = subprocess.Popen([os.path.join(bin_dir, f"slipway-{name}"), "--listen", f"127.0.0.1:{port}", "--data-dir", data, *args],
                             stdout=subprocess.DEVNULL, stderr=open(os.path.join(data, f"{name}.log"), "ab"), env=env)
 

@@ -69,7 +69,7 @@ final class Builder: Sendable {
     // MARK: Entry points
 
     func build(_ request: Slipway_Builder_V1_BuildRequest, events: @escaping EventSink) async throws(RPCError) {
-        let validated = try ValidatedBuild(request, defaultRegistry: configuration.registry)
+        let validated = try ValidatedBuild(request, defaultRegistry: configuration.registry, sources: configuration.sources)
         if let asked = validated.network {
             guard let isolation else {
                 throw RPCError(.failedPrecondition, "network \(asked.rawValue): this builder runs RUN steps unisolated on the host's network (--builder-isolation off); leave network unset")
@@ -99,9 +99,9 @@ final class Builder: Sendable {
     func resolveCommit(_ source: Slipway_Builder_V1_GitSource) async throws(RPCError) -> String {
         var source = source
         source.commit = ""
-        try ValidatedBuild.validate(source)
+        let transport = try ValidatedBuild.validate(source, sources: configuration.sources)
         do {
-            return try await mirrors.fetch(source) { _ in }
+            return try await mirrors.fetch(source, transport: transport) { _ in }
         } catch {
             throw error.rpcError
         }
@@ -232,7 +232,7 @@ final class Builder: Sendable {
     private func runBuild(_ build: ValidatedBuild, _ job: Job) async throws(BuildFailure) -> Slipway_Builder_V1_BuildResult {
         let log = job.log
         await job.steps.start(.gitClone, "fetching \(GitMirrors.redacted(build.git.url))")
-        let commit = try await mirrors.fetch(build.git) { log.write($0, step: .gitClone, source: .stderr) }
+        let commit = try await mirrors.fetch(build.git, transport: build.transport) { log.write($0, step: .gitClone, source: .stderr) }
         await job.steps.end(.stepSucceeded, message: "commit \(commit)")
 
         // BUILD: unless the registry has the image already; the Dockerfile comes from the mirror,
@@ -263,7 +263,7 @@ final class Builder: Sendable {
         }
 
         let source = job.workDirectory + "/src"
-        try await mirrors.checkout(build.git, commit: commit, into: source) { log.write($0, step: .build, source: .stderr) }
+        try await mirrors.checkout(build.git, transport: build.transport, commit: commit, into: source) { log.write($0, step: .build, source: .stderr) }
         log.write("building \(image)", step: .build)
         // Base images may come from the platform registry even when the image goes elsewhere.
         let files = try ToolFiles(directory: job.workDirectory + "/tools", registries: [build.registry, configuration.registry], extraInsecure: configuration.insecureRegistries)

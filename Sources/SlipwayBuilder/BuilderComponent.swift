@@ -24,6 +24,8 @@ public struct BuilderConfiguration: Sendable {
     var runIsolation: BuildIsolation.Network? = .nat
     /// Where the builds' bridge gets its subnet.
     var networkPool = IPv4Network("10.88.0.0/16")!
+    /// Which git URLs builds may come from.
+    var sources = SourcePolicy()
 
     public init() {}
 }
@@ -43,6 +45,9 @@ public struct BuilderOptions: ParsableArguments, Sendable {
     @Option(help: "RUN steps of Dockerfiles: nat (default: a network namespace of their own with egress through NAT, a user namespace, hardened runc), none (the same without any network), off (chroot on the host's network as root: trusted Dockerfiles only).")
     var builderIsolation: String?
     @Option(help: "The IPv4 pool the builds' bridge takes its subnet from (default 10.88.0.0/16).") var builderNetworkPool: String?
+    @Flag(help: "Accept plain http:// git URLs (default: https and ssh only).") var builderAllowHttpSources = false
+    @Option(help: "A directory whose git repositories builds may name by path or file:// (repeatable; default: none, no local paths).")
+    var builderLocalSources: [String] = []
 
     public init() {}
 
@@ -80,6 +85,10 @@ public struct BuilderOptions: ParsableArguments, Sendable {
             guard let network = BuildIsolation.Network(rawValue: value) else { throw ValidationError("--builder-isolation must be nat, none or off, got \"\(value)\"") }
             configuration.runIsolation = network
         }
+        for root in builderLocalSources where !root.hasPrefix("/") {
+            throw ValidationError("--builder-local-sources needs an absolute directory, got \"\(root)\"")
+        }
+        configuration.sources = SourcePolicy(allowHTTP: builderAllowHttpSources, localRoots: builderLocalSources)
         if let pool = builderNetworkPool {
             guard let parsed = IPv4Network(pool: pool) else {
                 throw ValidationError("--builder-network-pool must be \(IPv4Network.poolRule), got \"\(pool)\"")

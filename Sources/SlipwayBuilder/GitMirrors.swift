@@ -23,7 +23,12 @@ actor GitMirrors {
         self.limits = limits
         self.ledger = ledger
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: home, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
     }
+
+    /// git's HOME: an empty directory, so no ~/.gitconfig, ~/.git-credentials or ~/.netrc of the
+    /// builder's machine takes part in a tenant's fetch.
+    nonisolated var home: String { directory + "/home" }
 
     /// Where the mirror of `url` lives: a hash of the URL, so no URL text reaches the file system.
     nonisolated func mirrorPath(for url: String) -> String {
@@ -33,20 +38,24 @@ actor GitMirrors {
 
     /// Brings the mirror of `source` up to date (unless it already has the exact commit asked for)
     /// and returns the full commit to build.
-    func fetch(_ source: Slipway_Builder_V1_GitSource, output: @escaping @Sendable (String) -> Void) async throws(BuildFailure) -> String {
+    func fetch(
+        _ source: Slipway_Builder_V1_GitSource, transport: SourcePolicy.Transport, output: @escaping @Sendable (String) -> Void
+    ) async throws(BuildFailure) -> String {
         let mirror = mirrorPath(for: source.url)
         await lock(mirror)
         defer { unlock(mirror) }
         try Task.checkCancellation(or: .canceled(.gitClone))
         let credentials = try GitCredentials(source, scratch: directory)
         defer { credentials.remove() }
-        let git = GitCommand(gitDirectory: mirror, credentials: credentials, ledger: ledger, output: output)
+        let git = GitCommand(gitDirectory: mirror, credentials: credentials, ledger: ledger, home: home, protocols: transport.allowedProtocols, output: output)
 
         if !FileManager.default.fileExists(atPath: mirror + "/HEAD") {
             try await git.run(["init", "--quiet", "--bare", mirror], withoutGitDirectory: true, failure: .gitError)
             try await git.run(["config", "gc.autoDetach", "false"], failure: .gitError)
         }
-        if Self.isFullSHA(source.commit), (try? await git.run(["cat-file", "-e", "\(source.commit)^{commit}"], quiet: true, failure: .gitError)) != nil {
+        if Self.isFullSHA(source.commit), (try? await git.run(["cat-file", "-e", "\(source.commit)^{commit}"], quiet: true, failure: .gitError)) != nil,
+            await Self.mayBuild(source.commit, source, git)
+        {
             output("commit \(source.commit) is already in the mirror: nothing to fetch")
             return source.commit
         }
@@ -67,15 +76,26 @@ actor GitMirrors {
             guard source.commit.allSatisfy(\.isHexDigit), (4...64).contains(source.commit.count) else {
                 throw BuildFailure(.commitNotFound, step: .gitClone, "\"\(source.commit)\" is not a commit SHA")
             }
-            if let commit = await revParse(source.commit) { return commit }
+            if let commit = await revParse(source.commit) {
+                guard await Self.mayBuild(commit, source, git) else {
+                    throw BuildFailure(
+                        .commitNotFound, step: .gitClone,
+                        "commit \(source.commit) is on no branch or tag of \(Self.redacted(source.url)): push it to a branch or tag first (a commit reached only by its id may be a fork's)")
+                }
+                return commit
+            }
             try Task.checkCancellation(or: .canceled(.gitClone))
-            // A commit no branch or tag reaches (yet): ask for it by id.
-            if Self.isFullSHA(source.commit) {
+            // A commit the platform built before that no branch or tag reaches any more: ask for it by id.
+            if source.allowUnreachableCommit, Self.isFullSHA(source.commit) {
                 try? await git.fetch(source.url, refspecs: [source.commit], timeout: limits.fetchTimeout, quiet: true)
                 if let commit = await revParse(source.commit) { return commit }
                 try Task.checkCancellation(or: .canceled(.gitClone))
             }
-            throw BuildFailure(.commitNotFound, step: .gitClone, "commit \(source.commit) is not in \(Self.redacted(source.url))")
+            throw BuildFailure(
+                .commitNotFound, step: .gitClone,
+                source.allowUnreachableCommit
+                    ? "commit \(source.commit) is not in \(Self.redacted(source.url))"
+                    : "commit \(source.commit) is on no branch or tag of \(Self.redacted(source.url)) (or does not exist): push it to a branch or tag first")
         }
         if source.ref.isEmpty {
             guard let commit = await revParse("refs/slipway/HEAD") else {
@@ -92,22 +112,27 @@ actor GitMirrors {
     /// The content of `path` at `commit`, or nil when the commit has no such file.
     nonisolated func readFile(_ url: String, commit: String, path: String) async throws(BuildFailure) -> [UInt8]? {
         let mirror = mirrorPath(for: url)
-        return try await GitCommand(gitDirectory: mirror, credentials: nil, ledger: ledger, output: { _ in }).blob(commit: commit, path: path)
+        return try await GitCommand(gitDirectory: mirror, credentials: nil, ledger: ledger, home: home, protocols: "", output: { _ in }).blob(commit: commit, path: path)
     }
 
     /// Writes the tree of `commit` into `destination` (created), with submodules when asked.
-    func checkout(_ source: Slipway_Builder_V1_GitSource, commit: String, into destination: String, output: @escaping @Sendable (String) -> Void) async throws(BuildFailure) {
+    func checkout(
+        _ source: Slipway_Builder_V1_GitSource, transport: SourcePolicy.Transport, commit: String, into destination: String,
+        output: @escaping @Sendable (String) -> Void
+    ) async throws(BuildFailure) {
         let mirror = mirrorPath(for: source.url)
         let credentials = try GitCredentials(source, scratch: directory)
         defer { credentials.remove() }
-        let git = GitCommand(gitDirectory: mirror, credentials: credentials, ledger: ledger, output: output)
+        let git = GitCommand(gitDirectory: mirror, credentials: credentials, ledger: ledger, home: home, protocols: transport.allowedProtocols, output: output)
         if source.submodules {
             // A real work tree: submodules need one. The clone borrows the mirror's objects.
-            try await git.run(["clone", "--quiet", "--shared", "--no-checkout", mirror, destination], withoutGitDirectory: true, failure: .gitError)
+            try await git.run(
+                ["clone", "--quiet", "--shared", "--no-checkout", mirror, destination], withoutGitDirectory: true, failure: .gitError,
+                environment: ["GIT_ALLOW_PROTOCOL": "file"])
             try await git.run(["-C", destination, "checkout", "--quiet", "--detach", commit], withoutGitDirectory: true, failure: .gitError)
             // git refuses local-path submodules by default (CVE-2022-39253); they are allowed only
             // when the repository itself is local, as in local mode.
-            let local = source.url.hasPrefix("/") || source.url.hasPrefix("file://")
+            let local = if case .local = transport { true } else { false }
             try await git.run(["-C", destination] + (local ? ["-c", "protocol.file.allow=always"] : []) + ["submodule", "update", "--init", "--recursive"], withoutGitDirectory: true, failure: .gitError, timeout: limits.fetchTimeout)
         } else {
             try? FileManager.default.createDirectory(atPath: destination, withIntermediateDirectories: true)
@@ -116,6 +141,18 @@ actor GitMirrors {
             defer { try? FileManager.default.removeItem(atPath: index) }
             try await git.run(["--work-tree", destination, "checkout", "--quiet", commit, "--", "."], failure: .gitError, environment: ["GIT_INDEX_FILE": index])
         }
+    }
+
+    /// Whether `commit` may be built: the request allows any commit, or a branch or tag reaches it.
+    static func mayBuild(_ commit: String, _ source: Slipway_Builder_V1_GitSource, _ git: GitCommand) async -> Bool {
+        if source.allowUnreachableCommit { return true }
+        return await reachable(commit, git)
+    }
+
+    /// Whether a branch or tag of the mirror reaches `commit`.
+    static func reachable(_ commit: String, _ git: GitCommand) async -> Bool {
+        let lines = try? await git.run(["for-each-ref", "--count=1", "--format=%(refname)", "--contains", commit, "refs/heads", "refs/tags"], quiet: true, failure: .gitError)
+        return !(lines ?? []).filter { !$0.isEmpty }.isEmpty
     }
 
     static func isFullSHA(_ text: String) -> Bool { text.count == 40 && text.allSatisfy(\.isHexDigit) }
@@ -184,7 +221,7 @@ struct GitCredentials: Sendable {
                 throw BuildFailure(.gitError, step: .gitClone, "cannot write the SSH key to a temporary file")
             }
             files.append(keyFile)
-            var ssh = "ssh -i \(keyFile) -o IdentitiesOnly=yes -o BatchMode=yes"
+            var ssh = "ssh -F /dev/null -i \(keyFile) -o IdentitiesOnly=yes -o BatchMode=yes -o GlobalKnownHostsFile=/dev/null"
             if key.knownHosts.isEmpty {
                 ssh += " -o StrictHostKeyChecking=accept-new -o UserKnownHostsFile=\(base).known_hosts"
             } else {
@@ -213,14 +250,23 @@ struct GitCommand: Sendable {
     var gitDirectory: String
     var credentials: GitCredentials?
     var ledger: ProcessLedger?
+    /// An empty HOME (see `GitMirrors.home`).
+    var home: String
+    /// The transports git may use, submodules included (GIT_ALLOW_PROTOCOL); empty: none.
+    var protocols: String
     var output: @Sendable (String) -> Void
 
     var environment: [String: String] {
         var environment = ChildProcess.baseEnvironment
+        environment["HOME"] = home
+        environment["XDG_CONFIG_HOME"] = home
         environment["GIT_TERMINAL_PROMPT"] = "0"
         environment["GIT_CONFIG_NOSYSTEM"] = "1"
         environment["GIT_CONFIG_GLOBAL"] = "/dev/null"
-        environment["GIT_SSH_COMMAND"] = "ssh -o BatchMode=yes"
+        environment["GIT_ALLOW_PROTOCOL"] = protocols.isEmpty ? "none" : protocols
+        // ssh reads ~/.ssh from the passwd entry, not HOME: no config, no default identity (the
+        // only key is a request's own deploy key), no host keys but the request's.
+        environment["GIT_SSH_COMMAND"] = "ssh -F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes -o IdentityFile=/dev/null -o GlobalKnownHostsFile=/dev/null -o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes"
         for (key, value) in credentials?.environment ?? [:] { environment[key] = value }
         return environment
     }

@@ -7,6 +7,8 @@ import SlipwayRPC
 /// A build request checked field by field; every refusal names the field and what to change.
 struct ValidatedBuild: Sendable {
     var git: Slipway_Builder_V1_GitSource
+    /// How git reaches the repository, as the source policy allowed it.
+    var transport: SourcePolicy.Transport
     var rootPath: String
     /// The Dockerfile's path from the repository root.
     var dockerfileInRepository: String
@@ -18,11 +20,11 @@ struct ValidatedBuild: Sendable {
     /// The RUN steps' network asked for (nil: the builder's default).
     var network: BuildIsolation.Network?
 
-    init(_ request: Slipway_Builder_V1_BuildRequest, defaultRegistry: RegistryTarget) throws(RPCError) {
+    init(_ request: Slipway_Builder_V1_BuildRequest, defaultRegistry: RegistryTarget, sources: SourcePolicy = SourcePolicy()) throws(RPCError) {
         try Self.validateID(request.buildId)
         try Self.validate(request.context)
         guard let git = request.git else { throw RPCError(.invalidArgument, "git is required: the repository URL and the commit or ref to build") }
-        try Self.validate(git)
+        transport = try Self.validate(git, sources: sources)
         self.git = git
         rootPath = try Self.relativePath(request.rootPath, field: "root_path")
         let dockerfile = try Self.relativePath(request.dockerfilePath.isEmpty ? "Dockerfile" : request.dockerfilePath, field: "dockerfile_path")
@@ -98,7 +100,7 @@ struct ValidatedBuild: Sendable {
         }
     }
 
-    static func validate(_ git: Slipway_Builder_V1_GitSource) throws(RPCError) {
+    static func validate(_ git: Slipway_Builder_V1_GitSource, sources: SourcePolicy) throws(RPCError) -> SourcePolicy.Transport {
         // A URL or ref starting with '-' would be read by git as an option.
         guard !git.url.isEmpty, !git.url.hasPrefix("-"), !git.url.contains(where: \.isNewline) else {
             throw RPCError(.invalidArgument, "git.url \"\(GitMirrors.redacted(git.url))\" is not a repository URL")
@@ -115,6 +117,8 @@ struct ValidatedBuild: Sendable {
         if case .sshKey(let key)? = git.credentials, key.privateKey.isEmpty {
             throw RPCError(.invalidArgument, "git.ssh_key.private_key is empty")
         }
+        let hasKey = if case .sshKey? = git.credentials { true } else { false }
+        return try sources.check(git.url, hasSSHKey: hasKey)
     }
 
     /// A path inside the repository: relative, no `..`, normalized without a trailing slash.

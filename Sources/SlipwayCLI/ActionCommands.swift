@@ -181,17 +181,20 @@ struct CancelCommand: AsyncParsableCommand {
 }
 
 struct RollbackCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "rollback", abstract: "Deploy an earlier release of a service: its image and its configuration.")
+    static let configuration = CommandConfiguration(
+        commandName: "rollback", abstract: "Deploy an earlier release of a service: its image and its configuration (ADMIN), or its image only (--image-only).")
     @OptionGroup var client: ClientOptions
     @OptionGroup var target: TargetOptions
     @Argument var service: String
     @Option(help: "Release id (slipway history --releases); default: the release before the current one.") var release: String?
+    @Flag(help: "Only the release's version, with the service's current configuration and secrets (what a DEPLOYER may do).") var imageOnly = false
     @Flag(help: "Return once queued.") var detach = false
 
     func run() async throws {
         try await runAction(client, target, services: [service], detach: detach, verb: "rolling back") { gateway, _, services in
             var request = Slipway_Api_V1_RollbackRequest()
             request.serviceId = services[0].id
+            request.imageOnly = imageOnly
             if let release {
                 request.releaseId = release
             } else {

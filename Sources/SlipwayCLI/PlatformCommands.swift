@@ -79,6 +79,8 @@ struct UpCommand: AsyncParsableCommand {
     @Option(help: "The OCI registry's address (env SLIPWAY_REGISTRY, default 127.0.0.1:5000).") var registry: String?
     @Option(help: "The load balancer's HTTP address.") var httpListen = "127.0.0.1:80"
     @Option(help: "The load balancer's HTTPS address.") var httpsListen = "127.0.0.1:443"
+    @Option(help: "A directory whose git repositories services may name by path (repeatable; the builder's --builder-local-sources).")
+    var localSources: [String] = []
     @Option(name: [.customShort("o"), .long], help: "Output: text or json.") var output: OutputFormat = .text
 
     func run() async throws {
@@ -127,7 +129,10 @@ struct UpCommand: AsyncParsableCommand {
         for (index, name) in Platform.services.enumerated() {
             var arguments = ["--data-dir", data]
             if environment["SLIPWAY_\(name.uppercased())_LISTEN"] == nil { arguments += ["--listen", "127.0.0.1:\(7000 + index)"] }
-            if name == "builder" { arguments += ["--builder-registry", registryAddress, "--builder-registry-auth-file", registryLogin.authFilePath] }
+            if name == "builder" {
+                arguments += ["--builder-registry", registryAddress, "--builder-registry-auth-file", registryLogin.authFilePath]
+                for root in localSources { arguments += ["--builder-local-sources", URL(fileURLWithPath: root).standardizedFileURL.path] }
+            }
             if name == "cluster" { arguments += ["--cluster-registry-auth-file", registryLogin.authFilePath] }
             if name == "network" { arguments += ["--network-http-listen", httpListen, "--network-https-listen", httpsListen] }
             pids[name] = try platform.start(name, "\(bin)/slipway-\(name)", arguments)

@@ -26,6 +26,10 @@ public struct GatewayOptions: ParsableArguments, Sendable {
     var gatewayRateLimit: UInt32?
     @Option(help: "Open streams (Watch, TailLogs, event streams) per API token (default 64).") var gatewayMaxStreamsPerToken: Int?
     @Option(help: "Largest webhook payload accepted, in bytes (default 5242880, 5 MiB).") var gatewayMaxWebhookBytes: Int?
+    @Option(help: "Connections the gateway keeps open at once, gRPC and HTTP (default 4096); more are closed when accepted.")
+    var gatewayMaxConnections: Int?
+    @Option(help: "Refused webhook deliveries and unauthenticated event streams per second per client address (default 5, bursts of 20); beyond, 429.")
+    var gatewayRefusalsPerSource: Int?
 
     public init() {}
 }
@@ -43,6 +47,12 @@ public struct GatewayComponent: PlatformComponent {
 
     /// The gateway's port is the public API: its own TLS (or none) and token checks.
     public var servesPublicAPI: Bool { true }
+
+    public var rpcLimits: RPCLimits {
+        var limits = RPCLimits()
+        if let value = options.gatewayMaxConnections, value > 0 { limits.maxConnections = value }
+        return limits
+    }
 
     public func attach(_ server: RPCServer) {
         tlsRenewal.server.withLock { $0 = server }
@@ -77,6 +87,7 @@ public struct GatewayComponent: PlatformComponent {
         let maxBody = try positiveOption(options.gatewayMaxWebhookBytes, "gateway-max-webhook-bytes") ?? 5 * 1024 * 1024
         let auth = Authenticator(store: store, defaultRateLimit: rate, maxStreamsPerToken: streams)
         try Bootstrap.ensureAdminToken(store: store, file: directory + "/admin-token", logger: logger)
+        try store.pruneRevokedTokens(now: Int64(Date().timeIntervalSince1970 * 1000))
 
         let pipeline = configuration.client(for: .pipeline)
         let logs = configuration.client(for: .logs)
@@ -86,7 +97,10 @@ public struct GatewayComponent: PlatformComponent {
         let webhooks = WebhookReceiver(store: store, pipeline: pipeline, publicURL: publicURL, maxBodyBytes: maxBody, logger: logger)
         let service = GatewayService(auth: auth, ownership: Ownership(pipeline: pipeline), pipeline: .init(wrapping: pipeline), logs: .init(wrapping: logs), network: .init(wrapping: network), webhooks: webhooks, logger: logger)
         router.register(service)
-        let frontend = HTTPFrontend(service: service, webhooks: webhooks, logger: logger)
+        _ = try positiveOption(options.gatewayMaxConnections, "gateway-max-connections")
+        let refusals = try positiveOption(options.gatewayRefusalsPerSource, "gateway-refusals-per-source") ?? 5
+        let failures = SourceLimiter(rate: Double(refusals), burst: Double(refusals * 4))
+        let frontend = HTTPFrontend(service: service, webhooks: webhooks, failures: failures, logger: logger)
         router.http1 = frontend.initializer
         router.plainHTTP = frontend.plainHandler
         router.plainHTTPMaxBodyBytes = maxBody

@@ -306,9 +306,16 @@ struct GatewayService: Slipway_Api_V1_Slipway.ServiceProtocol {    typealias Pip
     func rollback(request: Slipway_Api_V1_RollbackRequest, context: ServerContext) async throws -> Slipway_Pipeline_V1_ActionResponse {
         let principal = try self.principal(context, .deployer)
         _ = try await ownership.service(request.serviceId, for: principal)
+        // Restoring a release's configuration and secrets is changing them: an admin's job.
+        if !request.imageOnly, principal.role.rawValue < Role.admin.rawValue {
+            throw RPCError(
+                .permissionDenied,
+                "rolling back to release \(request.releaseId) restores its configuration and secrets, which needs ADMIN; as \(principal.role.protoName), roll back the image only (image_only, slipway rollback --image-only)")
+        }
         var forwarded = Slipway_Pipeline_V1_RollbackRequest()
         forwarded.serviceId = request.serviceId
         forwarded.releaseId = request.releaseId
+        forwarded.imageOnly = request.imageOnly
         forwarded.trigger = try trigger(principal, context, key: request.idempotencyKey)
         return try await pipeline.rollback(forwarded, options: Self.options(context))
     }

@@ -105,8 +105,32 @@ public final class GatewayStore: Sendable {
     func revoke(id: String, at millis: Int64) throws -> TokenRecord? {
         try database.write { db in
             try db.execute(sql: "UPDATE token SET revoked_at = ? WHERE id = ? AND revoked_at = 0", arguments: [millis, id])
-            return try Row.fetchOne(db, sql: "SELECT * FROM token WHERE id = ?", arguments: [id]).map(TokenRecord.init(row:))
+            let record = try Row.fetchOne(db, sql: "SELECT * FROM token WHERE id = ?", arguments: [id]).map(TokenRecord.init(row:))
+            try Self.pruneRevoked(db, now: millis, organizationID: record?.organizationID)
+            return record
         }
+    }
+
+    /// Revoked tokens are kept (to answer "revoked" rather than "not valid") for this long...
+    static let revokedKeptMillis: Int64 = 30 * 24 * 3600 * 1000
+    /// ...and at most this many per organization.
+    static let revokedKeptPerOrganization = 1000
+
+    /// Removes revoked tokens past their time, and an organization's beyond the newest kept.
+    static func pruneRevoked(_ db: Database, now: Int64, organizationID: String?) throws {
+        try db.execute(sql: "DELETE FROM token WHERE revoked_at > 0 AND revoked_at < ?", arguments: [now - revokedKeptMillis])
+        guard let organizationID else { return }
+        try db.execute(
+            sql: """
+                DELETE FROM token WHERE organization_id = ? AND revoked_at > 0 AND id NOT IN (
+                    SELECT id FROM token WHERE organization_id = ? AND revoked_at > 0 ORDER BY revoked_at DESC, rowid DESC LIMIT ?)
+                """,
+            arguments: [organizationID, organizationID, revokedKeptPerOrganization])
+    }
+
+    /// At start: revoked tokens past their time.
+    func pruneRevokedTokens(now: Int64) throws {
+        try database.write { db in try Self.pruneRevoked(db, now: now, organizationID: nil) }
     }
 
     // MARK: Webhooks
@@ -186,12 +210,31 @@ public final class GatewayStore: Sendable {
                 delivery.id, delivery.serviceID, delivery.provider, delivery.deliveryID, delivery.event, delivery.ref, delivery.commit, files,
                 delivery.receivedAt, delivery.outcome, delivery.reason, delivery.deploymentID, delivery.httpStatus, sequence,
             ])
+        // Verified deliveries (received, deployed, ignored: the dedupe and replay records) and the
+        // rest (rejected, duplicates: anyone can produce those) are kept apart, each the newest
+        // `deliveriesKept`, so junk never pushes a verified record out.
+        let verified = Self.verifiedOutcomes.contains(delivery.outcome)
+        let set = verified ? "(1, 2, 3)" : "(0, 4, 5)"
         try db.execute(
             sql: """
-                DELETE FROM delivery WHERE service_id = ? AND outcome != 1 AND sequence <= (
-                    SELECT sequence FROM delivery WHERE service_id = ? ORDER BY sequence DESC LIMIT 1 OFFSET ?)
+                DELETE FROM delivery WHERE service_id = ? AND outcome != 1 AND outcome IN \(set) AND sequence <= (
+                    SELECT sequence FROM delivery WHERE service_id = ? AND outcome IN \(set) ORDER BY sequence DESC LIMIT 1 OFFSET ?)
                 """,
             arguments: [delivery.serviceID, delivery.serviceID, deliveriesKept])
+    }
+
+    /// RECEIVED, DEPLOYED, IGNORED: outcomes of deliveries whose signature was verified.
+    static let verifiedOutcomes: Set<Int32> = [1, 2, 3]
+
+    /// The newest other delivery of the service that deployed `commit` (a replayed push, or the
+    /// same commit pushed again).
+    func deployedDelivery(serviceID: String, commit: String, except id: String) throws -> DeliveryRecord? {
+        try database.read { db in
+            try Row.fetchOne(
+                db, sql: "SELECT * FROM delivery WHERE service_id = ? AND commit_sha = ? AND outcome = 2 AND id != ? ORDER BY sequence DESC LIMIT 1",
+                arguments: [serviceID, commit, id]
+            ).map(DeliveryRecord.init(row:))
+        }
     }
 
     func finish(deliveryID id: String, outcome: Int32, reason: String, deploymentID: String, httpStatus: Int) throws {

@@ -21,6 +21,8 @@ import Synchronization
 struct HTTPFrontend: Sendable {
     let service: GatewayService
     let webhooks: WebhookReceiver
+    /// Refused requests per client address (unauthenticated webhooks and event streams).
+    let failures: SourceLimiter
     let logger: Logger
 
     typealias Connection = NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>
@@ -53,13 +55,27 @@ struct HTTPFrontend: Sendable {
         do {
             try await connection.executeThenClose { inbound, outbound in
                 var iterator = inbound.makeAsyncIterator()
-                while let (head, request) = try await Self.readRequest(&iterator, limit: webhooks.maxBodyBytes) {
-                    let response = HTTP1Response(outbound: outbound, version: head.version)
+                let remote = connection.channel.remoteAddress?.ipAddress
+                while let (head, received) = try await Self.readRequest(&iterator, limit: webhooks.maxBodyBytes) {
+                    var request = received
+                    request.remoteAddress = remote
+                    let response = HTTP1Response(outbound: outbound, version: head.version, closing: request.bodyTooLarge)
                     try await handle(request, response.writer)
                     try await response.sendHead()
                     try await outbound.write(.end(nil))
-                    // Event streams, refused bodies and clients that asked end the connection.
-                    guard head.isKeepAlive, !request.bodyTooLarge, response.hadLength else { return }
+                    if request.bodyTooLarge {
+                        // The client may still be sending: read and drop what follows (never kept),
+                        // up to four times the limit, so that closing does not reset the
+                        // connection before the client has read the 413.
+                        var drained = 0
+                        while drained < 4 * webhooks.maxBodyBytes, let part = try await iterator.next() {
+                            guard case .body(let buffer) = part else { break }
+                            drained += buffer.readableBytes
+                        }
+                        return
+                    }
+                    // Event streams and clients that asked end the connection.
+                    guard head.isKeepAlive, response.hadLength else { return }
                 }
             }
         } catch {
@@ -71,11 +87,14 @@ struct HTTPFrontend: Sendable {
     final class HTTP1Response: Sendable {
         let outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>
         let version: HTTPVersion
+        /// The connection ends after this response (`connection: close`).
+        let closing: Bool
         private let state = Mutex<(head: (Int, [(String, String)])?, sent: Bool, length: Bool)>((nil, false, false))
 
-        init(outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>, version: HTTPVersion) {
+        init(outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>, version: HTTPVersion, closing: Bool = false) {
             self.outbound = outbound
             self.version = version
+            self.closing = closing
         }
 
         var hadLength: Bool { state.withLock { $0.length } }
@@ -101,7 +120,7 @@ struct HTTPFrontend: Sendable {
             }
             guard let (status, headers) = head else { return }
             var fields = HTTPHeaders(headers)
-            fields.replaceOrAdd(name: "connection", value: fields.contains(name: "content-length") ? "keep-alive" : "close")
+            fields.replaceOrAdd(name: "connection", value: fields.contains(name: "content-length") && !closing ? "keep-alive" : "close")
             try await outbound.write(.head(HTTPResponseHead(version: version, status: .init(statusCode: status), headers: fields)))
         }
     }
@@ -119,6 +138,11 @@ struct HTTPFrontend: Sendable {
                 head = value
                 request = PlainHTTPRequest(
                     method: value.method.rawValue, target: value.uri, headers: value.headers.map { ($0.name.lowercased(), $0.value) }, body: [])
+                // Announced over the limit: refused before a byte of the body is read.
+                if let length = value.headers.first(name: "content-length").flatMap(Int.init), length > limit {
+                    request!.bodyTooLarge = true
+                    return (value, request!)
+                }
             case .body(var buffer):
                 guard request != nil, let head else { continue }
                 if request!.body.count + buffer.readableBytes > limit {
@@ -165,10 +189,17 @@ struct HTTPFrontend: Sendable {
         if path == "/healthz" { return (200, ["status": "SERVING"]) }
         if path.hasPrefix("/webhooks/") {
             guard request.method == "POST" else { return (405, Self.error("METHOD_NOT_ALLOWED", "webhooks are POSTed")) }
+            // A source whose deliveries keep failing verification gets 429 for the next ones that
+            // fail, and they are no longer written down; a verified delivery from it (a git host's
+            // address is shared by all its users) still goes through.
+            let throttled = failures.wait(request.remoteAddress)
             let serviceID = String(path.dropFirst("/webhooks/".count))
             let answer = request.bodyTooLarge
                 ? webhooks.tooLarge(serviceID: serviceID)
-                : await webhooks.receive(serviceID: serviceID, WebhookRequest(headers: Dictionary(request.headers, uniquingKeysWith: { first, _ in first }), body: request.body))
+                : await webhooks.receive(
+                    serviceID: serviceID, WebhookRequest(headers: Dictionary(request.headers, uniquingKeysWith: { first, _ in first }), body: request.body),
+                    throttled: throttled.map { "too many refused deliveries from \(request.remoteAddress ?? "this address"); retry in \($0) s" })
+            if [400, 401, 404, 413, 429].contains(answer.status) { failures.charge(request.remoteAddress) }
             return (answer.status, answer.json)
         }
         return (404, Self.error("NOT_FOUND", "no such path \(path.prefix(200)): the gateway serves /webhooks/<service id>, /v1/logs, /v1/events and /healthz over HTTP; the rest of its API is gRPC"))
@@ -185,9 +216,13 @@ struct HTTPFrontend: Sendable {
         let release: @Sendable () -> Void
         let source: EventSource
         do {
+            if let wait = failures.wait(request.remoteAddress) {
+                throw RPCError(.resourceExhausted, "too many unauthenticated requests from \(request.remoteAddress ?? "this address"); retry in \(wait) s")
+            }
             (release, source) = try await prepareStream(request)
         } catch {
             let failure = error as? RPCError ?? RPCError(.internal, "\(error)")
+            if failure.code == .unauthenticated { failures.charge(request.remoteAddress) }
             try await Self.writeJSON(Self.status(failure.code), Self.error(failure.code, failure.message), to: writer)
             return
         }

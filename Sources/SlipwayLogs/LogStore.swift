@@ -126,6 +126,8 @@ final class LogStore: Sendable {
         var entries: [LogEntry] = []
         var pending: [UInt8] = []
         var createdFile = false
+        /// The stream's directory was made by this batch: its entry in the root is synced too.
+        var createdDirectory = false
 
         init(stream: LogStream, segments: [Segment], nextSeq: UInt64) {
             self.stream = stream
@@ -142,7 +144,10 @@ final class LogStore: Sendable {
                     try FileIO.sync(open.fd, path: open.path)
                     Glibc.close(open.fd)
                 }
-                try FileManager.default.createDirectory(atPath: stream.directory, withIntermediateDirectories: true)
+                if !FileManager.default.fileExists(atPath: stream.directory) {
+                    try FileManager.default.createDirectory(atPath: stream.directory, withIntermediateDirectories: true)
+                    createdDirectory = true
+                }
                 let path = (stream.directory as NSString).appendingPathComponent(Segment.fileName(firstSeq: line.seq))
                 segments.append(Segment(path: path, firstSeq: line.seq))
                 createdFile = true
@@ -171,6 +176,7 @@ final class LogStore: Sendable {
             try flush(writer: &writer)
             if let file = writer.files[stream.id] { try FileIO.sync(file.fd, path: file.path) }
             if createdFile { FileIO.syncDirectory(stream.directory) }
+            if createdDirectory { FileIO.syncDirectory((stream.directory as NSString).deletingLastPathComponent) }
             if writer.files.count > 512 {  // bound open descriptors: close the others' (reopened on demand)
                 for (id, file) in writer.files where id != stream.id {
                     Glibc.close(file.fd)
@@ -317,27 +323,34 @@ final class LogStore: Sendable {
             let files = ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter { $0.hasSuffix(".log") }.sorted()
             var state = LogStream.State()
             var window = CircularBuffer<LogEntry>()
-            for file in files {
-                guard let firstSeq = UInt64(file.dropLast(4)) else { continue }
+            let numbered = files.compactMap { file in UInt64(file.dropLast(4)).map { (file, $0) } }
+            for (index, (file, firstSeq)) in numbered.enumerated() {
                 let path = (directory as NSString).appendingPathComponent(file)
                 let size = FileIO.fileSize(path)
                 guard let data = FileIO.read(path, offset: 0, length: size) else { continue }
-                var segment = Segment(path: path, firstSeq: firstSeq)
-                var expected = firstSeq
-                let valid = data.withUnsafeBytes { data in
-                    SegmentRecord.walk(data, from: 0) { offset, payload in
-                        guard let line = try? Slipway_Logs_V1_LogLine(serializedBuffer: payload), line.seq == expected else { return false }
-                        segment.noteAppended(seq: line.seq, timestamp: line.timestampNanos, offset: offset, recordBytes: payload.count + Segment.headerBytes)
-                        window.append(LogEntry(line: line, lineBytes: payload))
-                        if id.kind == .deployment { state.services.insert(line.serviceId) }
-                        if window.count > configuration.windowLines { window.removeFirst() }
-                        expected += 1
-                        return true
-                    }
+                let nextSeq = index + 1 < numbered.count ? numbered[index + 1].1 : nil
+                let recovery = data.withUnsafeBytes { SegmentRecovery($0, firstSeq: firstSeq, stream: nil, fillUpTo: nextSeq) }
+                if recovery.needsRewrite {
+                    // Intact records kept, a marker for each lost one: written beside, synced, renamed over.
+                    logger.error(
+                        "log records were corrupt on disk: kept every intact one, each lost line is replaced by a marker",
+                        metadata: ["path": "\(path)", "lost-seqs": "\(Self.ranges(recovery.lost))", "skipped-bytes": "\(recovery.skippedBytes)"])
+                    var bytes = [UInt8]()
+                    for record in recovery.records { SegmentRecord.encode(record.bytes, into: &bytes) }
+                    try FileIO.replace(path, with: bytes)
+                } else if recovery.intactPrefix < size {
+                    logger.warning("cutting a torn tail off a log segment", metadata: ["path": "\(path)", "valid-bytes": "\(recovery.intactPrefix)", "size": "\(size)"])
+                    truncate(path, off_t(recovery.intactPrefix))
                 }
-                if valid < size {
-                    logger.warning("cutting a torn or corrupt tail off a log segment", metadata: ["path": "\(path)", "valid-bytes": "\(valid)", "size": "\(size)"])
-                    truncate(path, off_t(valid))
+                var segment = Segment(path: path, firstSeq: firstSeq)
+                var offset = 0
+                for record in recovery.records {
+                    guard let line = record.bytes.withUnsafeBytes({ try? Slipway_Logs_V1_LogLine(serializedBuffer: $0) }) else { break }
+                    segment.noteAppended(seq: line.seq, timestamp: line.timestampNanos, offset: offset, recordBytes: record.bytes.count + Segment.headerBytes)
+                    record.bytes.withUnsafeBytes { window.append(LogEntry(line: line, lineBytes: $0)) }
+                    if id.kind == .deployment, !line.serviceId.isEmpty { state.services.insert(line.serviceId) }
+                    if window.count > configuration.windowLines { window.removeFirst() }
+                    offset += record.bytes.count + Segment.headerBytes
                 }
                 if segment.isEmpty {
                     unlink(path)
@@ -358,6 +371,19 @@ final class LogStore: Sendable {
             recovered += 1
         }
         if recovered > 0 { logger.info("recovered log streams", metadata: ["streams": "\(recovered)"]) }
+    }
+
+    /// `[3, 4, 5, 9]` → "3-5, 9".
+    static func ranges(_ seqs: [UInt64]) -> String {
+        var parts: [String] = []
+        var index = 0
+        while index < seqs.count {
+            var end = index
+            while end + 1 < seqs.count, seqs[end + 1] == seqs[end] + 1 { end += 1 }
+            parts.append(end == index ? "\(seqs[index])" : "\(seqs[index])-\(seqs[end])")
+            index = end + 1
+        }
+        return parts.joined(separator: ", ")
     }
 
     /// Closes open segment files.

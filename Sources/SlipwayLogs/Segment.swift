@@ -121,6 +121,18 @@ enum FileIO {
         guard fdatasync(fd) == 0 else { throw Failure(description: "cannot fsync \(path): \(String(cString: strerror(errno)))") }
     }
 
+    /// Replaces `path` by `bytes` atomically and durably: a new file beside it, synced, renamed over.
+    static func replace(_ path: String, with bytes: [UInt8]) throws {
+        let temporary = path + ".recovering"
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o640)
+        guard fd >= 0 else { throw Failure(description: "cannot create \(temporary): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        try writeAll(fd, bytes, path: temporary)
+        try sync(fd, path: temporary)
+        guard rename(temporary, path) == 0 else { throw Failure(description: "cannot replace \(path): \(String(cString: strerror(errno)))") }
+        syncDirectory((path as NSString).deletingLastPathComponent)
+    }
+
     /// Makes a directory entry (a new file or a removal) durable.
     static func syncDirectory(_ path: String) {
         let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)

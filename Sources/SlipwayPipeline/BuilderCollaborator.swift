@@ -22,6 +22,7 @@ public struct BuilderCollaborator: ImageCollaborator {
         git.url = source.url
         if SimulatedCollaborators.isCommit(work.requestedVersion) {
             git.commit = work.requestedVersion
+            git.allowUnreachableCommit = work.requestedCommitWasReleased
         } else {
             git.ref = work.requestedVersion.isEmpty ? source.branch : work.requestedVersion
         }

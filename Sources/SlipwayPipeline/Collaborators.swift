@@ -26,6 +26,9 @@ public struct ServiceWork: Sendable {
     public var service: ManagedService
     /// A commit or tag (applications), an image tag (containers); empty: the branch head / the service's tag.
     public var requestedVersion: String
+    /// The requested version is a commit a release of this service was built from: it may be built
+    /// again even if no branch or tag reaches it any more.
+    public var requestedCommitWasReleased = false
 
     public init(deploymentID: String, environment: DeploymentEnvironment, service: ManagedService, requestedVersion: String) {
         self.deploymentID = deploymentID

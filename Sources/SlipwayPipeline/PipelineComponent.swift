@@ -19,6 +19,8 @@ public struct PipelineOptions: ParsableArguments, Sendable {
     @Option(help: "Seconds any other step may take (default 600).") var pipelineStepTimeout: Int?
     @Option(help: "normal (commits survive a killed process) or full (also a power failure; slower). Default normal.")
     var pipelineDurability: String?
+    @Option(help: "Finished deployments kept per service, with their steps (default 200); older ones are removed.") var pipelineKeepDeployments: Int?
+    @Option(help: "Releases kept per service (default 50): how far back a rollback can go.") var pipelineKeepReleases: Int?
 
     public init() {}
 
@@ -40,6 +42,8 @@ public struct PipelineOptions: ParsableArguments, Sendable {
         if let value = try positiveOption(pipelineMaxQueued, "pipeline-max-queued") { configuration.limits.maxQueuedPerEnvironment = value }
         if let value = try positiveOption(pipelineBuildTimeout, "pipeline-build-timeout") { configuration.limits.buildTimeout = .seconds(value) }
         if let value = try positiveOption(pipelineStepTimeout, "pipeline-step-timeout") { configuration.limits.stepTimeout = .seconds(value) }
+        if let value = try positiveOption(pipelineKeepDeployments, "pipeline-keep-deployments") { configuration.retention.deploymentsPerService = value }
+        if let value = try positiveOption(pipelineKeepReleases, "pipeline-keep-releases") { configuration.retention.releasesPerService = value }
         if let value = pipelineDurability {
             guard let durability = PipelineStore.Durability(rawValue: value) else {
                 throw ValidationError("--pipeline-durability must be normal or full, got \"\(value)\"")
@@ -60,6 +64,15 @@ public struct PipelineConfiguration: Sendable {
     public var simulatedStepDelay: Duration = .zero
     public var limits = PipelineEngine.Limits()
     public var durability = PipelineStore.Durability.normal
+    public var retention = Retention()
+
+    /// How much history is kept (`PipelineStore.prune`), checked at start and every `interval`.
+    public struct Retention: Sendable {
+        public var deploymentsPerService = 200
+        public var releasesPerService = 50
+        public var interval: Duration = .seconds(600)
+        public init() {}
+    }
 
     public init() {}
 }
@@ -96,7 +109,31 @@ public struct PipelineComponent: PlatformComponent {
             "network": shown(.network, service.directory[.network]), "certs": shown(.certs, service.directory[.certs]),
             "logs": "\(service.directory[.logs])", "durability": "\(configuration.durability.rawValue)",
         ])
-        return [LogShipperService(shipper: shipper), EngineWatchdog(engine: engine)]
+        return [LogShipperService(shipper: shipper), EngineWatchdog(engine: engine), HistoryRetention(store: store, retention: configuration.retention, logger: logger)]
+    }
+}
+
+/// Removes history beyond what `retention` keeps, at start and then every interval.
+struct HistoryRetention: Service {
+    let store: PipelineStore
+    let retention: PipelineConfiguration.Retention
+    let logger: Logger
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                do {
+                    let pruned = try store.prune(deploymentsPerService: retention.deploymentsPerService, releasesPerService: retention.releasesPerService)
+                    if pruned != PipelineStore.Pruned() {
+                        logger.info("history retention", metadata: [
+                            "deployments": "\(pruned.deployments)", "service-records": "\(pruned.serviceRecords)", "releases": "\(pruned.releases)"])
+                    }
+                } catch {
+                    logger.error("history retention failed; retried at the next interval", metadata: ["error": "\(error)"])
+                }
+                try? await Task.sleep(for: retention.interval)
+            }
+        }
     }
 }
 

@@ -427,8 +427,11 @@ public actor PipelineEngine {
             rollback = release
             stored = nil
         }
-        let work = ServiceWork(
+        var work = ServiceWork(
             deploymentID: record.id, environment: environment, service: service, requestedVersion: record.details[serviceID]?.requestedVersion ?? "")
+        if !work.requestedVersion.isEmpty {
+            work.requestedCommitWasReleased = try store.releases(serviceID: serviceID, limit: 500).contains { $0.commit == work.requestedVersion }
+        }
         return ServicePlan(action: record.action, work: work, rollback: rollback, stored: stored, log: log)
     }
 }

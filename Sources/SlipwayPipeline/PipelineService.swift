@@ -145,7 +145,7 @@ struct PipelineService: Slipway_Pipeline_V1_Pipeline.ServiceProtocol {
             throw Proto.invalid("release \(release.id) belongs to service \(release.serviceID), not \(service.id)")
         }
         var submission = try Self.submission(service.environmentID, .deploy, [service.id], request.trigger)
-        submission.rollbackReleaseID = release.id
+        if !request.imageOnly { submission.rollbackReleaseID = release.id }
         submission.versions[service.id] = release.commit
         return Self.accepted(try await engine.submit(submission))
     }

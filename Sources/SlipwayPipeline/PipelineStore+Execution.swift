@@ -370,3 +370,55 @@ extension PipelineStore {
         return deleted["deleted_at"] as Double? != nil
     }
 }
+
+// MARK: Retention
+
+extension PipelineStore {
+    /// What a retention pass removed.
+    public struct Pruned: Sendable, Equatable {
+        public var deployments = 0
+        public var serviceRecords = 0
+        public var releases = 0
+    }
+
+    /// Keeps, per service, the newest `deploymentsPerService` finished deployments it took part in
+    /// (its part of older ones, with their steps, is removed; a deployment left with no service is
+    /// removed) and the newest `releasesPerService` releases. Running and queued deployments, and a
+    /// service's newest release, are always kept.
+    @discardableResult
+    public func prune(deploymentsPerService: Int, releasesPerService: Int) throws -> Pruned {
+        try write("retention") { db -> Pruned in
+            var pruned = Pruned()
+            try db.execute(sql: "DROP TABLE IF EXISTS temp.pruned_part")
+            try db.execute(sql: """
+                CREATE TEMP TABLE pruned_part AS
+                SELECT deployment_id, service_id FROM (
+                    SELECT ds.deployment_id, ds.service_id, d.ended_at,
+                           ROW_NUMBER() OVER (PARTITION BY ds.service_id ORDER BY d.created_at DESC, d.rowid DESC) AS newest
+                    FROM deployment_service ds JOIN deployment d ON d.id = ds.deployment_id)
+                WHERE newest > ? AND ended_at IS NOT NULL
+                """, arguments: [max(1, deploymentsPerService)])
+            try db.execute(sql: """
+                DELETE FROM deployment_step WHERE (deployment_id, service_id) IN (SELECT deployment_id, service_id FROM temp.pruned_part)
+                """)
+            try db.execute(sql: """
+                DELETE FROM deployment_service WHERE (deployment_id, service_id) IN (SELECT deployment_id, service_id FROM temp.pruned_part)
+                """)
+            pruned.serviceRecords = db.changesCount
+            try db.execute(sql: """
+                DELETE FROM deployment WHERE id IN (SELECT DISTINCT deployment_id FROM temp.pruned_part)
+                    AND NOT EXISTS (SELECT 1 FROM deployment_service WHERE deployment_id = deployment.id)
+                """)
+            pruned.deployments = db.changesCount
+            try db.execute(sql: "DROP TABLE temp.pruned_part")
+            try db.execute(sql: """
+                DELETE FROM release WHERE id IN (
+                    SELECT id FROM (
+                        SELECT id, ROW_NUMBER() OVER (PARTITION BY service_id ORDER BY created_at DESC, rowid DESC) AS newest FROM release)
+                    WHERE newest > ?)
+                """, arguments: [max(1, releasesPerService)])
+            pruned.releases = db.changesCount
+            return pruned
+        }
+    }
+}

@@ -10,13 +10,18 @@ public struct PlainHTTPRequest: Sendable {
     public var body: [UInt8]
     /// The body was longer than the server's limit; `body` is empty.
     public var bodyTooLarge: Bool
+    /// The client's IP address (nil when unknown).
+    public var remoteAddress: String?
 
-    public init(method: String, target: String, headers: [(name: String, value: String)], body: [UInt8], bodyTooLarge: Bool = false) {
+    public init(
+        method: String, target: String, headers: [(name: String, value: String)], body: [UInt8], bodyTooLarge: Bool = false, remoteAddress: String? = nil
+    ) {
         self.method = method
         self.target = target
         self.headers = headers
         self.body = body
         self.bodyTooLarge = bodyTooLarge
+        self.remoteAddress = remoteAddress
     }
 
     /// The first value of a header.

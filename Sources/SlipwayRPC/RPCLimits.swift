@@ -14,6 +14,9 @@ public struct RPCLimits: Sendable, Hashable {
     public var connectionWindow: Int = 8 * 1024 * 1024
     /// Bytes of encoded responses a writer may queue on one stream before `write` waits. Default 256 KiB.
     public var outboundHighWatermark: Int = 256 * 1024
+    /// Connections a server keeps open at once (gRPC and plain HTTP alike); one more is closed as
+    /// soon as it is accepted. Default 4096. Clients ignore it.
+    public var maxConnections: Int = 4096
 
     public init() {}
 }

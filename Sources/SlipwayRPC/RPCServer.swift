@@ -66,6 +66,8 @@ public final class RPCServer: Service, Sendable {
         var serverChannel: (any Channel)?
         var connections: [ObjectIdentifier: any Channel] = [:]
         var shuttingDown = false
+        /// Connections closed at once for the limit (logged at the first and every 1000th).
+        var refusedConnections = 0
     }
 
     public init(
@@ -142,6 +144,11 @@ public final class RPCServer: Service, Sendable {
                 .childChannelOption(.writeBufferWaterMark, value: .init(low: 256 * 1024, high: 1024 * 1024))
                 .childChannelInitializer { [self] channel in
                     channel.eventLoop.makeCompletedFuture {
+                        // Over the connection cap: closed before any handler (or TLS) runs.
+                        guard self.track(channel, limit: limits.maxConnections) else {
+                            channel.close(promise: nil)
+                            return
+                        }
                         var authentication: PeerAuthentication?
                         if let (context, verifyClient) = self.sslContext.withLock({ $0 }) {
                             if let verifyClient {
@@ -166,7 +173,6 @@ public final class RPCServer: Service, Sendable {
                         } else {
                             try addHTTP2(channel)
                         }
-                        self.track(channel)
                     }
                 }
                 .bind(host: host, port: port)
@@ -208,16 +214,33 @@ public final class RPCServer: Service, Sendable {
         }
     }
 
-    private func track(_ channel: any Channel) {
+    /// Counts a new connection; false (not counted) when `limit` are open already.
+    private func track(_ channel: any Channel, limit: Int) -> Bool {
         let id = ObjectIdentifier(channel)
-        let refuse = state.withLock { state -> Bool in
+        let (accepted, refuse, refused) = state.withLock { state -> (Bool, Bool, Int) in
+            guard state.connections.count < limit else {
+                state.refusedConnections += 1
+                return (false, false, state.refusedConnections)
+            }
             state.connections[id] = channel
-            return state.shuttingDown
+            return (true, state.shuttingDown, 0)
         }
-        if refuse { channel.pipeline.fireUserInboundEventTriggered(GracefulShutdownEvent()) }
+        guard accepted else {
+            if refused % 1000 == 1 {
+                logger.warning(
+                    "connections refused: the server's connection limit is reached",
+                    metadata: ["limit": "\(limit)", "refused": "\(refused)", "peer": "\(channel.remoteAddress?.description ?? "?")"])
+            }
+            return false
+        }
+        if refuse {
+            // Told once the handlers are in place.
+            channel.eventLoop.execute { channel.pipeline.fireUserInboundEventTriggered(GracefulShutdownEvent()) }
+        }
         channel.closeFuture.whenComplete { _ in
             self.state.withLock { _ = $0.connections.removeValue(forKey: id) }
         }
+        return true
     }
 }
 

@@ -18,6 +18,11 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
     private var streams: [Int32: ServerStream] = [:]
     /// Plain HTTP request bodies held on this connection.
     private var plainBuffered = 0
+    /// Plain requests answered before their body ended, by the PING sent after their response:
+    /// each is reset (NO_ERROR) once the client acknowledges that PING, i.e. once it has read the
+    /// response; resetting at once lets some clients (curl 7.88) see the reset before the response.
+    private var earlyResponses: [UInt64: [Int32]] = [:]
+    private var earlyResponsePings: UInt64 = 0
     private var peer = "unknown"
     /// Who may call what; nil: anyone who reaches the port.
     private let accessPolicy: AccessPolicy?
@@ -328,14 +333,39 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
             respond(stream, [(":status", String(status))], hasBody: false)
         }
         stream.deadlineTimer?.cancel()
+        // Reset (NO_ERROR, RFC 9113 §8.1) once the client has seen the response: after the
+        // acknowledgement of a PING sent behind it, or at the keepalive timeout. Meanwhile what it
+        // still sends is counted against the window and dropped.
+        earlyResponsePings += 1
+        let opaque = Self.earlyResponsePing | earlyResponsePings
+        earlyResponses[opaque, default: []].append(stream.id)
         scheduleFlush()
-        // Reset once the response has gone out (a reset first would close the stream and drop it).
-        let id = stream.id
-        context?.eventLoop.assumeIsolated().execute { [weak self] in
-            guard let self, let stream = self.streams[id] else { return }
-            self.reset(stream, HTTP2ErrorCode.noError)
-            self.flush()
+        // The PING after the response has been written (nghttp2 sends PINGs ahead of HEADERS).
+        let loop = context?.eventLoop.assumeIsolated()
+        loop?.execute { [weak self] in
+            self?.sendPing(opaque)
         }
+        loop?.scheduleTask(in: timings.keepaliveTimeout.timeAmount) { [weak self] in
+            self?.resetEarlyResponses(opaque)
+        }
+    }
+
+    private func sendPing(_ opaque: UInt64) {
+        do { try session.submitPing(opaque: opaque) } catch { return sessionFailed(error) }
+        flush()
+    }
+
+    /// The PING payloads of early responses: a prefix apart from the connection's own PINGs.
+    static let earlyResponsePing: UInt64 = 0x534C_5700_0000_0000
+
+    /// Also called inside mem_recv (a PING acknowledgement): the resets go out with the next flush.
+    private func resetEarlyResponses(_ opaque: UInt64) {
+        guard let ids = earlyResponses.removeValue(forKey: opaque) else { return }
+        for id in ids {
+            guard let stream = streams[id] else { continue }
+            reset(stream, HTTP2ErrorCode.noError)
+        }
+        scheduleFlush()
     }
 
     private func startPlain(_ stream: ServerStream) {
@@ -343,7 +373,8 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
         plainBuffered -= stream.plainBody.count
         guard let handler = plainHTTP, let outbound = stream.outbound else { return }
         let request = PlainHTTPRequest(
-            method: stream.method, target: stream.path, headers: stream.rawHeaders, body: stream.plainBody)
+            method: stream.method, target: stream.path, headers: stream.rawHeaders, body: stream.plainBody,
+            remoteAddress: context?.channel.remoteAddress?.ipAddress)
         stream.plainBody = []
         let wrote = Mutex(false)
         let writer = PlainHTTPResponseWriter(
@@ -540,6 +571,7 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
     }
 
     func sessionDidReceivePingAck(_ session: HTTP2Session, opaque: UInt64) {
+        if opaque & 0xFFFF_FF00_0000_0000 == Self.earlyResponsePing { return resetEarlyResponses(opaque) }
         pingAcknowledged(opaque: opaque)
     }
 

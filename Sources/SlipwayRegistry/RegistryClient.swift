@@ -151,6 +151,9 @@ public struct RegistryClient: Sendable {
             guard let realm = parameters["realm"], var components = URLComponents(string: realm) else {
                 throw Failure(kind: .unexpected, description: "\(host) asked for a bearer token without a realm")
             }
+            if let refusal = Self.refusal(realm: components, registryHost: host, insecure: insecure) {
+                throw Failure(kind: .unexpected, description: "\(host) sent its token requests to \(components.scheme ?? "?")://\(components.host ?? "?"): \(refusal)")
+            }
             var query = components.queryItems ?? []
             if let service = parameters["service"] { query.append(URLQueryItem(name: "service", value: service)) }
             if let scope = scope ?? parameters["scope"] { query.append(URLQueryItem(name: "scope", value: scope)) }
@@ -174,6 +177,49 @@ public struct RegistryClient: Sendable {
         default:
             throw Failure(kind: .unexpected, description: "\(host) asks for an authentication scheme Slipway does not speak: \(scheme)")
         }
+    }
+
+    /// Why a bearer realm is not followed (nil: it is). A registry names where its tokens come from,
+    /// and the credentials go there: only https, and never the machine itself or link-local
+    /// addresses (cloud metadata) unless the registry itself is there (a local registry the
+    /// operator configured, plain http when the registry is).
+    static func refusal(realm: URLComponents, registryHost: String, insecure: Bool) -> String? {
+        let registryName = Self.hostName(registryHost)
+        let realmHost = (realm.host ?? "").lowercased().trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+        guard !realmHost.isEmpty else { return "the realm names no host" }
+        let sameHost = realmHost == registryName
+        switch realm.scheme?.lowercased() {
+        case "https": break
+        case "http" where insecure && sameHost: break
+        default: return "only https realms are followed"
+        }
+        if !sameHost, Self.isInternal(realmHost) { return "a realm on loopback or link-local addresses is not followed" }
+        return nil
+    }
+
+    /// `host:port`, `[v6]:port` → the host, lower-cased, without brackets.
+    static func hostName(_ hostPort: String) -> String {
+        let lower = hostPort.lowercased()
+        if lower.hasPrefix("["), let end = lower.firstIndex(of: "]") { return String(lower[lower.index(after: lower.startIndex)..<end]) }
+        if lower.filter({ $0 == ":" }).count == 1, let colon = lower.firstIndex(of: ":") { return String(lower[..<colon]) }
+        return lower
+    }
+
+    /// Loopback, link-local, unspecified addresses and `localhost`.
+    static func isInternal(_ host: String) -> Bool {
+        if host == "localhost" || host.hasSuffix(".localhost") { return true }
+        var v4 = in_addr()
+        if inet_pton(AF_INET, host, &v4) == 1 {
+            let value = UInt32(bigEndian: v4.s_addr)
+            let (a, b) = (value >> 24, (value >> 16) & 0xff)
+            return a == 127 || a == 0 || (a == 169 && b == 254)
+        }
+        if host.contains(":") {
+            let lower = host.lowercased()
+            return lower == "::1" || lower == "::" || lower.hasPrefix("fe8") || lower.hasPrefix("fe9") || lower.hasPrefix("fea") || lower.hasPrefix("feb")
+                || lower.hasPrefix("::ffff:127.") || lower.hasPrefix("::ffff:169.254.")
+        }
+        return false
     }
 
     /// `Bearer realm="https://auth/token",service="registry",scope="repository:a:pull"` → scheme and parameters.
@@ -212,9 +258,20 @@ public struct RegistryClient: Sendable {
         }
     }
 
+    /// The status and, when the body is an OCI error, its codes (`MANIFEST_UNKNOWN`): never the body
+    /// itself, which a hostile registry (or whatever answers at its address) fills as it likes.
     private func unexpected(_ response: HTTPClient.Response, _ what: String) -> Failure {
-        let body = String(decoding: response.body.prefix(300), as: UTF8.self)
         let kind: Failure.Kind = response.status == 401 || response.status == 403 ? .unauthorized : .unexpected
-        return Failure(kind: kind, description: "\(host): \(what) answered \(response.status)\(body.isEmpty ? "" : ": \(body)")")
+        let codes = Self.errorCodes(response.body)
+        return Failure(kind: kind, description: "\(host): \(what) answered \(response.status)\(codes.isEmpty ? "" : " (\(codes.joined(separator: ", ")))")")
+    }
+
+    /// The `errors[].code` of an OCI error body, only when they look like codes (A-Z and _, ≤ 40).
+    static func errorCodes(_ body: [UInt8]) -> [String] {
+        struct Errors: Decodable { struct Entry: Decodable { var code: String? }; var errors: [Entry]? }
+        guard body.count <= 64 * 1024, let decoded = try? JSONDecoder().decode(Errors.self, from: Data(body)) else { return [] }
+        return (decoded.errors ?? []).compactMap(\.code).filter { code in
+            !code.isEmpty && code.count <= 40 && code.allSatisfy { ($0 >= "A" && $0 <= "Z") || $0 == "_" }
+        }.prefix(3).map { $0 }
     }
 }

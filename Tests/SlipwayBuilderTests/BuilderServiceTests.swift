@@ -162,7 +162,7 @@ import Testing
 
     @Test func missingRepositoryAndMissingCommitAreReported() async throws {
         try await BuilderTestEnvironment.with { env in
-            let missing = try await env.build(env.buildRequest(env.directory + "/no-such-repo", imageName: "tests/missing"))
+            let missing = try await env.build(env.buildRequest(env.directory + "/repos/no-such-repo", imageName: "tests/missing"))
             #expect(missing.result.outcome == .buildFailed)
             #expect(missing.result.reason == .repositoryNotFound, "\(missing.result.message)")
             #expect(missing.result.step == .gitClone)
@@ -372,6 +372,69 @@ import Testing
             // The service is still up and builds.
             let run = try await env.build(env.buildRequest(repository, imageName: "tests/after-errors"))
             #expect(run.result.outcome == .buildSucceeded, "\(run.result.message)")
+        }
+    }
+
+    @Test func sourcesAreHttpsOrSSHAndLocalPathsOnlyUnderTheOperatorsDirectories() async throws {
+        // The operator's default: no http, no local paths.
+        try await BuilderTestEnvironment.with(configure: { $0.sources = SourcePolicy() }) { env in
+            let repository = try env.makeRepository()
+            func refusal(_ url: String) async -> String? {
+                do {
+                    _ = try await env.build(env.buildRequest(url))
+                    return nil
+                } catch let error as RPCError {
+                    return error.code == .invalidArgument ? error.message : "\(error.code): \(error.message)"
+                } catch {
+                    return "\(error)"
+                }
+            }
+            for url in [repository, "file://" + repository, "/etc", "file:///etc/../etc", "git://example.com/x.git", "ext::sh -c touch% /tmp/pwned",
+                        "http://example.com/x.git", "ssh://git@example.com/x.git", "git@example.com:x.git", "relative/path", "https:///x.git"] {
+                let message = await refusal(url)
+                #expect(message != nil, "\(url) was accepted")
+                #expect(message?.contains("git.url") == true, "\(url): \(message ?? "")")
+            }
+            #expect(await refusal(repository)?.contains("path on the builder's machine") == true)
+            #expect(await refusal("ssh://git@example.com/x.git")?.contains("ssh_key") == true)
+            #expect(FileManager.default.fileExists(atPath: "/tmp/pwned") == false)
+        }
+        // With a directory allowed: paths under it, not beside it, not through a symlink out of it.
+        try await BuilderTestEnvironment.with { env in
+            let repository = try env.makeRepository()
+            #expect(try await env.build(env.buildRequest("file://" + repository, imageName: "tests/file-url")).result.outcome == .buildSucceeded)
+            let outside = env.directory + "/outside"
+            try FileManager.default.copyItem(atPath: repository, toPath: outside)
+            try FileManager.default.createSymbolicLink(atPath: env.directory + "/repos/link", withDestinationPath: outside)
+            for url in [outside, env.directory + "/repos/../outside", env.directory + "/repos/link"] {
+                await #expect(throws: RPCError.self, "\(url) was accepted") { _ = try await env.build(env.buildRequest(url)) }
+            }
+        }
+    }
+
+    @Test func aCommitMustBeOnABranchOrTagUnlessThePlatformBuiltItBefore() async throws {
+        try await BuilderTestEnvironment.with { env in
+            let repository = try env.makeRepository()
+            // A commit on a branch that is then deleted: only its id reaches it (as a fork's commit does on GitHub).
+            try env.git(repository, "checkout", "--quiet", "-b", "topic")
+            let orphan = try env.commit(repository, "only on topic", files: ["www/topic.html": "topic"])
+            try env.git(repository, "checkout", "--quiet", "main")
+            try env.git(repository, "branch", "--quiet", "-D", "topic")
+            let refused = try await env.build(env.buildRequest(repository, commit: orphan, imageName: "tests/orphan"))
+            #expect(refused.result.reason == .commitNotFound)
+            #expect(refused.result.message.contains("on no branch or tag"), "\(refused.result.message)")
+            var trusted = env.buildRequest(repository, commit: orphan, imageName: "tests/orphan")
+            trusted.git?.allowUnreachableCommit = true
+            let built = try await env.build(trusted)
+            #expect(built.result.outcome == .buildSucceeded, "\(built.result.message)")
+            #expect(built.result.commit == orphan)
+            // Now in the mirror, it is still refused without the flag.
+            let again = try await env.build(env.buildRequest(repository, commit: orphan, imageName: "tests/orphan"))
+            #expect(again.result.reason == .commitNotFound)
+            // A commit a tag reaches is fine.
+            try env.git(repository, "tag", "v-orphan", orphan)
+            let tagged = try await env.build(env.buildRequest(repository, commit: orphan, imageName: "tests/orphan"))
+            #expect(tagged.result.outcome == .buildSucceeded, "\(tagged.result.message)")
         }
     }
 

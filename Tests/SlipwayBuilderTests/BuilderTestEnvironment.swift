@@ -62,6 +62,9 @@ struct BuilderTestEnvironment: Sendable {
 
             var configuration = BuilderConfiguration()
             configuration.registry = RegistryTarget(host: registry.host, insecure: true)
+            // The tests' repositories: under repos/ on disk and a plain-http git server on loopback.
+            try FileManager.default.createDirectory(atPath: directory + "/repos", withIntermediateDirectories: true)
+            configuration.sources = SourcePolicy(allowHTTP: true, localRoots: [directory + "/repos"])
             configure(&configuration)
             let engine = try Builder(configuration: configuration, stateDirectory: directory + "/builder", logsClient: logs, logger: logger)
             var router = RPCRouter()

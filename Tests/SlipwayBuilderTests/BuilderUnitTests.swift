@@ -3,6 +3,7 @@ import SlipwayProtos
 import SlipwayRPC
 import Synchronization
 import SlipwayProcess
+import SlipwayTestSupport
 import Testing
 
 @testable import SlipwayBuilder
@@ -100,6 +101,80 @@ import Testing
         #expect(try withoutNetwork.network(for: BuildIsolation.Network.none) == BuildIsolation.Network.none)
         let refused = #expect(throws: RPCError.self) { try withoutNetwork.network(for: .nat) }
         #expect(refused?.code == .failedPrecondition && refused?.message.contains("--builder-isolation none") == true)
+    }
+}
+
+@Suite struct SourcePolicyTests {
+    @Test func httpsAndSSHWithAKeyAreAcceptedAndTheirTransportDecidesGitsProtocols() throws {
+        let policy = SourcePolicy()
+        #expect(try policy.check("https://github.com/o/r.git", hasSSHKey: false) == .https)
+        #expect(try policy.check("ssh://git@github.com:22/o/r.git", hasSSHKey: true) == .ssh)
+        #expect(try policy.check("git@github.com:o/r.git", hasSSHKey: true) == .ssh)
+        #expect(SourcePolicy.Transport.https.allowedProtocols == "https")
+        #expect(!SourcePolicy.Transport.ssh.allowedProtocols.contains("file"))
+        #expect(throws: RPCError.self) { try policy.check("git@github.com:o/r.git", hasSSHKey: false) }
+        #expect(throws: RPCError.self) { try policy.check("http://example.com/r.git", hasSSHKey: false) }
+        #expect(try SourcePolicy(allowHTTP: true).check("http://example.com/r.git", hasSSHKey: false) == .http)
+        #expect(throws: RPCError.self) { try policy.check("-oProxyCommand=x:y", hasSSHKey: true) }
+    }
+
+    @Test func localPathsOnlyUnderARootAfterResolvingSymlinks() throws {
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent("slipway-sources-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: root + "/repos/app", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let policy = SourcePolicy(localRoots: [root + "/repos"])
+        #expect(try policy.check(root + "/repos/app", hasSSHKey: false) == .local(path: root + "/repos/app"))
+        #expect(try policy.check("file://" + root + "/repos/app", hasSSHKey: false) == .local(path: root + "/repos/app"))
+        try FileManager.default.createSymbolicLink(atPath: root + "/repos/out", withDestinationPath: "/etc")
+        for url in [root + "/repos/out", root + "/repos/../", root + "/repos-other", "/etc/passwd"] {
+            #expect(throws: RPCError.self, "\(url)") { try policy.check(url, hasSSHKey: false) }
+        }
+    }
+}
+
+@Suite struct RegistryRealmTests {
+    @Test func onlyHttpsRealmsOffTheMachineAreFollowedUnlessTheRegistryItselfIsThere() {
+        func refused(_ realm: String, registry: String = "registry.example.com", insecure: Bool = false) -> Bool {
+            RegistryClient.refusal(realm: URLComponents(string: realm)!, registryHost: registry, insecure: insecure) != nil
+        }
+        #expect(!refused("https://auth.example.com/token"))
+        #expect(refused("http://auth.example.com/token"))
+        #expect(refused("https://127.0.0.1:7001/token"))
+        #expect(refused("https://localhost/token"))
+        #expect(refused("https://169.254.169.254/latest/meta-data"))
+        #expect(refused("https://[::1]/token"))
+        #expect(refused("https://[fe80::1]/token"))
+        #expect(refused("file:///etc/passwd"))
+        // A local registry the operator set up (plain http on loopback) keeps its own token service.
+        #expect(!refused("http://127.0.0.1:5001/token", registry: "127.0.0.1:5000", insecure: true))
+        #expect(refused("http://127.0.0.1:5001/token", registry: "127.0.0.1:5000", insecure: false))
+        #expect(refused("http://localhost:5001/token", registry: "127.0.0.1:5000", insecure: true))
+    }
+
+    @Test func aHostileRegistryCannotSendTheClientToTheMachineOrIntoItsErrors() async throws {
+        // Where a token request would land: loopback, as a platform service or a metadata endpoint would be.
+        let machine = try await TinyHTTPServer.start { _ in .text(200, #"{"token":"t"}"#) }
+        defer { Task { await machine.stop() } }
+        let registry = try await TinyHTTPServer.start { request in
+            if request.path.hasPrefix("/v2/leaky") { return .text(500, "SECRET-INTERNAL-DETAIL at /srv/registry") }
+            return .text(401, "", headers: [("WWW-Authenticate", #"Bearer realm="http://localhost:\#(machine.port)/token",service="x""#)])
+        }
+        defer { Task { await registry.stop() } }
+        let client = RegistryClient(host: "127.0.0.1:\(registry.port)", insecure: true, credentials: .init(username: "u", password: "p"))
+        do {
+            _ = try await client.manifestDigest(repository: "app", reference: "1")
+            Issue.record("a realm on localhost was followed")
+        } catch {
+            #expect("\(error)".contains("loopback") || "\(error)".contains("https"), "\(error)")
+        }
+        #expect(machine.requests.isEmpty)
+        do {
+            _ = try await client.tags(repository: "leaky")
+            Issue.record("a 500 was taken for an answer")
+        } catch {
+            #expect("\(error)".contains("500"))
+            #expect(!"\(error)".contains("SECRET"), "\(error)")
+        }
     }
 }
 

@@ -1,4 +1,5 @@
 import Foundation
+import GRDB
 import SlipwayProtos
 import SlipwayRPC
 import Testing
@@ -37,6 +38,30 @@ import Testing
         }
         _ = try store.revoke(id: id, at: 5)
         #expect((#expect(throws: RPCError.self) { try auth.authenticate(bearer: "Bearer \(text)") })?.message.contains("revoked") == true)
+    }
+
+    @Test func revokedTokensAreKeptAMonthAndAtMostAThousandPerOrganization() throws {
+        let store = try Self.store()
+        let day: Int64 = 24 * 3600 * 1000
+        let old = String(try Self.token(store).split(separator: "_")[1])
+        _ = try store.revoke(id: old, at: day)
+        let valid = String(try Self.token(store).split(separator: "_")[1])
+        // A month and a day later, the next revocation removes the old one; valid tokens stay.
+        let recent = String(try Self.token(store).split(separator: "_")[1])
+        _ = try store.revoke(id: recent, at: 32 * day)
+        #expect(try store.token(id: old) == nil)
+        #expect(try store.token(id: recent)?.revokedAt == 32 * day)
+        #expect(try store.token(id: valid)?.revokedAt == 0)
+        // Revoking in bulk keeps only the newest thousand revoked of the organization.
+        for index in 0..<(GatewayStore.revokedKeptPerOrganization + 3) {
+            let id = String(try Self.token(store).split(separator: "_")[1])
+            _ = try store.revoke(id: id, at: 33 * day + Int64(index))
+        }
+        let revoked = try store.database.read { db in
+            try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM token WHERE organization_id = 'org_a' AND revoked_at > 0")
+        }
+        #expect(revoked == GatewayStore.revokedKeptPerOrganization)
+        #expect(try store.token(id: valid)?.revokedAt == 0)
     }
 
     @Test func scopesSeeOnlyTheirOrganizationAndProject() {
@@ -149,5 +174,23 @@ import Testing
         }
         let kept = try store.deliveries(serviceID: "svc_1", limit: 5000)
         #expect(kept.count == GatewayStore.deliveriesKept && kept.first?.id == "x\(GatewayStore.deliveriesKept + 4)")
+    }
+
+    @Test func unverifiedJunkNeverPushesOutTheRecordsThatDeduplicate() throws {
+        let store = try AuthenticationTests.store()
+        _ = try Self.record(store, "verified", delivery: "real-1", outcome: .deliveryReceived)
+        try store.finish(deliveryID: "verified", outcome: Slipway_Api_V1_DeliveryOutcome.deliveryDeployed.rawValue, reason: "", deploymentID: "dep", httpStatus: 202)
+        for index in 0..<(GatewayStore.deliveriesKept + 5) {
+            var junk = GatewayStore.DeliveryRecord(id: "junk\(index)", serviceID: "svc_1", provider: 1, deliveryID: "j\(index)", event: "push", receivedAt: 1, outcome: 4)
+            junk.httpStatus = 401
+            try store.record(junk)
+        }
+        let kept = try store.deliveries(serviceID: "svc_1", limit: 5000)
+        #expect(kept.contains { $0.id == "verified" })
+        #expect(kept.filter { $0.outcome == 4 }.count == GatewayStore.deliveriesKept)
+        // The host's retry of the verified delivery is still recognised.
+        var retry = GatewayStore.DeliveryRecord(id: "retry", serviceID: "svc_1", provider: 1, deliveryID: "real-1", event: "push", receivedAt: 2, outcome: 1)
+        retry.commit = "c0ffee"
+        #expect(try store.recordFirst(retry)?.id == "verified")
     }
 }

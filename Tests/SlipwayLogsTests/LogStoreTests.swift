@@ -93,6 +93,54 @@ func readAll(_ store: LogStore, _ id: StreamID) async throws -> [Slipway_Logs_V1
         #expect(try await readAll(reopened, deploy).count == 10)
     }
 
+    @Test func aCorruptRecordInsideASegmentCostsOnlyItsOwnLineAndIsReported() async throws {
+        let directory = temporaryDirectory()
+        do {
+            let first = try store(directory, segmentBytes: 1 << 20)
+            for i in 0..<20 { _ = try await first.append([line("line \(i)", web)]) }
+            first.closeFiles()
+        }
+        // A flipped byte inside line 6's record (in its text): its CRC no longer matches.
+        let path = try store(directory, segmentBytes: 1 << 20).stream(web).segments.last!.path
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: path))
+        let needle = Data("line 5".utf8)
+        let at = try #require(bytes.range(of: needle)).lowerBound
+        bytes[at] ^= 0xFF
+        try bytes.write(to: URL(fileURLWithPath: path))
+
+        let reopened = try store(directory, segmentBytes: 1 << 20)
+        #expect(reopened.stream(web).lastSeq == 20)
+        let lines = try await readAll(reopened, web)
+        #expect(lines.map(\.seq) == Array(1...20))
+        #expect(lines[5].text.contains("corrupt on disk") && lines[5].level == .warn && lines[5].source == .system)
+        #expect(lines.filter { $0.text.hasPrefix("line ") }.map(\.text) == (0..<20).filter { $0 != 5 }.map { "line \($0)" })
+        // Appending goes on after it, and a second recovery finds a clean file.
+        #expect(try await reopened.append([line("after", web)])[0].firstSeq == 21)
+        reopened.closeFiles()
+        let again = try await readAll(try store(directory, segmentBytes: 1 << 20), web)
+        #expect(again.count == 21 && again[5].text.contains("corrupt on disk"))
+    }
+
+    @Test func aTornEarlierSegmentKeepsTheLaterOnesAndMarksTheGap() async throws {
+        let directory = temporaryDirectory()
+        do {
+            let first = try store(directory, segmentBytes: 512)
+            for i in 0..<40 { _ = try await first.append([line("line \(i)", web)]) }
+            first.closeFiles()
+        }
+        let segments = try store(directory, segmentBytes: 512).stream(web).segments
+        #expect(segments.count >= 3)
+        // The first segment loses its last 5 bytes (a torn record), the later segments are intact.
+        let torn = segments[0].path
+        truncate(torn, off_t(FileIO.fileSize(torn) - 5))
+        let reopened = try store(directory, segmentBytes: 512)
+        let lines = try await readAll(reopened, web)
+        #expect(lines.map(\.seq) == Array(1...40))
+        let lost = lines.filter { $0.text.contains("corrupt on disk") }
+        #expect(lost.map(\.seq) == [segments[0].lastSeq])
+        #expect(lines.last?.text == "line 39")
+    }
+
     @Test func retentionRemovesOldSegmentsAndReadersSeeTheGap() async throws {
         let store = try store(temporaryDirectory(), segmentBytes: 1024, window: 5)
         for i in 0..<100 { _ = try await store.append([line("line \(i)", web)]) }

@@ -83,6 +83,40 @@ import Testing
         #expect(done.ended)
     }
 
+    @Test func retentionKeepsTheNewestDeploymentsAndReleasesPerServiceAndNothingRunning() throws {
+        let store = try PipelineStore(directory: directory())
+        let (environment, service) = try hello(store)
+        let other = try store.createService(environmentID: environment.id, name: "api", configuration: ServiceSpec(source: .container(image: "nginx", tag: "1")))
+        var finished: [String] = []
+        for index in 0..<6 {
+            let record = try store.recordDeployment(
+                environmentID: environment.id, action: .deploy, services: [service.id: "v\(index)"], origin: .api, triggeredBy: "t", idempotencyKey: nil).record
+            try store.startStep(.gitClone, deploymentID: record.id, serviceID: service.id, at: Date())
+            try store.apply(.startBuild, deploymentID: record.id, serviceID: service.id)
+            try store.endStep(.gitClone, deploymentID: record.id, serviceID: service.id, status: .succeeded, message: "", at: Date())
+            try store.apply(.start, deploymentID: record.id, serviceID: service.id)
+            var change = PipelineStore.Change(deploymentID: record.id, serviceID: service.id)
+            change.event = .succeed
+            change.release = .init(commit: "c\(index)", image: "img:\(index)", configuration: service.configuration, secrets: service.secrets)
+            try store.record(change)
+            finished.append(record.id)
+        }
+        // One still queued, and the other service's only deployment: both kept.
+        let queued = try store.recordDeployment(environmentID: environment.id, action: .deploy, services: [service.id: "next"], origin: .api, triggeredBy: "t", idempotencyKey: nil).record
+        let lone = try store.recordDeployment(environmentID: environment.id, action: .deploy, services: [other.id: ""], origin: .api, triggeredBy: "t", idempotencyKey: nil).record
+
+        let pruned = try store.prune(deploymentsPerService: 3, releasesPerService: 2)
+        #expect(pruned == PipelineStore.Pruned(deployments: 4, serviceRecords: 4, releases: 4))
+        #expect(try store.releases(serviceID: service.id, limit: 100).map(\.commit) == ["c5", "c4"])
+        // The queued one counts among the newest three: two finished ones stay with it.
+        for id in finished.prefix(4) { #expect(throws: PipelineStore.Failure.self) { try store.deployment(id) } }
+        for id in finished.suffix(2) + [queued.id, lone.id] { #expect(try store.deployment(id).id == id) }
+        #expect(try store.steps(deploymentID: finished[0]).isEmpty)
+        #expect(try store.steps(deploymentID: finished[5]).count == 1)
+        // Nothing more to remove the second time.
+        #expect(try store.prune(deploymentsPerService: 3, releasesPerService: 2) == PipelineStore.Pruned())
+    }
+
     @Test func aRetriedRequestWithTheSameIdempotencyKeyIsTheSameDeployment() throws {
         let store = try PipelineStore(directory: directory())
         let (environment, service) = try hello(store)

@@ -55,7 +55,7 @@ class Platform:
         for name, port in self.ports.items():
             self.env[f"SLIPWAY_{name.upper()}_LISTEN"] = f"127.0.0.1:{port}"
         local.track_isolation(self.data)
-        self.up_output = self.cli("up", "--registry", self.registry, "--http-listen", f"127.0.0.1:{local.free_port()}",
+        self.up_output = self.cli("up", "--registry", self.registry, "--local-sources", self.data, "--http-listen", f"127.0.0.1:{local.free_port()}",
                                   "--https-listen", f"127.0.0.1:{local.free_port()}").stdout
         self.access = json.loads(self.cli("pki", "access", "-o", "json").stdout)
 

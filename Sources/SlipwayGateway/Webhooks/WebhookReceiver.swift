@@ -62,7 +62,9 @@ final class WebhookReceiver: Sendable {
         Answer(status: 413, outcome: .deliveryRejected, reason: "the payload is larger than the limit of \(maxBodyBytes) bytes (--gateway-max-webhook-bytes)")
     }
 
-    func receive(serviceID: String, _ request: WebhookRequest) async -> Answer {
+    /// `throttled`: the source sent too many refused deliveries (the reason); one more that fails
+    /// verification is answered 429 and not written down.
+    func receive(serviceID: String, _ request: WebhookRequest, throttled: String? = nil) async -> Answer {
         let now = nowMillis()
         let id = "dlv-" + randomHex(8)
         let stored: String?
@@ -75,6 +77,7 @@ final class WebhookReceiver: Sendable {
             return Answer(status: 404, outcome: .deliveryRejected, reason: "no webhook for service \(serviceID.prefix(128)): create one with slipway webhook create")
         }
         func reject(_ rejection: WebhookRejection, _ delivery: WebhookDelivery?) -> Answer {
+            if let throttled { return Answer(status: 429, outcome: .deliveryRejected, reason: "\(rejection.reason); \(throttled)") }
             var record = GatewayStore.DeliveryRecord(
                 id: id, serviceID: serviceID, provider: delivery?.provider.rawValue ?? 0, deliveryID: delivery?.deliveryID ?? "",
                 event: delivery?.event ?? "", receivedAt: now, outcome: Outcome.deliveryRejected.rawValue)
@@ -89,7 +92,7 @@ final class WebhookReceiver: Sendable {
         do {
             delivery = try WebhookParser.identify(request)
         } catch {
-            return Answer(status: error.status, outcome: .deliveryRejected, reason: error.reason)
+            return Answer(status: throttled == nil ? error.status : 429, outcome: .deliveryRejected, reason: error.reason + (throttled.map { "; " + $0 } ?? ""))
         }
         do { try WebhookParser.verify(request, delivery, secret: secret) } catch { return reject(error, delivery) }
         var record = GatewayStore.DeliveryRecord(
@@ -180,6 +183,22 @@ final class WebhookReceiver: Sendable {
         let stopped: [Slipway_Pipeline_V1_DeploymentStatus] = [.stopQueued, .stopping, .stopped, .deleteQueued, .deleting, .deleted]
         guard !stopped.contains(service.deploymentStatus) else {
             return ignored("service \(service.name) is \(service.deploymentStatus.protoName); a push does not start it again (deploy it to resume)")
+        }
+        // A signed body re-posted under a new delivery id must not bring an old commit back: a
+        // commit already deployed, or one an older release ran, is not deployed by a push.
+        if let earlier = try store.deployedDelivery(serviceID: record.serviceID, commit: record.commit, except: record.id) {
+            return ignored(
+                "commit \(record.commit.prefix(12)) was deployed before by delivery \(earlier.id) (a replayed delivery?); deploy it by hand to run it again")
+        }
+        var releasesRequest = Slipway_Pipeline_V1_ListReleasesRequest()
+        releasesRequest.serviceId = service.id
+        releasesRequest.pageSize = 100
+        let releases = try await pipeline.listReleases(releasesRequest).releases
+        if let index = releases.firstIndex(where: { $0.commit == record.commit }) {
+            return ignored(
+                index == 0
+                    ? "commit \(record.commit.prefix(12)) is what service \(service.name) runs (release \(releases[0].id)); nothing to deploy"
+                    : "commit \(record.commit.prefix(12)) ran in an earlier release (\(releases[index].id)) than the deployed \(releases[0].commit.prefix(12)); a push never brings an earlier release back: roll back or deploy it by hand")
         }
         var deploy = Slipway_Pipeline_V1_DeployRequest()
         deploy.environmentId = service.environmentId

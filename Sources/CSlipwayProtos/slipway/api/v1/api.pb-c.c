@@ -1655,7 +1655,7 @@ const ProtobufCMessageDescriptor slipway__api__v1__deploy_request__descriptor =
   (ProtobufCMessageInit) slipway__api__v1__deploy_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor slipway__api__v1__rollback_request__field_descriptors[3] =
+static const ProtobufCFieldDescriptor slipway__api__v1__rollback_request__field_descriptors[4] =
 {
   {
     "service_id",
@@ -1693,16 +1693,29 @@ static const ProtobufCFieldDescriptor slipway__api__v1__rollback_request__field_
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "image_only",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Api__V1__RollbackRequest, image_only),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned slipway__api__v1__rollback_request__field_indices_by_name[] = {
   2,   /* field[2] = idempotency_key */
+  3,   /* field[3] = image_only */
   1,   /* field[1] = release_id */
   0,   /* field[0] = service_id */
 };
 static const ProtobufCIntRange slipway__api__v1__rollback_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 3 }
+  { 0, 4 }
 };
 const ProtobufCMessageDescriptor slipway__api__v1__rollback_request__descriptor =
 {
@@ -1712,7 +1725,7 @@ const ProtobufCMessageDescriptor slipway__api__v1__rollback_request__descriptor 
   "Slipway__Api__V1__RollbackRequest",
   "slipway.api.v1",
   sizeof(Slipway__Api__V1__RollbackRequest),
-  3,
+  4,
   slipway__api__v1__rollback_request__field_descriptors,
   slipway__api__v1__rollback_request__field_indices_by_name,
   1,  slipway__api__v1__rollback_request__number_ranges,

@@ -733,7 +733,7 @@ void   slipway__builder__v1__resolve_commit_response__free_unpacked
   assert(message->base.descriptor == &slipway__builder__v1__resolve_commit_response__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
-static const ProtobufCFieldDescriptor slipway__builder__v1__git_source__field_descriptors[6] =
+static const ProtobufCFieldDescriptor slipway__builder__v1__git_source__field_descriptors[7] =
 {
   {
     "url",
@@ -807,8 +807,21 @@ static const ProtobufCFieldDescriptor slipway__builder__v1__git_source__field_de
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "allow_unreachable_commit",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Builder__V1__GitSource, allow_unreachable_commit),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned slipway__builder__v1__git_source__field_indices_by_name[] = {
+  6,   /* field[6] = allow_unreachable_commit */
   1,   /* field[1] = commit */
   4,   /* field[4] = https_token */
   2,   /* field[2] = ref */
@@ -819,7 +832,7 @@ static const unsigned slipway__builder__v1__git_source__field_indices_by_name[] 
 static const ProtobufCIntRange slipway__builder__v1__git_source__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 6 }
+  { 0, 7 }
 };
 const ProtobufCMessageDescriptor slipway__builder__v1__git_source__descriptor =
 {
@@ -829,7 +842,7 @@ const ProtobufCMessageDescriptor slipway__builder__v1__git_source__descriptor =
   "Slipway__Builder__V1__GitSource",
   "slipway.builder.v1",
   sizeof(Slipway__Builder__V1__GitSource),
-  6,
+  7,
   slipway__builder__v1__git_source__field_descriptors,
   slipway__builder__v1__git_source__field_indices_by_name,
   1,  slipway__builder__v1__git_source__number_ranges,

@@ -5073,7 +5073,7 @@ const ProtobufCMessageDescriptor slipway__pipeline__v1__action_request__descript
   (ProtobufCMessageInit) slipway__pipeline__v1__action_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor slipway__pipeline__v1__rollback_request__field_descriptors[3] =
+static const ProtobufCFieldDescriptor slipway__pipeline__v1__rollback_request__field_descriptors[4] =
 {
   {
     "service_id",
@@ -5111,8 +5111,21 @@ static const ProtobufCFieldDescriptor slipway__pipeline__v1__rollback_request__f
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "image_only",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Pipeline__V1__RollbackRequest, image_only),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned slipway__pipeline__v1__rollback_request__field_indices_by_name[] = {
+  3,   /* field[3] = image_only */
   1,   /* field[1] = release_id */
   0,   /* field[0] = service_id */
   2,   /* field[2] = trigger */
@@ -5120,7 +5133,7 @@ static const unsigned slipway__pipeline__v1__rollback_request__field_indices_by_
 static const ProtobufCIntRange slipway__pipeline__v1__rollback_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 3 }
+  { 0, 4 }
 };
 const ProtobufCMessageDescriptor slipway__pipeline__v1__rollback_request__descriptor =
 {
@@ -5130,7 +5143,7 @@ const ProtobufCMessageDescriptor slipway__pipeline__v1__rollback_request__descri
   "Slipway__Pipeline__V1__RollbackRequest",
   "slipway.pipeline.v1",
   sizeof(Slipway__Pipeline__V1__RollbackRequest),
-  3,
+  4,
   slipway__pipeline__v1__rollback_request__field_descriptors,
   slipway__pipeline__v1__rollback_request__field_indices_by_name,
   1,  slipway__pipeline__v1__rollback_request__number_ranges,

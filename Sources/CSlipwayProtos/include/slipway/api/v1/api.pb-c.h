@@ -242,10 +242,16 @@ struct  Slipway__Api__V1__RollbackRequest
   ProtobufCBinaryData service_id;
   ProtobufCBinaryData release_id;
   ProtobufCBinaryData idempotency_key;
+  /*
+   * Deploy the release's version (commit or image tag) with the service's current configuration
+   * and secrets. Without it the release's configuration and secrets come back too, which only an
+   * ADMIN may do; a DEPLOYER must set it.
+   */
+  protobuf_c_boolean image_only;
 };
 #define SLIPWAY__API__V1__ROLLBACK_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&slipway__api__v1__rollback_request__descriptor) \
-    , {0,NULL}, {0,NULL}, {0,NULL} }
+    , {0,NULL}, {0,NULL}, {0,NULL}, 0 }
 
 
 /*

@@ -111,11 +111,13 @@ struct  Slipway__Builder__V1__GitSource
 {
   ProtobufCMessage base;
   /*
-   * https://, http://, ssh://, git@host:path, file:// or a local path.
+   * https://, ssh:// or git@host:path (with ssh_key); http:// only with --builder-allow-http-sources,
+   * file:// or a path only under a --builder-local-sources directory. Nothing else.
    */
   ProtobufCBinaryData url;
   /*
-   * The exact commit (full or abbreviated SHA). Empty: resolve `ref`.
+   * The exact commit (full or abbreviated SHA). Empty: resolve `ref`. It must be reachable from a
+   * branch or tag of the repository unless allow_unreachable_commit is set.
    */
   ProtobufCBinaryData commit;
   /*
@@ -126,6 +128,12 @@ struct  Slipway__Builder__V1__GitSource
    * Check out submodules (recursively) too.
    */
   protobuf_c_boolean submodules;
+  /*
+   * Build `commit` even when no branch or tag reaches it (it is then fetched by id). For commits the
+   * platform built before (rollback, redeploy after a force-push); never for a tenant's arbitrary SHA
+   * (on GitHub, a fork's commit is fetchable by id through the parent repository).
+   */
+  protobuf_c_boolean allow_unreachable_commit;
   Slipway__Builder__V1__GitSource__CredentialsCase credentials_case;
   union {
     Slipway__Builder__V1__HttpsToken *https_token;
@@ -134,7 +142,7 @@ struct  Slipway__Builder__V1__GitSource
 };
 #define SLIPWAY__BUILDER__V1__GIT_SOURCE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&slipway__builder__v1__git_source__descriptor) \
-    , {0,NULL}, {0,NULL}, {0,NULL}, 0, SLIPWAY__BUILDER__V1__GIT_SOURCE__CREDENTIALS__NOT_SET, {0} }
+    , {0,NULL}, {0,NULL}, {0,NULL}, 0, 0, SLIPWAY__BUILDER__V1__GIT_SOURCE__CREDENTIALS__NOT_SET, {0} }
 
 
 struct  Slipway__Builder__V1__HttpsToken

@@ -903,10 +903,15 @@ struct  Slipway__Pipeline__V1__RollbackRequest
    */
   ProtobufCBinaryData release_id;
   Slipway__Pipeline__V1__Trigger *trigger;
+  /*
+   * The release's version only (its commit, built again if needed, or its image tag), with the
+   * service's current configuration and secrets.
+   */
+  protobuf_c_boolean image_only;
 };
 #define SLIPWAY__PIPELINE__V1__ROLLBACK_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&slipway__pipeline__v1__rollback_request__descriptor) \
-    , {0,NULL}, {0,NULL}, NULL }
+    , {0,NULL}, {0,NULL}, NULL, 0 }
 
 
 struct  Slipway__Pipeline__V1__ActionResponse

@@ -111,7 +111,11 @@ public actor LoadBalancer {
     public func setRoute(_ route: NetworkState.Route) async throws -> NetworkState.Route {
         var route = route
         try RouteValidation.label(route.serviceName, field: "service_name")
-        try RouteValidation.label(route.environmentName, field: "environment_name")
+        if let label = route.defaultLabel {
+            try RouteValidation.label(label, field: "default_label")
+        } else {
+            try RouteValidation.label(route.environmentName, field: "environment_name")
+        }
         route.pathPrefix = try RouteValidation.pathPrefix(route.pathPrefix)
         guard route.customDomains.count <= limits.maxCustomDomains else {
             throw Failure(kind: .invalid, description: "at most \(limits.maxCustomDomains) custom domains per route, got \(route.customDomains.count)")

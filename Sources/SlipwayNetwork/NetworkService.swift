@@ -14,6 +14,7 @@ struct NetworkService: Slipway_Network_V1_Network.ServiceProtocol {
         var route = NetworkState.Route(
             environmentID: key.environmentId, serviceID: key.serviceId, serviceName: message.serviceName, environmentName: message.environmentName)
         route.customDomains = message.customDomains.map { $0.lowercased() }
+        route.defaultLabel = message.defaultLabel.isEmpty ? nil : message.defaultLabel
         route.pathPrefix = message.pathPrefix
         switch message.protocol {
         case .http: route.upstream = .http
@@ -134,6 +135,7 @@ struct NetworkService: Slipway_Network_V1_Network.ServiceProtocol {
         routeMessage.key = key
         routeMessage.serviceName = route.serviceName
         routeMessage.environmentName = route.environmentName
+        routeMessage.defaultLabel = route.defaultLabel ?? ""
         routeMessage.customDomains = route.customDomains
         routeMessage.pathPrefix = route.pathPrefix
         routeMessage.protocol = switch route.upstream {

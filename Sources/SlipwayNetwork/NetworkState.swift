@@ -29,6 +29,9 @@ public struct NetworkState: Codable, Sendable, Equatable {
         /// "/" or "/a/b" (no trailing slash).
         public var pathPrefix = "/"
         public var upstream: UpstreamProtocol = .http
+        /// The default domain's first label when the pipeline assigned one (unique across the
+        /// platform); nil: `<service>-<environment>`. Optional: state written before it decodes.
+        public var defaultLabel: String?
 
         public var key: String { Self.key(environmentID: environmentID, serviceID: serviceID) }
 
@@ -41,7 +44,10 @@ public struct NetworkState: Codable, Sendable, Equatable {
             self.environmentName = environmentName
         }
 
-        public func defaultDomain(base: String) -> String { "\(serviceName)-\(environmentName).\(base)" }
+        public func defaultDomain(base: String) -> String {
+            if let defaultLabel, !defaultLabel.isEmpty { return "\(defaultLabel).\(base)" }
+            return "\(serviceName)-\(environmentName).\(base)"
+        }
     }
 
     public struct Certificate: Codable, Sendable, Equatable {

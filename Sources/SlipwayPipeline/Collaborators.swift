@@ -29,6 +29,8 @@ public struct ServiceWork: Sendable {
     /// The requested version is a commit a release of this service was built from: it may be built
     /// again even if no branch or tag reaches it any more.
     public var requestedCommitWasReleased = false
+    /// The organization the service belongs to (its builds share the organization's slots).
+    public var organizationID = ""
 
     public init(deploymentID: String, environment: DeploymentEnvironment, service: ManagedService, requestedVersion: String) {
         self.deploymentID = deploymentID

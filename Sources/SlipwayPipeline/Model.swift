@@ -98,6 +98,10 @@ public struct ManagedService: Sendable, Equatable {
     public var configuration: ServiceSpec
     /// Secret environment variables: encrypted at rest, never logged.
     public var secrets: [String: String]
+    /// The first label of the service's default domain, unique across the platform: assigned when
+    /// the service is created (`<service>-<environment>`, with a random suffix when another
+    /// service, of any organization, holds that) and never handed to another service.
+    public var domainLabel: String = ""
 }
 
 /// Where a deployment came from (docs/architecture.md).

@@ -2,7 +2,7 @@ import SlipwayProtos
 import SlipwayRPC
 
 /// ROUTER_DEPLOYMENT over the network service (`slipway.network.v1.Network`): the service's route —
-/// its default domain `<service>-<environment>.<base domain>`, its custom domains, the protocol of its
+/// its default domain `<domain label>.<base domain>` (the label unique across the platform), its custom domains, the protocol of its
 /// public port. The instances behind it are set by the cluster during the rollout.
 public struct NetworkCollaboratorRPC: NetworkCollaborator {
     typealias API = Slipway_Network_V1_Network
@@ -18,6 +18,7 @@ public struct NetworkCollaboratorRPC: NetworkCollaborator {
         route.key = Self.key(work)
         route.serviceName = work.service.name.lowercased()
         route.environmentName = work.environment.name.lowercased()
+        route.defaultLabel = work.service.domainLabel
         route.customDomains = work.service.configuration.customDomains
         if work.service.configuration.ports.first(where: \.isPublic)?.kind == .grpc { route.protocol = .grpc }
         var request = Slipway_Network_V1_SetRouteRequest()

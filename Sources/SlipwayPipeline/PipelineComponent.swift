@@ -21,6 +21,8 @@ public struct PipelineOptions: ParsableArguments, Sendable {
     var pipelineDurability: String?
     @Option(help: "Finished deployments kept per service, with their steps (default 200); older ones are removed.") var pipelineKeepDeployments: Int?
     @Option(help: "Releases kept per service (default 50): how far back a rollback can go.") var pipelineKeepReleases: Int?
+    @Option(help: "An organization quota, NAME=VALUE (repeatable): projects (50), environments (100), services (500), memory-mib (262144: replicas × memory), custom-domains (200), concurrent-builds (2).")
+    var pipelineQuota: [String] = []
 
     public init() {}
 
@@ -44,6 +46,9 @@ public struct PipelineOptions: ParsableArguments, Sendable {
         if let value = try positiveOption(pipelineStepTimeout, "pipeline-step-timeout") { configuration.limits.stepTimeout = .seconds(value) }
         if let value = try positiveOption(pipelineKeepDeployments, "pipeline-keep-deployments") { configuration.retention.deploymentsPerService = value }
         if let value = try positiveOption(pipelineKeepReleases, "pipeline-keep-releases") { configuration.retention.releasesPerService = value }
+        for assignment in pipelineQuota {
+            if let problem = configuration.quotas.set(assignment) { throw ValidationError(problem) }
+        }
         if let value = pipelineDurability {
             guard let durability = PipelineStore.Durability(rawValue: value) else {
                 throw ValidationError("--pipeline-durability must be normal or full, got \"\(value)\"")
@@ -65,6 +70,7 @@ public struct PipelineConfiguration: Sendable {
     public var limits = PipelineEngine.Limits()
     public var durability = PipelineStore.Durability.normal
     public var retention = Retention()
+    public var quotas = OrganizationQuotas()
 
     /// How much history is kept (`PipelineStore.prune`), checked at start and every `interval`.
     public struct Retention: Sendable {
@@ -86,7 +92,7 @@ public struct PipelineComponent: PlatformComponent {
     }
 
     public func setUp(configuration service: ServiceConfiguration, logger: Logger, router: inout RPCRouter) async throws -> [any Service] {
-        let store = try PipelineStore(directory: try service.stateDirectory(), durability: configuration.durability)
+        let store = try PipelineStore(directory: try service.stateDirectory(), durability: configuration.durability, quotas: configuration.quotas)
         let simulated = SimulatedCollaborators(stepDelay: configuration.simulatedStepDelay)
         let images: any ImageCollaborator =
             configuration.simulated.contains(.builder) ? simulated : BuilderCollaborator(client: service.client(for: .builder))

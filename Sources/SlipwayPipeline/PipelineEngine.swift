@@ -71,6 +71,8 @@ public actor PipelineEngine {
         let hub: StatusHub
         let limits: Limits
         let logger: Logger
+        /// Each organization's builds at once (its `concurrent-builds` quota).
+        let builds: OrganizationBuildGate
     }
 
     private struct Running {
@@ -102,7 +104,9 @@ public actor PipelineEngine {
         self.limits = limits
         self.logs = logs
         self.logger = logger
-        self.context = Context(store: store, collaborators: collaborators, hub: hub, limits: limits, logger: logger)
+        self.context = Context(
+            store: store, collaborators: collaborators, hub: hub, limits: limits, logger: logger,
+            builds: OrganizationBuildGate(limit: store.quotas.concurrentBuilds))
     }
 
     // MARK: Start and recovery
@@ -429,6 +433,7 @@ public actor PipelineEngine {
         }
         var work = ServiceWork(
             deploymentID: record.id, environment: environment, service: service, requestedVersion: record.details[serviceID]?.requestedVersion ?? "")
+        work.organizationID = try store.organizationID(projectID: environment.projectID)
         if !work.requestedVersion.isEmpty {
             work.requestedCommitWasReleased = try store.releases(serviceID: serviceID, limit: 500).contains { $0.commit == work.requestedVersion }
         }

@@ -320,7 +320,8 @@ extension PipelineStore.Failure: RPCErrorConvertible {
     public var rpcError: RPCError {
         switch self {
         case .notFound: RPCError(.notFound, description)
-        case .alreadyExists: RPCError(.alreadyExists, description)
+        case .alreadyExists, .taken: RPCError(.alreadyExists, description)
+        case .quota: RPCError(.resourceExhausted, description)
         case .invalidTransition: RPCError(.failedPrecondition, description)
         }
     }

@@ -189,6 +189,12 @@ extension PipelineStore {
             if let source = change.restoreConfigurationFrom {
                 try db.cachedStatement(sql: "UPDATE service SET configuration = (SELECT configuration FROM release WHERE id = ?), secrets = (SELECT secrets FROM release WHERE id = ?) WHERE id = ?").execute(
                     arguments: [source, source, change.serviceID])
+                // The release's custom domains again, but none another service claimed meanwhile
+                // (the load balancer then refuses that route and says why).
+                if let json = try String.fetchOne(db.cachedStatement(sql: "SELECT configuration FROM release WHERE id = ?"), arguments: [source]),
+                   let spec = try? JSONDecoder().decode(ServiceSpec.self, from: Data(json.utf8)) {
+                    try Self.claim(spec.customDomains, for: change.serviceID, db, skipTaken: true)
+                }
             }
             if let draft = change.release, let releaseID, let (configuration, secrets) = sealedRelease {
                 try db.cachedStatement(sql: "INSERT INTO release (id, service_id, deployment_id, created_at, commit_sha, image, configuration, secrets) VALUES (?, ?, ?, ?, ?, ?, ?, ?)").execute(
@@ -200,6 +206,7 @@ extension PipelineStore {
                 // The name is freed for a new service; the history keeps the name the deployment recorded.
                 try db.cachedStatement(sql: "UPDATE service SET deleted_at = ?, running_status = NULL, name = name || '~deleted~' || id WHERE id = ?").execute(
                     arguments: [now, change.serviceID])
+                try db.cachedStatement(sql: "DELETE FROM custom_domain WHERE service_id = ?").execute(arguments: [change.serviceID])
             }
             if change.event != nil { try Self.markEndedIfDone(db, change.deploymentID) }
             announce?(status)

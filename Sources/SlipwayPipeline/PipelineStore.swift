@@ -12,12 +12,17 @@ public final class PipelineStore: Sendable {
     public enum Failure: Error, Equatable, CustomStringConvertible {
         case notFound(String)
         case alreadyExists(String)
+        /// Something only one may hold, held by another (a custom domain): the whole message.
+        case taken(String)
+        /// An organization's quota would be exceeded: the whole message.
+        case quota(String)
         case invalidTransition(String)
 
         public var description: String {
             switch self {
             case .notFound(let what): "\(what) does not exist"
             case .alreadyExists(let what): "\(what) already exists"
+            case .taken(let message), .quota(let message): message
             case .invalidTransition(let what): what
             }
         }
@@ -38,7 +43,11 @@ public final class PipelineStore: Sendable {
 
     /// Opens (creating if needed) `<directory>/pipeline.sqlite` and the secrets key
     /// `<directory>/secrets.key` (0600), and brings the schema up to date.
-    public init(directory: String, durability: Durability = .normal) throws {
+    /// What each organization may hold (checked where it is written).
+    public let quotas: OrganizationQuotas
+
+    public init(directory: String, durability: Durability = .normal, quotas: OrganizationQuotas = OrganizationQuotas()) throws {
+        self.quotas = quotas
         // The database holds the whole model (variables in clear): the directory is the owner's alone.
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         chmod(directory, 0o700)
@@ -111,7 +120,62 @@ public final class PipelineStore: Sendable {
                 CREATE INDEX deployment_service_by_service ON deployment_service(service_id);
                 """)
         }
+        migrator.registerMigration("v4: custom domains claimed platform-wide") { db in
+            try db.execute(sql: """
+                CREATE TABLE custom_domain (
+                    domain TEXT PRIMARY KEY, service_id TEXT NOT NULL REFERENCES service(id) ON DELETE CASCADE);
+                CREATE INDEX custom_domain_by_service ON custom_domain(service_id);
+                """)
+            // Existing services keep what they had; of two with one domain, the older keeps it.
+            for row in try Row.fetchAll(db, sql: "SELECT id, configuration FROM service WHERE deleted_at IS NULL ORDER BY rowid") {
+                let spec = try? JSONDecoder().decode(ServiceSpec.self, from: Data((row["configuration"] as String).utf8))
+                for domain in spec?.customDomains ?? [] {
+                    try db.execute(sql: "INSERT OR IGNORE INTO custom_domain (domain, service_id) VALUES (?, ?)", arguments: [domain.lowercased(), row["id"] as String])
+                }
+            }
+        }
+        migrator.registerMigration("v5: default domain labels unique across the platform") { db in
+            try db.execute(sql: """
+                ALTER TABLE service ADD COLUMN domain_label TEXT;
+                CREATE UNIQUE INDEX service_domain_label ON service(domain_label);
+                """)
+            let rows = try Row.fetchAll(db, sql: """
+                SELECT service.id, service.name, environment.name AS environment_name FROM service
+                JOIN environment ON environment.id = service.environment_id ORDER BY service.rowid
+                """)
+            for row in rows {
+                let label = try Self.assignLabel(service: row["name"], environment: row["environment_name"], environmentID: nil, db)
+                try db.execute(sql: "UPDATE service SET domain_label = ? WHERE id = ?", arguments: [label, row["id"] as String])
+            }
+        }
         return migrator
+    }
+
+    /// A default-domain label no other service holds: `<service>-<environment>` (the environment's
+    /// name made a DNS label), else with a random suffix. A label a deleted service of the same
+    /// environment held is taken over (re-creating a service keeps its address); a label is never
+    /// handed to another environment's service.
+    static func assignLabel(service: String, environment: String, environmentID: String?, _ db: Database) throws -> String {
+        var slug = ""
+        for scalar in environment.lowercased().unicodeScalars {
+            let ok = (scalar >= "a" && scalar <= "z") || (scalar >= "0" && scalar <= "9")
+            if ok { slug.unicodeScalars.append(scalar) } else if !slug.hasSuffix("-") { slug += "-" }
+        }
+        slug = String(slug.trimmingCharacters(in: CharacterSet(charactersIn: "-")).prefix(24)).trimmingCharacters(in: CharacterSet(charactersIn: "-"))
+        let base = String((service.lowercased() + (slug.isEmpty ? "" : "-" + slug)).prefix(56)).trimmingCharacters(in: CharacterSet(charactersIn: "-"))
+        var candidate = base
+        for _ in 0..<50 {
+            let holder = try Row.fetchOne(
+                db.cachedStatement(sql: "SELECT id, environment_id, deleted_at FROM service WHERE domain_label = ?"), arguments: [candidate])
+            guard let holder else { return candidate }
+            if let environmentID, holder["environment_id"] as String == environmentID, holder["deleted_at"] as Double? != nil {
+                try db.cachedStatement(sql: "UPDATE service SET domain_label = NULL WHERE id = ?").execute(arguments: [holder["id"] as String])
+                return candidate
+            }
+            let suffix = String((0..<4).map { _ in "abcdefghijklmnopqrstuvwxyz0123456789".randomElement()! })
+            candidate = base + "-" + suffix
+        }
+        throw Failure.taken("no free default domain label for \(service) in \(environment)")
     }
 
     // MARK: Model
@@ -124,6 +188,11 @@ public final class PipelineStore: Sendable {
         Project(id: try insertNamed("project", prefix: "prj", name: name, parent: ("organization", organizationID)), organizationID: organizationID, name: name)
     }
 
+    /// The organization a project belongs to ("" when the project is gone).
+    public func organizationID(projectID: String) throws -> String {
+        try database.inDatabase { db in try OrganizationQuotas.organization(ofProject: projectID, db) } ?? ""
+    }
+
     public func createEnvironment(projectID: String, name: String) throws -> DeploymentEnvironment {
         DeploymentEnvironment(id: try insertNamed("environment", prefix: "env", name: name, parent: ("project", projectID)), projectID: projectID, name: name)
     }
@@ -134,6 +203,11 @@ public final class PipelineStore: Sendable {
         try write("\(table) \(name)") { db in
             if let parent {
                 try Self.require(db, parent.table, parent.id)
+                switch table {
+                case "project": try quotas.checkNewProject(organizationID: parent.id, db)
+                case "environment": try quotas.checkNewEnvironment(projectID: parent.id, db)
+                default: break
+                }
                 try db.cachedStatement(sql: "INSERT INTO \(table) (id, \(parent.table)_id, name) VALUES (?, ?, ?)").execute(arguments: [id, parent.id, name])
             } else {
                 try db.cachedStatement(sql: "INSERT INTO \(table) (id, name) VALUES (?, ?)").execute(arguments: [id, name])
@@ -143,23 +217,51 @@ public final class PipelineStore: Sendable {
     }
 
     public func createService(environmentID: String, name: String, configuration: ServiceSpec, secrets: [String: String] = [:]) throws -> ManagedService {
-        let service = ManagedService(id: Self.newID("svc"), environmentID: environmentID, name: name, configuration: configuration, secrets: secrets)
+        var service = ManagedService(id: Self.newID("svc"), environmentID: environmentID, name: name, configuration: configuration, secrets: secrets)
         let sealed = try sealer.seal(secrets)
         let json = try Self.encode(configuration)
-        try write("service \(name)") { db in
+        service.domainLabel = try write("service \(name)") { db -> String in
             try Self.require(db, "environment", environmentID)
-            try db.cachedStatement(sql: "INSERT INTO service (id, environment_id, name, configuration, secrets) VALUES (?, ?, ?, ?, ?)").execute(
-                arguments: [service.id, environmentID, name, json, sealed])
+            let environmentName = try String.fetchOne(db.cachedStatement(sql: "SELECT name FROM environment WHERE id = ?"), arguments: [environmentID]) ?? ""
+            // A name taken in the environment fails the INSERT; the label is chosen first, in the same transaction.
+            if try Bool.fetchOne(db.cachedStatement(sql: "SELECT 1 FROM service WHERE environment_id = ? AND name = ?"), arguments: [environmentID, name]) == true {
+                throw Failure.alreadyExists("service \(name)")
+            }
+            try quotas.checkService(configuration, serviceID: nil, environmentID: environmentID, db)
+            let label = try Self.assignLabel(service: name, environment: environmentName, environmentID: environmentID, db)
+            try db.cachedStatement(sql: "INSERT INTO service (id, environment_id, name, configuration, secrets, domain_label) VALUES (?, ?, ?, ?, ?, ?)").execute(
+                arguments: [service.id, environmentID, name, json, sealed, label])
+            try Self.claim(configuration.customDomains, for: service.id, db)
+            return label
         }
         return service
+    }
+
+    /// Makes `domains` the service's custom domains, platform-wide: one another service holds is
+    /// refused (ALREADY_EXISTS) when the service is saved, not when it is deployed. The other
+    /// service is not named: it may be another organization's.
+    static func claim(_ domains: [String], for serviceID: String, _ db: Database, skipTaken: Bool = false) throws {
+        try db.cachedStatement(sql: "DELETE FROM custom_domain WHERE service_id = ?").execute(arguments: [serviceID])
+        for domain in Set(domains.map { $0.lowercased() }).sorted() {
+            let holder = try String.fetchOne(db.cachedStatement(sql: "SELECT service_id FROM custom_domain WHERE domain = ?"), arguments: [domain])
+            if holder != nil {
+                if skipTaken { continue }
+                throw Failure.taken("custom domain \(domain) is already another service's: a domain is routed to one service only (remove it there first)")
+            }
+            try db.cachedStatement(sql: "INSERT INTO custom_domain (domain, service_id) VALUES (?, ?)").execute(arguments: [domain, serviceID])
+        }
     }
 
     public func updateService(_ id: String, configuration: ServiceSpec, secrets: [String: String]) throws {
         let sealed = try sealer.seal(secrets)
         let json = try Self.encode(configuration)
         try write("service \(id)") { db in
+            if let environmentID = try String.fetchOne(db.cachedStatement(sql: "SELECT environment_id FROM service WHERE id = ?"), arguments: [id]) {
+                try quotas.checkService(configuration, serviceID: id, environmentID: environmentID, db)
+            }
             try db.cachedStatement(sql: "UPDATE service SET configuration = ?, secrets = ? WHERE id = ?").execute(arguments: [json, sealed, id])
             guard db.changesCount == 1 else { throw Failure.notFound("service \(id)") }
+            try Self.claim(configuration.customDomains, for: id, db)
         }
     }
 
@@ -176,7 +278,8 @@ public final class PipelineStore: Sendable {
         let sealed: Data = row["secrets"]
         let service = ManagedService(
             id: row["id"], environmentID: row["environment_id"], name: row["name"],
-            configuration: try JSONDecoder().decode(ServiceSpec.self, from: Data(json.utf8)), secrets: try sealer.open(sealed))
+            configuration: try JSONDecoder().decode(ServiceSpec.self, from: Data(json.utf8)), secrets: try sealer.open(sealed),
+            domainLabel: row["domain_label"] ?? "")
         return (service, json, sealed, row["deleted_at"] as Double? != nil)
     }
 

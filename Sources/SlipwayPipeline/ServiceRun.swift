@@ -95,10 +95,16 @@ struct ServiceRun {
             switch work.service.configuration.source {
             case .application:
                 try await change(.startBuild, start: .gitClone)
+                let (running, waiting) = await context.builds.load(work.organizationID)
+                if running >= context.builds.limit {
+                    write("waiting for one of the organization's \(context.builds.limit) build slots (\(running) running, \(waiting) waiting)", step: .gitClone)
+                }
                 let built = try await timed(.gitClone, limit: context.limits.buildTimeout) { [self] in
-                    try await collaborators.images.build(work) { _ in
-                        // The commit is fetched: GIT_CLONE ends, BUILD starts.
-                        if progress.step == .gitClone { try? await change(nil, end: .succeeded, start: .build) }
+                    try await context.builds.withSlot(work.organizationID) {
+                        try await collaborators.images.build(work) { _ in
+                            // The commit is fetched: GIT_CLONE ends, BUILD starts.
+                            if progress.step == .gitClone { try? await change(nil, end: .succeeded, start: .build) }
+                        }
                     }
                 }
                 if progress.step == .gitClone { try await change(nil, end: .succeeded, start: .build) }

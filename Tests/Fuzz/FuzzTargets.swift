@@ -126,10 +126,11 @@ enum FuzzTarget: String, CaseIterable {
         var state = NetworkState()
         var value = NetworkState.Route(environmentID: key.environmentId, serviceID: key.serviceId, serviceName: route.serviceName, environmentName: route.environmentName)
         value.customDomains = route.customDomains.map { $0.lowercased() }
+        value.defaultLabel = route.defaultLabel.isEmpty ? nil : route.defaultLabel
         do {
             try NetworkService.validate(key)
             try RouteValidation.label(value.serviceName, field: "service_name")
-            try RouteValidation.label(value.environmentName, field: "environment_name")
+            try RouteValidation.label(value.defaultLabel ?? value.environmentName, field: "label")
             value.pathPrefix = try RouteValidation.pathPrefix(route.pathPrefix)
             for domain in value.customDomains { try RouteValidation.domain(domain, field: "custom domain") }
             try RouteValidation.domain(value.defaultDomain(base: "localhost"), field: "default domain")

@@ -82,13 +82,18 @@ struct NginxConfigTests {
         api.customDomains = ["shop.example.test"]
         api.pathPrefix = "/api"
         api.upstream = .grpc
-        let idle = NetworkState.Route(environmentID: "e", serviceID: "idle", serviceName: "idle", environmentName: "dev")
+        var idle = NetworkState.Route(environmentID: "e", serviceID: "idle", serviceName: "idle", environmentName: "Dev & QA")
+        // The pipeline's label, unique across the platform, names the default domain.
+        idle.defaultLabel = "idle-dev-qa-x7k2"
+        #expect(idle.defaultDomain(base: "localhost") == "idle-dev-qa-x7k2.localhost")
+        #expect(web.defaultDomain(base: "localhost") == "web-dev.localhost")
         state.routes = [web.key: web, api.key: api, idle.key: idle]
         state.backends = [web.key: ["127.0.0.1:9001", "127.0.0.1:9002"], api.key: ["[::1]:9003"]]
         state.challenges = ["tok": "tok.thumb"]
 
         let text = config.render(state)
         #expect(text.contains("server_name shop.example.test;"))
+        #expect(text.contains("server_name idle-dev-qa-x7k2.localhost;"))
         #expect(text.contains("location /api/ { grpc_pass grpc://"))
         #expect(text.contains("return 503 \"no ready instance of idle yet\\n\";"))
         #expect(text.contains("location = /.well-known/acme-challenge/tok { default_type text/plain; return 200 \"tok.thumb\"; }"))

@@ -117,6 +117,133 @@ import Testing
         #expect(try store.prune(deploymentsPerService: 3, releasesPerService: 2) == PipelineStore.Pruned())
     }
 
+    @Test func aCustomDomainBelongsToOneServiceAcrossOrganizationsFromTheMomentItIsSaved() throws {
+        let path = directory()
+        let store = try PipelineStore(directory: path)
+        let (environment, web) = try hello(store)
+        var mine = web.configuration
+        mine.customDomains = ["Shop.Example.com"]
+        try store.updateService(web.id, configuration: mine, secrets: web.secrets)
+        // Another organization cannot take it, neither at creation nor by an update (any case).
+        let other = try store.createEnvironment(projectID: try store.createProject(organizationID: try store.createOrganization(name: "rival").id, name: "p").id, name: "prod")
+        var theirs = ServiceSpec(source: .container(image: "nginx", tag: "1"))
+        theirs.customDomains = ["shop.example.com"]
+        #expect(throws: PipelineStore.Failure.self) { try store.createService(environmentID: other.id, name: "web", configuration: theirs) }
+        let rival = try store.createService(environmentID: other.id, name: "web", configuration: ServiceSpec(source: .container(image: "nginx", tag: "1")))
+        let refused = #expect(throws: PipelineStore.Failure.self) { try store.updateService(rival.id, configuration: theirs, secrets: [:]) }
+        #expect(refused?.description.contains("another service's") == true)
+        #expect(try store.service(rival.id).configuration.customDomains.isEmpty)
+        // Nor another service of the same environment; the holder keeps it across its own updates.
+        #expect(throws: PipelineStore.Failure.self) { try store.createService(environmentID: environment.id, name: "api", configuration: theirs) }
+        try store.updateService(web.id, configuration: mine, secrets: web.secrets)
+        // Released when the holder lets it go, and survives a reopen.
+        mine.customDomains = []
+        try store.updateService(web.id, configuration: mine, secrets: web.secrets)
+        try PipelineStore(directory: path).updateService(rival.id, configuration: theirs, secrets: [:])
+        #expect(throws: PipelineStore.Failure.self) { try PipelineStore(directory: path).updateService(web.id, configuration: theirs, secrets: [:]) }
+    }
+
+    @Test func defaultDomainLabelsAreUniqueAcrossOrganizationsAndKeptByTheirEnvironment() throws {
+        let path = directory()
+        let store = try PipelineStore(directory: path)
+        let (environment, web) = try hello(store)
+        #expect(web.domainLabel == "web-prod")
+        // Another organization's "web" in its own "prod" gets an address of its own.
+        let rival = try store.createEnvironment(projectID: try store.createProject(organizationID: try store.createOrganization(name: "rival").id, name: "p").id, name: "Prod")
+        let theirs = try store.createService(environmentID: rival.id, name: "web", configuration: ServiceSpec(source: .container(image: "nginx", tag: "1")))
+        #expect(theirs.domainLabel.hasPrefix("web-prod-") && theirs.domainLabel.count == "web-prod-".count + 4)
+        #expect(try store.service(theirs.id).domainLabel == theirs.domainLabel)
+        // An environment name that is no DNS label is made one.
+        let odd = try store.createEnvironment(projectID: environment.projectID, name: "QA  & Review!")
+        #expect(try store.createService(environmentID: odd.id, name: "web", configuration: ServiceSpec(source: .container(image: "nginx", tag: "1"))).domainLabel == "web-qa-review")
+        // A deleted service's label goes to its successor in the same environment, never to another's.
+        let record = try store.recordDeployment(environmentID: environment.id, action: .delete, services: [web.id: ""], origin: .api, triggeredBy: "t", idempotencyKey: nil).record
+        try store.apply(.start, deploymentID: record.id, serviceID: web.id)
+        var change = PipelineStore.Change(deploymentID: record.id, serviceID: web.id)
+        change.event = .succeed
+        change.markDeleted = true
+        try store.record(change)
+        let another = try store.createService(environmentID: rival.id, name: "web2", configuration: ServiceSpec(source: .container(image: "nginx", tag: "1")))
+        #expect(another.domainLabel == "web2-prod")
+        let successor = try store.createService(environmentID: environment.id, name: "web", configuration: ServiceSpec(source: .container(image: "nginx", tag: "1")))
+        #expect(successor.domainLabel == "web-prod")
+        #expect(try PipelineStore(directory: path).service(successor.id).domainLabel == "web-prod")
+    }
+
+    @Test func organizationQuotasAreCheckedWhereTheyWouldBeExceeded() throws {
+        var quotas = OrganizationQuotas()
+        #expect(quotas.set("services=2") == nil && quotas.set("memory-mib=1024") == nil && quotas.set("custom-domains=2") == nil)
+        #expect(quotas.set("projects=2") == nil && quotas.set("environments=2") == nil)
+        #expect(quotas.set("services=0")?.contains("1 or more") == true)
+        #expect(quotas.set("disks=3")?.contains("unknown quota") == true)
+        let store = try PipelineStore(directory: directory(), quotas: quotas)
+        func quota(_ body: () throws -> Void) -> String? {
+            do { try body() } catch let failure as PipelineStore.Failure {
+                if case .quota(let message) = failure { return message }
+            } catch {}
+            return nil
+        }
+        let acme = try store.createOrganization(name: "acme")
+        let shop = try store.createProject(organizationID: acme.id, name: "shop")
+        _ = try store.createProject(organizationID: acme.id, name: "blog")
+        #expect(quota { _ = try store.createProject(organizationID: acme.id, name: "third") }?.contains("quota of 2") == true)
+        let prod = try store.createEnvironment(projectID: shop.id, name: "prod")
+        _ = try store.createEnvironment(projectID: shop.id, name: "dev")
+        #expect(quota { _ = try store.createEnvironment(projectID: shop.id, name: "qa") }?.contains("environments") == true)
+        var small = ServiceSpec(source: .container(image: "nginx", tag: "1"))
+        small.memoryMiB = 256
+        small.replicas = 2
+        let web = try store.createService(environmentID: prod.id, name: "web", configuration: small)
+        // 512 + 2 × 512 MiB is over 1024.
+        var big = small
+        big.memoryMiB = 512
+        #expect(quota { _ = try store.createService(environmentID: prod.id, name: "api", configuration: big) }?.contains("memory") == true)
+        _ = try store.createService(environmentID: prod.id, name: "api", configuration: small)
+        #expect(quota { _ = try store.createService(environmentID: prod.id, name: "third", configuration: small) }?.contains("services") == true)
+        // An update is checked against the others, itself excluded.
+        var scaled = small
+        scaled.replicas = 3
+        #expect(quota { try store.updateService(web.id, configuration: scaled, secrets: [:]) } != nil)
+        #expect(try store.service(web.id).configuration.replicas == 2)
+        var named = small
+        named.customDomains = ["a.example.com", "b.example.com", "c.example.com"]
+        #expect(quota { try store.updateService(web.id, configuration: named, secrets: [:]) }?.contains("custom-domains") == true)
+        named.customDomains.removeLast()
+        try store.updateService(web.id, configuration: named, secrets: [:])
+        // Huge numbers saturate instead of trapping.
+        var huge = small
+        huge.replicas = Int.max
+        huge.memoryMiB = Int.max
+        #expect(quota { try store.updateService(web.id, configuration: huge, secrets: [:]) } != nil)
+        // Another organization has quotas of its own.
+        let other = try store.createEnvironment(projectID: try store.createProject(organizationID: try store.createOrganization(name: "other").id, name: "p").id, name: "prod")
+        _ = try store.createService(environmentID: other.id, name: "web", configuration: small)
+    }
+
+    @Test func anOrganizationsBuildsTakeTurnsAndOthersAreNotHeldUp() async throws {
+        let gate = OrganizationBuildGate(limit: 1)
+        try await gate.acquire("acme")
+        let second = Task { try await gate.acquire("acme") }
+        while await gate.load("acme").waiting == 0 { await Task.yield() }
+        // Another organization gets its slot at once.
+        try await gate.acquire("other")
+        #expect(await gate.load("other").running == 1)
+        // A cancelled waiter leaves the queue without a slot; the next waits for the release.
+        second.cancel()
+        await #expect(throws: CancellationError.self) { try await second.value }
+        let afterCancel = await gate.load("acme")
+        #expect(afterCancel.waiting == 0 && afterCancel.running == 1)
+        let third = Task { try await gate.acquire("acme") }
+        while await gate.load("acme").waiting == 0 { await Task.yield() }
+        await gate.release("acme")
+        try await third.value
+        let handed = await gate.load("acme")
+        #expect(handed.running == 1 && handed.waiting == 0)
+        await gate.release("acme")
+        let idle = await gate.load("acme")
+        #expect(idle.running == 0 && idle.waiting == 0)
+    }
+
     @Test func aRetriedRequestWithTheSameIdempotencyKeyIsTheSameDeployment() throws {
         let store = try PipelineStore(directory: directory())
         let (environment, service) = try hello(store)

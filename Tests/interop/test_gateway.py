@@ -120,8 +120,8 @@ class Project:
 
     def __init__(self, s, name, **service_flags):
         self.s, self.name = s, name
-        # Each its own environment name: default domains are <service>-<environment>.localhost,
-        # the same across organizations (see the note on issue 8).
+        # Each its own environment name, so that the default domain is <service>-<environment>.localhost
+        # (a service of another organization with the same names gets a suffixed one).
         self.target = ["--org", name, "--project", "web", "--env", name]
         s.cli("org", "create", name)
         s.cli("project", "create", "web", "--org", name)
@@ -403,6 +403,11 @@ def test_tokens_are_scoped_by_role_and_rate(slipway):
     # A deployer acts.
     deployed = s.json("deploy", "hello", "--detach", *a.target, token=deployer)
     assert deployed["deployment_id"]
+    # A custom domain is one service's across organizations from the moment it is saved.
+    s.cli("service", "update", "hello", *a.target, "--domain", "shop.tokens.test")
+    taken = s.cli("service", "update", "hello", *b.target, "--domain", "shop.tokens.test", check=False)
+    assert taken.returncode != 0 and "another service's" in taken.stderr and a.service["id"] not in taken.stderr, taken.stderr
+    assert s.json("service", "show", "hello", *b.target)["config"]["custom_domains"] == []
 
     # No token, a wrong one, a revoked one: exit 4 with what to do.
     missing = subprocess.run([os.path.join(BIN_DIR, "slipway"), "org", "list"], capture_output=True, text=True,

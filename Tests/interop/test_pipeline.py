@@ -245,6 +245,38 @@ def test_bad_requests_get_a_clear_status_and_the_service_stays_up(simulated):
     assert p.pipeline.poll() is None and p.pipeline.pid == pid
 
 
+def test_organization_quotas_answer_resource_exhausted_and_a_domain_is_one_services(pbs):
+    p = Platform(pbs, "--pipeline-simulate", "builder,cluster,network,certs", "--pipeline-quota", "services=2", "--pipeline-quota", "memory-mib=2048")
+    try:
+        pb = p.pb
+        pid = p.pipeline.pid
+        env, ids = p.environment(("api", p.app()), ("web", p.app()))
+        with pytest.raises(grpc.RpcError) as raised:
+            p.stub.CreateService(pb.CreateServiceRequest(environment_id=env, name="third", config=p.app()))
+        assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "quota of 2" in raised.value.details(), raised.value.details()
+        big = p.app()
+        big.replicas, big.memory_mib = 4, 1024
+        with pytest.raises(grpc.RpcError) as raised:
+            p.stub.UpdateService(pb.UpdateServiceRequest(service_id=ids["web"], config=big))
+        assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "memory" in raised.value.details(), raised.value.details()
+        # A custom domain: one service's, whatever the organization, refused when the second is saved.
+        claimed = p.app()
+        claimed.custom_domains.append("shop.example.test")
+        p.stub.UpdateService(pb.UpdateServiceRequest(service_id=ids["web"], config=claimed))
+        other_env, _ = p.environment()
+        with pytest.raises(grpc.RpcError) as raised:
+            p.stub.CreateService(pb.CreateServiceRequest(environment_id=other_env, name="web", config=claimed))
+        assert raised.value.code() == grpc.StatusCode.ALREADY_EXISTS and "another service's" in raised.value.details()
+        assert ids["web"] not in raised.value.details()
+        # Nothing lost, the same process.
+        assert [s.name for s in p.stub.ListServices(pb.ListServicesRequest(environment_id=env)).services] == ["api", "web"]
+        assert p.stub.GetService(pb.GetServiceRequest(service_id=ids["web"])).config.replicas != 4
+        assert p.wait_ended(p.deploy(env).deployment_id).status == pb.DEPLOYED
+        assert p.pipeline.poll() is None and p.pipeline.pid == pid
+    finally:
+        p.stop()
+
+
 def probed(config, **numbers):
     """`config` with an HTTP readiness probe with these numbers."""
     config.readiness_probe.http.path = "/health"

@@ -688,7 +688,7 @@ const ProtobufCMessageDescriptor slipway__network__v1__route_key__descriptor =
   (ProtobufCMessageInit) slipway__network__v1__route_key__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor slipway__network__v1__route__field_descriptors[6] =
+static const ProtobufCFieldDescriptor slipway__network__v1__route__field_descriptors[7] =
 {
   {
     "key",
@@ -762,9 +762,22 @@ static const ProtobufCFieldDescriptor slipway__network__v1__route__field_descrip
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "default_label",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Network__V1__Route, default_label),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned slipway__network__v1__route__field_indices_by_name[] = {
   3,   /* field[3] = custom_domains */
+  6,   /* field[6] = default_label */
   2,   /* field[2] = environment_name */
   0,   /* field[0] = key */
   4,   /* field[4] = path_prefix */
@@ -774,7 +787,7 @@ static const unsigned slipway__network__v1__route__field_indices_by_name[] = {
 static const ProtobufCIntRange slipway__network__v1__route__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 6 }
+  { 0, 7 }
 };
 const ProtobufCMessageDescriptor slipway__network__v1__route__descriptor =
 {
@@ -784,7 +797,7 @@ const ProtobufCMessageDescriptor slipway__network__v1__route__descriptor =
   "Slipway__Network__V1__Route",
   "slipway.network.v1",
   sizeof(Slipway__Network__V1__Route),
-  6,
+  7,
   slipway__network__v1__route__field_descriptors,
   slipway__network__v1__route__field_indices_by_name,
   1,  slipway__network__v1__route__number_ranges,

@@ -94,7 +94,8 @@ struct  Slipway__Network__V1__Route
   ProtobufCMessage base;
   Slipway__Network__V1__RouteKey *key;
   /*
-   * DNS labels: the default domain is <service_name>-<environment_name>.<base domain>.
+   * DNS labels: the default domain is <service_name>-<environment_name>.<base domain> unless
+   * default_label is set.
    */
   ProtobufCBinaryData service_name;
   ProtobufCBinaryData environment_name;
@@ -108,10 +109,16 @@ struct  Slipway__Network__V1__Route
    */
   ProtobufCBinaryData path_prefix;
   Slipway__Network__V1__UpstreamProtocol protocol;
+  /*
+   * The default domain's first label, <default_label>.<base domain>: the pipeline assigns each
+   * service one no other service of the platform holds, so two organizations' services never share
+   * a default domain.
+   */
+  ProtobufCBinaryData default_label;
 };
 #define SLIPWAY__NETWORK__V1__ROUTE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&slipway__network__v1__route__descriptor) \
-    , NULL, {0,NULL}, {0,NULL}, 0,NULL, {0,NULL}, SLIPWAY__NETWORK__V1__UPSTREAM_PROTOCOL__UPSTREAM_PROTOCOL_HTTP }
+    , NULL, {0,NULL}, {0,NULL}, 0,NULL, {0,NULL}, SLIPWAY__NETWORK__V1__UPSTREAM_PROTOCOL__UPSTREAM_PROTOCOL_HTTP, {0,NULL} }
 
 
 struct  Slipway__Network__V1__SetRouteRequest

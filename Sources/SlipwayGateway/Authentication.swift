@@ -44,11 +44,14 @@ final class Authenticator: Sendable {
     let store: GatewayStore
     let defaultRateLimit: UInt32
     let maxStreamsPerToken: Int
+    /// Open streams of all of an organization's tokens together (the platform's own token has none).
+    let maxStreamsPerOrganization: Int
     private let state = Mutex(State())
 
     private struct State {
         var buckets: [String: Bucket] = [:]
         var streams: [String: Int] = [:]
+        var organizationStreams: [String: Int] = [:]
     }
 
     private struct Bucket {
@@ -56,10 +59,11 @@ final class Authenticator: Sendable {
         var updated: ContinuousClock.Instant
     }
 
-    init(store: GatewayStore, defaultRateLimit: UInt32, maxStreamsPerToken: Int) {
+    init(store: GatewayStore, defaultRateLimit: UInt32, maxStreamsPerToken: Int, maxStreamsPerOrganization: Int = 256) {
         self.store = store
         self.defaultRateLimit = defaultRateLimit
         self.maxStreamsPerToken = maxStreamsPerToken
+        self.maxStreamsPerOrganization = maxStreamsPerOrganization
     }
 
     static let prefix = "slw_"
@@ -130,18 +134,25 @@ final class Authenticator: Sendable {
         }
     }
 
-    /// Counts an open stream of the token; the returned closure gives it back.
+    /// Counts an open stream of the token and of its organization; the returned closure gives it back.
     func openStream(_ principal: Principal) throws(RPCError) -> @Sendable () -> Void {
         let limit = maxStreamsPerToken
-        let admitted = state.withLock { state -> Bool in
+        let organizationLimit = maxStreamsPerOrganization
+        let organization = principal.organizationID
+        let refusal = state.withLock { state -> String? in
             let open = state.streams[principal.tokenID, default: 0]
-            guard open < limit else { return false }
+            guard open < limit else { return "token \"\(principal.name)\" already has \(limit) open streams (the limit); close one first" }
+            if !organization.isEmpty {
+                let together = state.organizationStreams[organization, default: 0]
+                guard together < organizationLimit else {
+                    return "organization \(organization) already has \(organizationLimit) open streams over all its tokens (its quota, --gateway-max-streams-per-organization); close one first"
+                }
+                state.organizationStreams[organization] = together + 1
+            }
             state.streams[principal.tokenID] = open + 1
-            return true
+            return nil
         }
-        guard admitted else {
-            throw RPCError(.resourceExhausted, "token \"\(principal.name)\" already has \(limit) open streams (the limit); close one first")
-        }
+        if let refusal { throw RPCError(.resourceExhausted, refusal) }
         let id = principal.tokenID
         let done = Mutex(false)
         return { [self] in
@@ -149,6 +160,10 @@ final class Authenticator: Sendable {
             state.withLock { state in
                 let open = state.streams[id, default: 1] - 1
                 state.streams[id] = open > 0 ? open : nil
+                if !organization.isEmpty {
+                    let together = state.organizationStreams[organization, default: 1] - 1
+                    state.organizationStreams[organization] = together > 0 ? together : nil
+                }
             }
         }
     }

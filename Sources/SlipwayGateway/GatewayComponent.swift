@@ -25,6 +25,7 @@ public struct GatewayOptions: ParsableArguments, Sendable {
     @Option(help: "Requests per second per API token unless the token sets its own (default 50; bursts up to twice that).")
     var gatewayRateLimit: UInt32?
     @Option(help: "Open streams (Watch, TailLogs, event streams) per API token (default 64).") var gatewayMaxStreamsPerToken: Int?
+    @Option(help: "Open streams of all of an organization's tokens together (default 256).") var gatewayMaxStreamsPerOrganization: Int?
     @Option(help: "Largest webhook payload accepted, in bytes (default 5242880, 5 MiB).") var gatewayMaxWebhookBytes: Int?
     @Option(help: "Connections the gateway keeps open at once, gRPC and HTTP (default 4096); more are closed when accepted.")
     var gatewayMaxConnections: Int?
@@ -85,7 +86,8 @@ public struct GatewayComponent: PlatformComponent {
         let rate = try positiveOption(options.gatewayRateLimit, "gateway-rate-limit") ?? 50
         let streams = try positiveOption(options.gatewayMaxStreamsPerToken, "gateway-max-streams-per-token") ?? 64
         let maxBody = try positiveOption(options.gatewayMaxWebhookBytes, "gateway-max-webhook-bytes") ?? 5 * 1024 * 1024
-        let auth = Authenticator(store: store, defaultRateLimit: rate, maxStreamsPerToken: streams)
+        let organizationStreams = try positiveOption(options.gatewayMaxStreamsPerOrganization, "gateway-max-streams-per-organization") ?? 256
+        let auth = Authenticator(store: store, defaultRateLimit: rate, maxStreamsPerToken: streams, maxStreamsPerOrganization: organizationStreams)
         try Bootstrap.ensureAdminToken(store: store, file: directory + "/admin-token", logger: logger)
         try store.pruneRevokedTokens(now: Int64(Date().timeIntervalSince1970 * 1000))
 

@@ -8,6 +8,9 @@ public final class GatewayStore: Sendable {
 
     public init(directory: String) throws {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        // Webhook secrets are in the database in clear (HMAC needs them): the directory, with the
+        // WAL files SQLite makes beside the database, is the owner's alone.
+        chmod(directory, 0o700)
         var configuration = Configuration()
         configuration.prepareDatabase { db in
             try db.execute(sql: "PRAGMA synchronous = NORMAL")

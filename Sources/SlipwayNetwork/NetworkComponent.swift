@@ -19,6 +19,8 @@ public struct NetworkOptions: ParsableArguments, Sendable {
     @Option(help: "The load balancer's public addresses, comma-separated: a custom domain with an A/AAAA record on one of them is verified (default: the listen hosts).")
     var networkPublicAddresses: String?
     @Option(help: "Seconds between checks of custom domains that are not verified (default 60).") var networkDomainCheckInterval: Int?
+    @Flag(help: "Route custom domains before their DNS check verified them (closed networks and tests; by default a custom domain is routed once verified).")
+    var networkRouteUnverifiedDomains = false
     @Option(help: "Seconds old nginx workers may take to finish requests after a change (default 30).") var networkDrainTimeout: Int?
     @Flag(help: "Stop nginx when the network service stops (default: nginx keeps serving; a restarted service adopts it).")
     var networkStopNginx = false
@@ -48,6 +50,7 @@ public struct NetworkComponent: PlatformComponent {
             do { try RouteValidation.domain(settings.baseDomain, field: "--network-base-domain") } catch { throw ValidationError("\(error)") }
         }
         if let drain = try positiveOption(options.networkDrainTimeout, "network-drain-timeout") { settings.drainTimeoutSeconds = drain }
+        settings.routeUnverifiedDomains = options.networkRouteUnverifiedDomains
         let interval = try positiveOption(options.networkDomainCheckInterval, "network-domain-check-interval") ?? 60
 
         let nginx = Nginx(binary: options.networkNginx ?? "/usr/sbin/nginx", directory: directory)

@@ -84,11 +84,13 @@ public struct NetworkState: Codable, Sendable, Equatable {
     }
 
     /// Every routed domain with the routes that serve it (a domain may carry several services under
-    /// different path prefixes), default domains included.
-    public func routesByDomain(baseDomain: String) -> [(domain: String, routes: [Route])] {
+    /// different path prefixes): default domains, and custom domains once verified (all of them
+    /// with `unverified`).
+    public func routesByDomain(baseDomain: String, unverified: Bool = false) -> [(domain: String, routes: [Route])] {
         var byDomain: [String: [Route]] = [:]
         for route in routes.values {
-            for domain in [route.defaultDomain(base: baseDomain)] + route.customDomains {
+            let custom = unverified ? route.customDomains : route.customDomains.filter { domainChecks[$0]?.state == .verified }
+            for domain in [route.defaultDomain(base: baseDomain)] + custom {
                 byDomain[domain, default: []].append(route)
             }
         }

@@ -19,6 +19,9 @@ public struct NginxConfig: Sendable {
         /// Client request bodies larger than this get 413.
         public var maxBodyMiB = 100
         public var accessLog = true
+        /// Custom domains are routed only once their DNS check verified them (they point at this
+        /// load balancer), unless this is set. Default domains are always routed.
+        public var routeUnverifiedDomains = false
 
         public init(directory: String, httpListen: String, httpsListen: String, baseDomain: String) {
             self.directory = directory
@@ -66,7 +69,7 @@ public struct NginxConfig: Sendable {
             map $http_upgrade $connection_upgrade { default upgrade; '' ''; }
 
         """
-        let byDomain = state.routesByDomain(baseDomain: s.baseDomain)
+        let byDomain = state.routesByDomain(baseDomain: s.baseDomain, unverified: s.routeUnverifiedDomains)
         var upstreams = Set<String>()
         for route in state.routes.values.sorted(by: { $0.key < $1.key }) where !state.backends(of: route).isEmpty {
             let name = upstreamName(route)

@@ -107,6 +107,22 @@ import Testing
         third()
     }
 
+    @Test func openStreamsAreCountedPerOrganizationOverAllItsTokens() throws {
+        let store = try Self.store()
+        let auth = Authenticator(store: store, defaultRateLimit: 5, maxStreamsPerToken: 2, maxStreamsPerOrganization: 3)
+        let a = try auth.authenticate(token: try Self.token(store, organization: "org_a"))
+        let b = try auth.authenticate(token: try Self.token(store, organization: "org_a"))
+        let other = try auth.authenticate(token: try Self.token(store, organization: "org_b"))
+        let held = [try auth.openStream(a), try auth.openStream(a), try auth.openStream(b)]
+        let refused = #expect(throws: RPCError.self) { try auth.openStream(b) }
+        #expect(refused?.code == .resourceExhausted && refused?.message.contains("organization org_a") == true)
+        // Another organization is not held up, and a closed stream frees a place.
+        let theirs = try auth.openStream(other)
+        held[0]()
+        let again = try auth.openStream(b)
+        for done in held + [theirs, again] { done() }
+    }
+
     @Test func theAdminTokenFileIsReplacedWhenItNoLongerWorks() throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("slipway-gw-\(UUID().uuidString)").path
         let store = try GatewayStore(directory: directory)
@@ -114,6 +130,9 @@ import Testing
         try Bootstrap.ensureAdminToken(store: store, file: file, logger: .init(label: "test"))
         let first = try String(contentsOfFile: file, encoding: .utf8)
         #expect((try FileManager.default.attributesOfItem(atPath: file)[.posixPermissions] as? Int) == 0o600)
+        // The database holds webhook secrets: its directory (with the WAL files) is the owner's alone.
+        #expect((try FileManager.default.attributesOfItem(atPath: directory)[.posixPermissions] as? Int) == 0o700)
+        #expect((try FileManager.default.attributesOfItem(atPath: directory + "/gateway.sqlite")[.posixPermissions] as? Int) == 0o600)
         try Bootstrap.ensureAdminToken(store: store, file: file, logger: .init(label: "test"))
         #expect(try String(contentsOfFile: file, encoding: .utf8) == first, "a working token is kept")
         let auth = Authenticator(store: store, defaultRateLimit: 1, maxStreamsPerToken: 1)

@@ -90,6 +90,17 @@ struct NginxConfigTests {
         state.routes = [web.key: web, api.key: api, idle.key: idle]
         state.backends = [web.key: ["127.0.0.1:9001", "127.0.0.1:9002"], api.key: ["[::1]:9003"]]
         state.challenges = ["tok": "tok.thumb"]
+        // A custom domain is routed once its DNS check verified it; a pending one is nobody's yet.
+        web.customDomains.append("pending.example.test")
+        state.routes[web.key] = web
+        state.domainChecks = [
+            "shop.example.test": .init(state: .verified, reason: "A 127.0.0.1", checkedAt: 1),
+            "pending.example.test": .init(state: .pending, reason: "no record", checkedAt: 1),
+        ]
+        #expect(!config.render(state).contains("pending.example.test"))
+        var open = config
+        open.settings.routeUnverifiedDomains = true
+        #expect(open.render(state).contains("server_name pending.example.test;"))
 
         let text = config.render(state)
         #expect(text.contains("server_name shop.example.test;"))

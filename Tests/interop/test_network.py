@@ -320,8 +320,10 @@ def dns():
 
 def test_custom_domains_are_verified_through_dns(pbs, dns):
     dns_port, call = dns
-    net = Network(pbs, "--network-dns-resolver", f"127.0.0.1:{dns_port}", "--network-public-addresses", "127.0.0.1,203.0.113.7")
+    net = Network(pbs, "--network-dns-resolver", f"127.0.0.1:{dns_port}", "--network-public-addresses", "127.0.0.1,203.0.113.7", verify_domains=True)
+    backend = Backend("web")
     try:
+        net.backends("svc-web", backend)
         call("/add-a", {"host": "a.example.test.", "addresses": ["203.0.113.7"]})
         call("/add-a", {"host": "elsewhere.example.test.", "addresses": ["198.51.100.1"]})
         call("/set-cname", {"host": "www.example.test.", "target": "web-dev.localhost."})
@@ -335,11 +337,16 @@ def test_custom_domains_are_verified_through_dns(pbs, dns):
         assert "resolves to 198.51.100.1" in states["elsewhere.example.test"][1] and "CNAME to web-dev.localhost" in states["elsewhere.example.test"][1]
         assert states["none.example.test"][0] == pb.DOMAIN_PENDING and "no A, AAAA or CNAME record" in states["none.example.test"][1]
 
-        # The owner fixes the record; the next check verifies it.
+        # Only verified domains are routed: the pending one is nobody's yet.
+        assert get(net, "a.example.test")[0] == 200
+        assert get(net, "elsewhere.example.test")[0] == 404 and "elsewhere.example.test" not in net.config()
+
+        # The owner fixes the record; the next check verifies it, and from then it is routed.
         call("/clear-a", {"host": "elsewhere.example.test."})
         call("/add-a", {"host": "elsewhere.example.test.", "addresses": ["127.0.0.1"]})
         status = net.stub.CheckDomains(net.key("svc-web"))
         assert {d.domain: d.state for d in status.domains}["elsewhere.example.test"] == pb.DOMAIN_VERIFIED
+        assert get(net, "elsewhere.example.test")[0] == 200
 
         # A resolver that fails is an error with the reason, not a verdict.
         call("/set-servfail", {"host": "none.example.test."})
@@ -348,6 +355,7 @@ def test_custom_domains_are_verified_through_dns(pbs, dns):
         assert none.state == pb.DOMAIN_ERROR and "response code 2" in none.reason
     finally:
         net.close()
+        backend.close()
 
 
 def test_a_resolver_that_does_not_answer_is_reported(pbs):

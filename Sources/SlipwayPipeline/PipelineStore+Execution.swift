@@ -40,14 +40,18 @@ extension PipelineStore {
     }
 
     /// The service's status after the change and the release it recorded, if any. `announce` runs
-    /// once every statement has succeeded, on the database's serial queue: what it publishes reaches
-    /// watchers in the order the changes were written (only a failing COMMIT, an I/O error, could
-    /// then undo it).
+    /// once the transaction has committed (what a watcher is told is on disk: a kill right after
+    /// cannot take it back), and announcements follow the order of the writes (one lock around
+    /// each write and its announcements).
     @discardableResult
     public func record(_ change: Change, announce: ((DeploymentStatus) -> Void)? = nil) throws -> (status: DeploymentStatus, releaseID: String?) {
         let prepared = try prepare(change)
-        return try write("deployment \(change.deploymentID)") { db in
-            try Self.apply(change, prepared, db, announce: announce)
+        return try announceOrder.withLock { _ in
+            let recorded = try write("deployment \(change.deploymentID)") { db in
+                try Self.apply(change, prepared, db)
+            }
+            announce?(recorded.status)
+            return recorded
         }
     }
 
@@ -92,24 +96,30 @@ extension PipelineStore {
             }
             if batch.isEmpty { return }
             var results: [Result<Recorded, any Error>] = []
-            do {
-                try write("deployment changes") { db in
-                    results = []
-                    for item in batch {
-                        do {
-                            var recorded: Recorded?
-                            try db.inSavepoint {
-                                recorded = try Self.apply(item.change, item.prepared, db, announce: item.announce)
-                                return .commit
+            announceOrder.withLock { _ in
+                do {
+                    try write("deployment changes") { db in
+                        results = []
+                        for item in batch {
+                            do {
+                                var recorded: Recorded?
+                                try db.inSavepoint {
+                                    recorded = try Self.apply(item.change, item.prepared, db)
+                                    return .commit
+                                }
+                                results.append(.success(recorded!))
+                            } catch {
+                                results.append(.failure(error))
                             }
-                            results.append(.success(recorded!))
-                        } catch {
-                            results.append(.failure(error))
                         }
                     }
+                } catch {
+                    results = batch.map { _ in .failure(error) }
                 }
-            } catch {
-                results = batch.map { _ in .failure(error) }
+                // Committed: now watchers may hear of it, in the order of the batch.
+                for (item, result) in zip(batch, results) {
+                    if case .success(let recorded) = result { item.announce?(recorded.status) }
+                }
             }
             for (item, result) in zip(batch, results) { item.continuation.resume(with: result) }
         }
@@ -130,7 +140,7 @@ extension PipelineStore {
             })
     }
 
-    private static func apply(_ change: Change, _ prepared: Prepared, _ db: Database, announce: ((DeploymentStatus) -> Void)?) throws -> Recorded {
+    private static func apply(_ change: Change, _ prepared: Prepared, _ db: Database) throws -> Recorded {
         let now = prepared.now
         let releaseID = prepared.releaseID
         let sealedRelease = prepared.release
@@ -209,7 +219,6 @@ extension PipelineStore {
                 try db.cachedStatement(sql: "DELETE FROM custom_domain WHERE service_id = ?").execute(arguments: [change.serviceID])
             }
             if change.event != nil { try Self.markEndedIfDone(db, change.deploymentID) }
-            announce?(status)
             return (status, releaseID)
         }
     }

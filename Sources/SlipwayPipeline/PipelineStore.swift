@@ -31,6 +31,8 @@ public final class PipelineStore: Sendable {
     let database: DatabaseQueue
     /// Changes waiting to be written together (``recordGrouped(_:announce:)``).
     let group = Mutex(ChangeGroup())
+    /// Held around a status write and its announcements (``record(_:announce:)``).
+    let announceOrder = Mutex(())
     /// Seals and opens the services' secrets (its key is `<directory>/secrets.key`).
     let sealer: SecretSealer
 

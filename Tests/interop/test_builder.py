@@ -4,6 +4,7 @@ streams its output to the real slipway-logs. Both services take only mutual TLS:
 operator's platform certificate, the builder its own to slipway-logs.
 """
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -177,3 +178,29 @@ def test_a_build_that_asks_for_no_network_gets_none(pbs, platform):
         request.network = builder_pb.BUILD_NETWORK_NONE
         _, result = local.build(stub, builder_pb, request)
         assert result.outcome == builder_pb.BUILD_SUCCEEDED, result.message
+
+
+def test_sources_outside_https_ssh_and_the_allowed_directory_are_refused(pbs, platform):
+    """The builder of this suite allows repositories under its data directory only (as `slipway up
+    --local-sources` does): anything else on the machine, other transports and keyless ssh are
+    INVALID_ARGUMENT, and the same process goes on building."""
+    builder_pb, builder_grpc, _, _ = pbs
+    state, _ = platform
+    pid = state["builder"].pid
+    outside = tempfile.mkdtemp(prefix="slipway-outside-")
+    local.example_repository(os.path.join(outside, "repo"))
+    with builder_channel(state) as channel:
+        stub = builder_grpc.BuilderStub(channel)
+        for url, words in [(os.path.join(outside, "repo"), "outside the directories"), ("file:///etc", "outside the directories"),
+                           ("git://example.com/x.git", "transport is not allowed"), ("ext::sh -c id", "remote helpers"),
+                           ("http://example.com/x.git", "plain http"), ("git@example.com:x.git", "ssh_key")]:
+            request = local.build_request(builder_pb, f"src-{uuid.uuid4().hex[:8]}", url, state["registry"], image="interop/src")
+            with pytest.raises(grpc.RpcError) as raised:
+                list(stub.Build(request))
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT and words in raised.value.details(), (url, raised.value.details())
+        repo = os.path.join(state["data"], "inside")
+        local.example_repository(repo)
+        _, result = local.build(stub, builder_pb, local.build_request(builder_pb, f"src-{uuid.uuid4().hex[:8]}", repo, state["registry"], image="interop/src"))
+        assert result.outcome == builder_pb.BUILD_SUCCEEDED, result.message
+    assert state["builder"].poll() is None and state["builder"].pid == pid
+    shutil.rmtree(outside, ignore_errors=True)

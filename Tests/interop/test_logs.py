@@ -6,6 +6,7 @@ Every wait polls a condition against a deadline; no sleep stands in for a condit
 restart or configure retention start their own server over their own data directory.
 """
 import itertools
+import os
 import queue
 import threading
 import time
@@ -981,3 +982,38 @@ def test_list_streams_reports_ranges_and_bytes(stub, logs_pb):
         assert (info.first_seq, info.last_seq) == (1, 10 * n)
         assert info.bytes >= sum(len(f"x{i}") for i in range(10 * n))
     assert infos[key_tuple(keys[2])].bytes > infos[key_tuple(keys[0])].bytes
+
+
+def test_a_corrupt_record_on_disk_costs_only_its_line_and_is_reported(logs_pb):
+    pb = logs_pb
+    srv = LogsServer()
+    try:
+        key = app_key(pb)
+        with make_channel(srv) as ch:
+            appender = Appender(pb[1].LogsStub(ch), pb)
+            for i in range(20):
+                appender.send([line(pb, key, f"line-{i:02d}")])
+            appender.close()
+        srv.kill9()
+        # A bit flips in line 8's record: its checksum no longer matches; everything around it is intact.
+        segments = [os.path.join(root, name) for root, _, names in os.walk(os.path.join(srv.data_dir, "logs")) for name in names if name.endswith(".log")]
+        path = next(p for p in segments if b"line-07" in open(p, "rb").read())
+        data = bytearray(open(path, "rb").read())
+        data[data.index(b"line-07")] ^= 0xFF
+        with open(path, "wb") as f:
+            f.write(data)
+        srv.start()
+        with make_channel(srv) as ch:
+            stub = pb[1].LogsStub(ch)
+            lines = query_all(stub, pb, key)
+            assert [l.seq for l in lines] == list(range(1, 21))
+            assert [l.text for l in lines if l.text.startswith("line-")] == [f"line-{i:02d}" for i in range(20) if i != 7]
+            assert "corrupt on disk" in lines[7].text and lines[7].level == pb[0].WARN
+            # It goes on from there.
+            appender = Appender(stub, pb)
+            assert appender.range_of(appender.send([line(pb, key, "after")]), key) == (21, 21)
+            appender.close()
+        with open(srv.stderr.name) as f:
+            assert "corrupt on disk" in f.read()
+    finally:
+        srv.cleanup()

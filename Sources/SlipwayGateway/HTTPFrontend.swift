@@ -216,13 +216,17 @@ struct HTTPFrontend: Sendable {
         let release: @Sendable () -> Void
         let source: EventSource
         do {
-            if let wait = failures.wait(request.remoteAddress) {
-                throw RPCError(.resourceExhausted, "too many unauthenticated requests from \(request.remoteAddress ?? "this address"); retry in \(wait) s")
-            }
             (release, source) = try await prepareStream(request)
         } catch {
-            let failure = error as? RPCError ?? RPCError(.internal, "\(error)")
-            if failure.code == .unauthenticated { failures.charge(request.remoteAddress) }
+            var failure = error as? RPCError ?? RPCError(.internal, "\(error)")
+            if failure.code == .unauthenticated {
+                // As for webhooks: a right token always gets through; a source that keeps failing
+                // is told to back off.
+                if let wait = failures.wait(request.remoteAddress) {
+                    failure = RPCError(.resourceExhausted, "\(failure.message); too many unauthenticated requests from \(request.remoteAddress ?? "this address"), retry in \(wait) s")
+                }
+                failures.charge(request.remoteAddress)
+            }
             try await Self.writeJSON(Self.status(failure.code), Self.error(failure.code, failure.message), to: writer)
             return
         }

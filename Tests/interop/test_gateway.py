@@ -526,7 +526,8 @@ def test_refused_sources_are_throttled_without_blocking_verified_deliveries_and_
     port = local.free_port()
     log = open(os.path.join(s.data, "gateway-limits.log"), "wb")
     gateway = subprocess.Popen([os.path.join(BIN_DIR, "slipway-gateway"), "--listen", f"127.0.0.1:{port}", "--data-dir", s.data,
-                                "--gateway-refusals-per-source", "1", "--gateway-max-connections", "4"],
+                                "--gateway-refusals-per-source", "1", "--gateway-max-connections", "4",
+                                "--gateway-max-streams-per-organization", "2"],
                                env=s.env, stdout=subprocess.DEVNULL, stderr=log)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -544,6 +545,27 @@ def test_refused_sources_are_throttled_without_blocking_verified_deliveries_and_
         # A verified delivery from the same address goes through.
         status, answer = deliver(s, svc, secret, {"zen": "hi"}, event="ping", base=base)
         assert (status, answer["outcome"]) == (200, "DELIVERY_IGNORED"), answer
+        # Event streams: two for the whole organization, whichever of its tokens opens them.
+        first = s.json("token", "create", "streams-1", "--role", "viewer", "--org", "throttle")["secret"]
+        second = s.json("token", "create", "streams-2", "--role", "viewer", "--org", "throttle")["secret"]
+        url = f"{base}/v1/events?environment_id={p.environment}"
+        held = [urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"}), timeout=10) for token in (first, second)]
+        assert all(response.status == 200 for response in held)
+        status, body = sse(url, headers={"Authorization": f"Bearer {second}"})
+        assert status == 429 and "organization" in body[0]["error"]["message"], body
+        held.pop().close()
+
+        def opens():
+            try:
+                with urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": f"Bearer {second}"}), timeout=10) as response:
+                    return response.status == 200
+            except urllib.error.HTTPError as error:
+                assert error.code == 429
+                return False
+        local.wait_until(opens, 30, "a closed stream did not free its place (at the latest at the next 15 s heartbeat)")
+        for response in held:
+            response.close()
+
         # Connections: at most four are kept, more are closed as soon as they are accepted (which of
         # six gets in is the accept order's business); closing them frees the places.
         sockets = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(6)]

@@ -204,3 +204,62 @@ def test_sources_outside_https_ssh_and_the_allowed_directory_are_refused(pbs, pl
         assert result.outcome == builder_pb.BUILD_SUCCEEDED, result.message
     assert state["builder"].poll() is None and state["builder"].pid == pid
     shutil.rmtree(outside, ignore_errors=True)
+
+
+def test_a_hostile_registry_cannot_send_the_builder_to_the_machine(pbs, platform):
+    """A registry named in a build request answers 401 with a token realm on the builder's own
+    machine (where the platform's services and metadata endpoints listen): the builder does not go
+    there, fails the build saying why, and shows none of the registry's body."""
+    import http.server
+    import threading
+
+    builder_pb, builder_grpc, _, _ = pbs
+    state, _ = platform
+    hits = []
+
+    class Token(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            hits.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b'{"token":"t"}')
+
+        def log_message(self, *args):
+            pass
+
+    token_server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Token)
+
+    class Hostile(http.server.BaseHTTPRequestHandler):
+        def answer(self):
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", f'Bearer realm="http://localhost:{token_server.server_port}/token",service="x"')
+            self.send_header("Content-Length", "26")
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(b"SECRET-BODY-OF-A-REGISTRY!")
+
+        do_GET = do_HEAD = answer
+
+        def log_message(self, *args):
+            pass
+
+    registry = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
+    for server in (token_server, registry):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        pid = state["builder"].pid
+        repo = os.path.join(state["data"], "hostile-registry")
+        local.example_repository(repo)
+        request = local.build_request(builder_pb, f"hostile-{uuid.uuid4().hex[:8]}", repo, state["registry"], image="interop/hostile")
+        request.registry.host = f"127.0.0.1:{registry.server_port}"
+        request.registry.insecure = True
+        request.registry.username, request.registry.password = "u", "p"
+        with builder_channel(state) as channel:
+            _, result = local.build(builder_grpc.BuilderStub(channel), builder_pb, request)
+        assert result.outcome == builder_pb.BUILD_FAILED and "token requests" in result.message, result
+        assert "SECRET" not in result.message
+        assert hits == [], hits
+        assert state["builder"].poll() is None and state["builder"].pid == pid
+    finally:
+        registry.shutdown()
+        token_server.shutdown()

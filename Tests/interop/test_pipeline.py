@@ -277,6 +277,27 @@ def test_organization_quotas_answer_resource_exhausted_and_a_domain_is_one_servi
         p.stop()
 
 
+def test_history_beyond_what_is_kept_is_pruned_when_the_pipeline_starts(pbs):
+    p = Platform(pbs, "--pipeline-simulate", "builder,cluster,network,certs", "--pipeline-keep-deployments", "2", "--pipeline-keep-releases", "2")
+    try:
+        pb = p.pb
+        env, ids = p.environment(("api", p.app()))
+        for _ in range(4):
+            assert p.wait_ended(p.deploy(env).deployment_id).status == pb.DEPLOYED
+        history = p.stub.ListDeployments(pb.ListDeploymentsRequest(environment_id=env, page_size=100)).deployments
+        assert len(history) == 4  # pruned at start and every 10 minutes, not at each deployment
+        p.kill9()
+        p.start()
+        kept = p.stub.ListDeployments(pb.ListDeploymentsRequest(environment_id=env, page_size=100)).deployments
+        assert [d.id for d in kept] == [d.id for d in history[:2]]
+        releases = p.stub.ListReleases(pb.ListReleasesRequest(service_id=ids["api"], page_size=100)).releases
+        assert len(releases) == 2
+        # Rollback to a kept release still works; the service runs on.
+        assert p.wait_ended(p.stub.Rollback(pb.RollbackRequest(service_id=ids["api"], release_id=releases[1].id)).deployment_id).status == pb.DEPLOYED
+    finally:
+        p.stop()
+
+
 def probed(config, **numbers):
     """`config` with an HTTP readiness probe with these numbers."""
     config.readiness_probe.http.path = "/health"

@@ -435,7 +435,7 @@ public actor PipelineEngine {
             deploymentID: record.id, environment: environment, service: service, requestedVersion: record.details[serviceID]?.requestedVersion ?? "")
         work.organizationID = try store.organizationID(projectID: environment.projectID)
         if !work.requestedVersion.isEmpty {
-            work.requestedCommitWasReleased = try store.releases(serviceID: serviceID, limit: 500).contains { $0.commit == work.requestedVersion }
+            work.requestedCommitWasReleased = try store.hasRelease(serviceID: serviceID, commit: work.requestedVersion)
         }
         return ServicePlan(action: record.action, work: work, rollback: rollback, stored: stored, log: log)
     }

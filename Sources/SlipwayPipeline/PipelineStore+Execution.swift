@@ -273,6 +273,14 @@ extension PipelineStore {
     }
 
     /// A service's releases, newest first.
+    /// Whether a kept release of the service was built from `commit` (one indexed read: no
+    /// configuration decoded, no secret opened).
+    public func hasRelease(serviceID: String, commit: String) throws -> Bool {
+        try database.inDatabase { db in
+            try Bool.fetchOne(db.cachedStatement(sql: "SELECT EXISTS (SELECT 1 FROM release WHERE service_id = ? AND commit_sha = ?)"), arguments: [serviceID, commit]) ?? false
+        }
+    }
+
     public func releases(serviceID: String, limit: Int = 20) throws -> [Release] {
         let rows = try database.inDatabase { db in
             try Row.fetchAll(db.cachedStatement(sql: "SELECT * FROM release WHERE service_id = ? ORDER BY created_at DESC, rowid DESC LIMIT ?"),

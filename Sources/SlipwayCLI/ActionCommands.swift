@@ -85,6 +85,13 @@ func follow(_ gateway: GatewayClient, _ out: Output, environment: String, deploy
     return try await gateway.call(API.GetDeployment.self, get)
 }
 
+/// How a step lived through pipeline restarts, for the history.
+func interrupted(_ step: Slipway_Pipeline_V1_StepRecord) -> String {
+    guard step.interruptions > 0 else { return "" }
+    let times = step.interruptions == 1 ? "once" : "\(step.interruptions) times"
+    return "\(step.message.isEmpty ? "" : " ")(interrupted \(times) by a pipeline restart; resumed at \(timestamp(step.resumedUnixMillis)))"
+}
+
 func printDeployment(_ out: Output, _ deployment: Slipway_Pipeline_V1_Deployment) {
     let took = deployment.endedUnixMillis > 0 ? " in \(duration(deployment.endedUnixMillis - deployment.createdUnixMillis))" : ""
     out.line("deployment \(deployment.id) \(deployment.action.protoName) \(out.status(deployment.status))\(took) (\(deployment.origin.protoName) by \(deployment.triggeredBy))")
@@ -92,7 +99,7 @@ func printDeployment(_ out: Output, _ deployment: Slipway_Pipeline_V1_Deployment
         out.line("  \(out.paint(service.serviceName, .bold))  \(out.status(service.status))\(service.commit.isEmpty ? "" : "  commit \(service.commit.prefix(12))")\(service.reason.isEmpty ? "" : "  " + service.reason)")
         for step in service.steps {
             let status = step.status.protoName.replacingOccurrences(of: "STEP_", with: "").lowercased()
-            out.line("    \(step.step.protoName.lowercased().padding(toLength: 18, withPad: " ", startingAt: 0)) \(status.padding(toLength: 10, withPad: " ", startingAt: 0)) \(duration(step.durationMillis).padding(toLength: 9, withPad: " ", startingAt: 0)) \(step.message)")
+            out.line("    \(step.step.protoName.lowercased().padding(toLength: 18, withPad: " ", startingAt: 0)) \(status.padding(toLength: 10, withPad: " ", startingAt: 0)) \(duration(step.durationMillis).padding(toLength: 9, withPad: " ", startingAt: 0)) \(step.message)\(interrupted(step))")
         }
     }
 }

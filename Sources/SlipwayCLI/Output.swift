@@ -143,7 +143,8 @@ enum JSON {
                     "status": service.status.protoName, "reason": service.reason, "release_id": service.releaseId,
                     "steps": service.steps.map { step -> [String: Any] in
                         ["step": step.step.protoName, "status": step.status.protoName, "started_unix_millis": step.startedUnixMillis,
-                         "duration_millis": step.durationMillis, "message": step.message]
+                         "duration_millis": step.durationMillis, "message": step.message, "interruptions": step.interruptions,
+                         "resumed_unix_millis": step.resumedUnixMillis]
                     },
                 ]
             },

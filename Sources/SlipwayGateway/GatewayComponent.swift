@@ -190,10 +190,10 @@ struct TLSRefresh: Service {
 }
 
 /// Finishes webhook deliveries recorded but not acted on: at start (the gateway stopped in
-/// between), then every minute (the pipeline could not be reached).
+/// between), then every 2 seconds while some wait (the pipeline could not be reached).
 struct ResumeDeliveries: Service {
     let webhooks: WebhookReceiver
-    static let interval = Duration.seconds(60)
+    static let interval = Duration.seconds(2)
 
     func run() async throws {
         await cancelWhenGracefulShutdown {

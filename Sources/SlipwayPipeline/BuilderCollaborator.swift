@@ -60,7 +60,7 @@ public struct BuilderCollaborator: ImageCollaborator {
     private func run<M: ProtoMethod>(
         _ method: M.Type, _ request: M.Input, cloned: (@Sendable (String) async -> Void)?
     ) async throws -> BuiltImage where M.Output == Slipway_Builder_V1_BuildEvent {
-        let result: Slipway_Builder_V1_BuildResult? = try await client.serverStreaming(method, request) { events in
+        let result: Slipway_Builder_V1_BuildResult? = try await stepCall("slipway-builder") { try await client.serverStreaming(method, request) { events in
             for try await event in events {
                 switch event.event {
                 case .step(let step) where step.step == .build && step.state == .stepStarted:
@@ -72,7 +72,7 @@ public struct BuilderCollaborator: ImageCollaborator {
                 }
             }
             return nil
-        }
+        } }
         guard let result else { throw StepFailure("the builder ended the call without a result") }
         switch result.outcome {
         case .buildSucceeded:

@@ -14,7 +14,7 @@ public struct ClusterCollaboratorRPC: ClusterCollaborator {
     }
 
     public func deploy(_ work: ServiceWork, image: String) async throws -> RunningStatus {
-        _ = try await stepCall { try await client.deploy(request(work, image: image)) }
+        _ = try await stepCall("slipway-cluster") { try await client.deploy(request(work, image: image)) }
         return .running
     }
 
@@ -30,7 +30,7 @@ public struct ClusterCollaboratorRPC: ClusterCollaborator {
     }
 
     public func restart(_ work: ServiceWork) async throws -> RunningStatus {
-        let instances = try await stepCall { try await client.listInstances(workloadRequest(work)) }.instances
+        let instances = try await stepCall("slipway-cluster") { try await client.listInstances(workloadRequest(work)) }.instances
         guard let image = instances.first?.image else {
             throw StepFailure("\(work.service.name) has no instances to restart; deploy it first")
         }
@@ -38,12 +38,12 @@ public struct ClusterCollaboratorRPC: ClusterCollaborator {
     }
 
     public func stop(_ work: ServiceWork) async throws -> RunningStatus {
-        _ = try await stepCall { try await client.stop(workloadRequest(work)) }
+        _ = try await stepCall("slipway-cluster") { try await client.stop(workloadRequest(work)) }
         return .stopped
     }
 
     public func delete(_ work: ServiceWork) async throws {
-        _ = try await stepCall { try await client.delete(workloadRequest(work)) }
+        _ = try await stepCall("slipway-cluster") { try await client.delete(workloadRequest(work)) }
     }
 
     func workload(_ work: ServiceWork) -> Slipway_Cluster_V1_Workload {

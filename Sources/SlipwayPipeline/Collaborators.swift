@@ -67,10 +67,14 @@ public struct StepFailure: Error, Sendable, Equatable, CustomStringConvertible {
     public var message: String
     /// The build failed because of the code (BUILD_ERROR), not the platform.
     public var isBuildError: Bool
+    /// The service doing the step could not be reached (stopped, restarting): the step is tried
+    /// again until it answers or the step's time limit passes.
+    public var isUnavailable: Bool
 
-    public init(_ message: String, isBuildError: Bool = false) {
+    public init(_ message: String, isBuildError: Bool = false, isUnavailable: Bool = false) {
         self.message = message
         self.isBuildError = isBuildError
+        self.isUnavailable = isUnavailable
     }
 
     public var description: String { message }

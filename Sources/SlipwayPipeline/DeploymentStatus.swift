@@ -74,7 +74,7 @@ public enum DeploymentStatus: String, Sendable, CaseIterable, Codable {
     /// Waiting for its turn in the environment's queue.
     public var isQueued: Bool { [.queued, .restartQueued, .stopQueued, .deleteQueued].contains(self) }
 
-    /// Work is running for it (a crash leaves it here; see ``interrupted``).
+    /// Work is running for it (a crash leaves it here: the work resumes when the pipeline restarts).
     public var isRunning: Bool { [.building, .deploying, .canceling, .restarting, .stopping, .deleting].contains(self) }
 
     /// The deployment is over for this service.
@@ -102,21 +102,6 @@ public enum DeploymentStatus: String, Sendable, CaseIterable, Codable {
     public static func initial(_ event: Event) throws(InvalidTransition) -> DeploymentStatus {
         guard case .queue(let action) = event else { throw InvalidTransition(from: .skipped, event: event) }
         return queued(action)
-    }
-
-    /// Where a service left in this status by a crash of the pipeline ends: running work is failed
-    /// (it cannot be known to have finished), a cancel in progress is canceled. Queued and final
-    /// statuses stay, and queued deployments run again after the restart.
-    public var interrupted: DeploymentStatus {
-        switch self {
-        case .building: .buildError
-        case .deploying: .deploymentError
-        case .canceling: .canceled
-        case .restarting: .restartError
-        case .stopping: .stopError
-        case .deleting: .deleteError
-        default: self
-        }
     }
 
     private static func next(_ status: DeploymentStatus, _ event: Event) -> DeploymentStatus? {

@@ -23,16 +23,17 @@ public struct NetworkCollaboratorRPC: NetworkCollaborator {
         if work.service.configuration.ports.first(where: \.isPublic)?.kind == .grpc { route.protocol = .grpc }
         var request = Slipway_Network_V1_SetRouteRequest()
         request.route = route
-        _ = try await stepCall { try await client.setRoute(request) }
+        _ = try await stepCall("slipway-network") { try await client.setRoute(request) }
     }
 
     public func removeRoutes(_ work: ServiceWork) async throws {
-        do {
-            _ = try await client.deleteRoute(Self.key(work))
-        } catch let error as RPCError where error.code == .notFound {
-            // Never routed, or already removed: nothing to do.
-        } catch let error as RPCError where error.code != .cancelled {
-            throw StepFailure(error.message)
+        _ = try await stepCall("slipway-network") { () async throws -> Bool in
+            do {
+                _ = try await client.deleteRoute(Self.key(work))
+                return true
+            } catch let error as RPCError where error.code == .notFound {
+                return false  // Never routed, or already removed: nothing to do.
+            }
         }
     }
 
@@ -57,7 +58,7 @@ public struct CertificateCollaboratorRPC: CertificateCollaborator {
     }
 
     public func certificate(_ work: ServiceWork) async throws {
-        let status = try await stepCall { try await network.getRoute(NetworkCollaboratorRPC.key(work)) }
+        let status = try await stepCall("slipway-network") { try await network.getRoute(NetworkCollaboratorRPC.key(work)) }
         try await issue([status.defaultDomain])
         let custom = status.domains.filter { $0.domain != status.defaultDomain }
         let verified = custom.filter { $0.state == .domainVerified }.map(\.domain)
@@ -72,7 +73,7 @@ public struct CertificateCollaboratorRPC: CertificateCollaborator {
     private func issue(_ domains: [String]) async throws {
         var request = Slipway_Certs_V1_IssueRequest()
         request.domains = domains
-        let certificate = try await stepCall {
+        let certificate = try await stepCall("slipway-certs") {
             try await certs.issue(request, options: CallOptions(timeout: .seconds(300)))
         }
         guard certificate.state == .certificateIssued else {
@@ -81,10 +82,13 @@ public struct CertificateCollaboratorRPC: CertificateCollaborator {
     }
 }
 
-/// A collaborator's refusal becomes the step's failure with its message; cancellation stays cancellation.
-func stepCall<T: Sendable>(_ body: () async throws -> T) async throws -> T {
+/// A collaborator's refusal becomes the step's failure with its message; cancellation stays
+/// cancellation; a collaborator that cannot be reached (UNAVAILABLE) is named, and the step waits for it.
+func stepCall<T: Sendable>(_ service: String, _ body: () async throws -> T) async throws -> T {
     do {
         return try await body()
+    } catch let error as RPCError where error.code == .unavailable {
+        throw StepFailure("\(service) is unavailable: \(error.message)", isUnavailable: true)
     } catch let error as RPCError where error.code != .cancelled {
         throw StepFailure(error.message)
     }

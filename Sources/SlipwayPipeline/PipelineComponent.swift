@@ -17,7 +17,7 @@ public struct PipelineOptions: ParsableArguments, Sendable {
     @Option(help: "Deployments that may wait per environment (default 100); beyond, RESOURCE_EXHAUSTED.") var pipelineMaxQueued: Int?
     @Option(help: "Seconds GIT_CLONE+BUILD or MIRROR_IMAGE may take (default 1800).") var pipelineBuildTimeout: Int?
     @Option(help: "Seconds any other step may take (default 600).") var pipelineStepTimeout: Int?
-    @Option(help: "normal (commits survive a killed process) or full (also a power failure; slower). Default normal.")
+    @Option(help: "acknowledged (default: what a client was answered survives a power failure), normal (commits survive a killed process) or full (every commit is fsynced).")
     var pipelineDurability: String?
     @Option(help: "Finished deployments kept per service, with their steps (default 200); older ones are removed.") var pipelineKeepDeployments: Int?
     @Option(help: "Releases kept per service (default 50): how far back a rollback can go.") var pipelineKeepReleases: Int?
@@ -51,7 +51,7 @@ public struct PipelineOptions: ParsableArguments, Sendable {
         }
         if let value = pipelineDurability {
             guard let durability = PipelineStore.Durability(rawValue: value) else {
-                throw ValidationError("--pipeline-durability must be normal or full, got \"\(value)\"")
+                throw ValidationError("--pipeline-durability must be acknowledged, normal or full, got \"\(value)\"")
             }
             configuration.durability = durability
         }
@@ -68,7 +68,7 @@ public struct PipelineConfiguration: Sendable {
     public var simulated: Set<Collaborator> = []
     public var simulatedStepDelay: Duration = .zero
     public var limits = PipelineEngine.Limits()
-    public var durability = PipelineStore.Durability.normal
+    public var durability = PipelineStore.Durability.acknowledged
     public var retention = Retention()
     public var quotas = OrganizationQuotas()
 

@@ -111,27 +111,19 @@ public actor PipelineEngine {
 
     // MARK: Start and recovery
 
-    /// Brings the deployments a previous run left unfinished to a clear state and starts the queues:
-    /// work that was running when the process died ended with the state machine's interrupted
-    /// status and a reason; a deployment interrupted that way skips what it had not started; one
-    /// that was between stages resumes; waiting ones run in their order.
+    /// Picks up what a previous run left unfinished and starts the queues: a service whose work
+    /// was running when the process stopped resumes at the step it was in (each step is safe to run
+    /// again: docs/architecture.md), the deployment's later stages follow, and waiting deployments
+    /// run in their order.
     public func start() throws {
-        let reason = "interrupted: the pipeline stopped while this step ran (restarted at \(ISO8601DateFormatter().string(from: Date())))"
-        let interrupted = Set(try store.recoverAfterCrash(reason: reason))
-        for deploymentID in interrupted {
-            logger.warning("deployment interrupted by a restart", metadata: ["deployment": "\(deploymentID)"])
+        for interrupted in try store.prepareResume() {
+            logger.warning("resuming work a restart interrupted", metadata: [
+                "deployment": "\(interrupted.deploymentID)", "service": "\(interrupted.serviceID)",
+                "status": "\(interrupted.status.rawValue)", "step": "\(interrupted.step?.rawValue ?? "none")",
+            ])
         }
         for deployment in try store.unfinishedDeployments() {
-            if deployment.started && interrupted.contains(deployment.id) {
-                for serviceID in deployment.queuedServices {
-                    var change = PipelineStore.Change(deploymentID: deployment.id, serviceID: serviceID)
-                    change.event = .skip
-                    change.reason = "not run: an earlier stage was interrupted by a pipeline restart"
-                    try store.record(change)
-                }
-                continue
-            }
-            _ = enqueue(deployment.id, environmentID: deployment.environmentID, action: deployment.action, services: deployment.queuedServices)
+            _ = enqueue(deployment.id, environmentID: deployment.environmentID, action: deployment.action, services: deployment.openServices)
         }
     }
 
@@ -339,7 +331,8 @@ public actor PipelineEngine {
         }
         let log = DeploymentLog(shipper: logs, environmentID: record.environmentID, deploymentID: deploymentID)
         let reverse = record.action == .stop || record.action == .delete
-        let pending = record.services.filter { $0.value.isQueued }.keys
+        // Queued, or running when the pipeline stopped (resumed).
+        let pending = record.services.filter { !$0.value.isFinal }.keys
         let stages = Dictionary(grouping: pending) { record.details[$0]?.stage ?? 0 }
             .sorted { reverse ? $0.key > $1.key : $0.key < $1.key }
         let names = record.details.values.map(\.name).sorted().joined(separator: ", ")
@@ -437,7 +430,14 @@ public actor PipelineEngine {
         if !work.requestedVersion.isEmpty {
             work.requestedCommitWasReleased = try store.hasRelease(serviceID: serviceID, commit: work.requestedVersion)
         }
-        return ServicePlan(action: record.action, work: work, rollback: rollback, stored: stored, log: log)
+        var resume: ServicePlan.Resume?
+        if let status = record.services[serviceID], status.isRunning {
+            let detail = record.details[serviceID]
+            resume = .init(
+                status: status, step: try store.runningStep(deploymentID: record.id, serviceID: serviceID),
+                commit: detail?.commit ?? "", image: detail?.image ?? "")
+        }
+        return ServicePlan(action: record.action, work: work, rollback: rollback, stored: stored, log: log, resume: resume)
     }
 }
 
@@ -450,5 +450,16 @@ struct ServicePlan: Sendable {
     /// The configuration (JSON) and secrets (sealed) as stored, when the work runs with them.
     var stored: (configurationJSON: String, sealedSecrets: Data)?
     var log: DeploymentLog
+    /// Set when the service's work was running when the pipeline stopped: it goes on from there.
+    var resume: Resume?
     var service: ManagedService { work.service }
+
+    struct Resume: Sendable {
+        var status: DeploymentStatus
+        /// The step that was running (nil: none was recorded).
+        var step: PipelineStore.Step?
+        /// What the interrupted run had recorded: the commit built and the image, once known.
+        var commit: String
+        var image: String
+    }
 }

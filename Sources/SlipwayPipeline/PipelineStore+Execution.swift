@@ -98,7 +98,7 @@ extension PipelineStore {
             var results: [Result<Recorded, any Error>] = []
             announceOrder.withLock { _ in
                 do {
-                    try write("deployment changes") { db in
+                    try write("deployment changes", acknowledged: false) { db in
                         results = []
                         for item in batch {
                             do {
@@ -237,8 +237,8 @@ extension PipelineStore {
         public var environmentID: String
         public var action: ServiceAction
         public var started: Bool
-        /// Services still queued in it.
-        public var queuedServices: [String]
+        /// Services still queued in it, or running when the pipeline stopped (to resume).
+        public var openServices: [String]
     }
 
     /// Deployments not over, oldest first (the order they were queued in).
@@ -248,16 +248,24 @@ extension PipelineStore {
                 db, sql: "SELECT id, environment_id, action, started_at FROM deployment WHERE ended_at IS NULL ORDER BY created_at, rowid"
             ).map { row in
                 let id: String = row["id"]
-                let queued = try String.fetchAll(db.cachedStatement(sql: "SELECT service_id FROM deployment_service WHERE deployment_id = ? AND status IN (\(Self.queuedList)) ORDER BY service_id"),
+                let open = try String.fetchAll(db.cachedStatement(sql: "SELECT service_id FROM deployment_service WHERE deployment_id = ? AND status IN (\(Self.unfinishedList)) ORDER BY service_id"),
                     arguments: [id])
                 return Unfinished(
                     id: id, environmentID: row["environment_id"], action: ServiceAction(rawValue: row["action"]) ?? .deploy,
-                    started: row["started_at"] as Double? != nil, queuedServices: queued)
+                    started: row["started_at"] as Double? != nil, openServices: open)
             }
         }
     }
 
-    static let queuedList = DeploymentStatus.allCases.filter(\.isQueued).map { "'\($0.rawValue)'" }.joined(separator: ",")
+    /// The step of a service's deployment that is running, if one is.
+    public func runningStep(deploymentID: String, serviceID: String) throws -> Step? {
+        try database.inDatabase { db in
+            try String.fetchOne(
+                db.cachedStatement(sql: "SELECT step FROM deployment_step WHERE deployment_id = ? AND service_id = ? AND status = ? ORDER BY started_at DESC LIMIT 1"),
+                arguments: [deploymentID, serviceID, StepStatus.running.rawValue]
+            ).flatMap(Step.init(rawValue:))
+        }
+    }
 
     // MARK: Releases
 
@@ -411,7 +419,7 @@ extension PipelineStore {
     /// service's newest release, are always kept.
     @discardableResult
     public func prune(deploymentsPerService: Int, releasesPerService: Int) throws -> Pruned {
-        try write("retention") { db -> Pruned in
+        try write("retention", acknowledged: false) { db -> Pruned in
             var pruned = Pruned()
             try db.execute(sql: "DROP TABLE IF EXISTS temp.pruned_part")
             try db.execute(sql: """

@@ -39,17 +39,26 @@ public final class PipelineStore: Sendable {
     public enum Durability: String, Sendable, CaseIterable {
         /// Every commit is in the write-ahead log, handed to the OS (survives a killed process).
         case normal
-        /// Every commit is also flushed to the disk (survives a power failure).
+        /// As `normal`, and a commit a client's answer depends on (the model, a Deploy, a cancel)
+        /// is flushed to the disk before the answer: what was acknowledged survives a power
+        /// failure. A deployment's progress is not flushed one commit at a time: a power failure
+        /// may take back its last steps' records, and the deployment resumes from the step before.
+        case acknowledged
+        /// Every commit is also flushed to the disk.
         case full
     }
+
+    /// How commits reach the disk.
+    public let durability: Durability
 
     /// Opens (creating if needed) `<directory>/pipeline.sqlite` and the secrets key
     /// `<directory>/secrets.key` (0600), and brings the schema up to date.
     /// What each organization may hold (checked where it is written).
     public let quotas: OrganizationQuotas
 
-    public init(directory: String, durability: Durability = .normal, quotas: OrganizationQuotas = OrganizationQuotas()) throws {
+    public init(directory: String, durability: Durability = .acknowledged, quotas: OrganizationQuotas = OrganizationQuotas()) throws {
         self.quotas = quotas
+        self.durability = durability
         // The database holds the whole model (variables in clear): the directory is the owner's alone.
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         chmod(directory, 0o700)
@@ -149,6 +158,12 @@ public final class PipelineStore: Sendable {
                 let label = try Self.assignLabel(service: row["name"], environment: row["environment_name"], environmentID: nil, db)
                 try db.execute(sql: "UPDATE service SET domain_label = ? WHERE id = ?", arguments: [label, row["id"] as String])
             }
+        }
+        migrator.registerMigration("v6: steps resumed after a restart") { db in
+            try db.execute(sql: """
+                ALTER TABLE deployment_step ADD COLUMN interruptions INTEGER NOT NULL DEFAULT 0;
+                ALTER TABLE deployment_step ADD COLUMN resumed_at REAL;
+                """)
         }
         return migrator
     }
@@ -443,27 +458,36 @@ public final class PipelineStore: Sendable {
         }
     }
 
-    /// After a crash: every service left running in a deployment ends where the state machine says
-    /// an interrupted one ends (BUILDING → BUILD_ERROR, ...), with the reason; queued ones stay
-    /// queued to run again. Returns the deployments that were changed.
-    public func recoverAfterCrash(reason: String) throws -> [String] {
-        try write("recovery") { db in
+    /// A service's work a stopped pipeline left in progress: it resumes at `step`.
+    public struct Interrupted: Sendable, Equatable {
+        public var deploymentID: String
+        public var serviceID: String
+        public var status: DeploymentStatus
+        /// The step that was running (nil if none was: the status alone says where to go on).
+        public var step: Step?
+    }
+
+    /// After a restart: every service left running in a deployment is to resume where it was. Its
+    /// running step stays RUNNING (its start time, so its duration includes the outage) and counts
+    /// the interruption, with the time it resumed. Returns the services to resume; queued ones stay
+    /// queued and run in their turn.
+    public func prepareResume(at time: Date = Date()) throws -> [Interrupted] {
+        try write("resume", acknowledged: false) { db in
             let running = DeploymentStatus.allCases.filter(\.isRunning)
-            let rows = try Row.fetchAll(
-                db, sql: "SELECT deployment_id, service_id, status FROM deployment_service WHERE status IN (\(running.map { "'\($0.rawValue)'" }.joined(separator: ",")))")
-            var changed: Set<String> = []
-            for row in rows {
-                guard let status = DeploymentStatus(rawValue: row["status"]) else { continue }
-                let deploymentID: String = row["deployment_id"]
-                try db.cachedStatement(sql: "UPDATE deployment_service SET status = ?, reason = ? WHERE deployment_id = ? AND service_id = ?").execute(
-                    arguments: [status.interrupted.rawValue, reason, deploymentID, row["service_id"] as String])
-                try db.cachedStatement(sql: "UPDATE service SET deployment_status = ? WHERE id = ?").execute(arguments: [status.interrupted.rawValue, row["service_id"] as String])
-                changed.insert(deploymentID)
+            let rows = try Row.fetchAll(db, sql: """
+                SELECT s.deployment_id, s.service_id, s.status, st.step FROM deployment_service s
+                LEFT JOIN deployment_step st ON st.deployment_id = s.deployment_id AND st.service_id = s.service_id AND st.status = '\(StepStatus.running.rawValue)'
+                WHERE s.status IN (\(running.map { "'\($0.rawValue)'" }.joined(separator: ","))) ORDER BY s.deployment_id, s.service_id
+                """)
+            try db.cachedStatement(sql: "UPDATE deployment_step SET interruptions = interruptions + 1, resumed_at = ? WHERE status = ?").execute(
+                arguments: [time.timeIntervalSince1970, StepStatus.running.rawValue])
+            var seen = Set<String>()
+            return rows.compactMap { row -> Interrupted? in
+                guard let status = DeploymentStatus(rawValue: row["status"]) else { return nil }
+                let key = "\(row["deployment_id"] as String)/\(row["service_id"] as String)"
+                guard seen.insert(key).inserted else { return nil }
+                return Interrupted(deploymentID: row["deployment_id"], serviceID: row["service_id"], status: status, step: (row["step"] as String?).flatMap(Step.init(rawValue:)))
             }
-            for deploymentID in changed { try Self.markEndedIfDone(db, deploymentID) }
-            try db.cachedStatement(sql: "UPDATE deployment_step SET status = ?, ended_at = ?, message = ? WHERE status = ?").execute(
-                arguments: [StepStatus.failed.rawValue, Date().timeIntervalSince1970, reason, StepStatus.running.rawValue])
-            return changed.sorted()
         }
     }
 
@@ -496,6 +520,10 @@ public final class PipelineStore: Sendable {
         public var startedAt: Date
         public var endedAt: Date?
         public var message: String
+        /// Pipeline restarts the step lived through (it resumed after each).
+        public var interruptions = 0
+        /// When it last resumed after one.
+        public var resumedAt: Date?
         public var duration: TimeInterval? { endedAt.map { $0.timeIntervalSince(startedAt) } }
     }
 
@@ -523,7 +551,8 @@ public final class PipelineStore: Sendable {
                 StepRecord(
                     serviceID: row["service_id"], step: Step(rawValue: row["step"]) ?? .build, status: StepStatus(rawValue: row["status"]) ?? .failed,
                     startedAt: Date(timeIntervalSince1970: row["started_at"]), endedAt: (row["ended_at"] as Double?).map(Date.init(timeIntervalSince1970:)),
-                    message: row["message"])
+                    message: row["message"], interruptions: row["interruptions"],
+                    resumedAt: (row["resumed_at"] as Double?).map(Date.init(timeIntervalSince1970:)))
             }
         }
     }
@@ -559,9 +588,23 @@ public final class PipelineStore: Sendable {
 
     // MARK: Helpers
 
-    func write<T>(_ what: String, _ body: (Database) throws -> T) throws -> T {
+    /// One transaction. `acknowledged`: a client's answer depends on it (with durability
+    /// `acknowledged`, it is flushed to the disk before this returns).
+    func write<T>(_ what: String, acknowledged: Bool = true, _ body: (Database) throws -> T) throws -> T {
         do {
-            return try database.write(body)
+            guard durability == .acknowledged, acknowledged else { return try database.write(body) }
+            return try database.writeWithoutTransaction { db in
+                // The connection's default is NORMAL; this commit, and with it every earlier one in
+                // the write-ahead log, is fsynced.
+                try db.execute(sql: "PRAGMA synchronous = FULL")
+                defer { try? db.execute(sql: "PRAGMA synchronous = NORMAL") }
+                var result: T?
+                try db.inTransaction {
+                    result = try body(db)
+                    return .commit
+                }
+                return result!
+            }
         } catch let error as DatabaseError where error.extendedResultCode == .SQLITE_CONSTRAINT_UNIQUE {
             throw Failure.alreadyExists(what)
         }

@@ -324,6 +324,8 @@ enum Proto {
         message.startedUnixMillis = millis(step.startedAt)
         message.durationMillis = step.endedAt.map { millis($0) - millis(step.startedAt) } ?? 0
         message.message = step.message
+        message.interruptions = UInt32(clamping: step.interruptions)
+        message.resumedUnixMillis = step.resumedAt.map(millis) ?? 0
         return message
     }
 

@@ -58,21 +58,31 @@ struct ServiceRun {
     /// True when the service ended in success.
     func run() async -> Bool {
         do {
+            if let resume = plan.resume {
+                // The pipeline stopped while this ran: go on from the step it was in.
+                progress.step = resume.step
+                progress.status = resume.status
+                write("resumed\(resume.step.map { " at \($0.rawValue)" } ?? "") after a pipeline restart", step: resume.step ?? .deployment)
+                if resume.status == .canceling { throw CancellationError() }
+            }
+            let resumeAt = plan.resume?.step
             switch plan.action {
             case .deploy: try await deploy()
             case .restart:
-                try await change(.start, start: .deployment)
+                if plan.resume == nil { try await change(.start, start: .deployment) }
                 let running = try await timed(.deployment) { try await context.collaborators.cluster.restart(work) }
                 try await change(.succeed, end: .succeeded, running: running)
             case .stop:
-                try await change(.start, start: .deployment)
+                if plan.resume == nil { try await change(.start, start: .deployment) }
                 let running = try await timed(.deployment) { try await context.collaborators.cluster.stop(work) }
                 try await change(.succeed, end: .succeeded, running: running)
             case .delete:
-                try await change(.start, start: .deployment)
-                try await timed(.deployment) { try await context.collaborators.cluster.delete(work) }
+                if plan.resume == nil { try await change(.start, start: .deployment) }
+                if resumeAt != .routerDeployment {
+                    try await timed(.deployment) { try await context.collaborators.cluster.delete(work) }
+                }
                 if work.isPublic {
-                    try await change(nil, end: .succeeded, start: .routerDeployment)
+                    if resumeAt != .routerDeployment { try await change(nil, end: .succeeded, start: .routerDeployment) }
                     try await timed(.routerDeployment) { try await context.collaborators.network.removeRoutes(work) }
                 }
                 try await change(.succeed, end: .succeeded) { $0.markDeleted = true }
@@ -87,19 +97,35 @@ struct ServiceRun {
     private func deploy() async throws {
         let image: BuiltImage
         let collaborators = context.collaborators
+        let resume = plan.resume
+        // Resumed at or after DEPLOYMENT: the image is the one the interrupted run had recorded.
+        let resumedRollout = resume?.step.map { [.deployment, .routerDeployment, .certificate].contains($0) } ?? false
         if let release = plan.rollback {
-            try await change(.start, start: .deployment)
+            if resume == nil {
+                try await change(.start, start: .deployment)
+                write("deploying release \(release.id) again (\(release.image))", step: .deployment)
+            }
             image = BuiltImage(commit: release.commit, image: release.image, skipped: true)
-            write("deploying release \(release.id) again (\(release.image))", step: .deployment)
+        } else if resumedRollout, let resume, !resume.image.isEmpty {
+            var commit = resume.commit
+            if commit.isEmpty, case .container(_, let tag) = work.service.configuration.source {
+                commit = work.requestedVersion.isEmpty ? tag : work.requestedVersion
+            }
+            image = BuiltImage(commit: commit, image: resume.image, skipped: true)
         } else {
             switch work.service.configuration.source {
             case .application:
-                try await change(.startBuild, start: .gitClone)
+                if resume == nil {
+                    try await change(.startBuild, start: .gitClone)
+                } else if resume?.status == .deploying {
+                    // Killed after the build was recorded but before the image was: build again (it is skipped).
+                    try await change(nil, end: .failed, message: "interrupted before the image was recorded", start: .gitClone)
+                }
                 let (running, waiting) = await context.builds.load(work.organizationID)
                 if running >= context.builds.limit {
                     write("waiting for one of the organization's \(context.builds.limit) build slots (\(running) running, \(waiting) waiting)", step: .gitClone)
                 }
-                let built = try await timed(.gitClone, limit: context.limits.buildTimeout) { [self] in
+                let built = try await timed(progress.step ?? .gitClone, limit: context.limits.buildTimeout) { [self] in
                     try await context.builds.withSlot(work.organizationID) {
                         try await collaborators.images.build(work) { _ in
                             // The commit is fetched: GIT_CLONE ends, BUILD starts.
@@ -108,30 +134,46 @@ struct ServiceRun {
                     }
                 }
                 if progress.step == .gitClone { try await change(nil, end: .succeeded, start: .build) }
-                try await change(.start, end: built.skipped ? .skipped : .succeeded, message: built.skipped ? "the image is already in the registry" : "", start: .deployment) {
+                try await change(progress.status == .deploying ? nil : .start, end: built.skipped ? .skipped : .succeeded,
+                                 message: built.skipped ? "the image is already in the registry" : "", start: .deployment) {
                     $0.commit = built.commit
                     $0.image = built.image
                 }
                 image = built
             case .container(_, let tag):
-                try await change(.start, start: .mirrorImage)
+                if resume == nil {
+                    try await change(.start, start: .mirrorImage)
+                } else if progress.step != .mirrorImage {
+                    try await change(nil, end: .failed, message: "interrupted before the image was recorded", start: .mirrorImage)
+                }
                 var mirrored = try await timed(.mirrorImage, limit: context.limits.buildTimeout) { try await collaborators.images.mirror(work) }
                 mirrored.commit = work.requestedVersion.isEmpty ? tag : work.requestedVersion
                 try await change(nil, end: mirrored.skipped ? .skipped : .succeeded, start: .deployment) { $0.image = mirrored.image }
                 image = mirrored
             }
         }
-        let running = try await timed(.deployment) { try await collaborators.cluster.deploy(work, image: image.image) }
-        try await change(nil, end: .succeeded, start: .routerDeployment, running: running)
+        try await rollout(image, from: resumedRollout ? resume?.step ?? .deployment : .deployment)
+    }
+
+    /// DEPLOYMENT → ROUTER_DEPLOYMENT → CERTIFICATE from `from` on (a resumed run starts at the
+    /// step it was in), then the release. The steps before `from` were recorded as done.
+    private func rollout(_ image: BuiltImage, from: PipelineStore.Step) async throws {
+        let collaborators = context.collaborators
+        if from == .deployment {
+            let running = try await timed(.deployment) { try await collaborators.cluster.deploy(work, image: image.image) }
+            try await change(nil, end: .succeeded, start: .routerDeployment, running: running)
+        }
         // The last step's end and the service's success are one write.
         var last = (status: PipelineStore.StepStatus.succeeded, message: "")
         if work.isPublic {
-            try await timed(.routerDeployment) { try await collaborators.network.route(work) }
-            try await change(nil, end: .succeeded, start: .certificate)
+            if from != .certificate {
+                try await timed(.routerDeployment) { try await collaborators.network.route(work) }
+                try await change(nil, end: .succeeded, start: .certificate)
+            }
             try await timed(.certificate) { try await collaborators.certs.certificate(work) }
         } else {
             last = (.skipped, "no public port")
-            try await change(nil, end: .skipped, message: last.message, start: .certificate)
+            if from != .certificate { try await change(nil, end: .skipped, message: last.message, start: .certificate) }
         }
         try await change(.succeed, end: last.status, message: last.message) { change in
             change.release = PipelineStore.ReleaseDraft(
@@ -141,21 +183,43 @@ struct ServiceRun {
         }
     }
 
-    /// Runs a step's work within its time limit.
+    /// Runs a step's work within its time limit. While the service doing it cannot be reached
+    /// (stopped, restarting), the work is tried again with a growing pause (up to
+    /// ``unavailableRetryCap``), each wait in the deployment's log.
     @discardableResult
     private func timed<T: Sendable>(_ step: PipelineStore.Step, limit: Duration? = nil, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
         let limit = limit ?? context.limits.stepTimeout
         progress.deadline.withLock { $0 = Deadline(at: .now + limit, limit: limit) }
         defer { progress.deadline.withLock { $0.at = nil } }
-        do {
-            return try await body()
-        } catch {
-            if progress.deadline.withLock({ $0.expired }) {
-                throw StepFailure("did not finish within \(Self.format(limit)) (the step timed out)")
+        var pause = Duration.milliseconds(250)
+        var attempts = 0
+        while true {
+            do {
+                return try await body()
+            } catch {
+                if progress.deadline.withLock({ $0.expired }) {
+                    let why = (error as? StepFailure).map { $0.isUnavailable ? " (\($0.message))" : "" } ?? ""
+                    throw StepFailure("did not finish within \(Self.format(limit)) (the step timed out)\(why)")
+                }
+                guard let failure = error as? StepFailure, failure.isUnavailable, !Task.isCancelled else { throw error }
+                attempts += 1
+                // The first wait, then one line in ten: the log says what it waits for without filling up.
+                if attempts % 10 == 1 { write("\(failure.message); trying again until it answers (attempt \(attempts))", step: step) }
+                do {
+                    try await Task.sleep(for: pause)
+                } catch {
+                    if progress.deadline.withLock({ $0.expired }) {
+                        throw StepFailure("did not finish within \(Self.format(limit)) (the step timed out): \(failure.message)")
+                    }
+                    throw error
+                }
+                pause = min(pause * 2, Self.unavailableRetryCap)
             }
-            throw error
         }
     }
+
+    /// The longest pause between two tries of a step whose service is unavailable.
+    static let unavailableRetryCap = Duration.seconds(2)
 
     // MARK: Recording
 

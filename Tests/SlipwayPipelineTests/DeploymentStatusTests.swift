@@ -103,20 +103,6 @@ import Testing
         #expect(reached == Set(Status.allCases))
     }
 
-    @Test func aCrashLeavesNoServiceRunningForever() {
-        for status in Status.allCases {
-            let after = status.interrupted
-            #expect(!after.isRunning, "\(status) after a crash is \(after)")
-            if status.isRunning {
-                #expect(after.isFinal)
-            } else {
-                #expect(after == status)
-            }
-        }
-        #expect(Status.building.interrupted == .buildError)
-        #expect(Status.canceling.interrupted == .canceled)
-    }
-
     @Test func everyStatusIsQueuedRunningOrFinalExactlyOnce() {
         for status in Status.allCases {
             #expect([status.isQueued, status.isRunning, status.isFinal].filter { $0 }.count == 1, "\(status)")

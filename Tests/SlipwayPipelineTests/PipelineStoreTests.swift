@@ -254,24 +254,32 @@ import Testing
         #expect(retry.record.id == first.record.id)
     }
 
-    @Test func afterACrashNothingStaysRunningAndQueuedWorkStaysQueued() throws {
+    @Test func afterACrashRunningWorkIsMarkedToResumeAndQueuedWorkStaysQueued() throws {
         let path = directory()
         let store = try PipelineStore(directory: path)
         let (environment, service) = try hello(store)
         let other = try store.createService(environmentID: environment.id, name: "api", configuration: ServiceSpec(source: .container(image: "nginx", tag: "1")))
         let running = try store.recordDeployment(environmentID: environment.id, action: .deploy, services: [service.id: "v1", other.id: "1"], origin: .api, triggeredBy: "t", idempotencyKey: nil).record
-        try store.apply(.startBuild, deploymentID: running.id, serviceID: service.id)
+        var change = PipelineStore.Change(deploymentID: running.id, serviceID: service.id)
+        change.event = .startBuild
+        change.startStep = .gitClone
+        try store.record(change)
         let queued = try store.recordDeployment(environmentID: environment.id, action: .restart, services: [service.id: ""], origin: .api, triggeredBy: "t", idempotencyKey: nil).record
 
         // A new process on the same files, as after kill -9.
         let restarted = try PipelineStore(directory: path)
-        #expect(try restarted.recoverAfterCrash(reason: "the pipeline restarted while this step ran") == [running.id])
+        let resumedAt = Date(timeIntervalSince1970: 2_000_000_000)
+        #expect(try restarted.prepareResume(at: resumedAt) == [.init(deploymentID: running.id, serviceID: service.id, status: .building, step: .gitClone)])
         let recovered = try restarted.deployment(running.id)
-        #expect(recovered.services[service.id] == .buildError)
-        #expect(recovered.reasons[service.id] == "the pipeline restarted while this step ran")
+        #expect(recovered.services[service.id] == .building)
         #expect(recovered.services[other.id] == .queued)
         #expect(try restarted.deployment(queued.id).services[service.id] == .restartQueued)
-        #expect(try restarted.recoverAfterCrash(reason: "again").isEmpty)
+        let step = try #require(try restarted.steps(deploymentID: running.id).first)
+        #expect(step.status == .running && step.interruptions == 1 && step.resumedAt == resumedAt)
+        #expect(try restarted.unfinishedDeployments().map(\.openServices) == [[service.id, other.id].sorted(), [service.id]])
+        // A second restart counts a second interruption.
+        _ = try restarted.prepareResume(at: resumedAt)
+        #expect(try restarted.steps(deploymentID: running.id).first?.interruptions == 2)
     }
 
     @Test func deletingAnOrganizationDeletesEverythingUnderIt() throws {

@@ -232,6 +232,7 @@ final class ScriptedCollaborators: ImageCollaborator, ClusterCollaborator, Netwo
         var arrivals: [(key: String, count: Int, continuation: CheckedContinuation<Void, Never>)] = []
         var counts: [String: Int] = [:]
         var failures: [String: String] = [:]
+        var unavailable: [String: Int] = [:]
         var active = 0
         var maxActive = 0
     }
@@ -266,6 +267,11 @@ final class ScriptedCollaborators: ImageCollaborator, ClusterCollaborator, Netwo
         state.withLock { $0.failures["\(kind)/\(service)"] = message }
     }
 
+    /// The next `times` `kind` calls for `service` fail as a collaborator that cannot be reached would.
+    func unavailable(_ kind: String, _ service: String, times: Int) {
+        state.withLock { $0.unavailable["\(kind)/\(service)"] = times }
+    }
+
     /// Returns once the `count`-th `kind` call for `service` ("*": any service) has begun.
     func arrived(_ kind: String, _ service: String, count: Int = 1) async {
         let key = "\(kind)/\(service)"
@@ -295,7 +301,12 @@ final class ScriptedCollaborators: ImageCollaborator, ClusterCollaborator, Netwo
             }
             let ready = state.arrivals.filter(isReady).map(\.continuation)
             state.arrivals.removeAll(where: isReady)
-            return (ready, state.holdStreams.removeValue(forKey: key), state.failures[key])
+            var failure = state.failures[key].map { StepFailure($0, isBuildError: kind == "build") }
+            if let left = state.unavailable[key], left > 0 {
+                state.unavailable[key] = left - 1
+                failure = StepFailure("slipway-\(kind == "deploy" ? "cluster" : kind) is unavailable: cannot connect", isUnavailable: true)
+            }
+            return (ready, state.holdStreams.removeValue(forKey: key), failure)
         }
         defer {
             if kind == "deploy" { state.withLock { $0.active -= 1 } }
@@ -305,7 +316,7 @@ final class ScriptedCollaborators: ImageCollaborator, ClusterCollaborator, Netwo
             for await _ in stream {}
         }
         try Task.checkCancellation()
-        if let failure { throw StepFailure(failure, isBuildError: kind == "build") }
+        if let failure { throw failure }
     }
 
     func build(_ work: ServiceWork, cloned: @escaping @Sendable (String) async -> Void) async throws -> BuiltImage {

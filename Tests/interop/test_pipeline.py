@@ -1,6 +1,6 @@
 """slipway-pipeline as its users see it: grpcio (an independent gRPC implementation) drives the real
 executable. The crash tests kill -9 the process at every step boundary and check that, after a
-restart, every deployment either resumes or ends with a reason: there the collaborators are simulated
+restart, every deployment resumes where it was and reaches its outcome: there the collaborators are simulated
 (--pipeline-simulate), each step taking --pipeline-simulated-step-ms. The last tests deploy a real
 git repository through the real builder, registry, cluster, network (nginx) and certs services.
 Every service takes only mutual TLS: they run over one data directory whose platform CA issued all
@@ -125,19 +125,19 @@ def simulated(pbs):
     platform.stop()
 
 
-# Each case: the step the kill lands in, the service it runs for, and the status it must end in.
+# Each case: the step the kill lands in and the service it runs for.
 BOUNDARIES = [
-    ("GIT_CLONE", "api", "BUILD_ERROR"),
-    ("BUILD", "api", "BUILD_ERROR"),
-    ("DEPLOYMENT", "api", "DEPLOYMENT_ERROR"),
-    ("ROUTER_DEPLOYMENT", "api", "DEPLOYMENT_ERROR"),
-    ("CERTIFICATE", "api", "DEPLOYMENT_ERROR"),
-    ("MIRROR_IMAGE", "web", "DEPLOYMENT_ERROR"),
+    ("GIT_CLONE", "api"),
+    ("BUILD", "api"),
+    ("DEPLOYMENT", "api"),
+    ("ROUTER_DEPLOYMENT", "api"),
+    ("CERTIFICATE", "api"),
+    ("MIRROR_IMAGE", "web"),
 ]
 
 
-@pytest.mark.parametrize("step,service,expected", BOUNDARIES)
-def test_kill9_at_a_step_boundary_ends_every_deployment_with_a_reason(simulated, step, service, expected):
+@pytest.mark.parametrize("step,service", BOUNDARIES)
+def test_kill9_at_a_step_resumes_there_and_every_deployment_reaches_its_outcome(simulated, step, service):
     p, pb = simulated, simulated.pb
     env, ids = p.environment(("api", p.app(stage=0)), ("web", p.container(stage=1)))
     accepted = {}
@@ -154,19 +154,22 @@ def test_kill9_at_a_step_boundary_ends_every_deployment_with_a_reason(simulated,
     assert waiting.queue_position == 1
     p.start()
 
+    # The interrupted deployment goes on from the step it was in and deploys both stages.
     first = p.wait_ended(running.deployment_id)
+    assert first.status == pb.DEPLOYED, [(s.service_name, s.reason) for s in first.services]
     killed = p.service(first, ids[service])
-    assert pb.DeploymentStatus.Name(killed.status) == expected
-    assert killed.reason.startswith("interrupted: the pipeline stopped while this step ran"), killed.reason
-    interrupted_step = next(s for s in killed.steps if s.step == pb.Step.Value(step))
-    assert interrupted_step.status == pb.STEP_FAILED and interrupted_step.duration_millis >= 0
-    assert interrupted_step.message.startswith("interrupted")
-    if service == "api":
-        # Stage 1 had not started: it does not run after an interruption.
-        web = p.service(first, ids["web"])
-        assert web.status == pb.SKIPPED and web.reason == "not run: an earlier stage was interrupted by a pipeline restart"
+    interrupted = next(s for s in killed.steps if s.step == pb.Step.Value(step))
+    assert interrupted.status == pb.STEP_SUCCEEDED and interrupted.interruptions == 1 and interrupted.resumed_unix_millis >= interrupted.started_unix_millis
+    # Its duration runs from its first start to its end: the time the pipeline was down is in it.
+    assert interrupted.started_unix_millis + interrupted.duration_millis >= interrupted.resumed_unix_millis
+    assert sum(s.interruptions for svc in first.services for s in svc.steps) == 1
+    expected = ["MIRROR_IMAGE", "DEPLOYMENT", "ROUTER_DEPLOYMENT", "CERTIFICATE"] if service == "web" else ["GIT_CLONE", "BUILD", "DEPLOYMENT", "ROUTER_DEPLOYMENT", "CERTIFICATE"]
+    assert [pb.Step.Name(s.step) for s in killed.steps] == expected
+    assert p.service(first, ids["web"]).status == pb.DEPLOYED
+    releases = p.stub.ListReleases(pb.ListReleasesRequest(service_id=ids[service])).releases
+    assert len([r for r in releases if r.deployment_id == running.deployment_id]) == 1
 
-    # The deployment that was waiting runs after the restart.
+    # The deployment that was waiting runs after it.
     second = p.wait_ended(waiting.deployment_id)
     assert second.status == pb.DEPLOYED
     assert [pb.Step.Name(s.step) for s in p.service(second, ids["api"]).steps] == [
@@ -177,9 +180,7 @@ def test_kill9_at_a_step_boundary_ends_every_deployment_with_a_reason(simulated,
     assert all(d.ended_unix_millis > 0 for d in history.deployments)
     status = p.stub.GetEnvironmentStatus(pb.GetEnvironmentStatusRequest(environment_id=env))
     assert status.running_deployment_id == "" and list(status.queued_deployment_ids) == []
-    # Rolled up from each service's latest deployment: api's ran after the restart; web's is the interrupted one
-    # when the kill landed in web's step (api's interruption skipped web, and SKIPPED does not count).
-    assert pb.DeploymentStatus.Name(status.deployment_status) == ("DEPLOYED" if service == "api" else expected)
+    assert pb.DeploymentStatus.Name(status.deployment_status) == "DEPLOYED"
 
 
 def test_kill9_between_stages_resumes_the_deployment(simulated):
@@ -194,12 +195,11 @@ def test_kill9_between_stages_resumes_the_deployment(simulated):
     p.start()
     deployment = p.wait_ended(running.deployment_id)
     assert p.service(deployment, ids["db"]).status == pb.DEPLOYED
+    # Whether api had started or not, it is deployed, and db is not deployed again.
     api = p.service(deployment, ids["api"])
-    # Either api had not started (the deployment resumed and deployed it) or its step was interrupted.
-    if api.status == pb.DEPLOYED:
-        assert [pb.StepStatus.Name(s.status) for s in api.steps] == ["STEP_SUCCEEDED"] * 3 + ["STEP_SKIPPED"] * 2
-    else:
-        assert api.status == pb.BUILD_ERROR and api.reason.startswith("interrupted"), api.reason
+    assert api.status == pb.DEPLOYED, api.reason
+    assert [pb.StepStatus.Name(s.status) for s in api.steps] == ["STEP_SUCCEEDED"] * 3 + ["STEP_SKIPPED"] * 2
+    assert all(s.interruptions == 0 for s in p.service(deployment, ids["db"]).steps)
 
 
 def test_a_stuck_step_times_out_with_a_reason(pbs):
@@ -404,12 +404,16 @@ def with_cluster(pbs):
     registry_port, builder_port, cluster_port, logs_port, network_port, certs_port, http_port, https_port = (local.free_port() for _ in range(8))
     registry = local.start_registry(os.path.join(data, "registry"), registry_port)
     logs = local.start_service(BIN_DIR, "logs", data, logs_port)
-    builder = local.start_service(BIN_DIR, "builder", data, builder_port, "--builder-registry", f"127.0.0.1:{registry_port}",
-                                  "--logs-address", f"127.0.0.1:{logs_port}")
+    # How each collaborator is started (again, after a kill).
+    starts = {
+        "builder": (builder_port, "--builder-registry", f"127.0.0.1:{registry_port}", "--logs-address", f"127.0.0.1:{logs_port}"),
+        "cluster": (cluster_port, "--network-address", f"127.0.0.1:{network_port}"),
+    }
+    builder = local.start_service(BIN_DIR, "builder", data, *starts["builder"])
     network = local.start_service(BIN_DIR, "network", data, network_port, "--network-http-listen", f"127.0.0.1:{http_port}",
                                   "--network-https-listen", f"127.0.0.1:{https_port}")
     certs = local.start_service(BIN_DIR, "certs", data, certs_port, "--network-address", f"127.0.0.1:{network_port}")
-    cluster = local.start_service(BIN_DIR, "cluster", data, cluster_port, "--network-address", f"127.0.0.1:{network_port}")
+    cluster = local.start_service(BIN_DIR, "cluster", data, *starts["cluster"])
     platform = Platform(pbs, "--builder-address", f"127.0.0.1:{builder_port}", "--cluster-address", f"127.0.0.1:{cluster_port}",
                         "--network-address", f"127.0.0.1:{network_port}", "--certs-address", f"127.0.0.1:{certs_port}",
                         "--pipeline-simulate", "none", "--pipeline-step-timeout", "30", data=data, logs=(logs_port, logs))
@@ -418,10 +422,19 @@ def with_cluster(pbs):
     platform.cluster = (cluster_pb, cluster_grpc.ClusterStub(channel))
     platform.https_port = https_port
     platform.local_ca = os.path.join(data, "certs", "local-ca.crt")
+    platform.collaborators = {"builder": builder, "cluster": cluster}
+
+    def restart(name):
+        """kill -9 of a collaborator, then the same command again."""
+        platform.collaborators[name].send_signal(signal.SIGKILL)
+        platform.collaborators[name].wait()
+        platform.collaborators[name] = local.start_service(BIN_DIR, name, data, *starts[name])
+
+    platform.restart = restart
     yield platform, data, f"127.0.0.1:{registry_port}"
     channel.close()
     platform.stop()
-    local.stop(builder, cluster, certs, network, registry)
+    local.stop(*platform.collaborators.values(), certs, network, registry)
     local.stop_nginx(data)
     # Whatever a failed test left running.
     for instance in subprocess.run(["runc", "--root", os.path.join(data, "cluster", "runc"), "list", "-q"],
@@ -586,3 +599,44 @@ def test_a_pushed_commit_is_built_run_and_replaced_by_the_next_one(with_cluster)
     # The route is gone: the load balancer refuses the name (its HTTPS server is gone with the route).
     status, body = through_load_balancer(p, host)
     assert status is None and "UNRECOGNIZED_NAME" in body, (status, body)
+
+
+def test_killed_services_mid_step_resume_and_the_new_version_serves(with_cluster):
+    """kill -9 of the pipeline in each step of a real deployment (git, buildah, registry, runc, nginx,
+    the local CA), and of the builder during BUILD and the cluster during DEPLOYMENT: each time the
+    deployment goes on once the process is back, ends DEPLOYED, and the load balancer serves the new
+    version."""
+    p, data, registry = with_cluster
+    pb = p.pb
+    repo = os.path.join(data, "hello")
+    local.example_repository(repo)
+    config = p.app(url=repo, build_args={"BASE": f"{registry}/slipway/busybox:latest"})
+    config.readiness_probe.CopyFrom(pb.Probe(http=pb.HttpProbe(path="/health", port=8080), period_seconds=5, failure_threshold=1))
+    env, ids = p.environment(("hello", config))
+    host = "hello-prod.localhost"
+    assert p.wait_ended(p.deploy(env).deployment_id, timeout=300).status == pb.DEPLOYED
+
+    kills = [("pipeline", step) for step in ("GIT_CLONE", "BUILD", "DEPLOYMENT", "ROUTER_DEPLOYMENT", "CERTIFICATE")]
+    kills += [("builder", "BUILD"), ("cluster", "DEPLOYMENT")]
+    for number, (victim, step) in enumerate(kills):
+        version = f"version {number} ({victim} killed in {step})"
+        with open(os.path.join(repo, "www", "index.html"), "w") as f:
+            f.write(f"<h1>{version}</h1>\n")
+        local.commit(repo, version)
+        accepted = {}
+        p.watch_until(env, lambda e: e.kind == pb.EVENT_STEP and e.step == pb.Step.Value(step) and e.step_status == pb.STEP_RUNNING,
+                      then=lambda: accepted.update(deployment=p.deploy(env)), timeout=120)
+        if victim == "pipeline":
+            p.kill9()
+            p.start()
+        else:
+            p.restart(victim)
+        deployment = p.wait_ended(accepted["deployment"].deployment_id, timeout=300)
+        hello = p.service(deployment, ids["hello"])
+        assert deployment.status == pb.DEPLOYED, (victim, step, hello.reason, [(pb.Step.Name(s.step), s.message) for s in hello.steps])
+        interruptions = {pb.Step.Name(s.step): s.interruptions for s in hello.steps if s.interruptions}
+        # A pipeline killed in a step resumes that step (unless the step had ended the moment the kill landed).
+        assert interruptions in ({step: 1}, {}) if victim == "pipeline" and step in ("GIT_CLONE", "ROUTER_DEPLOYMENT", "CERTIFICATE") \
+            else interruptions == ({step: 1} if victim == "pipeline" else {}), (victim, step, interruptions)
+        status, body = through_load_balancer(p, host)
+        assert status == 200 and version in body, (victim, step, status, body)

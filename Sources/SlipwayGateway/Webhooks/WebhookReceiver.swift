@@ -131,9 +131,12 @@ final class WebhookReceiver: Sendable {
         do {
             answer = try await decide(record)
         } catch let error as RPCError where [RPCStatusCode.unavailable, .deadlineExceeded, .internal, .unknown].contains(error.code) {
-            // Left RECEIVED: retried when the gateway restarts, or by the host's redelivery.
-            logger.warning("webhook delivery not processed", metadata: ["delivery": "\(record.id)", "error": "\(error)"])
-            return Answer(status: 503, outcome: .deliveryReceived, reason: "the pipeline could not be reached (\(error.message)); retry the delivery", deliveryRecordID: record.id)
+            // Left RECEIVED, and on the disk: the gateway asks again until the pipeline answers
+            // (``ResumeDeliveries``), so the push is accepted now and not lost.
+            logger.warning("webhook delivery waits for the pipeline", metadata: ["delivery": "\(record.id)", "error": "\(error)"])
+            return Answer(
+                status: 202, outcome: .deliveryReceived,
+                reason: "recorded; the pipeline is not answering (\(error.message)): the gateway deploys it once it does", deliveryRecordID: record.id)
         } catch let error as RPCError {
             answer = Answer(status: 422, outcome: .deliveryRejected, reason: "the deployment was refused: \(error.message)")
         } catch {
@@ -219,7 +222,7 @@ final class WebhookReceiver: Sendable {
     /// Deliveries recorded but not finished (the gateway stopped, or the pipeline could not be
     /// reached): asked for again.
     func resume() async {
-        guard let pending = try? store.unfinishedDeliveries(), !pending.isEmpty else { return }
+        guard (try? store.hasUnfinishedDeliveries()) != false, let pending = try? store.unfinishedDeliveries(), !pending.isEmpty else { return }
         logger.info("resuming webhook deliveries", metadata: ["count": "\(pending.count)"])
         for record in pending { _ = await process(record) }
     }

@@ -3467,7 +3467,7 @@ const ProtobufCMessageDescriptor slipway__pipeline__v1__service__descriptor =
   (ProtobufCMessageInit) slipway__pipeline__v1__service__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor slipway__pipeline__v1__step_record__field_descriptors[5] =
+static const ProtobufCFieldDescriptor slipway__pipeline__v1__step_record__field_descriptors[7] =
 {
   {
     "step",
@@ -3529,10 +3529,36 @@ static const ProtobufCFieldDescriptor slipway__pipeline__v1__step_record__field_
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "interruptions",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Pipeline__V1__StepRecord, interruptions),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "resumed_unix_millis",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_INT64,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Pipeline__V1__StepRecord, resumed_unix_millis),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned slipway__pipeline__v1__step_record__field_indices_by_name[] = {
   3,   /* field[3] = duration_millis */
+  5,   /* field[5] = interruptions */
   4,   /* field[4] = message */
+  6,   /* field[6] = resumed_unix_millis */
   2,   /* field[2] = started_unix_millis */
   1,   /* field[1] = status */
   0,   /* field[0] = step */
@@ -3540,7 +3566,7 @@ static const unsigned slipway__pipeline__v1__step_record__field_indices_by_name[
 static const ProtobufCIntRange slipway__pipeline__v1__step_record__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 5 }
+  { 0, 7 }
 };
 const ProtobufCMessageDescriptor slipway__pipeline__v1__step_record__descriptor =
 {
@@ -3550,7 +3576,7 @@ const ProtobufCMessageDescriptor slipway__pipeline__v1__step_record__descriptor 
   "Slipway__Pipeline__V1__StepRecord",
   "slipway.pipeline.v1",
   sizeof(Slipway__Pipeline__V1__StepRecord),
-  5,
+  7,
   slipway__pipeline__v1__step_record__field_descriptors,
   slipway__pipeline__v1__step_record__field_indices_by_name,
   1,  slipway__pipeline__v1__step_record__number_ranges,

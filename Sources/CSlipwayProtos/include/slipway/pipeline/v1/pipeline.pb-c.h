@@ -515,14 +515,23 @@ struct  Slipway__Pipeline__V1__StepRecord
   Slipway__Pipeline__V1__StepStatus status;
   int64_t started_unix_millis;
   /*
-   * 0 while it runs.
+   * 0 while it runs. From its start to its end: a step the pipeline's restarts interrupted
+   * includes the time the pipeline was down.
    */
   int64_t duration_millis;
   ProtobufCBinaryData message;
+  /*
+   * Pipeline restarts the step lived through: after each it resumed where it was.
+   */
+  uint32_t interruptions;
+  /*
+   * When it last resumed (0: never interrupted).
+   */
+  int64_t resumed_unix_millis;
 };
 #define SLIPWAY__PIPELINE__V1__STEP_RECORD__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&slipway__pipeline__v1__step_record__descriptor) \
-    , SLIPWAY__PIPELINE__V1__STEP__STEP_UNSPECIFIED, SLIPWAY__PIPELINE__V1__STEP_STATUS__STEP_STATUS_UNSPECIFIED, 0, 0, {0,NULL} }
+    , SLIPWAY__PIPELINE__V1__STEP__STEP_UNSPECIFIED, SLIPWAY__PIPELINE__V1__STEP_STATUS__STEP_STATUS_UNSPECIFIED, 0, 0, {0,NULL}, 0, 0 }
 
 
 struct  Slipway__Pipeline__V1__ServiceDeployment

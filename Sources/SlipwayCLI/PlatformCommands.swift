@@ -12,8 +12,9 @@ import SlipwayHTTP
 import SlipwayRPC
 import SlipwayServiceKit
 
-/// The local platform's processes: the registry and the seven services, each started detached
-/// with its pid in `<data>/run/<name>.pid` and its output in `<data>/logs/<name>.log`.
+/// The local platform's processes: the registry and the seven services, started by the supervisor
+/// (`slipway supervise`), each with its pid in `<data>/run/<name>.pid` and its output in
+/// `<data>/logs/<name>.log`.
 struct Platform {
     static let services = ["gateway", "pipeline", "builder", "network", "cluster", "certs", "logs"]
     let dataDir: String
@@ -27,7 +28,12 @@ struct Platform {
         else { return nil }
         // A pid file older than a reboot may name another program now.
         let command = (try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8)) ?? ""
-        guard command.contains(name == "registry" ? "docker-registry" : "slipway-\(name)") else { return nil }
+        let expected = switch name {
+        case "registry": "docker-registry"
+        case "supervisor": "supervise"
+        default: "slipway-\(name)"
+        }
+        guard command.contains(expected) else { return nil }
         return pid
     }
 
@@ -40,8 +46,8 @@ struct Platform {
         return state != "Z" && state != "X"
     }
 
-    func start(_ name: String, _ executable: String, _ arguments: [String]) throws -> pid_t {
-        if let running = pid(name) { return running }
+    /// Starts `executable` detached (a new session, output appended to its log) and writes its pid file.
+    func spawn(_ name: String, _ executable: String, _ arguments: [String]) throws -> pid_t {
         let argv = ([executable] + arguments).map { strdup($0) } + [nil]
         let envp = ProcessInfo.processInfo.environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
         defer {
@@ -122,10 +128,8 @@ struct UpCommand: AsyncParsableCommand {
             paths: .init(
                 identityDirectory: pki.identityDirectory(.operator), caCertificate: pki.caCertificatePath, revocationList: nil,
                 renewedDirectory: pki.identityDirectory(.operator)))
-        let registryPID = try platform.start("registry", registryBinary, ["serve", data + "/registry/config.yml"])
-        try await Self.waitForRegistry(registryAddress, log: "\(platform.logDir)/registry.log")
-
-        var pids: [String: pid_t] = ["registry": registryPID]
+        // What the supervisor runs: the registry, then the seven services.
+        var programs = [SupervisorPlan.Program(name: "registry", executable: registryBinary, arguments: ["serve", data + "/registry/config.yml"])]
         for (index, name) in Platform.services.enumerated() {
             var arguments = ["--data-dir", data]
             if environment["SLIPWAY_\(name.uppercased())_LISTEN"] == nil { arguments += ["--listen", "127.0.0.1:\(7000 + index)"] }
@@ -135,19 +139,21 @@ struct UpCommand: AsyncParsableCommand {
             }
             if name == "cluster" { arguments += ["--cluster-registry-auth-file", registryLogin.authFilePath] }
             if name == "network" { arguments += ["--network-http-listen", httpListen, "--network-https-listen", httpsListen] }
-            pids[name] = try platform.start(name, "\(bin)/slipway-\(name)", arguments)
+            programs.append(.init(name: name, executable: "\(bin)/slipway-\(name)", arguments: arguments))
         }
-        var rows: [[String]] = []
-        var report: [[String: Any]] = []
-        var healthy = true
-        for (index, name) in Platform.services.enumerated() {
-            let address = environment["SLIPWAY_\(name.uppercased())_LISTEN"] ?? "127.0.0.1:\(7000 + index)"
-            let status = await Self.health(address, service: ServiceName(rawValue: name)!, identity: operatorIdentity)
-            healthy = healthy && status == "SERVING"
-            rows.append(["slipway-\(name)", address, String(pids[name] ?? 0), status == "SERVING" ? out.paint(status, .green) : out.paint(status, .red), "\(platform.logDir)/\(name).log"])
-            report.append(["service": "slipway-\(name)", "address": address, "pid": Int(pids[name] ?? 0), "health": status])
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
+        try AtomicFile.write(try encoder.encode(SupervisorPlan(programs: programs)), to: platform.runDir + "/supervisor-plan.json", mode: 0o600)
+        if let supervisor = platform.pid("supervisor") {
+            // Running: it reads the plan again and starts what does not run.
+            kill(supervisor, SIGHUP)
+        } else {
+            let slipway = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
+            _ = try platform.spawn("supervisor", slipway, ["supervise", "--data-dir", data])
         }
-        rows.append(["registry", registryAddress, String(registryPID), out.paint("SERVING", .green), "\(platform.logDir)/registry.log"])
+        try await Self.waitForRegistry(registryAddress, log: "\(platform.logDir)/registry.log")
+
+        let (rows, report, healthy) = await Self.statusRows(platform, registryAddress: registryAddress, identity: operatorIdentity, out: out, wait: .seconds(30))
         let caFile = data + "/certs/local-ca.crt"
         let tokenFile = data + "/gateway/admin-token"
         if out.json {
@@ -155,10 +161,10 @@ struct UpCommand: AsyncParsableCommand {
                 "data_dir": data, "services": report, "registry": registryAddress, "load_balancer": ["http": httpListen, "https": httpsListen],
                 "local_ca": caFile, "admin_token_file": tokenFile, "gateway": "127.0.0.1:7000", "healthy": healthy,
                 "platform_ca": pki.caCertificatePath, "operator_identity": pki.identityDirectory(.operator),
-                "registry_auth_file": registryLogin.authFilePath,
+                "registry_auth_file": registryLogin.authFilePath, "supervisor_pid": Int(platform.pid("supervisor") ?? 0),
             ] as [String: Any])
         } else {
-            out.table(["COMPONENT", "ADDRESS", "PID", "HEALTH", "LOG"], rows)
+            out.table(Self.statusColumns, rows)
             out.line()
             out.line("load balancer (nginx)  http://\(httpListen)  https://\(httpsListen)")
             out.line("gateway API            127.0.0.1:7000 (gRPC; webhooks and event streams over HTTP/1.1 on the same port)")
@@ -171,6 +177,43 @@ struct UpCommand: AsyncParsableCommand {
             out.line("stop with: slipway down --data-dir \(data)")
         }
         if !healthy { throw CLIError.failed("some services did not become healthy; see their logs above") }
+    }
+
+    static let statusColumns = ["COMPONENT", "ADDRESS", "PID", "HEALTH", "RESTARTS", "LAST EXIT", "LOG"]
+
+    /// Each component's address, pid, health (polled up to `wait` for SERVING), restarts and last
+    /// exit as the supervisor recorded them.
+    static func statusRows(
+        _ platform: Platform, registryAddress: String, identity: ServiceIdentity, out: Output, wait: Duration
+    ) async -> (rows: [[String]], report: [[String: Any]], healthy: Bool) {
+        let environment = ProcessInfo.processInfo.environment
+        var rows: [[String]] = []
+        var report: [[String: Any]] = []
+        var healthy = true
+        let supervised = SupervisorState.load(platform.runDir + "/supervisor.json")
+        func exit(_ name: String) -> (restarts: Int, last: String) {
+            let entry = supervised?.programs[name]
+            let when = entry?.lastExitAt.map { " at \(timestamp(Int64($0 * 1000)))" } ?? ""
+            return (entry?.restarts ?? 0, entry?.lastExit.map { $0 + when } ?? "-")
+        }
+        for (index, name) in Platform.services.enumerated() {
+            let address = environment["SLIPWAY_\(name.uppercased())_LISTEN"] ?? "127.0.0.1:\(7000 + index)"
+            let pid = Int(platform.pid(name) ?? 0)
+            // Not waiting (slipway ps): a process that is not there is DOWN, not asked.
+            let status = wait == .zero && pid == 0 ? "DOWN" : await health(address, service: ServiceName(rawValue: name)!, identity: identity, wait: wait)
+            healthy = healthy && status == "SERVING"
+            let (restarts, last) = exit(name)
+            rows.append([
+                "slipway-\(name)", address, String(pid), status == "SERVING" ? out.paint(status, .green) : out.paint(status, .red), String(restarts), last,
+                "\(platform.logDir)/\(name).log",
+            ])
+            report.append(["service": "slipway-\(name)", "address": address, "pid": pid, "health": status, "restarts": restarts, "last_exit": last])
+        }
+        let registryPID = Int(platform.pid("registry") ?? 0)
+        let (restarts, last) = exit("registry")
+        rows.append(["registry", registryAddress, String(registryPID), registryPID > 0 ? out.paint("SERVING", .green) : out.paint("DOWN", .red), String(restarts), last, "\(platform.logDir)/registry.log"])
+        report.append(["service": "registry", "address": registryAddress, "pid": registryPID, "restarts": restarts, "last_exit": last])
+        return (rows, report, healthy)
     }
 
     static func which(_ name: String) -> String? {
@@ -197,13 +240,13 @@ struct UpCommand: AsyncParsableCommand {
 
     /// grpc.health.v1 status of a service, polled for up to 30 s; internal services are asked as
     /// the operator (mutual TLS), the gateway's public port as anyone.
-    static func health(_ address: String, service: ServiceName, identity: ServiceIdentity) async -> String {
+    static func health(_ address: String, service: ServiceName, identity: ServiceIdentity, wait: Duration = .seconds(30)) async -> String {
         guard let parsed = ServiceAddress(parsing: address) else { return "bad address" }
         let client = service == .gateway ? RPCClient(host: parsed.host, port: parsed.port) : identity.client(for: service, at: parsed)
         defer { Task { await client.close() } }
         var status = "no answer"
-        let deadline = ContinuousClock.now + .seconds(30)
-        while ContinuousClock.now < deadline {
+        let deadline = ContinuousClock.now + wait
+        repeat {
             do {
                 let response = try await client.unary(Grpc_Health_V1_Health.Check.self, .init(), options: CallOptions(timeout: .seconds(1)))
                 status = response.status.protoName
@@ -214,8 +257,46 @@ struct UpCommand: AsyncParsableCommand {
                 status = "\(error)"
             }
             try? await Task.sleep(for: .milliseconds(200))
-        }
+        } while ContinuousClock.now < deadline
         return status
+    }
+}
+
+/// `slipway ps`: the local platform's processes as the supervisor keeps them.
+struct PsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ps", abstract: "The local platform's processes: pid, health, restarts after a crash and how each last ended.")
+    @Option(help: "Data directory (env SLIPWAY_DATA_DIR, default ./.slipway).") var dataDir: String?
+    @Option(name: [.customShort("o"), .long], help: "Output: text or json.") var output: OutputFormat = .text
+
+    func run() async throws {
+        var data = dataDir ?? ProcessInfo.processInfo.environment["SLIPWAY_DATA_DIR"] ?? "./.slipway"
+        if !data.hasPrefix("/") { data = URL(fileURLWithPath: data).standardizedFileURL.path }
+        let platform = Platform(dataDir: data)
+        let out = Output(output)
+        let pki = PlatformPKI(dataDirectory: data)
+        guard FileManager.default.fileExists(atPath: pki.caCertificatePath) else {
+            throw CLIError.failed("no platform in \(data): start it with slipway up --data-dir \(data)")
+        }
+        let identity = try ServiceIdentity.load(
+            .operator,
+            paths: .init(
+                identityDirectory: pki.identityDirectory(.operator), caCertificate: pki.caCertificatePath, revocationList: nil,
+                renewedDirectory: pki.identityDirectory(.operator)))
+        // The registry's address, as `slipway up` configured it.
+        let config = (try? String(contentsOfFile: data + "/registry/config.yml", encoding: .utf8)) ?? ""
+        let registry = config.split(separator: "\n").first { $0.contains("addr:") }.map {
+            $0.split(separator: "addr:").last!.trimmingCharacters(in: CharacterSet(charactersIn: " }"))
+        } ?? "-"
+        let (rows, report, healthy) = await UpCommand.statusRows(platform, registryAddress: registry, identity: identity, out: out, wait: .zero)
+        let supervisor = platform.pid("supervisor")
+        if out.json {
+            return out.emit(["services": report, "healthy": healthy, "supervisor_pid": Int(supervisor ?? 0)] as [String: Any])
+        }
+        out.table(UpCommand.statusColumns, rows)
+        out.line()
+        out.line(supervisor.map { "supervisor             pid \($0) (restarts what crashes; log \(platform.logDir)/supervisor.log)" }
+            ?? "supervisor             not running: nothing restarts a crashed service (slipway up starts it)")
     }
 }
 
@@ -245,6 +326,12 @@ struct DownCommand: AsyncParsableCommand {
         var data = dataDir ?? ProcessInfo.processInfo.environment["SLIPWAY_DATA_DIR"] ?? "./.slipway"
         if !data.hasPrefix("/") { data = URL(fileURLWithPath: data).standardizedFileURL.path }
         let platform = Platform(dataDir: data)
+        // The supervisor first (it stops what it runs, last started first), then whatever is left.
+        if let supervisor = platform.pid("supervisor") {
+            Platform.stop(pid: supervisor, seconds: 120)
+            print("stopped the supervisor (pid \(supervisor)) and what it ran")
+        }
+        try? FileManager.default.removeItem(atPath: "\(platform.runDir)/supervisor.pid")
         for name in Platform.services + ["registry"] {
             if let pid = platform.pid(name) {
                 Platform.stop(pid: pid)

@@ -11,7 +11,7 @@ public struct SlipwayCommand: AsyncParsableCommand {
         commandName: "slipway",
         abstract: "Slipway: git push to a live HTTPS app, on machines you own.",
         subcommands: [
-            UpCommand.self, DownCommand.self, OrgCommand.self, ProjectCommand.self, EnvCommand.self, ServiceCommand.self,
+            UpCommand.self, DownCommand.self, PsCommand.self, SuperviseCommand.self, OrgCommand.self, ProjectCommand.self, EnvCommand.self, ServiceCommand.self,
             DeployCommand.self, RedeployCommand.self, RestartCommand.self, StopCommand.self, CancelCommand.self, RollbackCommand.self, WatchCommand.self,
             DeleteCommand.self, StatusCommand.self, HistoryCommand.self, LogsCommand.self, TokenCommand.self, WebhookCommand.self, PKICommand.self, RegistryLoginCommand.self,
         ])

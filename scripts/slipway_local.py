@@ -6,11 +6,13 @@ import atexit
 import hashlib
 import os
 import random
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -290,3 +292,34 @@ def push_example_image(data, registry_port, image="bench/hello:1"):
                     os.path.join(ROOT, "examples", "hello")], check=True, capture_output=True)
     subprocess.run(["buildah", *storage, "push", "--tls-verify=false", reference], check=True, capture_output=True)
     return reference
+
+
+class H2Load(threading.Thread):
+    """h2load through the load balancer in rounds of 100 requests (HTTPS, one connection per
+    request), until stopped; sums what every round reports."""
+
+    def __init__(self, https_port, host, requests=100):
+        super().__init__()
+        self.port, self.host, self.requests = https_port, host, requests
+        self.stopped = threading.Event()
+        self.rounds, self.succeeded, self.failed, self.errored, self.non2xx, self.outputs = 0, 0, 0, 0, 0, []
+
+    def run(self):
+        while not self.stopped.is_set():
+            out = subprocess.run(["h2load", "--h1", "-n", str(self.requests), "-c", "2", "-H", "Connection: close", "--connect-to",
+                                  f"127.0.0.1:{self.port}", f"https://{self.host}:{self.port}/"], capture_output=True, text=True, timeout=60).stdout
+            requests = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
+            codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+            assert requests and codes, out
+            self.rounds += 1
+            self.succeeded += int(requests.group(1))
+            self.failed += int(requests.group(2))
+            self.errored += int(requests.group(3))
+            non2xx = int(codes.group(2)) + int(codes.group(3)) + int(codes.group(4))
+            self.non2xx += non2xx
+            if int(requests.group(2)) or non2xx:
+                self.outputs.append(out)
+
+    def stop(self):
+        self.stopped.set()
+        self.join()

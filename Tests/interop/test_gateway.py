@@ -24,7 +24,7 @@ import grpc
 import pytest
 
 from conftest import BIN_DIR, ROOT
-from test_pipeline import H2Load, Traffic, through_load_balancer
+from test_pipeline import Traffic, through_load_balancer
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import slipway_local as local  # noqa: E402
@@ -272,7 +272,7 @@ def test_push_rollout_broken_build_rollback_stop_restart_delete(slipway):
     reader = threading.Thread(target=lambda: followed.extend(iter(follower.stdout.readline, "")))
     reader.start()
     time.sleep(1)
-    traffic, load = Traffic(s, p.host), H2Load(s, p.host)
+    traffic, load = Traffic(s, p.host), local.H2Load(s.https_port, p.host)
     traffic.start()
     load.start()
     try:
@@ -752,4 +752,54 @@ def test_a_service_killed_mid_deployment_is_restarted_and_the_deployment_complet
     code, ended = p.watch(deployment, check=False)
     assert ended["status"] == "DEPLOYED", ended
     assert p.get("/version.txt") == (200, "after\n")
+    p.cli("delete", "hello")
+
+
+def runc_instances(s):
+    """The apps' containers runc runs: id → pid of its init."""
+    listed = subprocess.run(["runc", "--root", os.path.join(s.data, "cluster", "runc"), "list", "-f", "json"], capture_output=True, text=True).stdout
+    return {c["id"]: c["pid"] for c in json.loads(listed or "[]") or [] if c["status"] == "running"}
+
+
+def test_apps_keep_serving_while_every_service_is_killed_and_are_adopted_when_they_return(slipway):
+    """The data plane outlives the control plane: with the supervisor, the seven services and the
+    registry kill -9'd, nginx goes on serving the app (h2load: no failed request; Python's ssl: the
+    local CA's certificate verifies); `slipway up` brings the platform back and the cluster adopts
+    the running instances (same containers, same processes), and a push deploys again."""
+    s = slipway
+    p = Project(s, "dataplane")
+    _, answer = p.push({"www/version.txt": "steady\n"}, "steady")
+    p.watch(answer["deployment_id"])
+    instances = runc_instances(s)
+    assert instances and p.get("/version.txt") == (200, "steady\n")
+
+    load = local.H2Load(s.https_port, p.host)
+    load.start()
+    try:
+        local.wait_until(lambda: load.rounds >= 1, 60, "h2load did not finish a round")
+        victims = {name: s.pid(name) for name in ["supervisor", *SERVICES, "registry"]}
+        for name, pid in victims.items():  # the supervisor first: nothing comes back on its own
+            os.kill(pid, signal.SIGKILL)
+        local.wait_until(lambda: not any(alive(pid) for pid in victims.values()), 30, "the platform's processes did not die")
+        down_at = load.rounds
+        # Served all along while nothing of the control plane runs.
+        local.wait_until(lambda: load.rounds >= down_at + 3, 60, "h2load stalled while the control plane was down")
+        assert p.get("/version.txt") == (200, "steady\n")
+        assert not any(alive(pid) for pid in victims.values())
+        s.up()
+        back_at = load.rounds
+        local.wait_until(lambda: load.rounds >= back_at + 2, 60, "h2load stalled after the platform came back")
+    finally:
+        load.stop()
+    assert (load.failed, load.errored, load.non2xx) == (0, 0, 0), load.outputs[:1]
+    assert load.succeeded == 100 * load.rounds and load.rounds >= 6
+    # Adopted, not restarted: the same containers with the same processes.
+    assert runc_instances(s) == instances
+    s.channel.close()
+    s.channel = grpc.insecure_channel(f"127.0.0.1:{s.ports['gateway']}")
+    from slipway.api.v1 import api_pb2_grpc
+    s.stub = api_pb2_grpc.SlipwayStub(s.channel)
+    _, answer = p.push({"www/version.txt": "after the outage\n"}, "after the outage")
+    p.watch(answer["deployment_id"])
+    assert p.get("/version.txt") == (200, "after the outage\n")
     p.cli("delete", "hello")

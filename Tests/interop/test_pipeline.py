@@ -481,37 +481,6 @@ class Traffic(threading.Thread):
         self.join()
 
 
-class H2Load(threading.Thread):
-    """h2load through the load balancer in rounds of 100 requests (HTTPS, one connection per
-    request), until stopped; sums what every round reports."""
-
-    def __init__(self, p, host):
-        super().__init__()
-        self.p, self.host = p, host
-        self.stopped = threading.Event()
-        self.rounds, self.succeeded, self.failed, self.errored, self.non2xx, self.outputs = 0, 0, 0, 0, 0, []
-
-    def run(self):
-        port = self.p.https_port
-        while not self.stopped.is_set():
-            out = subprocess.run(["h2load", "--h1", "-n", "100", "-c", "2", "-H", "Connection: close", "--connect-to", f"127.0.0.1:{port}",
-                                  f"https://{self.host}:{port}/"], capture_output=True, text=True, timeout=60).stdout
-            requests = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
-            codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
-            assert requests and codes, out
-            self.rounds += 1
-            self.succeeded += int(requests.group(1))
-            self.failed += int(requests.group(2))
-            self.errored += int(requests.group(3))
-            self.non2xx += int(codes.group(2)) + int(codes.group(3)) + int(codes.group(4))
-            if int(requests.group(2)) or self.non2xx:
-                self.outputs.append(out)
-
-    def stop(self):
-        self.stopped.set()
-        self.join()
-
-
 def serving(address, path="/"):
     try:
         with urllib.request.urlopen(f"http://{address}{path}", timeout=2) as response:
@@ -549,7 +518,7 @@ def test_a_pushed_commit_is_built_run_and_replaced_by_the_next_one(with_cluster)
     with open(os.path.join(repo, "www", "index.html"), "w") as f:
         f.write("<h1>second version</h1>\n")
     local.commit(repo, "second version")
-    traffic, load = Traffic(p, host), H2Load(p, host)
+    traffic, load = Traffic(p, host), local.H2Load(p.https_port, host)
     traffic.start()
     load.start()
     try:

@@ -4,7 +4,7 @@ export PATH := /opt/swift/usr/bin:$(PATH)
 DATA_DIR ?= ./.slipway
 CONFIG ?= debug
 
-.PHONY: all build demo down test test-swift test-fuzz-replay test-interop fuzz check-generated generate bench bench-builder bench-pipeline bench-cluster bench-push bench-isolation clean
+.PHONY: all build demo down test test-swift test-fuzz-replay test-interop fuzz check-generated generate bench bench-builder bench-pipeline bench-cluster bench-push bench-isolation chaos clean
 
 all: build
 
@@ -42,6 +42,13 @@ test-fuzz-replay:
 fuzz:
 	scripts/install-deps.sh test >/dev/null
 	scripts/fuzz.sh
+
+## Chaos (issue 18): deployments while services are kill -9'd, the disk fills and the registry stops;
+## then the invariants (scripts/chaos.py). CHAOS_SECONDS (default 600) of faults.
+CHAOS_SECONDS ?= 600
+chaos: build
+	scripts/install-deps.sh test >/dev/null
+	python3 scripts/chaos.py --bin-dir .build/$(CONFIG) --seconds $(CHAOS_SECONDS)
 
 test-interop:
 	SLIPWAY_BIN_DIR=.build/debug python3 -m pytest -q Tests/interop

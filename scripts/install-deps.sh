@@ -12,7 +12,8 @@ APT_BUILD=(pkg-config libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler proto
 # htpasswd for its bcrypt password file), and busybox-static for the offline base image
 # (scripts/seed-base-images.sh); iproute2 and nftables isolate the apps and builds.
 APT_RUN=(git curl buildah skopeo docker-registry apache2-utils busybox-static runc umoci nginx-light iproute2 nftables)
-APT_TEST=(nghttp2-client python3-pip openssh-server pebble)
+# e2fsprogs and util-linux: the chaos suite's loop-mounted data filesystem (mkfs.ext4, fallocate).
+APT_TEST=(nghttp2-client python3-pip openssh-server pebble e2fsprogs util-linux)
 PIP_TEST=(grpcio grpcio-health-checking grpcio-reflection grpcio-tools h2 pytest kubernetes-validate cryptography)
 
 need=()

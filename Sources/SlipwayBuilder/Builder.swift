@@ -6,6 +6,7 @@ import SlipwayProcess
 import SlipwayProtos
 import SlipwayRPC
 import SlipwayRegistry
+import SlipwayServiceKit
 import Synchronization
 
 /// The builder's engine: runs builds and mirrors in build slots, each as a task that Cancel or the
@@ -195,6 +196,9 @@ final class Builder: Sendable {
     }
 
     private static func finish(_ result: Slipway_Builder_V1_BuildResult, job: Job, events: EventSink) async {
+        var result = result
+        // A full disk is the cause to name, whatever the tool that hit it said.
+        if result.outcome == .buildFailed { result.message += DiskSpace.fullNote(job.workDirectory) }
         let summary: String
         switch result.outcome {
         case .buildSucceeded: summary = result.skipped ? "image \(result.image?.reference ?? "") already in the registry" : "pushed \(result.image?.reference ?? "") \(result.image?.digest ?? "")"

@@ -190,6 +190,14 @@ struct UpCommand: AsyncParsableCommand {
         var rows: [[String]] = []
         var report: [[String: Any]] = []
         var healthy = true
+        var statuses: [String] = []
+        for (index, name) in Platform.services.enumerated() {
+            let address = environment["SLIPWAY_\(name.uppercased())_LISTEN"] ?? "127.0.0.1:\(7000 + index)"
+            // Not waiting (slipway ps): a process that is not there is DOWN, not asked.
+            let down = wait == .zero && platform.pid(name) == nil
+            statuses.append(down ? "DOWN" : await health(address, service: ServiceName(rawValue: name)!, identity: identity, wait: wait))
+        }
+        // Read after the health checks (which may have waited): restarts meanwhile are counted.
         let supervised = SupervisorState.load(platform.runDir + "/supervisor.json")
         func exit(_ name: String) -> (restarts: Int, last: String) {
             let entry = supervised?.programs[name]
@@ -199,8 +207,7 @@ struct UpCommand: AsyncParsableCommand {
         for (index, name) in Platform.services.enumerated() {
             let address = environment["SLIPWAY_\(name.uppercased())_LISTEN"] ?? "127.0.0.1:\(7000 + index)"
             let pid = Int(platform.pid(name) ?? 0)
-            // Not waiting (slipway ps): a process that is not there is DOWN, not asked.
-            let status = wait == .zero && pid == 0 ? "DOWN" : await health(address, service: ServiceName(rawValue: name)!, identity: identity, wait: wait)
+            let status = statuses[index]
             healthy = healthy && status == "SERVING"
             let (restarts, last) = exit(name)
             rows.append([

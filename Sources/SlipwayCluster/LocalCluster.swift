@@ -206,8 +206,13 @@ public actor LocalCluster {
                 recovered = false
             }
             try? save(record)
-            if let failure = error as? ClusterFailure { throw failure }
-            throw ClusterFailure(kind: .runtime, description: "\(error)")
+            // A full disk is the cause to name, whatever the tool that hit it said.
+            let disk = DiskSpace.fullNote(directory)
+            if var failure = error as? ClusterFailure {
+                failure.description += disk
+                throw failure
+            }
+            throw ClusterFailure(kind: .runtime, description: "\(error)\(disk)")
         }
         // Done: the old ones were stopped along the way; now they go for good.
         record.current = rollout.ready

@@ -77,6 +77,9 @@ public final class LocalRuntime: Sendable {
 
     public let directory: String
     var layout: String { directory + "/images" }
+    /// skopeo rewrites the layout's index.json in place: two pulls at once lose each other's tag,
+    /// and an unpack reading it meanwhile can miss its own. They take turns.
+    private let layoutTurns = Turns()
     var runcRoot: String { directory + "/runc" }
     /// Credentials for pulls (containers-auth.json: each registry's own, sent to it alone); nil: anonymous.
     public let registryAuthFile: String?
@@ -109,6 +112,8 @@ public final class LocalRuntime: Sendable {
         if insecure { arguments.append("--src-tls-verify=false") }
         if let registryAuthFile { arguments += ["--src-authfile", registryAuthFile] }
         arguments += ["docker://\(Self.pullReference(image))", "oci:\(layout):\(name)"]
+        await layoutTurns.acquire()
+        defer { layoutTurns.release() }
         try await tool("/usr/bin/skopeo", arguments, "pulling \(image)")
         return name
     }
@@ -152,7 +157,14 @@ public final class LocalRuntime: Sendable {
             try writeHosts(spec.id, isolation.hosts)
             try Data(isolation.resolvConf.utf8).write(to: URL(fileURLWithPath: instance + "/etc/resolv.conf"))
         }
-        try await tool("/usr/bin/umoci", unpack + [bundle], "unpacking \(spec.image)")
+        await layoutTurns.acquire()
+        do {
+            try await tool("/usr/bin/umoci", unpack + [bundle], "unpacking \(spec.image)")
+            layoutTurns.release()
+        } catch {
+            layoutTurns.release()
+            throw error
+        }
         // umoci makes the bundle 0700; the instance's root (another uid) must pass through it.
         if spec.isolation != nil { chmod(bundle, 0o711) }
         try configure(bundle: bundle, spec)

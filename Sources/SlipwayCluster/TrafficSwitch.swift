@@ -8,12 +8,17 @@ public protocol TrafficSwitch: Sendable {
     func route(_ workload: Workload, to addresses: [String], drain: Duration) async throws
 }
 
-/// The network service's load balancer (`slipway.network.v1.Network/SetBackends`).
+/// The network service's load balancer (`slipway.network.v1.Network/SetBackends`). While the
+/// network service cannot be reached (UNAVAILABLE: restarting), the change is tried again, pauses
+/// 0.1 s doubling to 1 s, for up to ``unavailableFor``: a rollout waits out a restart of the
+/// network service instead of failing (SetBackends sets the whole list: trying again is safe).
 public struct NetworkTrafficSwitch: TrafficSwitch {
     let client: Slipway_Network_V1_Network.Client
+    let unavailableFor: Duration
 
-    public init(client: RPCClient) {
+    public init(client: RPCClient, unavailableFor: Duration = .seconds(30)) {
         self.client = .init(wrapping: client)
+        self.unavailableFor = unavailableFor
     }
 
     public func route(_ workload: Workload, to addresses: [String], drain: Duration) async throws {
@@ -24,6 +29,16 @@ public struct NetworkTrafficSwitch: TrafficSwitch {
         request.key = key
         request.addresses = addresses
         request.drainTimeoutSeconds = UInt32(max(1, min(600, drain.components.seconds)))
-        _ = try await client.setBackends(request, options: CallOptions(timeout: drain + .seconds(30)))
+        let deadline = ContinuousClock.now + unavailableFor
+        var pause = Duration.milliseconds(100)
+        while true {
+            do {
+                _ = try await client.setBackends(request, options: CallOptions(timeout: drain + .seconds(30)))
+                return
+            } catch let error as RPCError where error.code == .unavailable && ContinuousClock.now + pause < deadline {
+                try await Task.sleep(for: pause)
+                pause = min(pause * 2, .seconds(1))
+            }
+        }
     }
 }

@@ -88,11 +88,24 @@ final class LogStore: Sendable {
                 line.seq = work[stream.id]!.nextSeq
                 line.timestampNanos = writer.lastTimestamp
                 line.stream = stream.id.key
-                try work[stream.id]!.add(line, segmentBytes: configuration.segmentBytes, writer: &writer)
+                do {
+                    try work[stream.id]!.add(line, segmentBytes: configuration.segmentBytes, writer: &writer)
+                } catch {
+                    for id in order { work[id]!.rollBack(writer: &writer) }
+                    throw error
+                }
             }
             var ranges: [Slipway_Logs_V1_AppendedRange] = []
-            for id in order {
-                try work[id]!.commit(writer: &writer)
+            do {
+                for id in order {
+                    try work[id]!.commit(writer: &writer)
+                }
+            } catch {
+                // Not acknowledged, so not kept: the segments go back to what they held (a full
+                // disk may have let part of the batch through), or the next batch's records would
+                // sit after bytes the index does not know of.
+                for id in order { work[id]!.rollBack(writer: &writer) }
+                throw error
             }
             for id in order {
                 let item = work[id]!
@@ -133,6 +146,15 @@ final class LogStore: Sendable {
             self.stream = stream
             self.segments = segments
             self.nextSeq = nextSeq
+        }
+
+        /// After a failed write: the stream's files as they were before this batch (the last
+        /// segment cut back to its known length, segments this batch began removed).
+        mutating func rollBack(writer: inout WriterState) {
+            if let open = writer.files.removeValue(forKey: stream.id) { Glibc.close(open.fd) }
+            let before = stream.segments
+            for segment in segments.dropFirst(before.count) { unlink(segment.path) }
+            if let last = before.last { _ = truncate(last.path, off_t(last.bytes)) }
         }
 
         mutating func add(_ line: Slipway_Logs_V1_LogLine, segmentBytes: Int, writer: inout WriterState) throws {

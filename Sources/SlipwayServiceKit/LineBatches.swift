@@ -50,6 +50,19 @@ final class LineBatches: Sendable {
         waiter?.resume()
     }
 
+    /// Puts lines back at the front of the queue (a batch the logs service did not acknowledge),
+    /// in their order, before anything queued since; over the capacity if it must (they were
+    /// admitted once).
+    func requeue(_ lines: [Slipway_Logs_V1_LogLine]) {
+        guard !lines.isEmpty else { return }
+        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            state.pending.insert(contentsOf: lines, at: 0)
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        waiter?.resume()
+    }
+
     func countDropped(_ count: Int) {
         state.withLock { $0.dropped += count }
     }

@@ -9,7 +9,8 @@ import Synchronization
 /// previous batch is being written, so a busy process sends few, large batches instead of one
 /// message per line. The queue is bounded (``maxQueuedLines``); beyond it lines are counted as
 /// dropped. When the logs service cannot be reached the shipper retries every second; lines queued
-/// meanwhile wait (up to the bound), a batch in flight when the connection broke is counted as lost.
+/// meanwhile wait (up to the bound), and batches not acknowledged when the connection broke are
+/// sent again.
 public final class LogShipper: Sendable {
     typealias LogsAPI = Slipway_Logs_V1_Logs
 
@@ -33,10 +34,15 @@ public final class LogShipper: Sendable {
         lines.push(line)
     }
 
-    /// Sends until ``stop()``; run it in a task for the life of the process.
+    /// Sends until ``stop()``; run it in a task for the life of the process. A batch stays held
+    /// until the logs service acknowledges it (it is then on disk); when the stream breaks, the
+    /// batches it did not acknowledge go back to the front of the queue and are sent again on the
+    /// next stream (a line can arrive twice only if the service stopped between writing it and
+    /// acknowledging it). A batch the service refuses as invalid is dropped (counted).
     public func run() async {
         var reported = false
         while !lines.isClosed {
+            let unacknowledged = Mutex<[(id: UInt64, lines: [Slipway_Logs_V1_LogLine])]>([])
             do {
                 try await client.bidirectional(LogsAPI.Append.self, requests: { writer in
                     var batchID: UInt64 = 0
@@ -45,17 +51,26 @@ public final class LogShipper: Sendable {
                         var request = Slipway_Logs_V1_AppendRequest()
                         request.batchId = batchID
                         request.lines = batch
-                        do {
-                            try await writer.write(request)
-                        } catch {
-                            self.lines.countDropped(batch.count)
-                            throw error
-                        }
+                        unacknowledged.withLock { $0.append((batchID, batch)) }
+                        try await writer.write(request)
                     }
                 }, responses: { responses in
-                    for try await _ in responses {}
+                    for try await response in responses {
+                        unacknowledged.withLock { held in held.removeAll { $0.id <= response.batchId } }
+                    }
                 })
+                reported = false
             } catch {
+                let held = unacknowledged.withLock { held in
+                    defer { held = [] }
+                    return held.flatMap(\.lines)
+                }
+                if let refusal = error as? RPCError, refusal.code == .invalidArgument {
+                    lines.countDropped(held.count)
+                    logger.error("the logs service refused deployment log lines", metadata: ["error": "\(error)", "lines": "\(held.count)"])
+                } else {
+                    lines.requeue(held)
+                }
                 if lines.isClosed { return }
                 if !reported {
                     logger.warning("cannot send deployment log lines to the logs service; retrying every second", metadata: ["error": "\(error)"])

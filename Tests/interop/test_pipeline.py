@@ -609,3 +609,29 @@ def test_killed_services_mid_step_resume_and_the_new_version_serves(with_cluster
             else interruptions == ({step: 1} if victim == "pipeline" else {}), (victim, step, interruptions)
         status, body = through_load_balancer(p, host)
         assert status == 200 and version in body, (victim, step, status, body)
+
+
+def test_deployment_logs_are_complete_across_a_kill_of_the_logs_service(simulated):
+    """Lines the logs service had not acknowledged when it was kill -9'd are sent again once it is
+    back: the deployment that ran meanwhile has every line, in order, ending with its end line."""
+    p, pb = simulated, simulated.pb
+    env, _ = p.environment(("api", p.app()))
+
+    def lines(deployment_id):
+        with local.platform_channel(p.data, f"127.0.0.1:{p.logs_port}", "logs") as channel:
+            stream = p.logs_pb.StreamKey(deployment_id=deployment_id, environment_id=env)
+            found = p.logs_grpc.LogsStub(channel).Query(p.logs_pb.QueryRequest(stream=stream, page_size=1000)).lines
+        return [(line.seq, line.text.split(" in ")[0]) for line in found]
+
+    before = p.wait_ended(p.deploy(env).deployment_id)
+    local.wait_until(lambda: any("deployment ended" in text for _, text in lines(before.id)), 10, "the first deployment's log did not end")
+    expected = [text for _, text in lines(before.id)]
+    p.logs.send_signal(signal.SIGKILL)
+    p.logs.wait()
+    during = p.deploy(env)  # its lines queue while nothing listens
+    p.wait_ended(during.deployment_id)
+    p.logs = local.start_service(p.bin, "logs", p.data, p.logs_port)
+    local.wait_until(lambda: any("deployment ended" in text for _, text in lines(during.deployment_id)), 20, "the log never got its end line")
+    got = lines(during.deployment_id)
+    assert [seq for seq, _ in got] == list(range(1, len(got) + 1))
+    assert [text for _, text in got] == expected

@@ -19,14 +19,15 @@ restarts it); once it fills the data filesystem for 10 s, once it SIGSTOPs the r
 
 Invariants, checked once every accepted request has ended:
   1. every accepted request reached a terminal state matching its intent (an error only while a
-     disk-full or registry fault was on, with a reason; kills never make a deployment fail);
+     disk-full or registry fault was on, with a reason; kills never make a deployment fail); one
+     whose record is gone must have been removed by the history retention (200 kept per service);
   2. each service serves (through nginx, HTTPS, verified with the local CA) the version of the
      release its last DEPLOYED deployment recorded;
   3. the containers runc runs are exactly the instances the cluster knows of, one per service;
   4. every route belongs to a service, every service has its route, every certificate covers
      routed domains only (or the gateway's own);
-  5. every deployment's log has no gap and no duplicate (sequence numbers 1..n per stream) and,
-     if it started, has its "deployment ended" line;
+  5. every deployment's log (the newest 20 per service: what the logs service keeps) has no gap
+     and no duplicate (sequence numbers 1..n per stream) and, if it started, its "deployment ended" line;
   6. history is consistent: every deployment ended, no step is left RUNNING.
 Exit status 1 if any is violated. A summary (and --json) has the counts and the recovery times.
 """
@@ -48,7 +49,11 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import slipway_local as local  # noqa: E402
 
-SERVICES = ["gateway", "pipeline", "builder", "network", "cluster", "certs", "logs"]
+SERVICES = local.SERVICES
+# The pipeline's --pipeline-keep-deployments default: older deployments of a service are removed.
+KEPT_DEPLOYMENTS = 200
+# The logs service's --logs-retention-deployments-per-service default: logs of older ones are removed.
+KEPT_LOGS = 20
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("--bin-dir", default=os.path.join(local.ROOT, ".build", "debug"))
@@ -83,28 +88,10 @@ if os.geteuid() == 0 and shutil.which("mkfs.ext4"):
     if not mounted:
         log(f"cannot mount a loop filesystem ({mount.stderr.strip()}): the disk-full fault is not injected")
 
-env = {**os.environ, "SLIPWAY_DATA_DIR": data, "NO_COLOR": "1"}
-ports = {name: local.free_port() for name in SERVICES}
-for name, port in ports.items():
-    env[f"SLIPWAY_{name.upper()}_LISTEN"] = f"127.0.0.1:{port}"
-env["SLIPWAY_GATEWAY"] = env["SLIPWAY_GATEWAY_LISTEN"]
-registry, https_port, http_port = f"127.0.0.1:{local.free_port()}", local.free_port(), local.free_port()
+platform = local.LocalPlatform(bin_dir, data)
+env, ports, registry, https_port = platform.env, platform.ports, platform.registry, platform.https_port
+slipway, pid_of = platform.cli, platform.pid
 local.track_isolation(data)
-
-
-def slipway(*arguments, check=True):
-    result = subprocess.run([os.path.join(bin_dir, "slipway"), *arguments], env=env, capture_output=True, text=True, timeout=600)
-    if check and result.returncode != 0:
-        raise RuntimeError(f"slipway {' '.join(arguments)}: {result.stderr}{result.stdout}")
-    return result.stdout
-
-
-def pid_of(name):
-    try:
-        with open(os.path.join(data, "run", f"{name}.pid")) as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return None
 
 
 summary = {"seed": args.seed, "seconds": args.seconds, "environments": args.environments, "violations": []}
@@ -118,9 +105,7 @@ def violation(text):
 
 
 try:
-    slipway("up", "--registry", registry, "--local-sources", data, "--http-listen", f"127.0.0.1:{http_port}", "--https-listen", f"127.0.0.1:{https_port}")
-    subprocess.run([os.path.join(local.ROOT, "scripts", "seed-base-images.sh"), registry], check=True, stdout=subprocess.DEVNULL,
-                   env={**os.environ, "SLIPWAY_SEED_STORAGE": os.path.join(data, "seed"), "REGISTRY_AUTH_FILE": os.path.join(data, "registry", "auth.json")})
+    platform.up()
     (api, api_grpc), (pipeline_pb, _), (cluster_pb, cluster_grpc), (network_pb, network_grpc), (certs_pb, certs_grpc), (health_pb, health_grpc) = local.protos(
         "slipway/api/v1/api.proto", "slipway/pipeline/v1/pipeline.proto", "slipway/cluster/v1/cluster.proto", "slipway/network/v1/network.proto",
         "slipway/certs/v1/certs.proto", "grpc/health/v1/health.proto")
@@ -325,7 +310,13 @@ try:
         if not request["deployment"]:
             return True
         if not request.get("ended"):
-            request["ended"] = read(gateway.GetDeployment, pipeline_pb.GetDeploymentRequest(deployment_id=request["deployment"])).ended_unix_millis > 0
+            try:
+                request["ended"] = read(gateway.GetDeployment, pipeline_pb.GetDeploymentRequest(deployment_id=request["deployment"])).ended_unix_millis > 0
+            except grpc.RpcError as error:
+                if error.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+                # Removed by the history retention (200 per service by default): checked below.
+                request["ended"] = request["pruned"] = True
         return request["ended"]
 
     deadline = time.monotonic() + args.settle_seconds
@@ -347,6 +338,9 @@ try:
             outcomes["push ignored"] = outcomes.get("push ignored", 0) + 1
             if "superseded" not in request.get("delivery_reason", ""):
                 violation(f"push {request['version']}: delivery ended {request.get('delivery_outcome')} without a deployment: {request.get('delivery_reason')}")
+            continue
+        if request.get("pruned"):
+            outcomes["pruned by retention"] = outcomes.get("pruned by retention", 0) + 1
             continue
         deployment = read(gateway.GetDeployment, pipeline_pb.GetDeploymentRequest(deployment_id=request["deployment"]))
         deployments[deployment.id] = deployment
@@ -381,6 +375,9 @@ try:
 
     for environment in environments:
         history = read(gateway.ListDeployments, pipeline_pb.ListDeploymentsRequest(environment_id=environment["id"], page_size=500)).deployments
+        pruned = [r for r in requests if r.get("pruned") and r["environment"] == environment["name"]]
+        if pruned and len(history) < KEPT_DEPLOYMENTS:
+            violation(f"{environment['name']}: {len(pruned)} accepted deployments are gone, yet its history holds {len(history)} (< {KEPT_DEPLOYMENTS} kept)")
         for deployment in history:
             deployments.setdefault(deployment.id, deployment)
         deployed = [d for d in history if d.status == pipeline_pb.DEPLOYED and d.action == pipeline_pb.DEPLOY]
@@ -421,7 +418,14 @@ try:
 
     # 5. Logs: no gap, no duplicate, the end line.
     checked_logs = 0
-    for deployment in deployments.values():
+    # The logs service keeps the newest 20 deployments' logs per service (--logs-retention-deployments-per-service).
+    newest = sorted(deployments.values(), key=lambda d: d.created_unix_millis, reverse=True)
+    by_environment = {}
+    for deployment in newest:
+        by_environment.setdefault(deployment.environment_id, [])
+        if len(by_environment[deployment.environment_id]) < KEPT_LOGS:
+            by_environment[deployment.environment_id].append(deployment)
+    for deployment in (d for kept in by_environment.values() for d in kept):
         lines, token = [], ""
         while True:
             page = read(gateway.QueryLogs, api.LogsQueryRequest(deployment_id=deployment.id, page_size=1000, page_token=token))

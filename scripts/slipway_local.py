@@ -323,3 +323,42 @@ class H2Load(threading.Thread):
     def stop(self):
         self.stopped.set()
         self.join()
+
+
+SERVICES = ["gateway", "pipeline", "builder", "network", "cluster", "certs", "logs"]
+
+
+class LocalPlatform:
+    """What `slipway up` needs to run on free ports over `data`: the CLI's environment (each
+    service's SLIPWAY_<NAME>_LISTEN, the gateway for the CLI), the registry and nginx addresses;
+    `cli()` runs `slipway`, `up()` starts it, `pid()` reads a process's pid file."""
+
+    def __init__(self, bin_dir, data):
+        self.bin_dir, self.data = bin_dir, data
+        self.ports = {name: free_port() for name in SERVICES}
+        self.env = {**os.environ, "SLIPWAY_DATA_DIR": data, "NO_COLOR": "1"}
+        for name, port in self.ports.items():
+            self.env[f"SLIPWAY_{name.upper()}_LISTEN"] = f"127.0.0.1:{port}"
+        self.env["SLIPWAY_GATEWAY"] = self.env["SLIPWAY_GATEWAY_LISTEN"]
+        self.registry, self.https_port, self.http_port = f"127.0.0.1:{free_port()}", free_port(), free_port()
+
+    def cli(self, *arguments, check=True):
+        result = subprocess.run([os.path.join(self.bin_dir, "slipway"), *arguments], env=self.env, capture_output=True, text=True, timeout=600)
+        if check and result.returncode != 0:
+            raise RuntimeError(f"slipway {' '.join(arguments)}: {result.stderr}{result.stdout}")
+        return result.stdout
+
+    def up(self):
+        """`slipway up`, then the offline base images into its registry."""
+        self.cli("up", "--registry", self.registry, "--local-sources", self.data, "--http-listen", f"127.0.0.1:{self.http_port}",
+                 "--https-listen", f"127.0.0.1:{self.https_port}")
+        subprocess.run([os.path.join(ROOT, "scripts", "seed-base-images.sh"), self.registry], check=True, stdout=subprocess.DEVNULL,
+                       env={**os.environ, "SLIPWAY_SEED_STORAGE": os.path.join(self.data, "seed"),
+                            "REGISTRY_AUTH_FILE": os.path.join(self.data, "registry", "auth.json")})
+
+    def pid(self, name):
+        try:
+            with open(os.path.join(self.data, "run", f"{name}.pid")) as f:
+                return int(f.read())
+        except (OSError, ValueError):
+            return None

@@ -321,10 +321,24 @@ struct ServiceRun {
         let message = (error as? StepFailure)?.message ?? "\(error)"
         let reason = "\(step?.rawValue ?? "step") failed: \(message)"
         context.logger.info("service step failed", metadata: ["deployment": "\(work.deploymentID)", "service": "\(name)", "reason": "\(reason)"])
-        do {
-            try await change(.fail, end: .failed, message: message, reason: reason)
-        } catch {
-            context.logger.error("cannot record a failed step", metadata: ["deployment": "\(work.deploymentID)", "service": "\(name)", "error": "\(error)"])
+        // A store that cannot write (a full disk) is tried again every second for up to 10 minutes:
+        // the service must not stay "running" with nothing running it once space returns.
+        for attempt in 1...600 {
+            do {
+                try await change(.fail, end: .failed, message: message, reason: reason)
+                return
+            } catch is CancellationError {
+                return  // a cancel ended it meanwhile
+            } catch is StepFailure {
+                return  // refused by the state machine: it ended meanwhile
+            } catch {
+                if attempt == 1 {
+                    context.logger.error(
+                        "cannot record a failed step; trying again every second", metadata: ["deployment": "\(work.deploymentID)", "service": "\(name)", "error": "\(error)"])
+                }
+                // Not this task's sleep: it may be cancelled (a timed-out step), and the record must still be made.
+                try? await Task.detached { try await Task.sleep(for: .seconds(1)) }.value
+            }
         }
     }
 

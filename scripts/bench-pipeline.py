@@ -2,8 +2,9 @@
 """Control-plane benchmark: the pipeline's own cost per service-deployment, with every collaborator
 (builder, cluster, network, certs) simulated and answering at once.
 
-    python3 scripts/bench-pipeline.py [BIN_DIR] [ENVIRONMENTS] [DEPLOYMENTS] [ROUNDS] [--durability normal|full]
-    (default .build/release, 100 environments, 10 deployments each, 3 rounds, durability normal)
+    python3 scripts/bench-pipeline.py [BIN_DIR] [ENVIRONMENTS] [DEPLOYMENTS] [ROUNDS] [--durability acknowledged|normal|full]
+    (default .build/release, 100 environments, 10 deployments each, 3 rounds, durability acknowledged:
+    the pipeline's default)
 
 Every deployment is of one public application service, so it runs all five steps (GIT_CLONE, BUILD,
 DEPLOYMENT, ROUTER_DEPLOYMENT, CERTIFICATE), each recorded in SQLite, published to watchers and
@@ -28,8 +29,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import slipway_local as local  # noqa: E402
 
 args = [a for a in sys.argv[1:] if not a.startswith("--")]
-durability = "full" if "--durability" in sys.argv and sys.argv[sys.argv.index("--durability") + 1] == "full" else "normal"
-args = [a for a in args if a not in ("normal", "full")]
+durability = sys.argv[sys.argv.index("--durability") + 1] if "--durability" in sys.argv else "acknowledged"
+assert durability in ("acknowledged", "normal", "full"), durability
+args = [a for a in args if a not in ("acknowledged", "normal", "full")]
 bin_dir = args[0] if args else os.path.join(local.ROOT, ".build", "release")
 environments = int(args[1]) if len(args) > 1 else 100
 per_environment = int(args[2]) if len(args) > 2 else 10

@@ -65,5 +65,23 @@ extension LocalCluster {
             }
             try? save(record)
         }
+        await removeOrphans(listed: states, files: files)
+    }
+
+    /// Instances runc runs that no workload's record names (a removal that failed after the record
+    /// let go of them, a kill between the two): nothing would ever stop them, so they go. Records
+    /// are read after runc was listed, and an instance is on its record before it starts: one a
+    /// deploy is starting now is never taken for an orphan. If a record cannot be read, nothing is
+    /// removed (what it names cannot be told).
+    func removeOrphans(listed states: [LocalRuntime.InstanceState], files: [String]) async {
+        var known = Set<String>()
+        for file in files where file.hasSuffix(".json") {
+            guard let record = try? load(String(file.dropLast(5))) else { return }
+            known.formUnion((record.current + record.pending + (record.retiring ?? [])).map(\.id))
+        }
+        for state in states where !known.contains(state.id) {
+            logger.warning("removing an instance no workload names", metadata: ["instance": "\(state.id)"])
+            try? await Self.remove(state.id, runtime, applicationLogs)
+        }
     }
 }

@@ -197,6 +197,22 @@ import Testing
         }
     }
 
+    @Test func anInstanceNoWorkloadNamesIsRemovedByTheSupervisionAndTheOthersStay() async throws {
+        try await Self.with { fixture in
+            let cluster = fixture.cluster
+            let kept = try #require(try await cluster.deploy(Self.spec(fixture)).first)
+            // As a removal that failed after the record let go of it would leave one: running, on no record.
+            var orphan = LocalRuntime.InstanceSpec(id: "hello-0rphan00aa", image: kept.image, port: try LocalCluster.freePort())
+            orphan.insecureRegistry = true
+            _ = try await cluster.runtime.start(orphan)
+            #expect(try await cluster.runtime.state(orphan.id)?.status == .running)
+            await cluster.superviseOnce()
+            #expect(try await cluster.runtime.state(orphan.id) == nil)
+            #expect(!FileManager.default.fileExists(atPath: cluster.runtime.instanceDirectory(orphan.id)))
+            #expect(try await cluster.runtime.list().map(\.id) == [kept.id])
+        }
+    }
+
     @Test func anInstanceOverItsMemoryLimitIsReportedOOMKilledAndTheStatusFollows() async throws {
         try await Self.with { fixture in
             var spec = Self.spec(fixture)

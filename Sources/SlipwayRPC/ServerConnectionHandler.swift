@@ -249,7 +249,11 @@ final class ServerConnectionHandler: HTTP2ConnectionHandler, HTTP2SessionDelegat
             // Its certificate expired or was revoked since the handshake.
             let reason = authentication.refusal ?? "no verified client certificate"
             logger.warning("refused a call", metadata: ["peer": "\(peer)", "method": "\(stream.path)", "cause": "\(reason)"])
-            return refuse(stream, code: .unauthenticated, message: "the connection's client certificate no longer holds: \(reason)")
+            refuse(stream, code: .unauthenticated, message: "the connection's client certificate no longer holds: \(reason)")
+            // The connection holds no power any more: GOAWAY, so that a client whose certificate was
+            // renewed meanwhile connects again with the new one instead of failing here forever.
+            shutdownGracefully()
+            return
         }
         if let accessPolicy, let denial = accessPolicy.decide(caller: caller, path: stream.path) {
             logger.notice("denied a call", metadata: ["peer": "\(peer)", "caller": "\(caller ?? "none")", "method": "\(stream.path)"])

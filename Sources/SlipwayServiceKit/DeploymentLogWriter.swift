@@ -74,25 +74,26 @@ public final class DeploymentLogWriter: Sendable {
         }
     }
 
+    /// Sends until ``finish(timeout:)``; a broken stream is opened again every second (batches the
+    /// logs service had not acknowledged are sent again) until finish's time is up.
     private func send(through client: RPCClient) async {
-        do {
-            try await client.bidirectional(LogsAPI.Append.self, requests: { writer in
-                var batchID: UInt64 = 0
-                while let batch = await self.lines.next() {
-                    var request = Slipway_Logs_V1_AppendRequest()
-                    batchID += 1
-                    request.batchId = batchID
-                    request.lines = batch
-                    try await writer.write(request)
+        var reported = false
+        while true {
+            do {
+                try await lines.send(through: client)
+                return
+            } catch {
+                if !reported {
+                    logger.warning("cannot send deployment log lines to the logs service; retrying every second", metadata: ["deployment": "\(key.deploymentId)", "error": "\(error)"])
+                    reported = true
                 }
-            }, responses: { responses in
-                for try await _ in responses {}
-            })
-        } catch {
-            // The work goes on without its log stream; what could not be sent is counted.
-            logger.warning("cannot send deployment log lines to the logs service", metadata: ["deployment": "\(key.deploymentId)", "error": "\(error)"])
-            lines.dropPending()
+                try? await Task.sleep(for: .seconds(1))
+                if Task.isCancelled {
+                    // finish() gave up waiting: what is left is counted as dropped.
+                    lines.dropPending()
+                    return
+                }
+            }
         }
     }
 }
-

@@ -1,4 +1,5 @@
 import SlipwayProtos
+import SlipwayRPC
 import Synchronization
 
 /// Log lines waiting for the logs service: bounded, taken in batches by one sender that waits
@@ -102,6 +103,43 @@ final class LineBatches: Sendable {
                     if resumeNow { continuation.resume() }
                 }
             }
+        }
+    }
+
+    /// One Append stream: sends batches until the queue is closed and empty. A batch is held until
+    /// the logs service acknowledges it (it is then on disk); if the stream breaks, the batches not
+    /// acknowledged go back to the front of the queue for the next stream (a line arrives twice only
+    /// if the service stopped between writing it and acknowledging it), except those the service
+    /// refused as invalid, which are dropped (counted). Throws what broke the stream.
+    func send(through client: RPCClient) async throws {
+        let unacknowledged = Mutex<[(id: UInt64, lines: [Slipway_Logs_V1_LogLine])]>([])
+        do {
+            try await client.bidirectional(Slipway_Logs_V1_Logs.Append.self, requests: { writer in
+                var batchID: UInt64 = 0
+                while let batch = await self.next() {
+                    batchID += 1
+                    var request = Slipway_Logs_V1_AppendRequest()
+                    request.batchId = batchID
+                    request.lines = batch
+                    unacknowledged.withLock { $0.append((batchID, batch)) }
+                    try await writer.write(request)
+                }
+            }, responses: { responses in
+                for try await response in responses {
+                    unacknowledged.withLock { held in held.removeAll { $0.id <= response.batchId } }
+                }
+            })
+        } catch {
+            let held = unacknowledged.withLock { held in
+                defer { held = [] }
+                return held.flatMap(\.lines)
+            }
+            if let refusal = error as? RPCError, refusal.code == .invalidArgument {
+                countDropped(held.count)
+            } else {
+                requeue(held)
+            }
+            throw error
         }
     }
 }

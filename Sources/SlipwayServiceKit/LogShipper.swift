@@ -42,35 +42,10 @@ public final class LogShipper: Sendable {
     public func run() async {
         var reported = false
         while !lines.isClosed {
-            let unacknowledged = Mutex<[(id: UInt64, lines: [Slipway_Logs_V1_LogLine])]>([])
             do {
-                try await client.bidirectional(LogsAPI.Append.self, requests: { writer in
-                    var batchID: UInt64 = 0
-                    while let batch = await self.lines.next() {
-                        batchID += 1
-                        var request = Slipway_Logs_V1_AppendRequest()
-                        request.batchId = batchID
-                        request.lines = batch
-                        unacknowledged.withLock { $0.append((batchID, batch)) }
-                        try await writer.write(request)
-                    }
-                }, responses: { responses in
-                    for try await response in responses {
-                        unacknowledged.withLock { held in held.removeAll { $0.id <= response.batchId } }
-                    }
-                })
+                try await lines.send(through: client)
                 reported = false
             } catch {
-                let held = unacknowledged.withLock { held in
-                    defer { held = [] }
-                    return held.flatMap(\.lines)
-                }
-                if let refusal = error as? RPCError, refusal.code == .invalidArgument {
-                    lines.countDropped(held.count)
-                    logger.error("the logs service refused deployment log lines", metadata: ["error": "\(error)", "lines": "\(held.count)"])
-                } else {
-                    lines.requeue(held)
-                }
                 if lines.isClosed { return }
                 if !reported {
                     logger.warning("cannot send deployment log lines to the logs service; retrying every second", metadata: ["error": "\(error)"])

@@ -73,8 +73,9 @@ public enum ServiceRunner {
         component.attach(server)
         var services: [any Service] = [server] + background + [HealthShutdownMarker(health: health)]
         if let identity = configuration.identity {
+            let settled = configuration
             let signer = try component.identitySigner(configuration: configuration, logger: logger)
-                ?? IdentityRenewal.throughCerts(configuration.client(for: .certs))
+                ?? IdentityRenewal.throughCerts { settled.client(for: .certs) }
             services.append(
                 IdentityRenewal(
                     identity: identity, sign: signer,

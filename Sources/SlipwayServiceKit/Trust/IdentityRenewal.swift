@@ -69,14 +69,24 @@ struct IdentityRenewal: Service {
     }
 
     /// Renewal through slipway-certs, which holds the platform CA's key; the caller is authenticated
-    /// by its current certificate.
-    static func throughCerts(_ client: RPCClient) -> IdentitySigner {
-        let certs = Slipway_Certs_V1_Certs.Client(wrapping: client)
-        return { csr, lifetime in
-            var request = Slipway_Certs_V1_RenewIdentityRequest()
-            request.csrDer = csr
-            request.lifetimeSeconds = lifetime.components.seconds
-            return try await certs.renewIdentity(request, options: CallOptions(timeout: .seconds(30))).certificatePem
+    /// by its current certificate. Each renewal opens its own connection (`connect()`), closed
+    /// after: a connection kept from before the last renewal would present a certificate that has
+    /// since expired, and slipway-certs refuses every call on it.
+    static func throughCerts(_ connect: @escaping @Sendable () -> RPCClient) -> IdentitySigner {
+        { csr, lifetime in
+            let client = connect()
+            do {
+                let certs = Slipway_Certs_V1_Certs.Client(wrapping: client)
+                var request = Slipway_Certs_V1_RenewIdentityRequest()
+                request.csrDer = csr
+                request.lifetimeSeconds = lifetime.components.seconds
+                let pem = try await certs.renewIdentity(request, options: CallOptions(timeout: .seconds(30))).certificatePem
+                await client.close()
+                return pem
+            } catch {
+                await client.close()
+                throw error
+            }
         }
     }
 }

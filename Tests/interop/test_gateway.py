@@ -803,3 +803,35 @@ def test_apps_keep_serving_while_every_service_is_killed_and_are_adopted_when_th
     p.watch(answer["deployment_id"])
     assert p.get("/version.txt") == (200, "after the outage\n")
     p.cli("delete", "hello")
+
+
+def test_a_push_while_the_pipeline_is_down_is_accepted_and_deployed_once_it_is_back(slipway):
+    """The pipeline killed and kept down (its supervisor paused): a push is answered 202 RECEIVED, on
+    disk; once the supervisor runs again and restarts the pipeline, the gateway delivers it on its
+    own (no redelivery) and the commit serves."""
+    s = slipway
+    p = Project(s, "pipeline-down")
+    _, answer = p.push({"www/version.txt": "first\n"}, "first")
+    p.watch(answer["deployment_id"])
+    supervisor, pipeline = s.pid("supervisor"), s.pid("pipeline")
+    os.kill(supervisor, signal.SIGSTOP)
+    try:
+        os.kill(pipeline, signal.SIGKILL)
+        local.wait_until(lambda: not alive(pipeline), 10, "the pipeline did not die")
+        _, answer = p.push({"www/version.txt": "pushed while the pipeline was down\n"}, "while down")
+        assert answer["outcome"] == "DELIVERY_RECEIVED" and "deploys it once it does" in answer["reason"], answer
+        assert "deployment_id" not in answer
+    finally:
+        os.kill(supervisor, signal.SIGCONT)
+
+    def delivered():
+        listed = s.cli("webhook", "deliveries", "hello", *p.target, "-o", "json", check=False)
+        if listed.returncode != 0:
+            return None  # the pipeline is still starting: the CLI names the service through it
+        found = next(d for d in json.loads(listed.stdout) if d["id"] == answer["delivery"])
+        return found if found["outcome"] == "DELIVERY_DEPLOYED" else None
+
+    local.wait_until(delivered, 60, "the gateway did not deliver the push once the pipeline was back")
+    p.watch(delivered()["deployment_id"])
+    assert p.get("/version.txt") == (200, "pushed while the pipeline was down\n")
+    p.cli("delete", "hello")

@@ -186,7 +186,11 @@ actor ACMESession {
             }
             guard delay <= clock.now.duration(to: deadline) else {
                 var message = failure.message
-                if let retryAfter { message += " (the server asks to retry after \(Self.seconds(retryAfter)) s, past this request's \(Self.seconds(configuration.requestDeadline)) s deadline)" }
+                if let retryAfter {
+                    message += " (the server asks to retry after \(Self.seconds(retryAfter)) s, past this request's \(Self.seconds(configuration.requestDeadline)) s deadline)"
+                } else {
+                    message += " (gave up after \(attempt) attempts: the next would start past this request's \(Self.seconds(configuration.requestDeadline)) s deadline)"
+                }
                 throw ACMEError(failure.code, message, problem: problem)
             }
             logger.notice(

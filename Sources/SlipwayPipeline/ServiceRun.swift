@@ -193,15 +193,18 @@ struct ServiceRun {
         defer { progress.deadline.withLock { $0.at = nil } }
         var pause = Duration.milliseconds(250)
         var attempts = 0
+        // Why the step was still waiting when its time ran out, if a service was unavailable.
+        var unavailable: StepFailure?
         while true {
             do {
                 return try await body()
             } catch {
                 if progress.deadline.withLock({ $0.expired }) {
-                    let why = (error as? StepFailure).map { $0.isUnavailable ? " (\($0.message))" : "" } ?? ""
+                    let why = ((error as? StepFailure).flatMap { $0.isUnavailable ? $0 : nil } ?? unavailable).map { ": \($0.message)" } ?? ""
                     throw StepFailure("did not finish within \(Self.format(limit)) (the step timed out)\(why)")
                 }
                 guard let failure = error as? StepFailure, failure.isUnavailable, !Task.isCancelled else { throw error }
+                unavailable = failure
                 attempts += 1
                 // The first wait, then one line in ten: the log says what it waits for without filling up.
                 if attempts % 10 == 1 { write("\(failure.message); trying again until it answers (attempt \(attempts))", step: step) }

@@ -58,7 +58,7 @@ import Testing
         var configuration = ACMEClient.Configuration()
         configuration.initialBackoff = .milliseconds(10)
         configuration.maxAttempts = 3
-        configuration.requestDeadline = .seconds(10)
+        configuration.requestDeadline = .seconds(60)
         return ACMEClient(directoryURL: directoryURL, accountKey: key, accountURL: nil, httpClient: HTTPClient(timeout: .seconds(5)), logger: logger, configuration: configuration)
     }
 

@@ -44,6 +44,9 @@ logs = local.start_service(bin_dir, "logs", data, logs_port)
 pipeline = local.start_service(bin_dir, "pipeline", data, port, "--logs-address", f"127.0.0.1:{logs_port}",
                                "--pipeline-simulate", "builder,cluster,network,certs", "--pipeline-max-queued", str(per_environment),
                                "--pipeline-max-parallel", "4",
+                               # One organization holds every environment and service of the run: above the default quotas.
+                               "--pipeline-quota", "environments=100000", "--pipeline-quota", "services=100000",
+                               "--pipeline-quota", "concurrent-builds=100000", "--pipeline-quota", "memory-mib=100000000",
                                "--pipeline-durability", durability)
 try:
     channel = local.platform_channel(data, f"127.0.0.1:{port}", "pipeline")  # mutual TLS, as the operator

@@ -28,11 +28,16 @@ extension LocalCluster {
         guard let states = try? await runtime.list() else { return }
         let running = Set(states.filter { $0.status == .running }.map(\.id))
         let files = (try? FileManager.default.contentsOfDirectory(atPath: directory + "/workloads")) ?? []
+        // What the records name, read once here after runc was listed (for ``removeOrphans``).
+        var known: Set<String>? = []
         for file in files where file.hasSuffix(".json") {
             let serviceID = String(file.dropLast(5))
-            guard let peek = try? load(serviceID), peek.stopped != true,
-                  peek.current.contains(where: { !running.contains($0.id) || $0.exitedAt != nil })
-            else { continue }
+            guard let peek = try? load(serviceID) else {
+                known = nil
+                continue
+            }
+            known?.formUnion((peek.current + peek.pending + (peek.retiring ?? [])).map(\.id))
+            guard peek.stopped != true, peek.current.contains(where: { !running.contains($0.id) || $0.exitedAt != nil }) else { continue }
             await turns.acquire(serviceID)
             defer { turns.release(serviceID) }
             // Read again under the lock: a deploy may have replaced them meanwhile (and started new
@@ -65,20 +70,15 @@ extension LocalCluster {
             }
             try? save(record)
         }
-        await removeOrphans(listed: states, files: files)
+        if let known { await removeOrphans(listed: states, known: known) }
     }
 
     /// Instances runc runs that no workload's record names (a removal that failed after the record
-    /// let go of them, a kill between the two): nothing would ever stop them, so they go. Records
-    /// are read after runc was listed, and an instance is on its record before it starts: one a
-    /// deploy is starting now is never taken for an orphan. If a record cannot be read, nothing is
-    /// removed (what it names cannot be told).
-    func removeOrphans(listed states: [LocalRuntime.InstanceState], files: [String]) async {
-        var known = Set<String>()
-        for file in files where file.hasSuffix(".json") {
-            guard let record = try? load(String(file.dropLast(5))) else { return }
-            known.formUnion((record.current + record.pending + (record.retiring ?? [])).map(\.id))
-        }
+    /// let go of them, a kill between the two): nothing would ever stop them, so they go. `known`
+    /// was read after runc was listed, and an instance is on its record before it starts: one a
+    /// deploy is starting now is never taken for an orphan. The caller passes nothing when a record
+    /// could not be read (what it names cannot be told).
+    func removeOrphans(listed states: [LocalRuntime.InstanceState], known: Set<String>) async {
         for state in states where !known.contains(state.id) {
             logger.warning("removing an instance no workload names", metadata: ["instance": "\(state.id)"])
             try? await Self.remove(state.id, runtime, applicationLogs)

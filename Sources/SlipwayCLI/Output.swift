@@ -15,12 +15,30 @@ struct Output: Sendable {
     var json: Bool { format == .json }
 
     func line(_ text: String = "") {
-        FileHandle.standardOutput.write(Data((text + "\n").utf8))
+        Self.write(Data((text + "\n").utf8))
+    }
+
+    /// To standard output. A reader that went away (`slipway ps | head -3`) ends the command quietly,
+    /// as for any Unix tool, instead of trapping in FileHandle.write.
+    static func write(_ data: Data) {
+        let written = data.withUnsafeBytes { bytes -> Bool in
+            var offset = 0
+            while offset < bytes.count {
+                let count = Glibc.write(STDOUT_FILENO, bytes.baseAddress! + offset, bytes.count - offset)
+                if count < 0 {
+                    if errno == EINTR { continue }
+                    return false
+                }
+                offset += count
+            }
+            return true
+        }
+        if !written { exit(errno == EPIPE ? 0 : 7) }
     }
 
     func emit(_ object: Any) {
         guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]) else { return }
-        FileHandle.standardOutput.write(data + Data("\n".utf8))
+        Self.write(data + Data("\n".utf8))
     }
 
     func paint(_ text: String, _ color: Color) -> String {

@@ -56,6 +56,11 @@ actor GitMirrors {
         if Self.isFullSHA(source.commit), (try? await git.run(["cat-file", "-e", "\(source.commit)^{commit}"], quiet: true, failure: .gitError)) != nil,
             await Self.mayBuild(source.commit, source, git)
         {
+            // The mirror is shared by every request for this URL: what another tenant's credentials
+            // fetched is served only to a request whose own credentials the repository accepts
+            // (one round trip, no objects), or a private repository's known commit would build
+            // for anyone who names it.
+            try await git.listRemote(source.url, timeout: limits.fetchTimeout)
             output("commit \(source.commit) is already in the mirror: nothing to fetch")
             return source.commit
         }
@@ -208,9 +213,12 @@ struct GitCredentials: Sendable {
                 let script = "#!/bin/sh\ncase \"$1\" in\n  *\"$SLIPWAY_GIT_HOST'\"*) ;;\n  *) exit 1 ;;\nesac\ncase \"$1\" in\n  Username*) printf '%s\\n' \"$SLIPWAY_GIT_USERNAME\" ;;\n  *) printf '%s\\n' \"$SLIPWAY_GIT_TOKEN\" ;;\nesac\n"
                 _ = FileManager.default.createFile(atPath: helper, contents: Data(script.utf8), attributes: [.posixPermissions: 0o700])
             }
+            // Validation refused URLs without a host; an empty one here would match every prompt.
+            guard let components = URLComponents(string: source.url), let host = components.host, !host.isEmpty else {
+                throw BuildFailure(.gitError, step: .gitClone, "git.url names no host the token could be for")
+            }
             environment["GIT_ASKPASS"] = helper
-            let components = URLComponents(string: source.url)
-            environment["SLIPWAY_GIT_HOST"] = (components?.host ?? "") + (components?.port.map { ":\($0)" } ?? "")
+            environment["SLIPWAY_GIT_HOST"] = host + (components.port.map { ":\($0)" } ?? "")
             environment["SLIPWAY_GIT_USERNAME"] = token.username.isEmpty ? "x-access-token" : token.username
             environment["SLIPWAY_GIT_TOKEN"] = token.token
             secrets.append(token.token)
@@ -313,6 +321,15 @@ struct GitCommand: Sendable {
     func fetch(_ url: String, refspecs: [String], timeout: Duration, quiet: Bool = false) async throws(BuildFailure) {
         do {
             try await run(["fetch", "--prune", "--force", "--progress", "--no-write-fetch-head", url] + refspecs, quiet: quiet, failure: .gitError, timeout: timeout)
+        } catch let failure where failure.reason == .gitError {
+            throw Self.classify(failure, url: url)
+        }
+    }
+
+    /// Asks the remote for its HEAD only: proves the credentials open the repository.
+    func listRemote(_ url: String, timeout: Duration) async throws(BuildFailure) {
+        do {
+            try await run(["ls-remote", url, "HEAD"], quiet: true, failure: .gitError, timeout: timeout)
         } catch let failure where failure.reason == .gitError {
             throw Self.classify(failure, url: url)
         }

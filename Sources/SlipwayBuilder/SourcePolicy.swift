@@ -56,6 +56,11 @@ public struct SourcePolicy: Sendable, Equatable {
                 }
                 let host = rest.prefix { $0 != "/" }.split(separator: "@").last.map(String.init) ?? ""
                 guard !host.isEmpty, !host.hasPrefix("-") else { throw RPCError(.invalidArgument, "git.url \"\(shown)\" names no host; \(accepted)") }
+                // What the credential helper and the password check read of an http(s) URL: one
+                // that parses differently there than in git would let a token go to another host.
+                if transport != .ssh, URLComponents(string: url)?.host?.isEmpty ?? true {
+                    throw RPCError(.invalidArgument, "git.url \"\(shown)\" is not a well-formed URL (escape its special characters); \(accepted)")
+                }
             }
         } else if url.hasPrefix("/") {
             transport = .local(path: url)

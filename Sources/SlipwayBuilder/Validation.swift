@@ -100,10 +100,15 @@ struct ValidatedBuild: Sendable {
         }
     }
 
+    /// The longest git URL accepted.
+    static let maxURLBytes = 2048
+
     static func validate(_ git: Slipway_Builder_V1_GitSource, sources: SourcePolicy) throws(RPCError) -> SourcePolicy.Transport {
         // A URL or ref starting with '-' would be read by git as an option.
-        guard !git.url.isEmpty, !git.url.hasPrefix("-"), !git.url.contains(where: \.isNewline) else {
-            throw RPCError(.invalidArgument, "git.url \"\(GitMirrors.redacted(git.url))\" is not a repository URL")
+        guard !git.url.isEmpty, git.url.utf8.count <= maxURLBytes, !git.url.hasPrefix("-"),
+            !git.url.unicodeScalars.contains(where: { $0.properties.isWhitespace || $0.value < 0x20 || $0.value == 0x7f })
+        else {
+            throw RPCError(.invalidArgument, "git.url \"\(GitMirrors.redacted(String(git.url.prefix(200))))\" is not a repository URL (at most \(maxURLBytes) bytes, no spaces or control characters)")
         }
         if URLComponents(string: git.url)?.password != nil {
             throw RPCError(.invalidArgument, "git.url carries a password: pass it as git.https_token instead, so it stays out of logs")

@@ -345,6 +345,8 @@ struct ServiceCommand: AsyncParsableCommand {
                 if let route {
                     out.line("  url         \(route.url)")
                     for domain in route.customDomains { out.line("  domain      \(domain.domain) \(domain.state)\(domain.reason.isEmpty ? "" : ": " + domain.reason)") }
+                } else if !service.domainLabel.isEmpty {
+                    out.line("  domain      \(service.domainLabel).<base domain> (routed from its first deployment)")
                 }
                 out.line("  deployment  \(out.status(service.deploymentStatus))")
                 out.line("  running     \(out.running(service.runningStatus))")

@@ -119,6 +119,7 @@ enum JSON {
         var object: [String: Any] = [
             "id": value.id, "name": value.name, "environment_id": value.environmentId, "secret_names": value.secretNames,
             "deployment_status": value.deploymentStatus.protoName, "running_status": value.runningStatus.protoName,
+            "domain_label": value.domainLabel,
         ]
         if let config = value.config { object["config"] = self.config(config) }
         return object

@@ -7,14 +7,17 @@ import Foundation
 /// server-side apply sends. Validated in the tests with `kubernetes-validate --strict`.
 ///
 /// The same semantics as local mode (``NginxConfig``): the default domain
-/// `<service>-<environment>.<base domain>` and every custom domain, the path prefix matched by whole
+/// `<domain label>.<base domain>` and the custom domains the caller routes (as local mode: those
+/// verified, ``NetworkState/routedCustomDomains(of:unverified:)``), the path prefix matched by whole
 /// segments (`pathType: Prefix`, like nginx's `location = /a` plus `location /a/`), HTTP answered
 /// directly until a certificate covers the host and redirected to HTTPS (308) after, and the same
 /// request body limit.
 ///
 /// ```swift
-/// let ingress = IngressManifests.ingress(route, baseDomain: "apps.example.com", certificates: state.certificates)
-/// for certificate in IngressManifests.certificatesUsed(by: route, baseDomain: "apps.example.com", among: state.certificates) {
+/// let routed = state.routedCustomDomains(of: route)   // verified ones only
+/// let ingress = IngressManifests.ingress(route, baseDomain: "apps.example.com", customDomains: routed, certificates: state.certificates)
+/// for certificate in IngressManifests.certificatesUsed(by: route, baseDomain: "apps.example.com", customDomains: routed,
+///                                                      among: state.certificates) {
 ///     let secret = IngressManifests.tlsSecret(certificate, chainPEM: chain, keyPEM: key,
 ///                                             environmentID: route.environmentID, environmentName: route.environmentName)
 /// }
@@ -44,10 +47,13 @@ public enum IngressManifests {
     /// per service name in a namespace means one Ingress too.
     public static func ingressName(_ route: NetworkState.Route) -> String { route.serviceName }
 
-    /// The hosts the route answers, default domain first, each once.
-    public static func hosts(_ route: NetworkState.Route, baseDomain: String) -> [String] {
+    /// The hosts the route answers, default domain first, each once: its default domain and
+    /// `customDomains` (the route's custom domains that are routed; a custom domain not yet verified
+    /// must not reach an Ingress, or whoever saves a name first would take its traffic).
+    public static func hosts(_ route: NetworkState.Route, baseDomain: String, customDomains: [String]) -> [String] {
         var seen = Set<String>()
-        return ([route.defaultDomain(base: baseDomain)] + route.customDomains).filter { seen.insert($0).inserted }
+        let own = Set(route.customDomains)
+        return ([route.defaultDomain(base: baseDomain)] + customDomains.filter(own.contains)).filter { seen.insert($0).inserted }
     }
 
     /// The certificate served for `host`: the one covering it that expires last, as in local mode.
@@ -61,10 +67,10 @@ public enum IngressManifests {
     /// must exist in the route's namespace (an Ingress cannot refer to another namespace's Secret, so
     /// a certificate used in several environments is stored once in each).
     public static func certificatesUsed(
-        by route: NetworkState.Route, baseDomain: String, among certificates: [NetworkState.Certificate]
+        by route: NetworkState.Route, baseDomain: String, customDomains: [String], among certificates: [NetworkState.Certificate]
     ) -> [NetworkState.Certificate] {
         var byName: [String: NetworkState.Certificate] = [:]
-        for host in hosts(route, baseDomain: baseDomain) {
+        for host in hosts(route, baseDomain: baseDomain, customDomains: customDomains) {
             if let certificate = certificate(for: host, among: certificates) { byName[tlsSecretName(certificate)] = certificate }
         }
         return byName.keys.sorted().map { byName[$0]! }
@@ -73,10 +79,10 @@ public enum IngressManifests {
     /// The route as an Ingress for ingress-nginx: one rule per host, the route's prefix on each, the
     /// cluster's Service behind it, and a `tls` entry per Secret listing the hosts it serves.
     public static func ingress(
-        _ route: NetworkState.Route, baseDomain: String, certificates: [NetworkState.Certificate],
+        _ route: NetworkState.Route, baseDomain: String, customDomains: [String], certificates: [NetworkState.Certificate],
         ingressClassName: String = "nginx", maxBodyMiB: Int = defaultMaxBodyMiB
     ) -> [String: Any] {
-        let hosts = hosts(route, baseDomain: baseDomain)
+        let hosts = hosts(route, baseDomain: baseDomain, customDomains: customDomains)
         let backend: [String: Any] = ["service": ["name": serviceName(route), "port": ["name": servicePortName]]]
         let rules: [[String: Any]] = hosts.map { host in
             ["host": host, "http": ["paths": [["path": route.pathPrefix, "pathType": "Prefix", "backend": backend]]]]

@@ -86,11 +86,17 @@ public struct NetworkState: Codable, Sendable, Equatable {
     /// Every routed domain with the routes that serve it (a domain may carry several services under
     /// different path prefixes): default domains, and custom domains once verified (all of them
     /// with `unverified`).
+    /// The route's custom domains that are routed: those whose DNS check verified them (all of them
+    /// with `unverified`, an operator's choice for closed networks). Local mode's nginx and
+    /// Kubernetes mode's Ingress both route exactly these.
+    public func routedCustomDomains(of route: Route, unverified: Bool = false) -> [String] {
+        unverified ? route.customDomains : route.customDomains.filter { domainChecks[$0]?.state == .verified }
+    }
+
     public func routesByDomain(baseDomain: String, unverified: Bool = false) -> [(domain: String, routes: [Route])] {
         var byDomain: [String: [Route]] = [:]
         for route in routes.values {
-            let custom = unverified ? route.customDomains : route.customDomains.filter { domainChecks[$0]?.state == .verified }
-            for domain in [route.defaultDomain(base: baseDomain)] + custom {
+            for domain in [route.defaultDomain(base: baseDomain)] + routedCustomDomains(of: route, unverified: unverified) {
                 byDomain[domain, default: []].append(route)
             }
         }

@@ -169,9 +169,10 @@ public final class PipelineStore: Sendable {
     }
 
     /// A default-domain label no other service holds: `<service>-<environment>` (the environment's
-    /// name made a DNS label), else with a random suffix. A label a deleted service of the same
-    /// environment held is taken over (re-creating a service keeps its address); a label is never
-    /// handed to another environment's service.
+    /// name made a DNS label), else with a random suffix. A service re-created under a deleted one's
+    /// name in the same environment takes over its label (it keeps its address, suffixed or not), and
+    /// so does another service of that environment for the plain `<service>-<environment>`; a label
+    /// is never handed to another environment's service.
     static func assignLabel(service: String, environment: String, environmentID: String?, _ db: Database) throws -> String {
         var slug = ""
         for scalar in environment.lowercased().unicodeScalars {
@@ -180,6 +181,17 @@ public final class PipelineStore: Sendable {
         }
         slug = String(slug.trimmingCharacters(in: CharacterSet(charactersIn: "-")).prefix(24)).trimmingCharacters(in: CharacterSet(charactersIn: "-"))
         let base = String((service.lowercased() + (slug.isEmpty ? "" : "-" + slug)).prefix(56)).trimmingCharacters(in: CharacterSet(charactersIn: "-"))
+        // A service re-created under its name in its environment gets back the label it had (deleted,
+        // its name is `<name>~deleted~<id>`).
+        if let environmentID, let previous = try Row.fetchOne(
+            db.cachedStatement(sql: """
+                SELECT id, domain_label FROM service WHERE environment_id = ? AND substr(name, 1, length(?) + 9) = ? || '~deleted~'
+                AND deleted_at IS NOT NULL AND domain_label IS NOT NULL ORDER BY deleted_at DESC LIMIT 1
+                """), arguments: [environmentID, service, service])
+        {
+            try db.cachedStatement(sql: "UPDATE service SET domain_label = NULL WHERE id = ?").execute(arguments: [previous["id"] as String])
+            return previous["domain_label"]
+        }
         var candidate = base
         for _ in 0..<50 {
             let holder = try Row.fetchOne(

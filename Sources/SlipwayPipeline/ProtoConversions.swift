@@ -215,6 +215,7 @@ enum Proto {
         message.name = service.name
         message.config = config(service.configuration)
         message.secretNames = service.secrets.keys.sorted()
+        message.domainLabel = service.domainLabel
         message.deploymentStatus = state?.deploymentStatus.map(status) ?? .deploymentStatusUnspecified
         message.runningStatus = state?.runningStatus.map(running) ?? .runningStatusUnspecified
         return message

@@ -210,6 +210,23 @@ import Testing
             // The token is in no process's command line while git runs either (checked on the mirror's config too).
             let config = try String(contentsOfFile: Self.mirrorConfig(env), encoding: .utf8)
             #expect(!config.contains("token-value"))
+
+            // The commit is in the builder's shared mirror now: naming it without the repository's
+            // credentials (another tenant who learnt the SHA) still gets nothing built.
+            var wrongToken = token
+            wrongToken.token = "wrong-token-value"
+            for credentials in [Slipway_Builder_V1_GitSource.OneOf_Credentials.httpsToken(wrongToken), nil] {
+                var known = env.buildRequest(url, imageName: "tests/other-tenant")
+                known.git?.commit = built.result.commit
+                known.git?.credentials = credentials
+                let denied = try await env.build(known)
+                #expect(denied.result.outcome != .buildSucceeded && denied.result.reason == .authenticationFailed, "\(denied.result.message)")
+            }
+            var again = env.buildRequest(url, imageName: "tests/private-again")
+            again.git?.commit = built.result.commit
+            again.git?.credentials = .httpsToken(token)
+            let rebuilt = try await env.build(again)
+            #expect(rebuilt.result.outcome == .buildSucceeded, "\(rebuilt.result.message)")
         }
     }
 
@@ -390,7 +407,9 @@ import Testing
                 }
             }
             for url in [repository, "file://" + repository, "/etc", "file:///etc/../etc", "git://example.com/x.git", "ext::sh -c touch% /tmp/pwned",
-                        "http://example.com/x.git", "ssh://git@example.com/x.git", "git@example.com:x.git", "relative/path", "https:///x.git"] {
+                        "http://example.com/x.git", "ssh://git@example.com/x.git", "git@example.com:x.git", "relative/path", "https:///x.git",
+                        "https://example.com/a b.git", "https://exa mple.com/x.git", "https://example.com/x.git\tinjected", "https://ex|ample.com/x.git",
+                        "https://example.com/" + String(repeating: "x", count: 2100)] {
                 let message = await refusal(url)
                 #expect(message != nil, "\(url) was accepted")
                 #expect(message?.contains("git.url") == true, "\(url): \(message ?? "")")

@@ -127,7 +127,7 @@ import Testing
 
     @Test func anHTTPRouteWithCustomDomainsAndSomeTLSHostsIsOneIngress() async throws {
         let route = Self.webRoute()
-        let ingress = IngressManifests.ingress(route, baseDomain: Self.base, certificates: Self.certificates)
+        let ingress = IngressManifests.ingress(route, baseDomain: Self.base, customDomains: route.customDomains, certificates: Self.certificates)
         let (valid, output) = try await Self.validate([ingress])
         #expect(valid, "\(output)")
         try Self.expectKubernetesGrammar(ingress)
@@ -156,7 +156,7 @@ import Testing
         ])
         #expect(IngressManifests.tlsSecretName(Self.www).hasPrefix("tls-example-com-"))
         #expect(IngressManifests.tlsSecretName(Self.wildcard).hasPrefix("tls-wildcard-apps-example-net-"))
-        #expect(IngressManifests.certificatesUsed(by: route, baseDomain: Self.base, among: Self.certificates).map(\.id) == [Self.www.id, Self.wildcard.id])
+        #expect(IngressManifests.certificatesUsed(by: route, baseDomain: Self.base, customDomains: route.customDomains, among: Self.certificates).map(\.id) == [Self.www.id, Self.wildcard.id])
 
         #expect(Self.annotations(ingress) == [
             "nginx.ingress.kubernetes.io/ssl-redirect": "true",
@@ -168,15 +168,39 @@ import Testing
         #expect(IngressManifests.defaultMaxBodyMiB == local.maxBodyMiB)
 
         // Another ingress class, and a route no certificate covers: no tls, no redirect.
-        let plain = IngressManifests.ingress(route, baseDomain: Self.base, certificates: [Self.unrelated], ingressClassName: "public")
+        let plain = IngressManifests.ingress(route, baseDomain: Self.base, customDomains: route.customDomains, certificates: [Self.unrelated], ingressClassName: "public")
         #expect((plain["spec"] as? [String: Any])?["ingressClassName"] as? String == "public")
         #expect((plain["spec"] as? [String: Any])?["tls"] == nil)
         #expect(Self.annotations(plain)["nginx.ingress.kubernetes.io/ssl-redirect"] == nil)
     }
 
+    @Test func aCustomDomainReachesTheIngressOnlyOnceItsDNSCheckVerifiedIt() throws {
+        let route = Self.webRoute()
+        var state = NetworkState()
+        state.routes[route.key] = route
+        state.domainChecks["www.example.com"] = .init(state: .verified, reason: "", checkedAt: 1)
+        state.domainChecks["example.org"] = .init(state: .pending, reason: "not checked yet", checkedAt: 0)
+        let routed = state.routedCustomDomains(of: route)
+        #expect(routed == ["www.example.com"])
+
+        let ingress = IngressManifests.ingress(route, baseDomain: Self.base, customDomains: routed, certificates: Self.certificates)
+        #expect(try Self.rules(ingress).map(\.host) == ["web-prod.apps.example.net", "www.example.com"])
+        // A domain named by the caller that is not the route's own is never a host either.
+        let foreign = IngressManifests.ingress(route, baseDomain: Self.base, customDomains: ["shop.example.net"], certificates: [])
+        #expect(try Self.rules(foreign).map(\.host) == ["web-prod.apps.example.net"])
+
+        // Once verified, it is routed; the operator's --network-route-unverified-domains routes all.
+        state.domainChecks["example.org"] = .init(state: .verified, reason: "", checkedAt: 2)
+        #expect(state.routedCustomDomains(of: route) == ["www.example.com", "example.org"])
+        state.domainChecks["example.org"] = .init(state: .error, reason: "no address", checkedAt: 3)
+        #expect(state.routedCustomDomains(of: route, unverified: true) == ["www.example.com", "example.org"])
+        // Local mode's nginx answers the same set.
+        #expect(state.routesByDomain(baseDomain: Self.base).map(\.domain) == ["web-prod.apps.example.net", "www.example.com"])
+    }
+
     @Test func gRPCAndH2CRoutesUseTheGRPCBackendProtocolAtTheirPathPrefix() async throws {
-        let grpc = IngressManifests.ingress(Self.grpcRoute(.grpc), baseDomain: Self.base, certificates: [])
-        let h2c = IngressManifests.ingress(Self.grpcRoute(.http2), baseDomain: Self.base, certificates: [Self.wildcard])
+        let grpc = IngressManifests.ingress(Self.grpcRoute(.grpc), baseDomain: Self.base, customDomains: Self.grpcRoute(.grpc).customDomains, certificates: [])
+        let h2c = IngressManifests.ingress(Self.grpcRoute(.http2), baseDomain: Self.base, customDomains: Self.grpcRoute(.http2).customDomains, certificates: [Self.wildcard])
         let (valid, output) = try await Self.validate([grpc, h2c])
         #expect(valid, "\(output)")
         try Self.expectKubernetesGrammar(grpc)
@@ -227,7 +251,7 @@ import Testing
         var route = NetworkState.Route(environmentID: "ENV_" + String(repeating: "e", count: 80), serviceID: "svc_1", serviceName: service, environmentName: "staging")
         route.customDomains = [String(repeating: "d", count: 63) + "." + String(repeating: "c", count: 63) + ".example.com"]
         let long = Self.certificate("f", route.customDomains, notAfter: 1)
-        let ingress = IngressManifests.ingress(route, baseDomain: "x.example.com", certificates: [long])
+        let ingress = IngressManifests.ingress(route, baseDomain: "x.example.com", customDomains: route.customDomains, certificates: [long])
         let secret = IngressManifests.tlsSecret(long, chainPEM: "c", keyPEM: "k", environmentID: route.environmentID, environmentName: route.environmentName)
         let (valid, output) = try await Self.validate([ingress, secret])
         #expect(valid, "\(output)")
@@ -240,7 +264,7 @@ import Testing
 
     @Test func theValidatorRefusesABrokenIngress() async throws {
         func broken(_ change: (inout [String: Any]) -> Void) -> [String: Any] {
-            let ingress = IngressManifests.ingress(Self.webRoute(), baseDomain: Self.base, certificates: Self.certificates)
+            let ingress = IngressManifests.ingress(Self.webRoute(), baseDomain: Self.base, customDomains: Self.webRoute().customDomains, certificates: Self.certificates)
             var spec = ingress["spec"] as! [String: Any]
             var rules = spec["rules"] as! [[String: Any]]
             var http = rules[0]["http"] as! [String: Any]

@@ -157,17 +157,26 @@ import Testing
         let odd = try store.createEnvironment(projectID: environment.projectID, name: "QA  & Review!")
         #expect(try store.createService(environmentID: odd.id, name: "web", configuration: ServiceSpec(source: .container(image: "nginx", tag: "1"))).domainLabel == "web-qa-review")
         // A deleted service's label goes to its successor in the same environment, never to another's.
-        let record = try store.recordDeployment(environmentID: environment.id, action: .delete, services: [web.id: ""], origin: .api, triggeredBy: "t", idempotencyKey: nil).record
-        try store.apply(.start, deploymentID: record.id, serviceID: web.id)
-        var change = PipelineStore.Change(deploymentID: record.id, serviceID: web.id)
-        change.event = .succeed
-        change.markDeleted = true
-        try store.record(change)
+        func delete(_ serviceID: String, in environmentID: String) throws {
+            let record = try store.recordDeployment(
+                environmentID: environmentID, action: .delete, services: [serviceID: ""], origin: .api, triggeredBy: "t", idempotencyKey: nil
+            ).record
+            try store.apply(.start, deploymentID: record.id, serviceID: serviceID)
+            var change = PipelineStore.Change(deploymentID: record.id, serviceID: serviceID)
+            change.event = .succeed
+            change.markDeleted = true
+            try store.record(change)
+        }
+        try delete(web.id, in: environment.id)
         let another = try store.createService(environmentID: rival.id, name: "web2", configuration: ServiceSpec(source: .container(image: "nginx", tag: "1")))
         #expect(another.domainLabel == "web2-prod")
         let successor = try store.createService(environmentID: environment.id, name: "web", configuration: ServiceSpec(source: .container(image: "nginx", tag: "1")))
         #expect(successor.domainLabel == "web-prod")
         #expect(try PipelineStore(directory: path).service(successor.id).domainLabel == "web-prod")
+        // Re-created under its name, a service gets back its suffixed label too.
+        try delete(theirs.id, in: rival.id)
+        let theirsAgain = try store.createService(environmentID: rival.id, name: "web", configuration: ServiceSpec(source: .container(image: "nginx", tag: "1")))
+        #expect(theirsAgain.domainLabel == theirs.domainLabel && theirsAgain.id != theirs.id)
     }
 
     @Test func organizationQuotasAreCheckedWhereTheyWouldBeExceeded() throws {

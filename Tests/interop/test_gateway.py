@@ -118,14 +118,16 @@ class Project:
     """An organization, project, environment and service `hello` built from a bare repository whose
     post-receive hook delivers the service's webhook; `push()` commits to a clone and pushes."""
 
-    def __init__(self, s, name, **service_flags):
+    def __init__(self, s, name, env=None, **service_flags):
         self.s, self.name = s, name
-        # Each its own environment name, so that the default domain is <service>-<environment>.localhost
-        # (a service of another organization with the same names gets a suffixed one).
-        self.target = ["--org", name, "--project", "web", "--env", name]
+        # By default each its own environment name, so that the default domain is
+        # <service>-<environment>.localhost (a service of another organization with the same names
+        # gets a suffixed one).
+        env = env or name
+        self.target = ["--org", name, "--project", "web", "--env", env]
         s.cli("org", "create", name)
         s.cli("project", "create", "web", "--org", name)
-        s.cli("env", "create", name, "--org", name, "--project", "web")
+        s.cli("env", "create", env, "--org", name, "--project", "web")
         self.bare = os.path.join(s.data, "git", f"{name}.git")
         os.makedirs(self.bare)
         local.git(self.bare, "init", "--quiet", "--bare", "--initial-branch", "main")
@@ -144,7 +146,7 @@ class Project:
         local.git(os.path.dirname(self.work), "clone", "--quiet", self.bare, self.work)
         local.git(self.work, "checkout", "--quiet", "-B", "main")
         subprocess.run(["cp", "-r", os.path.join(ROOT, "examples", "hello", "."), self.work], check=True)
-        self.host = f"hello-{name}.localhost"
+        self.host = f"{self.service['domain_label']}.localhost"
 
     def cli(self, *args, **kwargs):
         return self.s.cli(*args, *self.target, **kwargs)
@@ -835,3 +837,35 @@ def test_a_push_while_the_pipeline_is_down_is_accepted_and_deployed_once_it_is_b
     p.watch(delivered()["deployment_id"])
     assert p.get("/version.txt") == (200, "pushed while the pipeline was down\n")
     p.cli("delete", "hello")
+
+
+def test_default_domains_are_unique_across_organizations(slipway):
+    """Two organizations, each with service `hello` in an environment `twins`: the second gets another
+    default domain when its service is created (before any deployment), each domain serves its own
+    organization's app, and the first keeps the plain <service>-<environment> name."""
+    s = slipway
+    first, second = Project(s, "twin-a", env="twins"), Project(s, "twin-b", env="twins")
+    assert first.service["domain_label"] == "hello-twins", first.service
+    label = second.service["domain_label"]
+    assert label.startswith("hello-twins-") and label != first.service["domain_label"], second.service
+    # The label is the service's: shown before the first deployment, and by service show.
+    shown = s.json("service", "show", "hello", *second.target)
+    assert shown["domain_label"] == label and "default_domain" not in shown, shown
+    for project in (first, second):
+        _, answer = project.push({"www/index.html": f"<h1>{project.name}</h1>\n"}, f"{project.name}'s page")
+        project.watch(answer["deployment_id"])
+    for project, other in ((first, second), (second, first)):
+        shown = s.json("service", "show", "hello", *project.target)
+        assert shown["default_domain"] == project.host, shown
+        status, body = project.get()
+        assert status == 200 and project.name in body and other.name not in body, (project.host, status, body)
+    # Deleted, a service's label is kept for its environment: another organization's new `hello` in
+    # a `twins` environment gets neither, while the second organization re-creating it gets its own back.
+    for project in (first, second):
+        project.cli("delete", "hello")
+    third = Project(s, "twin-c", env="twins")
+    assert third.service["domain_label"] not in ("hello-twins", label), third.service
+    again = s.json("service", "create", "hello", *second.target, "--git", second.bare, "--port", "8080:public")
+    assert again["domain_label"] == label and again["id"] != second.service["id"], again
+    for project in (second, third):
+        project.cli("delete", "hello")

@@ -604,9 +604,17 @@ def test_killed_services_mid_step_resume_and_the_new_version_serves(with_cluster
         hello = p.service(deployment, ids["hello"])
         assert deployment.status == pb.DEPLOYED, (victim, step, hello.reason, [(pb.Step.Name(s.step), s.message) for s in hello.steps])
         interruptions = {pb.Step.Name(s.step): s.interruptions for s in hello.steps if s.interruptions}
-        # A pipeline killed in a step resumes that step (unless the step had ended the moment the kill landed).
-        assert interruptions in ({step: 1}, {}) if victim == "pipeline" and step in ("GIT_CLONE", "ROUTER_DEPLOYMENT", "CERTIFICATE") \
-            else interruptions == ({step: 1} if victim == "pipeline" else {}), (victim, step, interruptions)
+        # A pipeline killed in a step resumes that step. The short steps may have ended between the
+        # RUNNING event and the kill: the kill then lands in a later step (or after the last one), and
+        # that step is the one resumed. Either way, exactly one step of this one or after it resumes.
+        if victim != "pipeline":
+            assert interruptions == {}, (victim, step, interruptions)
+        elif step in ("GIT_CLONE", "ROUTER_DEPLOYMENT", "CERTIFICATE"):
+            later = [name for name in pb.Step.keys() if pb.Step.Value(name) >= pb.Step.Value(step)]
+            assert interruptions == {} or (len(interruptions) == 1 and list(interruptions.values()) == [1]
+                                           and next(iter(interruptions)) in later), (victim, step, interruptions)
+        else:
+            assert interruptions == {step: 1}, (victim, step, interruptions)
         status, body = through_load_balancer(p, host)
         assert status == 200 and version in body, (victim, step, status, body)
 

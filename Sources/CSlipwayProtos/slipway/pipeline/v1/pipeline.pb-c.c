@@ -3351,7 +3351,7 @@ const ProtobufCMessageDescriptor slipway__pipeline__v1__service_config__descript
   (ProtobufCMessageInit) slipway__pipeline__v1__service_config__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor slipway__pipeline__v1__service__field_descriptors[7] =
+static const ProtobufCFieldDescriptor slipway__pipeline__v1__service__field_descriptors[8] =
 {
   {
     "id",
@@ -3437,10 +3437,23 @@ static const ProtobufCFieldDescriptor slipway__pipeline__v1__service__field_desc
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "domain_label",
+    8,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Pipeline__V1__Service, domain_label),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned slipway__pipeline__v1__service__field_indices_by_name[] = {
   3,   /* field[3] = config */
   5,   /* field[5] = deployment_status */
+  7,   /* field[7] = domain_label */
   1,   /* field[1] = environment_id */
   0,   /* field[0] = id */
   2,   /* field[2] = name */
@@ -3450,7 +3463,7 @@ static const unsigned slipway__pipeline__v1__service__field_indices_by_name[] = 
 static const ProtobufCIntRange slipway__pipeline__v1__service__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 7 }
+  { 0, 8 }
 };
 const ProtobufCMessageDescriptor slipway__pipeline__v1__service__descriptor =
 {
@@ -3460,7 +3473,7 @@ const ProtobufCMessageDescriptor slipway__pipeline__v1__service__descriptor =
   "Slipway__Pipeline__V1__Service",
   "slipway.pipeline.v1",
   sizeof(Slipway__Pipeline__V1__Service),
-  7,
+  8,
   slipway__pipeline__v1__service__field_descriptors,
   slipway__pipeline__v1__service__field_indices_by_name,
   1,  slipway__pipeline__v1__service__number_ranges,

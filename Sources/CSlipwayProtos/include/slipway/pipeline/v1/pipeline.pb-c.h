@@ -502,10 +502,16 @@ struct  Slipway__Pipeline__V1__Service
    */
   Slipway__Pipeline__V1__DeploymentStatus deployment_status;
   Slipway__Pipeline__V1__RunningStatus running_status;
+  /*
+   * Its default domain is <domain_label>.<the load balancer's base domain>. Assigned when the
+   * service is created, unique across the platform (<service>-<environment>, with 4 random
+   * characters appended when another organization holds that label), kept for its life.
+   */
+  ProtobufCBinaryData domain_label;
 };
 #define SLIPWAY__PIPELINE__V1__SERVICE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&slipway__pipeline__v1__service__descriptor) \
-    , {0,NULL}, {0,NULL}, {0,NULL}, NULL, 0,NULL, SLIPWAY__PIPELINE__V1__DEPLOYMENT_STATUS__DEPLOYMENT_STATUS_UNSPECIFIED, SLIPWAY__PIPELINE__V1__RUNNING_STATUS__RUNNING_STATUS_UNSPECIFIED }
+    , {0,NULL}, {0,NULL}, {0,NULL}, NULL, 0,NULL, SLIPWAY__PIPELINE__V1__DEPLOYMENT_STATUS__DEPLOYMENT_STATUS_UNSPECIFIED, SLIPWAY__PIPELINE__V1__RUNNING_STATUS__RUNNING_STATUS_UNSPECIFIED, {0,NULL} }
 
 
 struct  Slipway__Pipeline__V1__StepRecord

@@ -207,7 +207,7 @@ let serviceDependencies: [String: [Target.Dependency]] = [
         "SlipwayProcess", "SlipwayIsolation", "SlipwayHTTP", "SlipwayRegistry", .product(name: "Crypto", package: "swift-crypto"), .product(name: "Yams", package: "Yams"),
         .product(name: "NIOSSL", package: "swift-nio-ssl"), .product(name: "NIOHTTP1", package: "swift-nio"),
     ],
-    "SlipwayPipeline": [.product(name: "GRDB", package: "GRDB.swift"), .product(name: "Crypto", package: "swift-crypto")],
+    "SlipwayPipeline": ["SlipwayRegistry", .product(name: "GRDB", package: "GRDB.swift"), .product(name: "Crypto", package: "swift-crypto")],
     "SlipwayCerts": [
         "SlipwayACME", "SlipwayHTTP", .product(name: "Crypto", package: "swift-crypto"), .product(name: "X509", package: "swift-certificates"),
         .product(name: "SwiftASN1", package: "swift-asn1"), .product(name: "NIOSSL", package: "swift-nio-ssl"),

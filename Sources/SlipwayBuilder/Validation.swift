@@ -35,9 +35,16 @@ struct ValidatedBuild: Sendable {
                 throw RPCError(.invalidArgument, "build_args: \"\(key)\" is not a valid argument name (letters, digits and _, not starting with a digit)")
             }
         }
+        // Each is a `--build-arg NAME=VALUE` on buildah's command line: bounded so the arguments fit.
+        let argBytes = request.buildArgs.reduce(0) { $0 + $1.key.utf8.count + $1.value.utf8.count }
+        guard request.buildArgs.count <= Self.maxBuildArgs, argBytes <= Self.maxBuildArgBytes, !request.buildArgs.values.contains(where: { $0.utf8.contains(0) }) else {
+            throw RPCError(.invalidArgument, "build_args: at most \(Self.maxBuildArgs) arguments of \(Self.maxBuildArgBytes) bytes in all, without NUL (got \(request.buildArgs.count), \(argBytes) bytes)")
+        }
         buildArgs = request.buildArgs
-        guard request.target.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "._-".contains($0)) }) else {
-            throw RPCError(.invalidArgument, "target \"\(request.target)\" is not a stage name")
+        guard request.target.utf8.count <= 128, !request.target.hasPrefix("-"),
+            request.target.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "._-".contains($0)) })
+        else {
+            throw RPCError(.invalidArgument, "target \"\(request.target.prefix(140))\" is not a stage name (at most 128 letters, digits, '.', '_' or '-', not starting with '-')")
         }
         target = request.target
         let context = request.context!
@@ -55,9 +62,13 @@ struct ValidatedBuild: Sendable {
         }
     }
 
+    /// The request's timeout, never longer than the operator's (`--builder-timeout`).
     func timeout(default value: Duration) -> Duration {
-        timeoutSeconds > 0 ? .seconds(Int(timeoutSeconds)) : value
+        timeoutSeconds > 0 ? min(.seconds(Int(timeoutSeconds)), value) : value
     }
+
+    static let maxBuildArgs = 100
+    static let maxBuildArgBytes = 64 * 1024
 
     /// The image tag: a hash of everything that determines the image — commit, root path,
     /// Dockerfile path and content, target, build args — prefixed with the commit for people.
@@ -151,7 +162,9 @@ struct ValidatedMirror: Sendable {
     var target: ImageReference
     var targetRegistry: RegistryTarget
 
-    init(_ request: Slipway_Builder_V1_MirrorRequest, defaultRegistry: RegistryTarget) throws(RPCError) {
+    /// `operatorRegistries`: the registries the operator named (`--builder-insecure-registry`), the
+    /// only ones besides the platform registry that may be on loopback or reached over plain HTTP.
+    init(_ request: Slipway_Builder_V1_MirrorRequest, defaultRegistry: RegistryTarget, operatorRegistries: [String] = []) throws(RPCError) {
         try ValidatedBuild.validateID(request.buildId)
         try ValidatedBuild.validate(request.context)
         guard let source = ImageReference(parsing: request.sourceImage) else {
@@ -162,10 +175,19 @@ struct ValidatedMirror: Sendable {
         if let credentials = request.sourceRegistry {
             sourceRegistry.username = credentials.username
             sourceRegistry.password = credentials.password
-            sourceRegistry.insecure = credentials.insecure
+            sourceRegistry.insecure = credentials.insecure && operatorRegistries.contains(source.host)
         }
         self.sourceRegistry = sourceRegistry
         targetRegistry = try ValidatedBuild.registry(request.registry, default: defaultRegistry)
+        // A tenant names the image: the builder must not become its way onto this machine's
+        // loopback or a link-local metadata service. The platform registry is the one exception.
+        if source.host != targetRegistry.host, source.host != defaultRegistry.host, !operatorRegistries.contains(source.host),
+            RegistryClient.isInternal(RegistryClient.hostName(source.host))
+        {
+            throw RPCError(
+                .invalidArgument,
+                "source_image \"\(request.sourceImage)\": images are not pulled from loopback or link-local registries (unless the operator names one with --builder-insecure-registry)")
+        }
         // From the platform registry itself: its own transport and, unless the request gave others,
         // its credentials, for the requesting environment's own images only (`<environment id>/…`):
         // the platform's login must not copy one tenant's image into another's repository.

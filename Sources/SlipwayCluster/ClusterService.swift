@@ -1,4 +1,5 @@
 import SlipwayProtos
+import SlipwayRegistry
 import SlipwayRPC
 
 /// `slipway.cluster.v1.Cluster` over the local driver.
@@ -8,6 +9,7 @@ struct ClusterService: Slipway_Cluster_V1_Cluster.ServiceProtocol {
 
     func deploy(request: Slipway_Cluster_V1_DeployRequest, context: ServerContext) async throws -> Slipway_Cluster_V1_DeployResponse {
         try Self.checkNumbers(request)
+        try Self.checkContent(request)
         var spec = DeploySpec(workload: try Self.workload(request.workload), image: request.image)
         spec.insecureRegistry = request.insecureRegistry
         spec.environment = request.environment
@@ -68,6 +70,39 @@ struct ClusterService: Slipway_Cluster_V1_Cluster.ServiceProtocol {
         static let stopGraceSeconds: UInt32 = 3600
         static let livenessSeconds: UInt32 = 3600
         static let failureThreshold: UInt32 = 100
+        static let replicas: UInt32 = 50
+        static let imageBytes = 512
+        /// Variables and secrets together, as the pipeline sends them.
+        static let environmentVariables = 2000
+        static let environmentBytes = 128 * 1024
+        static let commandArguments = 64
+        static let commandArgumentBytes = 4096
+    }
+
+    /// What reaches a process's environment and command line, or a manifest, as text.
+    static func checkContent(_ request: Slipway_Cluster_V1_DeployRequest) throws(RPCError) {
+        guard request.replicas <= Limits.replicas else {
+            throw RPCError(.invalidArgument, "replicas must be at most \(Limits.replicas), got \(request.replicas)")
+        }
+        guard !request.image.isEmpty, request.image.utf8.count <= Limits.imageBytes, ImageReference(parsing: request.image) != nil else {
+            throw RPCError(.invalidArgument, "image \"\(request.image.prefix(120))\" is not an image reference (host/name:tag or host/name@sha256:…, at most \(Limits.imageBytes) bytes)")
+        }
+        var bytes = 0
+        for (name, value) in request.environment {
+            let valid = !name.isEmpty && name.utf8.count <= 256 && !name.utf8.contains(where: { $0 == UInt8(ascii: "=") || $0 < 0x20 || $0 == 0x7f })
+            guard valid, !value.utf8.contains(0) else {
+                throw RPCError(.invalidArgument, "environment: \"\(name.prefix(80))\" must be a name without '=' or control characters and a value without NUL")
+            }
+            bytes += name.utf8.count + value.utf8.count
+        }
+        guard request.environment.count <= Limits.environmentVariables, bytes <= Limits.environmentBytes else {
+            throw RPCError(.invalidArgument, "environment: at most \(Limits.environmentVariables) variables of \(Limits.environmentBytes) bytes in all (got \(request.environment.count), \(bytes) bytes)")
+        }
+        guard request.command.count <= Limits.commandArguments,
+            request.command.allSatisfy({ $0.utf8.count <= Limits.commandArgumentBytes && !$0.utf8.contains(0) })
+        else {
+            throw RPCError(.invalidArgument, "command: at most \(Limits.commandArguments) arguments of \(Limits.commandArgumentBytes) bytes, without NUL")
+        }
     }
 
     static func checkNumbers(_ request: Slipway_Cluster_V1_DeployRequest) throws(RPCError) {
@@ -161,7 +196,10 @@ struct ClusterService: Slipway_Cluster_V1_Cluster.ServiceProtocol {
 
     static func workload(_ message: Slipway_Cluster_V1_Workload?) throws(ClusterFailure) -> Workload {
         guard let message else { throw ClusterFailure(kind: .invalid, description: "workload is required") }
-        return Workload(environmentID: message.environmentId, serviceID: message.serviceId, serviceName: message.serviceName)
+        let workload = Workload(environmentID: message.environmentId, serviceID: message.serviceId, serviceName: message.serviceName)
+        // At the boundary, whichever driver runs: names reach paths, label selectors and manifests.
+        try LocalCluster.validate(workload)
+        return workload
     }
 
     static func workloadStatus(_ status: WorkloadStatus) -> Slipway_Cluster_V1_WorkloadStatus {

@@ -1,4 +1,5 @@
 import SlipwayProtos
+import SlipwayRPC
 
 /// Reads a stream forward from a cursor, from memory when the window covers it, else from disk.
 struct LogReader: Sendable {
@@ -46,6 +47,20 @@ struct LineFilter: Sendable {
     }
 
     var isEmpty: Bool { minLevel == 0 && contains.isEmpty && instance.isEmpty && service.isEmpty }
+
+    /// A substring searched in every line a reader passes: bounded, as the ids it compares.
+    static let maxContainsBytes = 1024
+    static let maxIDBytes = 128
+
+    static func validate(_ filter: Slipway_Logs_V1_Filter?) throws(RPCError) {
+        guard let filter else { return }
+        guard filter.contains.utf8.count <= maxContainsBytes else {
+            throw RPCError(.invalidArgument, "filter.contains is longer than \(maxContainsBytes) bytes")
+        }
+        for (field, value) in [("instance_id", filter.instanceId), ("service_id", filter.serviceId)] where value.utf8.count > maxIDBytes {
+            throw RPCError(.invalidArgument, "filter.\(field) is longer than \(maxIDBytes) bytes")
+        }
+    }
 
     func matches(_ line: Slipway_Logs_V1_LogLine) -> Bool {
         if minLevel > 0 && line.level.rawValue < minLevel { return false }

@@ -8,6 +8,8 @@ struct LogsService: Slipway_Logs_V1_Logs.ServiceProtocol {
     let store: LogStore
     let logger: Logger
     private let subscribers = SubscriberCount()
+    /// A line's instance id, stage, step and service id.
+    static let maxLabelBytes = 128
 
     init(store: LogStore, logger: Logger) {
         self.store = store
@@ -63,6 +65,11 @@ struct LogsService: Slipway_Logs_V1_Logs.ServiceProtocol {
             } catch {
                 throw RPCError(.invalidArgument, "batch \(batch.batchId) lines[\(index)]: \(error.message)")
             }
+            // Copied into every part of a split line and into every reader's response: bounded.
+            for (field, value) in [("instance_id", line.instanceId), ("stage", line.stage), ("step", line.step), ("service_id", line.serviceId)]
+            where value.utf8.count > Self.maxLabelBytes {
+                throw RPCError(.invalidArgument, "batch \(batch.batchId) lines[\(index)].\(field) is longer than \(Self.maxLabelBytes) bytes")
+            }
             let parts = LineSplitter.split(line.text, maxBytes: store.configuration.maxLineBytes)
             for (part, text) in parts.enumerated() {
                 var stored = line
@@ -89,6 +96,7 @@ struct LogsService: Slipway_Logs_V1_Logs.ServiceProtocol {
             throw RPCError(.resourceExhausted, "the logs service already serves \(store.configuration.maxSubscribers) tails; close some or retry later")
         }
         defer { subscribers.leave() }
+        try LineFilter.validate(request.filter)
         if let key = request.stream, !key.environmentId.isEmpty, key.deploymentId.isEmpty, key.serviceId.isEmpty {
             _ = try StreamID(kind: .application, environment: key.environmentId, name: "merged")  // validates the environment id
             let merged = MergedTail(store: store, environment: key.environmentId, filter: LineFilter(request.filter))
@@ -146,6 +154,7 @@ struct LogsService: Slipway_Logs_V1_Logs.ServiceProtocol {
     // MARK: Query
 
     func query(_ request: Slipway_Logs_V1_QueryRequest) async throws -> Slipway_Logs_V1_QueryResponse {
+        try LineFilter.validate(request.filter)
         let id = try StreamID(request.stream)
         let pageSize = request.pageSize == 0 ? 100 : Int(request.pageSize)
         guard pageSize <= 1000 else {

@@ -151,7 +151,13 @@ public actor LoadBalancer {
             throw Failure(kind: .invalid, description: "at most \(limits.maxBackends) addresses per route, got \(backends.count)")
         }
         for backend in backends { try RouteValidation.backend(backend) }
-        return try await apply { state in state.backends[key] = backends.isEmpty ? nil : backends }
+        return try await apply { state in
+            // Backends kept for routes not set yet count against the same limit as routes.
+            if !backends.isEmpty, state.backends[key] == nil, state.backends.count >= limits.maxRoutes {
+                throw Failure(kind: .conflict, description: "the load balancer holds backends for its limit of \(limits.maxRoutes) routes")
+            }
+            state.backends[key] = backends.isEmpty ? nil : backends
+        }
     }
 
     public func deleteRoute(key: String) async throws -> NetworkState.Route {

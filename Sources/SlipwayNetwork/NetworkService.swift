@@ -118,8 +118,11 @@ struct NetworkService: Slipway_Network_V1_Network.ServiceProtocol {
 
     static func validate(_ key: Slipway_Network_V1_RouteKey) throws {
         for (value, field) in [(key.environmentId, "environment_id"), (key.serviceId, "service_id")] {
-            guard !value.isEmpty, value.utf8.count <= 128, value.utf8.allSatisfy({ $0 > 32 && $0 < 127 }) else {
-                throw RPCError(.invalidArgument, "key.\(field) must be 1 to 128 printable characters")
+            // The platform's id alphabet: `/` (the key's separator) or spaces would let two keys meet.
+            guard !value.isEmpty, value.utf8.count <= 128,
+                value.utf8.allSatisfy({ ($0 >= 65 && $0 <= 90) || ($0 >= 97 && $0 <= 122) || ($0 >= 48 && $0 <= 57) || $0 == 46 || $0 == 95 || $0 == 45 })
+            else {
+                throw RPCError(.invalidArgument, "key.\(field) must be 1 to 128 of A-Z, a-z, 0-9, '.', '_' and '-'")
             }
         }
     }

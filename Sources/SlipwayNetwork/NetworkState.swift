@@ -1,5 +1,6 @@
 import Foundation
 import SlipwayRPC
+import SlipwayServiceKit
 
 /// Everything the load balancer's configuration is made from. Written to disk before nginx is told
 /// (``LoadBalancer``), so a restarted network service renders the same configuration again.
@@ -116,25 +117,15 @@ public enum RouteValidation {
     /// A lowercase DNS name: labels of a-z, 0-9 and '-', not starting or ending with '-', at most 63
     /// bytes each and 253 in all, at least two labels. `*.` may start it when wildcards are allowed.
     public static func domain(_ value: String, field: String, wildcard: Bool = false) throws(Invalid) {
-        var name = Substring(value)
-        if wildcard, name.hasPrefix("*.") { name = name.dropFirst(2) }
-        let labels = name.split(separator: ".", omittingEmptySubsequences: false)
-        guard value.utf8.count <= 253, labels.count >= 2, labels.allSatisfy(isLabel) else {
+        guard InputGrammar.isDomainName(value, wildcard: wildcard) else {
             throw Invalid(description: "\(field) \"\(value)\" is not a lowercase DNS name (labels of a-z, 0-9 and '-', dot-separated, e.g. app.example.com)")
         }
     }
 
     public static func label(_ value: String, field: String) throws(Invalid) {
-        guard isLabel(Substring(value)) else {
+        guard InputGrammar.isDNSLabel(value) else {
             throw Invalid(description: "\(field) \"\(value)\" must be a DNS label: 1 to 63 of a-z, 0-9 and '-', not starting or ending with '-'")
         }
-    }
-
-    static func isLabel(_ label: Substring) -> Bool {
-        let bytes = label.utf8
-        guard let first = bytes.first, let last = bytes.last, bytes.count <= 63 else { return false }
-        return first != UInt8(ascii: "-") && last != UInt8(ascii: "-")
-            && bytes.allSatisfy { ($0 >= 97 && $0 <= 122) || ($0 >= 48 && $0 <= 57) || $0 == UInt8(ascii: "-") }
     }
 
     /// "/" or segments of A-Z a-z 0-9 - . _ ~ separated by '/'; returned without a trailing slash.
@@ -161,7 +152,7 @@ public enum RouteValidation {
             return
         }
         let labels = host.split(separator: ".", omittingEmptySubsequences: false)
-        guard !labels.isEmpty, labels.allSatisfy(isLabel) else { throw invalid }
+        guard !labels.isEmpty, labels.allSatisfy(InputGrammar.isDNSLabel) else { throw invalid }
     }
 
     /// RFC 8555 tokens and key authorizations are base64url (plus '.' between the two halves).

@@ -8,7 +8,8 @@ struct PipelineService: Slipway_Pipeline_V1_Pipeline.ServiceProtocol {
     var store: PipelineStore { engine.store }
 
     /// Limits of the API (docs/limits.md).
-    static let maxIdempotencyKeyBytes = 200
+    /// Room for what the gateway forwards: `<token id>:<key>[:<environment id>]`, its key at most 200.
+    static let maxIdempotencyKeyBytes = 512
     static let maxTriggeredByBytes = 200
     static let maxServicesPerEnvironment = 200
     static let maxSecretBytes = 64 * 1024

@@ -1,6 +1,8 @@
 import Foundation
 import SlipwayProtos
+import SlipwayRegistry
 import SlipwayRPC
+import SlipwayServiceKit
 
 /// Between the model and `slipway.pipeline.v1` messages, with the validation a request gets: every
 /// refusal names the field and what would be accepted.
@@ -11,18 +13,21 @@ enum Proto {
 
     // MARK: Names
 
-    /// Organization, project and environment names: 1-100 printable characters.
+    /// Organization, project and environment names: 1-100 characters of at most 400 bytes, no
+    /// control or Unicode format characters (a right-to-left override would make one name read as
+    /// another's).
     static func checkName(_ name: String, _ field: String) throws(RPCError) {
-        guard !name.isEmpty, name.count <= 100, name.unicodeScalars.allSatisfy({ $0.value >= 0x20 && $0.value != 0x7f }) else {
-            throw invalid("\(field) must be 1 to 100 printable characters, got \"\(name.prefix(120))\"")
+        guard !name.isEmpty, name.count <= 100, name.utf8.count <= Limits.nameBytes, InputGrammar.isDisplayText(name) else {
+            throw invalid("\(field) must be 1 to 100 printable characters (at most \(Limits.nameBytes) bytes), got \"\(name.prefix(120))\"")
         }
     }
 
-    /// Service names become DNS labels (`<service>-<environment>.<domain>`).
+    /// Service names become DNS labels (`<service>-<environment>.<domain>`) and the cluster's
+    /// instance names, which allow \(Limits.serviceNameBytes).
     static func checkServiceName(_ name: String) throws(RPCError) {
-        let allowed = name.utf8.allSatisfy { ($0 >= 97 && $0 <= 122) || ($0 >= 48 && $0 <= 57) || $0 == 45 }
-        guard !name.isEmpty, name.utf8.count <= 63, allowed, name.first!.isLetter, name.last != "-" else {
-            throw invalid("name must be a DNS label: 1 to 63 lower-case letters, digits and '-', starting with a letter, not ending with '-'; got \"\(name.prefix(80))\"")
+        guard name.utf8.count <= Limits.serviceNameBytes, InputGrammar.isDNSLabel(name), name.first!.isLetter else {
+            throw invalid(
+                "name must be a DNS label: 1 to \(Limits.serviceNameBytes) lower-case letters, digits and '-', starting with a letter, not ending with '-'; got \"\(name.prefix(80))\"")
         }
     }
 
@@ -46,6 +51,19 @@ enum Proto {
         switch config.source {
         case .application(let git)?:
             guard !git.url.isEmpty else { throw invalid("config.application.url is required") }
+            // The builder decides which transports and hosts it fetches from; here, the shape.
+            guard git.url.utf8.count <= Limits.urlBytes, !git.url.hasPrefix("-"),
+                !git.url.unicodeScalars.contains(where: { $0.properties.isWhitespace || $0.value < 0x20 || $0.value == 0x7f })
+            else {
+                throw invalid("config.application.url must be a repository URL of at most \(Limits.urlBytes) bytes without spaces or control characters")
+            }
+            guard git.branch.isEmpty || InputGrammar.isGitRefName(git.branch) else {
+                throw invalid("config.application.branch \"\(git.branch.prefix(80))\" is not a branch name git accepts")
+            }
+            for (field, path) in [("root_path", git.rootPath), ("dockerfile_path", git.dockerfilePath)] where !InputGrammar.isRelativePath(path, maxBytes: Limits.pathBytes) {
+                throw invalid("config.application.\(field) \"\(path.prefix(80))\" must be a path inside the repository (relative, without .., at most \(Limits.pathBytes) bytes)")
+            }
+            try checkPairs(git.buildArgs, "config.application.build_args", count: Limits.buildArgs, bytes: Limits.buildArgBytes)
             var source = ServiceSpec.GitSource(url: git.url, branch: git.branch.isEmpty ? "main" : git.branch)
             source.rootPath = git.rootPath
             source.dockerfilePath = git.dockerfilePath.isEmpty ? "Dockerfile" : git.dockerfilePath
@@ -59,6 +77,14 @@ enum Proto {
             spec = ServiceSpec(source: .application(source))
         case .container(let container)?:
             guard !container.image.isEmpty else { throw invalid("config.container.image is required") }
+            guard container.image.utf8.count <= Limits.imageBytes, let reference = ImageReference(parsing: container.image), reference.digest == nil,
+                !container.image.dropFirst(reference.host == "docker.io" ? 0 : reference.host.count).contains(":")
+            else {
+                throw invalid("config.container.image \"\(container.image.prefix(120))\" must be [host[:port]/]name without a tag (give it as config.container.tag), e.g. ghcr.io/acme/web")
+            }
+            guard container.tag.isEmpty || ImageReference.isValidTag(container.tag) else {
+                throw invalid("config.container.tag \"\(container.tag.prefix(140))\" must be 1-128 of letters, digits, '_', '.' and '-', not starting with '.' or '-'")
+            }
             spec = ServiceSpec(source: .container(image: container.image, tag: container.tag.isEmpty ? "latest" : container.tag))
         case nil:
             throw invalid("config needs a source: application (git) or container (image)")
@@ -72,9 +98,9 @@ enum Proto {
             }
             spec.ports.append(.init(internalPort: Int(port.internalPort), isPublic: port.public, kind: kind))
         }
-        for name in config.environmentVariables.keys { try checkVariableName(name, "config.environment_variables") }
+        try checkPairs(config.environmentVariables, "config.environment_variables", count: Limits.environmentVariables, bytes: Limits.environmentBytes)
         spec.environmentVariables = config.environmentVariables
-        guard config.replicas <= 100 else { throw invalid("config.replicas must be at most 100, got \(config.replicas)") }
+        guard config.replicas <= Limits.replicas else { throw invalid("config.replicas must be at most \(Limits.replicas), got \(config.replicas)") }
         spec.replicas = config.replicas == 0 ? 1 : Int(config.replicas)
         guard config.cpuMillicores <= 64_000 else { throw invalid("config.cpu_millicores must be at most 64000") }
         if config.cpuMillicores > 0 { spec.cpuMillicores = Int(config.cpuMillicores) }
@@ -82,13 +108,23 @@ enum Proto {
         if config.memoryMib > 0 { spec.memoryMiB = Int(config.memoryMib) }
         spec.readinessProbe = try config.readinessProbe.map { probe throws(RPCError) in try self.probe(probe, "config.readiness_probe") }
         spec.livenessProbe = try config.livenessProbe.map { probe throws(RPCError) in try self.probe(probe, "config.liveness_probe") }
-        for domain in config.customDomains {
-            guard !domain.isEmpty, domain.utf8.count <= 253, !domain.contains(" "), domain.contains(".") else {
-                throw invalid("config.custom_domains: \"\(domain.prefix(80))\" is not a domain name")
-            }
+        guard config.customDomains.count <= Limits.customDomains else {
+            throw invalid("config.custom_domains holds \(config.customDomains.count) names; at most \(Limits.customDomains) per service")
+        }
+        for domain in config.customDomains where !InputGrammar.isDomainName(domain) {
+            throw invalid("config.custom_domains: \"\(domain.prefix(80))\" is not a lowercase domain name (labels of a-z, 0-9 and '-', e.g. shop.example.com)")
         }
         spec.customDomains = config.customDomains
         if let auto = config.autoDeploy {
+            for (field, entries) in [("branches", auto.branches), ("paths", auto.paths)] where entries.count > Limits.autoDeployEntries {
+                throw invalid("config.auto_deploy.\(field) holds \(entries.count) entries; at most \(Limits.autoDeployEntries)")
+            }
+            for branch in auto.branches where !InputGrammar.isGitRefName(branch) {
+                throw invalid("config.auto_deploy.branches: \"\(branch.prefix(80))\" is not a branch name git accepts")
+            }
+            for path in auto.paths where path.isEmpty || !InputGrammar.isRelativePath(path, maxBytes: Limits.autoDeployPathBytes) {
+                throw invalid("config.auto_deploy.paths: \"\(path.prefix(80))\" must be a path in the repository (relative, without .., at most \(Limits.autoDeployPathBytes) bytes)")
+            }
             spec.autoDeploy = .init(enabled: auto.enabled, branches: auto.branches, paths: auto.paths)
         }
         guard config.stage <= 100 else { throw invalid("config.stage must be at most 100, got \(config.stage)") }
@@ -96,22 +132,76 @@ enum Proto {
         return spec
     }
 
-    /// Bounds of a service's numbers (docs/limits.md, Pipeline).
+    /// Bounds of a service's configuration (docs/limits.md, Pipeline). Sized so that a service
+    /// message stays far below the RPC layer's 4 MiB and a release (which copies it) stays small.
     enum Limits {
         /// A probe's initial delay, period and timeout.
         static let probeSeconds: UInt32 = 3600
         /// A probe's failure and success thresholds.
         static let probeThreshold: UInt32 = 100
+        /// initial_delay + failure_threshold × period: how long an instance may take to be ready,
+        /// the cluster's own bound.
+        static let readyWindowSeconds = 86_400
+        static let probePathBytes = 1024
+        static let grpcServiceBytes = 256
+        static let execArguments = 64
+        static let execArgumentBytes = 4096
+        static let replicas: UInt32 = 50
+        /// The cluster names instances after the service.
+        static let serviceNameBytes = 40
+        static let nameBytes = 400
+        static let urlBytes = 2048
+        static let pathBytes = 1024
+        static let buildArgs = 100
+        /// Names and values together.
+        static let buildArgBytes = 16 * 1024
+        static let environmentVariables = 1000
+        /// Names and values together (secrets have their own 64 KiB).
+        static let environmentBytes = 32 * 1024
+        static let customDomains = 20
+        static let autoDeployEntries = 50
+        static let autoDeployPathBytes = 255
+        static let imageBytes = 512
+    }
+
+    /// Variables and build arguments: names of letters, digits and '_', values without NUL, at most
+    /// `count` pairs and `bytes` in all.
+    static func checkPairs(_ pairs: [String: String], _ field: String, count: Int, bytes: Int) throws(RPCError) {
+        guard pairs.count <= count else { throw invalid("\(field) holds \(pairs.count) entries; at most \(count)") }
+        var total = 0
+        for (name, value) in pairs {
+            try checkVariableName(name, field)
+            guard !value.utf8.contains(0) else { throw invalid("\(field): the value of \(name) contains a NUL byte") }
+            total += name.utf8.count + value.utf8.count
+        }
+        guard total <= bytes else { throw invalid("\(field) hold \(total) bytes; at most \(bytes) per service (names and values)") }
     }
 
     static func probe(_ probe: Slipway_Pipeline_V1_Probe, _ field: String) throws(RPCError) -> ServiceSpec.Probe {
         let kind: ServiceSpec.Probe.Kind
         switch probe.kind {
-        case .http(let http)?: kind = .http(path: http.path.isEmpty ? "/" : http.path, port: Int(http.port))
-        case .tcp(let tcp)?: kind = .tcp(port: Int(tcp.port))
-        case .grpc(let grpc)?: kind = .grpc(port: Int(grpc.port), service: grpc.service)
+        case .http(let http)?:
+            guard http.path.isEmpty || (http.path.hasPrefix("/") && http.path.utf8.count <= Limits.probePathBytes
+                && !http.path.unicodeScalars.contains(where: { $0.properties.isWhitespace || $0.value < 0x20 || $0.value == 0x7f }))
+            else {
+                throw invalid("\(field).http.path must start with '/', without spaces or control characters, at most \(Limits.probePathBytes) bytes")
+            }
+            try probePort(http.port, "\(field).http.port")
+            kind = .http(path: http.path.isEmpty ? "/" : http.path, port: Int(http.port))
+        case .tcp(let tcp)?:
+            try probePort(tcp.port, "\(field).tcp.port")
+            kind = .tcp(port: Int(tcp.port))
+        case .grpc(let grpc)?:
+            try probePort(grpc.port, "\(field).grpc.port")
+            guard grpc.service.utf8.count <= Limits.grpcServiceBytes, InputGrammar.hasNoControlCharacters(grpc.service), !grpc.service.contains(" ") else {
+                throw invalid("\(field).grpc.service must be a service name of at most \(Limits.grpcServiceBytes) bytes")
+            }
+            kind = .grpc(port: Int(grpc.port), service: grpc.service)
         case .exec(let exec)?:
             guard !exec.command.isEmpty else { throw invalid("\(field).exec.command is empty") }
+            guard exec.command.count <= Limits.execArguments, exec.command.allSatisfy({ $0.utf8.count <= Limits.execArgumentBytes && !$0.utf8.contains(0) }) else {
+                throw invalid("\(field).exec.command must be 1 to \(Limits.execArguments) arguments of at most \(Limits.execArgumentBytes) bytes, without NUL")
+            }
             kind = .exec(command: exec.command)
         case nil: throw invalid("\(field) needs a kind: http, tcp, grpc or exec")
         }
@@ -126,7 +216,17 @@ enum Proto {
         if probe.timeoutSeconds > 0 { result.timeoutSeconds = Int(probe.timeoutSeconds) }
         if probe.failureThreshold > 0 { result.failureThreshold = Int(probe.failureThreshold) }
         if probe.successThreshold > 0 { result.successThreshold = Int(probe.successThreshold) }
+        let window = result.initialDelaySeconds + result.failureThreshold * result.periodSeconds
+        guard window <= Limits.readyWindowSeconds else {
+            throw invalid(
+                "\(field): initial_delay_seconds + failure_threshold × period_seconds is \(window) s; at most \(Limits.readyWindowSeconds) (a day)")
+        }
         return result
+    }
+
+    /// 0 (the service's first port) or a port number.
+    static func probePort(_ port: UInt32, _ field: String) throws(RPCError) {
+        guard port <= 65535 else { throw invalid("\(field) must be 0 (the service's first port) or 1 to 65535, got \(port)") }
     }
 
     static func config(_ spec: ServiceSpec) -> Config {

@@ -30,6 +30,8 @@ public struct ImageReference: Sendable, Equatable, CustomStringConvertible {
         }
         repository = String(rest)
         if tag == nil && digest == nil { tag = "latest" }
+        // host[:port] or [v6]:port: what a registries.conf or a URL can hold as it is.
+        guard host.utf8.count <= 255, host.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || ".-:[]".contains($0)) }) else { return nil }
         guard ImageReference.isValidRepository(repository), tag.map(ImageReference.isValidTag) ?? true else { return nil }
     }
 

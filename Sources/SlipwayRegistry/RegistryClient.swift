@@ -198,7 +198,7 @@ public struct RegistryClient: Sendable {
     }
 
     /// `host:port`, `[v6]:port` → the host, lower-cased, without brackets.
-    static func hostName(_ hostPort: String) -> String {
+    public static func hostName(_ hostPort: String) -> String {
         let lower = hostPort.lowercased()
         if lower.hasPrefix("["), let end = lower.firstIndex(of: "]") { return String(lower[lower.index(after: lower.startIndex)..<end]) }
         if lower.filter({ $0 == ":" }).count == 1, let colon = lower.firstIndex(of: ":") { return String(lower[..<colon]) }
@@ -206,7 +206,7 @@ public struct RegistryClient: Sendable {
     }
 
     /// Loopback, link-local, unspecified addresses and `localhost`.
-    static func isInternal(_ host: String) -> Bool {
+    public static func isInternal(_ host: String) -> Bool {
         if host == "localhost" || host.hasSuffix(".localhost") { return true }
         var v4 = in_addr()
         if inet_pton(AF_INET, host, &v4) == 1 {

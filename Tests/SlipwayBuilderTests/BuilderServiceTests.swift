@@ -286,9 +286,10 @@ import Testing
     }
 
     @Test func mirroringCopiesAnImageAndSkipsWhenItIsThere() async throws {
-        try await BuilderTestEnvironment.with { env in
-            let source = try await TestRegistry.start(storage: BuilderTestEnvironment.temporaryDirectory("source-registry"))
-            defer { source.stop() }
+        let source = try await TestRegistry.start(storage: BuilderTestEnvironment.temporaryDirectory("source-registry"))
+        defer { source.stop() }
+        // On loopback: pulled from only because the operator names it.
+        try await BuilderTestEnvironment.with(configure: { $0.insecureRegistries = [source.host] }) { env in
             try await source.seed()
             let sourceDigest = try #require(try await source.client.manifestDigest(repository: "slipway/busybox", reference: "latest"))
 
@@ -330,6 +331,18 @@ import Testing
             request.sourceImage = "\(source.host)/slipway/no-such-image:1.0"
             let missing = try await env.mirror(request)
             #expect(missing.result.reason == .sourceImageNotFound)
+        }
+        // Not named by the operator, a loopback or link-local registry is refused before any request.
+        try await BuilderTestEnvironment.with { env in
+            for image in ["\(source.host)/slipway/busybox:latest", "169.254.169.254/latest/meta-data:1", "localhost:9/x:1"] {
+                var request = Slipway_Builder_V1_MirrorRequest()
+                request.buildId = UUID().uuidString
+                var context = Slipway_Builder_V1_BuildContext()
+                (context.environmentId, context.deploymentId, context.serviceId) = ("test", "deploy-\(request.buildId)", "cache")
+                request.context = context
+                request.sourceImage = image
+                await #expect(throws: RPCError.self, "\(image) was pulled") { _ = try await env.mirror(request) }
+            }
         }
     }
 

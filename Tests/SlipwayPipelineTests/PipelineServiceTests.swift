@@ -424,7 +424,7 @@ import Testing
             #expect(result.0 == .notFound && result.1.contains("svc_missing"))
             result = await code { _ = try await env.deploy("") }
             #expect(result.0 == .invalidArgument && result.1.contains("environment_id"))
-            result = await code { _ = try await env.deploy(environment, key: String(repeating: "k", count: 201)) }
+            result = await code { _ = try await env.deploy(environment, key: String(repeating: "k", count: 513)) }
             #expect(result.0 == .invalidArgument && result.1.contains("idempotency_key"))
 
             // The queue limit: one running, one waiting, the next refused.

@@ -245,6 +245,12 @@ def test_bad_deploys_are_refused_with_what_to_fix(platform):
         (dict(ready_timeout_seconds=4294967295), "ready_timeout_seconds must be at most 86400"),
         (dict(stop_grace_seconds=4294967295), "stop_grace_seconds must be at most 3600"),
         (dict(memory_mib=4294967295), "memory_mib must be at most 1048576"),
+        # Text that reaches a process's environment and command line.
+        (dict(environment={"A=B": "x"}), "without '='"),
+        (dict(environment={f"V{i}": "x" for i in range(2001)}), "at most 2000 variables"),
+        (dict(environment={"BIG": "x" * 140000}), "at most 2000 variables of 131072 bytes"),
+        (dict(command=["x"] * 65), "command: at most 64 arguments"),
+        (dict(command=["x" * 5000]), "command: at most 64 arguments of 4096 bytes"),
     ]
     pid = p.cluster.pid
     for fields, words in bad:
@@ -255,6 +261,14 @@ def test_bad_deploys_are_refused_with_what_to_fix(platform):
     with pytest.raises(grpc.RpcError) as error:
         p.cluster_stub.Deploy(cpb.DeployRequest(workload=cpb.Workload(environment_id="env logs", service_id="s", service_name="x"), image=p.image))
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "A-Z, a-z, 0-9" in error.value.details()
+    for image in ("", "not an image", "registry.example.com/X:1", 'host"x.example.com/x:1'):
+        with pytest.raises(grpc.RpcError) as error:
+            p.cluster_stub.Deploy(cpb.DeployRequest(workload=p.workload, image=image))
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "image" in error.value.details(), (image, error.value.details())
+    # Every call checks the workload's names, whichever driver runs.
+    with pytest.raises(grpc.RpcError) as error:
+        p.cluster_stub.ListInstances(cpb.WorkloadRequest(workload=cpb.Workload(environment_id="e", service_id="s", service_name="Bad Name")))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "service_name" in error.value.details()
     # Still up, the same process.
     assert p.cluster_stub.ListInstances(cpb.WorkloadRequest(workload=p.workload)).instances == []
     assert p.cluster.poll() is None and p.cluster.pid == pid

@@ -233,12 +233,70 @@ def test_bad_requests_get_a_clear_status_and_the_service_stays_up(simulated):
         (lambda: p.stub.CreateService(pb.CreateServiceRequest(environment_id=env, name="s", config=probed(p.app(), period_seconds=4294967295, failure_threshold=4294967295))),
          grpc.StatusCode.INVALID_ARGUMENT, "config.readiness_probe.period_seconds must be at most 3600"),
     ]
+    # Every field of a service's configuration is held to its documented bound (docs/limits.md).
+    def config(**changes):
+        config = p.app()
+        for path, value in changes.items():
+            target = config
+            *parents, last = path.split("__")
+            for name in parents:
+                target = getattr(target, name)
+            field = getattr(target, last)
+            if hasattr(field, "CopyFrom"):
+                field.CopyFrom(value)
+            elif hasattr(field, "update"):
+                field.update(value)
+            elif hasattr(field, "extend"):
+                field.extend(value)
+            else:
+                setattr(target, last, value)
+        return config
+    def http_probe(path="/health", port=8080):
+        config = p.app()
+        config.readiness_probe.CopyFrom(pb.Probe(http=pb.HttpProbe(path=path, port=port)))
+        return config
+    container = lambda image, tag="1": pb.ServiceConfig(container=pb.ContainerSource(image=image, tag=tag), ports=[pb.Port(internal_port=80)])
+    bad_configs = [
+        (config(application__url="https://git.example.com/a b.git"), "config.application.url"),
+        (config(application__url="https://git.example.com/" + "x" * 2100), "config.application.url"),
+        (config(application__branch="--upload-pack=touch"), "config.application.branch"),
+        (config(application__branch="main..x"), "config.application.branch"),
+        (config(application__root_path="../../etc"), "config.application.root_path"),
+        (config(application__dockerfile_path="/etc/passwd"), "config.application.dockerfile_path"),
+        (config(application__build_args={f"A{i}": "x" for i in range(101)}), "config.application.build_args holds 101"),
+        (config(application__build_args={"BIG": "x" * 17000}), "config.application.build_args hold"),
+        (config(environment_variables={f"V{i}": "x" for i in range(1001)}), "config.environment_variables holds 1001"),
+        (config(environment_variables={"BIG": "x" * 33000}), "config.environment_variables hold"),
+        (config(replicas=51), "config.replicas must be at most 50"),
+        (config(custom_domains=[f"d{i}.example.com" for i in range(21)]), "at most 20 per service"),
+        (config(custom_domains=["Shop.Example.com"]), "lowercase domain"),
+        (config(custom_domains=["shop;.example.com"]), "lowercase domain"),
+        (config(auto_deploy=pb.AutoDeploy(enabled=True, branches=[f"b{i}" for i in range(51)])), "config.auto_deploy.branches holds 51"),
+        (config(auto_deploy=pb.AutoDeploy(enabled=True, branches=["-x"])), "config.auto_deploy.branches"),
+        (config(auto_deploy=pb.AutoDeploy(enabled=True, paths=["../x"])), "config.auto_deploy.paths"),
+        (container("registry.example.com/web:1.0"), "without a tag"),
+        (container("registry.example.com/Web"), "config.container.image"),
+        (container('registry"x.example.com/web'), "config.container.image"),
+        (container("registry.example.com/web", tag="-bad"), "config.container.tag"),
+        (http_probe(path="no-slash"), "http.path must start with '/'"),
+        (http_probe(port=70000), "http.port"),
+        (probed(p.app(), initial_delay_seconds=3600, period_seconds=3600, failure_threshold=100), "at most 86400"),
+    ]
+    exec_probe = p.app()
+    exec_probe.readiness_probe.CopyFrom(pb.Probe(exec=pb.ExecProbe(command=["x"] * 65)))
+    bad_configs.append((exec_probe, "exec.command must be 1 to 64 arguments"))
+    for bad, text in bad_configs:
+        cases.append((lambda bad=bad: p.stub.CreateService(pb.CreateServiceRequest(environment_id=env, name="s", config=bad)), grpc.StatusCode.INVALID_ARGUMENT, text))
+    for name, text in [("a" * 41, "1 to 40"), ("web\u202eoof", "DNS label")]:
+        cases.append((lambda name=name: p.stub.CreateService(pb.CreateServiceRequest(environment_id=env, name=name, config=p.app())), grpc.StatusCode.INVALID_ARGUMENT, text))
+    cases.append((lambda: p.stub.CreateOrganization(pb.CreateOrganizationRequest(name="acme\u202eorc")), grpc.StatusCode.INVALID_ARGUMENT, "printable"))
+    cases.append((lambda: p.stub.UpdateService(pb.UpdateServiceRequest(service_id=ids["api"], config=config(replicas=51))), grpc.StatusCode.INVALID_ARGUMENT, "replicas"))
     pid = p.pipeline.pid
-    for call, code, text in cases:
+    for number, (call, code, text) in enumerate(cases):
         with pytest.raises(grpc.RpcError) as raised:
             call()
-        assert raised.value.code() == code, (raised.value.code(), raised.value.details())
-        assert text in raised.value.details(), raised.value.details()
+        assert raised.value.code() == code, (number, text, raised.value.code(), raised.value.details())
+        assert text in raised.value.details(), (number, raised.value.details())
     # Still serving, the same process, nothing lost.
     assert [s.name for s in p.stub.ListServices(pb.ListServicesRequest(environment_id=env)).services] == ["api"]
     assert p.wait_ended(p.deploy(env).deployment_id).status == pb.DEPLOYED

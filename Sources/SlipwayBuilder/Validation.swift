@@ -148,7 +148,8 @@ struct ValidatedBuild: Sendable {
 
     static func registry(_ registry: Slipway_Builder_V1_Registry?, default value: RegistryTarget) throws(RPCError) -> RegistryTarget {
         guard let registry, !registry.host.isEmpty else { return value }
-        guard !registry.host.contains("/"), !registry.host.contains(where: \.isWhitespace) else {
+        // It lands in registries.conf (TOML) and in URLs as it is.
+        guard registry.host.utf8.count <= 255, registry.host.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || ".-:[]".contains($0)) }) else {
             throw RPCError(.invalidArgument, "registry.host \"\(registry.host)\" must be host[:port], without a scheme or path")
         }
         return RegistryTarget(registry)

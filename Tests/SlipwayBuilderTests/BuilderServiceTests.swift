@@ -399,6 +399,9 @@ import Testing
             #expect(await status { $0.repository = "Upper/Case" }?.1.contains("repository") == true)
             #expect(await status { $0.buildArgs["1BAD"] = "x" }?.0 == .invalidArgument)
             #expect(await status { $0.git?.commit = "not-hex" }?.0 == .invalidArgument)
+            #expect(await status { var registry = Slipway_Builder_V1_Registry(); registry.host = "evil\"\ninsecure = true"; $0.registry = registry }?.1.contains("registry.host") == true)
+            #expect(await status { $0.buildArgs = Dictionary(uniqueKeysWithValues: (0...100).map { ("A\($0)", "x") }) }?.1.contains("build_args") == true)
+            #expect(await status { $0.target = "-x" }?.1.contains("target") == true)
             // The service is still up and builds.
             let run = try await env.build(env.buildRequest(repository, imageName: "tests/after-errors"))
             #expect(run.result.outcome == .buildSucceeded, "\(run.result.message)")

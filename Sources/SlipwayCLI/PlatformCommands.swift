@@ -123,11 +123,7 @@ struct UpCommand: AsyncParsableCommand {
         // start without one): internal calls are mutual TLS.
         let pki = PlatformPKI(dataDirectory: data)
         try pki.prepare()
-        let operatorIdentity = try ServiceIdentity.load(
-            .operator,
-            paths: .init(
-                identityDirectory: pki.identityDirectory(.operator), caCertificate: pki.caCertificatePath, revocationList: nil,
-                renewedDirectory: pki.identityDirectory(.operator)))
+        let operatorIdentity = try pki.operatorIdentity()
         // What the supervisor runs: the registry, then the seven services.
         var programs = [SupervisorPlan.Program(name: "registry", executable: registryBinary, arguments: ["serve", data + "/registry/config.yml"])]
         for (index, name) in Platform.services.enumerated() {
@@ -269,6 +265,17 @@ struct UpCommand: AsyncParsableCommand {
     }
 }
 
+extension PlatformPKI {
+    /// The `operator` identity `slipway up` issued: every internal method is open to it.
+    func operatorIdentity() throws -> ServiceIdentity {
+        try ServiceIdentity.load(
+            .operator,
+            paths: .init(
+                identityDirectory: identityDirectory(.operator), caCertificate: caCertificatePath, revocationList: nil,
+                renewedDirectory: identityDirectory(.operator)))
+    }
+}
+
 /// `slipway ps`: the local platform's processes as the supervisor keeps them.
 struct PsCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -285,11 +292,7 @@ struct PsCommand: AsyncParsableCommand {
         guard FileManager.default.fileExists(atPath: pki.caCertificatePath) else {
             throw CLIError.failed("no platform in \(data): start it with slipway up --data-dir \(data)")
         }
-        let identity = try ServiceIdentity.load(
-            .operator,
-            paths: .init(
-                identityDirectory: pki.identityDirectory(.operator), caCertificate: pki.caCertificatePath, revocationList: nil,
-                renewedDirectory: pki.identityDirectory(.operator)))
+        let identity = try pki.operatorIdentity()
         // The registry's address, as `slipway up` configured it.
         let config = (try? String(contentsOfFile: data + "/registry/config.yml", encoding: .utf8)) ?? ""
         let registry = config.split(separator: "\n").first { $0.contains("addr:") }.map {

@@ -13,7 +13,7 @@ public struct SlipwayCommand: AsyncParsableCommand {
         subcommands: [
             UpCommand.self, DownCommand.self, PsCommand.self, SuperviseCommand.self, OrgCommand.self, ProjectCommand.self, EnvCommand.self, ServiceCommand.self,
             DeployCommand.self, RedeployCommand.self, RestartCommand.self, StopCommand.self, CancelCommand.self, RollbackCommand.self, WatchCommand.self,
-            DeleteCommand.self, StatusCommand.self, HistoryCommand.self, LogsCommand.self, TokenCommand.self, WebhookCommand.self, PKICommand.self, RegistryLoginCommand.self,
+            DeleteCommand.self, StatusCommand.self, HistoryCommand.self, LogsCommand.self, TokenCommand.self, WebhookCommand.self, QuotaCommand.self, PKICommand.self, RegistryLoginCommand.self,
         ])
 
     public init() {}

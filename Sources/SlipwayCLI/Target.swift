@@ -11,7 +11,7 @@ struct TargetOptions: ParsableArguments, Sendable {
     private var variables: [String: String] { ProcessInfo.processInfo.environment }
 
     /// The item named or identified by `wanted` (flag, then environment variable), or the only one.
-    private func pick<T>(_ items: [T], _ wanted: String?, kind: String, flag: String, in place: String, id: KeyPath<T, String>, name: KeyPath<T, String>) throws -> T {
+    static func pick<T>(_ items: [T], _ wanted: String?, kind: String, flag: String, in place: String, id: KeyPath<T, String>, name: KeyPath<T, String>) throws -> T {
         let names = items.map { $0[keyPath: name] }.joined(separator: ", ")
         guard let wanted else {
             if items.count == 1 { return items[0] }
@@ -25,7 +25,7 @@ struct TargetOptions: ParsableArguments, Sendable {
 
     func organization(_ client: GatewayClient) async throws -> Slipway_Pipeline_V1_Organization {
         let organizations = try await client.call(Slipway_Api_V1_Slipway.ListOrganizations.self, .init()).organizations
-        return try pick(organizations, org ?? variables["SLIPWAY_ORG"], kind: "organization", flag: "org", in: "", id: \.id, name: \.name)
+        return try Self.pick(organizations, org ?? variables["SLIPWAY_ORG"], kind: "organization", flag: "org", in: "", id: \.id, name: \.name)
     }
 
     func project(_ client: GatewayClient) async throws -> Slipway_Pipeline_V1_Project {
@@ -33,7 +33,7 @@ struct TargetOptions: ParsableArguments, Sendable {
         var request = Slipway_Pipeline_V1_ListProjectsRequest()
         request.organizationId = organization.id
         let projects = try await client.call(Slipway_Api_V1_Slipway.ListProjects.self, request).projects
-        return try pick(projects, project ?? variables["SLIPWAY_PROJECT"], kind: "project", flag: "project", in: " in \(organization.name)", id: \.id, name: \.name)
+        return try Self.pick(projects, project ?? variables["SLIPWAY_PROJECT"], kind: "project", flag: "project", in: " in \(organization.name)", id: \.id, name: \.name)
     }
 
     func environment(_ client: GatewayClient) async throws -> Slipway_Pipeline_V1_Environment {
@@ -41,7 +41,7 @@ struct TargetOptions: ParsableArguments, Sendable {
         var request = Slipway_Pipeline_V1_ListEnvironmentsRequest()
         request.projectId = project.id
         let environments = try await client.call(Slipway_Api_V1_Slipway.ListEnvironments.self, request).environments
-        return try pick(environments, environment ?? variables["SLIPWAY_ENV"], kind: "environment", flag: "env", in: " in \(project.name)", id: \.id, name: \.name)
+        return try Self.pick(environments, environment ?? variables["SLIPWAY_ENV"], kind: "environment", flag: "env", in: " in \(project.name)", id: \.id, name: \.name)
     }
 
     func services(_ client: GatewayClient, in environment: Slipway_Pipeline_V1_Environment) async throws -> [Slipway_Pipeline_V1_Service] {

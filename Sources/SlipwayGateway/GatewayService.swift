@@ -161,6 +161,16 @@ struct GatewayService: Slipway_Api_V1_Slipway.ServiceProtocol {    typealias Pip
         return response
     }
 
+    func getOrganizationQuotas(
+        request: Slipway_Pipeline_V1_GetOrganizationQuotasRequest, context: ServerContext
+    ) async throws -> Slipway_Pipeline_V1_OrganizationQuotas {
+        let principal = try self.principal(context)
+        guard principal.sees(organizationID: request.organizationId) else {
+            throw RPCError(.notFound, "organization \(request.organizationId) does not exist")
+        }
+        return try await pipeline.getOrganizationQuotas(request, options: Self.options(context))
+    }
+
     func createProject(request: Slipway_Pipeline_V1_CreateProjectRequest, context: ServerContext) async throws -> Slipway_Pipeline_V1_Project {
         let principal = try self.principal(context, .admin)
         guard principal.sees(organizationID: request.organizationId) else {

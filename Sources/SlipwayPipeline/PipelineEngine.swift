@@ -106,7 +106,18 @@ public actor PipelineEngine {
         self.logger = logger
         self.context = Context(
             store: store, collaborators: collaborators, hub: hub, limits: limits, logger: logger,
-            builds: OrganizationBuildGate(limit: store.quotas.concurrentBuilds))
+            builds: OrganizationBuildGate(limit: store.quotas.concurrentBuilds, overrides: (try? store.quotaOverrides(named: "concurrent-builds")) ?? [:]))
+    }
+
+    // MARK: Quotas held in memory
+
+    /// The organization's own number of builds at once (nil: the default); raised, waiting builds start.
+    public func setBuildLimit(organizationID: String, _ value: Int?) async {
+        await context.builds.setLimit(organizationID, value)
+    }
+
+    public func buildsRunning(organizationID: String) async -> Int {
+        await context.builds.load(organizationID).running
     }
 
     // MARK: Start and recovery

@@ -7,7 +7,7 @@ struct PipelineService: Slipway_Pipeline_V1_Pipeline.ServiceProtocol {
     let engine: PipelineEngine
     var store: PipelineStore { engine.store }
 
-    /// Limits of the API (docs/limits.md).
+    // Limits of the API (docs/limits.md).
     /// Room for what the gateway forwards: `<token id>:<key>[:<environment id>]`, its key at most 200.
     static let maxIdempotencyKeyBytes = 512
     static let maxTriggeredByBytes = 200
@@ -32,6 +32,49 @@ struct PipelineService: Slipway_Pipeline_V1_Pipeline.ServiceProtocol {
             return message
         }
         return response
+    }
+
+    // MARK: Quotas
+
+    func getOrganizationQuotas(request: Slipway_Pipeline_V1_GetOrganizationQuotasRequest, context: ServerContext) async throws -> Slipway_Pipeline_V1_OrganizationQuotas {
+        try Proto.checkID(request.organizationId, "organization_id")
+        return try await quotas(request.organizationId)
+    }
+
+    func setOrganizationQuotas(request: Slipway_Pipeline_V1_SetOrganizationQuotasRequest, context: ServerContext) async throws -> Slipway_Pipeline_V1_OrganizationQuotas {
+        try Proto.checkID(request.organizationId, "organization_id")
+        let known = OrganizationQuotas.names.joined(separator: ", ")
+        for name in Array(request.limits.keys) + request.reset where !OrganizationQuotas.names.contains(name) {
+            throw Proto.invalid("unknown quota \"\(name.prefix(80))\"; one of \(known)")
+        }
+        for (name, value) in request.limits where value == 0 || value > UInt64(OrganizationQuotas.maxValue) {
+            throw Proto.invalid("limits[\(name)] must be 1 to \(OrganizationQuotas.maxValue), got \(value) (reset it to go back to the platform's default)")
+        }
+        if let both = request.reset.first(where: { request.limits[$0] != nil }) {
+            throw Proto.invalid("\(both) is both set and reset")
+        }
+        try store.setQuotas(organizationID: request.organizationId, limits: request.limits.mapValues { Int($0) }, reset: request.reset)
+        if let value = request.limits["concurrent-builds"] {
+            await engine.setBuildLimit(organizationID: request.organizationId, Int(value))
+        } else if request.reset.contains("concurrent-builds") {
+            await engine.setBuildLimit(organizationID: request.organizationId, nil)
+        }
+        return try await quotas(request.organizationId)
+    }
+
+    private func quotas(_ organizationID: String) async throws -> Slipway_Pipeline_V1_OrganizationQuotas {
+        var message = Slipway_Pipeline_V1_OrganizationQuotas()
+        message.organizationId = organizationID
+        let runningBuilds = await engine.buildsRunning(organizationID: organizationID)
+        message.quotas = try store.quotas(organizationID: organizationID).map { quota in
+            var item = Slipway_Pipeline_V1_Quota()
+            item.name = quota.name
+            item.limit = UInt64(quota.limit)
+            item.used = UInt64(quota.name == "concurrent-builds" ? runningBuilds : quota.used)
+            item.overridden = quota.overridden
+            return item
+        }
+        return message
     }
 
     func createProject(request: Slipway_Pipeline_V1_CreateProjectRequest, context: ServerContext) async throws -> Slipway_Pipeline_V1_Project {

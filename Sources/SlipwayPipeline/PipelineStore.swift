@@ -165,6 +165,16 @@ public final class PipelineStore: Sendable {
                 ALTER TABLE deployment_step ADD COLUMN resumed_at REAL;
                 """)
         }
+        migrator.registerMigration("v7: an organization's own quotas") { db in
+            try db.execute(sql: """
+                CREATE TABLE organization_quota (
+                    organization_id TEXT NOT NULL REFERENCES organization(id),
+                    name TEXT NOT NULL,
+                    value INTEGER NOT NULL,
+                    PRIMARY KEY (organization_id, name)
+                );
+                """)
+        }
         return migrator
     }
 
@@ -215,6 +225,53 @@ public final class PipelineStore: Sendable {
 
     public func createProject(organizationID: String, name: String) throws -> Project {
         Project(id: try insertNamed("project", prefix: "prj", name: name, parent: ("organization", organizationID)), organizationID: organizationID, name: name)
+    }
+
+    // MARK: Quotas
+
+    /// Each quota of the organization: (limit, used, set for it); concurrent-builds' use is the engine's.
+    public func quotas(organizationID: String) throws -> [(name: String, limit: Int, used: Int, overridden: Bool)] {
+        try database.inDatabase { db in
+            try Self.require(db, "organization", organizationID)
+            let own = try Self.quotaOverrides(organizationID, db)
+            let used = try OrganizationQuotas.usage(organizationID, db)
+            return OrganizationQuotas.names.map { name in (name, own[name] ?? quotas[name], used[name] ?? 0, own[name] != nil) }
+        }
+    }
+
+    /// Sets the organization's own quotas (`limits`, each 1 to ``OrganizationQuotas/maxValue``) and
+    /// removes those named in `reset` (back to the default). A quota lowered below what the
+    /// organization holds refuses what would add to it; nothing is taken away.
+    public func setQuotas(organizationID: String, limits: [String: Int], reset: [String]) throws {
+        try write("quotas of organization \(organizationID)") { db in
+            try Self.require(db, "organization", organizationID)
+            for name in reset {
+                try db.cachedStatement(sql: "DELETE FROM organization_quota WHERE organization_id = ? AND name = ?").execute(arguments: [organizationID, name])
+            }
+            for (name, value) in limits.sorted(by: { $0.key < $1.key }) {
+                try db.cachedStatement(sql: "INSERT OR REPLACE INTO organization_quota (organization_id, name, value) VALUES (?, ?, ?)")
+                    .execute(arguments: [organizationID, name, value])
+            }
+        }
+    }
+
+    /// Every organization's own value of quota `name`.
+    public func quotaOverrides(named name: String) throws -> [String: Int] {
+        try database.inDatabase { db in
+            var values: [String: Int] = [:]
+            for row in try Row.fetchAll(db.cachedStatement(sql: "SELECT organization_id, value FROM organization_quota WHERE name = ?"), arguments: [name]) {
+                values[row["organization_id"]] = row["value"]
+            }
+            return values
+        }
+    }
+
+    static func quotaOverrides(_ organizationID: String, _ db: Database) throws -> [String: Int] {
+        var values: [String: Int] = [:]
+        for row in try Row.fetchAll(db.cachedStatement(sql: "SELECT name, value FROM organization_quota WHERE organization_id = ?"), arguments: [organizationID]) {
+            values[row["name"]] = row["value"]
+        }
+        return values
     }
 
     /// The organization a project belongs to ("" when the project is gone).

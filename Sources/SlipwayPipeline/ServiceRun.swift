@@ -122,8 +122,9 @@ struct ServiceRun {
                     try await change(nil, end: .failed, message: "interrupted before the image was recorded", start: .gitClone)
                 }
                 let (running, waiting) = await context.builds.load(work.organizationID)
-                if running >= context.builds.limit {
-                    write("waiting for one of the organization's \(context.builds.limit) build slots (\(running) running, \(waiting) waiting)", step: .gitClone)
+                let slots = await context.builds.limit(work.organizationID)
+                if running >= slots {
+                    write("waiting for one of the organization's \(slots) build slots (\(running) running, \(waiting) waiting)", step: .gitClone)
                 }
                 let built = try await timed(progress.step ?? .gitClone, limit: context.limits.buildTimeout) { [self] in
                     try await context.builds.withSlot(work.organizationID) {

@@ -27,6 +27,9 @@ extension Slipway_Api_V1_Slipway {
         /// `slipway.api.v1.Slipway/ListOrganizations` (unary).
         func listOrganizations(request: Slipway_Pipeline_V1_ListOrganizationsRequest, context: ServerContext) async throws -> Slipway_Pipeline_V1_ListOrganizationsResponse
 
+        /// `slipway.api.v1.Slipway/GetOrganizationQuotas` (unary).
+        func getOrganizationQuotas(request: Slipway_Pipeline_V1_GetOrganizationQuotasRequest, context: ServerContext) async throws -> Slipway_Pipeline_V1_OrganizationQuotas
+
         /// `slipway.api.v1.Slipway/CreateProject` (unary).
         func createProject(request: Slipway_Pipeline_V1_CreateProjectRequest, context: ServerContext) async throws -> Slipway_Pipeline_V1_Project
 
@@ -143,6 +146,11 @@ extension Slipway_Api_V1_Slipway {
         /// Calls `slipway.api.v1.Slipway/ListOrganizations` (unary).
         public func listOrganizations(_ request: Slipway_Pipeline_V1_ListOrganizationsRequest, options: CallOptions = CallOptions()) async throws -> Slipway_Pipeline_V1_ListOrganizationsResponse {
             try await rpc.unary(Slipway_Api_V1_Slipway.ListOrganizations.self, request, options: options)
+        }
+
+        /// Calls `slipway.api.v1.Slipway/GetOrganizationQuotas` (unary).
+        public func getOrganizationQuotas(_ request: Slipway_Pipeline_V1_GetOrganizationQuotasRequest, options: CallOptions = CallOptions()) async throws -> Slipway_Pipeline_V1_OrganizationQuotas {
+            try await rpc.unary(Slipway_Api_V1_Slipway.GetOrganizationQuotas.self, request, options: options)
         }
 
         /// Calls `slipway.api.v1.Slipway/CreateProject` (unary).
@@ -293,6 +301,7 @@ extension Slipway_Api_V1_Slipway.ServiceProtocol {
         router.unary(Slipway_Api_V1_Slipway.RevokeToken.self) { request, context in try await self.revokeToken(request: request, context: context) }
         router.unary(Slipway_Api_V1_Slipway.CreateOrganization.self) { request, context in try await self.createOrganization(request: request, context: context) }
         router.unary(Slipway_Api_V1_Slipway.ListOrganizations.self) { request, context in try await self.listOrganizations(request: request, context: context) }
+        router.unary(Slipway_Api_V1_Slipway.GetOrganizationQuotas.self) { request, context in try await self.getOrganizationQuotas(request: request, context: context) }
         router.unary(Slipway_Api_V1_Slipway.CreateProject.self) { request, context in try await self.createProject(request: request, context: context) }
         router.unary(Slipway_Api_V1_Slipway.ListProjects.self) { request, context in try await self.listProjects(request: request, context: context) }
         router.unary(Slipway_Api_V1_Slipway.CreateEnvironment.self) { request, context in try await self.createEnvironment(request: request, context: context) }

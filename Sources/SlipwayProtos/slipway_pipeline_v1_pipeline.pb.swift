@@ -1191,6 +1191,100 @@ public struct Slipway_Pipeline_V1_ListOrganizationsResponse: ProtoCMessage, Hash
     }
 }
 
+/// The message `slipway.pipeline.v1.Quota`.
+public struct Slipway_Pipeline_V1_Quota: ProtoCMessage, Hashable {
+    public static let protoMessageName = "slipway.pipeline.v1.Quota"
+    public static var protoCDescriptor: UnsafePointer<ProtobufCMessageDescriptor> { slipway__pipeline__v1__quota__descriptor_ptr() }
+
+    public var name: String = ""
+    public var limit: UInt64 = 0
+    public var used: UInt64 = 0
+    public var overridden: Bool = false
+
+    public init() {}
+
+    public func protoCWrite(to writer: ProtoCWriter) {
+        writer.set(0, self.name)
+        writer.set(1, self.limit)
+        writer.set(2, self.used)
+        writer.set(3, self.overridden)
+    }
+
+    public init(protoCReader reader: ProtoCReader) {
+        self.init()
+        self.name = reader.string(0)
+        self.limit = reader.get(1, as: UInt64.self)
+        self.used = reader.get(2, as: UInt64.self)
+        self.overridden = reader.bool(3)
+    }
+}
+
+/// The message `slipway.pipeline.v1.OrganizationQuotas`.
+public struct Slipway_Pipeline_V1_OrganizationQuotas: ProtoCMessage, Hashable {
+    public static let protoMessageName = "slipway.pipeline.v1.OrganizationQuotas"
+    public static var protoCDescriptor: UnsafePointer<ProtobufCMessageDescriptor> { slipway__pipeline__v1__organization_quotas__descriptor_ptr() }
+
+    public var organizationId: String = ""
+    public var quotas: [Slipway_Pipeline_V1_Quota] = []
+
+    public init() {}
+
+    public func protoCWrite(to writer: ProtoCWriter) {
+        writer.set(0, self.organizationId)
+        writer.set(1, self.quotas)
+    }
+
+    public init(protoCReader reader: ProtoCReader) {
+        self.init()
+        self.organizationId = reader.string(0)
+        self.quotas = reader.messages(1, as: Slipway_Pipeline_V1_Quota.self)
+    }
+}
+
+/// The message `slipway.pipeline.v1.GetOrganizationQuotasRequest`.
+public struct Slipway_Pipeline_V1_GetOrganizationQuotasRequest: ProtoCMessage, Hashable {
+    public static let protoMessageName = "slipway.pipeline.v1.GetOrganizationQuotasRequest"
+    public static var protoCDescriptor: UnsafePointer<ProtobufCMessageDescriptor> { slipway__pipeline__v1__get_organization_quotas_request__descriptor_ptr() }
+
+    public var organizationId: String = ""
+
+    public init() {}
+
+    public func protoCWrite(to writer: ProtoCWriter) {
+        writer.set(0, self.organizationId)
+    }
+
+    public init(protoCReader reader: ProtoCReader) {
+        self.init()
+        self.organizationId = reader.string(0)
+    }
+}
+
+/// The message `slipway.pipeline.v1.SetOrganizationQuotasRequest`.
+public struct Slipway_Pipeline_V1_SetOrganizationQuotasRequest: ProtoCMessage, Hashable {
+    public static let protoMessageName = "slipway.pipeline.v1.SetOrganizationQuotasRequest"
+    public static var protoCDescriptor: UnsafePointer<ProtobufCMessageDescriptor> { slipway__pipeline__v1__set_organization_quotas_request__descriptor_ptr() }
+
+    public var organizationId: String = ""
+    public var limits: [String: UInt64] = [:]
+    public var reset: [String] = []
+
+    public init() {}
+
+    public func protoCWrite(to writer: ProtoCWriter) {
+        writer.set(0, self.organizationId)
+        writer.setMap(1, self.limits.sorted(by: { $0.key < $1.key })) { entryWriter, entry in entryWriter.set(0, entry.key); entryWriter.set(1, entry.value) }
+        writer.set(2, self.reset)
+    }
+
+    public init(protoCReader reader: ProtoCReader) {
+        self.init()
+        self.organizationId = reader.string(0)
+        self.limits = reader.map(1) { entryReader in (entryReader.string(0), entryReader.get(1, as: UInt64.self)) }
+        self.reset = reader.strings(2)
+    }
+}
+
 /// The message `slipway.pipeline.v1.CreateProjectRequest`.
 public struct Slipway_Pipeline_V1_CreateProjectRequest: ProtoCMessage, Hashable {
     public static let protoMessageName = "slipway.pipeline.v1.CreateProjectRequest"
@@ -1892,6 +1986,26 @@ public enum Slipway_Pipeline_V1_Pipeline {
         public static let serverStreaming = false
     }
 
+    /// The unary method `slipway.pipeline.v1.Pipeline/GetOrganizationQuotas`.
+    public enum GetOrganizationQuotas: ProtoMethod {
+        public typealias Input = Slipway_Pipeline_V1_GetOrganizationQuotasRequest
+        public typealias Output = Slipway_Pipeline_V1_OrganizationQuotas
+        public static let serviceName = "slipway.pipeline.v1.Pipeline"
+        public static let methodName = "GetOrganizationQuotas"
+        public static let clientStreaming = false
+        public static let serverStreaming = false
+    }
+
+    /// The unary method `slipway.pipeline.v1.Pipeline/SetOrganizationQuotas`.
+    public enum SetOrganizationQuotas: ProtoMethod {
+        public typealias Input = Slipway_Pipeline_V1_SetOrganizationQuotasRequest
+        public typealias Output = Slipway_Pipeline_V1_OrganizationQuotas
+        public static let serviceName = "slipway.pipeline.v1.Pipeline"
+        public static let methodName = "SetOrganizationQuotas"
+        public static let clientStreaming = false
+        public static let serverStreaming = false
+    }
+
     /// The unary method `slipway.pipeline.v1.Pipeline/CreateProject`.
     public enum CreateProject: ProtoMethod {
         public typealias Input = Slipway_Pipeline_V1_CreateProjectRequest
@@ -2124,6 +2238,11 @@ public enum Slipway_Pipeline_V1_Pipeline_proto {
             "slipway.pipeline.v1.CreateOrganizationRequest",
             "slipway.pipeline.v1.ListOrganizationsRequest",
             "slipway.pipeline.v1.ListOrganizationsResponse",
+            "slipway.pipeline.v1.Quota",
+            "slipway.pipeline.v1.OrganizationQuotas",
+            "slipway.pipeline.v1.GetOrganizationQuotasRequest",
+            "slipway.pipeline.v1.SetOrganizationQuotasRequest",
+            "slipway.pipeline.v1.SetOrganizationQuotasRequest.LimitsEntry",
             "slipway.pipeline.v1.CreateProjectRequest",
             "slipway.pipeline.v1.ListProjectsRequest",
             "slipway.pipeline.v1.ListProjectsResponse",
@@ -2167,6 +2286,8 @@ public enum Slipway_Pipeline_V1_Pipeline_proto {
             "slipway.pipeline.v1.Pipeline",
             "slipway.pipeline.v1.Pipeline.CreateOrganization",
             "slipway.pipeline.v1.Pipeline.ListOrganizations",
+            "slipway.pipeline.v1.Pipeline.GetOrganizationQuotas",
+            "slipway.pipeline.v1.Pipeline.SetOrganizationQuotas",
             "slipway.pipeline.v1.Pipeline.CreateProject",
             "slipway.pipeline.v1.Pipeline.ListProjects",
             "slipway.pipeline.v1.Pipeline.CreateEnvironment",
@@ -2250,410 +2371,440 @@ public enum Slipway_Pipeline_V1_Pipeline_proto {
         Y29tbWl0EhQKBWltYWdlGAYgASgJUgVpbWFnZRI6CgZjb25maWcYByABKAsyIi5zbGlwd2F5LnBpcGVsaW5lLnYxLlNlcnZpY2VD
         b25maWdSBmNvbmZpZyIvChlDcmVhdGVPcmdhbml6YXRpb25SZXF1ZXN0EhIKBG5hbWUYASABKAlSBG5hbWUiGgoYTGlzdE9yZ2Fu
         aXphdGlvbnNSZXF1ZXN0ImQKGUxpc3RPcmdhbml6YXRpb25zUmVzcG9uc2USRwoNb3JnYW5pemF0aW9ucxgBIAMoCzIhLnNsaXB3
-        YXkucGlwZWxpbmUudjEuT3JnYW5pemF0aW9uUg1vcmdhbml6YXRpb25zIlMKFENyZWF0ZVByb2plY3RSZXF1ZXN0EicKD29yZ2Fu
-        aXphdGlvbl9pZBgBIAEoCVIOb3JnYW5pemF0aW9uSWQSEgoEbmFtZRgCIAEoCVIEbmFtZSI+ChNMaXN0UHJvamVjdHNSZXF1ZXN0
-        EicKD29yZ2FuaXphdGlvbl9pZBgBIAEoCVIOb3JnYW5pemF0aW9uSWQiUAoUTGlzdFByb2plY3RzUmVzcG9uc2USOAoIcHJvamVj
-        dHMYASADKAsyHC5zbGlwd2F5LnBpcGVsaW5lLnYxLlByb2plY3RSCHByb2plY3RzIk0KGENyZWF0ZUVudmlyb25tZW50UmVxdWVz
-        dBIdCgpwcm9qZWN0X2lkGAEgASgJUglwcm9qZWN0SWQSEgoEbmFtZRgCIAEoCVIEbmFtZSI4ChdMaXN0RW52aXJvbm1lbnRzUmVx
-        dWVzdBIdCgpwcm9qZWN0X2lkGAEgASgJUglwcm9qZWN0SWQiYAoYTGlzdEVudmlyb25tZW50c1Jlc3BvbnNlEkQKDGVudmlyb25t
-        ZW50cxgBIAMoCzIgLnNsaXB3YXkucGlwZWxpbmUudjEuRW52aXJvbm1lbnRSDGVudmlyb25tZW50cyKbAgoUQ3JlYXRlU2Vydmlj
-        ZVJlcXVlc3QSJQoOZW52aXJvbm1lbnRfaWQYASABKAlSDWVudmlyb25tZW50SWQSEgoEbmFtZRgCIAEoCVIEbmFtZRI6CgZjb25m
-        aWcYAyABKAsyIi5zbGlwd2F5LnBpcGVsaW5lLnYxLlNlcnZpY2VDb25maWdSBmNvbmZpZxJQCgdzZWNyZXRzGAQgAygLMjYuc2xp
-        cHdheS5waXBlbGluZS52MS5DcmVhdGVTZXJ2aWNlUmVxdWVzdC5TZWNyZXRzRW50cnlSB3NlY3JldHMaOgoMU2VjcmV0c0VudHJ5
-        EhAKA2tleRgBIAEoCVIDa2V5EhQKBXZhbHVlGAIgASgJUgV2YWx1ZToCOAEiqAIKFFVwZGF0ZVNlcnZpY2VSZXF1ZXN0Eh0KCnNl
-        cnZpY2VfaWQYASABKAlSCXNlcnZpY2VJZBI6CgZjb25maWcYAiABKAsyIi5zbGlwd2F5LnBpcGVsaW5lLnYxLlNlcnZpY2VDb25m
-        aWdSBmNvbmZpZxJQCgdzZWNyZXRzGAMgAygLMjYuc2xpcHdheS5waXBlbGluZS52MS5VcGRhdGVTZXJ2aWNlUmVxdWVzdC5TZWNy
-        ZXRzRW50cnlSB3NlY3JldHMSJwoPcmVwbGFjZV9zZWNyZXRzGAQgASgIUg5yZXBsYWNlU2VjcmV0cxo6CgxTZWNyZXRzRW50cnkS
-        EAoDa2V5GAEgASgJUgNrZXkSFAoFdmFsdWUYAiABKAlSBXZhbHVlOgI4ASIyChFHZXRTZXJ2aWNlUmVxdWVzdBIdCgpzZXJ2aWNl
-        X2lkGAEgASgJUglzZXJ2aWNlSWQiPAoTTGlzdFNlcnZpY2VzUmVxdWVzdBIlCg5lbnZpcm9ubWVudF9pZBgBIAEoCVINZW52aXJv
-        bm1lbnRJZCJQChRMaXN0U2VydmljZXNSZXNwb25zZRI4CghzZXJ2aWNlcxgBIAMoCzIcLnNsaXB3YXkucGlwZWxpbmUudjEuU2Vy
-        dmljZVIIc2VydmljZXMiigEKB1RyaWdnZXISMwoGb3JpZ2luGAEgASgOMhsuc2xpcHdheS5waXBlbGluZS52MS5PcmlnaW5SBm9y
-        aWdpbhIhCgx0cmlnZ2VyZWRfYnkYAiABKAlSC3RyaWdnZXJlZEJ5EicKD2lkZW1wb3RlbmN5X2tleRgDIAEoCVIOaWRlbXBvdGVu
-        Y3lLZXkimgIKDURlcGxveVJlcXVlc3QSJQoOZW52aXJvbm1lbnRfaWQYASABKAlSDWVudmlyb25tZW50SWQSHwoLc2VydmljZV9p
-        ZHMYAiADKAlSCnNlcnZpY2VJZHMSTAoIdmVyc2lvbnMYAyADKAsyMC5zbGlwd2F5LnBpcGVsaW5lLnYxLkRlcGxveVJlcXVlc3Qu
-        VmVyc2lvbnNFbnRyeVIIdmVyc2lvbnMSNgoHdHJpZ2dlchgEIAEoCzIcLnNsaXB3YXkucGlwZWxpbmUudjEuVHJpZ2dlclIHdHJp
-        Z2dlcho7Cg1WZXJzaW9uc0VudHJ5EhAKA2tleRgBIAEoCVIDa2V5EhQKBXZhbHVlGAIgASgJUgV2YWx1ZToCOAEijwEKDUFjdGlv
-        blJlcXVlc3QSJQoOZW52aXJvbm1lbnRfaWQYASABKAlSDWVudmlyb25tZW50SWQSHwoLc2VydmljZV9pZHMYAiADKAlSCnNlcnZp
-        Y2VJZHMSNgoHdHJpZ2dlchgDIAEoCzIcLnNsaXB3YXkucGlwZWxpbmUudjEuVHJpZ2dlclIHdHJpZ2dlciKmAQoPUm9sbGJhY2tS
-        ZXF1ZXN0Eh0KCnNlcnZpY2VfaWQYASABKAlSCXNlcnZpY2VJZBIdCgpyZWxlYXNlX2lkGAIgASgJUglyZWxlYXNlSWQSNgoHdHJp
-        Z2dlchgDIAEoCzIcLnNsaXB3YXkucGlwZWxpbmUudjEuVHJpZ2dlclIHdHJpZ2dlchIdCgppbWFnZV9vbmx5GAQgASgIUglpbWFn
-        ZU9ubHkitgEKDkFjdGlvblJlc3BvbnNlEiMKDWRlcGxveW1lbnRfaWQYASABKAlSDGRlcGxveW1lbnRJZBIlCg5xdWV1ZV9wb3Np
-        dGlvbhgCIAEoDVINcXVldWVQb3NpdGlvbhIcCglkdXBsaWNhdGUYAyABKAhSCWR1cGxpY2F0ZRI6ChlzdXBlcnNlZGVkX2RlcGxv
-        eW1lbnRfaWRzGAQgAygJUhdzdXBlcnNlZGVkRGVwbG95bWVudElkcyI0Cg1DYW5jZWxSZXF1ZXN0EiMKDWRlcGxveW1lbnRfaWQY
-        ASABKAlSDGRlcGxveW1lbnRJZCJRCg5DYW5jZWxSZXNwb25zZRI/CgpkZXBsb3ltZW50GAEgASgLMh8uc2xpcHdheS5waXBlbGlu
-        ZS52MS5EZXBsb3ltZW50UgpkZXBsb3ltZW50IjsKFEdldERlcGxveW1lbnRSZXF1ZXN0EiMKDWRlcGxveW1lbnRfaWQYASABKAlS
-        DGRlcGxveW1lbnRJZCLPAQoWTGlzdERlcGxveW1lbnRzUmVxdWVzdBIlCg5lbnZpcm9ubWVudF9pZBgBIAEoCVINZW52aXJvbm1l
-        bnRJZBIzCgZhY3Rpb24YAiABKA4yGy5zbGlwd2F5LnBpcGVsaW5lLnYxLkFjdGlvblIGYWN0aW9uEhsKCXBhZ2Vfc2l6ZRgDIAEo
-        DVIIcGFnZVNpemUSHQoKcGFnZV90b2tlbhgEIAEoCVIJcGFnZVRva2VuEh0KCnNlcnZpY2VfaWQYBSABKAlSCXNlcnZpY2VJZCKE
-        AQoXTGlzdERlcGxveW1lbnRzUmVzcG9uc2USQQoLZGVwbG95bWVudHMYASADKAsyHy5zbGlwd2F5LnBpcGVsaW5lLnYxLkRlcGxv
-        eW1lbnRSC2RlcGxveW1lbnRzEiYKD25leHRfcGFnZV90b2tlbhgCIAEoCVINbmV4dFBhZ2VUb2tlbiJRChNMaXN0UmVsZWFzZXNS
-        ZXF1ZXN0Eh0KCnNlcnZpY2VfaWQYASABKAlSCXNlcnZpY2VJZBIbCglwYWdlX3NpemUYAiABKA1SCHBhZ2VTaXplIlAKFExpc3RS
-        ZWxlYXNlc1Jlc3BvbnNlEjgKCHJlbGVhc2VzGAEgAygLMhwuc2xpcHdheS5waXBlbGluZS52MS5SZWxlYXNlUghyZWxlYXNlcyJE
-        ChtHZXRFbnZpcm9ubWVudFN0YXR1c1JlcXVlc3QSJQoOZW52aXJvbm1lbnRfaWQYASABKAlSDWVudmlyb25tZW50SWQilQIKDVNl
-        cnZpY2VTdGF0dXMSHQoKc2VydmljZV9pZBgBIAEoCVIJc2VydmljZUlkEiEKDHNlcnZpY2VfbmFtZRgCIAEoCVILc2VydmljZU5h
-        bWUSUgoRZGVwbG95bWVudF9zdGF0dXMYAyABKA4yJS5zbGlwd2F5LnBpcGVsaW5lLnYxLkRlcGxveW1lbnRTdGF0dXNSEGRlcGxv
-        eW1lbnRTdGF0dXMSSQoOcnVubmluZ19zdGF0dXMYBCABKA4yIi5zbGlwd2F5LnBpcGVsaW5lLnYxLlJ1bm5pbmdTdGF0dXNSDXJ1
-        bm5pbmdTdGF0dXMSIwoNZGVwbG95bWVudF9pZBgFIAEoCVIMZGVwbG95bWVudElkIoEDChFFbnZpcm9ubWVudFN0YXR1cxIlCg5l
-        bnZpcm9ubWVudF9pZBgBIAEoCVINZW52aXJvbm1lbnRJZBJSChFkZXBsb3ltZW50X3N0YXR1cxgCIAEoDjIlLnNsaXB3YXkucGlw
-        ZWxpbmUudjEuRGVwbG95bWVudFN0YXR1c1IQZGVwbG95bWVudFN0YXR1cxJJCg5ydW5uaW5nX3N0YXR1cxgDIAEoDjIiLnNsaXB3
-        YXkucGlwZWxpbmUudjEuUnVubmluZ1N0YXR1c1INcnVubmluZ1N0YXR1cxI+CghzZXJ2aWNlcxgEIAMoCzIiLnNsaXB3YXkucGlw
-        ZWxpbmUudjEuU2VydmljZVN0YXR1c1IIc2VydmljZXMSMgoVcnVubmluZ19kZXBsb3ltZW50X2lkGAUgASgJUhNydW5uaW5nRGVw
-        bG95bWVudElkEjIKFXF1ZXVlZF9kZXBsb3ltZW50X2lkcxgGIAMoCVITcXVldWVkRGVwbG95bWVudElkcyJaCgxXYXRjaFJlcXVl
-        c3QSJQoOZW52aXJvbm1lbnRfaWQYASABKAlSDWVudmlyb25tZW50SWQSIwoNZGVwbG95bWVudF9pZBgCIAEoCVIMZGVwbG95bWVu
-        dElkIsQFCgtTdGF0dXNFdmVudBIyCgRraW5kGAEgASgOMh4uc2xpcHdheS5waXBlbGluZS52MS5FdmVudEtpbmRSBGtpbmQSJQoO
-        ZW52aXJvbm1lbnRfaWQYAiABKAlSDWVudmlyb25tZW50SWQSIwoNZGVwbG95bWVudF9pZBgDIAEoCVIMZGVwbG95bWVudElkEh0K
-        CnNlcnZpY2VfaWQYBCABKAlSCXNlcnZpY2VJZBJSChFkZXBsb3ltZW50X3N0YXR1cxgFIAEoDjIlLnNsaXB3YXkucGlwZWxpbmUu
-        djEuRGVwbG95bWVudFN0YXR1c1IQZGVwbG95bWVudFN0YXR1cxJJCg5ydW5uaW5nX3N0YXR1cxgGIAEoDjIiLnNsaXB3YXkucGlw
-        ZWxpbmUudjEuUnVubmluZ1N0YXR1c1INcnVubmluZ1N0YXR1cxItCgRzdGVwGAcgASgOMhkuc2xpcHdheS5waXBlbGluZS52MS5T
-        dGVwUgRzdGVwEkAKC3N0ZXBfc3RhdHVzGAggASgOMh8uc2xpcHdheS5waXBlbGluZS52MS5TdGVwU3RhdHVzUgpzdGVwU3RhdHVz
-        EhgKB21lc3NhZ2UYCSABKAlSB21lc3NhZ2USHwoLdW5peF9taWxsaXMYCiABKANSCnVuaXhNaWxsaXMSaQodZW52aXJvbm1lbnRf
-        ZGVwbG95bWVudF9zdGF0dXMYCyABKA4yJS5zbGlwd2F5LnBpcGVsaW5lLnYxLkRlcGxveW1lbnRTdGF0dXNSG2Vudmlyb25tZW50
-        RGVwbG95bWVudFN0YXR1cxJgChplbnZpcm9ubWVudF9ydW5uaW5nX3N0YXR1cxgMIAEoDjIiLnNsaXB3YXkucGlwZWxpbmUudjEu
-        UnVubmluZ1N0YXR1c1IYZW52aXJvbm1lbnRSdW5uaW5nU3RhdHVzKlwKDEJ1aWxkTmV0d29yaxIdChlCVUlMRF9ORVRXT1JLX1VO
-        U1BFQ0lGSUVEEAASFQoRQlVJTERfTkVUV09SS19OQVQQARIWChJCVUlMRF9ORVRXT1JLX05PTkUQAipKCgxQb3J0UHJvdG9jb2wS
-        HQoZUE9SVF9QUk9UT0NPTF9VTlNQRUNJRklFRBAAEggKBEhUVFAQARIICgRHUlBDEAISBwoDVENQEAMq/wIKEERlcGxveW1lbnRT
-        dGF0dXMSIQodREVQTE9ZTUVOVF9TVEFUVVNfVU5TUEVDSUZJRUQQABIKCgZRVUVVRUQQARIMCghCVUlMRElORxACEg8KC0JVSUxE
-        X0VSUk9SEAMSDQoJREVQTE9ZSU5HEAQSDAoIREVQTE9ZRUQQBRIUChBERVBMT1lNRU5UX0VSUk9SEAYSDQoJQ0FOQ0VMSU5HEAcS
-        DAoIQ0FOQ0VMRUQQCBILCgdTS0lQUEVEEAkSEgoOUkVTVEFSVF9RVUVVRUQQChIOCgpSRVNUQVJUSU5HEAsSDQoJUkVTVEFSVEVE
-        EAwSEQoNUkVTVEFSVF9FUlJPUhANEg8KC1NUT1BfUVVFVUVEEA4SDAoIU1RPUFBJTkcQDxILCgdTVE9QUEVEEBASDgoKU1RPUF9F
-        UlJPUhAREhEKDURFTEVURV9RVUVVRUQQEhIMCghERUxFVElORxATEgsKB0RFTEVURUQQFBIQCgxERUxFVEVfRVJST1IQFSqtAQoN
-        UnVubmluZ1N0YXR1cxIeChpSVU5OSU5HX1NUQVRVU19VTlNQRUNJRklFRBAAEhQKEFJVTk5JTkdfU1RBUlRJTkcQARITCg9SVU5O
-        SU5HX1JVTk5JTkcQAhITCg9SVU5OSU5HX1dBUk5JTkcQAxIRCg1SVU5OSU5HX0VSUk9SEAQSFAoQUlVOTklOR19TVE9QUElORxAF
-        EhMKD1JVTk5JTkdfU1RPUFBFRBAGKk8KBkFjdGlvbhIWChJBQ1RJT05fVU5TUEVDSUZJRUQQABIKCgZERVBMT1kQARILCgdSRVNU
-        QVJUEAISCAoEU1RPUBADEgoKBkRFTEVURRAEKkgKBk9yaWdpbhIWChJPUklHSU5fVU5TUEVDSUZJRUQQABIHCgNBUEkQARIHCgND
-        TEkQAhIHCgNHSVQQAxILCgdDT05TT0xFEAQqgAEKBFN0ZXASFAoQU1RFUF9VTlNQRUNJRklFRBAAEg0KCUdJVF9DTE9ORRABEgkK
-        BUJVSUxEEAISEAoMTUlSUk9SX0lNQUdFEAMSDgoKREVQTE9ZTUVOVBAEEhUKEVJPVVRFUl9ERVBMT1lNRU5UEAUSDwoLQ0VSVElG
-        SUNBVEUQBiqFAQoKU3RlcFN0YXR1cxIbChdTVEVQX1NUQVRVU19VTlNQRUNJRklFRBAAEhAKDFNURVBfUlVOTklORxABEhIKDlNU
-        RVBfU1VDQ0VFREVEEAISEAoMU1RFUF9TS0lQUEVEEAMSDwoLU1RFUF9GQUlMRUQQBBIRCg1TVEVQX0NBTkNFTEVEEAUq0wEKCUV2
-        ZW50S2luZBIaChZFVkVOVF9LSU5EX1VOU1BFQ0lGSUVEEAASEgoORVZFTlRfU05BUFNIT1QQARIWChJFVkVOVF9TTkFQU0hPVF9F
-        TkQQAhIbChdFVkVOVF9ERVBMT1lNRU5UX1NUQVRVUxADEg4KCkVWRU5UX1NURVAQBBIYChRFVkVOVF9SVU5OSU5HX1NUQVRVUxAF
-        EhoKFkVWRU5UX0RFUExPWU1FTlRfRU5ERUQQBhIbChdFVkVOVF9ERVBMT1lNRU5UX1FVRVVFRBAHMqYQCghQaXBlbGluZRJnChJD
-        cmVhdGVPcmdhbml6YXRpb24SLi5zbGlwd2F5LnBpcGVsaW5lLnYxLkNyZWF0ZU9yZ2FuaXphdGlvblJlcXVlc3QaIS5zbGlwd2F5
-        LnBpcGVsaW5lLnYxLk9yZ2FuaXphdGlvbhJyChFMaXN0T3JnYW5pemF0aW9ucxItLnNsaXB3YXkucGlwZWxpbmUudjEuTGlzdE9y
-        Z2FuaXphdGlvbnNSZXF1ZXN0Gi4uc2xpcHdheS5waXBlbGluZS52MS5MaXN0T3JnYW5pemF0aW9uc1Jlc3BvbnNlElgKDUNyZWF0
-        ZVByb2plY3QSKS5zbGlwd2F5LnBpcGVsaW5lLnYxLkNyZWF0ZVByb2plY3RSZXF1ZXN0Ghwuc2xpcHdheS5waXBlbGluZS52MS5Q
-        cm9qZWN0EmMKDExpc3RQcm9qZWN0cxIoLnNsaXB3YXkucGlwZWxpbmUudjEuTGlzdFByb2plY3RzUmVxdWVzdBopLnNsaXB3YXku
-        cGlwZWxpbmUudjEuTGlzdFByb2plY3RzUmVzcG9uc2USZAoRQ3JlYXRlRW52aXJvbm1lbnQSLS5zbGlwd2F5LnBpcGVsaW5lLnYx
-        LkNyZWF0ZUVudmlyb25tZW50UmVxdWVzdBogLnNsaXB3YXkucGlwZWxpbmUudjEuRW52aXJvbm1lbnQSbwoQTGlzdEVudmlyb25t
-        ZW50cxIsLnNsaXB3YXkucGlwZWxpbmUudjEuTGlzdEVudmlyb25tZW50c1JlcXVlc3QaLS5zbGlwd2F5LnBpcGVsaW5lLnYxLkxp
-        c3RFbnZpcm9ubWVudHNSZXNwb25zZRJYCg1DcmVhdGVTZXJ2aWNlEikuc2xpcHdheS5waXBlbGluZS52MS5DcmVhdGVTZXJ2aWNl
-        UmVxdWVzdBocLnNsaXB3YXkucGlwZWxpbmUudjEuU2VydmljZRJYCg1VcGRhdGVTZXJ2aWNlEikuc2xpcHdheS5waXBlbGluZS52
-        MS5VcGRhdGVTZXJ2aWNlUmVxdWVzdBocLnNsaXB3YXkucGlwZWxpbmUudjEuU2VydmljZRJSCgpHZXRTZXJ2aWNlEiYuc2xpcHdh
-        eS5waXBlbGluZS52MS5HZXRTZXJ2aWNlUmVxdWVzdBocLnNsaXB3YXkucGlwZWxpbmUudjEuU2VydmljZRJjCgxMaXN0U2Vydmlj
-        ZXMSKC5zbGlwd2F5LnBpcGVsaW5lLnYxLkxpc3RTZXJ2aWNlc1JlcXVlc3QaKS5zbGlwd2F5LnBpcGVsaW5lLnYxLkxpc3RTZXJ2
-        aWNlc1Jlc3BvbnNlElEKBkRlcGxveRIiLnNsaXB3YXkucGlwZWxpbmUudjEuRGVwbG95UmVxdWVzdBojLnNsaXB3YXkucGlwZWxp
-        bmUudjEuQWN0aW9uUmVzcG9uc2USUwoIUmVkZXBsb3kSIi5zbGlwd2F5LnBpcGVsaW5lLnYxLkFjdGlvblJlcXVlc3QaIy5zbGlw
-        d2F5LnBpcGVsaW5lLnYxLkFjdGlvblJlc3BvbnNlElIKB1Jlc3RhcnQSIi5zbGlwd2F5LnBpcGVsaW5lLnYxLkFjdGlvblJlcXVl
-        c3QaIy5zbGlwd2F5LnBpcGVsaW5lLnYxLkFjdGlvblJlc3BvbnNlEk8KBFN0b3ASIi5zbGlwd2F5LnBpcGVsaW5lLnYxLkFjdGlv
-        blJlcXVlc3QaIy5zbGlwd2F5LnBpcGVsaW5lLnYxLkFjdGlvblJlc3BvbnNlElEKBkRlbGV0ZRIiLnNsaXB3YXkucGlwZWxpbmUu
-        djEuQWN0aW9uUmVxdWVzdBojLnNsaXB3YXkucGlwZWxpbmUudjEuQWN0aW9uUmVzcG9uc2USVQoIUm9sbGJhY2sSJC5zbGlwd2F5
-        LnBpcGVsaW5lLnYxLlJvbGxiYWNrUmVxdWVzdBojLnNsaXB3YXkucGlwZWxpbmUudjEuQWN0aW9uUmVzcG9uc2USUQoGQ2FuY2Vs
-        EiIuc2xpcHdheS5waXBlbGluZS52MS5DYW5jZWxSZXF1ZXN0GiMuc2xpcHdheS5waXBlbGluZS52MS5DYW5jZWxSZXNwb25zZRJb
-        Cg1HZXREZXBsb3ltZW50Eikuc2xpcHdheS5waXBlbGluZS52MS5HZXREZXBsb3ltZW50UmVxdWVzdBofLnNsaXB3YXkucGlwZWxp
-        bmUudjEuRGVwbG95bWVudBJsCg9MaXN0RGVwbG95bWVudHMSKy5zbGlwd2F5LnBpcGVsaW5lLnYxLkxpc3REZXBsb3ltZW50c1Jl
-        cXVlc3QaLC5zbGlwd2F5LnBpcGVsaW5lLnYxLkxpc3REZXBsb3ltZW50c1Jlc3BvbnNlEmMKDExpc3RSZWxlYXNlcxIoLnNsaXB3
-        YXkucGlwZWxpbmUudjEuTGlzdFJlbGVhc2VzUmVxdWVzdBopLnNsaXB3YXkucGlwZWxpbmUudjEuTGlzdFJlbGVhc2VzUmVzcG9u
-        c2UScAoUR2V0RW52aXJvbm1lbnRTdGF0dXMSMC5zbGlwd2F5LnBpcGVsaW5lLnYxLkdldEVudmlyb25tZW50U3RhdHVzUmVxdWVz
-        dBomLnNsaXB3YXkucGlwZWxpbmUudjEuRW52aXJvbm1lbnRTdGF0dXMSTgoFV2F0Y2gSIS5zbGlwd2F5LnBpcGVsaW5lLnYxLldh
-        dGNoUmVxdWVzdBogLnNsaXB3YXkucGlwZWxpbmUudjEuU3RhdHVzRXZlbnQwAUrTrgEKBxIFAACwBAEKCAoBDBIDAAASCrgBCgEC
-        EgMEABwarQEgVGhlIHBpcGVsaW5lIHNlcnZpY2U6IHRoZSBtb2RlbCAob3JnYW5pemF0aW9ucywgcHJvamVjdHMsIGVudmlyb25t
-        ZW50cywgc2VydmljZXMpLCBkZXBsb3ltZW50cwogYW5kIHRoZWlyIHF1ZXVlLCBzdGFnZXMsIHN0ZXBzIGFuZCBzdGF0dXNlcywg
-        YWN0aW9ucywgcmVsZWFzZXMgYW5kIGhpc3RvcnkuCgpyCgIEABIECQAMATJmIC0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0t
-        LS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLQogTW9kZWwKCgoK
-        AwQAARIDCQgUCgsKBAQAAgASAwoCEAoMCgUEAAIABRIDCgIICgwKBQQAAgABEgMKCQsKDAoFBAACAAMSAwoODwoLCgQEAAIBEgML
-        AhIKDAoFBAACAQUSAwsCCAoMCgUEAAIBARIDCwkNCgwKBQQAAgEDEgMLEBEKCgoCBAESBA4AEgEKCgoDBAEBEgMOCA8KCwoEBAEC
-        ABIDDwIQCgwKBQQBAgAFEgMPAggKDAoFBAECAAESAw8JCwoMCgUEAQIAAxIDDw4PCgsKBAQBAgESAxACHQoMCgUEAQIBBRIDEAII
-        CgwKBQQBAgEBEgMQCRgKDAoFBAECAQMSAxAbHAoLCgQEAQICEgMRAhIKDAoFBAECAgUSAxECCAoMCgUEAQICARIDEQkNCgwKBQQB
-        AgIDEgMREBEKCgoCBAISBBQAGAEKCgoDBAIBEgMUCBMKCwoEBAICABIDFQIQCgwKBQQCAgAFEgMVAggKDAoFBAICAAESAxUJCwoM
-        CgUEAgIAAxIDFQ4PCgsKBAQCAgESAxYCGAoMCgUEAgIBBRIDFgIICgwKBQQCAgEBEgMWCRMKDAoFBAICAQMSAxYWFwoLCgQEAgIC
-        EgMXAhIKDAoFBAICAgUSAxcCCAoMCgUEAgICARIDFwkNCgwKBQQCAgIDEgMXEBEKOgoCBAMSBBsAJwEaLiBBbiBhcHBsaWNhdGlv
-        bjogYnVpbHQgZnJvbSBhIGdpdCByZXBvc2l0b3J5LgoKCgoDBAMBEgMbCBEKCwoEBAMCABIDHAIRCgwKBQQDAgAFEgMcAggKDAoF
-        BAMCAAESAxwJDAoMCgUEAwIAAxIDHA8QCkYKBAQDAgESAx4CFBo5IFRoZSBicmFuY2ggZGVwbG95ZWQgd2hlbiBubyBjb21taXQg
-        b3IgdGFnIGlzIGFza2VkIGZvci4KCgwKBQQDAgEFEgMeAggKDAoFBAMCAQESAx4JDwoMCgUEAwIBAxIDHhITCk4KBAQDAgISAyAC
-        FxpBIERpcmVjdG9yeSBvZiB0aGUgcmVwb3NpdG9yeSB0aGUgYnVpbGQgcnVucyBpbi4gRW1wdHk6IHRoZSByb290LgoKDAoFBAMC
-        AgUSAyACCAoMCgUEAwICARIDIAkSCgwKBQQDAgIDEgMgFRYKOgoEBAMCAxIDIgIdGi0gUmVsYXRpdmUgdG8gcm9vdF9wYXRoLiBF
-        bXB0eTogIkRvY2tlcmZpbGUiLgoKDAoFBAMCAwUSAyICCAoMCgUEAwIDARIDIgkYCgwKBQQDAgMDEgMiGxwKCwoEBAMCBBIDIwIl
-        CgwKBQQDAgQGEgMjAhUKDAoFBAMCBAESAyMWIAoMCgUEAwIEAxIDIyMkCqUBCgQEAwIFEgMmAiEalwEgSG93IHRoZSBEb2NrZXJm
-        aWxlJ3MgUlVOIHN0ZXBzIHJlYWNoIHRoZSBuZXR3b3JrLiBVbnNwZWNpZmllZDogdGhlIGJ1aWxkZXIncyBkZWZhdWx0CiAoLS1i
-        dWlsZGVyLWlzb2xhdGlvbiwgbmF0IHVubGVzcyB0aGUgb3BlcmF0b3IgY2hvc2Ugb3RoZXJ3aXNlKS4KCgwKBQQDAgUGEgMmAg4K
-        DAoFBAMCBQESAyYPHAoMCgUEAwIFAxIDJh8gCgoKAgUAEgQpAC8BCgoKAwUAARIDKQURCgsKBAUAAgASAyoCIAoMCgUFAAIAARID
-        KgIbCgwKBQUAAgACEgMqHh8KgAEKBAUAAgESAywCGBpzIEEgbmV0d29yayBuYW1lc3BhY2Ugb2YgdGhlIGJ1aWxkJ3Mgb3duOiBl
-        Z3Jlc3MgdGhyb3VnaCBOQVQgb25seSAobm90IHRoZSBwbGF0Zm9ybSwgbm90IHRoZSBob3N0LCBub3Qgb3RoZXIgYXBwcykuCgoM
-        CgUFAAIBARIDLAITCgwKBQUAAgECEgMsFhcKMQoEBQACAhIDLgIZGiQgTm8gbmV0d29yayBhdCBhbGwgKGxvb3BiYWNrIG9ubHkp
-        LgoKDAoFBQACAgESAy4CFAoMCgUFAAICAhIDLhcYCjQKAgQEEgQyADcBGiggQSBjb250YWluZXI6IGFuIGltYWdlIGZyb20gYSBy
-        ZWdpc3RyeS4KCgoKAwQEARIDMggXCjkKBAQEAgASAzQCExosIGhvc3QvbmFtZSwgZS5nLiAiZG9ja2VyLmlvL2xpYnJhcnkvbmdp
-        bngiLgoKDAoFBAQCAAUSAzQCCAoMCgUEBAIAARIDNAkOCgwKBQQEAgADEgM0ERIKOwoEBAQCARIDNgIRGi4gVGhlIHRhZyBkZXBs
-        b3llZCB3aGVuIG5vIG90aGVyIGlzIGFza2VkIGZvci4KCgwKBQQEAgEFEgM2AggKDAoFBAQCAQESAzYJDAoMCgUEBAIBAxIDNg8Q
-        CgoKAgUBEgQ5AD4BCgoKAwUBARIDOQURCgsKBAUBAgASAzoCIAoMCgUFAQIAARIDOgIbCgwKBQUBAgACEgM6Hh8KCwoEBQECARID
-        OwILCgwKBQUBAgEBEgM7AgYKDAoFBQECAQISAzsJCgoLCgQFAQICEgM8AgsKDAoFBQECAgESAzwCBgoMCgUFAQICAhIDPAkKCgsK
-        BAUBAgMSAz0CCgoMCgUFAQIDARIDPQIFCgwKBQUBAgMCEgM9CAkKCgoCBAUSBEAARgEKCgoDBAUBEgNACAwKCwoEBAUCABIDQQIb
-        CgwKBQQFAgAFEgNBAggKDAoFBAUCAAESA0EJFgoMCgUEBQIAAxIDQRkaCkAKBAQFAgESA0MCEhozIFJlYWNoYWJsZSBmcm9tIG91
-        dHNpZGUgdGhyb3VnaCB0aGUgbG9hZCBiYWxhbmNlci4KCgwKBQQFAgEFEgNDAgYKDAoFBAUCAQESA0MHDQoMCgUEBQIBAxIDQxAR
-        CiEKBAQFAgISA0UCHBoUIFVuc3BlY2lmaWVkOiBIVFRQLgoKDAoFBAUCAgYSA0UCDgoMCgUEBQICARIDRQ8XCgwKBQQFAgIDEgNF
-        GhsKCgoCBAYSBEgASwEKCgoDBAYBEgNICBEKCwoEBAYCABIDSQISCgwKBQQGAgAFEgNJAggKDAoFBAYCAAESA0kJDQoMCgUEBgIA
-        AxIDSRARCgsKBAQGAgESA0oCEgoMCgUEBgIBBRIDSgIICgwKBQQGAgEBEgNKCQ0KDAoFBAYCAQMSA0oQEQoKCgIEBxIETQBPAQoK
-        CgMEBwESA00IEAoLCgQEBwIAEgNOAhIKDAoFBAcCAAUSA04CCAoMCgUEBwIAARIDTgkNCgwKBQQHAgADEgNOEBEKCgoCBAgSBFEA
-        VQEKCgoDBAgBEgNRCBEKCwoEBAgCABIDUgISCgwKBQQIAgAFEgNSAggKDAoFBAgCAAESA1IJDQoMCgUECAIAAxIDUhARCkkKBAQI
-        AgESA1QCFRo8IGdycGMuaGVhbHRoLnYxIHNlcnZpY2UgbmFtZTsgZW1wdHk6IHRoZSBzZXJ2ZXIgYXMgYSB3aG9sZS4KCgwKBQQI
-        AgEFEgNUAggKDAoFBAgCAQESA1QJEAoMCgUECAIBAxIDVBMUCgoKAgQJEgRXAFkBCgoKAwQJARIDVwgRCgsKBAQJAgASA1gCHgoM
-        CgUECQIABBIDWAIKCgwKBQQJAgAFEgNYCxEKDAoFBAkCAAESA1gSGQoMCgUECQIAAxIDWBwdCgoKAgQKEgRbAGsBCgoKAwQKARID
-        WwgNCgwKBAQKCAASBFwCYQMKDAoFBAoIAAESA1wIDAoLCgQECgIAEgNdBBcKDAoFBAoCAAYSA10EDQoMCgUECgIAARIDXQ4SCgwK
-        BQQKAgADEgNdFRYKCwoEBAoCARIDXgQVCgwKBQQKAgEGEgNeBAwKDAoFBAoCAQESA14NEAoMCgUECgIBAxIDXhMUCgsKBAQKAgIS
-        A18EFwoMCgUECgICBhIDXwQNCgwKBQQKAgIBEgNfDhIKDAoFBAoCAgMSA18VFgoLCgQECgIDEgNgBBcKDAoFBAoCAwYSA2AEDQoM
-        CgUECgIDARIDYA4SCgwKBQQKAgMDEgNgFRYKCwoEBAoCBBIDYgIjCgwKBQQKAgQFEgNiAggKDAoFBAoCBAESA2IJHgoMCgUECgIE
-        AxIDYiEiChUKBAQKAgUSA2QCHBoIIDA6IDEwLgoKDAoFBAoCBQUSA2QCCAoMCgUECgIFARIDZAkXCgwKBQQKAgUDEgNkGhsKFAoE
-        BAoCBhIDZgIdGgcgMDogMS4KCgwKBQQKAgYFEgNmAggKDAoFBAoCBgESA2YJGAoMCgUECgIGAxIDZhscChQKBAQKAgcSA2gCHxoH
-        IDA6IDMuCgoMCgUECgIHBRIDaAIICgwKBQQKAgcBEgNoCRoKDAoFBAoCBwMSA2gdHgoUCgQECgIIEgNqAh8aByAwOiAxLgoKDAoF
-        BAoCCAUSA2oCCAoMCgUECgIIARIDagkaCgwKBQQKAggDEgNqHR4KCgoCBAsSBG0AcwEKCgoDBAsBEgNtCBIKCwoEBAsCABIDbgIT
-        CgwKBQQLAgAFEgNuAgYKDAoFBAsCAAESA24HDgoMCgUECwIAAxIDbhESCkwKBAQLAgESA3ACHxo/IFB1c2hlcyB0byB0aGVzZSBi
-        cmFuY2hlcyBkZXBsb3kuIEVtcHR5OiB0aGUgc2VydmljZSdzIGJyYW5jaC4KCgwKBQQLAgEEEgNwAgoKDAoFBAsCAQUSA3ALEQoM
-        CgUECwIBARIDcBIaCgwKBQQLAgEDEgNwHR4KUgoEBAsCAhIDcgIcGkUgT25seSBwdXNoZXMgdG91Y2hpbmcgb25lIG9mIHRoZXNl
-        IHBhdGggcHJlZml4ZXMgZGVwbG95LiBFbXB0eTogYW55LgoKDAoFBAsCAgQSA3ICCgoMCgUECwICBRIDcgsRCgwKBQQLAgIBEgNy
-        EhcKDAoFBAsCAgMSA3IaGwo6CgIEDBIFdgCJAQEaLSBFdmVyeXRoaW5nIGFib3V0IGEgc2VydmljZSBidXQgaXRzIHNlY3JldHMu
-        CgoKCgMEDAESA3YIFQoMCgQEDAgAEgR3AnoDCgwKBQQMCAABEgN3CA4KCwoEBAwCABIDeAQeCgwKBQQMAgAGEgN4BA0KDAoFBAwC
-        AAESA3gOGQoMCgUEDAIAAxIDeBwdCgsKBAQMAgESA3kEIgoMCgUEDAIBBhIDeQQTCgwKBQQMAgEBEgN5FB0KDAoFBAwCAQMSA3kg
-        IQoLCgQEDAICEgN7AhoKDAoFBAwCAgQSA3sCCgoMCgUEDAICBhIDewsPCgwKBQQMAgIBEgN7EBUKDAoFBAwCAgMSA3sYGQoLCgQE
-        DAIDEgN8AjAKDAoFBAwCAwYSA3wCFQoMCgUEDAIDARIDfBYrCgwKBQQMAgMDEgN8Li8KFAoEBAwCBBIDfgIWGgcgMDogMS4KCgwK
-        BQQMAgQFEgN+AggKDAoFBAwCBAESA34JEQoMCgUEDAIEAxIDfhQVChcKBAQMAgUSBIABAhwaCSAwOiA1MDAuCgoNCgUEDAIFBRIE
-        gAECCAoNCgUEDAIFARIEgAEJFwoNCgUEDAIFAxIEgAEaGwoXCgQEDAIGEgSCAQIYGgkgMDogNTEyLgoKDQoFBAwCBgUSBIIBAggK
-        DQoFBAwCBgESBIIBCRMKDQoFBAwCBgMSBIIBFhcKDAoEBAwCBxIEgwECHAoNCgUEDAIHBhIEgwECBwoNCgUEDAIHARIEgwEIFwoN
-        CgUEDAIHAxIEgwEaGwoMCgQEDAIIEgSEAQIbCg0KBQQMAggGEgSEAQIHCg0KBQQMAggBEgSEAQgWCg0KBQQMAggDEgSEARkaCgwK
-        BAQMAgkSBIUBAiYKDQoFBAwCCQQSBIUBAgoKDQoFBAwCCQUSBIUBCxEKDQoFBAwCCQESBIUBEiAKDQoFBAwCCQMSBIUBIyUKDAoE
-        BAwCChIEhgECHgoNCgUEDAIKBhIEhgECDAoNCgUEDAIKARIEhgENGAoNCgUEDAIKAxIEhgEbHQpyCgQEDAILEgSIAQIUGmQgU3Rh
-        Z2VzIHJ1biBpbiBpbmNyZWFzaW5nIG9yZGVyIChTVE9QIGFuZCBERUxFVEU6IGRlY3JlYXNpbmcpOyB0aGUgc2VydmljZXMgb2Yg
-        YSBzdGFnZSBpbiBwYXJhbGxlbC4KCg0KBQQMAgsFEgSIAQIICg0KBQQMAgsBEgSIAQkOCg0KBQQMAgsDEgSIARETCgwKAgQNEgaL
-        AQCZAQEKCwoDBA0BEgSLAQgPCgwKBAQNAgASBIwBAhAKDQoFBA0CAAUSBIwBAggKDQoFBA0CAAESBIwBCQsKDQoFBA0CAAMSBIwB
-        Dg8KDAoEBA0CARIEjQECHAoNCgUEDQIBBRIEjQECCAoNCgUEDQIBARIEjQEJFwoNCgUEDQIBAxIEjQEaGwoMCgQEDQICEgSOAQIS
-        Cg0KBQQNAgIFEgSOAQIICg0KBQQNAgIBEgSOAQkNCg0KBQQNAgIDEgSOARARCgwKBAQNAgMSBI8BAhsKDQoFBA0CAwYSBI8BAg8K
-        DQoFBA0CAwESBI8BEBYKDQoFBA0CAwMSBI8BGRoKSgoEBA0CBBIEkQECIxo8IFRoZSBuYW1lcyBvZiBpdHMgc2VjcmV0czsgdGhl
-        aXIgdmFsdWVzIGFyZSBuZXZlciByZXR1cm5lZC4KCg0KBQQNAgQEEgSRAQIKCg0KBQQNAgQFEgSRAQsRCg0KBQQNAgQBEgSRARIe
-        Cg0KBQQNAgQDEgSRASEiCjgKBAQNAgUSBJMBAikaKiBJbiB0aGUgc2VydmljZSdzIG1vc3QgcmVjZW50IGRlcGxveW1lbnQuCgoN
-        CgUEDQIFBhIEkwECEgoNCgUEDQIFARIEkwETJAoNCgUEDQIFAxIEkwEnKAoMCgQEDQIGEgSUAQIjCg0KBQQNAgYGEgSUAQIPCg0K
-        BQQNAgYBEgSUARAeCg0KBQQNAgYDEgSUASEiCpcCCgQEDQIHEgSYAQIaGogCIEl0cyBkZWZhdWx0IGRvbWFpbiBpcyA8ZG9tYWlu
-        X2xhYmVsPi48dGhlIGxvYWQgYmFsYW5jZXIncyBiYXNlIGRvbWFpbj4uIEFzc2lnbmVkIHdoZW4gdGhlCiBzZXJ2aWNlIGlzIGNy
-        ZWF0ZWQsIHVuaXF1ZSBhY3Jvc3MgdGhlIHBsYXRmb3JtICg8c2VydmljZT4tPGVudmlyb25tZW50Piwgd2l0aCA0IHJhbmRvbQog
-        Y2hhcmFjdGVycyBhcHBlbmRlZCB3aGVuIGFub3RoZXIgb3JnYW5pemF0aW9uIGhvbGRzIHRoYXQgbGFiZWwpLCBrZXB0IGZvciBp
-        dHMgbGlmZS4KCg0KBQQNAgcFEgSYAQIICg0KBQQNAgcBEgSYAQkVCg0KBQQNAgcDEgSYARgZCp8BCgIFAhIGngEAtQEBMpABIC0t
+        YXkucGlwZWxpbmUudjEuT3JnYW5pemF0aW9uUg1vcmdhbml6YXRpb25zImUKBVF1b3RhEhIKBG5hbWUYASABKAlSBG5hbWUSFAoF
+        bGltaXQYAiABKARSBWxpbWl0EhIKBHVzZWQYAyABKARSBHVzZWQSHgoKb3ZlcnJpZGRlbhgEIAEoCFIKb3ZlcnJpZGRlbiJxChJP
+        cmdhbml6YXRpb25RdW90YXMSJwoPb3JnYW5pemF0aW9uX2lkGAEgASgJUg5vcmdhbml6YXRpb25JZBIyCgZxdW90YXMYAiADKAsy
+        Gi5zbGlwd2F5LnBpcGVsaW5lLnYxLlF1b3RhUgZxdW90YXMiRwocR2V0T3JnYW5pemF0aW9uUXVvdGFzUmVxdWVzdBInCg9vcmdh
+        bml6YXRpb25faWQYASABKAlSDm9yZ2FuaXphdGlvbklkIu8BChxTZXRPcmdhbml6YXRpb25RdW90YXNSZXF1ZXN0EicKD29yZ2Fu
+        aXphdGlvbl9pZBgBIAEoCVIOb3JnYW5pemF0aW9uSWQSVQoGbGltaXRzGAIgAygLMj0uc2xpcHdheS5waXBlbGluZS52MS5TZXRP
+        cmdhbml6YXRpb25RdW90YXNSZXF1ZXN0LkxpbWl0c0VudHJ5UgZsaW1pdHMSFAoFcmVzZXQYAyADKAlSBXJlc2V0GjkKC0xpbWl0
+        c0VudHJ5EhAKA2tleRgBIAEoCVIDa2V5EhQKBXZhbHVlGAIgASgEUgV2YWx1ZToCOAEiUwoUQ3JlYXRlUHJvamVjdFJlcXVlc3QS
+        JwoPb3JnYW5pemF0aW9uX2lkGAEgASgJUg5vcmdhbml6YXRpb25JZBISCgRuYW1lGAIgASgJUgRuYW1lIj4KE0xpc3RQcm9qZWN0
+        c1JlcXVlc3QSJwoPb3JnYW5pemF0aW9uX2lkGAEgASgJUg5vcmdhbml6YXRpb25JZCJQChRMaXN0UHJvamVjdHNSZXNwb25zZRI4
+        Cghwcm9qZWN0cxgBIAMoCzIcLnNsaXB3YXkucGlwZWxpbmUudjEuUHJvamVjdFIIcHJvamVjdHMiTQoYQ3JlYXRlRW52aXJvbm1l
+        bnRSZXF1ZXN0Eh0KCnByb2plY3RfaWQYASABKAlSCXByb2plY3RJZBISCgRuYW1lGAIgASgJUgRuYW1lIjgKF0xpc3RFbnZpcm9u
+        bWVudHNSZXF1ZXN0Eh0KCnByb2plY3RfaWQYASABKAlSCXByb2plY3RJZCJgChhMaXN0RW52aXJvbm1lbnRzUmVzcG9uc2USRAoM
+        ZW52aXJvbm1lbnRzGAEgAygLMiAuc2xpcHdheS5waXBlbGluZS52MS5FbnZpcm9ubWVudFIMZW52aXJvbm1lbnRzIpsCChRDcmVh
+        dGVTZXJ2aWNlUmVxdWVzdBIlCg5lbnZpcm9ubWVudF9pZBgBIAEoCVINZW52aXJvbm1lbnRJZBISCgRuYW1lGAIgASgJUgRuYW1l
+        EjoKBmNvbmZpZxgDIAEoCzIiLnNsaXB3YXkucGlwZWxpbmUudjEuU2VydmljZUNvbmZpZ1IGY29uZmlnElAKB3NlY3JldHMYBCAD
+        KAsyNi5zbGlwd2F5LnBpcGVsaW5lLnYxLkNyZWF0ZVNlcnZpY2VSZXF1ZXN0LlNlY3JldHNFbnRyeVIHc2VjcmV0cxo6CgxTZWNy
+        ZXRzRW50cnkSEAoDa2V5GAEgASgJUgNrZXkSFAoFdmFsdWUYAiABKAlSBXZhbHVlOgI4ASKoAgoUVXBkYXRlU2VydmljZVJlcXVl
+        c3QSHQoKc2VydmljZV9pZBgBIAEoCVIJc2VydmljZUlkEjoKBmNvbmZpZxgCIAEoCzIiLnNsaXB3YXkucGlwZWxpbmUudjEuU2Vy
+        dmljZUNvbmZpZ1IGY29uZmlnElAKB3NlY3JldHMYAyADKAsyNi5zbGlwd2F5LnBpcGVsaW5lLnYxLlVwZGF0ZVNlcnZpY2VSZXF1
+        ZXN0LlNlY3JldHNFbnRyeVIHc2VjcmV0cxInCg9yZXBsYWNlX3NlY3JldHMYBCABKAhSDnJlcGxhY2VTZWNyZXRzGjoKDFNlY3Jl
+        dHNFbnRyeRIQCgNrZXkYASABKAlSA2tleRIUCgV2YWx1ZRgCIAEoCVIFdmFsdWU6AjgBIjIKEUdldFNlcnZpY2VSZXF1ZXN0Eh0K
+        CnNlcnZpY2VfaWQYASABKAlSCXNlcnZpY2VJZCI8ChNMaXN0U2VydmljZXNSZXF1ZXN0EiUKDmVudmlyb25tZW50X2lkGAEgASgJ
+        Ug1lbnZpcm9ubWVudElkIlAKFExpc3RTZXJ2aWNlc1Jlc3BvbnNlEjgKCHNlcnZpY2VzGAEgAygLMhwuc2xpcHdheS5waXBlbGlu
+        ZS52MS5TZXJ2aWNlUghzZXJ2aWNlcyKKAQoHVHJpZ2dlchIzCgZvcmlnaW4YASABKA4yGy5zbGlwd2F5LnBpcGVsaW5lLnYxLk9y
+        aWdpblIGb3JpZ2luEiEKDHRyaWdnZXJlZF9ieRgCIAEoCVILdHJpZ2dlcmVkQnkSJwoPaWRlbXBvdGVuY3lfa2V5GAMgASgJUg5p
+        ZGVtcG90ZW5jeUtleSKaAgoNRGVwbG95UmVxdWVzdBIlCg5lbnZpcm9ubWVudF9pZBgBIAEoCVINZW52aXJvbm1lbnRJZBIfCgtz
+        ZXJ2aWNlX2lkcxgCIAMoCVIKc2VydmljZUlkcxJMCgh2ZXJzaW9ucxgDIAMoCzIwLnNsaXB3YXkucGlwZWxpbmUudjEuRGVwbG95
+        UmVxdWVzdC5WZXJzaW9uc0VudHJ5Ugh2ZXJzaW9ucxI2Cgd0cmlnZ2VyGAQgASgLMhwuc2xpcHdheS5waXBlbGluZS52MS5Ucmln
+        Z2VyUgd0cmlnZ2VyGjsKDVZlcnNpb25zRW50cnkSEAoDa2V5GAEgASgJUgNrZXkSFAoFdmFsdWUYAiABKAlSBXZhbHVlOgI4ASKP
+        AQoNQWN0aW9uUmVxdWVzdBIlCg5lbnZpcm9ubWVudF9pZBgBIAEoCVINZW52aXJvbm1lbnRJZBIfCgtzZXJ2aWNlX2lkcxgCIAMo
+        CVIKc2VydmljZUlkcxI2Cgd0cmlnZ2VyGAMgASgLMhwuc2xpcHdheS5waXBlbGluZS52MS5UcmlnZ2VyUgd0cmlnZ2VyIqYBCg9S
+        b2xsYmFja1JlcXVlc3QSHQoKc2VydmljZV9pZBgBIAEoCVIJc2VydmljZUlkEh0KCnJlbGVhc2VfaWQYAiABKAlSCXJlbGVhc2VJ
+        ZBI2Cgd0cmlnZ2VyGAMgASgLMhwuc2xpcHdheS5waXBlbGluZS52MS5UcmlnZ2VyUgd0cmlnZ2VyEh0KCmltYWdlX29ubHkYBCAB
+        KAhSCWltYWdlT25seSK2AQoOQWN0aW9uUmVzcG9uc2USIwoNZGVwbG95bWVudF9pZBgBIAEoCVIMZGVwbG95bWVudElkEiUKDnF1
+        ZXVlX3Bvc2l0aW9uGAIgASgNUg1xdWV1ZVBvc2l0aW9uEhwKCWR1cGxpY2F0ZRgDIAEoCFIJZHVwbGljYXRlEjoKGXN1cGVyc2Vk
+        ZWRfZGVwbG95bWVudF9pZHMYBCADKAlSF3N1cGVyc2VkZWREZXBsb3ltZW50SWRzIjQKDUNhbmNlbFJlcXVlc3QSIwoNZGVwbG95
+        bWVudF9pZBgBIAEoCVIMZGVwbG95bWVudElkIlEKDkNhbmNlbFJlc3BvbnNlEj8KCmRlcGxveW1lbnQYASABKAsyHy5zbGlwd2F5
+        LnBpcGVsaW5lLnYxLkRlcGxveW1lbnRSCmRlcGxveW1lbnQiOwoUR2V0RGVwbG95bWVudFJlcXVlc3QSIwoNZGVwbG95bWVudF9p
+        ZBgBIAEoCVIMZGVwbG95bWVudElkIs8BChZMaXN0RGVwbG95bWVudHNSZXF1ZXN0EiUKDmVudmlyb25tZW50X2lkGAEgASgJUg1l
+        bnZpcm9ubWVudElkEjMKBmFjdGlvbhgCIAEoDjIbLnNsaXB3YXkucGlwZWxpbmUudjEuQWN0aW9uUgZhY3Rpb24SGwoJcGFnZV9z
+        aXplGAMgASgNUghwYWdlU2l6ZRIdCgpwYWdlX3Rva2VuGAQgASgJUglwYWdlVG9rZW4SHQoKc2VydmljZV9pZBgFIAEoCVIJc2Vy
+        dmljZUlkIoQBChdMaXN0RGVwbG95bWVudHNSZXNwb25zZRJBCgtkZXBsb3ltZW50cxgBIAMoCzIfLnNsaXB3YXkucGlwZWxpbmUu
+        djEuRGVwbG95bWVudFILZGVwbG95bWVudHMSJgoPbmV4dF9wYWdlX3Rva2VuGAIgASgJUg1uZXh0UGFnZVRva2VuIlEKE0xpc3RS
+        ZWxlYXNlc1JlcXVlc3QSHQoKc2VydmljZV9pZBgBIAEoCVIJc2VydmljZUlkEhsKCXBhZ2Vfc2l6ZRgCIAEoDVIIcGFnZVNpemUi
+        UAoUTGlzdFJlbGVhc2VzUmVzcG9uc2USOAoIcmVsZWFzZXMYASADKAsyHC5zbGlwd2F5LnBpcGVsaW5lLnYxLlJlbGVhc2VSCHJl
+        bGVhc2VzIkQKG0dldEVudmlyb25tZW50U3RhdHVzUmVxdWVzdBIlCg5lbnZpcm9ubWVudF9pZBgBIAEoCVINZW52aXJvbm1lbnRJ
+        ZCKVAgoNU2VydmljZVN0YXR1cxIdCgpzZXJ2aWNlX2lkGAEgASgJUglzZXJ2aWNlSWQSIQoMc2VydmljZV9uYW1lGAIgASgJUgtz
+        ZXJ2aWNlTmFtZRJSChFkZXBsb3ltZW50X3N0YXR1cxgDIAEoDjIlLnNsaXB3YXkucGlwZWxpbmUudjEuRGVwbG95bWVudFN0YXR1
+        c1IQZGVwbG95bWVudFN0YXR1cxJJCg5ydW5uaW5nX3N0YXR1cxgEIAEoDjIiLnNsaXB3YXkucGlwZWxpbmUudjEuUnVubmluZ1N0
+        YXR1c1INcnVubmluZ1N0YXR1cxIjCg1kZXBsb3ltZW50X2lkGAUgASgJUgxkZXBsb3ltZW50SWQigQMKEUVudmlyb25tZW50U3Rh
+        dHVzEiUKDmVudmlyb25tZW50X2lkGAEgASgJUg1lbnZpcm9ubWVudElkElIKEWRlcGxveW1lbnRfc3RhdHVzGAIgASgOMiUuc2xp
+        cHdheS5waXBlbGluZS52MS5EZXBsb3ltZW50U3RhdHVzUhBkZXBsb3ltZW50U3RhdHVzEkkKDnJ1bm5pbmdfc3RhdHVzGAMgASgO
+        MiIuc2xpcHdheS5waXBlbGluZS52MS5SdW5uaW5nU3RhdHVzUg1ydW5uaW5nU3RhdHVzEj4KCHNlcnZpY2VzGAQgAygLMiIuc2xp
+        cHdheS5waXBlbGluZS52MS5TZXJ2aWNlU3RhdHVzUghzZXJ2aWNlcxIyChVydW5uaW5nX2RlcGxveW1lbnRfaWQYBSABKAlSE3J1
+        bm5pbmdEZXBsb3ltZW50SWQSMgoVcXVldWVkX2RlcGxveW1lbnRfaWRzGAYgAygJUhNxdWV1ZWREZXBsb3ltZW50SWRzIloKDFdh
+        dGNoUmVxdWVzdBIlCg5lbnZpcm9ubWVudF9pZBgBIAEoCVINZW52aXJvbm1lbnRJZBIjCg1kZXBsb3ltZW50X2lkGAIgASgJUgxk
+        ZXBsb3ltZW50SWQixAUKC1N0YXR1c0V2ZW50EjIKBGtpbmQYASABKA4yHi5zbGlwd2F5LnBpcGVsaW5lLnYxLkV2ZW50S2luZFIE
+        a2luZBIlCg5lbnZpcm9ubWVudF9pZBgCIAEoCVINZW52aXJvbm1lbnRJZBIjCg1kZXBsb3ltZW50X2lkGAMgASgJUgxkZXBsb3lt
+        ZW50SWQSHQoKc2VydmljZV9pZBgEIAEoCVIJc2VydmljZUlkElIKEWRlcGxveW1lbnRfc3RhdHVzGAUgASgOMiUuc2xpcHdheS5w
+        aXBlbGluZS52MS5EZXBsb3ltZW50U3RhdHVzUhBkZXBsb3ltZW50U3RhdHVzEkkKDnJ1bm5pbmdfc3RhdHVzGAYgASgOMiIuc2xp
+        cHdheS5waXBlbGluZS52MS5SdW5uaW5nU3RhdHVzUg1ydW5uaW5nU3RhdHVzEi0KBHN0ZXAYByABKA4yGS5zbGlwd2F5LnBpcGVs
+        aW5lLnYxLlN0ZXBSBHN0ZXASQAoLc3RlcF9zdGF0dXMYCCABKA4yHy5zbGlwd2F5LnBpcGVsaW5lLnYxLlN0ZXBTdGF0dXNSCnN0
+        ZXBTdGF0dXMSGAoHbWVzc2FnZRgJIAEoCVIHbWVzc2FnZRIfCgt1bml4X21pbGxpcxgKIAEoA1IKdW5peE1pbGxpcxJpCh1lbnZp
+        cm9ubWVudF9kZXBsb3ltZW50X3N0YXR1cxgLIAEoDjIlLnNsaXB3YXkucGlwZWxpbmUudjEuRGVwbG95bWVudFN0YXR1c1IbZW52
+        aXJvbm1lbnREZXBsb3ltZW50U3RhdHVzEmAKGmVudmlyb25tZW50X3J1bm5pbmdfc3RhdHVzGAwgASgOMiIuc2xpcHdheS5waXBl
+        bGluZS52MS5SdW5uaW5nU3RhdHVzUhhlbnZpcm9ubWVudFJ1bm5pbmdTdGF0dXMqXAoMQnVpbGROZXR3b3JrEh0KGUJVSUxEX05F
+        VFdPUktfVU5TUEVDSUZJRUQQABIVChFCVUlMRF9ORVRXT1JLX05BVBABEhYKEkJVSUxEX05FVFdPUktfTk9ORRACKkoKDFBvcnRQ
+        cm90b2NvbBIdChlQT1JUX1BST1RPQ09MX1VOU1BFQ0lGSUVEEAASCAoESFRUUBABEggKBEdSUEMQAhIHCgNUQ1AQAyr/AgoQRGVw
+        bG95bWVudFN0YXR1cxIhCh1ERVBMT1lNRU5UX1NUQVRVU19VTlNQRUNJRklFRBAAEgoKBlFVRVVFRBABEgwKCEJVSUxESU5HEAIS
+        DwoLQlVJTERfRVJST1IQAxINCglERVBMT1lJTkcQBBIMCghERVBMT1lFRBAFEhQKEERFUExPWU1FTlRfRVJST1IQBhINCglDQU5D
+        RUxJTkcQBxIMCghDQU5DRUxFRBAIEgsKB1NLSVBQRUQQCRISCg5SRVNUQVJUX1FVRVVFRBAKEg4KClJFU1RBUlRJTkcQCxINCglS
+        RVNUQVJURUQQDBIRCg1SRVNUQVJUX0VSUk9SEA0SDwoLU1RPUF9RVUVVRUQQDhIMCghTVE9QUElORxAPEgsKB1NUT1BQRUQQEBIO
+        CgpTVE9QX0VSUk9SEBESEQoNREVMRVRFX1FVRVVFRBASEgwKCERFTEVUSU5HEBMSCwoHREVMRVRFRBAUEhAKDERFTEVURV9FUlJP
+        UhAVKq0BCg1SdW5uaW5nU3RhdHVzEh4KGlJVTk5JTkdfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFAoQUlVOTklOR19TVEFSVElORxAB
+        EhMKD1JVTk5JTkdfUlVOTklORxACEhMKD1JVTk5JTkdfV0FSTklORxADEhEKDVJVTk5JTkdfRVJST1IQBBIUChBSVU5OSU5HX1NU
+        T1BQSU5HEAUSEwoPUlVOTklOR19TVE9QUEVEEAYqTwoGQWN0aW9uEhYKEkFDVElPTl9VTlNQRUNJRklFRBAAEgoKBkRFUExPWRAB
+        EgsKB1JFU1RBUlQQAhIICgRTVE9QEAMSCgoGREVMRVRFEAQqSAoGT3JpZ2luEhYKEk9SSUdJTl9VTlNQRUNJRklFRBAAEgcKA0FQ
+        SRABEgcKA0NMSRACEgcKA0dJVBADEgsKB0NPTlNPTEUQBCqAAQoEU3RlcBIUChBTVEVQX1VOU1BFQ0lGSUVEEAASDQoJR0lUX0NM
+        T05FEAESCQoFQlVJTEQQAhIQCgxNSVJST1JfSU1BR0UQAxIOCgpERVBMT1lNRU5UEAQSFQoRUk9VVEVSX0RFUExPWU1FTlQQBRIP
+        CgtDRVJUSUZJQ0FURRAGKoUBCgpTdGVwU3RhdHVzEhsKF1NURVBfU1RBVFVTX1VOU1BFQ0lGSUVEEAASEAoMU1RFUF9SVU5OSU5H
+        EAESEgoOU1RFUF9TVUNDRUVERUQQAhIQCgxTVEVQX1NLSVBQRUQQAxIPCgtTVEVQX0ZBSUxFRBAEEhEKDVNURVBfQ0FOQ0VMRUQQ
+        BSrTAQoJRXZlbnRLaW5kEhoKFkVWRU5UX0tJTkRfVU5TUEVDSUZJRUQQABISCg5FVkVOVF9TTkFQU0hPVBABEhYKEkVWRU5UX1NO
+        QVBTSE9UX0VORBACEhsKF0VWRU5UX0RFUExPWU1FTlRfU1RBVFVTEAMSDgoKRVZFTlRfU1RFUBAEEhgKFEVWRU5UX1JVTk5JTkdf
+        U1RBVFVTEAUSGgoWRVZFTlRfREVQTE9ZTUVOVF9FTkRFRBAGEhsKF0VWRU5UX0RFUExPWU1FTlRfUVVFVUVEEAcykBIKCFBpcGVs
+        aW5lEmcKEkNyZWF0ZU9yZ2FuaXphdGlvbhIuLnNsaXB3YXkucGlwZWxpbmUudjEuQ3JlYXRlT3JnYW5pemF0aW9uUmVxdWVzdBoh
+        LnNsaXB3YXkucGlwZWxpbmUudjEuT3JnYW5pemF0aW9uEnIKEUxpc3RPcmdhbml6YXRpb25zEi0uc2xpcHdheS5waXBlbGluZS52
+        MS5MaXN0T3JnYW5pemF0aW9uc1JlcXVlc3QaLi5zbGlwd2F5LnBpcGVsaW5lLnYxLkxpc3RPcmdhbml6YXRpb25zUmVzcG9uc2US
+        cwoVR2V0T3JnYW5pemF0aW9uUXVvdGFzEjEuc2xpcHdheS5waXBlbGluZS52MS5HZXRPcmdhbml6YXRpb25RdW90YXNSZXF1ZXN0
+        Gicuc2xpcHdheS5waXBlbGluZS52MS5Pcmdhbml6YXRpb25RdW90YXMScwoVU2V0T3JnYW5pemF0aW9uUXVvdGFzEjEuc2xpcHdh
+        eS5waXBlbGluZS52MS5TZXRPcmdhbml6YXRpb25RdW90YXNSZXF1ZXN0Gicuc2xpcHdheS5waXBlbGluZS52MS5Pcmdhbml6YXRp
+        b25RdW90YXMSWAoNQ3JlYXRlUHJvamVjdBIpLnNsaXB3YXkucGlwZWxpbmUudjEuQ3JlYXRlUHJvamVjdFJlcXVlc3QaHC5zbGlw
+        d2F5LnBpcGVsaW5lLnYxLlByb2plY3QSYwoMTGlzdFByb2plY3RzEiguc2xpcHdheS5waXBlbGluZS52MS5MaXN0UHJvamVjdHNS
+        ZXF1ZXN0Gikuc2xpcHdheS5waXBlbGluZS52MS5MaXN0UHJvamVjdHNSZXNwb25zZRJkChFDcmVhdGVFbnZpcm9ubWVudBItLnNs
+        aXB3YXkucGlwZWxpbmUudjEuQ3JlYXRlRW52aXJvbm1lbnRSZXF1ZXN0GiAuc2xpcHdheS5waXBlbGluZS52MS5FbnZpcm9ubWVu
+        dBJvChBMaXN0RW52aXJvbm1lbnRzEiwuc2xpcHdheS5waXBlbGluZS52MS5MaXN0RW52aXJvbm1lbnRzUmVxdWVzdBotLnNsaXB3
+        YXkucGlwZWxpbmUudjEuTGlzdEVudmlyb25tZW50c1Jlc3BvbnNlElgKDUNyZWF0ZVNlcnZpY2USKS5zbGlwd2F5LnBpcGVsaW5l
+        LnYxLkNyZWF0ZVNlcnZpY2VSZXF1ZXN0Ghwuc2xpcHdheS5waXBlbGluZS52MS5TZXJ2aWNlElgKDVVwZGF0ZVNlcnZpY2USKS5z
+        bGlwd2F5LnBpcGVsaW5lLnYxLlVwZGF0ZVNlcnZpY2VSZXF1ZXN0Ghwuc2xpcHdheS5waXBlbGluZS52MS5TZXJ2aWNlElIKCkdl
+        dFNlcnZpY2USJi5zbGlwd2F5LnBpcGVsaW5lLnYxLkdldFNlcnZpY2VSZXF1ZXN0Ghwuc2xpcHdheS5waXBlbGluZS52MS5TZXJ2
+        aWNlEmMKDExpc3RTZXJ2aWNlcxIoLnNsaXB3YXkucGlwZWxpbmUudjEuTGlzdFNlcnZpY2VzUmVxdWVzdBopLnNsaXB3YXkucGlw
+        ZWxpbmUudjEuTGlzdFNlcnZpY2VzUmVzcG9uc2USUQoGRGVwbG95EiIuc2xpcHdheS5waXBlbGluZS52MS5EZXBsb3lSZXF1ZXN0
+        GiMuc2xpcHdheS5waXBlbGluZS52MS5BY3Rpb25SZXNwb25zZRJTCghSZWRlcGxveRIiLnNsaXB3YXkucGlwZWxpbmUudjEuQWN0
+        aW9uUmVxdWVzdBojLnNsaXB3YXkucGlwZWxpbmUudjEuQWN0aW9uUmVzcG9uc2USUgoHUmVzdGFydBIiLnNsaXB3YXkucGlwZWxp
+        bmUudjEuQWN0aW9uUmVxdWVzdBojLnNsaXB3YXkucGlwZWxpbmUudjEuQWN0aW9uUmVzcG9uc2USTwoEU3RvcBIiLnNsaXB3YXku
+        cGlwZWxpbmUudjEuQWN0aW9uUmVxdWVzdBojLnNsaXB3YXkucGlwZWxpbmUudjEuQWN0aW9uUmVzcG9uc2USUQoGRGVsZXRlEiIu
+        c2xpcHdheS5waXBlbGluZS52MS5BY3Rpb25SZXF1ZXN0GiMuc2xpcHdheS5waXBlbGluZS52MS5BY3Rpb25SZXNwb25zZRJVCghS
+        b2xsYmFjaxIkLnNsaXB3YXkucGlwZWxpbmUudjEuUm9sbGJhY2tSZXF1ZXN0GiMuc2xpcHdheS5waXBlbGluZS52MS5BY3Rpb25S
+        ZXNwb25zZRJRCgZDYW5jZWwSIi5zbGlwd2F5LnBpcGVsaW5lLnYxLkNhbmNlbFJlcXVlc3QaIy5zbGlwd2F5LnBpcGVsaW5lLnYx
+        LkNhbmNlbFJlc3BvbnNlElsKDUdldERlcGxveW1lbnQSKS5zbGlwd2F5LnBpcGVsaW5lLnYxLkdldERlcGxveW1lbnRSZXF1ZXN0
+        Gh8uc2xpcHdheS5waXBlbGluZS52MS5EZXBsb3ltZW50EmwKD0xpc3REZXBsb3ltZW50cxIrLnNsaXB3YXkucGlwZWxpbmUudjEu
+        TGlzdERlcGxveW1lbnRzUmVxdWVzdBosLnNsaXB3YXkucGlwZWxpbmUudjEuTGlzdERlcGxveW1lbnRzUmVzcG9uc2USYwoMTGlz
+        dFJlbGVhc2VzEiguc2xpcHdheS5waXBlbGluZS52MS5MaXN0UmVsZWFzZXNSZXF1ZXN0Gikuc2xpcHdheS5waXBlbGluZS52MS5M
+        aXN0UmVsZWFzZXNSZXNwb25zZRJwChRHZXRFbnZpcm9ubWVudFN0YXR1cxIwLnNsaXB3YXkucGlwZWxpbmUudjEuR2V0RW52aXJv
+        bm1lbnRTdGF0dXNSZXF1ZXN0GiYuc2xpcHdheS5waXBlbGluZS52MS5FbnZpcm9ubWVudFN0YXR1cxJOCgVXYXRjaBIhLnNsaXB3
+        YXkucGlwZWxpbmUudjEuV2F0Y2hSZXF1ZXN0GiAuc2xpcHdheS5waXBlbGluZS52MS5TdGF0dXNFdmVudDABSvu5AQoHEgUAANAE
+        AQoICgEMEgMAABIKuAEKAQISAwQAHBqtASBUaGUgcGlwZWxpbmUgc2VydmljZTogdGhlIG1vZGVsIChvcmdhbml6YXRpb25zLCBw
+        cm9qZWN0cywgZW52aXJvbm1lbnRzLCBzZXJ2aWNlcyksIGRlcGxveW1lbnRzCiBhbmQgdGhlaXIgcXVldWUsIHN0YWdlcywgc3Rl
+        cHMgYW5kIHN0YXR1c2VzLCBhY3Rpb25zLCByZWxlYXNlcyBhbmQgaGlzdG9yeS4KCnIKAgQAEgQJAAwBMmYgLS0tLS0tLS0tLS0t
         LS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0t
-        LS0tLS0tLS0tLS0tLS0tLQogU3RhdHVzZXMgKGRvY3MvYXJjaGl0ZWN0dXJlLm1kOyBRb3ZlcnkncyBuYW1lcykKCgsKAwUCARIE
-        ngEFFQoMCgQFAgIAEgSfAQIkCg0KBQUCAgABEgSfAQIfCg0KBQUCAgACEgSfASIjCgwKBAUCAgESBKABAg0KDQoFBQICAQESBKAB
-        AggKDQoFBQICAQISBKABCwwKDAoEBQICAhIEoQECDwoNCgUFAgICARIEoQECCgoNCgUFAgICAhIEoQENDgoMCgQFAgIDEgSiAQIS
-        Cg0KBQUCAgMBEgSiAQINCg0KBQUCAgMCEgSiARARCgwKBAUCAgQSBKMBAhAKDQoFBQICBAESBKMBAgsKDQoFBQICBAISBKMBDg8K
-        DAoEBQICBRIEpAECDwoNCgUFAgIFARIEpAECCgoNCgUFAgIFAhIEpAENDgoMCgQFAgIGEgSlAQIXCg0KBQUCAgYBEgSlAQISCg0K
-        BQUCAgYCEgSlARUWCgwKBAUCAgcSBKYBAhAKDQoFBQICBwESBKYBAgsKDQoFBQICBwISBKYBDg8KDAoEBQICCBIEpwECDwoNCgUF
-        AgIIARIEpwECCgoNCgUFAgIIAhIEpwENDgoMCgQFAgIJEgSoAQIOCg0KBQUCAgkBEgSoAQIJCg0KBQUCAgkCEgSoAQwNCgwKBAUC
-        AgoSBKkBAhYKDQoFBQICCgESBKkBAhAKDQoFBQICCgISBKkBExUKDAoEBQICCxIEqgECEgoNCgUFAgILARIEqgECDAoNCgUFAgIL
-        AhIEqgEPEQoMCgQFAgIMEgSrAQIRCg0KBQUCAgwBEgSrAQILCg0KBQUCAgwCEgSrAQ4QCgwKBAUCAg0SBKwBAhUKDQoFBQICDQES
-        BKwBAg8KDQoFBQICDQISBKwBEhQKDAoEBQICDhIErQECEwoNCgUFAgIOARIErQECDQoNCgUFAgIOAhIErQEQEgoMCgQFAgIPEgSu
-        AQIQCg0KBQUCAg8BEgSuAQIKCg0KBQUCAg8CEgSuAQ0PCgwKBAUCAhASBK8BAg8KDQoFBQICEAESBK8BAgkKDQoFBQICEAISBK8B
-        DA4KDAoEBQICERIEsAECEgoNCgUFAgIRARIEsAECDAoNCgUFAgIRAhIEsAEPEQoMCgQFAgISEgSxAQIVCg0KBQUCAhIBEgSxAQIP
-        Cg0KBQUCAhICEgSxARIUCgwKBAUCAhMSBLIBAhAKDQoFBQICEwESBLIBAgoKDQoFBQICEwISBLIBDQ8KDAoEBQICFBIEswECDwoN
-        CgUFAgIUARIEswECCQoNCgUFAgIUAhIEswEMDgoMCgQFAgIVEgS0AQIUCg0KBQUCAhUBEgS0AQIOCg0KBQUCAhUCEgS0ARETCnMK
-        AgUDEga4AQDAAQEaZSBQcmVmaXhlZDogcHJvdG9idWYgZW51bSB2YWx1ZXMgc2hhcmUgdGhlaXIgcGFja2FnZSdzIHNjb3BlLCBh
-        bmQgU1RPUFBFRCBpcyBhIGRlcGxveW1lbnQgc3RhdHVzIHRvby4KCgsKAwUDARIEuAEFEgoMCgQFAwIAEgS5AQIhCg0KBQUDAgAB
-        EgS5AQIcCg0KBQUDAgACEgS5AR8gCgwKBAUDAgESBLoBAhcKDQoFBQMCAQESBLoBAhIKDQoFBQMCAQISBLoBFRYKDAoEBQMCAhIE
-        uwECFgoNCgUFAwICARIEuwECEQoNCgUFAwICAhIEuwEUFQoMCgQFAwIDEgS8AQIWCg0KBQUDAgMBEgS8AQIRCg0KBQUDAgMCEgS8
-        ARQVCgwKBAUDAgQSBL0BAhQKDQoFBQMCBAESBL0BAg8KDQoFBQMCBAISBL0BEhMKDAoEBQMCBRIEvgECFwoNCgUFAwIFARIEvgEC
-        EgoNCgUFAwIFAhIEvgEVFgoMCgQFAwIGEgS/AQIWCg0KBQUDAgYBEgS/AQIRCg0KBQUDAgYCEgS/ARQVCgwKAgUEEgbCAQDIAQEK
-        CwoDBQQBEgTCAQULCgwKBAUEAgASBMMBAhkKDQoFBQQCAAESBMMBAhQKDQoFBQQCAAISBMMBFxgKDAoEBQQCARIExAECDQoNCgUF
-        BAIBARIExAECCAoNCgUFBAIBAhIExAELDAoMCgQFBAICEgTFAQIOCg0KBQUEAgIBEgTFAQIJCg0KBQUEAgICEgTFAQwNCgwKBAUE
-        AgMSBMYBAgsKDQoFBQQCAwESBMYBAgYKDQoFBQQCAwISBMYBCQoKDAoEBQQCBBIExwECDQoNCgUFBAIEARIExwECCAoNCgUFBAIE
-        AhIExwELDAoMCgIFBRIGygEA0AEBCgsKAwUFARIEygEFCwoMCgQFBQIAEgTLAQIZCg0KBQUFAgABEgTLAQIUCg0KBQUFAgACEgTL
-        ARcYCgwKBAUFAgESBMwBAgoKDQoFBQUCAQESBMwBAgUKDQoFBQUCAQISBMwBCAkKDAoEBQUCAhIEzQECCgoNCgUFBQICARIEzQEC
-        BQoNCgUFBQICAhIEzQEICQoMCgQFBQIDEgTOAQIKCg0KBQUFAgMBEgTOAQIFCg0KBQUFAgMCEgTOAQgJCgwKBAUFAgQSBM8BAg4K
-        DQoFBQUCBAESBM8BAgkKDQoFBQUCBAISBM8BDA0KDAoCBQYSBtIBANoBAQoLCgMFBgESBNIBBQkKDAoEBQYCABIE0wECFwoNCgUF
-        BgIAARIE0wECEgoNCgUFBgIAAhIE0wEVFgoMCgQFBgIBEgTUAQIQCg0KBQUGAgEBEgTUAQILCg0KBQUGAgECEgTUAQ4PCgwKBAUG
-        AgISBNUBAgwKDQoFBQYCAgESBNUBAgcKDQoFBQYCAgISBNUBCgsKDAoEBQYCAxIE1gECEwoNCgUFBgIDARIE1gECDgoNCgUFBgID
-        AhIE1gEREgoMCgQFBgIEEgTXAQIRCg0KBQUGAgQBEgTXAQIMCg0KBQUGAgQCEgTXAQ8QCgwKBAUGAgUSBNgBAhgKDQoFBQYCBQES
-        BNgBAhMKDQoFBQYCBQISBNgBFhcKDAoEBQYCBhIE2QECEgoNCgUFBgIGARIE2QECDQoNCgUFBgIGAhIE2QEQEQoMCgIFBxIG3AEA
-        5AEBCgsKAwUHARIE3AEFDwoMCgQFBwIAEgTdAQIeCg0KBQUHAgABEgTdAQIZCg0KBQUHAgACEgTdARwdCgwKBAUHAgESBN4BAhMK
-        DQoFBQcCAQESBN4BAg4KDQoFBQcCAQISBN4BERIKDAoEBQcCAhIE3wECFQoNCgUFBwICARIE3wECEAoNCgUFBwICAhIE3wETFApe
-        CgQFBwIDEgThAQITGlAgTm90IG5lZWRlZCAodGhlIGltYWdlIHdhcyBhbHJlYWR5IGJ1aWx0LCB0aGUgc2VydmljZSBoYXMgbm8g
-        cHVibGljIHBvcnQsIC4uLikuCgoNCgUFBwIDARIE4QECDgoNCgUFBwIDAhIE4QEREgoMCgQFBwIEEgTiAQISCg0KBQUHAgQBEgTi
-        AQINCg0KBQUHAgQCEgTiARARCgwKBAUHAgUSBOMBAhQKDQoFBQcCBQESBOMBAg8KDQoFBQcCBQISBOMBEhMKhgEKAgQOEgbpAQD1
-        AQEyeCAtLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0t
-        LS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0KIERlcGxveW1lbnRzIGFuZCBoaXN0b3J5CgoLCgMEDgESBOkBCBIKDAoEBA4CABIE6gEC
-        EAoNCgUEDgIABhIE6gECBgoNCgUEDgIAARIE6gEHCwoNCgUEDgIAAxIE6gEODwoMCgQEDgIBEgTrAQIYCg0KBQQOAgEGEgTrAQIM
-        Cg0KBQQOAgEBEgTrAQ0TCg0KBQQOAgEDEgTrARYXCgwKBAQOAgISBOwBAiAKDQoFBA4CAgUSBOwBAgcKDQoFBA4CAgESBOwBCBsK
-        DQoFBA4CAgMSBOwBHh8KkQEKBAQOAgMSBO8BAhwaggEgMCB3aGlsZSBpdCBydW5zLiBGcm9tIGl0cyBzdGFydCB0byBpdHMgZW5k
-        OiBhIHN0ZXAgdGhlIHBpcGVsaW5lJ3MgcmVzdGFydHMgaW50ZXJydXB0ZWQKIGluY2x1ZGVzIHRoZSB0aW1lIHRoZSBwaXBlbGlu
-        ZSB3YXMgZG93bi4KCg0KBQQOAgMFEgTvAQIHCg0KBQQOAgMBEgTvAQgXCg0KBQQOAgMDEgTvARobCgwKBAQOAgQSBPABAhUKDQoF
-        BA4CBAUSBPABAggKDQoFBA4CBAESBPABCRAKDQoFBA4CBAMSBPABExQKXQoEBA4CBRIE8gECGxpPIFBpcGVsaW5lIHJlc3RhcnRz
-        IHRoZSBzdGVwIGxpdmVkIHRocm91Z2g6IGFmdGVyIGVhY2ggaXQgcmVzdW1lZCB3aGVyZSBpdCB3YXMuCgoNCgUEDgIFBRIE8gEC
-        CAoNCgUEDgIFARIE8gEJFgoNCgUEDgIFAxIE8gEZGgo8CgQEDgIGEgT0AQIgGi4gV2hlbiBpdCBsYXN0IHJlc3VtZWQgKDA6IG5l
-        dmVyIGludGVycnVwdGVkKS4KCg0KBQQOAgYFEgT0AQIHCg0KBQQOAgYBEgT0AQgbCg0KBQQOAgYDEgT0AR4fCgwKAgQPEgb3AQCH
-        AgEKCwoDBA8BEgT3AQgZCgwKBAQPAgASBPgBAhgKDQoFBA8CAAUSBPgBAggKDQoFBA8CAAESBPgBCRMKDQoFBA8CAAMSBPgBFhcK
-        DAoEBA8CARIE+QECGgoNCgUEDwIBBRIE+QECCAoNCgUEDwIBARIE+QEJFQoNCgUEDwIBAxIE+QEYGQoMCgQEDwICEgT6AQITCg0K
-        BQQPAgIFEgT6AQIICg0KBQQPAgIBEgT6AQkOCg0KBQQPAgIDEgT6ARESCmYKBAQPAgMSBPwBAh8aWCBXaGF0IHdhcyBhc2tlZCBm
-        b3I6IGEgY29tbWl0LCBhIHRhZywgb3IgZW1wdHkgZm9yIHRoZSBicmFuY2ggaGVhZCAvIHRoZSBzZXJ2aWNlJ3MgdGFnLgoKDQoF
-        BA8CAwUSBPwBAggKDQoFBA8CAwESBPwBCRoKDQoFBA8CAwMSBPwBHR4KPAoEBA8CBBIE/gECFBouIFRoZSBjb21taXQgYnVpbHQg
-        KGFwcGxpY2F0aW9ucyksIG9uY2Uga25vd24uCgoNCgUEDwIEBRIE/gECCAoNCgUEDwIEARIE/gEJDwoNCgUEDwIEAxIE/gESEwpA
-        CgQEDwIFEgSAAgITGjIgVGhlIGltYWdlIGRlcGxveWVkLCB3aXRoIGl0cyBkaWdlc3QsIG9uY2Uga25vd24uCgoNCgUEDwIFBRIE
-        gAICCAoNCgUEDwIFARIEgAIJDgoNCgUEDwIFAxIEgAIREgoMCgQEDwIGEgSBAgIeCg0KBQQPAgYGEgSBAgISCg0KBQQPAgYBEgSB
-        AhMZCg0KBQQPAgYDEgSBAhwdCk8KBAQPAgcSBIMCAhQaQSBXaHkgaXQgZW5kZWQgYXMgaXQgZGlkIChlcnJvcnMsIHNraXBzLCBj
-        YW5jZWxzLCBpbnRlcnJ1cHRpb25zKS4KCg0KBQQPAgcFEgSDAgIICg0KBQQPAgcBEgSDAgkPCg0KBQQPAgcDEgSDAhITCgwKBAQP
-        AggSBIQCAiAKDQoFBA8CCAQSBIQCAgoKDQoFBA8CCAYSBIQCCxUKDQoFBA8CCAESBIQCFhsKDQoFBA8CCAMSBIQCHh8KXAoEBA8C
-        CRIEhgICGRpOIFRoZSByZWxlYXNlIHRoaXMgZGVwbG95bWVudCBjcmVhdGVkIChERVBMT1lFRCkgb3IgZGVwbG95ZWQgYWdhaW4g
-        KHJvbGxiYWNrKS4KCg0KBQQPAgkFEgSGAgIICg0KBQQPAgkBEgSGAgkTCg0KBQQPAgkDEgSGAhYYCgwKAgQQEgaJAgCPAgEKCwoD
-        BBABEgSJAggTCgwKBAQQAgASBIoCAhMKDQoFBBACAAUSBIoCAggKDQoFBBACAAESBIoCCQ4KDQoFBBACAAMSBIoCERIKLAoEBBAC
-        ARIEjAICHhoeIFJvbGxlZCB1cCBmcm9tIGl0cyBzZXJ2aWNlcy4KCg0KBQQQAgEGEgSMAgISCg0KBQQQAgEBEgSMAhMZCg0KBQQQ
-        AgEDEgSMAhwdCgwKBAQQAgISBI0CAiAKDQoFBBACAgUSBI0CAgcKDQoFBBACAgESBI0CCBsKDQoFBBACAgMSBI0CHh8KDAoEBBAC
-        AxIEjgICHAoNCgUEEAIDBRIEjgICBwoNCgUEEAIDARIEjgIIFwoNCgUEEAIDAxIEjgIaGwoMCgIEERIGkQIApAIBCgsKAwQRARIE
-        kQIIEgoMCgQEEQIAEgSSAgIQCg0KBQQRAgAFEgSSAgIICg0KBQQRAgABEgSSAgkLCg0KBQQRAgADEgSSAg4PCgwKBAQRAgESBJMC
-        AhwKDQoFBBECAQUSBJMCAggKDQoFBBECAQESBJMCCRcKDQoFBBECAQMSBJMCGhsKDAoEBBECAhIElAICFAoNCgUEEQICBhIElAIC
-        CAoNCgUEEQICARIElAIJDwoNCgUEEQICAxIElAISEwoMCgQEEQIDEgSVAgIUCg0KBQQRAgMGEgSVAgIICg0KBQQRAgMBEgSVAgkP
-        Cg0KBQQRAgMDEgSVAhITCgwKBAQRAgQSBJYCAhoKDQoFBBECBAUSBJYCAggKDQoFBBECBAESBJYCCRUKDQoFBBECBAMSBJYCGBkK
-        DAoEBBECBRIElwICHQoNCgUEEQIFBRIElwICCAoNCgUEEQIFARIElwIJGAoNCgUEEQIFAxIElwIbHAoMCgQEEQIGEgSYAgIgCg0K
-        BQQRAgYFEgSYAgIHCg0KBQQRAgYBEgSYAggbCg0KBQQRAgYDEgSYAh4fCiwKBAQRAgcSBJoCAiAaHiAwIHVudGlsIGl0IGxlYXZl
-        cyB0aGUgcXVldWUuCgoNCgUEEQIHBRIEmgICBwoNCgUEEQIHARIEmgIIGwoNCgUEEQIHAxIEmgIeHwogCgQEEQIIEgScAgIeGhIg
-        MCB1bnRpbCBpdCBlbmRzLgoKDQoFBBECCAUSBJwCAgcKDQoFBBECCAESBJwCCBkKDQoFBBECCAMSBJwCHB0KLAoEBBECCRIEngIC
-        HxoeIFJvbGxlZCB1cCBmcm9tIGl0cyBzZXJ2aWNlcy4KCg0KBQQRAgkGEgSeAgISCg0KBQQRAgkBEgSeAhMZCg0KBQQRAgkDEgSe
-        AhweCgwKBAQRAgoSBJ8CAisKDQoFBBECCgQSBJ8CAgoKDQoFBBECCgYSBJ8CCxwKDQoFBBECCgESBJ8CHSUKDQoFBBECCgMSBJ8C
-        KCoKIwoEBBECCxIEoQICIxoVIEluIGV4ZWN1dGlvbiBvcmRlci4KCg0KBQQRAgsEEgShAgIKCg0KBQQRAgsGEgShAgsWCg0KBQQR
-        AgsBEgShAhcdCg0KBQQRAgsDEgShAiAiCj8KBAQRAgwSBKMCAiIaMSBTZXQgZm9yIGEgcm9sbGJhY2s6IHRoZSByZWxlYXNlIGRl
-        cGxveWVkIGFnYWluLgoKDQoFBBECDAUSBKMCAggKDQoFBBECDAESBKMCCRwKDQoFBBECDAMSBKMCHyEKDAoCBBISBqYCALACAQoL
-        CgMEEgESBKYCCA8KDAoEBBICABIEpwICEAoNCgUEEgIABRIEpwICCAoNCgUEEgIAARIEpwIJCwoNCgUEEgIAAxIEpwIODwoMCgQE
-        EgIBEgSoAgIYCg0KBQQSAgEFEgSoAgIICg0KBQQSAgEBEgSoAgkTCg0KBQQSAgEDEgSoAhYXCgwKBAQSAgISBKkCAhsKDQoFBBIC
-        AgUSBKkCAggKDQoFBBICAgESBKkCCRYKDQoFBBICAgMSBKkCGRoKDAoEBBICAxIEqgICIAoNCgUEEgIDBRIEqgICBwoNCgUEEgID
-        ARIEqgIIGwoNCgUEEgIDAxIEqgIeHwoMCgQEEgIEEgSrAgIUCg0KBQQSAgQFEgSrAgIICg0KBQQSAgQBEgSrAgkPCg0KBQQSAgQD
-        EgSrAhITCi4KBAQSAgUSBK0CAhMaICBob3N0L3JlcG9zaXRvcnk6dGFnQHNoYTI1NjouLi4KCg0KBQQSAgUFEgStAgIICg0KBQQS
-        AgUBEgStAgkOCg0KBQQSAgUDEgStAhESCnAKBAQSAgYSBK8CAhsaYiBUaGUgY29uZmlndXJhdGlvbiBpdCByYW4gd2l0aCAoc2Vj
-        cmV0cyBhcmUga2VwdCBzZWFsZWQgYW5kIHJlc3RvcmVkIGJ5IGEgcm9sbGJhY2ssIG5ldmVyIHNob3duKS4KCg0KBQQSAgYGEgSv
-        AgIPCg0KBQQSAgYBEgSvAhAWCg0KBQQSAgYDEgSvAhkaCncKAgQTEga1AgC3AgEyaSAtLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0t
-        LS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0KIFJlcXVl
-        c3RzCgoLCgMEEwESBLUCCCEKDAoEBBMCABIEtgICEgoNCgUEEwIABRIEtgICCAoNCgUEEwIAARIEtgIJDQoNCgUEEwIAAxIEtgIQ
-        EQoKCgIEFBIEuQIAIwoLCgMEFAESBLkCCCAKDAoCBBUSBrsCAL0CAQoLCgMEFQESBLsCCCEKDAoEBBUCABIEvAICKgoNCgUEFQIA
-        BBIEvAICCgoNCgUEFQIABhIEvAILFwoNCgUEFQIAARIEvAIYJQoNCgUEFQIAAxIEvAIoKQoMCgIEFhIGvwIAwgIBCgsKAwQWARIE
-        vwIIHAoMCgQEFgIAEgTAAgIdCg0KBQQWAgAFEgTAAgIICg0KBQQWAgABEgTAAgkYCg0KBQQWAgADEgTAAhscCgwKBAQWAgESBMEC
-        AhIKDQoFBBYCAQUSBMECAggKDQoFBBYCAQESBMECCQ0KDQoFBBYCAQMSBMECEBEKDAoCBBcSBsQCAMYCAQoLCgMEFwESBMQCCBsK
-        DAoEBBcCABIExQICHQoNCgUEFwIABRIExQICCAoNCgUEFwIAARIExQIJGAoNCgUEFwIAAxIExQIbHAoMCgIEGBIGyAIAygIBCgsK
-        AwQYARIEyAIIHAoMCgQEGAIAEgTJAgIgCg0KBQQYAgAEEgTJAgIKCg0KBQQYAgAGEgTJAgsSCg0KBQQYAgABEgTJAhMbCg0KBQQY
-        AgADEgTJAh4fCgwKAgQZEgbMAgDPAgEKCwoDBBkBEgTMAgggCgwKBAQZAgASBM0CAhgKDQoFBBkCAAUSBM0CAggKDQoFBBkCAAES
-        BM0CCRMKDQoFBBkCAAMSBM0CFhcKDAoEBBkCARIEzgICEgoNCgUEGQIBBRIEzgICCAoNCgUEGQIBARIEzgIJDQoNCgUEGQIBAxIE
-        zgIQEQoMCgIEGhIG0QIA0wIBCgsKAwQaARIE0QIIHwoMCgQEGgIAEgTSAgIYCg0KBQQaAgAFEgTSAgIICg0KBQQaAgABEgTSAgkT
-        Cg0KBQQaAgADEgTSAhYXCgwKAgQbEgbVAgDXAgEKCwoDBBsBEgTVAgggCgwKBAQbAgASBNYCAigKDQoFBBsCAAQSBNYCAgoKDQoF
-        BBsCAAYSBNYCCxYKDQoFBBsCAAESBNYCFyMKDQoFBBsCAAMSBNYCJicKDAoCBBwSBtkCAOACAQoLCgMEHAESBNkCCBwKDAoEBBwC
-        ABIE2gICHAoNCgUEHAIABRIE2gICCAoNCgUEHAIAARIE2gIJFwoNCgUEHAIAAxIE2gIaGwplCgQEHAIBEgTcAgISGlcgTG93ZXIg
-        Y2FzZSBsZXR0ZXJzLCBkaWdpdHMgYW5kICctJywgc3RhcnRpbmcgd2l0aCBhIGxldHRlciwgYXQgbW9zdCA2MyAoYSBETlMgbGFi
-        ZWwpLgoKDQoFBBwCAQUSBNwCAggKDQoFBBwCAQESBNwCCQ0KDQoFBBwCAQMSBNwCEBEKDAoEBBwCAhIE3QICGwoNCgUEHAICBhIE
-        3QICDwoNCgUEHAICARIE3QIQFgoNCgUEHAICAxIE3QIZGgpACgQEHAIDEgTfAgIiGjIgRW5jcnlwdGVkIGF0IHJlc3QsIG5ldmVy
-        IGxvZ2dlZCwgbmV2ZXIgcmV0dXJuZWQuCgoNCgUEHAIDBhIE3wICFQoNCgUEHAIDARIE3wIWHQoNCgUEHAIDAxIE3wIgIQoMCgIE
-        HRIG4gIA6AIBCgsKAwQdARIE4gIIHAoMCgQEHQIAEgTjAgIYCg0KBQQdAgAFEgTjAgIICg0KBQQdAgABEgTjAgkTCg0KBQQdAgAD
-        EgTjAhYXCgwKBAQdAgESBOQCAhsKDQoFBB0CAQYSBOQCAg8KDQoFBB0CAQESBOQCEBYKDQoFBB0CAQMSBOQCGRoKZQoEBB0CAhIE
-        5gICIhpXIFJlcGxhY2VzIHRoZSBzZWNyZXRzIHdoZW4gcmVwbGFjZV9zZWNyZXRzIGlzIHNldDsgb3RoZXJ3aXNlIHRoZSBzdG9y
-        ZWQgb25lcyBhcmUga2VwdC4KCg0KBQQdAgIGEgTmAgIVCg0KBQQdAgIBEgTmAhYdCg0KBQQdAgIDEgTmAiAhCgwKBAQdAgMSBOcC
-        AhsKDQoFBB0CAwUSBOcCAgYKDQoFBB0CAwESBOcCBxYKDQoFBB0CAwMSBOcCGRoKDAoCBB4SBuoCAOwCAQoLCgMEHgESBOoCCBkK
-        DAoEBB4CABIE6wICGAoNCgUEHgIABRIE6wICCAoNCgUEHgIAARIE6wIJEwoNCgUEHgIAAxIE6wIWFwoMCgIEHxIG7gIA8AIBCgsK
-        AwQfARIE7gIIGwoMCgQEHwIAEgTvAgIcCg0KBQQfAgAFEgTvAgIICg0KBQQfAgABEgTvAgkXCg0KBQQfAgADEgTvAhobCgwKAgQg
-        EgbyAgD0AgEKCwoDBCABEgTyAggcCgwKBAQgAgASBPMCAiAKDQoFBCACAAQSBPMCAgoKDQoFBCACAAYSBPMCCxIKDQoFBCACAAES
-        BPMCExsKDQoFBCACAAMSBPMCHh8KTwoCBCESBvcCAP0CARpBIFdobyBhc2tzIGFuZCBob3cgYSByZXRyeSBpcyByZWNvZ25pc2Vk
-        OyBzaGFyZWQgYnkgZXZlcnkgYWN0aW9uLgoKCwoDBCEBEgT3AggPCgwKBAQhAgASBPgCAhQKDQoFBCECAAYSBPgCAggKDQoFBCEC
-        AAESBPgCCQ8KDQoFBCECAAMSBPgCEhMKQAoEBCECARIE+gICGhoyIEEgdXNlciwgYSB0b2tlbiBuYW1lIG9yICJ3ZWJob29rOjxk
-        ZWxpdmVyeSBpZD4iLgoKDQoFBCECAQUSBPoCAggKDQoFBCECAQESBPoCCRUKDQoFBCECAQMSBPoCGBkKZwoEBCECAhIE/AICHRpZ
-        IEEgcmV0cnkgd2l0aCB0aGUgc2FtZSBrZXkgKHBlciBlbnZpcm9ubWVudCkgaXMgdGhlIHNhbWUgZGVwbG95bWVudCwgbmV2ZXIg
-        YSBzZWNvbmQgb25lLgoKDQoFBCECAgUSBPwCAggKDQoFBCECAgESBPwCCRgKDQoFBCECAgMSBPwCGxwKDAoCBCISBv8CAIcDAQoL
-        CgMEIgESBP8CCBUKDAoEBCICABIEgAMCHAoNCgUEIgIABRIEgAMCCAoNCgUEIgIAARIEgAMJFwoNCgUEIgIAAxIEgAMaGwo4CgQE
-        IgIBEgSCAwIiGiogRW1wdHk6IGV2ZXJ5IHNlcnZpY2Ugb2YgdGhlIGVudmlyb25tZW50LgoKDQoFBCICAQQSBIIDAgoKDQoFBCIC
-        AQUSBIIDCxEKDQoFBCICAQESBIIDEh0KDQoFBCICAQMSBIIDICEKiwEKBAQiAgISBIUDAiMafSBQZXIgc2VydmljZSBpZDogYSBj
-        b21taXQgb3IgdGFnIChhcHBsaWNhdGlvbnMpIG9yIGFuIGltYWdlIHRhZyAoY29udGFpbmVycykuIE1pc3Npbmc6IHRoZQogYnJh
-        bmNoIGhlYWQgLyB0aGUgc2VydmljZSdzIHRhZy4KCg0KBQQiAgIGEgSFAwIVCg0KBQQiAgIBEgSFAxYeCg0KBQQiAgIDEgSFAyEi
-        CgwKBAQiAgMSBIYDAhYKDQoFBCICAwYSBIYDAgkKDQoFBCICAwESBIYDChEKDQoFBCICAwMSBIYDFBUKcAoCBCMSBooDAI8DARpi
-        IFJlZGVwbG95ICh0aGUgdmVyc2lvbiBlYWNoIHNlcnZpY2UgcnVucywgd2l0aCBpdHMgY3VycmVudCBjb25maWd1cmF0aW9uKSwg
-        cmVzdGFydCwgc3RvcCwgZGVsZXRlLgoKCwoDBCMBEgSKAwgVCgwKBAQjAgASBIsDAhwKDQoFBCMCAAUSBIsDAggKDQoFBCMCAAES
-        BIsDCRcKDQoFBCMCAAMSBIsDGhsKOAoEBCMCARIEjQMCIhoqIEVtcHR5OiBldmVyeSBzZXJ2aWNlIG9mIHRoZSBlbnZpcm9ubWVu
-        dC4KCg0KBQQjAgEEEgSNAwIKCg0KBQQjAgEFEgSNAwsRCg0KBQQjAgEBEgSNAxIdCg0KBQQjAgEDEgSNAyAhCgwKBAQjAgISBI4D
-        AhYKDQoFBCMCAgYSBI4DAgkKDQoFBCMCAgESBI4DChEKDQoFBCMCAgMSBI4DFBUKDAoCBCQSBpEDAJkDAQoLCgMEJAESBJEDCBcK
-        DAoEBCQCABIEkgMCGAoNCgUEJAIABRIEkgMCCAoNCgUEJAIAARIEkgMJEwoNCgUEJAIAAxIEkgMWFwpBCgQEJAIBEgSUAwIYGjMg
-        QW4gZWFybGllciByZWxlYXNlIG9mIHRoZSBzZXJ2aWNlIChMaXN0UmVsZWFzZXMpLgoKDQoFBCQCAQUSBJQDAggKDQoFBCQCAQES
-        BJQDCRMKDQoFBCQCAQMSBJQDFhcKDAoEBCQCAhIElQMCFgoNCgUEJAICBhIElQMCCQoNCgUEJAICARIElQMKEQoNCgUEJAICAxIE
-        lQMUFQqZAQoEBCQCAxIEmAMCFhqKASBUaGUgcmVsZWFzZSdzIHZlcnNpb24gb25seSAoaXRzIGNvbW1pdCwgYnVpbHQgYWdhaW4g
-        aWYgbmVlZGVkLCBvciBpdHMgaW1hZ2UgdGFnKSwgd2l0aCB0aGUKIHNlcnZpY2UncyBjdXJyZW50IGNvbmZpZ3VyYXRpb24gYW5k
-        IHNlY3JldHMuCgoNCgUEJAIDBRIEmAMCBgoNCgUEJAIDARIEmAMHEQoNCgUEJAIDAxIEmAMUFQoMCgIEJRIGmwMAowMBCgsKAwQl
-        ARIEmwMIFgoMCgQEJQIAEgScAwIbCg0KBQQlAgAFEgScAwIICg0KBQQlAgABEgScAwkWCg0KBQQlAgADEgScAxkaCkAKBAQlAgES
-        BJ4DAhwaMiAwOiBydW5zIG5vdzsgbjogbi10aCBpbiB0aGUgZW52aXJvbm1lbnQncyBxdWV1ZS4KCg0KBQQlAgEFEgSeAwIICg0K
-        BQQlAgEBEgSeAwkXCg0KBQQlAgEDEgSeAxobCmgKBAQlAgISBKADAhUaWiBUaGUgaWRlbXBvdGVuY3kga2V5IHdhcyBzZWVuOiB0
-        aGlzIGlzIHRoZSBkZXBsb3ltZW50IGl0IGNyZWF0ZWQsIG5vdGhpbmcgbmV3IHdhcyBxdWV1ZWQuCgoNCgUEJQICBRIEoAMCBgoN
-        CgUEJQICARIEoAMHEAoNCgUEJQICAxIEoAMTFAprCgQEJQIDEgSiAwIwGl0gUXVldWVkIGRlcGxveW1lbnRzIHdob3NlIHNlcnZp
-        Y2VzIHRoaXMgb25lIHRvb2sgb3ZlciAodGhleSB3aWxsIG5vdCBkZXBsb3kgdGhvc2Ugc2VydmljZXMpLgoKDQoFBCUCAwQSBKID
-        AgoKDQoFBCUCAwUSBKIDCxEKDQoFBCUCAwESBKIDEisKDQoFBCUCAwMSBKIDLi8KDAoCBCYSBqUDAKcDAQoLCgMEJgESBKUDCBUK
-        DAoEBCYCABIEpgMCGwoNCgUEJgIABRIEpgMCCAoNCgUEJgIAARIEpgMJFgoNCgUEJgIAAxIEpgMZGgoMCgIEJxIGqQMArAMBCgsK
-        AwQnARIEqQMIFgp1CgQEJwIAEgSrAwIcGmcgVGhlIGRlcGxveW1lbnQgYWZ0ZXIgdGhlIGNhbmNlbCB3YXMgcmVjb3JkZWQgKENB
-        TkNFTElORyBzZXJ2aWNlcyBlbmQgQ0FOQ0VMRUQgd2hlbiB0aGVpciB3b3JrIHN0b3BzKS4KCg0KBQQnAgAGEgSrAwIMCg0KBQQn
-        AgABEgSrAw0XCg0KBQQnAgADEgSrAxobCgwKAgQoEgauAwCwAwEKCwoDBCgBEgSuAwgcCgwKBAQoAgASBK8DAhsKDQoFBCgCAAUS
-        BK8DAggKDQoFBCgCAAESBK8DCRYKDQoFBCgCAAMSBK8DGRoKDAoCBCkSBrIDALwDAQoLCgMEKQESBLIDCB4KDAoEBCkCABIEswMC
-        HAoNCgUEKQIABRIEswMCCAoNCgUEKQIAARIEswMJFwoNCgUEKQIAAxIEswMaGwoqCgQEKQIBEgS1AwIUGhwgVW5zcGVjaWZpZWQ6
-        IGV2ZXJ5IGFjdGlvbi4KCg0KBQQpAgEGEgS1AwIICg0KBQQpAgEBEgS1AwkPCg0KBQQpAgEDEgS1AxITCiMKBAQpAgISBLcDAhca
-        FSAwOiAyMDsgYXQgbW9zdCA1MDAuCgoNCgUEKQICBRIEtwMCCAoNCgUEKQICARIEtwMJEgoNCgUEKQICAxIEtwMVFgo1CgQEKQID
-        EgS5AwIYGicgbmV4dF9wYWdlX3Rva2VuIG9mIHRoZSBwcmV2aW91cyBwYWdlLgoKDQoFBCkCAwUSBLkDAggKDQoFBCkCAwESBLkD
-        CRMKDQoFBCkCAwMSBLkDFhcKOwoEBCkCBBIEuwMCGBotIE9ubHkgZGVwbG95bWVudHMgdGhhdCB0b3VjaGVkIHRoaXMgc2Vydmlj
-        ZS4KCg0KBQQpAgQFEgS7AwIICg0KBQQpAgQBEgS7AwkTCg0KBQQpAgQDEgS7AxYXCgwKAgQqEga+AwDDAwEKCwoDBCoBEgS+Awgf
-        Ch0KBAQqAgASBMADAiYaDyBOZXdlc3QgZmlyc3QuCgoNCgUEKgIABBIEwAMCCgoNCgUEKgIABhIEwAMLFQoNCgUEKgIAARIEwAMW
-        IQoNCgUEKgIAAxIEwAMkJQonCgQEKgIBEgTCAwIdGhkgRW1wdHkgb24gdGhlIGxhc3QgcGFnZS4KCg0KBQQqAgEFEgTCAwIICg0K
-        BQQqAgEBEgTCAwkYCg0KBQQqAgEDEgTCAxscCgwKAgQrEgbFAwDJAwEKCwoDBCsBEgTFAwgbCgwKBAQrAgASBMYDAhgKDQoFBCsC
-        AAUSBMYDAggKDQoFBCsCAAESBMYDCRMKDQoFBCsCAAMSBMYDFhcKIwoEBCsCARIEyAMCFxoVIDA6IDIwOyBhdCBtb3N0IDUwMC4K
-        Cg0KBQQrAgEFEgTIAwIICg0KBQQrAgEBEgTIAwkSCg0KBQQrAgEDEgTIAxUWCgwKAgQsEgbLAwDOAwEKCwoDBCwBEgTLAwgcCh0K
-        BAQsAgASBM0DAiAaDyBOZXdlc3QgZmlyc3QuCgoNCgUELAIABBIEzQMCCgoNCgUELAIABhIEzQMLEgoNCgUELAIAARIEzQMTGwoN
-        CgUELAIAAxIEzQMeHwoMCgIELRIG0AMA0gMBCgsKAwQtARIE0AMIIwoMCgQELQIAEgTRAwIcCg0KBQQtAgAFEgTRAwIICg0KBQQt
-        AgABEgTRAwkXCg0KBQQtAgADEgTRAxobCgwKAgQuEgbUAwDbAwEKCwoDBC4BEgTUAwgVCgwKBAQuAgASBNUDAhgKDQoFBC4CAAUS
-        BNUDAggKDQoFBC4CAAESBNUDCRMKDQoFBC4CAAMSBNUDFhcKDAoEBC4CARIE1gMCGgoNCgUELgIBBRIE1gMCCAoNCgUELgIBARIE
-        1gMJFQoNCgUELgIBAxIE1gMYGQoMCgQELgICEgTXAwIpCg0KBQQuAgIGEgTXAwISCg0KBQQuAgIBEgTXAxMkCg0KBQQuAgIDEgTX
-        AycoCgwKBAQuAgMSBNgDAiMKDQoFBC4CAwYSBNgDAg8KDQoFBC4CAwESBNgDEB4KDQoFBC4CAwMSBNgDISIKQAoEBC4CBBIE2gMC
-        GxoyIFRoZSBkZXBsb3ltZW50IHRoZSBkZXBsb3ltZW50IHN0YXR1cyBiZWxvbmdzIHRvLgoKDQoFBC4CBAUSBNoDAggKDQoFBC4C
-        BAESBNoDCRYKDQoFBC4CBAMSBNoDGRoKDAoCBC8SBt0DAOUDAQoLCgMELwESBN0DCBkKDAoEBC8CABIE3gMCHAoNCgUELwIABRIE
-        3gMCCAoNCgUELwIAARIE3gMJFwoNCgUELwIAAxIE3gMaGwoMCgQELwIBEgTfAwIpCg0KBQQvAgEGEgTfAwISCg0KBQQvAgEBEgTf
-        AxMkCg0KBQQvAgEDEgTfAycoCgwKBAQvAgISBOADAiMKDQoFBC8CAgYSBOADAg8KDQoFBC8CAgESBOADEB4KDQoFBC8CAgMSBOAD
-        ISIKDAoEBC8CAxIE4QMCJgoNCgUELwIDBBIE4QMCCgoNCgUELwIDBhIE4QMLGAoNCgUELwIDARIE4QMZIQoNCgUELwIDAxIE4QMk
-        JQpQCgQELwIEEgTjAwIjGkIgVGhlIGRlcGxveW1lbnQgcnVubmluZyBub3csIGlmIGFueSwgYW5kIHRob3NlIHdhaXRpbmcsIGlu
-        IG9yZGVyLgoKDQoFBC8CBAUSBOMDAggKDQoFBC8CBAESBOMDCR4KDQoFBC8CBAMSBOMDISIKDAoEBC8CBRIE5AMCLAoNCgUELwIF
-        BBIE5AMCCgoNCgUELwIFBRIE5AMLEQoNCgUELwIFARIE5AMSJwoNCgUELwIFAxIE5AMqKwoMCgIEMBIG5wMA6wMBCgsKAwQwARIE
-        5wMIFAoMCgQEMAIAEgToAwIcCg0KBQQwAgAFEgToAwIICg0KBQQwAgABEgToAwkXCg0KBQQwAgADEgToAxobCi4KBAQwAgESBOoD
-        AhsaICBPbmx5IHRoaXMgZGVwbG95bWVudCdzIGV2ZW50cy4KCg0KBQQwAgEFEgTqAwIICg0KBQQwAgEBEgTqAwkWCg0KBQQwAgED
-        EgTqAxkaCgwKAgUIEgbtAwD8AwEKCwoDBQgBEgTtAwUOCgwKBAUIAgASBO4DAh0KDQoFBQgCAAESBO4DAhgKDQoFBQgCAAISBO4D
-        GxwKYwoEBQgCARIE8AMCFRpVIFRoZSBjdXJyZW50IHN0YXR1cyBvZiBvbmUgc2VydmljZSwgc2VudCBmaXJzdCBmb3IgZXZlcnkg
-        c2VydmljZSBvZiB0aGUgZW52aXJvbm1lbnQuCgoNCgUFCAIBARIE8AMCEAoNCgUFCAIBAhIE8AMTFApNCgQFCAICEgTyAwIZGj8g
-        RXZlcnkgc25hcHNob3QgZXZlbnQgaGFzIGJlZW4gc2VudDsgd2hhdCBmb2xsb3dzIGFyZSBjaGFuZ2VzLgoKDQoFBQgCAgESBPID
-        AhQKDQoFBQgCAgISBPIDFxgKNgoEBQgCAxIE9AMCHhooIEEgc2VydmljZSdzIGRlcGxveW1lbnQgc3RhdHVzIGNoYW5nZWQuCgoN
-        CgUFCAIDARIE9AMCGQoNCgUFCAIDAhIE9AMcHQooCgQFCAIEEgT2AwIRGhogQSBzdGVwIHN0YXJ0ZWQgb3IgZW5kZWQuCgoNCgUF
-        CAIEARIE9gMCDAoNCgUFCAIEAhIE9gMPEAoMCgQFCAIFEgT3AwIbCg0KBQUIAgUBEgT3AwIWCg0KBQUIAgUCEgT3AxkaCjkKBAUI
-        AgYSBPkDAh0aKyBBIGRlcGxveW1lbnQgZW5kZWQgKGV2ZXJ5IHNlcnZpY2UgZmluYWwpLgoKDQoFBQgCBgESBPkDAhgKDQoFBQgC
-        BgISBPkDGxwKKAoEBQgCBxIE+wMCHhoaIEEgZGVwbG95bWVudCB3YXMgcXVldWVkLgoKDQoFBQgCBwESBPsDAhkKDQoFBQgCBwIS
-        BPsDHB0KDAoCBDESBv4DAI0EAQoLCgMEMQESBP4DCBMKDAoEBDECABIE/wMCFQoNCgUEMQIABhIE/wMCCwoNCgUEMQIAARIE/wMM
-        EAoNCgUEMQIAAxIE/wMTFAoMCgQEMQIBEgSABAIcCg0KBQQxAgEFEgSABAIICg0KBQQxAgEBEgSABAkXCg0KBQQxAgEDEgSABBob
-        CgwKBAQxAgISBIEEAhsKDQoFBDECAgUSBIEEAggKDQoFBDECAgESBIEECRYKDQoFBDECAgMSBIEEGRoKDAoEBDECAxIEggQCGAoN
-        CgUEMQIDBRIEggQCCAoNCgUEMQIDARIEggQJEwoNCgUEMQIDAxIEggQWFwoMCgQEMQIEEgSDBAIpCg0KBQQxAgQGEgSDBAISCg0K
-        BQQxAgQBEgSDBBMkCg0KBQQxAgQDEgSDBCcoCgwKBAQxAgUSBIQEAiMKDQoFBDECBQYSBIQEAg8KDQoFBDECBQESBIQEEB4KDQoF
-        BDECBQMSBIQEISIKDAoEBDECBhIEhQQCEAoNCgUEMQIGBhIEhQQCBgoNCgUEMQIGARIEhQQHCwoNCgUEMQIGAxIEhQQODwoMCgQE
-        MQIHEgSGBAIdCg0KBQQxAgcGEgSGBAIMCg0KBQQxAgcBEgSGBA0YCg0KBQQxAgcDEgSGBBscCicKBAQxAggSBIgEAhUaGSBSZWFz
-        b24gb3Igc3RlcCBtZXNzYWdlLgoKDQoFBDECCAUSBIgEAggKDQoFBDECCAESBIgECRAKDQoFBDECCAMSBIgEExQKDAoEBDECCRIE
-        iQQCGQoNCgUEMQIJBRIEiQQCBwoNCgUEMQIJARIEiQQIEwoNCgUEMQIJAxIEiQQWGAo8CgQEMQIKEgSLBAI2Gi4gVGhlIGVudmly
-        b25tZW50J3Mgc3RhdHVzZXMgYWZ0ZXIgdGhpcyBldmVudC4KCg0KBQQxAgoGEgSLBAISCg0KBQQxAgoBEgSLBBMwCg0KBQQxAgoD
-        EgSLBDM1CgwKBAQxAgsSBIwEAjAKDQoFBDECCwYSBIwEAg8KDQoFBDECCwESBIwEECoKDQoFBDECCwMSBIwELS8KDAoCBgASBo8E
-        ALAEAQoLCgMGAAESBI8ECBAKDAoEBgACABIEkAQCSwoNCgUGAAIAARIEkAQGGAoNCgUGAAIAAhIEkAQZMgoNCgUGAAIAAxIEkAQ9
-        SQoMCgQGAAIBEgSRBAJWCg0KBQYAAgEBEgSRBAYXCg0KBQYAAgECEgSRBBgwCg0KBQYAAgEDEgSRBDtUCgwKBAYAAgISBJIEAjwK
-        DQoFBgACAgESBJIEBhMKDQoFBgACAgISBJIEFCgKDQoFBgACAgMSBJIEMzoKDAoEBgACAxIEkwQCRwoNCgUGAAIDARIEkwQGEgoN
-        CgUGAAIDAhIEkwQTJgoNCgUGAAIDAxIEkwQxRQoMCgQGAAIEEgSUBAJICg0KBQYAAgQBEgSUBAYXCg0KBQYAAgQCEgSUBBgwCg0K
-        BQYAAgQDEgSUBDtGCgwKBAYAAgUSBJUEAlMKDQoFBgACBQESBJUEBhYKDQoFBgACBQISBJUEFy4KDQoFBgACBQMSBJUEOVEKDAoE
-        BgACBhIElgQCPAoNCgUGAAIGARIElgQGEwoNCgUGAAIGAhIElgQUKAoNCgUGAAIGAxIElgQzOgoMCgQGAAIHEgSXBAI8Cg0KBQYA
-        AgcBEgSXBAYTCg0KBQYAAgcCEgSXBBQoCg0KBQYAAgcDEgSXBDM6CgwKBAYAAggSBJgEAjYKDQoFBgACCAESBJgEBhAKDQoFBgAC
-        CAISBJgEESIKDQoFBgACCAMSBJgELTQKDAoEBgACCRIEmQQCRwoNCgUGAAIJARIEmQQGEgoNCgUGAAIJAhIEmQQTJgoNCgUGAAIJ
-        AxIEmQQxRQplCgQGAAIKEgScBAI1GlcgRGVwbG95cyBhIGNvbW1pdCwgdGFnIG9yIHRoZSBicmFuY2ggaGVhZCAoYXBwbGljYXRp
-        b25zKSBvciBhbiBpbWFnZSB0YWcgKGNvbnRhaW5lcnMpLgoKDQoFBgACCgESBJwEBgwKDQoFBgACCgISBJwEDRoKDQoFBgACCgMS
-        BJwEJTMKYgoEBgACCxIEngQCNxpUIERlcGxveXMgYWdhaW4gd2hhdCBlYWNoIHNlcnZpY2UgcnVucywgd2l0aCBpdHMgY3VycmVu
-        dCBjb25maWd1cmF0aW9uIChubyByZWJ1aWxkKS4KCg0KBQYAAgsBEgSeBAYOCg0KBQYAAgsCEgSeBA8cCg0KBQYAAgsDEgSeBCc1
-        CgwKBAYAAgwSBJ8EAjYKDQoFBgACDAESBJ8EBg0KDQoFBgACDAISBJ8EDhsKDQoFBgACDAMSBJ8EJjQKKAoEBgACDRIEoQQCMxoa
-        IFN0YWdlcyBpbiByZXZlcnNlIG9yZGVyLgoKDQoFBgACDQESBKEEBgoKDQoFBgACDQISBKEECxgKDQoFBgACDQMSBKEEIzEKYgoE
-        BgACDhIEowQCNRpUIFN0YWdlcyBpbiByZXZlcnNlIG9yZGVyOyB0aGUgc2VydmljZXMgYXJlIGdvbmUgb25jZSBERUxFVEVEICh0
-        aGVpciBoaXN0b3J5IHN0YXlzKS4KCg0KBQYAAg4BEgSjBAYMCg0KBQYAAg4CEgSjBA0aCg0KBQYAAg4DEgSjBCUzClkKBAYAAg8S
-        BKUEAjkaSyBEZXBsb3lzIGFuIGVhcmxpZXIgcmVsZWFzZSBvZiBhIHNlcnZpY2U6IGl0cyBpbWFnZSBhbmQgaXRzIGNvbmZpZ3Vy
-        YXRpb24uCgoNCgUGAAIPARIEpQQGDgoNCgUGAAIPAhIEpQQPHgoNCgUGAAIPAxIEpQQpNwqxAQoEBgACEBIEqAQCNRqiASBBIHF1
-        ZXVlZCBkZXBsb3ltZW50IGVuZHMgQ0FOQ0VMRUQgYXQgb25jZTsgYSBydW5uaW5nIG9uZSBzdG9wcyBpdHMgYnVpbGQgb3Igcm9s
-        bG91dCAodGhlCiBzZXJ2aWNlIGJlaW5nIGRlcGxveWVkIGlzIHJvbGxlZCBiYWNrKSBhbmQgc2tpcHMgd2hhdCBoYXMgbm90IHN0
-        YXJ0ZWQuCgoNCgUGAAIQARIEqAQGDAoNCgUGAAIQAhIEqAQNGgoNCgUGAAIQAxIEqAQlMwoMCgQGAAIREgSqBAI/Cg0KBQYAAhEB
-        EgSqBAYTCg0KBQYAAhECEgSqBBQoCg0KBQYAAhEDEgSqBDM9CgwKBAYAAhISBKsEAlAKDQoFBgACEgESBKsEBhUKDQoFBgACEgIS
-        BKsEFiwKDQoFBgACEgMSBKsEN04KDAoEBgACExIErAQCRwoNCgUGAAITARIErAQGEgoNCgUGAAITAhIErAQTJgoNCgUGAAITAxIE
-        rAQxRQoMCgQGAAIUEgStBAJUCg0KBQYAAhQBEgStBAYaCg0KBQYAAhQCEgStBBs2Cg0KBQYAAhQDEgStBEFSClAKBAYAAhUSBK8E
-        AjcaQiBUaGUgZW52aXJvbm1lbnQncyBzdGF0dXNlcyBub3csIHRoZW4gZXZlcnkgY2hhbmdlIGFzIGl0IGhhcHBlbnMuCgoNCgUG
-        AAIVARIErwQGCwoNCgUGAAIVAhIErwQMGAoNCgUGAAIVBhIErwQjKQoNCgUGAAIVAxIErwQqNWIGcHJvdG8z
+        LS0tLS0tCiBNb2RlbAoKCgoDBAABEgMJCBQKCwoEBAACABIDCgIQCgwKBQQAAgAFEgMKAggKDAoFBAACAAESAwoJCwoMCgUEAAIA
+        AxIDCg4PCgsKBAQAAgESAwsCEgoMCgUEAAIBBRIDCwIICgwKBQQAAgEBEgMLCQ0KDAoFBAACAQMSAwsQEQoKCgIEARIEDgASAQoK
+        CgMEAQESAw4IDwoLCgQEAQIAEgMPAhAKDAoFBAECAAUSAw8CCAoMCgUEAQIAARIDDwkLCgwKBQQBAgADEgMPDg8KCwoEBAECARID
+        EAIdCgwKBQQBAgEFEgMQAggKDAoFBAECAQESAxAJGAoMCgUEAQIBAxIDEBscCgsKBAQBAgISAxECEgoMCgUEAQICBRIDEQIICgwK
+        BQQBAgIBEgMRCQ0KDAoFBAECAgMSAxEQEQoKCgIEAhIEFAAYAQoKCgMEAgESAxQIEwoLCgQEAgIAEgMVAhAKDAoFBAICAAUSAxUC
+        CAoMCgUEAgIAARIDFQkLCgwKBQQCAgADEgMVDg8KCwoEBAICARIDFgIYCgwKBQQCAgEFEgMWAggKDAoFBAICAQESAxYJEwoMCgUE
+        AgIBAxIDFhYXCgsKBAQCAgISAxcCEgoMCgUEAgICBRIDFwIICgwKBQQCAgIBEgMXCQ0KDAoFBAICAgMSAxcQEQo6CgIEAxIEGwAn
+        ARouIEFuIGFwcGxpY2F0aW9uOiBidWlsdCBmcm9tIGEgZ2l0IHJlcG9zaXRvcnkuCgoKCgMEAwESAxsIEQoLCgQEAwIAEgMcAhEK
+        DAoFBAMCAAUSAxwCCAoMCgUEAwIAARIDHAkMCgwKBQQDAgADEgMcDxAKRgoEBAMCARIDHgIUGjkgVGhlIGJyYW5jaCBkZXBsb3ll
+        ZCB3aGVuIG5vIGNvbW1pdCBvciB0YWcgaXMgYXNrZWQgZm9yLgoKDAoFBAMCAQUSAx4CCAoMCgUEAwIBARIDHgkPCgwKBQQDAgED
+        EgMeEhMKTgoEBAMCAhIDIAIXGkEgRGlyZWN0b3J5IG9mIHRoZSByZXBvc2l0b3J5IHRoZSBidWlsZCBydW5zIGluLiBFbXB0eTog
+        dGhlIHJvb3QuCgoMCgUEAwICBRIDIAIICgwKBQQDAgIBEgMgCRIKDAoFBAMCAgMSAyAVFgo6CgQEAwIDEgMiAh0aLSBSZWxhdGl2
+        ZSB0byByb290X3BhdGguIEVtcHR5OiAiRG9ja2VyZmlsZSIuCgoMCgUEAwIDBRIDIgIICgwKBQQDAgMBEgMiCRgKDAoFBAMCAwMS
+        AyIbHAoLCgQEAwIEEgMjAiUKDAoFBAMCBAYSAyMCFQoMCgUEAwIEARIDIxYgCgwKBQQDAgQDEgMjIyQKpQEKBAQDAgUSAyYCIRqX
+        ASBIb3cgdGhlIERvY2tlcmZpbGUncyBSVU4gc3RlcHMgcmVhY2ggdGhlIG5ldHdvcmsuIFVuc3BlY2lmaWVkOiB0aGUgYnVpbGRl
+        cidzIGRlZmF1bHQKICgtLWJ1aWxkZXItaXNvbGF0aW9uLCBuYXQgdW5sZXNzIHRoZSBvcGVyYXRvciBjaG9zZSBvdGhlcndpc2Up
+        LgoKDAoFBAMCBQYSAyYCDgoMCgUEAwIFARIDJg8cCgwKBQQDAgUDEgMmHyAKCgoCBQASBCkALwEKCgoDBQABEgMpBREKCwoEBQAC
+        ABIDKgIgCgwKBQUAAgABEgMqAhsKDAoFBQACAAISAyoeHwqAAQoEBQACARIDLAIYGnMgQSBuZXR3b3JrIG5hbWVzcGFjZSBvZiB0
+        aGUgYnVpbGQncyBvd246IGVncmVzcyB0aHJvdWdoIE5BVCBvbmx5IChub3QgdGhlIHBsYXRmb3JtLCBub3QgdGhlIGhvc3QsIG5v
+        dCBvdGhlciBhcHBzKS4KCgwKBQUAAgEBEgMsAhMKDAoFBQACAQISAywWFwoxCgQFAAICEgMuAhkaJCBObyBuZXR3b3JrIGF0IGFs
+        bCAobG9vcGJhY2sgb25seSkuCgoMCgUFAAICARIDLgIUCgwKBQUAAgICEgMuFxgKNAoCBAQSBDIANwEaKCBBIGNvbnRhaW5lcjog
+        YW4gaW1hZ2UgZnJvbSBhIHJlZ2lzdHJ5LgoKCgoDBAQBEgMyCBcKOQoEBAQCABIDNAITGiwgaG9zdC9uYW1lLCBlLmcuICJkb2Nr
+        ZXIuaW8vbGlicmFyeS9uZ2lueCIuCgoMCgUEBAIABRIDNAIICgwKBQQEAgABEgM0CQ4KDAoFBAQCAAMSAzQREgo7CgQEBAIBEgM2
+        AhEaLiBUaGUgdGFnIGRlcGxveWVkIHdoZW4gbm8gb3RoZXIgaXMgYXNrZWQgZm9yLgoKDAoFBAQCAQUSAzYCCAoMCgUEBAIBARID
+        NgkMCgwKBQQEAgEDEgM2DxAKCgoCBQESBDkAPgEKCgoDBQEBEgM5BREKCwoEBQECABIDOgIgCgwKBQUBAgABEgM6AhsKDAoFBQEC
+        AAISAzoeHwoLCgQFAQIBEgM7AgsKDAoFBQECAQESAzsCBgoMCgUFAQIBAhIDOwkKCgsKBAUBAgISAzwCCwoMCgUFAQICARIDPAIG
+        CgwKBQUBAgICEgM8CQoKCwoEBQECAxIDPQIKCgwKBQUBAgMBEgM9AgUKDAoFBQECAwISAz0ICQoKCgIEBRIEQABGAQoKCgMEBQES
+        A0AIDAoLCgQEBQIAEgNBAhsKDAoFBAUCAAUSA0ECCAoMCgUEBQIAARIDQQkWCgwKBQQFAgADEgNBGRoKQAoEBAUCARIDQwISGjMg
+        UmVhY2hhYmxlIGZyb20gb3V0c2lkZSB0aHJvdWdoIHRoZSBsb2FkIGJhbGFuY2VyLgoKDAoFBAUCAQUSA0MCBgoMCgUEBQIBARID
+        QwcNCgwKBQQFAgEDEgNDEBEKIQoEBAUCAhIDRQIcGhQgVW5zcGVjaWZpZWQ6IEhUVFAuCgoMCgUEBQICBhIDRQIOCgwKBQQFAgIB
+        EgNFDxcKDAoFBAUCAgMSA0UaGwoKCgIEBhIESABLAQoKCgMEBgESA0gIEQoLCgQEBgIAEgNJAhIKDAoFBAYCAAUSA0kCCAoMCgUE
+        BgIAARIDSQkNCgwKBQQGAgADEgNJEBEKCwoEBAYCARIDSgISCgwKBQQGAgEFEgNKAggKDAoFBAYCAQESA0oJDQoMCgUEBgIBAxID
+        ShARCgoKAgQHEgRNAE8BCgoKAwQHARIDTQgQCgsKBAQHAgASA04CEgoMCgUEBwIABRIDTgIICgwKBQQHAgABEgNOCQ0KDAoFBAcC
+        AAMSA04QEQoKCgIECBIEUQBVAQoKCgMECAESA1EIEQoLCgQECAIAEgNSAhIKDAoFBAgCAAUSA1ICCAoMCgUECAIAARIDUgkNCgwK
+        BQQIAgADEgNSEBEKSQoEBAgCARIDVAIVGjwgZ3JwYy5oZWFsdGgudjEgc2VydmljZSBuYW1lOyBlbXB0eTogdGhlIHNlcnZlciBh
+        cyBhIHdob2xlLgoKDAoFBAgCAQUSA1QCCAoMCgUECAIBARIDVAkQCgwKBQQIAgEDEgNUExQKCgoCBAkSBFcAWQEKCgoDBAkBEgNX
+        CBEKCwoEBAkCABIDWAIeCgwKBQQJAgAEEgNYAgoKDAoFBAkCAAUSA1gLEQoMCgUECQIAARIDWBIZCgwKBQQJAgADEgNYHB0KCgoC
+        BAoSBFsAawEKCgoDBAoBEgNbCA0KDAoEBAoIABIEXAJhAwoMCgUECggAARIDXAgMCgsKBAQKAgASA10EFwoMCgUECgIABhIDXQQN
+        CgwKBQQKAgABEgNdDhIKDAoFBAoCAAMSA10VFgoLCgQECgIBEgNeBBUKDAoFBAoCAQYSA14EDAoMCgUECgIBARIDXg0QCgwKBQQK
+        AgEDEgNeExQKCwoEBAoCAhIDXwQXCgwKBQQKAgIGEgNfBA0KDAoFBAoCAgESA18OEgoMCgUECgICAxIDXxUWCgsKBAQKAgMSA2AE
+        FwoMCgUECgIDBhIDYAQNCgwKBQQKAgMBEgNgDhIKDAoFBAoCAwMSA2AVFgoLCgQECgIEEgNiAiMKDAoFBAoCBAUSA2ICCAoMCgUE
+        CgIEARIDYgkeCgwKBQQKAgQDEgNiISIKFQoEBAoCBRIDZAIcGgggMDogMTAuCgoMCgUECgIFBRIDZAIICgwKBQQKAgUBEgNkCRcK
+        DAoFBAoCBQMSA2QaGwoUCgQECgIGEgNmAh0aByAwOiAxLgoKDAoFBAoCBgUSA2YCCAoMCgUECgIGARIDZgkYCgwKBQQKAgYDEgNm
+        GxwKFAoEBAoCBxIDaAIfGgcgMDogMy4KCgwKBQQKAgcFEgNoAggKDAoFBAoCBwESA2gJGgoMCgUECgIHAxIDaB0eChQKBAQKAggS
+        A2oCHxoHIDA6IDEuCgoMCgUECgIIBRIDagIICgwKBQQKAggBEgNqCRoKDAoFBAoCCAMSA2odHgoKCgIECxIEbQBzAQoKCgMECwES
+        A20IEgoLCgQECwIAEgNuAhMKDAoFBAsCAAUSA24CBgoMCgUECwIAARIDbgcOCgwKBQQLAgADEgNuERIKTAoEBAsCARIDcAIfGj8g
+        UHVzaGVzIHRvIHRoZXNlIGJyYW5jaGVzIGRlcGxveS4gRW1wdHk6IHRoZSBzZXJ2aWNlJ3MgYnJhbmNoLgoKDAoFBAsCAQQSA3AC
+        CgoMCgUECwIBBRIDcAsRCgwKBQQLAgEBEgNwEhoKDAoFBAsCAQMSA3AdHgpSCgQECwICEgNyAhwaRSBPbmx5IHB1c2hlcyB0b3Vj
+        aGluZyBvbmUgb2YgdGhlc2UgcGF0aCBwcmVmaXhlcyBkZXBsb3kuIEVtcHR5OiBhbnkuCgoMCgUECwICBBIDcgIKCgwKBQQLAgIF
+        EgNyCxEKDAoFBAsCAgESA3ISFwoMCgUECwICAxIDchobCjoKAgQMEgV2AIkBARotIEV2ZXJ5dGhpbmcgYWJvdXQgYSBzZXJ2aWNl
+        IGJ1dCBpdHMgc2VjcmV0cy4KCgoKAwQMARIDdggVCgwKBAQMCAASBHcCegMKDAoFBAwIAAESA3cIDgoLCgQEDAIAEgN4BB4KDAoF
+        BAwCAAYSA3gEDQoMCgUEDAIAARIDeA4ZCgwKBQQMAgADEgN4HB0KCwoEBAwCARIDeQQiCgwKBQQMAgEGEgN5BBMKDAoFBAwCAQES
+        A3kUHQoMCgUEDAIBAxIDeSAhCgsKBAQMAgISA3sCGgoMCgUEDAICBBIDewIKCgwKBQQMAgIGEgN7Cw8KDAoFBAwCAgESA3sQFQoM
+        CgUEDAICAxIDexgZCgsKBAQMAgMSA3wCMAoMCgUEDAIDBhIDfAIVCgwKBQQMAgMBEgN8FisKDAoFBAwCAwMSA3wuLwoUCgQEDAIE
+        EgN+AhYaByAwOiAxLgoKDAoFBAwCBAUSA34CCAoMCgUEDAIEARIDfgkRCgwKBQQMAgQDEgN+FBUKFwoEBAwCBRIEgAECHBoJIDA6
+        IDUwMC4KCg0KBQQMAgUFEgSAAQIICg0KBQQMAgUBEgSAAQkXCg0KBQQMAgUDEgSAARobChcKBAQMAgYSBIIBAhgaCSAwOiA1MTIu
+        CgoNCgUEDAIGBRIEggECCAoNCgUEDAIGARIEggEJEwoNCgUEDAIGAxIEggEWFwoMCgQEDAIHEgSDAQIcCg0KBQQMAgcGEgSDAQIH
+        Cg0KBQQMAgcBEgSDAQgXCg0KBQQMAgcDEgSDARobCgwKBAQMAggSBIQBAhsKDQoFBAwCCAYSBIQBAgcKDQoFBAwCCAESBIQBCBYK
+        DQoFBAwCCAMSBIQBGRoKDAoEBAwCCRIEhQECJgoNCgUEDAIJBBIEhQECCgoNCgUEDAIJBRIEhQELEQoNCgUEDAIJARIEhQESIAoN
+        CgUEDAIJAxIEhQEjJQoMCgQEDAIKEgSGAQIeCg0KBQQMAgoGEgSGAQIMCg0KBQQMAgoBEgSGAQ0YCg0KBQQMAgoDEgSGARsdCnIK
+        BAQMAgsSBIgBAhQaZCBTdGFnZXMgcnVuIGluIGluY3JlYXNpbmcgb3JkZXIgKFNUT1AgYW5kIERFTEVURTogZGVjcmVhc2luZyk7
+        IHRoZSBzZXJ2aWNlcyBvZiBhIHN0YWdlIGluIHBhcmFsbGVsLgoKDQoFBAwCCwUSBIgBAggKDQoFBAwCCwESBIgBCQ4KDQoFBAwC
+        CwMSBIgBERMKDAoCBA0SBosBAJkBAQoLCgMEDQESBIsBCA8KDAoEBA0CABIEjAECEAoNCgUEDQIABRIEjAECCAoNCgUEDQIAARIE
+        jAEJCwoNCgUEDQIAAxIEjAEODwoMCgQEDQIBEgSNAQIcCg0KBQQNAgEFEgSNAQIICg0KBQQNAgEBEgSNAQkXCg0KBQQNAgEDEgSN
+        ARobCgwKBAQNAgISBI4BAhIKDQoFBA0CAgUSBI4BAggKDQoFBA0CAgESBI4BCQ0KDQoFBA0CAgMSBI4BEBEKDAoEBA0CAxIEjwEC
+        GwoNCgUEDQIDBhIEjwECDwoNCgUEDQIDARIEjwEQFgoNCgUEDQIDAxIEjwEZGgpKCgQEDQIEEgSRAQIjGjwgVGhlIG5hbWVzIG9m
+        IGl0cyBzZWNyZXRzOyB0aGVpciB2YWx1ZXMgYXJlIG5ldmVyIHJldHVybmVkLgoKDQoFBA0CBAQSBJEBAgoKDQoFBA0CBAUSBJEB
+        CxEKDQoFBA0CBAESBJEBEh4KDQoFBA0CBAMSBJEBISIKOAoEBA0CBRIEkwECKRoqIEluIHRoZSBzZXJ2aWNlJ3MgbW9zdCByZWNl
+        bnQgZGVwbG95bWVudC4KCg0KBQQNAgUGEgSTAQISCg0KBQQNAgUBEgSTARMkCg0KBQQNAgUDEgSTAScoCgwKBAQNAgYSBJQBAiMK
+        DQoFBA0CBgYSBJQBAg8KDQoFBA0CBgESBJQBEB4KDQoFBA0CBgMSBJQBISIKlwIKBAQNAgcSBJgBAhoaiAIgSXRzIGRlZmF1bHQg
+        ZG9tYWluIGlzIDxkb21haW5fbGFiZWw+Ljx0aGUgbG9hZCBiYWxhbmNlcidzIGJhc2UgZG9tYWluPi4gQXNzaWduZWQgd2hlbiB0
+        aGUKIHNlcnZpY2UgaXMgY3JlYXRlZCwgdW5pcXVlIGFjcm9zcyB0aGUgcGxhdGZvcm0gKDxzZXJ2aWNlPi08ZW52aXJvbm1lbnQ+
+        LCB3aXRoIDQgcmFuZG9tCiBjaGFyYWN0ZXJzIGFwcGVuZGVkIHdoZW4gYW5vdGhlciBvcmdhbml6YXRpb24gaG9sZHMgdGhhdCBs
+        YWJlbCksIGtlcHQgZm9yIGl0cyBsaWZlLgoKDQoFBA0CBwUSBJgBAggKDQoFBA0CBwESBJgBCRUKDQoFBA0CBwMSBJgBGBkKnwEK
+        AgUCEgaeAQC1AQEykAEgLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0t
+        LS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tCiBTdGF0dXNlcyAoZG9jcy9hcmNoaXRlY3R1cmUubWQ7IFFvdmVyeSdz
+        IG5hbWVzKQoKCwoDBQIBEgSeAQUVCgwKBAUCAgASBJ8BAiQKDQoFBQICAAESBJ8BAh8KDQoFBQICAAISBJ8BIiMKDAoEBQICARIE
+        oAECDQoNCgUFAgIBARIEoAECCAoNCgUFAgIBAhIEoAELDAoMCgQFAgICEgShAQIPCg0KBQUCAgIBEgShAQIKCg0KBQUCAgICEgSh
+        AQ0OCgwKBAUCAgMSBKIBAhIKDQoFBQICAwESBKIBAg0KDQoFBQICAwISBKIBEBEKDAoEBQICBBIEowECEAoNCgUFAgIEARIEowEC
+        CwoNCgUFAgIEAhIEowEODwoMCgQFAgIFEgSkAQIPCg0KBQUCAgUBEgSkAQIKCg0KBQUCAgUCEgSkAQ0OCgwKBAUCAgYSBKUBAhcK
+        DQoFBQICBgESBKUBAhIKDQoFBQICBgISBKUBFRYKDAoEBQICBxIEpgECEAoNCgUFAgIHARIEpgECCwoNCgUFAgIHAhIEpgEODwoM
+        CgQFAgIIEgSnAQIPCg0KBQUCAggBEgSnAQIKCg0KBQUCAggCEgSnAQ0OCgwKBAUCAgkSBKgBAg4KDQoFBQICCQESBKgBAgkKDQoF
+        BQICCQISBKgBDA0KDAoEBQICChIEqQECFgoNCgUFAgIKARIEqQECEAoNCgUFAgIKAhIEqQETFQoMCgQFAgILEgSqAQISCg0KBQUC
+        AgsBEgSqAQIMCg0KBQUCAgsCEgSqAQ8RCgwKBAUCAgwSBKsBAhEKDQoFBQICDAESBKsBAgsKDQoFBQICDAISBKsBDhAKDAoEBQIC
+        DRIErAECFQoNCgUFAgINARIErAECDwoNCgUFAgINAhIErAESFAoMCgQFAgIOEgStAQITCg0KBQUCAg4BEgStAQINCg0KBQUCAg4C
+        EgStARASCgwKBAUCAg8SBK4BAhAKDQoFBQICDwESBK4BAgoKDQoFBQICDwISBK4BDQ8KDAoEBQICEBIErwECDwoNCgUFAgIQARIE
+        rwECCQoNCgUFAgIQAhIErwEMDgoMCgQFAgIREgSwAQISCg0KBQUCAhEBEgSwAQIMCg0KBQUCAhECEgSwAQ8RCgwKBAUCAhISBLEB
+        AhUKDQoFBQICEgESBLEBAg8KDQoFBQICEgISBLEBEhQKDAoEBQICExIEsgECEAoNCgUFAgITARIEsgECCgoNCgUFAgITAhIEsgEN
+        DwoMCgQFAgIUEgSzAQIPCg0KBQUCAhQBEgSzAQIJCg0KBQUCAhQCEgSzAQwOCgwKBAUCAhUSBLQBAhQKDQoFBQICFQESBLQBAg4K
+        DQoFBQICFQISBLQBERMKcwoCBQMSBrgBAMABARplIFByZWZpeGVkOiBwcm90b2J1ZiBlbnVtIHZhbHVlcyBzaGFyZSB0aGVpciBw
+        YWNrYWdlJ3Mgc2NvcGUsIGFuZCBTVE9QUEVEIGlzIGEgZGVwbG95bWVudCBzdGF0dXMgdG9vLgoKCwoDBQMBEgS4AQUSCgwKBAUD
+        AgASBLkBAiEKDQoFBQMCAAESBLkBAhwKDQoFBQMCAAISBLkBHyAKDAoEBQMCARIEugECFwoNCgUFAwIBARIEugECEgoNCgUFAwIB
+        AhIEugEVFgoMCgQFAwICEgS7AQIWCg0KBQUDAgIBEgS7AQIRCg0KBQUDAgICEgS7ARQVCgwKBAUDAgMSBLwBAhYKDQoFBQMCAwES
+        BLwBAhEKDQoFBQMCAwISBLwBFBUKDAoEBQMCBBIEvQECFAoNCgUFAwIEARIEvQECDwoNCgUFAwIEAhIEvQESEwoMCgQFAwIFEgS+
+        AQIXCg0KBQUDAgUBEgS+AQISCg0KBQUDAgUCEgS+ARUWCgwKBAUDAgYSBL8BAhYKDQoFBQMCBgESBL8BAhEKDQoFBQMCBgISBL8B
+        FBUKDAoCBQQSBsIBAMgBAQoLCgMFBAESBMIBBQsKDAoEBQQCABIEwwECGQoNCgUFBAIAARIEwwECFAoNCgUFBAIAAhIEwwEXGAoM
+        CgQFBAIBEgTEAQINCg0KBQUEAgEBEgTEAQIICg0KBQUEAgECEgTEAQsMCgwKBAUEAgISBMUBAg4KDQoFBQQCAgESBMUBAgkKDQoF
+        BQQCAgISBMUBDA0KDAoEBQQCAxIExgECCwoNCgUFBAIDARIExgECBgoNCgUFBAIDAhIExgEJCgoMCgQFBAIEEgTHAQINCg0KBQUE
+        AgQBEgTHAQIICg0KBQUEAgQCEgTHAQsMCgwKAgUFEgbKAQDQAQEKCwoDBQUBEgTKAQULCgwKBAUFAgASBMsBAhkKDQoFBQUCAAES
+        BMsBAhQKDQoFBQUCAAISBMsBFxgKDAoEBQUCARIEzAECCgoNCgUFBQIBARIEzAECBQoNCgUFBQIBAhIEzAEICQoMCgQFBQICEgTN
+        AQIKCg0KBQUFAgIBEgTNAQIFCg0KBQUFAgICEgTNAQgJCgwKBAUFAgMSBM4BAgoKDQoFBQUCAwESBM4BAgUKDQoFBQUCAwISBM4B
+        CAkKDAoEBQUCBBIEzwECDgoNCgUFBQIEARIEzwECCQoNCgUFBQIEAhIEzwEMDQoMCgIFBhIG0gEA2gEBCgsKAwUGARIE0gEFCQoM
+        CgQFBgIAEgTTAQIXCg0KBQUGAgABEgTTAQISCg0KBQUGAgACEgTTARUWCgwKBAUGAgESBNQBAhAKDQoFBQYCAQESBNQBAgsKDQoF
+        BQYCAQISBNQBDg8KDAoEBQYCAhIE1QECDAoNCgUFBgICARIE1QECBwoNCgUFBgICAhIE1QEKCwoMCgQFBgIDEgTWAQITCg0KBQUG
+        AgMBEgTWAQIOCg0KBQUGAgMCEgTWARESCgwKBAUGAgQSBNcBAhEKDQoFBQYCBAESBNcBAgwKDQoFBQYCBAISBNcBDxAKDAoEBQYC
+        BRIE2AECGAoNCgUFBgIFARIE2AECEwoNCgUFBgIFAhIE2AEWFwoMCgQFBgIGEgTZAQISCg0KBQUGAgYBEgTZAQINCg0KBQUGAgYC
+        EgTZARARCgwKAgUHEgbcAQDkAQEKCwoDBQcBEgTcAQUPCgwKBAUHAgASBN0BAh4KDQoFBQcCAAESBN0BAhkKDQoFBQcCAAISBN0B
+        HB0KDAoEBQcCARIE3gECEwoNCgUFBwIBARIE3gECDgoNCgUFBwIBAhIE3gEREgoMCgQFBwICEgTfAQIVCg0KBQUHAgIBEgTfAQIQ
+        Cg0KBQUHAgICEgTfARMUCl4KBAUHAgMSBOEBAhMaUCBOb3QgbmVlZGVkICh0aGUgaW1hZ2Ugd2FzIGFscmVhZHkgYnVpbHQsIHRo
+        ZSBzZXJ2aWNlIGhhcyBubyBwdWJsaWMgcG9ydCwgLi4uKS4KCg0KBQUHAgMBEgThAQIOCg0KBQUHAgMCEgThARESCgwKBAUHAgQS
+        BOIBAhIKDQoFBQcCBAESBOIBAg0KDQoFBQcCBAISBOIBEBEKDAoEBQcCBRIE4wECFAoNCgUFBwIFARIE4wECDwoNCgUFBwIFAhIE
+        4wESEwqGAQoCBA4SBukBAPUBATJ4IC0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0t
+        LS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLQogRGVwbG95bWVudHMgYW5kIGhpc3RvcnkKCgsKAwQOARIE
+        6QEIEgoMCgQEDgIAEgTqAQIQCg0KBQQOAgAGEgTqAQIGCg0KBQQOAgABEgTqAQcLCg0KBQQOAgADEgTqAQ4PCgwKBAQOAgESBOsB
+        AhgKDQoFBA4CAQYSBOsBAgwKDQoFBA4CAQESBOsBDRMKDQoFBA4CAQMSBOsBFhcKDAoEBA4CAhIE7AECIAoNCgUEDgICBRIE7AEC
+        BwoNCgUEDgICARIE7AEIGwoNCgUEDgICAxIE7AEeHwqRAQoEBA4CAxIE7wECHBqCASAwIHdoaWxlIGl0IHJ1bnMuIEZyb20gaXRz
+        IHN0YXJ0IHRvIGl0cyBlbmQ6IGEgc3RlcCB0aGUgcGlwZWxpbmUncyByZXN0YXJ0cyBpbnRlcnJ1cHRlZAogaW5jbHVkZXMgdGhl
+        IHRpbWUgdGhlIHBpcGVsaW5lIHdhcyBkb3duLgoKDQoFBA4CAwUSBO8BAgcKDQoFBA4CAwESBO8BCBcKDQoFBA4CAwMSBO8BGhsK
+        DAoEBA4CBBIE8AECFQoNCgUEDgIEBRIE8AECCAoNCgUEDgIEARIE8AEJEAoNCgUEDgIEAxIE8AETFApdCgQEDgIFEgTyAQIbGk8g
+        UGlwZWxpbmUgcmVzdGFydHMgdGhlIHN0ZXAgbGl2ZWQgdGhyb3VnaDogYWZ0ZXIgZWFjaCBpdCByZXN1bWVkIHdoZXJlIGl0IHdh
+        cy4KCg0KBQQOAgUFEgTyAQIICg0KBQQOAgUBEgTyAQkWCg0KBQQOAgUDEgTyARkaCjwKBAQOAgYSBPQBAiAaLiBXaGVuIGl0IGxh
+        c3QgcmVzdW1lZCAoMDogbmV2ZXIgaW50ZXJydXB0ZWQpLgoKDQoFBA4CBgUSBPQBAgcKDQoFBA4CBgESBPQBCBsKDQoFBA4CBgMS
+        BPQBHh8KDAoCBA8SBvcBAIcCAQoLCgMEDwESBPcBCBkKDAoEBA8CABIE+AECGAoNCgUEDwIABRIE+AECCAoNCgUEDwIAARIE+AEJ
+        EwoNCgUEDwIAAxIE+AEWFwoMCgQEDwIBEgT5AQIaCg0KBQQPAgEFEgT5AQIICg0KBQQPAgEBEgT5AQkVCg0KBQQPAgEDEgT5ARgZ
+        CgwKBAQPAgISBPoBAhMKDQoFBA8CAgUSBPoBAggKDQoFBA8CAgESBPoBCQ4KDQoFBA8CAgMSBPoBERIKZgoEBA8CAxIE/AECHxpY
+        IFdoYXQgd2FzIGFza2VkIGZvcjogYSBjb21taXQsIGEgdGFnLCBvciBlbXB0eSBmb3IgdGhlIGJyYW5jaCBoZWFkIC8gdGhlIHNl
+        cnZpY2UncyB0YWcuCgoNCgUEDwIDBRIE/AECCAoNCgUEDwIDARIE/AEJGgoNCgUEDwIDAxIE/AEdHgo8CgQEDwIEEgT+AQIUGi4g
+        VGhlIGNvbW1pdCBidWlsdCAoYXBwbGljYXRpb25zKSwgb25jZSBrbm93bi4KCg0KBQQPAgQFEgT+AQIICg0KBQQPAgQBEgT+AQkP
+        Cg0KBQQPAgQDEgT+ARITCkAKBAQPAgUSBIACAhMaMiBUaGUgaW1hZ2UgZGVwbG95ZWQsIHdpdGggaXRzIGRpZ2VzdCwgb25jZSBr
+        bm93bi4KCg0KBQQPAgUFEgSAAgIICg0KBQQPAgUBEgSAAgkOCg0KBQQPAgUDEgSAAhESCgwKBAQPAgYSBIECAh4KDQoFBA8CBgYS
+        BIECAhIKDQoFBA8CBgESBIECExkKDQoFBA8CBgMSBIECHB0KTwoEBA8CBxIEgwICFBpBIFdoeSBpdCBlbmRlZCBhcyBpdCBkaWQg
+        KGVycm9ycywgc2tpcHMsIGNhbmNlbHMsIGludGVycnVwdGlvbnMpLgoKDQoFBA8CBwUSBIMCAggKDQoFBA8CBwESBIMCCQ8KDQoF
+        BA8CBwMSBIMCEhMKDAoEBA8CCBIEhAICIAoNCgUEDwIIBBIEhAICCgoNCgUEDwIIBhIEhAILFQoNCgUEDwIIARIEhAIWGwoNCgUE
+        DwIIAxIEhAIeHwpcCgQEDwIJEgSGAgIZGk4gVGhlIHJlbGVhc2UgdGhpcyBkZXBsb3ltZW50IGNyZWF0ZWQgKERFUExPWUVEKSBv
+        ciBkZXBsb3llZCBhZ2FpbiAocm9sbGJhY2spLgoKDQoFBA8CCQUSBIYCAggKDQoFBA8CCQESBIYCCRMKDQoFBA8CCQMSBIYCFhgK
+        DAoCBBASBokCAI8CAQoLCgMEEAESBIkCCBMKDAoEBBACABIEigICEwoNCgUEEAIABRIEigICCAoNCgUEEAIAARIEigIJDgoNCgUE
+        EAIAAxIEigIREgosCgQEEAIBEgSMAgIeGh4gUm9sbGVkIHVwIGZyb20gaXRzIHNlcnZpY2VzLgoKDQoFBBACAQYSBIwCAhIKDQoF
+        BBACAQESBIwCExkKDQoFBBACAQMSBIwCHB0KDAoEBBACAhIEjQICIAoNCgUEEAICBRIEjQICBwoNCgUEEAICARIEjQIIGwoNCgUE
+        EAICAxIEjQIeHwoMCgQEEAIDEgSOAgIcCg0KBQQQAgMFEgSOAgIHCg0KBQQQAgMBEgSOAggXCg0KBQQQAgMDEgSOAhobCgwKAgQR
+        EgaRAgCkAgEKCwoDBBEBEgSRAggSCgwKBAQRAgASBJICAhAKDQoFBBECAAUSBJICAggKDQoFBBECAAESBJICCQsKDQoFBBECAAMS
+        BJICDg8KDAoEBBECARIEkwICHAoNCgUEEQIBBRIEkwICCAoNCgUEEQIBARIEkwIJFwoNCgUEEQIBAxIEkwIaGwoMCgQEEQICEgSU
+        AgIUCg0KBQQRAgIGEgSUAgIICg0KBQQRAgIBEgSUAgkPCg0KBQQRAgIDEgSUAhITCgwKBAQRAgMSBJUCAhQKDQoFBBECAwYSBJUC
+        AggKDQoFBBECAwESBJUCCQ8KDQoFBBECAwMSBJUCEhMKDAoEBBECBBIElgICGgoNCgUEEQIEBRIElgICCAoNCgUEEQIEARIElgIJ
+        FQoNCgUEEQIEAxIElgIYGQoMCgQEEQIFEgSXAgIdCg0KBQQRAgUFEgSXAgIICg0KBQQRAgUBEgSXAgkYCg0KBQQRAgUDEgSXAhsc
+        CgwKBAQRAgYSBJgCAiAKDQoFBBECBgUSBJgCAgcKDQoFBBECBgESBJgCCBsKDQoFBBECBgMSBJgCHh8KLAoEBBECBxIEmgICIBoe
+        IDAgdW50aWwgaXQgbGVhdmVzIHRoZSBxdWV1ZS4KCg0KBQQRAgcFEgSaAgIHCg0KBQQRAgcBEgSaAggbCg0KBQQRAgcDEgSaAh4f
+        CiAKBAQRAggSBJwCAh4aEiAwIHVudGlsIGl0IGVuZHMuCgoNCgUEEQIIBRIEnAICBwoNCgUEEQIIARIEnAIIGQoNCgUEEQIIAxIE
+        nAIcHQosCgQEEQIJEgSeAgIfGh4gUm9sbGVkIHVwIGZyb20gaXRzIHNlcnZpY2VzLgoKDQoFBBECCQYSBJ4CAhIKDQoFBBECCQES
+        BJ4CExkKDQoFBBECCQMSBJ4CHB4KDAoEBBECChIEnwICKwoNCgUEEQIKBBIEnwICCgoNCgUEEQIKBhIEnwILHAoNCgUEEQIKARIE
+        nwIdJQoNCgUEEQIKAxIEnwIoKgojCgQEEQILEgShAgIjGhUgSW4gZXhlY3V0aW9uIG9yZGVyLgoKDQoFBBECCwQSBKECAgoKDQoF
+        BBECCwYSBKECCxYKDQoFBBECCwESBKECFx0KDQoFBBECCwMSBKECICIKPwoEBBECDBIEowICIhoxIFNldCBmb3IgYSByb2xsYmFj
+        azogdGhlIHJlbGVhc2UgZGVwbG95ZWQgYWdhaW4uCgoNCgUEEQIMBRIEowICCAoNCgUEEQIMARIEowIJHAoNCgUEEQIMAxIEowIf
+        IQoMCgIEEhIGpgIAsAIBCgsKAwQSARIEpgIIDwoMCgQEEgIAEgSnAgIQCg0KBQQSAgAFEgSnAgIICg0KBQQSAgABEgSnAgkLCg0K
+        BQQSAgADEgSnAg4PCgwKBAQSAgESBKgCAhgKDQoFBBICAQUSBKgCAggKDQoFBBICAQESBKgCCRMKDQoFBBICAQMSBKgCFhcKDAoE
+        BBICAhIEqQICGwoNCgUEEgICBRIEqQICCAoNCgUEEgICARIEqQIJFgoNCgUEEgICAxIEqQIZGgoMCgQEEgIDEgSqAgIgCg0KBQQS
+        AgMFEgSqAgIHCg0KBQQSAgMBEgSqAggbCg0KBQQSAgMDEgSqAh4fCgwKBAQSAgQSBKsCAhQKDQoFBBICBAUSBKsCAggKDQoFBBIC
+        BAESBKsCCQ8KDQoFBBICBAMSBKsCEhMKLgoEBBICBRIErQICExogIGhvc3QvcmVwb3NpdG9yeTp0YWdAc2hhMjU2Oi4uLgoKDQoF
+        BBICBQUSBK0CAggKDQoFBBICBQESBK0CCQ4KDQoFBBICBQMSBK0CERIKcAoEBBICBhIErwICGxpiIFRoZSBjb25maWd1cmF0aW9u
+        IGl0IHJhbiB3aXRoIChzZWNyZXRzIGFyZSBrZXB0IHNlYWxlZCBhbmQgcmVzdG9yZWQgYnkgYSByb2xsYmFjaywgbmV2ZXIgc2hv
+        d24pLgoKDQoFBBICBgYSBK8CAg8KDQoFBBICBgESBK8CEBYKDQoFBBICBgMSBK8CGRoKdwoCBBMSBrUCALcCATJpIC0tLS0tLS0t
+        LS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0t
+        LS0tLS0tLS0tLQogUmVxdWVzdHMKCgsKAwQTARIEtQIIIQoMCgQEEwIAEgS2AgISCg0KBQQTAgAFEgS2AgIICg0KBQQTAgABEgS2
+        AgkNCg0KBQQTAgADEgS2AhARCgoKAgQUEgS5AgAjCgsKAwQUARIEuQIIIAoMCgIEFRIGuwIAvQIBCgsKAwQVARIEuwIIIQoMCgQE
+        FQIAEgS8AgIqCg0KBQQVAgAEEgS8AgIKCg0KBQQVAgAGEgS8AgsXCg0KBQQVAgABEgS8AhglCg0KBQQVAgADEgS8AigpCqYBCgIE
+        FhIGwQIAyQIBGpcBIFdoYXQgYW4gb3JnYW5pemF0aW9uIG1heSBob2xkIChkb2NzL2xpbWl0cy5tZCwgUGlwZWxpbmUpOiB0aGUg
+        cGxhdGZvcm0ncyBkZWZhdWx0cwogKC0tcGlwZWxpbmUtcXVvdGEpIHVubGVzcyB0aGUgb3BlcmF0b3Igc2V0IHRoZSBvcmdhbml6
+        YXRpb24ncyBvd24uCgoLCgMEFgESBMECCA0KYgoEBBYCABIEwwICEhpUIHByb2plY3RzLCBlbnZpcm9ubWVudHMsIHNlcnZpY2Vz
+        LCBtZW1vcnktbWliLCBjdXN0b20tZG9tYWlucyBvciBjb25jdXJyZW50LWJ1aWxkcy4KCg0KBQQWAgAFEgTDAgIICg0KBQQWAgAB
+        EgTDAgkNCg0KBQQWAgADEgTDAhARCgwKBAQWAgESBMQCAhMKDQoFBBYCAQUSBMQCAggKDQoFBBYCAQESBMQCCQ4KDQoFBBYCAQMS
+        BMQCERIKWAoEBBYCAhIExgICEhpKIFdoYXQgdGhlIG9yZ2FuaXphdGlvbiBob2xkcyBub3cgKGNvbmN1cnJlbnQtYnVpbGRzOiBp
+        dHMgYnVpbGRzIHJ1bm5pbmcpLgoKDQoFBBYCAgUSBMYCAggKDQoFBBYCAgESBMYCCQ0KDQoFBBYCAgMSBMYCEBEKSQoEBBYCAxIE
+        yAICFho7IFRoZSBvcmdhbml6YXRpb24ncyBvd24gbGltaXQsIG5vdCB0aGUgcGxhdGZvcm0ncyBkZWZhdWx0LgoKDQoFBBYCAwUS
+        BMgCAgYKDQoFBBYCAwESBMgCBxEKDQoFBBYCAwMSBMgCFBUKDAoCBBcSBssCAM4CAQoLCgMEFwESBMsCCBoKDAoEBBcCABIEzAIC
+        HQoNCgUEFwIABRIEzAICCAoNCgUEFwIAARIEzAIJGAoNCgUEFwIAAxIEzAIbHAoMCgQEFwIBEgTNAgIcCg0KBQQXAgEEEgTNAgIK
+        Cg0KBQQXAgEGEgTNAgsQCg0KBQQXAgEBEgTNAhEXCg0KBQQXAgEDEgTNAhobCgwKAgQYEgbQAgDSAgEKCwoDBBgBEgTQAggkCgwK
+        BAQYAgASBNECAh0KDQoFBBgCAAUSBNECAggKDQoFBBgCAAESBNECCRgKDQoFBBgCAAMSBNECGxwKagoCBBkSBtUCANsCARpcIFRo
+        ZSBvcGVyYXRvcidzIChwbGF0Zm9ybSBpZGVudGl0eSBgb3BlcmF0b3JgKTogYW4gb3JnYW5pemF0aW9uIGFkbWluIGNhbm5vdCBy
+        YWlzZSBpdHMgb3duLgoKCwoDBBkBEgTVAggkCgwKBAQZAgASBNYCAh0KDQoFBBkCAAUSBNYCAggKDQoFBBkCAAESBNYCCRgKDQoF
+        BBkCAAMSBNYCGxwKRwoEBBkCARIE2AICIRo5IFF1b3RhIG5hbWUg4oaSIHRoZSBvcmdhbml6YXRpb24ncyBvd24gbGltaXQsIDEg
+        b3IgbW9yZS4KCg0KBQQZAgEGEgTYAgIVCg0KBQQZAgEBEgTYAhYcCg0KBQQZAgEDEgTYAh8gClMKBAQZAgISBNoCAhwaRSBRdW90
+        YXMgd2hvc2Ugb3duIGxpbWl0IGlzIHJlbW92ZWQgKGJhY2sgdG8gdGhlIHBsYXRmb3JtJ3MgZGVmYXVsdCkuCgoNCgUEGQICBBIE
+        2gICCgoNCgUEGQICBRIE2gILEQoNCgUEGQICARIE2gISFwoNCgUEGQICAxIE2gIaGwoMCgIEGhIG3QIA4AIBCgsKAwQaARIE3QII
+        HAoMCgQEGgIAEgTeAgIdCg0KBQQaAgAFEgTeAgIICg0KBQQaAgABEgTeAgkYCg0KBQQaAgADEgTeAhscCgwKBAQaAgESBN8CAhIK
+        DQoFBBoCAQUSBN8CAggKDQoFBBoCAQESBN8CCQ0KDQoFBBoCAQMSBN8CEBEKDAoCBBsSBuICAOQCAQoLCgMEGwESBOICCBsKDAoE
+        BBsCABIE4wICHQoNCgUEGwIABRIE4wICCAoNCgUEGwIAARIE4wIJGAoNCgUEGwIAAxIE4wIbHAoMCgIEHBIG5gIA6AIBCgsKAwQc
+        ARIE5gIIHAoMCgQEHAIAEgTnAgIgCg0KBQQcAgAEEgTnAgIKCg0KBQQcAgAGEgTnAgsSCg0KBQQcAgABEgTnAhMbCg0KBQQcAgAD
+        EgTnAh4fCgwKAgQdEgbqAgDtAgEKCwoDBB0BEgTqAgggCgwKBAQdAgASBOsCAhgKDQoFBB0CAAUSBOsCAggKDQoFBB0CAAESBOsC
+        CRMKDQoFBB0CAAMSBOsCFhcKDAoEBB0CARIE7AICEgoNCgUEHQIBBRIE7AICCAoNCgUEHQIBARIE7AIJDQoNCgUEHQIBAxIE7AIQ
+        EQoMCgIEHhIG7wIA8QIBCgsKAwQeARIE7wIIHwoMCgQEHgIAEgTwAgIYCg0KBQQeAgAFEgTwAgIICg0KBQQeAgABEgTwAgkTCg0K
+        BQQeAgADEgTwAhYXCgwKAgQfEgbzAgD1AgEKCwoDBB8BEgTzAgggCgwKBAQfAgASBPQCAigKDQoFBB8CAAQSBPQCAgoKDQoFBB8C
+        AAYSBPQCCxYKDQoFBB8CAAESBPQCFyMKDQoFBB8CAAMSBPQCJicKDAoCBCASBvcCAP4CAQoLCgMEIAESBPcCCBwKDAoEBCACABIE
+        +AICHAoNCgUEIAIABRIE+AICCAoNCgUEIAIAARIE+AIJFwoNCgUEIAIAAxIE+AIaGwplCgQEIAIBEgT6AgISGlcgTG93ZXIgY2Fz
+        ZSBsZXR0ZXJzLCBkaWdpdHMgYW5kICctJywgc3RhcnRpbmcgd2l0aCBhIGxldHRlciwgYXQgbW9zdCA2MyAoYSBETlMgbGFiZWwp
+        LgoKDQoFBCACAQUSBPoCAggKDQoFBCACAQESBPoCCQ0KDQoFBCACAQMSBPoCEBEKDAoEBCACAhIE+wICGwoNCgUEIAICBhIE+wIC
+        DwoNCgUEIAICARIE+wIQFgoNCgUEIAICAxIE+wIZGgpACgQEIAIDEgT9AgIiGjIgRW5jcnlwdGVkIGF0IHJlc3QsIG5ldmVyIGxv
+        Z2dlZCwgbmV2ZXIgcmV0dXJuZWQuCgoNCgUEIAIDBhIE/QICFQoNCgUEIAIDARIE/QIWHQoNCgUEIAIDAxIE/QIgIQoMCgIEIRIG
+        gAMAhgMBCgsKAwQhARIEgAMIHAoMCgQEIQIAEgSBAwIYCg0KBQQhAgAFEgSBAwIICg0KBQQhAgABEgSBAwkTCg0KBQQhAgADEgSB
+        AxYXCgwKBAQhAgESBIIDAhsKDQoFBCECAQYSBIIDAg8KDQoFBCECAQESBIIDEBYKDQoFBCECAQMSBIIDGRoKZQoEBCECAhIEhAMC
+        IhpXIFJlcGxhY2VzIHRoZSBzZWNyZXRzIHdoZW4gcmVwbGFjZV9zZWNyZXRzIGlzIHNldDsgb3RoZXJ3aXNlIHRoZSBzdG9yZWQg
+        b25lcyBhcmUga2VwdC4KCg0KBQQhAgIGEgSEAwIVCg0KBQQhAgIBEgSEAxYdCg0KBQQhAgIDEgSEAyAhCgwKBAQhAgMSBIUDAhsK
+        DQoFBCECAwUSBIUDAgYKDQoFBCECAwESBIUDBxYKDQoFBCECAwMSBIUDGRoKDAoCBCISBogDAIoDAQoLCgMEIgESBIgDCBkKDAoE
+        BCICABIEiQMCGAoNCgUEIgIABRIEiQMCCAoNCgUEIgIAARIEiQMJEwoNCgUEIgIAAxIEiQMWFwoMCgIEIxIGjAMAjgMBCgsKAwQj
+        ARIEjAMIGwoMCgQEIwIAEgSNAwIcCg0KBQQjAgAFEgSNAwIICg0KBQQjAgABEgSNAwkXCg0KBQQjAgADEgSNAxobCgwKAgQkEgaQ
+        AwCSAwEKCwoDBCQBEgSQAwgcCgwKBAQkAgASBJEDAiAKDQoFBCQCAAQSBJEDAgoKDQoFBCQCAAYSBJEDCxIKDQoFBCQCAAESBJED
+        ExsKDQoFBCQCAAMSBJEDHh8KTwoCBCUSBpUDAJsDARpBIFdobyBhc2tzIGFuZCBob3cgYSByZXRyeSBpcyByZWNvZ25pc2VkOyBz
+        aGFyZWQgYnkgZXZlcnkgYWN0aW9uLgoKCwoDBCUBEgSVAwgPCgwKBAQlAgASBJYDAhQKDQoFBCUCAAYSBJYDAggKDQoFBCUCAAES
+        BJYDCQ8KDQoFBCUCAAMSBJYDEhMKQAoEBCUCARIEmAMCGhoyIEEgdXNlciwgYSB0b2tlbiBuYW1lIG9yICJ3ZWJob29rOjxkZWxp
+        dmVyeSBpZD4iLgoKDQoFBCUCAQUSBJgDAggKDQoFBCUCAQESBJgDCRUKDQoFBCUCAQMSBJgDGBkKZwoEBCUCAhIEmgMCHRpZIEEg
+        cmV0cnkgd2l0aCB0aGUgc2FtZSBrZXkgKHBlciBlbnZpcm9ubWVudCkgaXMgdGhlIHNhbWUgZGVwbG95bWVudCwgbmV2ZXIgYSBz
+        ZWNvbmQgb25lLgoKDQoFBCUCAgUSBJoDAggKDQoFBCUCAgESBJoDCRgKDQoFBCUCAgMSBJoDGxwKDAoCBCYSBp0DAKUDAQoLCgME
+        JgESBJ0DCBUKDAoEBCYCABIEngMCHAoNCgUEJgIABRIEngMCCAoNCgUEJgIAARIEngMJFwoNCgUEJgIAAxIEngMaGwo4CgQEJgIB
+        EgSgAwIiGiogRW1wdHk6IGV2ZXJ5IHNlcnZpY2Ugb2YgdGhlIGVudmlyb25tZW50LgoKDQoFBCYCAQQSBKADAgoKDQoFBCYCAQUS
+        BKADCxEKDQoFBCYCAQESBKADEh0KDQoFBCYCAQMSBKADICEKiwEKBAQmAgISBKMDAiMafSBQZXIgc2VydmljZSBpZDogYSBjb21t
+        aXQgb3IgdGFnIChhcHBsaWNhdGlvbnMpIG9yIGFuIGltYWdlIHRhZyAoY29udGFpbmVycykuIE1pc3Npbmc6IHRoZQogYnJhbmNo
+        IGhlYWQgLyB0aGUgc2VydmljZSdzIHRhZy4KCg0KBQQmAgIGEgSjAwIVCg0KBQQmAgIBEgSjAxYeCg0KBQQmAgIDEgSjAyEiCgwK
+        BAQmAgMSBKQDAhYKDQoFBCYCAwYSBKQDAgkKDQoFBCYCAwESBKQDChEKDQoFBCYCAwMSBKQDFBUKcAoCBCcSBqgDAK0DARpiIFJl
+        ZGVwbG95ICh0aGUgdmVyc2lvbiBlYWNoIHNlcnZpY2UgcnVucywgd2l0aCBpdHMgY3VycmVudCBjb25maWd1cmF0aW9uKSwgcmVz
+        dGFydCwgc3RvcCwgZGVsZXRlLgoKCwoDBCcBEgSoAwgVCgwKBAQnAgASBKkDAhwKDQoFBCcCAAUSBKkDAggKDQoFBCcCAAESBKkD
+        CRcKDQoFBCcCAAMSBKkDGhsKOAoEBCcCARIEqwMCIhoqIEVtcHR5OiBldmVyeSBzZXJ2aWNlIG9mIHRoZSBlbnZpcm9ubWVudC4K
+        Cg0KBQQnAgEEEgSrAwIKCg0KBQQnAgEFEgSrAwsRCg0KBQQnAgEBEgSrAxIdCg0KBQQnAgEDEgSrAyAhCgwKBAQnAgISBKwDAhYK
+        DQoFBCcCAgYSBKwDAgkKDQoFBCcCAgESBKwDChEKDQoFBCcCAgMSBKwDFBUKDAoCBCgSBq8DALcDAQoLCgMEKAESBK8DCBcKDAoE
+        BCgCABIEsAMCGAoNCgUEKAIABRIEsAMCCAoNCgUEKAIAARIEsAMJEwoNCgUEKAIAAxIEsAMWFwpBCgQEKAIBEgSyAwIYGjMgQW4g
+        ZWFybGllciByZWxlYXNlIG9mIHRoZSBzZXJ2aWNlIChMaXN0UmVsZWFzZXMpLgoKDQoFBCgCAQUSBLIDAggKDQoFBCgCAQESBLID
+        CRMKDQoFBCgCAQMSBLIDFhcKDAoEBCgCAhIEswMCFgoNCgUEKAICBhIEswMCCQoNCgUEKAICARIEswMKEQoNCgUEKAICAxIEswMU
+        FQqZAQoEBCgCAxIEtgMCFhqKASBUaGUgcmVsZWFzZSdzIHZlcnNpb24gb25seSAoaXRzIGNvbW1pdCwgYnVpbHQgYWdhaW4gaWYg
+        bmVlZGVkLCBvciBpdHMgaW1hZ2UgdGFnKSwgd2l0aCB0aGUKIHNlcnZpY2UncyBjdXJyZW50IGNvbmZpZ3VyYXRpb24gYW5kIHNl
+        Y3JldHMuCgoNCgUEKAIDBRIEtgMCBgoNCgUEKAIDARIEtgMHEQoNCgUEKAIDAxIEtgMUFQoMCgIEKRIGuQMAwQMBCgsKAwQpARIE
+        uQMIFgoMCgQEKQIAEgS6AwIbCg0KBQQpAgAFEgS6AwIICg0KBQQpAgABEgS6AwkWCg0KBQQpAgADEgS6AxkaCkAKBAQpAgESBLwD
+        AhwaMiAwOiBydW5zIG5vdzsgbjogbi10aCBpbiB0aGUgZW52aXJvbm1lbnQncyBxdWV1ZS4KCg0KBQQpAgEFEgS8AwIICg0KBQQp
+        AgEBEgS8AwkXCg0KBQQpAgEDEgS8AxobCmgKBAQpAgISBL4DAhUaWiBUaGUgaWRlbXBvdGVuY3kga2V5IHdhcyBzZWVuOiB0aGlz
+        IGlzIHRoZSBkZXBsb3ltZW50IGl0IGNyZWF0ZWQsIG5vdGhpbmcgbmV3IHdhcyBxdWV1ZWQuCgoNCgUEKQICBRIEvgMCBgoNCgUE
+        KQICARIEvgMHEAoNCgUEKQICAxIEvgMTFAprCgQEKQIDEgTAAwIwGl0gUXVldWVkIGRlcGxveW1lbnRzIHdob3NlIHNlcnZpY2Vz
+        IHRoaXMgb25lIHRvb2sgb3ZlciAodGhleSB3aWxsIG5vdCBkZXBsb3kgdGhvc2Ugc2VydmljZXMpLgoKDQoFBCkCAwQSBMADAgoK
+        DQoFBCkCAwUSBMADCxEKDQoFBCkCAwESBMADEisKDQoFBCkCAwMSBMADLi8KDAoCBCoSBsMDAMUDAQoLCgMEKgESBMMDCBUKDAoE
+        BCoCABIExAMCGwoNCgUEKgIABRIExAMCCAoNCgUEKgIAARIExAMJFgoNCgUEKgIAAxIExAMZGgoMCgIEKxIGxwMAygMBCgsKAwQr
+        ARIExwMIFgp1CgQEKwIAEgTJAwIcGmcgVGhlIGRlcGxveW1lbnQgYWZ0ZXIgdGhlIGNhbmNlbCB3YXMgcmVjb3JkZWQgKENBTkNF
+        TElORyBzZXJ2aWNlcyBlbmQgQ0FOQ0VMRUQgd2hlbiB0aGVpciB3b3JrIHN0b3BzKS4KCg0KBQQrAgAGEgTJAwIMCg0KBQQrAgAB
+        EgTJAw0XCg0KBQQrAgADEgTJAxobCgwKAgQsEgbMAwDOAwEKCwoDBCwBEgTMAwgcCgwKBAQsAgASBM0DAhsKDQoFBCwCAAUSBM0D
+        AggKDQoFBCwCAAESBM0DCRYKDQoFBCwCAAMSBM0DGRoKDAoCBC0SBtADANoDAQoLCgMELQESBNADCB4KDAoEBC0CABIE0QMCHAoN
+        CgUELQIABRIE0QMCCAoNCgUELQIAARIE0QMJFwoNCgUELQIAAxIE0QMaGwoqCgQELQIBEgTTAwIUGhwgVW5zcGVjaWZpZWQ6IGV2
+        ZXJ5IGFjdGlvbi4KCg0KBQQtAgEGEgTTAwIICg0KBQQtAgEBEgTTAwkPCg0KBQQtAgEDEgTTAxITCiMKBAQtAgISBNUDAhcaFSAw
+        OiAyMDsgYXQgbW9zdCA1MDAuCgoNCgUELQICBRIE1QMCCAoNCgUELQICARIE1QMJEgoNCgUELQICAxIE1QMVFgo1CgQELQIDEgTX
+        AwIYGicgbmV4dF9wYWdlX3Rva2VuIG9mIHRoZSBwcmV2aW91cyBwYWdlLgoKDQoFBC0CAwUSBNcDAggKDQoFBC0CAwESBNcDCRMK
+        DQoFBC0CAwMSBNcDFhcKOwoEBC0CBBIE2QMCGBotIE9ubHkgZGVwbG95bWVudHMgdGhhdCB0b3VjaGVkIHRoaXMgc2VydmljZS4K
+        Cg0KBQQtAgQFEgTZAwIICg0KBQQtAgQBEgTZAwkTCg0KBQQtAgQDEgTZAxYXCgwKAgQuEgbcAwDhAwEKCwoDBC4BEgTcAwgfCh0K
+        BAQuAgASBN4DAiYaDyBOZXdlc3QgZmlyc3QuCgoNCgUELgIABBIE3gMCCgoNCgUELgIABhIE3gMLFQoNCgUELgIAARIE3gMWIQoN
+        CgUELgIAAxIE3gMkJQonCgQELgIBEgTgAwIdGhkgRW1wdHkgb24gdGhlIGxhc3QgcGFnZS4KCg0KBQQuAgEFEgTgAwIICg0KBQQu
+        AgEBEgTgAwkYCg0KBQQuAgEDEgTgAxscCgwKAgQvEgbjAwDnAwEKCwoDBC8BEgTjAwgbCgwKBAQvAgASBOQDAhgKDQoFBC8CAAUS
+        BOQDAggKDQoFBC8CAAESBOQDCRMKDQoFBC8CAAMSBOQDFhcKIwoEBC8CARIE5gMCFxoVIDA6IDIwOyBhdCBtb3N0IDUwMC4KCg0K
+        BQQvAgEFEgTmAwIICg0KBQQvAgEBEgTmAwkSCg0KBQQvAgEDEgTmAxUWCgwKAgQwEgbpAwDsAwEKCwoDBDABEgTpAwgcCh0KBAQw
+        AgASBOsDAiAaDyBOZXdlc3QgZmlyc3QuCgoNCgUEMAIABBIE6wMCCgoNCgUEMAIABhIE6wMLEgoNCgUEMAIAARIE6wMTGwoNCgUE
+        MAIAAxIE6wMeHwoMCgIEMRIG7gMA8AMBCgsKAwQxARIE7gMIIwoMCgQEMQIAEgTvAwIcCg0KBQQxAgAFEgTvAwIICg0KBQQxAgAB
+        EgTvAwkXCg0KBQQxAgADEgTvAxobCgwKAgQyEgbyAwD5AwEKCwoDBDIBEgTyAwgVCgwKBAQyAgASBPMDAhgKDQoFBDICAAUSBPMD
+        AggKDQoFBDICAAESBPMDCRMKDQoFBDICAAMSBPMDFhcKDAoEBDICARIE9AMCGgoNCgUEMgIBBRIE9AMCCAoNCgUEMgIBARIE9AMJ
+        FQoNCgUEMgIBAxIE9AMYGQoMCgQEMgICEgT1AwIpCg0KBQQyAgIGEgT1AwISCg0KBQQyAgIBEgT1AxMkCg0KBQQyAgIDEgT1Ayco
+        CgwKBAQyAgMSBPYDAiMKDQoFBDICAwYSBPYDAg8KDQoFBDICAwESBPYDEB4KDQoFBDICAwMSBPYDISIKQAoEBDICBBIE+AMCGxoy
+        IFRoZSBkZXBsb3ltZW50IHRoZSBkZXBsb3ltZW50IHN0YXR1cyBiZWxvbmdzIHRvLgoKDQoFBDICBAUSBPgDAggKDQoFBDICBAES
+        BPgDCRYKDQoFBDICBAMSBPgDGRoKDAoCBDMSBvsDAIMEAQoLCgMEMwESBPsDCBkKDAoEBDMCABIE/AMCHAoNCgUEMwIABRIE/AMC
+        CAoNCgUEMwIAARIE/AMJFwoNCgUEMwIAAxIE/AMaGwoMCgQEMwIBEgT9AwIpCg0KBQQzAgEGEgT9AwISCg0KBQQzAgEBEgT9AxMk
+        Cg0KBQQzAgEDEgT9AycoCgwKBAQzAgISBP4DAiMKDQoFBDMCAgYSBP4DAg8KDQoFBDMCAgESBP4DEB4KDQoFBDMCAgMSBP4DISIK
+        DAoEBDMCAxIE/wMCJgoNCgUEMwIDBBIE/wMCCgoNCgUEMwIDBhIE/wMLGAoNCgUEMwIDARIE/wMZIQoNCgUEMwIDAxIE/wMkJQpQ
+        CgQEMwIEEgSBBAIjGkIgVGhlIGRlcGxveW1lbnQgcnVubmluZyBub3csIGlmIGFueSwgYW5kIHRob3NlIHdhaXRpbmcsIGluIG9y
+        ZGVyLgoKDQoFBDMCBAUSBIEEAggKDQoFBDMCBAESBIEECR4KDQoFBDMCBAMSBIEEISIKDAoEBDMCBRIEggQCLAoNCgUEMwIFBBIE
+        ggQCCgoNCgUEMwIFBRIEggQLEQoNCgUEMwIFARIEggQSJwoNCgUEMwIFAxIEggQqKwoMCgIENBIGhQQAiQQBCgsKAwQ0ARIEhQQI
+        FAoMCgQENAIAEgSGBAIcCg0KBQQ0AgAFEgSGBAIICg0KBQQ0AgABEgSGBAkXCg0KBQQ0AgADEgSGBBobCi4KBAQ0AgESBIgEAhsa
+        ICBPbmx5IHRoaXMgZGVwbG95bWVudCdzIGV2ZW50cy4KCg0KBQQ0AgEFEgSIBAIICg0KBQQ0AgEBEgSIBAkWCg0KBQQ0AgEDEgSI
+        BBkaCgwKAgUIEgaLBACaBAEKCwoDBQgBEgSLBAUOCgwKBAUIAgASBIwEAh0KDQoFBQgCAAESBIwEAhgKDQoFBQgCAAISBIwEGxwK
+        YwoEBQgCARIEjgQCFRpVIFRoZSBjdXJyZW50IHN0YXR1cyBvZiBvbmUgc2VydmljZSwgc2VudCBmaXJzdCBmb3IgZXZlcnkgc2Vy
+        dmljZSBvZiB0aGUgZW52aXJvbm1lbnQuCgoNCgUFCAIBARIEjgQCEAoNCgUFCAIBAhIEjgQTFApNCgQFCAICEgSQBAIZGj8gRXZl
+        cnkgc25hcHNob3QgZXZlbnQgaGFzIGJlZW4gc2VudDsgd2hhdCBmb2xsb3dzIGFyZSBjaGFuZ2VzLgoKDQoFBQgCAgESBJAEAhQK
+        DQoFBQgCAgISBJAEFxgKNgoEBQgCAxIEkgQCHhooIEEgc2VydmljZSdzIGRlcGxveW1lbnQgc3RhdHVzIGNoYW5nZWQuCgoNCgUF
+        CAIDARIEkgQCGQoNCgUFCAIDAhIEkgQcHQooCgQFCAIEEgSUBAIRGhogQSBzdGVwIHN0YXJ0ZWQgb3IgZW5kZWQuCgoNCgUFCAIE
+        ARIElAQCDAoNCgUFCAIEAhIElAQPEAoMCgQFCAIFEgSVBAIbCg0KBQUIAgUBEgSVBAIWCg0KBQUIAgUCEgSVBBkaCjkKBAUIAgYS
+        BJcEAh0aKyBBIGRlcGxveW1lbnQgZW5kZWQgKGV2ZXJ5IHNlcnZpY2UgZmluYWwpLgoKDQoFBQgCBgESBJcEAhgKDQoFBQgCBgIS
+        BJcEGxwKKAoEBQgCBxIEmQQCHhoaIEEgZGVwbG95bWVudCB3YXMgcXVldWVkLgoKDQoFBQgCBwESBJkEAhkKDQoFBQgCBwISBJkE
+        HB0KDAoCBDUSBpwEAKsEAQoLCgMENQESBJwECBMKDAoEBDUCABIEnQQCFQoNCgUENQIABhIEnQQCCwoNCgUENQIAARIEnQQMEAoN
+        CgUENQIAAxIEnQQTFAoMCgQENQIBEgSeBAIcCg0KBQQ1AgEFEgSeBAIICg0KBQQ1AgEBEgSeBAkXCg0KBQQ1AgEDEgSeBBobCgwK
+        BAQ1AgISBJ8EAhsKDQoFBDUCAgUSBJ8EAggKDQoFBDUCAgESBJ8ECRYKDQoFBDUCAgMSBJ8EGRoKDAoEBDUCAxIEoAQCGAoNCgUE
+        NQIDBRIEoAQCCAoNCgUENQIDARIEoAQJEwoNCgUENQIDAxIEoAQWFwoMCgQENQIEEgShBAIpCg0KBQQ1AgQGEgShBAISCg0KBQQ1
+        AgQBEgShBBMkCg0KBQQ1AgQDEgShBCcoCgwKBAQ1AgUSBKIEAiMKDQoFBDUCBQYSBKIEAg8KDQoFBDUCBQESBKIEEB4KDQoFBDUC
+        BQMSBKIEISIKDAoEBDUCBhIEowQCEAoNCgUENQIGBhIEowQCBgoNCgUENQIGARIEowQHCwoNCgUENQIGAxIEowQODwoMCgQENQIH
+        EgSkBAIdCg0KBQQ1AgcGEgSkBAIMCg0KBQQ1AgcBEgSkBA0YCg0KBQQ1AgcDEgSkBBscCicKBAQ1AggSBKYEAhUaGSBSZWFzb24g
+        b3Igc3RlcCBtZXNzYWdlLgoKDQoFBDUCCAUSBKYEAggKDQoFBDUCCAESBKYECRAKDQoFBDUCCAMSBKYEExQKDAoEBDUCCRIEpwQC
+        GQoNCgUENQIJBRIEpwQCBwoNCgUENQIJARIEpwQIEwoNCgUENQIJAxIEpwQWGAo8CgQENQIKEgSpBAI2Gi4gVGhlIGVudmlyb25t
+        ZW50J3Mgc3RhdHVzZXMgYWZ0ZXIgdGhpcyBldmVudC4KCg0KBQQ1AgoGEgSpBAISCg0KBQQ1AgoBEgSpBBMwCg0KBQQ1AgoDEgSp
+        BDM1CgwKBAQ1AgsSBKoEAjAKDQoFBDUCCwYSBKoEAg8KDQoFBDUCCwESBKoEECoKDQoFBDUCCwMSBKoELS8KDAoCBgASBq0EANAE
+        AQoLCgMGAAESBK0ECBAKDAoEBgACABIErgQCSwoNCgUGAAIAARIErgQGGAoNCgUGAAIAAhIErgQZMgoNCgUGAAIAAxIErgQ9SQoM
+        CgQGAAIBEgSvBAJWCg0KBQYAAgEBEgSvBAYXCg0KBQYAAgECEgSvBBgwCg0KBQYAAgEDEgSvBDtUCgwKBAYAAgISBLAEAlcKDQoF
+        BgACAgESBLAEBhsKDQoFBgACAgISBLAEHDgKDQoFBgACAgMSBLAEQ1UKDAoEBgACAxIEsQQCVwoNCgUGAAIDARIEsQQGGwoNCgUG
+        AAIDAhIEsQQcOAoNCgUGAAIDAxIEsQRDVQoMCgQGAAIEEgSyBAI8Cg0KBQYAAgQBEgSyBAYTCg0KBQYAAgQCEgSyBBQoCg0KBQYA
+        AgQDEgSyBDM6CgwKBAYAAgUSBLMEAkcKDQoFBgACBQESBLMEBhIKDQoFBgACBQISBLMEEyYKDQoFBgACBQMSBLMEMUUKDAoEBgAC
+        BhIEtAQCSAoNCgUGAAIGARIEtAQGFwoNCgUGAAIGAhIEtAQYMAoNCgUGAAIGAxIEtAQ7RgoMCgQGAAIHEgS1BAJTCg0KBQYAAgcB
+        EgS1BAYWCg0KBQYAAgcCEgS1BBcuCg0KBQYAAgcDEgS1BDlRCgwKBAYAAggSBLYEAjwKDQoFBgACCAESBLYEBhMKDQoFBgACCAIS
+        BLYEFCgKDQoFBgACCAMSBLYEMzoKDAoEBgACCRIEtwQCPAoNCgUGAAIJARIEtwQGEwoNCgUGAAIJAhIEtwQUKAoNCgUGAAIJAxIE
+        twQzOgoMCgQGAAIKEgS4BAI2Cg0KBQYAAgoBEgS4BAYQCg0KBQYAAgoCEgS4BBEiCg0KBQYAAgoDEgS4BC00CgwKBAYAAgsSBLkE
+        AkcKDQoFBgACCwESBLkEBhIKDQoFBgACCwISBLkEEyYKDQoFBgACCwMSBLkEMUUKZQoEBgACDBIEvAQCNRpXIERlcGxveXMgYSBj
+        b21taXQsIHRhZyBvciB0aGUgYnJhbmNoIGhlYWQgKGFwcGxpY2F0aW9ucykgb3IgYW4gaW1hZ2UgdGFnIChjb250YWluZXJzKS4K
+        Cg0KBQYAAgwBEgS8BAYMCg0KBQYAAgwCEgS8BA0aCg0KBQYAAgwDEgS8BCUzCmIKBAYAAg0SBL4EAjcaVCBEZXBsb3lzIGFnYWlu
+        IHdoYXQgZWFjaCBzZXJ2aWNlIHJ1bnMsIHdpdGggaXRzIGN1cnJlbnQgY29uZmlndXJhdGlvbiAobm8gcmVidWlsZCkuCgoNCgUG
+        AAINARIEvgQGDgoNCgUGAAINAhIEvgQPHAoNCgUGAAINAxIEvgQnNQoMCgQGAAIOEgS/BAI2Cg0KBQYAAg4BEgS/BAYNCg0KBQYA
+        Ag4CEgS/BA4bCg0KBQYAAg4DEgS/BCY0CigKBAYAAg8SBMEEAjMaGiBTdGFnZXMgaW4gcmV2ZXJzZSBvcmRlci4KCg0KBQYAAg8B
+        EgTBBAYKCg0KBQYAAg8CEgTBBAsYCg0KBQYAAg8DEgTBBCMxCmIKBAYAAhASBMMEAjUaVCBTdGFnZXMgaW4gcmV2ZXJzZSBvcmRl
+        cjsgdGhlIHNlcnZpY2VzIGFyZSBnb25lIG9uY2UgREVMRVRFRCAodGhlaXIgaGlzdG9yeSBzdGF5cykuCgoNCgUGAAIQARIEwwQG
+        DAoNCgUGAAIQAhIEwwQNGgoNCgUGAAIQAxIEwwQlMwpZCgQGAAIREgTFBAI5GksgRGVwbG95cyBhbiBlYXJsaWVyIHJlbGVhc2Ug
+        b2YgYSBzZXJ2aWNlOiBpdHMgaW1hZ2UgYW5kIGl0cyBjb25maWd1cmF0aW9uLgoKDQoFBgACEQESBMUEBg4KDQoFBgACEQISBMUE
+        Dx4KDQoFBgACEQMSBMUEKTcKsQEKBAYAAhISBMgEAjUaogEgQSBxdWV1ZWQgZGVwbG95bWVudCBlbmRzIENBTkNFTEVEIGF0IG9u
+        Y2U7IGEgcnVubmluZyBvbmUgc3RvcHMgaXRzIGJ1aWxkIG9yIHJvbGxvdXQgKHRoZQogc2VydmljZSBiZWluZyBkZXBsb3llZCBp
+        cyByb2xsZWQgYmFjaykgYW5kIHNraXBzIHdoYXQgaGFzIG5vdCBzdGFydGVkLgoKDQoFBgACEgESBMgEBgwKDQoFBgACEgISBMgE
+        DRoKDQoFBgACEgMSBMgEJTMKDAoEBgACExIEygQCPwoNCgUGAAITARIEygQGEwoNCgUGAAITAhIEygQUKAoNCgUGAAITAxIEygQz
+        PQoMCgQGAAIUEgTLBAJQCg0KBQYAAhQBEgTLBAYVCg0KBQYAAhQCEgTLBBYsCg0KBQYAAhQDEgTLBDdOCgwKBAYAAhUSBMwEAkcK
+        DQoFBgACFQESBMwEBhIKDQoFBgACFQISBMwEEyYKDQoFBgACFQMSBMwEMUUKDAoEBgACFhIEzQQCVAoNCgUGAAIWARIEzQQGGgoN
+        CgUGAAIWAhIEzQQbNgoNCgUGAAIWAxIEzQRBUgpQCgQGAAIXEgTPBAI3GkIgVGhlIGVudmlyb25tZW50J3Mgc3RhdHVzZXMgbm93
+        LCB0aGVuIGV2ZXJ5IGNoYW5nZSBhcyBpdCBoYXBwZW5zLgoKDQoFBgACFwESBM8EBgsKDQoFBgACFwISBM8EDBgKDQoFBgACFwYS
+        BM8EIykKDQoFBgACFwMSBM8EKjViBnByb3RvMw==
         """, skippingLineBreaks: true) ?? []
     )
 }

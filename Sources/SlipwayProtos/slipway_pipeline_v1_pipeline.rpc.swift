@@ -15,6 +15,12 @@ extension Slipway_Pipeline_V1_Pipeline {
         /// `slipway.pipeline.v1.Pipeline/ListOrganizations` (unary).
         func listOrganizations(request: Slipway_Pipeline_V1_ListOrganizationsRequest, context: ServerContext) async throws -> Slipway_Pipeline_V1_ListOrganizationsResponse
 
+        /// `slipway.pipeline.v1.Pipeline/GetOrganizationQuotas` (unary).
+        func getOrganizationQuotas(request: Slipway_Pipeline_V1_GetOrganizationQuotasRequest, context: ServerContext) async throws -> Slipway_Pipeline_V1_OrganizationQuotas
+
+        /// `slipway.pipeline.v1.Pipeline/SetOrganizationQuotas` (unary).
+        func setOrganizationQuotas(request: Slipway_Pipeline_V1_SetOrganizationQuotasRequest, context: ServerContext) async throws -> Slipway_Pipeline_V1_OrganizationQuotas
+
         /// `slipway.pipeline.v1.Pipeline/CreateProject` (unary).
         func createProject(request: Slipway_Pipeline_V1_CreateProjectRequest, context: ServerContext) async throws -> Slipway_Pipeline_V1_Project
 
@@ -93,6 +99,16 @@ extension Slipway_Pipeline_V1_Pipeline {
         /// Calls `slipway.pipeline.v1.Pipeline/ListOrganizations` (unary).
         public func listOrganizations(_ request: Slipway_Pipeline_V1_ListOrganizationsRequest, options: CallOptions = CallOptions()) async throws -> Slipway_Pipeline_V1_ListOrganizationsResponse {
             try await rpc.unary(Slipway_Pipeline_V1_Pipeline.ListOrganizations.self, request, options: options)
+        }
+
+        /// Calls `slipway.pipeline.v1.Pipeline/GetOrganizationQuotas` (unary).
+        public func getOrganizationQuotas(_ request: Slipway_Pipeline_V1_GetOrganizationQuotasRequest, options: CallOptions = CallOptions()) async throws -> Slipway_Pipeline_V1_OrganizationQuotas {
+            try await rpc.unary(Slipway_Pipeline_V1_Pipeline.GetOrganizationQuotas.self, request, options: options)
+        }
+
+        /// Calls `slipway.pipeline.v1.Pipeline/SetOrganizationQuotas` (unary).
+        public func setOrganizationQuotas(_ request: Slipway_Pipeline_V1_SetOrganizationQuotasRequest, options: CallOptions = CallOptions()) async throws -> Slipway_Pipeline_V1_OrganizationQuotas {
+            try await rpc.unary(Slipway_Pipeline_V1_Pipeline.SetOrganizationQuotas.self, request, options: options)
         }
 
         /// Calls `slipway.pipeline.v1.Pipeline/CreateProject` (unary).
@@ -206,6 +222,8 @@ extension Slipway_Pipeline_V1_Pipeline.ServiceProtocol {
         router.addFiles([Slipway_Pipeline_V1_Pipeline_proto.descriptor])
         router.unary(Slipway_Pipeline_V1_Pipeline.CreateOrganization.self) { request, context in try await self.createOrganization(request: request, context: context) }
         router.unary(Slipway_Pipeline_V1_Pipeline.ListOrganizations.self) { request, context in try await self.listOrganizations(request: request, context: context) }
+        router.unary(Slipway_Pipeline_V1_Pipeline.GetOrganizationQuotas.self) { request, context in try await self.getOrganizationQuotas(request: request, context: context) }
+        router.unary(Slipway_Pipeline_V1_Pipeline.SetOrganizationQuotas.self) { request, context in try await self.setOrganizationQuotas(request: request, context: context) }
         router.unary(Slipway_Pipeline_V1_Pipeline.CreateProject.self) { request, context in try await self.createProject(request: request, context: context) }
         router.unary(Slipway_Pipeline_V1_Pipeline.ListProjects.self) { request, context in try await self.listProjects(request: request, context: context) }
         router.unary(Slipway_Pipeline_V1_Pipeline.CreateEnvironment.self) { request, context in try await self.createEnvironment(request: request, context: context) }

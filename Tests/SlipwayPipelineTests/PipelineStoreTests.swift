@@ -183,7 +183,7 @@ import Testing
         var quotas = OrganizationQuotas()
         #expect(quotas.set("services=2") == nil && quotas.set("memory-mib=1024") == nil && quotas.set("custom-domains=2") == nil)
         #expect(quotas.set("projects=2") == nil && quotas.set("environments=2") == nil)
-        #expect(quotas.set("services=0")?.contains("1 or more") == true)
+        #expect(quotas.set("services=0")?.contains("VALUE 1 to") == true)
         #expect(quotas.set("disks=3")?.contains("unknown quota") == true)
         let store = try PipelineStore(directory: directory(), quotas: quotas)
         func quota(_ body: () throws -> Void) -> String? {
@@ -251,6 +251,58 @@ import Testing
         await gate.release("acme")
         let idle = await gate.load("acme")
         #expect(idle.running == 0 && idle.waiting == 0)
+    }
+
+    @Test func anOrganizationsOwnBuildLimitStartsWaitingBuildsWhenRaisedAndHoldsNewOnesWhenLowered() async throws {
+        let gate = OrganizationBuildGate(limit: 1, overrides: ["big": 2])
+        let (big, acme) = (await gate.limit("big"), await gate.limit("acme"))
+        #expect(big == 2 && acme == 1)
+        try await gate.acquire("acme")
+        let waiting = Task { try await gate.acquire("acme") }
+        while await gate.load("acme").waiting == 0 { await Task.yield() }
+        // Raised: the waiting build gets its slot without any release.
+        await gate.setLimit("acme", 2)
+        try await waiting.value
+        let raised = await gate.load("acme")
+        #expect(raised.running == 2 && raised.waiting == 0)
+        // Lowered below what runs: nothing stops, a release is not handed on while over the limit.
+        await gate.setLimit("acme", 1)
+        let held = Task { try await gate.acquire("acme") }
+        while await gate.load("acme").waiting == 0 { await Task.yield() }
+        await gate.release("acme")
+        let lowered = await gate.load("acme")
+        #expect(lowered.running == 1 && lowered.waiting == 1)
+        await gate.release("acme")
+        try await held.value
+        let handed = await gate.load("acme")
+        #expect(handed.running == 1 && handed.waiting == 0)
+        // Reset: the default again.
+        await gate.setLimit("big", nil)
+        #expect(await gate.limit("big") == 1)
+    }
+
+    @Test func anOrganizationsOwnQuotasReplaceTheDefaultsAndSurviveAReopen() throws {
+        let path = directory()
+        var defaults = OrganizationQuotas()
+        #expect(defaults.set("services=1") == nil)
+        let store = try PipelineStore(directory: path, quotas: defaults)
+        let (environment, _) = try hello(store)
+        let organizationID = try store.organizationID(projectID: environment.projectID)
+        let spec = ServiceSpec(source: .container(image: "nginx", tag: "1"))
+        #expect(throws: PipelineStore.Failure.self) { _ = try store.createService(environmentID: environment.id, name: "api", configuration: spec) }
+        try store.setQuotas(organizationID: organizationID, limits: ["services": 2, "projects": 7], reset: [])
+        _ = try store.createService(environmentID: environment.id, name: "api", configuration: spec)
+        let reopened = try PipelineStore(directory: path, quotas: defaults)
+        let quotas = try reopened.quotas(organizationID: organizationID)
+        let services = try #require(quotas.first { $0.name == "services" })
+        #expect(services.limit == 2 && services.used == 2 && services.overridden)
+        #expect(quotas.first { $0.name == "projects" }?.limit == 7)
+        let environments = try #require(quotas.first { $0.name == "environments" })
+        #expect(environments.limit == 100 && !environments.overridden)
+        #expect(try reopened.quotaOverrides(named: "projects") == [organizationID: 7])
+        try reopened.setQuotas(organizationID: organizationID, limits: [:], reset: ["services"])
+        #expect(throws: PipelineStore.Failure.self) { _ = try reopened.createService(environmentID: environment.id, name: "third", configuration: spec) }
+        #expect(throws: PipelineStore.Failure.self) { try reopened.setQuotas(organizationID: "org_nope", limits: ["services": 3], reset: []) }
     }
 
     @Test func aRetriedRequestWithTheSameIdempotencyKeyIsTheSameDeployment() throws {

@@ -869,3 +869,34 @@ def test_default_domains_are_unique_across_organizations(slipway):
     assert again["domain_label"] == label and again["id"] != second.service["id"], again
     for project in (second, third):
         project.cli("delete", "hello")
+
+
+def test_an_organizations_quotas_are_read_by_its_members_and_changed_by_the_operator_alone(slipway):
+    """`slipway quota show` through the gateway with an organization's token; `slipway quota set`
+    with the operator identity of the platform's data directory, straight to the pipeline (the
+    public API has no way to change a quota); over its own quota, the organization is refused."""
+    s = slipway
+    s.cli("org", "create", "quota-a")
+    admin = s.json("token", "create", "boss", "--role", "admin", "--org", "quota-a")["secret"]
+    projects = lambda shown: next(q for q in shown["quotas"] if q["name"] == "projects")
+    shown = s.json("quota", "show", "--org", "quota-a", token=admin)
+    assert projects(shown)["used"] == 0 and projects(shown)["limit"] == 50 and not projects(shown)["overridden"], shown
+    # Not through the gateway, whatever the token.
+    set_through_gateway = s.channel.unary_unary("/slipway.api.v1.Slipway/SetOrganizationQuotas",
+                                                request_serializer=s.pb.SetOrganizationQuotasRequest.SerializeToString,
+                                                response_deserializer=s.pb.OrganizationQuotas.FromString)
+    with pytest.raises(grpc.RpcError) as error:
+        set_through_gateway(s.pb.SetOrganizationQuotasRequest(organization_id=shown["organization_id"], limits={"projects": 1000}), metadata=s.md(admin))
+    assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    # The operator's, on the platform's machine.
+    changed = s.json("quota", "set", "--org", "quota-a", "projects=1")
+    assert projects(changed)["limit"] == 1 and projects(changed)["overridden"], changed
+    s.cli("project", "create", "one", "--org", "quota-a", token=admin)
+    refused = s.cli("project", "create", "two", "--org", "quota-a", token=admin, check=False)
+    assert refused.returncode == 6 and "quota of 1" in refused.stderr and "slipway quota set projects=N" in refused.stderr, refused.stderr
+    assert "operator" in s.cli("quota", "show", "--org", "quota-a", token=admin).stdout
+    bad = s.cli("quota", "set", "--org", "quota-a", "rockets=3", check=False)
+    assert bad.returncode == 2 and "unknown quota" in bad.stderr, bad.stderr
+    s.json("quota", "set", "--org", "quota-a", "--reset", "projects")
+    s.cli("project", "create", "two", "--org", "quota-a", token=admin)
+    assert projects(s.json("quota", "show", "--org", "quota-a", token=admin))["used"] == 2

@@ -326,8 +326,44 @@ def test_organization_quotas_answer_resource_exhausted_and_a_domain_is_one_servi
             p.stub.CreateService(pb.CreateServiceRequest(environment_id=other_env, name="web", config=claimed))
         assert raised.value.code() == grpc.StatusCode.ALREADY_EXISTS and "another service's" in raised.value.details()
         assert ids["web"] not in raised.value.details()
+        # The operator gives one organization its own quota; the others keep the default.
+        organization_id = next(o.id for o in p.stub.ListOrganizations(pb.ListOrganizationsRequest()).organizations
+                               if any(e.id == env for pr in p.stub.ListProjects(pb.ListProjectsRequest(organization_id=o.id)).projects
+                                      for e in p.stub.ListEnvironments(pb.ListEnvironmentsRequest(project_id=pr.id)).environments))
+        quotas = p.stub.GetOrganizationQuotas(pb.GetOrganizationQuotasRequest(organization_id=organization_id))
+        services = next(q for q in quotas.quotas if q.name == "services")
+        assert (services.limit, services.used, services.overridden) == (2, 2, False), services
+        raised_quota = p.stub.SetOrganizationQuotas(pb.SetOrganizationQuotasRequest(organization_id=organization_id, limits={"services": 3}))
+        assert next(q for q in raised_quota.quotas if q.name == "services").overridden
+        third = p.stub.CreateService(pb.CreateServiceRequest(environment_id=env, name="third", config=p.app()))
+        with pytest.raises(grpc.RpcError) as raised:
+            p.stub.CreateService(pb.CreateServiceRequest(environment_id=env, name="fourth", config=p.app()))
+        assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "quota of 3" in raised.value.details(), raised.value.details()
+        for name in ("one", "two"):
+            p.stub.CreateService(pb.CreateServiceRequest(environment_id=other_env, name=name, config=p.app()))
+        with pytest.raises(grpc.RpcError) as raised:
+            p.stub.CreateService(pb.CreateServiceRequest(environment_id=other_env, name="three", config=p.app()))
+        assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "quota of 2" in raised.value.details(), raised.value.details()
+        for bad, words in [(pb.SetOrganizationQuotasRequest(organization_id=organization_id, limits={"rockets": 1}), "unknown quota"),
+                           (pb.SetOrganizationQuotasRequest(organization_id=organization_id, limits={"services": 0}), "must be 1 to"),
+                           (pb.SetOrganizationQuotasRequest(organization_id=organization_id, limits={"services": 5}, reset=["services"]), "both set and reset")]:
+            with pytest.raises(grpc.RpcError) as raised:
+                p.stub.SetOrganizationQuotas(bad)
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT and words in raised.value.details(), raised.value.details()
+        with pytest.raises(grpc.RpcError) as raised:
+            p.stub.SetOrganizationQuotas(pb.SetOrganizationQuotasRequest(organization_id="org_nope", limits={"services": 5}))
+        assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+        # Kept across a restart; reset, the default again (what it holds stays: nothing is taken away).
+        p.kill9()
+        p.start()
+        kept = p.stub.GetOrganizationQuotas(pb.GetOrganizationQuotasRequest(organization_id=organization_id))
+        assert [(q.limit, q.used, q.overridden) for q in kept.quotas if q.name == "services"] == [(3, 3, True)]
+        reset = p.stub.SetOrganizationQuotas(pb.SetOrganizationQuotasRequest(organization_id=organization_id, reset=["services"]))
+        assert [(q.limit, q.used, q.overridden) for q in reset.quotas if q.name == "services"] == [(2, 3, False)]
+        assert p.stub.GetService(pb.GetServiceRequest(service_id=third.id)).name == "third"
+        pid = p.pipeline.pid
         # Nothing lost, the same process.
-        assert [s.name for s in p.stub.ListServices(pb.ListServicesRequest(environment_id=env)).services] == ["api", "web"]
+        assert sorted(s.name for s in p.stub.ListServices(pb.ListServicesRequest(environment_id=env)).services) == ["api", "third", "web"]
         assert p.stub.GetService(pb.GetServiceRequest(service_id=ids["web"])).config.replicas != 4
         assert p.wait_ended(p.deploy(env).deployment_id).status == pb.DEPLOYED
         assert p.pipeline.poll() is None and p.pipeline.pid == pid

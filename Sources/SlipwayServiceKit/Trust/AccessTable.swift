@@ -35,6 +35,10 @@ public enum AccessTable {
             // The model and the actions: the gateway, on behalf of the API's callers.
             row(Slipway_Pipeline_V1_Pipeline.CreateOrganization.self, .gateway),
             row(Slipway_Pipeline_V1_Pipeline.ListOrganizations.self, .gateway),
+            row(Slipway_Pipeline_V1_Pipeline.GetOrganizationQuotas.self, .gateway),
+            // The operator's alone (every method is), never the gateway's: an organization admin
+            // must not raise its own quotas.
+            row(Slipway_Pipeline_V1_Pipeline.SetOrganizationQuotas.self),
             row(Slipway_Pipeline_V1_Pipeline.CreateProject.self, .gateway),
             row(Slipway_Pipeline_V1_Pipeline.ListProjects.self, .gateway),
             row(Slipway_Pipeline_V1_Pipeline.CreateEnvironment.self, .gateway),
@@ -132,7 +136,9 @@ public enum AccessTable {
         for service in ServiceName.allCases {
             guard let rows = rows[service] else { continue }
             text += "## slipway-\(service.rawValue)\n\n| method | callers |\n|---|---|\n"
-            for row in rows { text += "| `\(row.path)` | \(row.callers.map(\.rawValue).joined(separator: ", ")) |\n" }
+            for row in rows {
+                text += "| `\(row.path)` | \(row.callers.isEmpty ? "(operator only)" : row.callers.map(\.rawValue).joined(separator: ", ")) |\n"
+            }
             text += "\n"
         }
         return text

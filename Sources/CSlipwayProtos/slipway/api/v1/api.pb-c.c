@@ -2822,7 +2822,7 @@ const ProtobufCEnumDescriptor slipway__api__v1__delivery_outcome__descriptor =
   slipway__api__v1__delivery_outcome__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
-static const ProtobufCMethodDescriptor slipway__api__v1__slipway__method_descriptors[32] =
+static const ProtobufCMethodDescriptor slipway__api__v1__slipway__method_descriptors[33] =
 {
   { "WhoAmI", &slipway__api__v1__who_am_irequest__descriptor, &slipway__api__v1__token__descriptor },
   { "CreateToken", &slipway__api__v1__create_token_request__descriptor, &slipway__api__v1__create_token_response__descriptor },
@@ -2830,6 +2830,7 @@ static const ProtobufCMethodDescriptor slipway__api__v1__slipway__method_descrip
   { "RevokeToken", &slipway__api__v1__revoke_token_request__descriptor, &slipway__api__v1__token__descriptor },
   { "CreateOrganization", &slipway__pipeline__v1__create_organization_request__descriptor, &slipway__pipeline__v1__organization__descriptor },
   { "ListOrganizations", &slipway__pipeline__v1__list_organizations_request__descriptor, &slipway__pipeline__v1__list_organizations_response__descriptor },
+  { "GetOrganizationQuotas", &slipway__pipeline__v1__get_organization_quotas_request__descriptor, &slipway__pipeline__v1__organization_quotas__descriptor },
   { "CreateProject", &slipway__pipeline__v1__create_project_request__descriptor, &slipway__pipeline__v1__project__descriptor },
   { "ListProjects", &slipway__pipeline__v1__list_projects_request__descriptor, &slipway__pipeline__v1__list_projects_response__descriptor },
   { "CreateEnvironment", &slipway__pipeline__v1__create_environment_request__descriptor, &slipway__pipeline__v1__environment__descriptor },
@@ -2858,37 +2859,38 @@ static const ProtobufCMethodDescriptor slipway__api__v1__slipway__method_descrip
   { "ListDeliveries", &slipway__api__v1__list_deliveries_request__descriptor, &slipway__api__v1__list_deliveries_response__descriptor },
 };
 const unsigned slipway__api__v1__slipway__method_indices_by_name[] = {
-  21,        /* Cancel */
-  8,        /* CreateEnvironment */
+  22,        /* Cancel */
+  9,        /* CreateEnvironment */
   4,        /* CreateOrganization */
-  6,        /* CreateProject */
-  10,        /* CreateService */
+  7,        /* CreateProject */
+  11,        /* CreateService */
   1,        /* CreateToken */
-  30,        /* CreateWebhook */
-  19,        /* Delete */
-  15,        /* Deploy */
-  22,        /* DeployImage */
-  23,        /* GetDeployment */
-  26,        /* GetEnvironmentStatus */
-  14,        /* GetRoute */
-  12,        /* GetService */
-  31,        /* ListDeliveries */
-  24,        /* ListDeployments */
-  9,        /* ListEnvironments */
+  31,        /* CreateWebhook */
+  20,        /* Delete */
+  16,        /* Deploy */
+  23,        /* DeployImage */
+  24,        /* GetDeployment */
+  27,        /* GetEnvironmentStatus */
+  6,        /* GetOrganizationQuotas */
+  15,        /* GetRoute */
+  13,        /* GetService */
+  32,        /* ListDeliveries */
+  25,        /* ListDeployments */
+  10,        /* ListEnvironments */
   5,        /* ListOrganizations */
-  7,        /* ListProjects */
-  25,        /* ListReleases */
-  13,        /* ListServices */
+  8,        /* ListProjects */
+  26,        /* ListReleases */
+  14,        /* ListServices */
   2,        /* ListTokens */
-  29,        /* QueryLogs */
-  16,        /* Redeploy */
-  17,        /* Restart */
+  30,        /* QueryLogs */
+  17,        /* Redeploy */
+  18,        /* Restart */
   3,        /* RevokeToken */
-  20,        /* Rollback */
-  18,        /* Stop */
-  28,        /* TailLogs */
-  11,        /* UpdateService */
-  27,        /* Watch */
+  21,        /* Rollback */
+  19,        /* Stop */
+  29,        /* TailLogs */
+  12,        /* UpdateService */
+  28,        /* Watch */
   0         /* WhoAmI */
 };
 const ProtobufCServiceDescriptor slipway__api__v1__slipway__descriptor =
@@ -2898,7 +2900,7 @@ const ProtobufCServiceDescriptor slipway__api__v1__slipway__descriptor =
   "Slipway",
   "Slipway__Api__V1__Slipway",
   "slipway.api.v1",
-  32,
+  33,
   slipway__api__v1__slipway__method_descriptors,
   slipway__api__v1__slipway__method_indices_by_name
 };
@@ -2950,13 +2952,21 @@ void slipway__api__v1__slipway__list_organizations(ProtobufCService *service,
   assert(service->descriptor == &slipway__api__v1__slipway__descriptor);
   service->invoke(service, 5, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
+void slipway__api__v1__slipway__get_organization_quotas(ProtobufCService *service,
+                                                        const Slipway__Pipeline__V1__GetOrganizationQuotasRequest *input,
+                                                        Slipway__Pipeline__V1__OrganizationQuotas_Closure closure,
+                                                        void *closure_data)
+{
+  assert(service->descriptor == &slipway__api__v1__slipway__descriptor);
+  service->invoke(service, 6, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+}
 void slipway__api__v1__slipway__create_project(ProtobufCService *service,
                                                const Slipway__Pipeline__V1__CreateProjectRequest *input,
                                                Slipway__Pipeline__V1__Project_Closure closure,
                                                void *closure_data)
 {
   assert(service->descriptor == &slipway__api__v1__slipway__descriptor);
-  service->invoke(service, 6, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 7, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__api__v1__slipway__list_projects(ProtobufCService *service,
                                               const Slipway__Pipeline__V1__ListProjectsRequest *input,
@@ -2964,7 +2974,7 @@ void slipway__api__v1__slipway__list_projects(ProtobufCService *service,
                                               void *closure_data)
 {
   assert(service->descriptor == &slipway__api__v1__slipway__descriptor);
-  service->invoke(service, 7, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 8, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__api__v1__slipway__create_environment(ProtobufCService *service,
                                                    const Slipway__Pipeline__V1__CreateEnvironmentRequest *input,
@@ -2972,7 +2982,7 @@ void slipway__api__v1__slipway__create_environment(ProtobufCService *service,
                                                    void *closure_data)
 {
   assert(service->descriptor == &slipway__api__v1__slipway__descriptor);
-  service->invoke(service, 8, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 9, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__api__v1__slipway__list_environments(ProtobufCService *service,
                                                   const Slipway__Pipeline__V1__ListEnvironmentsRequest *input,
@@ -2980,7 +2990,7 @@ void slipway__api__v1__slipway__list_environments(ProtobufCService *service,
                                                   void *closure_data)
 {
   assert(service->descriptor == &slipway__api__v1__slipway__descriptor);
-  service->invoke(service, 9, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 10, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__api__v1__slipway__create_service(ProtobufCService *service,
                                                const Slipway__Pipeline__V1__CreateServiceRequest *input,
@@ -2988,7 +2998,7 @@ void slipway__api__v1__slipway__create_service(ProtobufCService *service,
                                                void *closure_data)
 {
   assert(service->descriptor == &slipway__api__v1__slipway__descriptor);
-  service->invoke(service, 10, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 11, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__api__v1__slipway__update_service(ProtobufCService *service,
                                                const Slipway__Pipeline__V1__UpdateServiceRequest *input,
@@ -2996,7 +3006,7 @@ void slipway__api__v1__slipway__update_service(ProtobufCService *service,
                                                void *closure_data)
 {
   assert(service->descriptor == &slipway__api__v1__slipway__descriptor);
-  service->invoke(service, 11, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 12, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__api__v1__slipway__get_service(ProtobufCService *service,
                                             const Slipway__Pipeline__V1__GetServiceRequest *input,
@@ -3004,7 +3014,7 @@ void slipway__api__v1__slipway__get_service(ProtobufCService *service,
                                             void *closure_data)
 {
   assert(service->descriptor == &slipway__api__v1__slipway__descriptor);
-  service->invoke(service, 12, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 13, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__api__v1__slipway__list_services(ProtobufCService *service,
                                               const Slipway__Pipeline__V1__ListServicesRequest *input,
@@ -3012,7 +3022,7 @@ void slipway__api__v1__slipway__list_services(ProtobufCService *service,
                                               void *closure_data)
 {
   assert(service->descriptor == &slipway__api__v1__slipway__descriptor);
-  service->invoke(service, 13, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 14, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__api__v1__slipway__get_route(ProtobufCService *service,
                                           const Slipway__Api__V1__GetRouteRequest *input,
@@ -3020,7 +3030,7 @@ void slipway__api__v1__slipway__get_route(ProtobufCService *service,
                                           void *closure_data)
 {
   assert(service->descriptor == &slipway__api__v1__slipway__descriptor);
-  service->invoke(service, 14, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 15, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__api__v1__slipway__deploy(ProtobufCService *service,
                                        const Slipway__Api__V1__DeployRequest *input,
@@ -3028,7 +3038,7 @@ void slipway__api__v1__slipway__deploy(ProtobufCService *service,
                                        void *closure_data)
 {
   assert(service->descriptor == &slipway__api__v1__slipway__descriptor);
-  service->invoke(service, 15, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 16, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__api__v1__slipway__redeploy(ProtobufCService *service,
                                          const Slipway__Api__V1__EnvironmentActionRequest *input,
@@ -3036,7 +3046,7 @@ void slipway__api__v1__slipway__redeploy(ProtobufCService *service,
                                          void *closure_data)
 {
   assert(service->descriptor == &slipway__api__v1__slipway__descriptor);
-  service->invoke(service, 16, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 17, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__api__v1__slipway__restart(ProtobufCService *service,
                                         const Slipway__Api__V1__EnvironmentActionRequest *input,
@@ -3044,7 +3054,7 @@ void slipway__api__v1__slipway__restart(ProtobufCService *service,
                                         void *closure_data)
 {
   assert(service->descriptor == &slipway__api__v1__slipway__descriptor);
-  service->invoke(service, 17, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 18, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__api__v1__slipway__stop(ProtobufCService *service,
                                      const Slipway__Api__V1__EnvironmentActionRequest *input,
@@ -3052,7 +3062,7 @@ void slipway__api__v1__slipway__stop(ProtobufCService *service,
                                      void *closure_data)
 {
   assert(service->descriptor == &slipway__api__v1__slipway__descriptor);
-  service->invoke(service, 18, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 19, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__api__v1__slipway__delete(ProtobufCService *service,
                                        const Slipway__Api__V1__EnvironmentActionRequest *input,
@@ -3060,7 +3070,7 @@ void slipway__api__v1__slipway__delete(ProtobufCService *service,
                                        void *closure_data)
 {
   assert(service->descriptor == &slipway__api__v1__slipway__descriptor);
-  service->invoke(service, 19, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 20, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__api__v1__slipway__rollback(ProtobufCService *service,
                                          const Slipway__Api__V1__RollbackRequest *input,
@@ -3068,7 +3078,7 @@ void slipway__api__v1__slipway__rollback(ProtobufCService *service,
                                          void *closure_data)
 {
   assert(service->descriptor == &slipway__api__v1__slipway__descriptor);
-  service->invoke(service, 20, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 21, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__api__v1__slipway__cancel(ProtobufCService *service,
                                        const Slipway__Pipeline__V1__CancelRequest *input,
@@ -3076,7 +3086,7 @@ void slipway__api__v1__slipway__cancel(ProtobufCService *service,
                                        void *closure_data)
 {
   assert(service->descriptor == &slipway__api__v1__slipway__descriptor);
-  service->invoke(service, 21, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 22, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__api__v1__slipway__deploy_image(ProtobufCService *service,
                                              const Slipway__Api__V1__DeployImageRequest *input,
@@ -3084,7 +3094,7 @@ void slipway__api__v1__slipway__deploy_image(ProtobufCService *service,
                                              void *closure_data)
 {
   assert(service->descriptor == &slipway__api__v1__slipway__descriptor);
-  service->invoke(service, 22, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 23, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__api__v1__slipway__get_deployment(ProtobufCService *service,
                                                const Slipway__Pipeline__V1__GetDeploymentRequest *input,
@@ -3092,7 +3102,7 @@ void slipway__api__v1__slipway__get_deployment(ProtobufCService *service,
                                                void *closure_data)
 {
   assert(service->descriptor == &slipway__api__v1__slipway__descriptor);
-  service->invoke(service, 23, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 24, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__api__v1__slipway__list_deployments(ProtobufCService *service,
                                                  const Slipway__Pipeline__V1__ListDeploymentsRequest *input,
@@ -3100,7 +3110,7 @@ void slipway__api__v1__slipway__list_deployments(ProtobufCService *service,
                                                  void *closure_data)
 {
   assert(service->descriptor == &slipway__api__v1__slipway__descriptor);
-  service->invoke(service, 24, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 25, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__api__v1__slipway__list_releases(ProtobufCService *service,
                                               const Slipway__Pipeline__V1__ListReleasesRequest *input,
@@ -3108,7 +3118,7 @@ void slipway__api__v1__slipway__list_releases(ProtobufCService *service,
                                               void *closure_data)
 {
   assert(service->descriptor == &slipway__api__v1__slipway__descriptor);
-  service->invoke(service, 25, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 26, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__api__v1__slipway__get_environment_status(ProtobufCService *service,
                                                        const Slipway__Pipeline__V1__GetEnvironmentStatusRequest *input,
@@ -3116,7 +3126,7 @@ void slipway__api__v1__slipway__get_environment_status(ProtobufCService *service
                                                        void *closure_data)
 {
   assert(service->descriptor == &slipway__api__v1__slipway__descriptor);
-  service->invoke(service, 26, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 27, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__api__v1__slipway__watch(ProtobufCService *service,
                                       const Slipway__Pipeline__V1__WatchRequest *input,
@@ -3124,7 +3134,7 @@ void slipway__api__v1__slipway__watch(ProtobufCService *service,
                                       void *closure_data)
 {
   assert(service->descriptor == &slipway__api__v1__slipway__descriptor);
-  service->invoke(service, 27, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 28, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__api__v1__slipway__tail_logs(ProtobufCService *service,
                                           const Slipway__Api__V1__LogsRequest *input,
@@ -3132,7 +3142,7 @@ void slipway__api__v1__slipway__tail_logs(ProtobufCService *service,
                                           void *closure_data)
 {
   assert(service->descriptor == &slipway__api__v1__slipway__descriptor);
-  service->invoke(service, 28, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 29, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__api__v1__slipway__query_logs(ProtobufCService *service,
                                            const Slipway__Api__V1__LogsQueryRequest *input,
@@ -3140,7 +3150,7 @@ void slipway__api__v1__slipway__query_logs(ProtobufCService *service,
                                            void *closure_data)
 {
   assert(service->descriptor == &slipway__api__v1__slipway__descriptor);
-  service->invoke(service, 29, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 30, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__api__v1__slipway__create_webhook(ProtobufCService *service,
                                                const Slipway__Api__V1__CreateWebhookRequest *input,
@@ -3148,7 +3158,7 @@ void slipway__api__v1__slipway__create_webhook(ProtobufCService *service,
                                                void *closure_data)
 {
   assert(service->descriptor == &slipway__api__v1__slipway__descriptor);
-  service->invoke(service, 30, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 31, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__api__v1__slipway__list_deliveries(ProtobufCService *service,
                                                 const Slipway__Api__V1__ListDeliveriesRequest *input,
@@ -3156,7 +3166,7 @@ void slipway__api__v1__slipway__list_deliveries(ProtobufCService *service,
                                                 void *closure_data)
 {
   assert(service->descriptor == &slipway__api__v1__slipway__descriptor);
-  service->invoke(service, 31, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 32, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__api__v1__slipway__init (Slipway__Api__V1__Slipway_Service *service,
                                       Slipway__Api__V1__Slipway_ServiceDestroy destroy)

@@ -1009,6 +1009,192 @@ void   slipway__pipeline__v1__list_organizations_response__free_unpacked
   assert(message->base.descriptor == &slipway__pipeline__v1__list_organizations_response__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   slipway__pipeline__v1__quota__init
+                     (Slipway__Pipeline__V1__Quota         *message)
+{
+  static const Slipway__Pipeline__V1__Quota init_value = SLIPWAY__PIPELINE__V1__QUOTA__INIT;
+  *message = init_value;
+}
+size_t slipway__pipeline__v1__quota__get_packed_size
+                     (const Slipway__Pipeline__V1__Quota *message)
+{
+  assert(message->base.descriptor == &slipway__pipeline__v1__quota__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t slipway__pipeline__v1__quota__pack
+                     (const Slipway__Pipeline__V1__Quota *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &slipway__pipeline__v1__quota__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t slipway__pipeline__v1__quota__pack_to_buffer
+                     (const Slipway__Pipeline__V1__Quota *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &slipway__pipeline__v1__quota__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Slipway__Pipeline__V1__Quota *
+       slipway__pipeline__v1__quota__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Slipway__Pipeline__V1__Quota *)
+     protobuf_c_message_unpack (&slipway__pipeline__v1__quota__descriptor,
+                                allocator, len, data);
+}
+void   slipway__pipeline__v1__quota__free_unpacked
+                     (Slipway__Pipeline__V1__Quota *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &slipway__pipeline__v1__quota__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   slipway__pipeline__v1__organization_quotas__init
+                     (Slipway__Pipeline__V1__OrganizationQuotas         *message)
+{
+  static const Slipway__Pipeline__V1__OrganizationQuotas init_value = SLIPWAY__PIPELINE__V1__ORGANIZATION_QUOTAS__INIT;
+  *message = init_value;
+}
+size_t slipway__pipeline__v1__organization_quotas__get_packed_size
+                     (const Slipway__Pipeline__V1__OrganizationQuotas *message)
+{
+  assert(message->base.descriptor == &slipway__pipeline__v1__organization_quotas__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t slipway__pipeline__v1__organization_quotas__pack
+                     (const Slipway__Pipeline__V1__OrganizationQuotas *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &slipway__pipeline__v1__organization_quotas__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t slipway__pipeline__v1__organization_quotas__pack_to_buffer
+                     (const Slipway__Pipeline__V1__OrganizationQuotas *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &slipway__pipeline__v1__organization_quotas__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Slipway__Pipeline__V1__OrganizationQuotas *
+       slipway__pipeline__v1__organization_quotas__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Slipway__Pipeline__V1__OrganizationQuotas *)
+     protobuf_c_message_unpack (&slipway__pipeline__v1__organization_quotas__descriptor,
+                                allocator, len, data);
+}
+void   slipway__pipeline__v1__organization_quotas__free_unpacked
+                     (Slipway__Pipeline__V1__OrganizationQuotas *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &slipway__pipeline__v1__organization_quotas__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   slipway__pipeline__v1__get_organization_quotas_request__init
+                     (Slipway__Pipeline__V1__GetOrganizationQuotasRequest         *message)
+{
+  static const Slipway__Pipeline__V1__GetOrganizationQuotasRequest init_value = SLIPWAY__PIPELINE__V1__GET_ORGANIZATION_QUOTAS_REQUEST__INIT;
+  *message = init_value;
+}
+size_t slipway__pipeline__v1__get_organization_quotas_request__get_packed_size
+                     (const Slipway__Pipeline__V1__GetOrganizationQuotasRequest *message)
+{
+  assert(message->base.descriptor == &slipway__pipeline__v1__get_organization_quotas_request__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t slipway__pipeline__v1__get_organization_quotas_request__pack
+                     (const Slipway__Pipeline__V1__GetOrganizationQuotasRequest *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &slipway__pipeline__v1__get_organization_quotas_request__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t slipway__pipeline__v1__get_organization_quotas_request__pack_to_buffer
+                     (const Slipway__Pipeline__V1__GetOrganizationQuotasRequest *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &slipway__pipeline__v1__get_organization_quotas_request__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Slipway__Pipeline__V1__GetOrganizationQuotasRequest *
+       slipway__pipeline__v1__get_organization_quotas_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Slipway__Pipeline__V1__GetOrganizationQuotasRequest *)
+     protobuf_c_message_unpack (&slipway__pipeline__v1__get_organization_quotas_request__descriptor,
+                                allocator, len, data);
+}
+void   slipway__pipeline__v1__get_organization_quotas_request__free_unpacked
+                     (Slipway__Pipeline__V1__GetOrganizationQuotasRequest *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &slipway__pipeline__v1__get_organization_quotas_request__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   slipway__pipeline__v1__set_organization_quotas_request__limits_entry__init
+                     (Slipway__Pipeline__V1__SetOrganizationQuotasRequest__LimitsEntry         *message)
+{
+  static const Slipway__Pipeline__V1__SetOrganizationQuotasRequest__LimitsEntry init_value = SLIPWAY__PIPELINE__V1__SET_ORGANIZATION_QUOTAS_REQUEST__LIMITS_ENTRY__INIT;
+  *message = init_value;
+}
+void   slipway__pipeline__v1__set_organization_quotas_request__init
+                     (Slipway__Pipeline__V1__SetOrganizationQuotasRequest         *message)
+{
+  static const Slipway__Pipeline__V1__SetOrganizationQuotasRequest init_value = SLIPWAY__PIPELINE__V1__SET_ORGANIZATION_QUOTAS_REQUEST__INIT;
+  *message = init_value;
+}
+size_t slipway__pipeline__v1__set_organization_quotas_request__get_packed_size
+                     (const Slipway__Pipeline__V1__SetOrganizationQuotasRequest *message)
+{
+  assert(message->base.descriptor == &slipway__pipeline__v1__set_organization_quotas_request__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t slipway__pipeline__v1__set_organization_quotas_request__pack
+                     (const Slipway__Pipeline__V1__SetOrganizationQuotasRequest *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &slipway__pipeline__v1__set_organization_quotas_request__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t slipway__pipeline__v1__set_organization_quotas_request__pack_to_buffer
+                     (const Slipway__Pipeline__V1__SetOrganizationQuotasRequest *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &slipway__pipeline__v1__set_organization_quotas_request__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Slipway__Pipeline__V1__SetOrganizationQuotasRequest *
+       slipway__pipeline__v1__set_organization_quotas_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Slipway__Pipeline__V1__SetOrganizationQuotasRequest *)
+     protobuf_c_message_unpack (&slipway__pipeline__v1__set_organization_quotas_request__descriptor,
+                                allocator, len, data);
+}
+void   slipway__pipeline__v1__set_organization_quotas_request__free_unpacked
+                     (Slipway__Pipeline__V1__SetOrganizationQuotasRequest *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &slipway__pipeline__v1__set_organization_quotas_request__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   slipway__pipeline__v1__create_project_request__init
                      (Slipway__Pipeline__V1__CreateProjectRequest         *message)
 {
@@ -4232,6 +4418,287 @@ const ProtobufCMessageDescriptor slipway__pipeline__v1__list_organizations_respo
   (ProtobufCMessageInit) slipway__pipeline__v1__list_organizations_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
+static const ProtobufCFieldDescriptor slipway__pipeline__v1__quota__field_descriptors[4] =
+{
+  {
+    "name",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Pipeline__V1__Quota, name),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "limit",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Pipeline__V1__Quota, limit),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "used",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Pipeline__V1__Quota, used),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "overridden",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Pipeline__V1__Quota, overridden),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned slipway__pipeline__v1__quota__field_indices_by_name[] = {
+  1,   /* field[1] = limit */
+  0,   /* field[0] = name */
+  3,   /* field[3] = overridden */
+  2,   /* field[2] = used */
+};
+static const ProtobufCIntRange slipway__pipeline__v1__quota__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 4 }
+};
+const ProtobufCMessageDescriptor slipway__pipeline__v1__quota__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "slipway.pipeline.v1.Quota",
+  "Quota",
+  "Slipway__Pipeline__V1__Quota",
+  "slipway.pipeline.v1",
+  sizeof(Slipway__Pipeline__V1__Quota),
+  4,
+  slipway__pipeline__v1__quota__field_descriptors,
+  slipway__pipeline__v1__quota__field_indices_by_name,
+  1,  slipway__pipeline__v1__quota__number_ranges,
+  (ProtobufCMessageInit) slipway__pipeline__v1__quota__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor slipway__pipeline__v1__organization_quotas__field_descriptors[2] =
+{
+  {
+    "organization_id",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Pipeline__V1__OrganizationQuotas, organization_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "quotas",
+    2,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Slipway__Pipeline__V1__OrganizationQuotas, n_quotas),
+    offsetof(Slipway__Pipeline__V1__OrganizationQuotas, quotas),
+    &slipway__pipeline__v1__quota__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned slipway__pipeline__v1__organization_quotas__field_indices_by_name[] = {
+  0,   /* field[0] = organization_id */
+  1,   /* field[1] = quotas */
+};
+static const ProtobufCIntRange slipway__pipeline__v1__organization_quotas__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor slipway__pipeline__v1__organization_quotas__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "slipway.pipeline.v1.OrganizationQuotas",
+  "OrganizationQuotas",
+  "Slipway__Pipeline__V1__OrganizationQuotas",
+  "slipway.pipeline.v1",
+  sizeof(Slipway__Pipeline__V1__OrganizationQuotas),
+  2,
+  slipway__pipeline__v1__organization_quotas__field_descriptors,
+  slipway__pipeline__v1__organization_quotas__field_indices_by_name,
+  1,  slipway__pipeline__v1__organization_quotas__number_ranges,
+  (ProtobufCMessageInit) slipway__pipeline__v1__organization_quotas__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor slipway__pipeline__v1__get_organization_quotas_request__field_descriptors[1] =
+{
+  {
+    "organization_id",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Pipeline__V1__GetOrganizationQuotasRequest, organization_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned slipway__pipeline__v1__get_organization_quotas_request__field_indices_by_name[] = {
+  0,   /* field[0] = organization_id */
+};
+static const ProtobufCIntRange slipway__pipeline__v1__get_organization_quotas_request__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor slipway__pipeline__v1__get_organization_quotas_request__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "slipway.pipeline.v1.GetOrganizationQuotasRequest",
+  "GetOrganizationQuotasRequest",
+  "Slipway__Pipeline__V1__GetOrganizationQuotasRequest",
+  "slipway.pipeline.v1",
+  sizeof(Slipway__Pipeline__V1__GetOrganizationQuotasRequest),
+  1,
+  slipway__pipeline__v1__get_organization_quotas_request__field_descriptors,
+  slipway__pipeline__v1__get_organization_quotas_request__field_indices_by_name,
+  1,  slipway__pipeline__v1__get_organization_quotas_request__number_ranges,
+  (ProtobufCMessageInit) slipway__pipeline__v1__get_organization_quotas_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor slipway__pipeline__v1__set_organization_quotas_request__limits_entry__field_descriptors[2] =
+{
+  {
+    "key",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Pipeline__V1__SetOrganizationQuotasRequest__LimitsEntry, key),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "value",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Pipeline__V1__SetOrganizationQuotasRequest__LimitsEntry, value),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned slipway__pipeline__v1__set_organization_quotas_request__limits_entry__field_indices_by_name[] = {
+  0,   /* field[0] = key */
+  1,   /* field[1] = value */
+};
+static const ProtobufCIntRange slipway__pipeline__v1__set_organization_quotas_request__limits_entry__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor slipway__pipeline__v1__set_organization_quotas_request__limits_entry__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "slipway.pipeline.v1.SetOrganizationQuotasRequest.LimitsEntry",
+  "LimitsEntry",
+  "Slipway__Pipeline__V1__SetOrganizationQuotasRequest__LimitsEntry",
+  "slipway.pipeline.v1",
+  sizeof(Slipway__Pipeline__V1__SetOrganizationQuotasRequest__LimitsEntry),
+  2,
+  slipway__pipeline__v1__set_organization_quotas_request__limits_entry__field_descriptors,
+  slipway__pipeline__v1__set_organization_quotas_request__limits_entry__field_indices_by_name,
+  1,  slipway__pipeline__v1__set_organization_quotas_request__limits_entry__number_ranges,
+  (ProtobufCMessageInit) slipway__pipeline__v1__set_organization_quotas_request__limits_entry__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor slipway__pipeline__v1__set_organization_quotas_request__field_descriptors[3] =
+{
+  {
+    "organization_id",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Pipeline__V1__SetOrganizationQuotasRequest, organization_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "limits",
+    2,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Slipway__Pipeline__V1__SetOrganizationQuotasRequest, n_limits),
+    offsetof(Slipway__Pipeline__V1__SetOrganizationQuotasRequest, limits),
+    &slipway__pipeline__v1__set_organization_quotas_request__limits_entry__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "reset",
+    3,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_BYTES,
+    offsetof(Slipway__Pipeline__V1__SetOrganizationQuotasRequest, n_reset),
+    offsetof(Slipway__Pipeline__V1__SetOrganizationQuotasRequest, reset),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned slipway__pipeline__v1__set_organization_quotas_request__field_indices_by_name[] = {
+  1,   /* field[1] = limits */
+  0,   /* field[0] = organization_id */
+  2,   /* field[2] = reset */
+};
+static const ProtobufCIntRange slipway__pipeline__v1__set_organization_quotas_request__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 3 }
+};
+const ProtobufCMessageDescriptor slipway__pipeline__v1__set_organization_quotas_request__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "slipway.pipeline.v1.SetOrganizationQuotasRequest",
+  "SetOrganizationQuotasRequest",
+  "Slipway__Pipeline__V1__SetOrganizationQuotasRequest",
+  "slipway.pipeline.v1",
+  sizeof(Slipway__Pipeline__V1__SetOrganizationQuotasRequest),
+  3,
+  slipway__pipeline__v1__set_organization_quotas_request__field_descriptors,
+  slipway__pipeline__v1__set_organization_quotas_request__field_indices_by_name,
+  1,  slipway__pipeline__v1__set_organization_quotas_request__number_ranges,
+  (ProtobufCMessageInit) slipway__pipeline__v1__set_organization_quotas_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
 static const ProtobufCFieldDescriptor slipway__pipeline__v1__create_project_request__field_descriptors[2] =
 {
   {
@@ -6423,10 +6890,12 @@ const ProtobufCEnumDescriptor slipway__pipeline__v1__event_kind__descriptor =
   slipway__pipeline__v1__event_kind__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
-static const ProtobufCMethodDescriptor slipway__pipeline__v1__pipeline__method_descriptors[22] =
+static const ProtobufCMethodDescriptor slipway__pipeline__v1__pipeline__method_descriptors[24] =
 {
   { "CreateOrganization", &slipway__pipeline__v1__create_organization_request__descriptor, &slipway__pipeline__v1__organization__descriptor },
   { "ListOrganizations", &slipway__pipeline__v1__list_organizations_request__descriptor, &slipway__pipeline__v1__list_organizations_response__descriptor },
+  { "GetOrganizationQuotas", &slipway__pipeline__v1__get_organization_quotas_request__descriptor, &slipway__pipeline__v1__organization_quotas__descriptor },
+  { "SetOrganizationQuotas", &slipway__pipeline__v1__set_organization_quotas_request__descriptor, &slipway__pipeline__v1__organization_quotas__descriptor },
   { "CreateProject", &slipway__pipeline__v1__create_project_request__descriptor, &slipway__pipeline__v1__project__descriptor },
   { "ListProjects", &slipway__pipeline__v1__list_projects_request__descriptor, &slipway__pipeline__v1__list_projects_response__descriptor },
   { "CreateEnvironment", &slipway__pipeline__v1__create_environment_request__descriptor, &slipway__pipeline__v1__environment__descriptor },
@@ -6449,28 +6918,30 @@ static const ProtobufCMethodDescriptor slipway__pipeline__v1__pipeline__method_d
   { "Watch", &slipway__pipeline__v1__watch_request__descriptor, &slipway__pipeline__v1__status_event__descriptor },
 };
 const unsigned slipway__pipeline__v1__pipeline__method_indices_by_name[] = {
-  16,        /* Cancel */
-  4,        /* CreateEnvironment */
+  18,        /* Cancel */
+  6,        /* CreateEnvironment */
   0,        /* CreateOrganization */
-  2,        /* CreateProject */
-  6,        /* CreateService */
-  14,        /* Delete */
-  10,        /* Deploy */
-  17,        /* GetDeployment */
-  20,        /* GetEnvironmentStatus */
-  8,        /* GetService */
-  18,        /* ListDeployments */
-  5,        /* ListEnvironments */
+  4,        /* CreateProject */
+  8,        /* CreateService */
+  16,        /* Delete */
+  12,        /* Deploy */
+  19,        /* GetDeployment */
+  22,        /* GetEnvironmentStatus */
+  2,        /* GetOrganizationQuotas */
+  10,        /* GetService */
+  20,        /* ListDeployments */
+  7,        /* ListEnvironments */
   1,        /* ListOrganizations */
-  3,        /* ListProjects */
-  19,        /* ListReleases */
-  9,        /* ListServices */
-  11,        /* Redeploy */
-  12,        /* Restart */
-  15,        /* Rollback */
-  13,        /* Stop */
-  7,        /* UpdateService */
-  21         /* Watch */
+  5,        /* ListProjects */
+  21,        /* ListReleases */
+  11,        /* ListServices */
+  13,        /* Redeploy */
+  14,        /* Restart */
+  17,        /* Rollback */
+  3,        /* SetOrganizationQuotas */
+  15,        /* Stop */
+  9,        /* UpdateService */
+  23         /* Watch */
 };
 const ProtobufCServiceDescriptor slipway__pipeline__v1__pipeline__descriptor =
 {
@@ -6479,7 +6950,7 @@ const ProtobufCServiceDescriptor slipway__pipeline__v1__pipeline__descriptor =
   "Pipeline",
   "Slipway__Pipeline__V1__Pipeline",
   "slipway.pipeline.v1",
-  22,
+  24,
   slipway__pipeline__v1__pipeline__method_descriptors,
   slipway__pipeline__v1__pipeline__method_indices_by_name
 };
@@ -6499,13 +6970,29 @@ void slipway__pipeline__v1__pipeline__list_organizations(ProtobufCService *servi
   assert(service->descriptor == &slipway__pipeline__v1__pipeline__descriptor);
   service->invoke(service, 1, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
+void slipway__pipeline__v1__pipeline__get_organization_quotas(ProtobufCService *service,
+                                                              const Slipway__Pipeline__V1__GetOrganizationQuotasRequest *input,
+                                                              Slipway__Pipeline__V1__OrganizationQuotas_Closure closure,
+                                                              void *closure_data)
+{
+  assert(service->descriptor == &slipway__pipeline__v1__pipeline__descriptor);
+  service->invoke(service, 2, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+}
+void slipway__pipeline__v1__pipeline__set_organization_quotas(ProtobufCService *service,
+                                                              const Slipway__Pipeline__V1__SetOrganizationQuotasRequest *input,
+                                                              Slipway__Pipeline__V1__OrganizationQuotas_Closure closure,
+                                                              void *closure_data)
+{
+  assert(service->descriptor == &slipway__pipeline__v1__pipeline__descriptor);
+  service->invoke(service, 3, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+}
 void slipway__pipeline__v1__pipeline__create_project(ProtobufCService *service,
                                                      const Slipway__Pipeline__V1__CreateProjectRequest *input,
                                                      Slipway__Pipeline__V1__Project_Closure closure,
                                                      void *closure_data)
 {
   assert(service->descriptor == &slipway__pipeline__v1__pipeline__descriptor);
-  service->invoke(service, 2, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 4, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__pipeline__v1__pipeline__list_projects(ProtobufCService *service,
                                                     const Slipway__Pipeline__V1__ListProjectsRequest *input,
@@ -6513,7 +7000,7 @@ void slipway__pipeline__v1__pipeline__list_projects(ProtobufCService *service,
                                                     void *closure_data)
 {
   assert(service->descriptor == &slipway__pipeline__v1__pipeline__descriptor);
-  service->invoke(service, 3, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 5, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__pipeline__v1__pipeline__create_environment(ProtobufCService *service,
                                                          const Slipway__Pipeline__V1__CreateEnvironmentRequest *input,
@@ -6521,7 +7008,7 @@ void slipway__pipeline__v1__pipeline__create_environment(ProtobufCService *servi
                                                          void *closure_data)
 {
   assert(service->descriptor == &slipway__pipeline__v1__pipeline__descriptor);
-  service->invoke(service, 4, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 6, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__pipeline__v1__pipeline__list_environments(ProtobufCService *service,
                                                         const Slipway__Pipeline__V1__ListEnvironmentsRequest *input,
@@ -6529,7 +7016,7 @@ void slipway__pipeline__v1__pipeline__list_environments(ProtobufCService *servic
                                                         void *closure_data)
 {
   assert(service->descriptor == &slipway__pipeline__v1__pipeline__descriptor);
-  service->invoke(service, 5, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 7, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__pipeline__v1__pipeline__create_service(ProtobufCService *service,
                                                      const Slipway__Pipeline__V1__CreateServiceRequest *input,
@@ -6537,7 +7024,7 @@ void slipway__pipeline__v1__pipeline__create_service(ProtobufCService *service,
                                                      void *closure_data)
 {
   assert(service->descriptor == &slipway__pipeline__v1__pipeline__descriptor);
-  service->invoke(service, 6, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 8, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__pipeline__v1__pipeline__update_service(ProtobufCService *service,
                                                      const Slipway__Pipeline__V1__UpdateServiceRequest *input,
@@ -6545,7 +7032,7 @@ void slipway__pipeline__v1__pipeline__update_service(ProtobufCService *service,
                                                      void *closure_data)
 {
   assert(service->descriptor == &slipway__pipeline__v1__pipeline__descriptor);
-  service->invoke(service, 7, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 9, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__pipeline__v1__pipeline__get_service(ProtobufCService *service,
                                                   const Slipway__Pipeline__V1__GetServiceRequest *input,
@@ -6553,7 +7040,7 @@ void slipway__pipeline__v1__pipeline__get_service(ProtobufCService *service,
                                                   void *closure_data)
 {
   assert(service->descriptor == &slipway__pipeline__v1__pipeline__descriptor);
-  service->invoke(service, 8, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 10, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__pipeline__v1__pipeline__list_services(ProtobufCService *service,
                                                     const Slipway__Pipeline__V1__ListServicesRequest *input,
@@ -6561,7 +7048,7 @@ void slipway__pipeline__v1__pipeline__list_services(ProtobufCService *service,
                                                     void *closure_data)
 {
   assert(service->descriptor == &slipway__pipeline__v1__pipeline__descriptor);
-  service->invoke(service, 9, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 11, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__pipeline__v1__pipeline__deploy(ProtobufCService *service,
                                              const Slipway__Pipeline__V1__DeployRequest *input,
@@ -6569,7 +7056,7 @@ void slipway__pipeline__v1__pipeline__deploy(ProtobufCService *service,
                                              void *closure_data)
 {
   assert(service->descriptor == &slipway__pipeline__v1__pipeline__descriptor);
-  service->invoke(service, 10, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 12, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__pipeline__v1__pipeline__redeploy(ProtobufCService *service,
                                                const Slipway__Pipeline__V1__ActionRequest *input,
@@ -6577,7 +7064,7 @@ void slipway__pipeline__v1__pipeline__redeploy(ProtobufCService *service,
                                                void *closure_data)
 {
   assert(service->descriptor == &slipway__pipeline__v1__pipeline__descriptor);
-  service->invoke(service, 11, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 13, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__pipeline__v1__pipeline__restart(ProtobufCService *service,
                                               const Slipway__Pipeline__V1__ActionRequest *input,
@@ -6585,7 +7072,7 @@ void slipway__pipeline__v1__pipeline__restart(ProtobufCService *service,
                                               void *closure_data)
 {
   assert(service->descriptor == &slipway__pipeline__v1__pipeline__descriptor);
-  service->invoke(service, 12, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 14, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__pipeline__v1__pipeline__stop(ProtobufCService *service,
                                            const Slipway__Pipeline__V1__ActionRequest *input,
@@ -6593,7 +7080,7 @@ void slipway__pipeline__v1__pipeline__stop(ProtobufCService *service,
                                            void *closure_data)
 {
   assert(service->descriptor == &slipway__pipeline__v1__pipeline__descriptor);
-  service->invoke(service, 13, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 15, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__pipeline__v1__pipeline__delete(ProtobufCService *service,
                                              const Slipway__Pipeline__V1__ActionRequest *input,
@@ -6601,7 +7088,7 @@ void slipway__pipeline__v1__pipeline__delete(ProtobufCService *service,
                                              void *closure_data)
 {
   assert(service->descriptor == &slipway__pipeline__v1__pipeline__descriptor);
-  service->invoke(service, 14, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 16, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__pipeline__v1__pipeline__rollback(ProtobufCService *service,
                                                const Slipway__Pipeline__V1__RollbackRequest *input,
@@ -6609,7 +7096,7 @@ void slipway__pipeline__v1__pipeline__rollback(ProtobufCService *service,
                                                void *closure_data)
 {
   assert(service->descriptor == &slipway__pipeline__v1__pipeline__descriptor);
-  service->invoke(service, 15, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 17, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__pipeline__v1__pipeline__cancel(ProtobufCService *service,
                                              const Slipway__Pipeline__V1__CancelRequest *input,
@@ -6617,7 +7104,7 @@ void slipway__pipeline__v1__pipeline__cancel(ProtobufCService *service,
                                              void *closure_data)
 {
   assert(service->descriptor == &slipway__pipeline__v1__pipeline__descriptor);
-  service->invoke(service, 16, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 18, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__pipeline__v1__pipeline__get_deployment(ProtobufCService *service,
                                                      const Slipway__Pipeline__V1__GetDeploymentRequest *input,
@@ -6625,7 +7112,7 @@ void slipway__pipeline__v1__pipeline__get_deployment(ProtobufCService *service,
                                                      void *closure_data)
 {
   assert(service->descriptor == &slipway__pipeline__v1__pipeline__descriptor);
-  service->invoke(service, 17, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 19, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__pipeline__v1__pipeline__list_deployments(ProtobufCService *service,
                                                        const Slipway__Pipeline__V1__ListDeploymentsRequest *input,
@@ -6633,7 +7120,7 @@ void slipway__pipeline__v1__pipeline__list_deployments(ProtobufCService *service
                                                        void *closure_data)
 {
   assert(service->descriptor == &slipway__pipeline__v1__pipeline__descriptor);
-  service->invoke(service, 18, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 20, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__pipeline__v1__pipeline__list_releases(ProtobufCService *service,
                                                     const Slipway__Pipeline__V1__ListReleasesRequest *input,
@@ -6641,7 +7128,7 @@ void slipway__pipeline__v1__pipeline__list_releases(ProtobufCService *service,
                                                     void *closure_data)
 {
   assert(service->descriptor == &slipway__pipeline__v1__pipeline__descriptor);
-  service->invoke(service, 19, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 21, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__pipeline__v1__pipeline__get_environment_status(ProtobufCService *service,
                                                              const Slipway__Pipeline__V1__GetEnvironmentStatusRequest *input,
@@ -6649,7 +7136,7 @@ void slipway__pipeline__v1__pipeline__get_environment_status(ProtobufCService *s
                                                              void *closure_data)
 {
   assert(service->descriptor == &slipway__pipeline__v1__pipeline__descriptor);
-  service->invoke(service, 20, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 22, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__pipeline__v1__pipeline__watch(ProtobufCService *service,
                                             const Slipway__Pipeline__V1__WatchRequest *input,
@@ -6657,7 +7144,7 @@ void slipway__pipeline__v1__pipeline__watch(ProtobufCService *service,
                                             void *closure_data)
 {
   assert(service->descriptor == &slipway__pipeline__v1__pipeline__descriptor);
-  service->invoke(service, 21, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 23, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void slipway__pipeline__v1__pipeline__init (Slipway__Pipeline__V1__Pipeline_Service *service,
                                             Slipway__Pipeline__V1__Pipeline_ServiceDestroy destroy)

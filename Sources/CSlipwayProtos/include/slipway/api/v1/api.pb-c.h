@@ -1029,6 +1029,10 @@ struct Slipway__Api__V1__Slipway_Service
                              const Slipway__Pipeline__V1__ListOrganizationsRequest *input,
                              Slipway__Pipeline__V1__ListOrganizationsResponse_Closure closure,
                              void *closure_data);
+  void (*get_organization_quotas)(Slipway__Api__V1__Slipway_Service *service,
+                                  const Slipway__Pipeline__V1__GetOrganizationQuotasRequest *input,
+                                  Slipway__Pipeline__V1__OrganizationQuotas_Closure closure,
+                                  void *closure_data);
   void (*create_project)(Slipway__Api__V1__Slipway_Service *service,
                          const Slipway__Pipeline__V1__CreateProjectRequest *input,
                          Slipway__Pipeline__V1__Project_Closure closure,
@@ -1147,6 +1151,7 @@ void slipway__api__v1__slipway__init (Slipway__Api__V1__Slipway_Service *service
       function_prefix__ ## revoke_token,\
       function_prefix__ ## create_organization,\
       function_prefix__ ## list_organizations,\
+      function_prefix__ ## get_organization_quotas,\
       function_prefix__ ## create_project,\
       function_prefix__ ## list_projects,\
       function_prefix__ ## create_environment,\
@@ -1197,6 +1202,10 @@ void slipway__api__v1__slipway__list_organizations(ProtobufCService *service,
                                                    const Slipway__Pipeline__V1__ListOrganizationsRequest *input,
                                                    Slipway__Pipeline__V1__ListOrganizationsResponse_Closure closure,
                                                    void *closure_data);
+void slipway__api__v1__slipway__get_organization_quotas(ProtobufCService *service,
+                                                        const Slipway__Pipeline__V1__GetOrganizationQuotasRequest *input,
+                                                        Slipway__Pipeline__V1__OrganizationQuotas_Closure closure,
+                                                        void *closure_data);
 void slipway__api__v1__slipway__create_project(ProtobufCService *service,
                                                const Slipway__Pipeline__V1__CreateProjectRequest *input,
                                                Slipway__Pipeline__V1__Project_Closure closure,

@@ -39,6 +39,11 @@ typedef struct Slipway__Pipeline__V1__Release Slipway__Pipeline__V1__Release;
 typedef struct Slipway__Pipeline__V1__CreateOrganizationRequest Slipway__Pipeline__V1__CreateOrganizationRequest;
 typedef struct Slipway__Pipeline__V1__ListOrganizationsRequest Slipway__Pipeline__V1__ListOrganizationsRequest;
 typedef struct Slipway__Pipeline__V1__ListOrganizationsResponse Slipway__Pipeline__V1__ListOrganizationsResponse;
+typedef struct Slipway__Pipeline__V1__Quota Slipway__Pipeline__V1__Quota;
+typedef struct Slipway__Pipeline__V1__OrganizationQuotas Slipway__Pipeline__V1__OrganizationQuotas;
+typedef struct Slipway__Pipeline__V1__GetOrganizationQuotasRequest Slipway__Pipeline__V1__GetOrganizationQuotasRequest;
+typedef struct Slipway__Pipeline__V1__SetOrganizationQuotasRequest Slipway__Pipeline__V1__SetOrganizationQuotasRequest;
+typedef struct Slipway__Pipeline__V1__SetOrganizationQuotasRequest__LimitsEntry Slipway__Pipeline__V1__SetOrganizationQuotasRequest__LimitsEntry;
 typedef struct Slipway__Pipeline__V1__CreateProjectRequest Slipway__Pipeline__V1__CreateProjectRequest;
 typedef struct Slipway__Pipeline__V1__ListProjectsRequest Slipway__Pipeline__V1__ListProjectsRequest;
 typedef struct Slipway__Pipeline__V1__ListProjectsResponse Slipway__Pipeline__V1__ListProjectsResponse;
@@ -680,6 +685,88 @@ struct  Slipway__Pipeline__V1__ListOrganizationsResponse
 #define SLIPWAY__PIPELINE__V1__LIST_ORGANIZATIONS_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&slipway__pipeline__v1__list_organizations_response__descriptor) \
     , 0,NULL }
+
+
+/*
+ * What an organization may hold (docs/limits.md, Pipeline): the platform's defaults
+ * (--pipeline-quota) unless the operator set the organization's own.
+ */
+struct  Slipway__Pipeline__V1__Quota
+{
+  ProtobufCMessage base;
+  /*
+   * projects, environments, services, memory-mib, custom-domains or concurrent-builds.
+   */
+  ProtobufCBinaryData name;
+  uint64_t limit;
+  /*
+   * What the organization holds now (concurrent-builds: its builds running).
+   */
+  uint64_t used;
+  /*
+   * The organization's own limit, not the platform's default.
+   */
+  protobuf_c_boolean overridden;
+};
+#define SLIPWAY__PIPELINE__V1__QUOTA__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&slipway__pipeline__v1__quota__descriptor) \
+    , {0,NULL}, 0, 0, 0 }
+
+
+struct  Slipway__Pipeline__V1__OrganizationQuotas
+{
+  ProtobufCMessage base;
+  ProtobufCBinaryData organization_id;
+  size_t n_quotas;
+  Slipway__Pipeline__V1__Quota **quotas;
+};
+#define SLIPWAY__PIPELINE__V1__ORGANIZATION_QUOTAS__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&slipway__pipeline__v1__organization_quotas__descriptor) \
+    , {0,NULL}, 0,NULL }
+
+
+struct  Slipway__Pipeline__V1__GetOrganizationQuotasRequest
+{
+  ProtobufCMessage base;
+  ProtobufCBinaryData organization_id;
+};
+#define SLIPWAY__PIPELINE__V1__GET_ORGANIZATION_QUOTAS_REQUEST__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&slipway__pipeline__v1__get_organization_quotas_request__descriptor) \
+    , {0,NULL} }
+
+
+struct  Slipway__Pipeline__V1__SetOrganizationQuotasRequest__LimitsEntry
+{
+  ProtobufCMessage base;
+  char *key;
+  uint64_t value;
+};
+#define SLIPWAY__PIPELINE__V1__SET_ORGANIZATION_QUOTAS_REQUEST__LIMITS_ENTRY__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&slipway__pipeline__v1__set_organization_quotas_request__limits_entry__descriptor) \
+    , (char *)protobuf_c_empty_string, 0 }
+
+
+/*
+ * The operator's (platform identity `operator`): an organization admin cannot raise its own.
+ */
+struct  Slipway__Pipeline__V1__SetOrganizationQuotasRequest
+{
+  ProtobufCMessage base;
+  ProtobufCBinaryData organization_id;
+  /*
+   * Quota name → the organization's own limit, 1 or more.
+   */
+  size_t n_limits;
+  Slipway__Pipeline__V1__SetOrganizationQuotasRequest__LimitsEntry **limits;
+  /*
+   * Quotas whose own limit is removed (back to the platform's default).
+   */
+  size_t n_reset;
+  ProtobufCBinaryData *reset;
+};
+#define SLIPWAY__PIPELINE__V1__SET_ORGANIZATION_QUOTAS_REQUEST__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&slipway__pipeline__v1__set_organization_quotas_request__descriptor) \
+    , {0,NULL}, 0,NULL, 0,NULL }
 
 
 struct  Slipway__Pipeline__V1__CreateProjectRequest
@@ -1569,6 +1656,85 @@ Slipway__Pipeline__V1__ListOrganizationsResponse *
 void   slipway__pipeline__v1__list_organizations_response__free_unpacked
                      (Slipway__Pipeline__V1__ListOrganizationsResponse *message,
                       ProtobufCAllocator *allocator);
+/* Slipway__Pipeline__V1__Quota methods */
+void   slipway__pipeline__v1__quota__init
+                     (Slipway__Pipeline__V1__Quota         *message);
+size_t slipway__pipeline__v1__quota__get_packed_size
+                     (const Slipway__Pipeline__V1__Quota   *message);
+size_t slipway__pipeline__v1__quota__pack
+                     (const Slipway__Pipeline__V1__Quota   *message,
+                      uint8_t             *out);
+size_t slipway__pipeline__v1__quota__pack_to_buffer
+                     (const Slipway__Pipeline__V1__Quota   *message,
+                      ProtobufCBuffer     *buffer);
+Slipway__Pipeline__V1__Quota *
+       slipway__pipeline__v1__quota__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   slipway__pipeline__v1__quota__free_unpacked
+                     (Slipway__Pipeline__V1__Quota *message,
+                      ProtobufCAllocator *allocator);
+/* Slipway__Pipeline__V1__OrganizationQuotas methods */
+void   slipway__pipeline__v1__organization_quotas__init
+                     (Slipway__Pipeline__V1__OrganizationQuotas         *message);
+size_t slipway__pipeline__v1__organization_quotas__get_packed_size
+                     (const Slipway__Pipeline__V1__OrganizationQuotas   *message);
+size_t slipway__pipeline__v1__organization_quotas__pack
+                     (const Slipway__Pipeline__V1__OrganizationQuotas   *message,
+                      uint8_t             *out);
+size_t slipway__pipeline__v1__organization_quotas__pack_to_buffer
+                     (const Slipway__Pipeline__V1__OrganizationQuotas   *message,
+                      ProtobufCBuffer     *buffer);
+Slipway__Pipeline__V1__OrganizationQuotas *
+       slipway__pipeline__v1__organization_quotas__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   slipway__pipeline__v1__organization_quotas__free_unpacked
+                     (Slipway__Pipeline__V1__OrganizationQuotas *message,
+                      ProtobufCAllocator *allocator);
+/* Slipway__Pipeline__V1__GetOrganizationQuotasRequest methods */
+void   slipway__pipeline__v1__get_organization_quotas_request__init
+                     (Slipway__Pipeline__V1__GetOrganizationQuotasRequest         *message);
+size_t slipway__pipeline__v1__get_organization_quotas_request__get_packed_size
+                     (const Slipway__Pipeline__V1__GetOrganizationQuotasRequest   *message);
+size_t slipway__pipeline__v1__get_organization_quotas_request__pack
+                     (const Slipway__Pipeline__V1__GetOrganizationQuotasRequest   *message,
+                      uint8_t             *out);
+size_t slipway__pipeline__v1__get_organization_quotas_request__pack_to_buffer
+                     (const Slipway__Pipeline__V1__GetOrganizationQuotasRequest   *message,
+                      ProtobufCBuffer     *buffer);
+Slipway__Pipeline__V1__GetOrganizationQuotasRequest *
+       slipway__pipeline__v1__get_organization_quotas_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   slipway__pipeline__v1__get_organization_quotas_request__free_unpacked
+                     (Slipway__Pipeline__V1__GetOrganizationQuotasRequest *message,
+                      ProtobufCAllocator *allocator);
+/* Slipway__Pipeline__V1__SetOrganizationQuotasRequest__LimitsEntry methods */
+void   slipway__pipeline__v1__set_organization_quotas_request__limits_entry__init
+                     (Slipway__Pipeline__V1__SetOrganizationQuotasRequest__LimitsEntry         *message);
+/* Slipway__Pipeline__V1__SetOrganizationQuotasRequest methods */
+void   slipway__pipeline__v1__set_organization_quotas_request__init
+                     (Slipway__Pipeline__V1__SetOrganizationQuotasRequest         *message);
+size_t slipway__pipeline__v1__set_organization_quotas_request__get_packed_size
+                     (const Slipway__Pipeline__V1__SetOrganizationQuotasRequest   *message);
+size_t slipway__pipeline__v1__set_organization_quotas_request__pack
+                     (const Slipway__Pipeline__V1__SetOrganizationQuotasRequest   *message,
+                      uint8_t             *out);
+size_t slipway__pipeline__v1__set_organization_quotas_request__pack_to_buffer
+                     (const Slipway__Pipeline__V1__SetOrganizationQuotasRequest   *message,
+                      ProtobufCBuffer     *buffer);
+Slipway__Pipeline__V1__SetOrganizationQuotasRequest *
+       slipway__pipeline__v1__set_organization_quotas_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   slipway__pipeline__v1__set_organization_quotas_request__free_unpacked
+                     (Slipway__Pipeline__V1__SetOrganizationQuotasRequest *message,
+                      ProtobufCAllocator *allocator);
 /* Slipway__Pipeline__V1__CreateProjectRequest methods */
 void   slipway__pipeline__v1__create_project_request__init
                      (Slipway__Pipeline__V1__CreateProjectRequest         *message);
@@ -2184,6 +2350,21 @@ typedef void (*Slipway__Pipeline__V1__ListOrganizationsRequest_Closure)
 typedef void (*Slipway__Pipeline__V1__ListOrganizationsResponse_Closure)
                  (const Slipway__Pipeline__V1__ListOrganizationsResponse *message,
                   void *closure_data);
+typedef void (*Slipway__Pipeline__V1__Quota_Closure)
+                 (const Slipway__Pipeline__V1__Quota *message,
+                  void *closure_data);
+typedef void (*Slipway__Pipeline__V1__OrganizationQuotas_Closure)
+                 (const Slipway__Pipeline__V1__OrganizationQuotas *message,
+                  void *closure_data);
+typedef void (*Slipway__Pipeline__V1__GetOrganizationQuotasRequest_Closure)
+                 (const Slipway__Pipeline__V1__GetOrganizationQuotasRequest *message,
+                  void *closure_data);
+typedef void (*Slipway__Pipeline__V1__SetOrganizationQuotasRequest__LimitsEntry_Closure)
+                 (const Slipway__Pipeline__V1__SetOrganizationQuotasRequest__LimitsEntry *message,
+                  void *closure_data);
+typedef void (*Slipway__Pipeline__V1__SetOrganizationQuotasRequest_Closure)
+                 (const Slipway__Pipeline__V1__SetOrganizationQuotasRequest *message,
+                  void *closure_data);
 typedef void (*Slipway__Pipeline__V1__CreateProjectRequest_Closure)
                  (const Slipway__Pipeline__V1__CreateProjectRequest *message,
                   void *closure_data);
@@ -2292,6 +2473,14 @@ struct Slipway__Pipeline__V1__Pipeline_Service
                              const Slipway__Pipeline__V1__ListOrganizationsRequest *input,
                              Slipway__Pipeline__V1__ListOrganizationsResponse_Closure closure,
                              void *closure_data);
+  void (*get_organization_quotas)(Slipway__Pipeline__V1__Pipeline_Service *service,
+                                  const Slipway__Pipeline__V1__GetOrganizationQuotasRequest *input,
+                                  Slipway__Pipeline__V1__OrganizationQuotas_Closure closure,
+                                  void *closure_data);
+  void (*set_organization_quotas)(Slipway__Pipeline__V1__Pipeline_Service *service,
+                                  const Slipway__Pipeline__V1__SetOrganizationQuotasRequest *input,
+                                  Slipway__Pipeline__V1__OrganizationQuotas_Closure closure,
+                                  void *closure_data);
   void (*create_project)(Slipway__Pipeline__V1__Pipeline_Service *service,
                          const Slipway__Pipeline__V1__CreateProjectRequest *input,
                          Slipway__Pipeline__V1__Project_Closure closure,
@@ -2382,6 +2571,8 @@ void slipway__pipeline__v1__pipeline__init (Slipway__Pipeline__V1__Pipeline_Serv
     { SLIPWAY__PIPELINE__V1__PIPELINE__BASE_INIT,\
       function_prefix__ ## create_organization,\
       function_prefix__ ## list_organizations,\
+      function_prefix__ ## get_organization_quotas,\
+      function_prefix__ ## set_organization_quotas,\
       function_prefix__ ## create_project,\
       function_prefix__ ## list_projects,\
       function_prefix__ ## create_environment,\
@@ -2410,6 +2601,14 @@ void slipway__pipeline__v1__pipeline__list_organizations(ProtobufCService *servi
                                                          const Slipway__Pipeline__V1__ListOrganizationsRequest *input,
                                                          Slipway__Pipeline__V1__ListOrganizationsResponse_Closure closure,
                                                          void *closure_data);
+void slipway__pipeline__v1__pipeline__get_organization_quotas(ProtobufCService *service,
+                                                              const Slipway__Pipeline__V1__GetOrganizationQuotasRequest *input,
+                                                              Slipway__Pipeline__V1__OrganizationQuotas_Closure closure,
+                                                              void *closure_data);
+void slipway__pipeline__v1__pipeline__set_organization_quotas(ProtobufCService *service,
+                                                              const Slipway__Pipeline__V1__SetOrganizationQuotasRequest *input,
+                                                              Slipway__Pipeline__V1__OrganizationQuotas_Closure closure,
+                                                              void *closure_data);
 void slipway__pipeline__v1__pipeline__create_project(ProtobufCService *service,
                                                      const Slipway__Pipeline__V1__CreateProjectRequest *input,
                                                      Slipway__Pipeline__V1__Project_Closure closure,
@@ -2526,6 +2725,11 @@ extern const ProtobufCMessageDescriptor slipway__pipeline__v1__release__descript
 extern const ProtobufCMessageDescriptor slipway__pipeline__v1__create_organization_request__descriptor;
 extern const ProtobufCMessageDescriptor slipway__pipeline__v1__list_organizations_request__descriptor;
 extern const ProtobufCMessageDescriptor slipway__pipeline__v1__list_organizations_response__descriptor;
+extern const ProtobufCMessageDescriptor slipway__pipeline__v1__quota__descriptor;
+extern const ProtobufCMessageDescriptor slipway__pipeline__v1__organization_quotas__descriptor;
+extern const ProtobufCMessageDescriptor slipway__pipeline__v1__get_organization_quotas_request__descriptor;
+extern const ProtobufCMessageDescriptor slipway__pipeline__v1__set_organization_quotas_request__descriptor;
+extern const ProtobufCMessageDescriptor slipway__pipeline__v1__set_organization_quotas_request__limits_entry__descriptor;
 extern const ProtobufCMessageDescriptor slipway__pipeline__v1__create_project_request__descriptor;
 extern const ProtobufCMessageDescriptor slipway__pipeline__v1__list_projects_request__descriptor;
 extern const ProtobufCMessageDescriptor slipway__pipeline__v1__list_projects_response__descriptor;

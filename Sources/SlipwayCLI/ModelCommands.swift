@@ -338,13 +338,22 @@ struct ServiceCommand: AsyncParsableCommand {
                 let route = try? await gateway.call(API.GetRoute.self, routeRequest)
                 if out.json {
                     var object = JSON.service(service)
-                    if let route { object["url"] = route.url; object["default_domain"] = route.defaultDomain }
+                    if let route {
+                        object["url"] = route.url
+                        object["default_domain"] = route.defaultDomain
+                        object["custom_domains"] = route.customDomains.map {
+                            ["domain": $0.domain, "state": $0.state, "reason": $0.reason, "tls": $0.tls, "txt_name": $0.txtName, "txt_value": $0.txtValue] as [String: Any]
+                        }
+                    }
                     return out.emit(object)
                 }
                 out.line("\(out.paint(service.name, .bold))  \(service.id)")
                 if let route {
                     out.line("  url         \(route.url)")
-                    for domain in route.customDomains { out.line("  domain      \(domain.domain) \(domain.state)\(domain.reason.isEmpty ? "" : ": " + domain.reason)") }
+                    for domain in route.customDomains {
+                        out.line("  domain      \(domain.domain) \(domain.state)\(domain.reason.isEmpty ? "" : ": " + domain.reason)")
+                        if domain.state != "VERIFIED", !domain.txtName.isEmpty { out.line("              TXT \(domain.txtName) \"\(domain.txtValue)\"") }
+                    }
                 } else if !service.domainLabel.isEmpty {
                     out.line("  domain      \(service.domainLabel).<base domain> (routed from its first deployment)")
                 }

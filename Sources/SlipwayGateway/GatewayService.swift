@@ -249,6 +249,8 @@ struct GatewayService: Slipway_Api_V1_Slipway.ServiceProtocol {    typealias Pip
             custom.state = domain.state.protoName.replacingOccurrences(of: "DOMAIN_", with: "")
             custom.reason = domain.reason
             custom.tls = domain.tls
+            custom.txtName = domain.ownershipRecord
+            custom.txtValue = domain.ownershipValue
             return custom
         }
         return route

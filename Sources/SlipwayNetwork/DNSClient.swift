@@ -3,9 +3,9 @@ import NIOCore
 import NIOPosix
 
 /// A stub resolver for the checks of custom domains: one question over UDP to a configured
-/// resolver, the answer's CNAME, A and AAAA records (RFC 1035, RFC 3596).
+/// resolver, the answer's CNAME, A, AAAA and TXT records (RFC 1035, RFC 3596).
 public struct DNSClient: Sendable {
-    public enum RecordType: UInt16, Sendable { case a = 1, cname = 5, aaaa = 28 }
+    public enum RecordType: UInt16, Sendable { case a = 1, cname = 5, txt = 16, aaaa = 28 }
 
     public struct Answer: Sendable, Equatable {
         /// 0 NOERROR, 2 SERVFAIL, 3 NXDOMAIN, …
@@ -13,6 +13,8 @@ public struct DNSClient: Sendable {
         /// CNAME targets in the order given (the resolver follows the chain).
         public var cnames: [String] = []
         public var addresses: [String] = []
+        /// Each TXT record, its character-strings joined (RFC 7208 §3.3's reading).
+        public var texts: [String] = []
     }
 
     public struct Failure: Error, CustomStringConvertible {
@@ -102,6 +104,16 @@ public struct DNSClient: Sendable {
             case .cname:
                 var target = offset
                 answer.cnames.append(try readName(bytes, &target))
+            case .txt:
+                var text: [UInt8] = []
+                var position = offset
+                while position < offset + length {
+                    let size = Int(bytes[position])
+                    guard position + 1 + size <= offset + length else { throw malformed }
+                    text += bytes[(position + 1)..<(position + 1 + size)]
+                    position += 1 + size
+                }
+                answer.texts.append(String(decoding: text, as: UTF8.self))
             default:
                 break
             }
@@ -171,7 +183,38 @@ public struct DomainChecker: Sendable {
         self.addresses = addresses
     }
 
-    public func check(_ domain: String, defaultDomain: String) async -> NetworkState.DomainCheck {
+    /// The TXT record that proves a domain is its claimant's: `_slipway-challenge.<domain>`.
+    public static func ownershipRecord(_ domain: String) -> String { "_slipway-challenge." + domain }
+
+    /// Verified when the domain points here and, given an `ownershipToken`, its ownership record
+    /// holds that token: pointing at the load balancer alone does not tell two tenants apart (both
+    /// can name a domain whose DNS a third party pointed here), the record only its owner can add does.
+    public func check(_ domain: String, defaultDomain: String, ownershipToken: String? = nil) async -> NetworkState.DomainCheck {
+        let pointing = await checkPointing(domain, defaultDomain: defaultDomain)
+        guard let ownershipToken, pointing.state != .error else { return pointing }
+        let record = Self.ownershipRecord(domain)
+        let texts: [String]
+        do {
+            let answer = try await dns.query(record, type: .txt)
+            if answer.responseCode != 0 && answer.responseCode != 3 {
+                return .init(state: .error, reason: "the resolver answered \(record) TXT with response code \(answer.responseCode); retrying later", checkedAt: pointing.checkedAt)
+            }
+            texts = answer.texts
+        } catch {
+            return .init(state: .error, reason: "DNS check of \(record) failed: \(error)", checkedAt: pointing.checkedAt)
+        }
+        if texts.contains(ownershipToken) {
+            return pointing.state == .verified
+                ? .init(state: .verified, reason: pointing.reason + "; TXT \(record) proves ownership", checkedAt: pointing.checkedAt)
+                : pointing
+        }
+        let add = "add a TXT record \(record) with the value \(ownershipToken) (it proves the domain is yours)"
+        return pointing.state == .verified
+            ? .init(state: .pending, reason: "\(pointing.reason), but no ownership record yet: \(add)", checkedAt: pointing.checkedAt)
+            : .init(state: pointing.state, reason: "\(pointing.reason); and \(add)", checkedAt: pointing.checkedAt)
+    }
+
+    func checkPointing(_ domain: String, defaultDomain: String) async -> NetworkState.DomainCheck {
         let now = Date().timeIntervalSince1970
         var cnames: [String] = []
         var found: [String] = []

@@ -121,6 +121,14 @@ public actor LoadBalancer {
             throw Failure(kind: .invalid, description: "at most \(limits.maxCustomDomains) custom domains per route, got \(route.customDomains.count)")
         }
         for domain in route.customDomains { try RouteValidation.domain(domain, field: "custom domain") }
+        for (domain, token) in route.ownershipTokens ?? [:] {
+            guard route.customDomains.contains(domain) else {
+                throw Failure(kind: .invalid, description: "ownership_tokens names \(domain.prefix(80)), which is not one of the route's custom domains")
+            }
+            guard !token.isEmpty, token.utf8.count <= 128, token.utf8.allSatisfy({ $0 > 32 && $0 < 127 && $0 != UInt8(ascii: "\"") }) else {
+                throw Failure(kind: .invalid, description: "ownership_tokens[\(domain)] must be 1 to 128 printable characters without quotes")
+            }
+        }
         route.customDomains = Array(Set(route.customDomains)).sorted()
         let defaultDomain = route.defaultDomain(base: settings.baseDomain)
         try RouteValidation.domain(defaultDomain, field: "default domain")
@@ -137,8 +145,9 @@ public actor LoadBalancer {
                 }
             }
             state.routes[key] = route
-            for domain in route.customDomains where state.domainChecks[domain] == nil {
-                state.domainChecks[domain] = .init(state: .pending, reason: "not checked yet", checkedAt: 0)
+            // A new claim (another ownership token) starts unverified, whatever an earlier claim's check found.
+            for domain in route.customDomains where state.check(of: domain, in: route) == nil {
+                state.domainChecks[domain] = .init(state: .pending, reason: "not checked yet", checkedAt: 0, token: route.ownershipTokens?[domain])
             }
         }
         return state.routes[key]!

@@ -15,6 +15,7 @@ struct NetworkService: Slipway_Network_V1_Network.ServiceProtocol {
             environmentID: key.environmentId, serviceID: key.serviceId, serviceName: message.serviceName, environmentName: message.environmentName)
         route.customDomains = message.customDomains.map { $0.lowercased() }
         route.defaultLabel = message.defaultLabel.isEmpty ? nil : message.defaultLabel
+        route.ownershipTokens = message.ownershipTokens.isEmpty ? nil : Dictionary(uniqueKeysWithValues: message.ownershipTokens.map { ($0.key.lowercased(), $0.value) })
         route.pathPrefix = message.pathPrefix
         switch message.protocol {
         case .http: route.upstream = .http
@@ -112,7 +113,12 @@ struct NetworkService: Slipway_Network_V1_Network.ServiceProtocol {
     static func check(_ route: NetworkState.Route, checker: DomainChecker, loadBalancer: LoadBalancer) async throws {
         let defaultDomain = route.defaultDomain(base: await loadBalancer.settings.baseDomain)
         var checks: [String: NetworkState.DomainCheck] = [:]
-        for domain in route.customDomains { checks[domain] = await checker.check(domain, defaultDomain: defaultDomain) }
+        for domain in route.customDomains {
+            let token = route.ownershipTokens?[domain]
+            var check = await checker.check(domain, defaultDomain: defaultDomain, ownershipToken: token)
+            check.token = token
+            checks[domain] = check
+        }
         try await loadBalancer.recordChecks(checks)
     }
 
@@ -139,6 +145,7 @@ struct NetworkService: Slipway_Network_V1_Network.ServiceProtocol {
         routeMessage.serviceName = route.serviceName
         routeMessage.environmentName = route.environmentName
         routeMessage.defaultLabel = route.defaultLabel ?? ""
+        routeMessage.ownershipTokens = route.ownershipTokens ?? [:]
         routeMessage.customDomains = route.customDomains
         routeMessage.pathPrefix = route.pathPrefix
         routeMessage.protocol = switch route.upstream {
@@ -155,7 +162,7 @@ struct NetworkService: Slipway_Network_V1_Network.ServiceProtocol {
             status.domain = domain
             if domain == defaultDomain {
                 status.state = .domainDefault
-            } else if let check = state.domainChecks[domain] {
+            } else if let check = state.check(of: domain, in: route) {
                 status.state = switch check.state {
                 case .pending: .domainPending
                 case .verified: .domainVerified
@@ -165,6 +172,11 @@ struct NetworkService: Slipway_Network_V1_Network.ServiceProtocol {
                 status.checkedUnixMillis = Int64(check.checkedAt * 1000)
             } else {
                 status.state = .domainPending
+                status.reason = "not checked yet"
+            }
+            if domain != defaultDomain, let token = route.ownershipTokens?[domain] {
+                status.ownershipRecord = DomainChecker.ownershipRecord(domain)
+                status.ownershipValue = token
             }
             if let certificate = state.certificate(for: domain) {
                 status.tls = true

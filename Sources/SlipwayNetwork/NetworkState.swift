@@ -33,6 +33,10 @@ public struct NetworkState: Codable, Sendable, Equatable {
         /// The default domain's first label when the pipeline assigned one (unique across the
         /// platform); nil: `<service>-<environment>`. Optional: state written before it decodes.
         public var defaultLabel: String?
+        /// Per custom domain, the value its ownership record (TXT `_slipway-challenge.<domain>`)
+        /// must hold before it is verified; set by the pipeline, one per organization and domain.
+        /// nil or missing for a domain: only where it points is checked.
+        public var ownershipTokens: [String: String]?
 
         public var key: String { Self.key(environmentID: environmentID, serviceID: serviceID) }
 
@@ -75,7 +79,26 @@ public struct NetworkState: Codable, Sendable, Equatable {
         public var state: State
         public var reason: String
         public var checkedAt: Double
+        /// The ownership token the check looked for (nil: none): a verdict counts only for the
+        /// claim it was made for, so a domain claimed again by another organization is checked again.
+        public var token: String?
+
+        public init(state: State, reason: String, checkedAt: Double, token: String? = nil) {
+            self.state = state
+            self.reason = reason
+            self.checkedAt = checkedAt
+            self.token = token
+        }
     }
+
+    /// The domain's check, when it was made for the route's current claim of it.
+    public func check(of domain: String, in route: Route) -> DomainCheck? {
+        guard let check = domainChecks[domain], check.token == route.ownershipTokens?[domain] else { return nil }
+        return check
+    }
+
+    /// The route's custom domain is verified for its current claim.
+    public func isVerified(_ domain: String, in route: Route) -> Bool { check(of: domain, in: route)?.state == .verified }
 
     public func backends(of route: Route) -> [String] { backends[route.key] ?? [] }
 
@@ -91,7 +114,7 @@ public struct NetworkState: Codable, Sendable, Equatable {
     /// with `unverified`, an operator's choice for closed networks). Local mode's nginx and
     /// Kubernetes mode's Ingress both route exactly these.
     public func routedCustomDomains(of route: Route, unverified: Bool = false) -> [String] {
-        unverified ? route.customDomains : route.customDomains.filter { domainChecks[$0]?.state == .verified }
+        unverified ? route.customDomains : route.customDomains.filter { isVerified($0, in: route) }
     }
 
     public func routesByDomain(baseDomain: String, unverified: Bool = false) -> [(domain: String, routes: [Route])] {

@@ -8,9 +8,12 @@ public struct NetworkCollaboratorRPC: NetworkCollaborator {
     typealias API = Slipway_Network_V1_Network
 
     let client: API.Client
+    /// (organization id, domain) → the value of the domain's ownership record.
+    let ownershipToken: @Sendable (String, String) -> String
 
-    public init(client: RPCClient) {
+    public init(client: RPCClient, ownershipToken: @escaping @Sendable (String, String) -> String) {
         self.client = API.Client(wrapping: client)
+        self.ownershipToken = ownershipToken
     }
 
     public func route(_ work: ServiceWork) async throws {
@@ -20,6 +23,8 @@ public struct NetworkCollaboratorRPC: NetworkCollaborator {
         route.environmentName = work.environment.name.lowercased()
         route.defaultLabel = work.service.domainLabel
         route.customDomains = work.service.configuration.customDomains
+        // Verified only with the organization's TXT record: a domain pointing here is not yet its.
+        for domain in route.customDomains { route.ownershipTokens[domain.lowercased()] = ownershipToken(work.organizationID, domain) }
         if work.service.configuration.ports.first(where: \.isPublic)?.kind == .grpc { route.protocol = .grpc }
         var request = Slipway_Network_V1_SetRouteRequest()
         request.route = route
@@ -46,8 +51,9 @@ public struct NetworkCollaboratorRPC: NetworkCollaborator {
 }
 
 /// CERTIFICATE over the certs service (`slipway.certs.v1.Certs`): a certificate for the route's
-/// default domain (the local CA signs `*.localhost`), and one for its custom domains whose DNS points
-/// at the load balancer. Custom domains still pending are named in the step's failure.
+/// default domain (the local CA signs `*.localhost`), and one for its verified custom domains (they
+/// point at the load balancer and their ownership record holds the organization's value). Custom
+/// domains still pending are named in the step's failure, with what to add.
 public struct CertificateCollaboratorRPC: CertificateCollaborator {
     let network: Slipway_Network_V1_Network.Client
     let certs: Slipway_Certs_V1_Certs.Client
@@ -66,7 +72,7 @@ public struct CertificateCollaboratorRPC: CertificateCollaborator {
         let waiting = custom.filter { $0.state != .domainVerified }
         if !waiting.isEmpty {
             let reasons = waiting.map { "\($0.domain): \($0.reason.isEmpty ? "DNS not checked yet" : $0.reason)" }
-            throw StepFailure("no certificate yet for custom domains whose DNS does not point here — \(reasons.joined(separator: "; "))")
+            throw StepFailure("no certificate yet for custom domains not verified yet — \(reasons.joined(separator: "; "))")
         }
     }
 

@@ -99,7 +99,9 @@ public struct PipelineComponent: PlatformComponent {
         let cluster: any ClusterCollaborator =
             configuration.simulated.contains(.cluster) ? simulated : ClusterCollaboratorRPC(client: service.client(for: .cluster))
         let networkClient = service.client(for: .network)
-        let network: any NetworkCollaborator = configuration.simulated.contains(.network) ? simulated : NetworkCollaboratorRPC(client: networkClient)
+        let network: any NetworkCollaborator =
+            configuration.simulated.contains(.network)
+            ? simulated : NetworkCollaboratorRPC(client: networkClient, ownershipToken: { [store] in store.ownershipToken(organizationID: $0, domain: $1) })
         let certs: any CertificateCollaborator = configuration.simulated.contains(.certs)
             ? simulated : CertificateCollaboratorRPC(network: networkClient, certs: service.client(for: .certs))
         let collaborators = Collaborators(images: images, cluster: cluster, network: network, certs: certs)

@@ -227,6 +227,11 @@ public final class PipelineStore: Sendable {
         Project(id: try insertNamed("project", prefix: "prj", name: name, parent: ("organization", organizationID)), organizationID: organizationID, name: name)
     }
 
+    /// The TXT value that proves the organization owns `domain` (``SecretSealer/ownershipToken(organizationID:domain:)``).
+    public func ownershipToken(organizationID: String, domain: String) -> String {
+        sealer.ownershipToken(organizationID: organizationID, domain: domain)
+    }
+
     // MARK: Quotas
 
     /// Each quota of the organization: (limit, used, set for it); concurrent-builds' use is the engine's.

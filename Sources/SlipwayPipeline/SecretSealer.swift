@@ -29,6 +29,16 @@ struct SecretSealer: Sendable {
         keyBytes = data
     }
 
+    /// The value an organization's TXT record `_slipway-challenge.<domain>` must hold to prove the
+    /// domain is its own: an HMAC (under a key derived from this one) of the organization and the
+    /// domain. The same for every service of the organization and across restarts; another
+    /// organization's differs, so a record one tenant added verifies nothing for another.
+    func ownershipToken(organizationID: String, domain: String) -> String {
+        let derived = HKDF<SHA256>.deriveKey(inputKeyMaterial: key, info: Data("slipway domain ownership v1".utf8), outputByteCount: 32)
+        let mac = HMAC<SHA256>.authenticationCode(for: Data("\(organizationID)\u{0}\(domain.lowercased())".utf8), using: derived)
+        return "slipway-verify=" + mac.prefix(16).map { String(format: "%02x", $0) }.joined()
+    }
+
     func seal(_ secrets: [String: String]) throws -> Data {
         try AES.GCM.seal(try JSONEncoder().encode(secrets), using: key).combined!
     }

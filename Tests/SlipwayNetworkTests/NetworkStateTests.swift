@@ -64,6 +64,37 @@ struct DNSClientTests {
         loop[4] = 0; loop[5] = 1; loop[7] = 0
         #expect(throws: DNSClient.Failure.self) { try DNSClient.decodeAnswer(loop, id: 0x1234) }
     }
+
+    @Test func txtRecordsJoinTheirStringsAndAStringPastItsRecordIsRefused() throws {
+        var answer = DNSClient.encodeQuery(id: 0x0707, name: "_slipway-challenge.shop.example.test", type: .txt)
+        answer[2] = 0x81; answer[3] = 0x80
+        answer[7] = 2
+        // One record of two character-strings, one of one.
+        let first: [UInt8] = [14] + Array("slipway-verify".utf8) + [4] + Array("=abc".utf8)
+        answer += [0xc0, 12, 0, 16, 0, 1, 0, 0, 0, 60, 0, UInt8(first.count)] + first
+        let second: [UInt8] = [5] + Array("other".utf8)
+        answer += [0xc0, 12, 0, 16, 0, 1, 0, 0, 0, 60, 0, UInt8(second.count)] + second
+        #expect(try DNSClient.decodeAnswer(answer, id: 0x0707).texts == ["slipway-verify=abc", "other"])
+        // A character-string that claims more than its record holds.
+        var broken = answer
+        broken[broken.count - second.count] = 40
+        #expect(throws: DNSClient.Failure.self) { try DNSClient.decodeAnswer(broken, id: 0x0707) }
+    }
+
+    @Test func aVerdictCountsOnlyForTheClaimItWasMadeFor() {
+        var route = NetworkState.Route(environmentID: "env", serviceID: "svc", serviceName: "web", environmentName: "prod")
+        route.customDomains = ["shop.example.test", "old.example.test"]
+        route.ownershipTokens = ["shop.example.test": "slipway-verify=one"]
+        var state = NetworkState()
+        state.routes[route.key] = route
+        state.domainChecks["shop.example.test"] = .init(state: .verified, reason: "", checkedAt: 1, token: "slipway-verify=one")
+        state.domainChecks["old.example.test"] = .init(state: .verified, reason: "", checkedAt: 1)
+        #expect(state.routedCustomDomains(of: route) == ["shop.example.test", "old.example.test"])
+        // Claimed again under another token (another organization): not verified until checked again.
+        route.ownershipTokens = ["shop.example.test": "slipway-verify=two", "old.example.test": "slipway-verify=three"]
+        #expect(state.routedCustomDomains(of: route).isEmpty)
+        #expect(state.check(of: "shop.example.test", in: route) == nil)
+    }
 }
 
 /// The rendered configuration, checked by the real nginx (`nginx -t`).

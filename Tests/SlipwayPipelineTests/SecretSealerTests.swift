@@ -37,6 +37,20 @@ import Testing
         #expect(throws: (any Error).self) { try sealer.open(tampered) }
     }
 
+    @Test func anOwnershipTokenIsTheOrganizationsForTheDomainAndStableAcrossRestarts() throws {
+        let path = try keyFile()
+        defer { try? FileManager.default.removeItem(atPath: (path as NSString).deletingLastPathComponent) }
+        let token = try SecretSealer(keyFile: path).ownershipToken(organizationID: "org_a", domain: "shop.example.com")
+        #expect(token.hasPrefix("slipway-verify=") && token.count == "slipway-verify=".count + 32)
+        #expect(try SecretSealer(keyFile: path).ownershipToken(organizationID: "org_a", domain: "Shop.Example.com") == token)
+        #expect(try SecretSealer(keyFile: path).ownershipToken(organizationID: "org_b", domain: "shop.example.com") != token)
+        #expect(try SecretSealer(keyFile: path).ownershipToken(organizationID: "org_a", domain: "www.example.com") != token)
+        // Another platform (another key) asks for another value.
+        let other = try keyFile()
+        defer { try? FileManager.default.removeItem(atPath: (other as NSString).deletingLastPathComponent) }
+        #expect(try SecretSealer(keyFile: other).ownershipToken(organizationID: "org_a", domain: "shop.example.com") != token)
+    }
+
     @Test func aKeyFileOfTheWrongSizeIsRefusedWithWhatToDo() throws {
         let path = try keyFile()
         defer { try? FileManager.default.removeItem(atPath: (path as NSString).deletingLastPathComponent) }

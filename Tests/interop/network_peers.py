@@ -88,10 +88,11 @@ class Network:
     def key(self, service):
         return self.pb.RouteKey(environment_id=ENV, service_id=service)
 
-    def route(self, service, name, prefix="", domains=(), protocol=0):
+    def route(self, service, name, prefix="", domains=(), protocol=0, tokens=None):
         pb = self.pb
         return self.stub.SetRoute(pb.SetRouteRequest(route=pb.Route(
-            key=self.key(service), service_name=name, environment_name="dev", path_prefix=prefix, custom_domains=list(domains), protocol=protocol)))
+            key=self.key(service), service_name=name, environment_name="dev", path_prefix=prefix, custom_domains=list(domains), protocol=protocol,
+            ownership_tokens=tokens or {})))
 
     def backends(self, service, *backends, drain=0):
         return self.stub.SetBackends(self.pb.SetBackendsRequest(key=self.key(service), addresses=[b.address if isinstance(b, Backend) else b for b in backends],

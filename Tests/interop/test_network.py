@@ -358,6 +358,46 @@ def test_custom_domains_are_verified_through_dns(pbs, dns):
         backend.close()
 
 
+def test_a_custom_domain_is_routed_only_once_its_ownership_record_holds_the_claimants_value(pbs, dns):
+    """Pointing here is not enough when the route carries an ownership token (the pipeline's, one per
+    organization and domain): the domain stays PENDING, saying which TXT record to add, until
+    _slipway-challenge.<domain> holds the value; claimed again under another token, it is checked again."""
+    dns_port, call = dns
+    net = Network(pbs, "--network-dns-resolver", f"127.0.0.1:{dns_port}", "--network-public-addresses", "127.0.0.1", verify_domains=True)
+    backend = Backend("web")
+    pb = net.pb
+    try:
+        net.backends("svc-web", backend)
+        call("/add-a", {"host": "shop.example.test.", "addresses": ["127.0.0.1"]})
+        status = net.route("svc-web", "web", domains=["shop.example.test"], tokens={"shop.example.test": "slipway-verify=aaaa"})
+        shop = {d.domain: d for d in status.domains}["shop.example.test"]
+        assert shop.state == pb.DOMAIN_PENDING, shop
+        assert "_slipway-challenge.shop.example.test" in shop.reason and "slipway-verify=aaaa" in shop.reason, shop.reason
+        assert (shop.ownership_record, shop.ownership_value) == ("_slipway-challenge.shop.example.test", "slipway-verify=aaaa")
+        assert get(net, "shop.example.test")[0] == 404 and "shop.example.test" not in net.config()
+        # Someone else's value does not do.
+        call("/set-txt", {"host": "_slipway-challenge.shop.example.test.", "value": "slipway-verify=bbbb"})
+        status = net.stub.CheckDomains(net.key("svc-web"))
+        assert {d.domain: d.state for d in status.domains}["shop.example.test"] == pb.DOMAIN_PENDING
+        # The owner's record: verified and routed.
+        call("/set-txt", {"host": "_slipway-challenge.shop.example.test.", "value": "slipway-verify=aaaa"})
+        status = net.stub.CheckDomains(net.key("svc-web"))
+        shop = {d.domain: d for d in status.domains}["shop.example.test"]
+        assert shop.state == pb.DOMAIN_VERIFIED and "proves ownership" in shop.reason, shop
+        assert get(net, "shop.example.test")[0] == 200
+        # Claimed under another value (another organization's): unrouted at once, pending until its own record.
+        status = net.route("svc-web", "web", domains=["shop.example.test"], tokens={"shop.example.test": "slipway-verify=cccc"})
+        assert {d.domain: d.state for d in status.domains}["shop.example.test"] == pb.DOMAIN_PENDING
+        assert get(net, "shop.example.test")[0] == 404
+        # A token for a domain the route does not have is refused.
+        with pytest.raises(grpc.RpcError) as error:
+            net.route("svc-web", "web", domains=["shop.example.test"], tokens={"other.example.test": "x"})
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "ownership_tokens" in error.value.details()
+    finally:
+        net.close()
+        backend.close()
+
+
 def test_a_resolver_that_does_not_answer_is_reported(pbs):
     silent = local.free_port()  # nothing listens there
     net = Network(pbs, "--network-dns-resolver", f"127.0.0.1:{silent}")

@@ -120,6 +120,7 @@ static inline const ProtobufCMessageDescriptor *slipway__logs__v1__stream_info__
 static inline const ProtobufCMessageDescriptor *slipway__logs__v1__list_streams_response__descriptor_ptr(void) { return &slipway__logs__v1__list_streams_response__descriptor; }
 static inline const ProtobufCMessageDescriptor *slipway__network__v1__route_key__descriptor_ptr(void) { return &slipway__network__v1__route_key__descriptor; }
 static inline const ProtobufCMessageDescriptor *slipway__network__v1__route__descriptor_ptr(void) { return &slipway__network__v1__route__descriptor; }
+static inline const ProtobufCMessageDescriptor *slipway__network__v1__route__ownership_tokens_entry__descriptor_ptr(void) { return &slipway__network__v1__route__ownership_tokens_entry__descriptor; }
 static inline const ProtobufCMessageDescriptor *slipway__network__v1__set_route_request__descriptor_ptr(void) { return &slipway__network__v1__set_route_request__descriptor; }
 static inline const ProtobufCMessageDescriptor *slipway__network__v1__set_backends_request__descriptor_ptr(void) { return &slipway__network__v1__set_backends_request__descriptor; }
 static inline const ProtobufCMessageDescriptor *slipway__network__v1__domain_status__descriptor_ptr(void) { return &slipway__network__v1__domain_status__descriptor; }

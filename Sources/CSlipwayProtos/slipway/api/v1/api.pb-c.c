@@ -1949,7 +1949,7 @@ const ProtobufCMessageDescriptor slipway__api__v1__get_route_request__descriptor
   (ProtobufCMessageInit) slipway__api__v1__get_route_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor slipway__api__v1__custom_domain__field_descriptors[4] =
+static const ProtobufCFieldDescriptor slipway__api__v1__custom_domain__field_descriptors[6] =
 {
   {
     "domain",
@@ -1999,17 +1999,43 @@ static const ProtobufCFieldDescriptor slipway__api__v1__custom_domain__field_des
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "txt_name",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Api__V1__CustomDomain, txt_name),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "txt_value",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Api__V1__CustomDomain, txt_value),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned slipway__api__v1__custom_domain__field_indices_by_name[] = {
   0,   /* field[0] = domain */
   2,   /* field[2] = reason */
   1,   /* field[1] = state */
   3,   /* field[3] = tls */
+  4,   /* field[4] = txt_name */
+  5,   /* field[5] = txt_value */
 };
 static const ProtobufCIntRange slipway__api__v1__custom_domain__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 4 }
+  { 0, 6 }
 };
 const ProtobufCMessageDescriptor slipway__api__v1__custom_domain__descriptor =
 {
@@ -2019,7 +2045,7 @@ const ProtobufCMessageDescriptor slipway__api__v1__custom_domain__descriptor =
   "Slipway__Api__V1__CustomDomain",
   "slipway.api.v1",
   sizeof(Slipway__Api__V1__CustomDomain),
-  4,
+  6,
   slipway__api__v1__custom_domain__field_descriptors,
   slipway__api__v1__custom_domain__field_indices_by_name,
   1,  slipway__api__v1__custom_domain__number_ranges,

@@ -52,6 +52,12 @@ void   slipway__network__v1__route_key__free_unpacked
   assert(message->base.descriptor == &slipway__network__v1__route_key__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   slipway__network__v1__route__ownership_tokens_entry__init
+                     (Slipway__Network__V1__Route__OwnershipTokensEntry         *message)
+{
+  static const Slipway__Network__V1__Route__OwnershipTokensEntry init_value = SLIPWAY__NETWORK__V1__ROUTE__OWNERSHIP_TOKENS_ENTRY__INIT;
+  *message = init_value;
+}
 void   slipway__network__v1__route__init
                      (Slipway__Network__V1__Route         *message)
 {
@@ -688,7 +694,58 @@ const ProtobufCMessageDescriptor slipway__network__v1__route_key__descriptor =
   (ProtobufCMessageInit) slipway__network__v1__route_key__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor slipway__network__v1__route__field_descriptors[7] =
+static const ProtobufCFieldDescriptor slipway__network__v1__route__ownership_tokens_entry__field_descriptors[2] =
+{
+  {
+    "key",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Network__V1__Route__OwnershipTokensEntry, key),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "value",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Network__V1__Route__OwnershipTokensEntry, value),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned slipway__network__v1__route__ownership_tokens_entry__field_indices_by_name[] = {
+  0,   /* field[0] = key */
+  1,   /* field[1] = value */
+};
+static const ProtobufCIntRange slipway__network__v1__route__ownership_tokens_entry__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor slipway__network__v1__route__ownership_tokens_entry__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "slipway.network.v1.Route.OwnershipTokensEntry",
+  "OwnershipTokensEntry",
+  "Slipway__Network__V1__Route__OwnershipTokensEntry",
+  "slipway.network.v1",
+  sizeof(Slipway__Network__V1__Route__OwnershipTokensEntry),
+  2,
+  slipway__network__v1__route__ownership_tokens_entry__field_descriptors,
+  slipway__network__v1__route__ownership_tokens_entry__field_indices_by_name,
+  1,  slipway__network__v1__route__ownership_tokens_entry__number_ranges,
+  (ProtobufCMessageInit) slipway__network__v1__route__ownership_tokens_entry__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor slipway__network__v1__route__field_descriptors[8] =
 {
   {
     "key",
@@ -774,12 +831,25 @@ static const ProtobufCFieldDescriptor slipway__network__v1__route__field_descrip
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "ownership_tokens",
+    8,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Slipway__Network__V1__Route, n_ownership_tokens),
+    offsetof(Slipway__Network__V1__Route, ownership_tokens),
+    &slipway__network__v1__route__ownership_tokens_entry__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned slipway__network__v1__route__field_indices_by_name[] = {
   3,   /* field[3] = custom_domains */
   6,   /* field[6] = default_label */
   2,   /* field[2] = environment_name */
   0,   /* field[0] = key */
+  7,   /* field[7] = ownership_tokens */
   4,   /* field[4] = path_prefix */
   5,   /* field[5] = protocol */
   1,   /* field[1] = service_name */
@@ -787,7 +857,7 @@ static const unsigned slipway__network__v1__route__field_indices_by_name[] = {
 static const ProtobufCIntRange slipway__network__v1__route__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 7 }
+  { 0, 8 }
 };
 const ProtobufCMessageDescriptor slipway__network__v1__route__descriptor =
 {
@@ -797,7 +867,7 @@ const ProtobufCMessageDescriptor slipway__network__v1__route__descriptor =
   "Slipway__Network__V1__Route",
   "slipway.network.v1",
   sizeof(Slipway__Network__V1__Route),
-  7,
+  8,
   slipway__network__v1__route__field_descriptors,
   slipway__network__v1__route__field_indices_by_name,
   1,  slipway__network__v1__route__number_ranges,
@@ -906,7 +976,7 @@ const ProtobufCMessageDescriptor slipway__network__v1__set_backends_request__des
   (ProtobufCMessageInit) slipway__network__v1__set_backends_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor slipway__network__v1__domain_status__field_descriptors[6] =
+static const ProtobufCFieldDescriptor slipway__network__v1__domain_status__field_descriptors[8] =
 {
   {
     "domain",
@@ -980,11 +1050,37 @@ static const ProtobufCFieldDescriptor slipway__network__v1__domain_status__field
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "ownership_record",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Network__V1__DomainStatus, ownership_record),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "ownership_value",
+    8,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Network__V1__DomainStatus, ownership_value),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned slipway__network__v1__domain_status__field_indices_by_name[] = {
   5,   /* field[5] = certificate_not_after_unix_millis */
   3,   /* field[3] = checked_unix_millis */
   0,   /* field[0] = domain */
+  6,   /* field[6] = ownership_record */
+  7,   /* field[7] = ownership_value */
   2,   /* field[2] = reason */
   1,   /* field[1] = state */
   4,   /* field[4] = tls */
@@ -992,7 +1088,7 @@ static const unsigned slipway__network__v1__domain_status__field_indices_by_name
 static const ProtobufCIntRange slipway__network__v1__domain_status__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 6 }
+  { 0, 8 }
 };
 const ProtobufCMessageDescriptor slipway__network__v1__domain_status__descriptor =
 {
@@ -1002,7 +1098,7 @@ const ProtobufCMessageDescriptor slipway__network__v1__domain_status__descriptor
   "Slipway__Network__V1__DomainStatus",
   "slipway.network.v1",
   sizeof(Slipway__Network__V1__DomainStatus),
-  6,
+  8,
   slipway__network__v1__domain_status__field_descriptors,
   slipway__network__v1__domain_status__field_indices_by_name,
   1,  slipway__network__v1__domain_status__number_ranges,

@@ -323,10 +323,16 @@ struct  Slipway__Api__V1__CustomDomain
   ProtobufCBinaryData state;
   ProtobufCBinaryData reason;
   protobuf_c_boolean tls;
+  /*
+   * The TXT record that proves the organization owns the domain (a domain is routed only once it
+   * points here and this record holds the value): add `txt_name` with the value `txt_value`.
+   */
+  ProtobufCBinaryData txt_name;
+  ProtobufCBinaryData txt_value;
 };
 #define SLIPWAY__API__V1__CUSTOM_DOMAIN__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&slipway__api__v1__custom_domain__descriptor) \
-    , {0,NULL}, {0,NULL}, {0,NULL}, 0 }
+    , {0,NULL}, {0,NULL}, {0,NULL}, 0, {0,NULL}, {0,NULL} }
 
 
 struct  Slipway__Api__V1__ServiceRoute

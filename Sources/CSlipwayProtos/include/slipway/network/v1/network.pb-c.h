@@ -17,6 +17,7 @@ PROTOBUF_C__BEGIN_DECLS
 
 typedef struct Slipway__Network__V1__RouteKey Slipway__Network__V1__RouteKey;
 typedef struct Slipway__Network__V1__Route Slipway__Network__V1__Route;
+typedef struct Slipway__Network__V1__Route__OwnershipTokensEntry Slipway__Network__V1__Route__OwnershipTokensEntry;
 typedef struct Slipway__Network__V1__SetRouteRequest Slipway__Network__V1__SetRouteRequest;
 typedef struct Slipway__Network__V1__SetBackendsRequest Slipway__Network__V1__SetBackendsRequest;
 typedef struct Slipway__Network__V1__DomainStatus Slipway__Network__V1__DomainStatus;
@@ -85,6 +86,17 @@ struct  Slipway__Network__V1__RouteKey
     , {0,NULL}, {0,NULL} }
 
 
+struct  Slipway__Network__V1__Route__OwnershipTokensEntry
+{
+  ProtobufCMessage base;
+  char *key;
+  char *value;
+};
+#define SLIPWAY__NETWORK__V1__ROUTE__OWNERSHIP_TOKENS_ENTRY__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&slipway__network__v1__route__ownership_tokens_entry__descriptor) \
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string }
+
+
 /*
  * What the pipeline sets for a service with a public port (ROUTER_DEPLOYMENT). Clients always reach
  * the load balancer over HTTP/1.1 or HTTP/2 (ALPN), HTTPS once a certificate covers the domain.
@@ -115,10 +127,17 @@ struct  Slipway__Network__V1__Route
    * a default domain.
    */
   ProtobufCBinaryData default_label;
+  /*
+   * Per custom domain (lowercase), the value its ownership record, a TXT record at
+   * _slipway-challenge.<domain>, must hold before the domain is verified and routed. The pipeline
+   * derives one per organization and domain. A domain without one is checked for where it points only.
+   */
+  size_t n_ownership_tokens;
+  Slipway__Network__V1__Route__OwnershipTokensEntry **ownership_tokens;
 };
 #define SLIPWAY__NETWORK__V1__ROUTE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&slipway__network__v1__route__descriptor) \
-    , NULL, {0,NULL}, {0,NULL}, 0,NULL, {0,NULL}, SLIPWAY__NETWORK__V1__UPSTREAM_PROTOCOL__UPSTREAM_PROTOCOL_HTTP, {0,NULL} }
+    , NULL, {0,NULL}, {0,NULL}, 0,NULL, {0,NULL}, SLIPWAY__NETWORK__V1__UPSTREAM_PROTOCOL__UPSTREAM_PROTOCOL_HTTP, {0,NULL}, 0,NULL }
 
 
 struct  Slipway__Network__V1__SetRouteRequest
@@ -169,10 +188,16 @@ struct  Slipway__Network__V1__DomainStatus
    */
   protobuf_c_boolean tls;
   int64_t certificate_not_after_unix_millis;
+  /*
+   * The TXT record that proves ownership (custom domains with an ownership token): its name and
+   * the value it must hold.
+   */
+  ProtobufCBinaryData ownership_record;
+  ProtobufCBinaryData ownership_value;
 };
 #define SLIPWAY__NETWORK__V1__DOMAIN_STATUS__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&slipway__network__v1__domain_status__descriptor) \
-    , {0,NULL}, SLIPWAY__NETWORK__V1__DOMAIN_STATE__DOMAIN_STATE_UNSPECIFIED, {0,NULL}, 0, 0, 0 }
+    , {0,NULL}, SLIPWAY__NETWORK__V1__DOMAIN_STATE__DOMAIN_STATE_UNSPECIFIED, {0,NULL}, 0, 0, 0, {0,NULL}, {0,NULL} }
 
 
 struct  Slipway__Network__V1__RouteStatus
@@ -321,6 +346,9 @@ Slipway__Network__V1__RouteKey *
 void   slipway__network__v1__route_key__free_unpacked
                      (Slipway__Network__V1__RouteKey *message,
                       ProtobufCAllocator *allocator);
+/* Slipway__Network__V1__Route__OwnershipTokensEntry methods */
+void   slipway__network__v1__route__ownership_tokens_entry__init
+                     (Slipway__Network__V1__Route__OwnershipTokensEntry         *message);
 /* Slipway__Network__V1__Route methods */
 void   slipway__network__v1__route__init
                      (Slipway__Network__V1__Route         *message);
@@ -573,6 +601,9 @@ void   slipway__network__v1__load_balancer_status__free_unpacked
 typedef void (*Slipway__Network__V1__RouteKey_Closure)
                  (const Slipway__Network__V1__RouteKey *message,
                   void *closure_data);
+typedef void (*Slipway__Network__V1__Route__OwnershipTokensEntry_Closure)
+                 (const Slipway__Network__V1__Route__OwnershipTokensEntry *message,
+                  void *closure_data);
 typedef void (*Slipway__Network__V1__Route_Closure)
                  (const Slipway__Network__V1__Route *message,
                   void *closure_data);
@@ -724,6 +755,7 @@ extern const ProtobufCEnumDescriptor    slipway__network__v1__upstream_protocol_
 extern const ProtobufCEnumDescriptor    slipway__network__v1__domain_state__descriptor;
 extern const ProtobufCMessageDescriptor slipway__network__v1__route_key__descriptor;
 extern const ProtobufCMessageDescriptor slipway__network__v1__route__descriptor;
+extern const ProtobufCMessageDescriptor slipway__network__v1__route__ownership_tokens_entry__descriptor;
 extern const ProtobufCMessageDescriptor slipway__network__v1__set_route_request__descriptor;
 extern const ProtobufCMessageDescriptor slipway__network__v1__set_backends_request__descriptor;
 extern const ProtobufCMessageDescriptor slipway__network__v1__domain_status__descriptor;

@@ -234,8 +234,13 @@ struct PipelineService: Slipway_Pipeline_V1_Pipeline.ServiceProtocol {
         try Proto.checkID(request.serviceId, "service_id")
         _ = try store.service(request.serviceId)
         guard request.pageSize <= 500 else { throw Proto.invalid("page_size must be at most 500, got \(request.pageSize)") }
+        guard request.commit.utf8.count <= 64, request.commit.allSatisfy(\.isHexDigit) else {
+            throw Proto.invalid("commit must be a commit SHA (hex digits, at most 64)")
+        }
         var response = Slipway_Pipeline_V1_ListReleasesResponse()
-        response.releases = try store.releases(serviceID: request.serviceId, limit: request.pageSize == 0 ? 20 : Int(request.pageSize)).map(Proto.release)
+        response.releases = try store.releases(
+            serviceID: request.serviceId, commit: request.commit.isEmpty ? nil : request.commit, limit: request.pageSize == 0 ? 20 : Int(request.pageSize)
+        ).map(Proto.release)
         return response
     }
 

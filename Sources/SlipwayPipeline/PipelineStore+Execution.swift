@@ -289,10 +289,12 @@ extension PipelineStore {
         }
     }
 
-    public func releases(serviceID: String, limit: Int = 20) throws -> [Release] {
+    /// The service's releases, newest first; only those built from `commit` when given.
+    public func releases(serviceID: String, commit: String? = nil, limit: Int = 20) throws -> [Release] {
         let rows = try database.inDatabase { db in
-            try Row.fetchAll(db.cachedStatement(sql: "SELECT * FROM release WHERE service_id = ? ORDER BY created_at DESC, rowid DESC LIMIT ?"),
-                arguments: [serviceID, max(1, min(limit, 500))])
+            try Row.fetchAll(
+                db.cachedStatement(sql: "SELECT * FROM release WHERE service_id = ? AND (?2 IS NULL OR commit_sha = ?2) ORDER BY created_at DESC, rowid DESC LIMIT ?3"),
+                arguments: [serviceID, commit, max(1, min(limit, 500))])
         }
         return try rows.map(release(from:))
     }

@@ -108,6 +108,9 @@ import Testing
         let pruned = try store.prune(deploymentsPerService: 3, releasesPerService: 2)
         #expect(pruned == PipelineStore.Pruned(deployments: 4, serviceRecords: 4, releases: 4))
         #expect(try store.releases(serviceID: service.id, limit: 100).map(\.commit) == ["c5", "c4"])
+        // Asked by commit (the gateway's replay check): one indexed read, none for a pruned one.
+        #expect(try store.releases(serviceID: service.id, commit: "c4", limit: 1).map(\.image) == ["img:4"])
+        #expect(try store.releases(serviceID: service.id, commit: "c1", limit: 1).isEmpty)
         // The queued one counts among the newest three: two finished ones stay with it.
         for id in finished.prefix(4) { #expect(throws: PipelineStore.Failure.self) { try store.deployment(id) } }
         for id in finished.suffix(2) + [queued.id, lone.id] { #expect(try store.deployment(id).id == id) }

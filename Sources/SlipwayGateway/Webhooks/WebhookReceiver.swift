@@ -193,15 +193,18 @@ final class WebhookReceiver: Sendable {
             return ignored(
                 "commit \(record.commit.prefix(12)) was deployed before by delivery \(earlier.id) (a replayed delivery?); deploy it by hand to run it again")
         }
+        // Two indexed reads of one release each: one built from this commit, and the newest.
         var releasesRequest = Slipway_Pipeline_V1_ListReleasesRequest()
         releasesRequest.serviceId = service.id
-        releasesRequest.pageSize = 100
-        let releases = try await pipeline.listReleases(releasesRequest).releases
-        if let index = releases.firstIndex(where: { $0.commit == record.commit }) {
+        releasesRequest.pageSize = 1
+        releasesRequest.commit = record.commit
+        if let earlier = try await pipeline.listReleases(releasesRequest).releases.first {
+            releasesRequest.commit = ""
+            let newest = try await pipeline.listReleases(releasesRequest).releases.first ?? earlier
             return ignored(
-                index == 0
-                    ? "commit \(record.commit.prefix(12)) is what service \(service.name) runs (release \(releases[0].id)); nothing to deploy"
-                    : "commit \(record.commit.prefix(12)) ran in an earlier release (\(releases[index].id)) than the deployed \(releases[0].commit.prefix(12)); a push never brings an earlier release back: roll back or deploy it by hand")
+                newest.id == earlier.id || newest.commit == record.commit
+                    ? "commit \(record.commit.prefix(12)) is what service \(service.name) runs (release \(newest.id)); nothing to deploy"
+                    : "commit \(record.commit.prefix(12)) ran in an earlier release (\(earlier.id)) than the deployed \(newest.commit.prefix(12)); a push never brings an earlier release back: roll back or deploy it by hand")
         }
         var deploy = Slipway_Pipeline_V1_DeployRequest()
         deploy.environmentId = service.environmentId

@@ -5988,7 +5988,7 @@ const ProtobufCMessageDescriptor slipway__pipeline__v1__list_deployments_respons
   (ProtobufCMessageInit) slipway__pipeline__v1__list_deployments_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor slipway__pipeline__v1__list_releases_request__field_descriptors[2] =
+static const ProtobufCFieldDescriptor slipway__pipeline__v1__list_releases_request__field_descriptors[3] =
 {
   {
     "service_id",
@@ -6014,15 +6014,28 @@ static const ProtobufCFieldDescriptor slipway__pipeline__v1__list_releases_reque
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "commit",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Slipway__Pipeline__V1__ListReleasesRequest, commit),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned slipway__pipeline__v1__list_releases_request__field_indices_by_name[] = {
+  2,   /* field[2] = commit */
   1,   /* field[1] = page_size */
   0,   /* field[0] = service_id */
 };
 static const ProtobufCIntRange slipway__pipeline__v1__list_releases_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 2 }
+  { 0, 3 }
 };
 const ProtobufCMessageDescriptor slipway__pipeline__v1__list_releases_request__descriptor =
 {
@@ -6032,7 +6045,7 @@ const ProtobufCMessageDescriptor slipway__pipeline__v1__list_releases_request__d
   "Slipway__Pipeline__V1__ListReleasesRequest",
   "slipway.pipeline.v1",
   sizeof(Slipway__Pipeline__V1__ListReleasesRequest),
-  2,
+  3,
   slipway__pipeline__v1__list_releases_request__field_descriptors,
   slipway__pipeline__v1__list_releases_request__field_indices_by_name,
   1,  slipway__pipeline__v1__list_releases_request__number_ranges,

@@ -1124,10 +1124,14 @@ struct  Slipway__Pipeline__V1__ListReleasesRequest
    * 0: 20; at most 500.
    */
   uint32_t page_size;
+  /*
+   * Only the releases built from this commit (the full SHA). Empty: all.
+   */
+  ProtobufCBinaryData commit;
 };
 #define SLIPWAY__PIPELINE__V1__LIST_RELEASES_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&slipway__pipeline__v1__list_releases_request__descriptor) \
-    , {0,NULL}, 0 }
+    , {0,NULL}, 0, {0,NULL} }
 
 
 struct  Slipway__Pipeline__V1__ListReleasesResponse

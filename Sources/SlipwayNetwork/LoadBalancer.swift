@@ -21,6 +21,8 @@ public actor LoadBalancer {
         public var maxRoutes = 1000
         public var maxChallenges = 1000
         public var maxCertificateBytes = 64 * 1024
+        /// Certificates installed at once (a renewal replaces its predecessor; expired ones go).
+        public var maxCertificates = 2000
         public init() {}
     }
 
@@ -253,8 +255,12 @@ public actor LoadBalancer {
         try write(keyPEM, to: config.keyPath(certificate.id), mode: 0o600)
         do {
             _ = try await applyInTurn { state in
-                // A certificate for the same names (or fewer) is replaced.
-                state.certificates.removeAll { $0.id == certificate.id || Set($0.domains).isSubset(of: certificate.domains) }
+                // A certificate for the same names (or fewer) is replaced; expired ones serve nobody.
+                let now = Date().timeIntervalSince1970
+                state.certificates.removeAll { $0.id == certificate.id || Set($0.domains).isSubset(of: certificate.domains) || $0.notAfter < now }
+                guard state.certificates.count < limits.maxCertificates else {
+                    throw Failure(kind: .conflict, description: "the load balancer holds its limit of \(limits.maxCertificates) certificates")
+                }
                 state.certificates.append(certificate)
             }
         } catch {

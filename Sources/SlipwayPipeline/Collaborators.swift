@@ -109,5 +109,8 @@ public protocol NetworkCollaborator: Sendable {
 
 /// Certificates of public services' domains.
 public protocol CertificateCollaborator: Sendable {
-    func certificate(_ work: ServiceWork) async throws
+    /// Certificates for the domains that are the service's; returns a note for the step when some
+    /// custom domain is not verified yet (empty: every domain has its certificate). Throws when a
+    /// certificate could not be had for a domain that is the service's.
+    func certificate(_ work: ServiceWork) async throws -> String
 }

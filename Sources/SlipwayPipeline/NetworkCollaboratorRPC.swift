@@ -53,7 +53,9 @@ public struct NetworkCollaboratorRPC: NetworkCollaborator {
 /// CERTIFICATE over the certs service (`slipway.certs.v1.Certs`): a certificate for the route's
 /// default domain (the local CA signs `*.localhost`), and one for its verified custom domains (they
 /// point at the load balancer and their ownership record holds the organization's value). Custom
-/// domains still pending are named in the step's failure, with what to add.
+/// domains still pending do not fail the deployment (the app serves on its default domain): the
+/// step's message names them with what to add; their certificate comes with the next deployment
+/// once they are verified.
 public struct CertificateCollaboratorRPC: CertificateCollaborator {
     let network: Slipway_Network_V1_Network.Client
     let certs: Slipway_Certs_V1_Certs.Client
@@ -63,17 +65,16 @@ public struct CertificateCollaboratorRPC: CertificateCollaborator {
         self.certs = .init(wrapping: certs)
     }
 
-    public func certificate(_ work: ServiceWork) async throws {
+    public func certificate(_ work: ServiceWork) async throws -> String {
         let status = try await stepCall("slipway-network") { try await network.getRoute(NetworkCollaboratorRPC.key(work)) }
         try await issue([status.defaultDomain])
         let custom = status.domains.filter { $0.domain != status.defaultDomain }
         let verified = custom.filter { $0.state == .domainVerified }.map(\.domain)
         if !verified.isEmpty { try await issue(verified) }
         let waiting = custom.filter { $0.state != .domainVerified }
-        if !waiting.isEmpty {
-            let reasons = waiting.map { "\($0.domain): \($0.reason.isEmpty ? "DNS not checked yet" : $0.reason)" }
-            throw StepFailure("no certificate yet for custom domains not verified yet — \(reasons.joined(separator: "; "))")
-        }
+        guard !waiting.isEmpty else { return "" }
+        let reasons = waiting.map { "\($0.domain): \($0.reason.isEmpty ? "not checked yet" : $0.reason)" }
+        return "custom domains not verified yet (routed once verified; their certificate comes with the next deployment after that) — \(reasons.joined(separator: "; "))"
     }
 
     private func issue(_ domains: [String]) async throws {

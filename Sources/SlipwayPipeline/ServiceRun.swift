@@ -171,7 +171,8 @@ struct ServiceRun {
                 try await timed(.routerDeployment) { try await collaborators.network.route(work) }
                 try await change(nil, end: .succeeded, start: .certificate)
             }
-            try await timed(.certificate) { try await collaborators.certs.certificate(work) }
+            let note = try await timed(.certificate) { try await collaborators.certs.certificate(work) }
+            if !note.isEmpty { last.message = note }
         } else {
             last = (.skipped, "no public port")
             if from != .certificate { try await change(nil, end: .skipped, message: last.message, start: .certificate) }

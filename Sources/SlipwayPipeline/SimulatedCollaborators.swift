@@ -76,8 +76,9 @@ public struct SimulatedCollaborators: ImageCollaborator, ClusterCollaborator, Ne
         try await step(.routerDeployment, work)
     }
 
-    public func certificate(_ work: ServiceWork) async throws {
+    public func certificate(_ work: ServiceWork) async throws -> String {
         try await step(.certificate, work)
+        return ""
     }
 
     static func isCommit(_ text: String) -> Bool {

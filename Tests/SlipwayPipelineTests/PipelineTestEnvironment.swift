@@ -364,7 +364,8 @@ final class ScriptedCollaborators: ImageCollaborator, ClusterCollaborator, Netwo
         try await call("unroute", work)
     }
 
-    func certificate(_ work: ServiceWork) async throws {
+    func certificate(_ work: ServiceWork) async throws -> String {
         try await call("certificate", work)
+        return ""
     }
 }

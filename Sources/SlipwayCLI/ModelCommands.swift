@@ -143,7 +143,7 @@ struct ServiceConfigOptions: ParsableArguments, Sendable {
     @Option(help: "CPU in millicores.") var cpu: UInt32?
     @Option(help: "Memory in MiB.") var memory: UInt32?
     @Option(help: "Readiness: HTTP path answered 2xx on the first port, e.g. /health.") var healthPath: String?
-    @Option(name: .customLong("domain"), help: "Custom domain (repeatable).") var domains: [String] = []
+    @Option(name: .customLong("domain"), help: "Custom domain (repeatable; --domain '' removes them all).") var domains: [String] = []
     @Option(help: "Deploy on git pushes: on or off.") var autoDeploy: String?
     @Option(name: .customLong("auto-deploy-branch"), help: "Branch whose pushes deploy (repeatable; default the service's branch).")
     var autoDeployBranches: [String] = []
@@ -226,7 +226,8 @@ struct ServiceConfigOptions: ParsableArguments, Sendable {
             probe.periodSeconds = 1
             config.readinessProbe = probe
         }
-        if !domains.isEmpty { config.customDomains = domains }
+        // `--domain ''` alone removes them all.
+        if !domains.isEmpty { config.customDomains = domains.filter { !$0.isEmpty } }
         if let autoDeploy {
             guard autoDeploy == "on" || autoDeploy == "off" else { throw CLIError.usage("--auto-deploy is on or off") }
             var auto = config.autoDeploy ?? .init()

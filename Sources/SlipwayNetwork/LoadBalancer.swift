@@ -139,9 +139,20 @@ public actor LoadBalancer {
             if state.routes[key] == nil, state.routes.count >= limits.maxRoutes {
                 throw Failure(kind: .conflict, description: "the load balancer holds its limit of \(limits.maxRoutes) routes")
             }
-            // Two services on one domain need different path prefixes.
+            // Two services on one domain need different path prefixes. A custom domain the route
+            // claims with an ownership token is the caller's decision (the pipeline gives a domain to
+            // one service, platform-wide): it is taken from a route that still lists it (a service
+            // that dropped it and has not been deployed since) instead of refused.
             for other in state.routes.values where other.key != key && other.pathPrefix == route.pathPrefix {
-                let theirs = Set([other.defaultDomain(base: settings.baseDomain)] + other.customDomains)
+                let claimed = Set(route.customDomains.filter { route.ownershipTokens?[$0] != nil })
+                let stale = other.customDomains.filter(claimed.contains)
+                if !stale.isEmpty {
+                    state.routes[other.key]?.customDomains.removeAll(where: claimed.contains)
+                    logger.notice("custom domains taken from a route that no longer holds them", metadata: [
+                        "domains": "\(stale.joined(separator: ","))", "from": "\(other.key)", "to": "\(key)",
+                    ])
+                }
+                let theirs = Set([other.defaultDomain(base: settings.baseDomain)] + other.customDomains.filter { !claimed.contains($0) })
                 if let taken = ([defaultDomain] + route.customDomains).first(where: theirs.contains) {
                     throw Failure(kind: .conflict, description: "\(taken)\(route.pathPrefix) is already routed to service \(other.serviceName) (\(other.serviceID)); use another domain or path prefix")
                 }

@@ -389,6 +389,14 @@ def test_a_custom_domain_is_routed_only_once_its_ownership_record_holds_the_clai
         status = net.route("svc-web", "web", domains=["shop.example.test"], tokens={"shop.example.test": "slipway-verify=cccc"})
         assert {d.domain: d.state for d in status.domains}["shop.example.test"] == pb.DOMAIN_PENDING
         assert get(net, "shop.example.test")[0] == 404
+        # Another service claiming it with its token (the pipeline moved the claim) takes it from the
+        # route that still lists it; without a token, a shared name under one prefix stays a conflict.
+        taken = net.route("svc-new", "new", domains=["shop.example.test"], tokens={"shop.example.test": "slipway-verify=dddd"})
+        assert [d.domain for d in taken.domains] == ["new-dev.localhost", "shop.example.test"]
+        assert list(net.stub.GetRoute(net.key("svc-web")).route.custom_domains) == []
+        with pytest.raises(grpc.RpcError) as error:
+            net.route("svc-third", "third", domains=["shop.example.test"])
+        assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "already routed" in error.value.details()
         # A token for a domain the route does not have is refused.
         with pytest.raises(grpc.RpcError) as error:
             net.route("svc-web", "web", domains=["shop.example.test"], tokens={"other.example.test": "x"})

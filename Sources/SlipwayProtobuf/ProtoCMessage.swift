@@ -19,6 +19,10 @@ extension ProtoCMessage {
     }
 
     public init(serializedBuffer buffer: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
+        // Map keys and values are C strings in protobuf-c (a NUL would cut them short): checked on the wire.
+        if let field = ProtoWireCheck.badString(Self.protoCDescriptor, buffer) {
+            throw ProtoDecodingError(messageName: Self.protoMessageName, reason: "string field \(field) is not valid UTF-8 or contains a NUL byte")
+        }
         var empty: UInt8 = 0
         let unpacked = withUnsafePointer(to: &empty) { emptyPointer in
             protobuf_c_message_unpack(
@@ -30,7 +34,11 @@ extension ProtoCMessage {
             throw ProtoDecodingError(messageName: Self.protoMessageName, reason: "malformed protobuf data (\(buffer.count) bytes)")
         }
         defer { protobuf_c_message_free_unpacked(unpacked, nil) }
-        self.init(protoCReader: ProtoCReader(descriptor: Self.protoCDescriptor, pointer: UnsafeRawPointer(unpacked)))
+        let issues = ProtoCDecodeIssues()
+        self.init(protoCReader: ProtoCReader(descriptor: Self.protoCDescriptor, pointer: UnsafeRawPointer(unpacked), issues: issues))
+        if let field = issues.alteredField {
+            throw ProtoDecodingError(messageName: Self.protoMessageName, reason: "string field \(field) is not valid UTF-8")
+        }
     }
 }
 

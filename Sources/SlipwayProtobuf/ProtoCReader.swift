@@ -1,15 +1,31 @@
 import CProtobufC
 
+/// What a decode had to alter: the first string field that was not valid UTF-8 (read with
+/// U+FFFD in place of the bad bytes). Shared by the readers of one message tree, so that the
+/// decode refuses the message rather than hand over text that differs from what was sent.
+public final class ProtoCDecodeIssues {
+    public private(set) var alteredField: String?
+
+    public init() {}
+
+    func record(_ field: UnsafePointer<ProtobufCFieldDescriptor>) {
+        if alteredField == nil { alteredField = String(cString: field.pointee.name) }
+    }
+}
+
 /// Reads fields out of an unpacked protobuf-c C message; fields are addressed by their index in the C descriptor.
 public struct ProtoCReader {
     /// The C descriptor of the message type.
     public let descriptor: UnsafePointer<ProtobufCMessageDescriptor>
     /// The C message.
     public let pointer: UnsafeRawPointer
+    /// Where altered strings are noted (nil: nowhere).
+    let issues: ProtoCDecodeIssues?
 
-    public init(descriptor: UnsafePointer<ProtobufCMessageDescriptor>, pointer: UnsafeRawPointer) {
+    public init(descriptor: UnsafePointer<ProtobufCMessageDescriptor>, pointer: UnsafeRawPointer, issues: ProtoCDecodeIssues? = nil) {
         self.descriptor = descriptor
         self.pointer = pointer
+        self.issues = issues
     }
 
     @inline(__always)
@@ -56,15 +72,18 @@ public struct ProtoCReader {
     public func string(_ index: Int) -> String {
         let field = field(index)
         if field.pointee.type == PROTOBUF_C_TYPE_BYTES {
-            return Self.string(load(field, as: ProtobufCBinaryData.self))
+            return string(load(field, as: ProtobufCBinaryData.self), field)
         }
         guard let cString = load(field, as: UnsafePointer<CChar>?.self) else { return "" }
         return String(cString: cString)
     }
 
-    static func string(_ data: ProtobufCBinaryData) -> String {
+    func string(_ data: ProtobufCBinaryData, _ field: UnsafePointer<ProtobufCFieldDescriptor>) -> String {
         guard data.len > 0, let base = data.data else { return "" }
-        return String(decoding: UnsafeBufferPointer(start: base, count: data.len), as: UTF8.self)
+        let buffer = UnsafeBufferPointer(start: base, count: data.len)
+        if let text = String(validating: buffer, as: UTF8.self) { return text }
+        issues?.record(field)
+        return String(decoding: buffer, as: UTF8.self)
     }
 
     /// A bytes field.
@@ -79,7 +98,7 @@ public struct ProtoCReader {
     public func message<M: ProtoCMessage>(_ index: Int, as type: M.Type = M.self) -> M? {
         let field = field(index)
         guard let child = load(field, as: UnsafeRawPointer?.self) else { return nil }
-        return M(protoCReader: ProtoCReader(descriptor: field.pointee.descriptor.assumingMemoryBound(to: ProtobufCMessageDescriptor.self), pointer: child))
+        return M(protoCReader: ProtoCReader(descriptor: field.pointee.descriptor.assumingMemoryBound(to: ProtobufCMessageDescriptor.self), pointer: child, issues: issues))
     }
 
     /// The element count and element base address of a repeated field.
@@ -104,7 +123,7 @@ public struct ProtoCReader {
         let (field, count, base) = repeated(index)
         guard count > 0, let base else { return [] }
         if field.pointee.type == PROTOBUF_C_TYPE_BYTES {
-            return UnsafeBufferPointer(start: base.assumingMemoryBound(to: ProtobufCBinaryData.self), count: count).map(Self.string)
+            return UnsafeBufferPointer(start: base.assumingMemoryBound(to: ProtobufCBinaryData.self), count: count).map { string($0, field) }
         }
         return UnsafeBufferPointer(start: base.assumingMemoryBound(to: UnsafePointer<CChar>?.self), count: count).map {
             $0.map { String(cString: $0) } ?? ""
@@ -124,7 +143,7 @@ public struct ProtoCReader {
         guard count > 0, let base else { return [] }
         let childDescriptor = field.pointee.descriptor.assumingMemoryBound(to: ProtobufCMessageDescriptor.self)
         return UnsafeBufferPointer(start: base.assumingMemoryBound(to: UnsafeRawPointer?.self), count: count).compactMap {
-            $0.map { read(ProtoCReader(descriptor: childDescriptor, pointer: $0)) }
+            $0.map { read(ProtoCReader(descriptor: childDescriptor, pointer: $0, issues: issues)) }
         }
     }
 

@@ -130,3 +130,29 @@ import Testing
     #expect(Base64.decode("_-8") == [0xFF, 0xEF])
     #expect(Base64.decode("/+8=") == [0xFF, 0xEF])
 }
+
+@Test func aStringThatWouldBeAlteredIsRefusedNamingTheField() throws {
+    // A plain string field keeps an embedded NUL (it is bytes in the C code): "a\0b" arrives as sent.
+    #expect(try Slipway_Testing_V1_TestRequest(serializedBytes: [0x0A, 0x03, 0x61, 0x00, 0x62]).text == "a\u{0}b")
+    do {
+        _ = try Slipway_Testing_V1_TestRequest(serializedBytes: [0x0A, 0x01, 0xFF])
+        Issue.record("invalid UTF-8 was accepted")
+    } catch {
+        #expect(error.reason.contains("text") && error.reason.contains("UTF-8"), "\(error.reason)")
+    }
+    // Invalid UTF-8: a lone continuation byte, an overlong '/', a surrogate, past U+10FFFF.
+    for bad: [UInt8] in [[0x80], [0xC0, 0xAF], [0xED, 0xA0, 0x80], [0xF4, 0x90, 0x80, 0x80], [0xE2, 0x82]] {
+        #expect(throws: ProtoDecodingError.self, "\(bad)") { try Slipway_Testing_V1_TestRequest(serializedBytes: [0x0A, UInt8(bad.count)] + bad) }
+    }
+    // Valid multi-byte text round-trips untouched.
+    var request = Slipway_Testing_V1_TestRequest()
+    request.text = "héllo — 日本 🚀"
+    #expect(try Slipway_Testing_V1_TestRequest(serializedBytes: request.serializedBytes()).text == request.text)
+    // Nested: a map entry's value (string → string) is checked too.
+    var nested = Slipway_Pipeline_V1_ServiceConfig()
+    nested.environmentVariables = ["KEY": "ok"]
+    var bytes = nested.serializedBytes()
+    let index = try #require(bytes.lastIndex(of: UInt8(ascii: "k")))
+    bytes[index] = 0
+    #expect(throws: ProtoDecodingError.self) { try Slipway_Pipeline_V1_ServiceConfig(serializedBytes: bytes) }
+}

@@ -267,6 +267,7 @@ def test_bad_requests_get_a_clear_status_and_the_service_stays_up(simulated):
         (config(application__build_args={"BIG": "x" * 17000}), "config.application.build_args hold"),
         (config(environment_variables={f"V{i}": "x" for i in range(1001)}), "config.environment_variables holds 1001"),
         (config(environment_variables={"BIG": "x" * 33000}), "config.environment_variables hold"),
+        (config(environment_variables={"NUL": "a\0b"}), "NUL"),
         (config(replicas=51), "config.replicas must be at most 50"),
         (config(custom_domains=[f"d{i}.example.com" for i in range(21)]), "at most 20 per service"),
         (config(custom_domains=["Shop.Example.com"]), "lowercase domain"),
@@ -290,6 +291,10 @@ def test_bad_requests_get_a_clear_status_and_the_service_stays_up(simulated):
     for name, text in [("a" * 41, "1 to 40"), ("web\u202eoof", "DNS label")]:
         cases.append((lambda name=name: p.stub.CreateService(pb.CreateServiceRequest(environment_id=env, name=name, config=p.app())), grpc.StatusCode.INVALID_ARGUMENT, text))
     cases.append((lambda: p.stub.CreateOrganization(pb.CreateOrganizationRequest(name="acme\u202eorc")), grpc.StatusCode.INVALID_ARGUMENT, "printable"))
+    # Bytes that are not UTF-8 in a string field (grpcio cannot send them as a str): refused, not repaired.
+    raw = p.channel.unary_unary("/slipway.pipeline.v1.Pipeline/CreateOrganization", request_serializer=lambda b: b,
+                                response_deserializer=pb.Organization.FromString)
+    cases.append((lambda: raw(b"\x0a\x02\xc3\x28"), grpc.StatusCode.INVALID_ARGUMENT, "not valid UTF-8"))
     cases.append((lambda: p.stub.UpdateService(pb.UpdateServiceRequest(service_id=ids["api"], config=config(replicas=51))), grpc.StatusCode.INVALID_ARGUMENT, "replicas"))
     pid = p.pipeline.pid
     for number, (call, code, text) in enumerate(cases):

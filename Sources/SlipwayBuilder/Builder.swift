@@ -84,7 +84,8 @@ final class Builder: Sendable {
 
     func mirror(_ request: Slipway_Builder_V1_MirrorRequest, events: @escaping EventSink) async throws(RPCError) {
         let validated = try ValidatedMirror(request, defaultRegistry: configuration.registry, operatorRegistries: configuration.insecureRegistries)
-        let timeout = request.timeoutSeconds > 0 ? Duration.seconds(Int(request.timeoutSeconds)) : configuration.buildTimeout
+        // A request may shorten the operator's limit, never extend it.
+        let timeout = request.timeoutSeconds > 0 ? min(Duration.seconds(Int(request.timeoutSeconds)), configuration.buildTimeout) : configuration.buildTimeout
         try await run(id: request.buildId, context: request.context ?? .init(), timeout: timeout, firstStep: .mirrorImage, events: events) { job in
             try await self.runMirror(validated, job)
         }

@@ -205,12 +205,13 @@ struct GitCredentials: Sendable {
     init(_ source: Slipway_Builder_V1_GitSource, scratch: String) throws(BuildFailure) {
         switch source.credentials {
         case .httpsToken(let token)?:
-            let helper = scratch + "/askpass-v2.sh"
+            let helper = scratch + "/askpass-v3.sh"
             if !FileManager.default.fileExists(atPath: helper) {
                 // Prints the username or the token, both from the environment (the file holds no
-                // secret), and only when git asks for the repository's own host: a submodule URL
-                // pointing elsewhere gets nothing.
-                let script = "#!/bin/sh\ncase \"$1\" in\n  *\"$SLIPWAY_GIT_HOST'\"*) ;;\n  *) exit 1 ;;\nesac\ncase \"$1\" in\n  Username*) printf '%s\\n' \"$SLIPWAY_GIT_USERNAME\" ;;\n  *) printf '%s\\n' \"$SLIPWAY_GIT_TOKEN\" ;;\nesac\n"
+                // secret), and only when git asks for the repository's own host — git's prompts
+                // end "'https://HOST': " or "'https://user@HOST': " — so a submodule URL pointing
+                // elsewhere, a look-alike host ending in the same name included, gets nothing.
+                let script = "#!/bin/sh\ncase \"$1\" in\n  *\"://$SLIPWAY_GIT_HOST'\"*|*\"@$SLIPWAY_GIT_HOST'\"*) ;;\n  *) exit 1 ;;\nesac\ncase \"$1\" in\n  Username*) printf '%s\\n' \"$SLIPWAY_GIT_USERNAME\" ;;\n  *) printf '%s\\n' \"$SLIPWAY_GIT_TOKEN\" ;;\nesac\n"
                 _ = FileManager.default.createFile(atPath: helper, contents: Data(script.utf8), attributes: [.posixPermissions: 0o700])
             }
             // Validation refused URLs without a host; an empty one here would match every prompt.

@@ -165,7 +165,13 @@ struct ServiceConfigOptions: ParsableArguments, Sendable {
         if let git {
             var source = Slipway_Pipeline_V1_GitSource()
             if case .application(let current)? = config.source { source = current } else { source.branch = "main" }
-            source.url = git.hasPrefix("/") || git.contains("://") || git.contains("@") ? git : URL(fileURLWithPath: git).standardizedFileURL.path
+            if git.contains("://") || git.contains("@") {
+                source.url = git
+            } else {
+                // A local path: as a file:// URL when it holds characters a URL must escape (spaces).
+                let url = URL(fileURLWithPath: git).standardizedFileURL
+                source.url = url.path.contains(where: { $0.isWhitespace || $0 == "%" }) ? url.absoluteString : url.path
+            }
             config.source = .application(source)
         }
         if let image {

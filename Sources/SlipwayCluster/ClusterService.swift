@@ -70,7 +70,8 @@ struct ClusterService: Slipway_Cluster_V1_Cluster.ServiceProtocol {
         static let stopGraceSeconds: UInt32 = 3600
         static let livenessSeconds: UInt32 = 3600
         static let failureThreshold: UInt32 = 100
-        static let replicas: UInt32 = 50
+        /// Whichever driver; the local one runs at most 50 (it says so).
+        static let replicas: UInt32 = 100
         static let imageBytes = 512
         /// Variables and secrets together, as the pipeline sends them.
         static let environmentVariables = 2000

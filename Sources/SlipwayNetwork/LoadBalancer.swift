@@ -158,9 +158,23 @@ public actor LoadBalancer {
                 }
             }
             state.routes[key] = route
-            // A new claim (another ownership token) starts unverified, whatever an earlier claim's check found.
+            // A new claim (another ownership token) starts unverified, whatever an earlier claim's
+            // check found — except the same route's domain verified before ownership records
+            // existed (an upgrade): it stays routed for a grace period while its owner adds one.
+            let now = Date().timeIntervalSince1970
             for domain in route.customDomains where state.check(of: domain, in: route) == nil {
-                state.domainChecks[domain] = .init(state: .pending, reason: "not checked yet", checkedAt: 0, token: route.ownershipTokens?[domain])
+                let token = route.ownershipTokens?[domain]
+                if let token, let previous = state.domainChecks[domain], previous.token == nil, previous.state == .verified,
+                    previous.graceUntil == nil, state.routes[key]?.customDomains.contains(domain) == true
+                {
+                    let until = now + NetworkState.ownershipGraceSeconds
+                    state.domainChecks[domain] = .init(
+                        state: .verified,
+                        reason: "verified before ownership records; add a TXT record \(DomainChecker.ownershipRecord(domain)) with the value \(token) before \(Date(timeIntervalSince1970: until)) or it stops being routed",
+                        checkedAt: previous.checkedAt, token: token, graceUntil: until)
+                } else {
+                    state.domainChecks[domain] = .init(state: .pending, reason: "not checked yet", checkedAt: 0, token: token)
+                }
             }
         }
         return state.routes[key]!
@@ -200,7 +214,17 @@ public actor LoadBalancer {
 
     public func recordChecks(_ checks: [String: NetworkState.DomainCheck]) async throws {
         try await apply { state in
-            for (domain, check) in checks where state.domainChecks[domain] != nil { state.domainChecks[domain] = check }
+            let now = Date().timeIntervalSince1970
+            for (domain, check) in checks {
+                guard let current = state.domainChecks[domain] else { continue }
+                // Still in its grace and the record not there yet: it stays routed, with the news.
+                if let until = current.graceUntil, now < until, check.token == current.token, check.state != .verified {
+                    state.domainChecks[domain]?.reason = "\(check.reason) (routed until \(Date(timeIntervalSince1970: until)): verified before ownership records)"
+                    state.domainChecks[domain]?.checkedAt = check.checkedAt
+                    continue
+                }
+                state.domainChecks[domain] = check
+            }
         }
     }
 

@@ -100,7 +100,7 @@ struct DomainRechecks: Service {
                 if let checker {
                     let state = await loadBalancer.state
                     for route in state.routes.values {
-                        let unverified = route.customDomains.filter { !state.isVerified($0, in: route) }
+                        let unverified = route.customDomains.filter { !state.isVerified($0, in: route) || state.isInGrace($0, in: route) }
                         guard !unverified.isEmpty else { continue }
                         var subset = route
                         subset.customDomains = unverified

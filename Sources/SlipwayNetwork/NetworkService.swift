@@ -15,7 +15,7 @@ struct NetworkService: Slipway_Network_V1_Network.ServiceProtocol {
             environmentID: key.environmentId, serviceID: key.serviceId, serviceName: message.serviceName, environmentName: message.environmentName)
         route.customDomains = message.customDomains.map { $0.lowercased() }
         route.defaultLabel = message.defaultLabel.isEmpty ? nil : message.defaultLabel
-        route.ownershipTokens = message.ownershipTokens.isEmpty ? nil : Dictionary(uniqueKeysWithValues: message.ownershipTokens.map { ($0.key.lowercased(), $0.value) })
+        route.ownershipTokens = message.ownershipTokens.isEmpty ? nil : Dictionary(message.ownershipTokens.map { ($0.key.lowercased(), $0.value) }, uniquingKeysWith: { first, _ in first })
         route.pathPrefix = message.pathPrefix
         switch message.protocol {
         case .http: route.upstream = .http

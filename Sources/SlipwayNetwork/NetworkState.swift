@@ -82,14 +82,26 @@ public struct NetworkState: Codable, Sendable, Equatable {
         /// The ownership token the check looked for (nil: none): a verdict counts only for the
         /// claim it was made for, so a domain claimed again by another organization is checked again.
         public var token: String?
+        /// A domain verified before ownership records existed stays verified until then (Unix
+        /// seconds) while its owner adds the record; nil: no grace.
+        public var graceUntil: Double?
 
-        public init(state: State, reason: String, checkedAt: Double, token: String? = nil) {
+        public init(state: State, reason: String, checkedAt: Double, token: String? = nil, graceUntil: Double? = nil) {
             self.state = state
             self.reason = reason
             self.checkedAt = checkedAt
             self.token = token
+            self.graceUntil = graceUntil
+        }
+
+        /// Verified, and not past its grace.
+        public func holds(at now: Double = Date().timeIntervalSince1970) -> Bool {
+            state == .verified && (graceUntil.map { now < $0 } ?? true)
         }
     }
+
+    /// How long a domain verified before ownership records keeps being routed without one.
+    public static let ownershipGraceSeconds: Double = 7 * 24 * 3600
 
     /// The domain's check, when it was made for the route's current claim of it.
     public func check(of domain: String, in route: Route) -> DomainCheck? {
@@ -98,7 +110,10 @@ public struct NetworkState: Codable, Sendable, Equatable {
     }
 
     /// The route's custom domain is verified for its current claim.
-    public func isVerified(_ domain: String, in route: Route) -> Bool { check(of: domain, in: route)?.state == .verified }
+    public func isVerified(_ domain: String, in route: Route) -> Bool { check(of: domain, in: route)?.holds() ?? false }
+
+    /// Verified for now only by the upgrade's grace: checked again until its record is there.
+    public func isInGrace(_ domain: String, in route: Route) -> Bool { check(of: domain, in: route)?.graceUntil != nil }
 
     public func backends(of route: Route) -> [String] { backends[route.key] ?? [] }
 

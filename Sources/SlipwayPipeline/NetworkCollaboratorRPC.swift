@@ -8,12 +8,12 @@ public struct NetworkCollaboratorRPC: NetworkCollaborator {
     typealias API = Slipway_Network_V1_Network
 
     let client: API.Client
-    /// (organization id, domain) → the value of the domain's ownership record.
-    let ownershipToken: @Sendable (String, String) -> String
+    let store: PipelineStore
 
-    public init(client: RPCClient, ownershipToken: @escaping @Sendable (String, String) -> String) {
+    /// `store`: which custom domains the service holds when the step runs, and their ownership values.
+    public init(client: RPCClient, store: PipelineStore) {
         self.client = API.Client(wrapping: client)
-        self.ownershipToken = ownershipToken
+        self.store = store
     }
 
     public func route(_ work: ServiceWork) async throws {
@@ -22,9 +22,13 @@ public struct NetworkCollaboratorRPC: NetworkCollaborator {
         route.serviceName = work.service.name.lowercased()
         route.environmentName = work.environment.name.lowercased()
         route.defaultLabel = work.service.domainLabel
-        route.customDomains = work.service.configuration.customDomains
+        // Only the domains the service holds now: the configuration deployed may be older (a
+        // rollback, a deployment planned before an update) and name a domain another service took
+        // since; the network gives a domain claimed with a token to the route that claims it.
+        let held = try store.claimedDomains(serviceID: work.service.id)
+        route.customDomains = work.service.configuration.customDomains.map { $0.lowercased() }.filter(held.contains)
         // Verified only with the organization's TXT record: a domain pointing here is not yet its.
-        for domain in route.customDomains { route.ownershipTokens[domain.lowercased()] = ownershipToken(work.organizationID, domain) }
+        for domain in route.customDomains { route.ownershipTokens[domain] = store.ownershipToken(organizationID: work.organizationID, domain: domain) }
         if work.service.configuration.ports.first(where: \.isPublic)?.kind == .grpc { route.protocol = .grpc }
         var request = Slipway_Network_V1_SetRouteRequest()
         request.route = route

@@ -163,7 +163,12 @@ actor OrganizationBuildGate {
 
     /// The organization's own limit (nil: the default). Raised, waiting builds start at once.
     func setLimit(_ organizationID: String, _ value: Int?) {
-        limits[organizationID] = value.map { max(1, $0) }
+        setLimit(organizationID) { value }
+    }
+
+    /// The limit `read` answers, read inside the actor (so concurrent changes apply in order).
+    func setLimit(_ organizationID: String, _ read: () -> Int?) {
+        limits[organizationID] = read().map { max(1, $0) }
         while running[organizationID, default: 0] < limit(organizationID), var queue = waiting[organizationID], !queue.isEmpty {
             let next = queue.removeFirst()
             waiting[organizationID] = queue.isEmpty ? nil : queue

@@ -101,7 +101,7 @@ public struct PipelineComponent: PlatformComponent {
         let networkClient = service.client(for: .network)
         let network: any NetworkCollaborator =
             configuration.simulated.contains(.network)
-            ? simulated : NetworkCollaboratorRPC(client: networkClient, ownershipToken: { [store] in store.ownershipToken(organizationID: $0, domain: $1) })
+            ? simulated : NetworkCollaboratorRPC(client: networkClient, store: store)
         let certs: any CertificateCollaborator = configuration.simulated.contains(.certs)
             ? simulated : CertificateCollaboratorRPC(network: networkClient, certs: service.client(for: .certs))
         let collaborators = Collaborators(images: images, cluster: cluster, network: network, certs: certs)

@@ -111,9 +111,11 @@ public actor PipelineEngine {
 
     // MARK: Quotas held in memory
 
-    /// The organization's own number of builds at once (nil: the default); raised, waiting builds start.
-    public func setBuildLimit(organizationID: String, _ value: Int?) async {
-        await context.builds.setLimit(organizationID, value)
+    /// Takes the organization's number of builds at once from the store (raised, waiting builds
+    /// start). Read inside the gate, so two changes at once leave it as the database says.
+    public func refreshBuildLimit(organizationID: String) async {
+        let store = self.store
+        await context.builds.setLimit(organizationID) { try? store.quotaOverrides(named: "concurrent-builds")[organizationID] }
     }
 
     public func buildsRunning(organizationID: String) async -> Int {

@@ -54,10 +54,8 @@ struct PipelineService: Slipway_Pipeline_V1_Pipeline.ServiceProtocol {
             throw Proto.invalid("\(both) is both set and reset")
         }
         try store.setQuotas(organizationID: request.organizationId, limits: request.limits.mapValues { Int($0) }, reset: request.reset)
-        if let value = request.limits["concurrent-builds"] {
-            await engine.setBuildLimit(organizationID: request.organizationId, Int(value))
-        } else if request.reset.contains("concurrent-builds") {
-            await engine.setBuildLimit(organizationID: request.organizationId, nil)
+        if request.limits["concurrent-builds"] != nil || request.reset.contains("concurrent-builds") {
+            await engine.refreshBuildLimit(organizationID: request.organizationId)
         }
         return try await quotas(request.organizationId)
     }

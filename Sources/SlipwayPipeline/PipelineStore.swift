@@ -168,7 +168,7 @@ public final class PipelineStore: Sendable {
         migrator.registerMigration("v7: an organization's own quotas") { db in
             try db.execute(sql: """
                 CREATE TABLE organization_quota (
-                    organization_id TEXT NOT NULL REFERENCES organization(id),
+                    organization_id TEXT NOT NULL REFERENCES organization(id) ON DELETE CASCADE,
                     name TEXT NOT NULL,
                     value INTEGER NOT NULL,
                     PRIMARY KEY (organization_id, name)
@@ -225,6 +225,14 @@ public final class PipelineStore: Sendable {
 
     public func createProject(organizationID: String, name: String) throws -> Project {
         Project(id: try insertNamed("project", prefix: "prj", name: name, parent: ("organization", organizationID)), organizationID: organizationID, name: name)
+    }
+
+    /// The custom domains the service holds now (lowercase): a deployment planned earlier, or a
+    /// rollback to a release whose domains another service took since, routes only these.
+    public func claimedDomains(serviceID: String) throws -> Set<String> {
+        try database.inDatabase { db in
+            Set(try String.fetchAll(db.cachedStatement(sql: "SELECT domain FROM custom_domain WHERE service_id = ?"), arguments: [serviceID]))
+        }
     }
 
     /// The TXT value that proves the organization owns `domain` (``SecretSealer/ownershipToken(organizationID:domain:)``).

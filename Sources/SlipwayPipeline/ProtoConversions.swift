@@ -111,10 +111,12 @@ enum Proto {
         guard config.customDomains.count <= Limits.customDomains else {
             throw invalid("config.custom_domains holds \(config.customDomains.count) names; at most \(Limits.customDomains) per service")
         }
-        for domain in config.customDomains where !InputGrammar.isDomainName(domain) {
-            throw invalid("config.custom_domains: \"\(domain.prefix(80))\" is not a lowercase domain name (labels of a-z, 0-9 and '-', e.g. shop.example.com)")
+        // DNS names compare without case: kept lowercase (a configuration saved before held any case).
+        let domains = config.customDomains.map { $0.lowercased() }
+        for domain in domains where !InputGrammar.isDomainName(domain) {
+            throw invalid("config.custom_domains: \"\(domain.prefix(80))\" is not a domain name (labels of a-z, 0-9 and '-', e.g. shop.example.com)")
         }
-        spec.customDomains = config.customDomains
+        spec.customDomains = domains
         if let auto = config.autoDeploy {
             for (field, entries) in [("branches", auto.branches), ("paths", auto.paths)] where entries.count > Limits.autoDeployEntries {
                 throw invalid("config.auto_deploy.\(field) holds \(entries.count) entries; at most \(Limits.autoDeployEntries)")
@@ -146,7 +148,8 @@ enum Proto {
         static let grpcServiceBytes = 256
         static let execArguments = 64
         static let execArgumentBytes = 4096
-        static let replicas: UInt32 = 50
+        /// Kubernetes' bound; the local driver runs at most 50 and says so at deploy.
+        static let replicas: UInt32 = 100
         /// The cluster names instances after the service.
         static let serviceNameBytes = 40
         static let nameBytes = 400

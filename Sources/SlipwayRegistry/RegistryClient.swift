@@ -205,19 +205,27 @@ public struct RegistryClient: Sendable {
         return lower
     }
 
-    /// Loopback, link-local, unspecified addresses and `localhost`.
+    /// Loopback, link-local, unspecified addresses and `localhost`, in every spelling the C
+    /// library accepts (`127.1`, `0x7f000001`, `[0:0::1]`, `::ffff:7f00:1`). A name that resolves
+    /// to such an address is not caught here (that needs a check at connect time).
     public static func isInternal(_ host: String) -> Bool {
-        if host == "localhost" || host.hasSuffix(".localhost") { return true }
-        var v4 = in_addr()
-        if inet_pton(AF_INET, host, &v4) == 1 {
-            let value = UInt32(bigEndian: v4.s_addr)
+        let host = host.lowercased()
+        if host == "localhost" || host.hasSuffix(".localhost") || host.hasSuffix(".localhost.") { return true }
+        func internal4(_ value: UInt32) -> Bool {
             let (a, b) = (value >> 24, (value >> 16) & 0xff)
             return a == 127 || a == 0 || (a == 169 && b == 254)
         }
-        if host.contains(":") {
-            let lower = host.lowercased()
-            return lower == "::1" || lower == "::" || lower.hasPrefix("fe8") || lower.hasPrefix("fe9") || lower.hasPrefix("fea") || lower.hasPrefix("feb")
-                || lower.hasPrefix("::ffff:127.") || lower.hasPrefix("::ffff:169.254.")
+        var v4 = in_addr()
+        // inet_aton takes the shorthand and hex forms that URL parsers and resolvers also accept.
+        if inet_aton(host, &v4) != 0 { return internal4(UInt32(bigEndian: v4.s_addr)) }
+        var v6 = in6_addr()
+        if inet_pton(AF_INET6, host, &v6) == 1 {
+            let bytes = withUnsafeBytes(of: &v6) { Array($0) }
+            if bytes[0..<15].allSatisfy({ $0 == 0 }) && (bytes[15] == 0 || bytes[15] == 1) { return true }  // :: and ::1
+            if bytes[0] == 0xfe && bytes[1] & 0xc0 == 0x80 { return true }  // fe80::/10
+            if bytes[0..<10].allSatisfy({ $0 == 0 }) && bytes[10] == 0xff && bytes[11] == 0xff {  // ::ffff:a.b.c.d
+                return internal4(UInt32(bytes[12]) << 24 | UInt32(bytes[13]) << 16 | UInt32(bytes[14]) << 8 | UInt32(bytes[15]))
+            }
         }
         return false
     }

@@ -321,6 +321,21 @@ import Testing
         let (refused, other) = try await ChildProcess(helper, ["Password for 'https://attacker.example.net': "], environment: environment).output()
         #expect(refused.exitCode == 1)
         #expect(other.isEmpty)
+        // Nor does a look-alike host whose name ends with the repository's.
+        for prompt in ["Password for 'https://evilgit.example.com:8443': ", "Password for 'https://x@evil-git.example.com:8443': "] {
+            let (lookalike, answer) = try await ChildProcess(helper, [prompt], environment: environment).output()
+            #expect(lookalike.exitCode == 1 && answer.isEmpty, "\(prompt)")
+        }
+    }
+
+    @Test func internalRegistryHostsAreRecognisedInEverySpelling() {
+        for host in ["127.0.0.1", "127.1", "0x7f000001", "2130706433", "0.0.0.0", "169.254.169.254", "::1", "0:0:0:0:0:0:0:1", "::", "fe80::1", "FE80::1",
+                     "::ffff:127.0.0.1", "::ffff:7f00:1", "::ffff:169.254.1.1", "localhost", "registry.localhost"] {
+            #expect(RegistryClient.isInternal(host), "\(host)")
+        }
+        for host in ["10.0.0.1", "registry.example.com", "8.8.8.8", "2001:db8::1", "::ffff:8.8.8.8", "fec0::1"] {
+            #expect(!RegistryClient.isInternal(host), "\(host)")
+        }
     }
 
     @Test func failuresAreClassifiedOnGitsWordsNotOnTheURL() {

@@ -94,6 +94,11 @@ struct DNSClientTests {
         route.ownershipTokens = ["shop.example.test": "slipway-verify=two", "old.example.test": "slipway-verify=three"]
         #expect(state.routedCustomDomains(of: route).isEmpty)
         #expect(state.check(of: "shop.example.test", in: route) == nil)
+        // A grace holds until its end.
+        let grace = NetworkState.DomainCheck(state: .verified, reason: "", checkedAt: 1, token: "slipway-verify=three", graceUntil: 100)
+        #expect(grace.holds(at: 99) && !grace.holds(at: 100))
+        state.domainChecks["old.example.test"] = grace
+        #expect(state.isInGrace("old.example.test", in: route) && !state.isVerified("old.example.test", in: route))
     }
 }
 

@@ -412,7 +412,7 @@ current-context: recorded
         stub = cgrpc.ClusterStub(local.platform_channel(data, f"127.0.0.1:{cluster_port}", "cluster"))
         workload = cpb.Workload(environment_id="env_4f2a9c", service_id="svc_81be", service_name="web")
         deployed = stub.Deploy(cpb.DeployRequest(
-            workload=workload, image="registry.example/web@sha256:0123", replicas=2, environment={"MODE": "production"},
+            workload=workload, image="registry.example/web@sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", replicas=2, environment={"MODE": "production"},
             readiness=cpb.Readiness(http=cpb.HttpCheck(path="/health")),
             strategy=cpb.Strategy(rolling=cpb.RollingUpdate(max_surge=1, max_unavailable=0))), timeout=60)
         assert [(i.id, i.address, i.status) for i in deployed.instances] == [("nginx-7fb78fb6d8-2w75j", "10.44.0.229:8080", cpb.INSTANCE_RUNNING)]
@@ -436,7 +436,7 @@ current-context: recorded
         assert deployment["spec"]["replicas"] == 2
         assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
         container = deployment["spec"]["template"]["spec"]["containers"][0]
-        assert container["image"] == "registry.example/web@sha256:0123" and container["readinessProbe"]["httpGet"]["path"] == "/health"
+        assert container["image"] == "registry.example/web@sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" and container["readinessProbe"]["httpGet"]["path"] == "/health"
         assert container["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
         assert deployment["spec"]["template"]["spec"]["securityContext"] == {"seccompProfile": {"type": "RuntimeDefault"}}
 

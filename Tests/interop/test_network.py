@@ -397,6 +397,19 @@ def test_a_custom_domain_is_routed_only_once_its_ownership_record_holds_the_clai
         with pytest.raises(grpc.RpcError) as error:
             net.route("svc-third", "third", domains=["shop.example.test"])
         assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "already routed" in error.value.details()
+        # An upgrade: a domain verified before ownership records (a route without tokens) stays
+        # routed when its route first carries a token, for a grace period, saying what to add.
+        call("/add-a", {"host": "legacy.example.test.", "addresses": ["127.0.0.1"]})
+        net.backends("svc-old", backend)
+        status = net.route("svc-old", "old", domains=["legacy.example.test"])
+        assert {d.domain: d.state for d in status.domains}["legacy.example.test"] == pb.DOMAIN_VERIFIED
+        status = net.route("svc-old", "old", domains=["legacy.example.test"], tokens={"legacy.example.test": "slipway-verify=eeee"})
+        legacy = {d.domain: d for d in status.domains}["legacy.example.test"]
+        assert legacy.state == pb.DOMAIN_VERIFIED and "routed until" in legacy.reason and "slipway-verify=eeee" in legacy.reason, legacy
+        assert get(net, "legacy.example.test")[0] == 200
+        call("/set-txt", {"host": "_slipway-challenge.legacy.example.test.", "value": "slipway-verify=eeee"})
+        legacy = {d.domain: d for d in net.stub.CheckDomains(net.key("svc-old")).domains}["legacy.example.test"]
+        assert legacy.state == pb.DOMAIN_VERIFIED and "proves ownership" in legacy.reason, legacy
         # A token for a domain the route does not have is refused.
         with pytest.raises(grpc.RpcError) as error:
             net.route("svc-web", "web", domains=["shop.example.test"], tokens={"other.example.test": "x"})

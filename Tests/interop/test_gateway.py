@@ -900,3 +900,62 @@ def test_an_organizations_quotas_are_read_by_its_members_and_changed_by_the_oper
     s.json("quota", "set", "--org", "quota-a", "--reset", "projects")
     s.cli("project", "create", "two", "--org", "quota-a", token=admin)
     assert projects(s.json("quota", "show", "--org", "quota-a", token=admin))["used"] == 2
+
+
+def test_a_custom_domain_waits_for_its_organizations_ownership_record_and_does_not_fail_the_deployment(slipway):
+    """Through `slipway up`: a service with a custom domain no DNS knows deploys (the domain is not
+    routed), its CERTIFICATE step names the TXT record to add, and `service show` gives it. The
+    record's value is the organization's: the same for its other service taking the domain over,
+    another for another organization."""
+    s = slipway
+    p = Project(s, "owner-a", env="owned")
+    s.cli("service", "update", "hello", *p.target, "--domain", "shop.owner.test")
+    _, answer = p.push({"www/index.html": "<h1>owner-a</h1>\n"}, "owner-a's page")
+    _, ended = p.watch(answer["deployment_id"])
+    shown = s.json("service", "show", "hello", *p.target)
+    [domain] = shown["custom_domains"]
+    assert domain["domain"] == "shop.owner.test" and domain["state"] != "VERIFIED", domain
+    assert domain["txt_name"] == "_slipway-challenge.shop.owner.test" and domain["txt_value"].startswith("slipway-verify="), domain
+    assert domain["txt_value"] in domain["reason"], domain
+    certificate = [step for step in ended["services"][0]["steps"] if step["step"] == "CERTIFICATE"]
+    assert certificate and certificate[0]["status"] == "STEP_SUCCEEDED" and domain["txt_value"] in certificate[0]["message"], ended
+    # Not routed: the name is nobody's yet.
+    assert through_load_balancer(s, "shop.owner.test")[0] != 200
+    assert p.get()[0] == 200
+    # Another organization, once the domain is free, is asked for another value.
+    s.cli("service", "update", "hello", *p.target, "--domain", "")
+    other = Project(s, "owner-b", env="owned-b")
+    s.cli("service", "update", "hello", *other.target, "--domain", "shop.owner.test")
+    _, answer = other.push({"www/index.html": "<h1>owner-b</h1>\n"}, "owner-b's page")
+    other.watch(answer["deployment_id"])
+    [theirs] = s.json("service", "show", "hello", *other.target)["custom_domains"]
+    assert theirs["txt_value"].startswith("slipway-verify=") and theirs["txt_value"] != domain["txt_value"], (theirs, domain)
+    for project in (p, other):
+        project.cli("delete", "hello")
+
+
+def test_a_push_of_a_released_commit_is_ignored_naming_the_release(slipway):
+    """The replay check beyond delivery ids: a signed push of the commit the service runs, or of an
+    earlier release's (deployed by hand, so no delivery of it exists), deploys nothing."""
+    s = slipway
+    p = Project(s, "released")
+    svc, secret = p.service["id"], p.webhook["secret"]
+    p.cli("service", "update", "hello", "--auto-deploy", "off")
+    first, answer = p.push({"www/index.html": "<h1>first</h1>\n"}, "first")
+    assert answer["outcome"] == "DELIVERY_IGNORED" and "auto-deploy is off" in answer["reason"], answer
+    deployed = s.json("deploy", "hello", *p.target)
+    assert deployed["status"] == "DEPLOYED", deployed
+    p.cli("service", "update", "hello", "--auto-deploy", "on")
+
+    def push(after):
+        return {"ref": "refs/heads/main", "before": "0" * 40, "after": after,
+                "commits": [{"id": after, "added": [], "modified": ["www/index.html"], "removed": []}]}
+
+    status, answer = deliver(s, svc, secret, push(first))
+    assert (status, answer["outcome"]) == (200, "DELIVERY_IGNORED") and "is what service hello runs" in answer["reason"], answer
+    second, answer = p.push({"www/index.html": "<h1>second</h1>\n"}, "second")
+    p.watch(answer["deployment_id"])
+    status, answer = deliver(s, svc, secret, push(first))
+    assert answer["outcome"] == "DELIVERY_IGNORED" and "ran in an earlier release" in answer["reason"] and second[:12] in answer["reason"], answer
+    assert p.get() == (200, "<h1>second</h1>\n")
+    p.cli("delete", "hello")

@@ -116,10 +116,8 @@ struct ValidatedBuild: Sendable {
 
     static func validate(_ git: Slipway_Builder_V1_GitSource, sources: SourcePolicy) throws(RPCError) -> SourcePolicy.Transport {
         // A URL or ref starting with '-' would be read by git as an option.
-        guard !git.url.isEmpty, git.url.utf8.count <= maxURLBytes, !git.url.hasPrefix("-"),
-            !git.url.unicodeScalars.contains(where: { $0.properties.isWhitespace || $0.value < 0x20 || $0.value == 0x7f })
-        else {
-            throw RPCError(.invalidArgument, "git.url \"\(GitMirrors.redacted(String(git.url.prefix(200))))\" is not a repository URL (at most \(maxURLBytes) bytes, no spaces or control characters)")
+        guard !git.url.isEmpty, git.url.utf8.count <= maxURLBytes, !git.url.hasPrefix("-") else {
+            throw RPCError(.invalidArgument, "git.url \"\(GitMirrors.redacted(String(git.url.prefix(200))))\" is not a repository URL (at most \(maxURLBytes) bytes)")
         }
         if URLComponents(string: git.url)?.password != nil {
             throw RPCError(.invalidArgument, "git.url carries a password: pass it as git.https_token instead, so it stays out of logs")
@@ -134,7 +132,12 @@ struct ValidatedBuild: Sendable {
             throw RPCError(.invalidArgument, "git.ssh_key.private_key is empty")
         }
         let hasKey = if case .sshKey? = git.credentials { true } else { false }
-        return try sources.check(git.url, hasSSHKey: hasKey)
+        // The policy first (it names a refused transport, `ext::sh -c …` included), then the shape.
+        let transport = try sources.check(git.url, hasSSHKey: hasKey)
+        guard !git.url.unicodeScalars.contains(where: { $0.properties.isWhitespace || $0.value < 0x20 || $0.value == 0x7f }) else {
+            throw RPCError(.invalidArgument, "git.url \"\(GitMirrors.redacted(String(git.url.prefix(200))))\" is not a repository URL (no spaces or control characters; escape them as %20)")
+        }
+        return transport
     }
 
     /// A path inside the repository: relative, no `..`, normalized without a trailing slash.

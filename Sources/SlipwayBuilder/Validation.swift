@@ -3,6 +3,7 @@ import Foundation
 import SlipwayProtos
 import SlipwayRegistry
 import SlipwayRPC
+import SlipwayServiceKit
 
 /// A build request checked field by field; every refusal names the field and what to change.
 struct ValidatedBuild: Sendable {
@@ -90,7 +91,7 @@ struct ValidatedBuild: Sendable {
 
     /// 1-128 letters, digits, '.', '_' or '-': build ids, and the logs service's rule for stream ids.
     static func isValidID(_ id: String) -> Bool {
-        !id.isEmpty && id.count <= 128 && id.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "._-".contains($0)) }
+        InputGrammar.isPlatformID(id)
     }
 
     static func validateID(_ id: String) throws(RPCError) {
@@ -134,7 +135,7 @@ struct ValidatedBuild: Sendable {
         let hasKey = if case .sshKey? = git.credentials { true } else { false }
         // The policy first (it names a refused transport, `ext::sh -c …` included), then the shape.
         let transport = try sources.check(git.url, hasSSHKey: hasKey)
-        guard !git.url.unicodeScalars.contains(where: { $0.properties.isWhitespace || $0.value < 0x20 || $0.value == 0x7f }) else {
+        guard InputGrammar.hasNoSpaceOrControl(git.url) else {
             throw RPCError(.invalidArgument, "git.url \"\(GitMirrors.redacted(String(git.url.prefix(200))))\" is not a repository URL (no spaces or control characters; escape them as %20)")
         }
         return transport

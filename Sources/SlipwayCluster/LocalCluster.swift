@@ -471,9 +471,7 @@ public actor LocalCluster {
     static func validate(_ workload: Workload) throws(ClusterFailure) {
         for (value, field) in [(workload.environmentID, "environment_id"), (workload.serviceID, "service_id")] {
             // What the logs service accepts in a stream key, so application logs can always be stored.
-            guard !value.isEmpty, value.utf8.count <= 128,
-                  value != ".", value != "..",
-                  value.utf8.allSatisfy({ ($0 >= 65 && $0 <= 90) || ($0 >= 97 && $0 <= 122) || ($0 >= 48 && $0 <= 57) || $0 == 46 || $0 == 95 || $0 == 45 }) else {
+            guard InputGrammar.isPlatformID(value), value != ".", value != ".." else {
                 throw ClusterFailure(kind: .invalid, description: "workload.\(field) must be 1 to 128 of A-Z, a-z, 0-9, '.', '_' and '-'")
             }
         }

@@ -1,6 +1,7 @@
 import Foundation
 import SlipwayProtos
 import SlipwayRPC
+import SlipwayServiceKit
 
 /// `slipway.network.v1.Network` over the load balancer.
 struct NetworkService: Slipway_Network_V1_Network.ServiceProtocol {
@@ -125,9 +126,7 @@ struct NetworkService: Slipway_Network_V1_Network.ServiceProtocol {
     static func validate(_ key: Slipway_Network_V1_RouteKey) throws {
         for (value, field) in [(key.environmentId, "environment_id"), (key.serviceId, "service_id")] {
             // The platform's id alphabet: `/` (the key's separator) or spaces would let two keys meet.
-            guard !value.isEmpty, value.utf8.count <= 128,
-                value.utf8.allSatisfy({ ($0 >= 65 && $0 <= 90) || ($0 >= 97 && $0 <= 122) || ($0 >= 48 && $0 <= 57) || $0 == 46 || $0 == 95 || $0 == 45 })
-            else {
+            guard InputGrammar.isPlatformID(value) else {
                 throw RPCError(.invalidArgument, "key.\(field) must be 1 to 128 of A-Z, a-z, 0-9, '.', '_' and '-'")
             }
         }

@@ -52,9 +52,7 @@ enum Proto {
         case .application(let git)?:
             guard !git.url.isEmpty else { throw invalid("config.application.url is required") }
             // The builder decides which transports and hosts it fetches from; here, the shape.
-            guard git.url.utf8.count <= Limits.urlBytes, !git.url.hasPrefix("-"),
-                !git.url.unicodeScalars.contains(where: { $0.properties.isWhitespace || $0.value < 0x20 || $0.value == 0x7f })
-            else {
+            guard git.url.utf8.count <= Limits.urlBytes, !git.url.hasPrefix("-"), InputGrammar.hasNoSpaceOrControl(git.url) else {
                 throw invalid("config.application.url must be a repository URL of at most \(Limits.urlBytes) bytes without spaces or control characters")
             }
             guard git.branch.isEmpty || InputGrammar.isGitRefName(git.branch) else {

@@ -1,4 +1,5 @@
 import CProtobufC
+import Synchronization
 
 /// What protobuf-c does not check before it hands a string over. Plain `string` fields are bytes in
 /// the C code (scripts/generate-protos.sh; ``ProtoCReader`` checks their UTF-8), but map keys and
@@ -11,10 +12,37 @@ enum ProtoWireCheck {
     /// Nesting followed at most (deeper messages are left to protobuf-c's own checks).
     static let maxDepth = 64
 
+    /// Per message type (its descriptor's address): whether a C-string field can occur in it at
+    /// any depth. Most types have none (plain strings are bytes in the C code), and for those the
+    /// walk is skipped: decoding a 10,000-line log batch need not read its bytes twice.
+    private static let reachesCString = Mutex<[UInt: Bool]>([:])
+
+    static func needsWalk(_ descriptor: UnsafePointer<ProtobufCMessageDescriptor>) -> Bool {
+        let key = UInt(bitPattern: descriptor)
+        if let known = reachesCString.withLock({ $0[key] }) { return known }
+        var visiting: Set<UInt> = []
+        func reaches(_ descriptor: UnsafePointer<ProtobufCMessageDescriptor>) -> Bool {
+            guard visiting.insert(UInt(bitPattern: descriptor)).inserted else { return false }
+            for index in 0..<Int(descriptor.pointee.n_fields) {
+                let field = descriptor.pointee.fields + index
+                if field.pointee.type == PROTOBUF_C_TYPE_STRING { return true }
+                if field.pointee.type == PROTOBUF_C_TYPE_MESSAGE, let nested = field.pointee.descriptor,
+                    reaches(nested.assumingMemoryBound(to: ProtobufCMessageDescriptor.self))
+                {
+                    return true
+                }
+            }
+            return false
+        }
+        let answer = reaches(descriptor)
+        reachesCString.withLock { $0[key] = answer }
+        return answer
+    }
+
     /// The dotted path of the first bad string field, or nil. Malformed wire data answers nil: the
     /// unpack that follows refuses it with its own reason.
     static func badString(_ descriptor: UnsafePointer<ProtobufCMessageDescriptor>, _ bytes: UnsafeRawBufferPointer, depth: Int = 0) -> String? {
-        guard depth < maxDepth else { return nil }
+        guard depth < maxDepth, needsWalk(descriptor) else { return nil }
         var offset = 0
         let count = bytes.count
         while offset < count {

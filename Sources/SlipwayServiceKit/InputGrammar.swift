@@ -12,6 +12,18 @@ public enum InputGrammar {
             && bytes.allSatisfy { ($0 >= 97 && $0 <= 122) || ($0 >= 48 && $0 <= 57) || $0 == UInt8(ascii: "-") }
     }
 
+    /// The platform's ids (environments, services, deployments, builds): 1-128 of A-Z, a-z, 0-9,
+    /// '.', '_' and '-' — the logs service's rule for stream keys, so every id can name a stream.
+    public static func isPlatformID(_ id: String) -> Bool {
+        !id.isEmpty && id.utf8.count <= 128
+            && id.utf8.allSatisfy { ($0 >= 65 && $0 <= 90) || ($0 >= 97 && $0 <= 122) || ($0 >= 48 && $0 <= 57) || $0 == 46 || $0 == 95 || $0 == 45 }
+    }
+
+    /// No whitespace or control character anywhere (URLs handed to git and put in logs).
+    public static func hasNoSpaceOrControl(_ text: String) -> Bool {
+        !text.unicodeScalars.contains { $0.properties.isWhitespace || $0.value < 0x20 || $0.value == 0x7f }
+    }
+
     /// A lowercase DNS name of at least two labels, at most 253 bytes; `*.` may start it when
     /// `wildcard` is true.
     public static func isDomainName(_ value: String, wildcard: Bool = false) -> Bool {
